@@ -1,0 +1,1 @@
+"""Everything that turns files into token batches. Never imports the model."""
