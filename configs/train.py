@@ -1,0 +1,31 @@
+"""The training config: `--config configs/train.py:150M` (size as the config argument).
+
+Composes model_configs/, training_configs/ and data_configs/; override any field on the
+command line, e.g. `--config.train.steps=200 --config.model.variant=olmo2`.
+"""
+
+import ml_collections
+
+from olmo_jax.config import load_sibling
+
+
+def get_config(size: str = "4M") -> ml_collections.ConfigDict:
+  from data_pipeline import mixture  # the data subtree is owned by the data pipeline
+
+  c = ml_collections.ConfigDict()
+  c.model = load_sibling(__file__, "model_configs/ladder.py", size)
+  c.train = load_sibling(__file__, "training_configs/default_training.py")
+  c.data = mixture.default_config()
+  c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
+  c.checkpoint = ml_collections.ConfigDict({
+      "enabled": True,
+      "every": -1,  # steps; -1: 1250 (2500 for 1B), as DataDecide saved
+      "keep": 3,  # the newest K checkpoints are kept ...
+      "keep_period": 0,  # ... plus every step divisible by this, for good (0: none)
+      "async_save": True,
+  })
+  c.eval = ml_collections.ConfigDict({
+      "every": 0,  # steps between in-loop evaluations; 0: off
+      "batches": 4,  # held-out batches for the in-loop loss
+  })
+  return c

@@ -1,0 +1,1 @@
+"""olmo-jax: OLMo training in JAX/Flax NNX with the DataDecide workflow."""

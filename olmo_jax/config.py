@@ -1,0 +1,155 @@
+"""Config loading, resolution of the ladder defaults, and start-up validation.
+
+A config as written holds sentinels (-1, 0, 'auto') meaning "from the ladder formulas";
+`resolve` turns it into concrete numbers and `validate` rejects bad values with a message
+naming the field, before any expensive work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from olmo_jax import sizes
+from olmo_jax.model import ModelConfig
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """Runs `get_config(arg)` of a config file given by path."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file not found: {path}")
+  name = "_olmo_cfg_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def load_sibling(this_file: str, relpath: str, arg: str | None = None):
+  """Loads a config file relative to the directory of `this_file`."""
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(this_file)), relpath),
+                          arg)
+
+
+def _model_shape(m) -> tuple[int, int, int, float]:
+  """(d_model, n_heads, n_layers, formula N) of the config's model."""
+  if m.size == "custom":
+    for f in ("d_model", "n_heads", "n_layers"):
+      if getattr(m, f) <= 0:
+        raise ValueError(f"model.size='custom' needs model.{f} > 0")
+    d, h, l = m.d_model, m.n_heads, m.n_layers
+    return d, h, l, float(sizes.non_embedding_params(d, l, "ladder", m.embedding_size))
+  s = sizes.get_size(m.size)
+  return (m.d_model or s.d_model, m.n_heads or s.n_heads, m.n_layers or s.n_layers,
+          s.formula_params)
+
+
+def default_dtype() -> str:
+  import jax
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy with every ladder sentinel replaced by its value, plus a `derived` subtree."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  m, t = c.model, c.train
+  if m.variant not in ("ladder", "olmo1", "olmo2"):
+    raise ValueError(f"model.variant={m.variant!r} is unknown; choose ladder, olmo1 or olmo2")
+  d, h, l, n_formula = _model_shape(m)
+  m.d_model, m.n_heads, m.n_layers = d, h, l
+  if m.dtype == "auto":
+    m.dtype = default_dtype()
+  ladder = sizes.LADDER.get(m.size)
+  if t.batch_size == -1:
+    t.batch_size = ladder.batch_seqs if ladder else sizes.batch_size_formula(n_formula)
+  if t.microbatch_size == -1:
+    t.microbatch_size = t.batch_size
+  if t.lr == -1.0:
+    t.lr = sizes.peak_lr_formula(n_formula)
+  if t.warmup_steps == -1:
+    t.warmup_steps = sizes.warmup_steps_formula(n_formula, t.batch_size, t.seq_len)
+  if t.steps == -1:
+    t.steps = (ladder.final_step if ladder and t.batch_size == ladder.batch_seqs
+               and t.seq_len == sizes.SEQ_LEN
+               else sizes.length_steps_formula(n_formula, t.batch_size, t.seq_len))
+  if c.checkpoint.every == -1:
+    c.checkpoint.every = ladder.checkpoint_every if ladder else 1250
+  n = sizes.non_embedding_params(d, l, m.variant, m.embedding_size)
+  tokens = t.steps * t.batch_size * t.seq_len
+  c.derived = ml_collections.ConfigDict({
+      "non_embedding_params": n,
+      "total_params": n + m.embedding_size * d,
+      "tokens_per_step": t.batch_size * t.seq_len,
+      "total_tokens": tokens,
+      "compute_flops": float(sizes.training_flops(n, tokens)),
+  })
+  return c
+
+
+def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
+  """The ModelConfig of a resolved config."""
+  m = c.model
+  return ModelConfig(
+      variant=m.variant, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers,
+      vocab_size=m.vocab_size, embedding_size=m.embedding_size, max_seq_len=m.max_seq_len,
+      rope_theta=m.rope_theta, norm_eps=m.norm_eps, clip_qkv=m.clip_qkv, init_std=m.init_std,
+      dtype=m.dtype, remat=m.remat, attention=m.attention, scan_layers=m.scan_layers)
+
+
+def validate(c: ml_collections.ConfigDict, num_processes: int = 1) -> None:
+  """Rejects a resolved config's bad values with a ValueError naming the field."""
+  model_config(c).validate()
+  t = c.train
+  positive = ("steps", "batch_size", "microbatch_size", "seq_len", "log_every")
+  for f in positive:
+    if t[f] <= 0:
+      raise ValueError(f"train.{f}={t[f]} must be positive")
+  if t.lr <= 0:
+    raise ValueError(f"train.lr={t.lr} must be positive")
+  if t.warmup_steps < 0:
+    raise ValueError(f"train.warmup_steps={t.warmup_steps} must be >= 0")
+  if not 0 <= t.min_lr_ratio <= 1:
+    raise ValueError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
+  for f in ("weight_decay", "grad_clip", "z_loss", "eps"):
+    if t[f] < 0:
+      raise ValueError(f"train.{f}={t[f]} must be >= 0")
+  for f in ("b1", "b2"):
+    if not 0 <= t[f] < 1:
+      raise ValueError(f"train.{f}={t[f]} must be in [0, 1)")
+  if t.seq_len > c.model.max_seq_len:
+    raise ValueError(f"train.seq_len={t.seq_len} exceeds the RoPE table "
+                     f"model.max_seq_len={c.model.max_seq_len}")
+  if t.batch_size % t.microbatch_size:
+    raise ValueError(f"train.microbatch_size={t.microbatch_size} must divide "
+                     f"train.batch_size={t.batch_size}")
+  if t.batch_size % num_processes:
+    raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the "
+                     f"{num_processes} processes")
+  if t.nan_policy not in ("stop", "skip"):
+    raise ValueError(f"train.nan_policy={t.nan_policy!r} must be 'stop' or 'skip'")
+  if c.checkpoint.every <= 0 or c.checkpoint.keep <= 0 or c.checkpoint.keep_period < 0:
+    raise ValueError("checkpoint.every and checkpoint.keep must be positive, "
+                     "checkpoint.keep_period >= 0")
+  if c.eval.every < 0 or c.eval.batches <= 0:
+    raise ValueError("eval.every must be >= 0 and eval.batches positive")
+
+
+def save_json(c: ml_collections.ConfigDict, path: str) -> None:
+  """Writes the resolved config as JSON (atomically)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(c.to_dict(), f, indent=2, sort_keys=True, default=str)
+  os.replace(tmp, path)
+
+
+def load_json(path: str) -> ml_collections.ConfigDict:
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def to_dict(c: ml_collections.ConfigDict) -> dict[str, Any]:
+  return json.loads(json.dumps(c.to_dict(), default=str))

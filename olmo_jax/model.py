@@ -1,0 +1,324 @@
+"""OLMo in Flax NNX: the DataDecide ladder, OLMo 1 and OLMo 2 variants.
+
+Layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so one block
+is compiled whatever the depth. Parameters are float32; activations run in the compute
+dtype; norms, RoPE, logits and the loss run in float32.
+
+Shape suffixes: B batch, L sequence, D d_model, H heads, K head dim, F MLP hidden (4D),
+V embedding rows (50304), N layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from olmo_jax import sizes
+
+VARIANTS = ("ladder", "olmo1", "olmo2")
+REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj",
+                  "full")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Everything that fixes the model's shapes and numerics."""
+
+  variant: str = "ladder"
+  d_model: int = 64
+  n_heads: int = 8
+  n_layers: int = 8
+  vocab_size: int = sizes.VOCAB_SIZE
+  embedding_size: int = sizes.EMBEDDING_SIZE
+  mlp_hidden: int = 0  # 0: 4 * d_model (OLMo's mlp_ratio 8, fused and halved)
+  max_seq_len: int = sizes.SEQ_LEN  # length of the RoPE table
+  rope_theta: float = 0.0  # 0: the variant's default (10k; 500k for OLMo 2)
+  norm_eps: float = 0.0  # 0: the variant's default (1e-6 RMSNorm; 1e-5 LayerNorm)
+  clip_qkv: float = 0.0  # OLMo 1 option; 0 disables
+  init_std: float = 0.02
+  dtype: str = "float32"  # compute dtype
+  remat: str = "none"
+  attention: str = "auto"
+  scan_layers: bool = True
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  @property
+  def hidden(self) -> int:
+    return self.mlp_hidden or 4 * self.d_model
+
+  @property
+  def theta(self) -> float:
+    return self.rope_theta or (500_000.0 if self.variant == "olmo2" else 10_000.0)
+
+  @property
+  def eps(self) -> float:
+    return self.norm_eps or (1e-5 if self.variant == "olmo1" else 1e-6)
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  def validate(self) -> None:
+    """Raises ValueError naming the config field (model.*) that is wrong."""
+    if self.variant not in VARIANTS:
+      raise ValueError(f"model.variant={self.variant!r} is unknown; choose one of {VARIANTS}")
+    for name in ("d_model", "n_heads", "n_layers", "vocab_size", "embedding_size", "max_seq_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
+    if self.d_model % self.n_heads:
+      raise ValueError(f"model.n_heads={self.n_heads} does not divide model.d_model="
+                       f"{self.d_model}")
+    if self.head_dim % 2:
+      raise ValueError(f"head dim d_model/n_heads={self.head_dim} must be even for RoPE")
+    if self.embedding_size < self.vocab_size:
+      raise ValueError(f"model.embedding_size={self.embedding_size} is smaller than "
+                       f"model.vocab_size={self.vocab_size}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"model.dtype={self.dtype!r} is unknown; choose one of {list(DTYPES)}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat={self.remat!r} is unknown; choose one of {REMAT_POLICIES}")
+    if self.attention not in ATTENTION_IMPLS:
+      raise ValueError(f"model.attention={self.attention!r} is unknown; choose one of "
+                       f"{ATTENTION_IMPLS}")
+    if self.clip_qkv < 0 or self.init_std <= 0 or self.rope_theta < 0 or self.norm_eps < 0:
+      raise ValueError("model.clip_qkv, model.rope_theta and model.norm_eps must be >= 0 and "
+                       "model.init_std > 0")
+
+
+def truncated_normal(std: float):
+  """OLMo's init: normal(0, std) truncated at +-3 std (std is the untruncated one)."""
+  def init(key, shape, dtype=jnp.float32):
+    return std * jax.random.truncated_normal(key, -3.0, 3.0, shape, dtype)
+  return init
+
+
+def rms_norm(x, weight, eps):
+  """RMSNorm in float32: x / rms(x) * weight. x: [..., D]; weight: [D] or None."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+  if weight is not None:
+    y = y * weight.astype(jnp.float32)
+  return y
+
+
+def layer_norm_no_affine(x, eps):
+  """OLMo 1's LayerNorm without weight or bias, in float32. x: [..., D]."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+  return (x32 - mean) * jax.lax.rsqrt(var + eps)
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float):
+  """cos, sin tables of split-half RoPE: float32 [seq_len, head_dim]."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles_LxK2 = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  angles_LxK = jnp.concatenate([angles_LxK2, angles_LxK2], axis=-1)
+  return jnp.cos(angles_LxK), jnp.sin(angles_LxK)
+
+
+def apply_rope(x_BxLxHxK, cos_LxK, sin_LxK):
+  """Split-half rotary embedding: x * cos + rotate_half(x) * sin, rotate_half = [-x2, x1]."""
+  x32 = x_BxLxHxK.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  cos, sin = cos_LxK[None, :, None, :], sin_LxK[None, :, None, :]
+  return (x32 * cos + rotated * sin).astype(x_BxLxHxK.dtype)
+
+
+def _param(rngs, init, shape, axes):
+  return nnx.Param(init(rngs.params(), shape), axes=axes)
+
+
+def _ones(shape, axes):
+  return nnx.Param(jnp.ones(shape, jnp.float32), axes=axes)
+
+
+class Blocks(nnx.Module):
+  """All transformer blocks, each weight stacked on a leading `layers` axis."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    n, d, f = cfg.n_layers, cfg.d_model, cfg.hidden
+    init = truncated_normal(cfg.init_std)
+    # Kernels are [in, out] per layer (HF nn.Linear stores the transpose).
+    self.wq = _param(rngs, init, (n, d, d), ("layers", "embed", "q_heads"))
+    self.wk = _param(rngs, init, (n, d, d), ("layers", "embed", "kv_heads"))
+    self.wv = _param(rngs, init, (n, d, d), ("layers", "embed", "kv_heads"))
+    self.wo = _param(rngs, init, (n, d, d), ("layers", "q_heads", "embed"))
+    self.w_up = _param(rngs, init, (n, d, f), ("layers", "embed", "mlp"))
+    self.w_gate = _param(rngs, init, (n, d, f), ("layers", "embed", "mlp"))
+    self.w_down = _param(rngs, init, (n, f, d), ("layers", "mlp", "embed"))
+    if cfg.variant == "ladder":
+      self.attn_norm = _ones((n, d), ("layers", "norm"))
+      self.mlp_norm = _ones((n, d), ("layers", "norm"))
+    elif cfg.variant == "olmo2":
+      self.q_norm = _ones((n, d), ("layers", "norm"))
+      self.k_norm = _ones((n, d), ("layers", "norm"))
+      self.post_attn_norm = _ones((n, d), ("layers", "norm"))
+      self.post_mlp_norm = _ones((n, d), ("layers", "norm"))
+
+
+# Activations tagged for the named remat presets.
+def _tag(x, name):
+  return checkpoint_name(x, name)
+
+
+def _remat_policy(name: str):
+  cp = jax.checkpoint_policies
+  return {
+      "dots_saveable": cp.dots_saveable,
+      "dots_with_no_batch_dims_saveable": cp.dots_with_no_batch_dims_saveable,
+      "save_qkv_proj": cp.save_only_these_names("query_proj", "key_proj", "value_proj",
+                                                "out_proj"),
+      "full": cp.nothing_saveable,
+  }[name]
+
+
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str):
+  """Causal softmax attention through jax.nn.dot_product_attention.
+
+  'auto' uses cuDNN flash attention on GPU for half precision and XLA elsewhere.
+  """
+  if impl == "auto":
+    on_gpu = jax.default_backend() == "gpu"
+    impl = "cudnn" if on_gpu and q_BxLxHxK.dtype in (jnp.bfloat16, jnp.float16) else "xla"
+  return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True,
+                                      implementation=impl)
+
+
+def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_LxK, sin_LxK):
+  """One transformer block. `layer` holds one layer's weights (no `layers` axis)."""
+  dt = cfg.compute_dtype
+  B, L, D = x_BxLxD.shape
+  H, K = cfg.n_heads, cfg.head_dim
+  w = {k: v.astype(dt) for k, v in layer.items() if not k.endswith("norm")}
+
+  def norm(h, name):
+    if cfg.variant == "olmo1":
+      return layer_norm_no_affine(h, cfg.eps).astype(dt)
+    return rms_norm(h, layer[name], cfg.eps).astype(dt)
+
+  def attn(h_BxLxD):
+    q = _tag(h_BxLxD @ w["wq"], "query_proj")
+    k = _tag(h_BxLxD @ w["wk"], "key_proj")
+    v = _tag(h_BxLxD @ w["wv"], "value_proj")
+    if cfg.clip_qkv:
+      q, k, v = (jnp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
+    if cfg.variant == "olmo2":  # QK-norm over the full projection, before heads and RoPE
+      q, k = norm(q, "q_norm"), norm(k, "k_norm")
+    q_BxLxHxK = apply_rope(q.reshape(B, L, H, K), cos_LxK, sin_LxK)
+    k_BxLxHxK = apply_rope(k.reshape(B, L, H, K), cos_LxK, sin_LxK)
+    v_BxLxHxK = v.reshape(B, L, H, K)
+    o_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention)
+    return _tag(o_BxLxHxK.reshape(B, L, D) @ w["wo"], "out_proj")
+
+  def mlp(h_BxLxD):
+    up_BxLxF = h_BxLxD @ w["w_up"]
+    gate_BxLxF = h_BxLxD @ w["w_gate"]
+    return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ w["w_down"]
+
+  if cfg.variant == "olmo2":
+    h = x_BxLxD + norm(attn(x_BxLxD), "post_attn_norm")
+    return h + norm(mlp(h), "post_mlp_norm")
+  h = x_BxLxD + attn(norm(x_BxLxD, "attn_norm"))
+  return h + mlp(norm(h, "mlp_norm"))
+
+
+class OLMo(nnx.Module):
+  """The OLMo decoder: embedding, scanned blocks, final norm, untied head."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    cfg.validate()
+    self.cfg = cfg
+    init = truncated_normal(cfg.init_std)
+    self.embed = _param(rngs, init, (cfg.embedding_size, cfg.d_model), ("vocab", "embed"))
+    self.blocks = Blocks(cfg, rngs=rngs)
+    if cfg.variant != "olmo1":
+      self.final_norm = _ones((cfg.d_model,), ("norm",))
+    self.lm_head = _param(rngs, init, (cfg.d_model, cfg.embedding_size), ("embed", "vocab"))
+
+  def __call__(self, input_ids_BxL: jax.Array) -> jax.Array:
+    """Logits float32 [B, L, V] for int token ids [B, L]."""
+    params = nnx.to_pure_dict(nnx.state(self, nnx.Param))
+    return forward(self.cfg, params, input_ids_BxL)
+
+
+def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
+            return_hidden: bool = False) -> jax.Array:
+  """Pure forward over a nested param dict (as nnx.to_pure_dict gives).
+
+  Returns float32 logits [B, L, V] (or the final hidden states [B, L, D] in the
+  compute dtype when return_hidden).
+  """
+  B, L = input_ids_BxL.shape
+  if L > cfg.max_seq_len:
+    raise ValueError(f"sequence length {L} exceeds model.max_seq_len={cfg.max_seq_len}")
+  dt = cfg.compute_dtype
+  x_BxLxD = jnp.take(params["embed"], input_ids_BxL, axis=0).astype(dt)
+  cos_LxK, sin_LxK = rope_tables(L, cfg.head_dim, cfg.theta)
+  blocks = params["blocks"]
+
+  def body(x, layer):
+    return block_forward(cfg, x, layer, cos_LxK, sin_LxK), None
+
+  if cfg.remat != "none":
+    body = jax.checkpoint(body, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+  if cfg.scan_layers:
+    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, blocks)
+  else:
+    for i in range(cfg.n_layers):
+      x_BxLxD, _ = body(x_BxLxD, jax.tree.map(lambda a: a[i], blocks))
+  if cfg.variant == "olmo1":
+    x_BxLxD = layer_norm_no_affine(x_BxLxD, cfg.eps).astype(dt)
+  else:
+    x_BxLxD = rms_norm(x_BxLxD, params["final_norm"], cfg.eps).astype(dt)
+  if return_hidden:
+    return x_BxLxD
+  return jnp.einsum("bld,dv->blv", x_BxLxD, params["lm_head"].astype(dt),
+                    preferred_element_type=jnp.float32)
+
+
+def param_axes(model: OLMo) -> dict[str, Any]:
+  """Nested dict (like the params) of logical axis-name tuples for every parameter."""
+  state = nnx.state(model, nnx.Param)
+  axes = jax.tree.map(lambda v: v.get_metadata()["axes"], state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.to_pure_dict(axes) if not isinstance(axes, dict) else axes
+
+
+def count_params(params, exclude_input_embedding: bool = False) -> int:
+  """Number of scalar parameters (optionally without the input embedding, as N counts)."""
+  total = sum(int(math.prod(x.shape)) for x in jax.tree.leaves(params))
+  if exclude_input_embedding:
+    total -= int(math.prod(params["embed"].shape))
+  return total
+
+
+def cross_entropy(logits_BxLxV, targets_BxL, z_loss: float = 0.0, mask_BxL=None):
+  """Mean next-token cross entropy in float32 (+ z_loss * mean(logsumexp^2)).
+
+  Returns (loss, metrics dict with 'ce' and 'z_loss').
+  """
+  logits = logits_BxLxV.astype(jnp.float32)
+  lse_BxL = jax.nn.logsumexp(logits, axis=-1)
+  target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None], axis=-1)[..., 0]
+  nll_BxL = lse_BxL - target_logit_BxL
+  if mask_BxL is None:
+    mask_BxL = jnp.ones_like(nll_BxL)
+  denom = jnp.maximum(mask_BxL.sum(), 1.0)
+  ce = (nll_BxL * mask_BxL).sum() / denom
+  zl = (jnp.square(lse_BxL) * mask_BxL).sum() / denom
+  loss = ce + z_loss * zl if z_loss else ce
+  return loss, {"ce": ce, "z_loss": zl}
+
