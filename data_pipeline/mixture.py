@@ -1,24 +1,550 @@
-"""Recipes -> deterministic, checkpointable batch iterators (minimal version: synthetic only)."""
+"""Recipes -> weighted, deterministic, checkpointable Grain iterators of token batches.
+
+A batch is {"input_ids": int32[B, L + 1]}: every source is cut into windows of L + 1 tokens.
+
+How rows are drawn (the same for any number of processes):
+  * Global row r (step t, process i, row j: r = (t * n + i) * B + j) gets a source label from
+    blocks of `BLOCK` rows: each block holds exactly round(w_s * BLOCK) rows of source s
+    (largest remainder), in a seeded random order. So realised proportions match the weights
+    (by rows = by tokens, as every row has L + 1 tokens) in every block.
+  * The k-th row labelled s is the k-th draw from s: epoch e = k // N_s, instance
+    pi_{s,e}(k mod N_s), where pi is a seeded permutation of the whole source (a global
+    shuffle, not a buffer) that changes every epoch. Draw counts follow from the labels in
+    closed form, so process i reads only its own rows and the state is just the step.
+  * Text sources (jsonl/parquet/ArrayRecord/TFDS documents) are packed on the fly by
+    `sources.PackedStream`, which shards documents by process and keeps a small per-process
+    state (epoch, document, offset).
+"""
 
 from __future__ import annotations
 
+import atexit
+import glob
+import importlib.util
+import logging
+import math
+import os
+from typing import Any
+import weakref
+
+import grain
 import ml_collections
 import numpy as np
 
+from data_pipeline import index_shuffle
+from data_pipeline import sources as sources_lib
+
+BLOCK = 8192  # rows per exact-proportion block
+PLAN_STEPS = 64  # steps whose row -> instance plan is computed in one vectorised pass
+STATE_VERSION = 1
+SOURCE_KINDS = ("tokens", "text", "array_record", "tfds")
+_REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def default_config() -> ml_collections.ConfigDict:
-  """The `config.data` subtree."""
+  """The `config.data` subtree.
+
+  Fields:
+    mixture: 'synthetic' (a repetitive token stream, no files), a recipe name from
+      `recipes_dir` (e.g. 'sample', 'dolma17', 'dolma17-75p-DCLM-baseline-25p'), a path to a
+      recipe .py file, or 'custom' (the sources in `sources`).
+    data_dir: root of all relative source paths; the sample corpus is built under it.
+    seed: mixing/shuffling seed; -1 uses the seed passed by the trainer (train.seed).
+    sources: only for mixture='custom': comma-separated `name=glob[|glob][@weight]`; the kind
+      follows the extension (.jsonl[.gz|.zst]/.parquet: text, .array_record: documents,
+      else token files), 'tfds:NAME:SPLIT' names a prepared TFDS dataset under data_dir.
+    drop_sources: comma-separated source names removed from the recipe (ablations).
+    tokenizer: tokenizer for text sources ('olmo' or a tokenizer.json path).
+    token_dtype: dtype of raw token files without an .npy header ('uint16' or 'uint32').
+    shuffle: global per-epoch permutation of each source; False keeps file order.
+    prefetch: batches prepared ahead in a background thread (0: none).
+    max_epochs: stop (StopIteration) before any source starts this epoch; 0: never stop.
+    recipes_dir: where recipe files live; '' means <repo>/configs/data_configs.
+  """
   c = ml_collections.ConfigDict()
-  c.mixture = "synthetic"  # a recipe name, or 'synthetic' (a repetitive token stream, no files)
+  c.mixture = "synthetic"
   c.data_dir = "data"
-  c.seed = -1  # -1: use train.seed
+  c.seed = -1
+  c.sources = ""
+  c.drop_sources = ""
+  c.tokenizer = "olmo"
+  c.token_dtype = "uint16"
+  c.shuffle = True
+  c.prefetch = 2
+  c.max_epochs = 0
+  c.recipes_dir = ""
   return c
 
 
+def _get(cfg, key, default):
+  """cfg.key, tolerating configs made before a field existed (old checkpoints, trainer tests)."""
+  return cfg[key] if cfg is not None and key in cfg else default
+
+
+# ------------------------------------------------------------------------------------------
+# Recipes.
+
+
+def recipes_dir(cfg) -> str:
+  return _get(cfg, "recipes_dir", "") or os.path.join(_REPO_DIR, "configs", "data_configs")
+
+
+def _load_module(path: str):
+  spec = importlib.util.spec_from_file_location(
+      "data_recipe_" + os.path.basename(path)[:-3].replace("-", "_"), path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def known_recipes(directory: str) -> list[str]:
+  """Recipe names in `directory`: files `<name>.py` with get_config(), plus each file's
+  recipe_names() for files that hold a table of recipes."""
+  names = []
+  for path in sorted(glob.glob(os.path.join(directory, "*.py"))):
+    if os.path.basename(path).startswith("_"):
+      continue
+    module = _load_module(path)
+    if hasattr(module, "recipe_names"):
+      names.extend(module.recipe_names())
+    elif hasattr(module, "get_config"):
+      names.append(os.path.basename(path)[:-3])
+  return names
+
+
+def load_recipe(name: str, directory: str) -> ml_collections.ConfigDict:
+  """The recipe ConfigDict for a name (or a .py path); raises ValueError listing known names."""
+  if name.endswith(".py"):
+    if not os.path.isfile(name):
+      raise FileNotFoundError(f"data.mixture: recipe file not found: {name}")
+    return _load_module(name).get_config()
+  path = os.path.join(directory, f"{name}.py")
+  if os.path.isfile(path):
+    return _load_module(path).get_config()
+  for path in sorted(glob.glob(os.path.join(directory, "*.py"))):
+    module = _load_module(path)
+    if hasattr(module, "recipe_names") and name in module.recipe_names():
+      return module.get_config(name)
+  raise ValueError(f"data.mixture={name!r} is not a known recipe; known: synthetic, custom, "
+                   f"{', '.join(known_recipes(directory))} (recipes live in {directory})")
+
+
+def source_spec(kind: str = "tokens", paths: str = "", weight: float = 1.0,
+                **extra) -> ml_collections.ConfigDict:
+  """One source of a recipe: kind, paths (globs relative to data_dir, '|'-separated), weight.
+
+  Extra fields: dtype (tokens), field / record_format (text, array_record), tfds_name, split,
+  feature (tfds), recipe (a nested recipe weighted as a whole).
+  """
+  c = ml_collections.ConfigDict()
+  c.kind, c.paths, c.weight = kind, paths, float(weight)
+  for k, v in extra.items():
+    c[k] = v
+  return c
+
+
+def parse_sources(spec: str) -> dict[str, ml_collections.ConfigDict]:
+  """'name=glob[|glob][@weight],...' -> {name: source spec} (data.sources for mixture=custom)."""
+  out = {}
+  for item in [s.strip() for s in spec.split(",") if s.strip()]:
+    if "=" not in item:
+      raise ValueError(f"data.sources: {item!r} is not 'name=glob[@weight]'")
+    name, rest = item.split("=", 1)
+    name = name.strip()
+    weight = 1.0
+    if "@" in rest:
+      rest, w = rest.rsplit("@", 1)
+      try:
+        weight = float(w)
+      except ValueError as e:
+        raise ValueError(f"data.sources: weight {w!r} of source {name!r} is not a number") from e
+    if name in out:
+      raise ValueError(f"data.sources: source {name!r} appears twice")
+    if rest.startswith("tfds:"):
+      parts = rest.split(":")
+      if len(parts) != 3:
+        raise ValueError(f"data.sources: {rest!r} is not 'tfds:NAME:SPLIT'")
+      out[name] = source_spec("tfds", "", weight, tfds_name=parts[1], split=parts[2])
+    elif rest.endswith(sources_lib.TEXT_SUFFIXES):
+      out[name] = source_spec("text", rest, weight)
+    elif ".array_record" in rest:
+      out[name] = source_spec("array_record", rest, weight)
+    else:
+      out[name] = source_spec("tokens", rest, weight)
+  if not out:
+    raise ValueError("data.sources is empty; give 'name=glob[@weight],...' for mixture='custom'")
+  return out
+
+
+def flatten_recipe(recipe, directory: str, _seen=()) -> dict[str, ml_collections.ConfigDict]:
+  """{source name: spec with its absolute weight} of a recipe: `base` recipe, minus `drop`,
+  plus `sources` (a source with `recipe` expands to that recipe's sources scaled by its weight).
+  """
+  name = _get(recipe, "name", "?")
+  if name in _seen:
+    raise ValueError(f"recipe {name!r} includes itself via {' -> '.join(_seen)}")
+  out: dict[str, Any] = {}
+  base = _get(recipe, "base", "")
+  if base:
+    out.update(flatten_recipe(load_recipe(base, directory), directory, _seen + (name,)))
+  for dropped in _get(recipe, "drop", []):
+    if dropped not in out:
+      raise ValueError(f"recipe {name!r} drops unknown source {dropped!r}; "
+                       f"its base {base!r} has {sorted(out)}")
+    del out[dropped]
+  for src_name, spec in _get(recipe, "sources", {}).items():
+    _check_weight(spec.weight, f"recipe {name!r} source {src_name!r}")
+    nested = _get(spec, "recipe", "")
+    if nested:
+      sub = flatten_recipe(load_recipe(nested, directory), directory, _seen + (name,))
+      total = sum(s.weight for s in sub.values())
+      for sub_name, sub_spec in sub.items():
+        sub_spec = ml_collections.ConfigDict(sub_spec.to_dict())
+        sub_spec.weight = spec.weight * sub_spec.weight / total
+        _add(out, sub_name, sub_spec, name)
+    else:
+      _add(out, src_name, spec, name)
+  return out
+
+
+def _add(out, name, spec, recipe_name):
+  if name in out:
+    raise ValueError(f"recipe {recipe_name!r}: source {name!r} is defined twice")
+  if spec.kind not in SOURCE_KINDS:
+    raise ValueError(f"recipe {recipe_name!r} source {name!r}: kind must be one of "
+                     f"{SOURCE_KINDS}, got {spec.kind!r}")
+  out[name] = spec
+
+
+def _check_weight(w, where: str) -> None:
+  if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+    raise ValueError(f"{where}: weight must be a finite number >= 0, got {w!r}")
+
+
+def resolve_sources(cfg) -> tuple[str, ml_collections.ConfigDict | None, dict]:
+  """(recipe name, recipe or None, {source: spec}) with data.drop_sources applied; cheap."""
+  name = cfg.mixture
+  if name == "custom":
+    recipe = None
+    specs = parse_sources(cfg.sources)
+  else:
+    if _get(cfg, "sources", ""):
+      raise ValueError(f"data.sources is only read when data.mixture='custom' (mixture is "
+                       f"{name!r}); clear one of them")
+    recipe = load_recipe(name, recipes_dir(cfg))
+    specs = flatten_recipe(recipe, recipes_dir(cfg))
+  for dropped in [d.strip() for d in _get(cfg, "drop_sources", "").split(",") if d.strip()]:
+    if dropped not in specs:
+      raise ValueError(f"data.drop_sources: unknown source {dropped!r}; {name!r} has "
+                       f"{sorted(specs)}")
+    del specs[dropped]
+  for src_name, spec in specs.items():
+    _check_weight(spec.weight, f"data source {src_name!r}")
+  if not specs:
+    raise ValueError(f"data.mixture={name!r} has no sources left")
+  if not _get(recipe, "natural_weights", False):
+    if sum(spec.weight for spec in specs.values()) <= 0:
+      raise ValueError(f"data.mixture={name!r}: all source weights are zero "
+                       f"({ {k: v.weight for k, v in specs.items()} })")
+  return name, recipe, dict(sorted(specs.items()))
+
+
+def _corpus_pending(cfg, recipe) -> bool:
+  """True when the recipe's files are built on first use and are not built yet."""
+  builder = _get(recipe, "builder", "") if recipe is not None else ""
+  if not builder:
+    return False
+  if builder != "sample_corpus":
+    raise ValueError(f"recipe {cfg.mixture!r}: unknown builder {builder!r}")
+  from data_pipeline import sample_corpus  # deferred: only for the embedded corpus
+  return not sample_corpus.is_built(cfg.data_dir)
+
+
+def _check_files(name: str, spec, cfg) -> list[str]:
+  """Resolved files of a source, each checked cheaply (exists, non-empty, dtype-aligned)."""
+  if spec.kind == "tfds":
+    return []
+  files = sources_lib.resolve_paths(spec.paths, cfg.data_dir, f"data source {name!r}")
+  for path in files:
+    if spec.kind == "tokens":
+      sources_lib.token_file_layout(path, _get(spec, "dtype", _get(cfg, "token_dtype", "uint16")))
+    elif os.path.getsize(path) == 0:
+      raise ValueError(f"data source {name!r}: file is empty: {path}")
+  return files
+
+
 def validate_config(cfg, vocab_size: int) -> None:
-  """Raises ValueError naming the field on bad data config, before any expensive work."""
-  if cfg.mixture != "synthetic":
-    raise ValueError(f"data.mixture={cfg.mixture!r} is not a known recipe; known: synthetic")
+  """Raises ValueError/FileNotFoundError naming the field or file on a bad data config.
+
+  Cheap (stats files, reads .npy headers); runs before any expensive work.
+  """
+  if cfg.mixture == "synthetic":
+    return
+  if not isinstance(vocab_size, int) or vocab_size <= 0:
+    raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+  if _get(cfg, "token_dtype", "uint16") not in sources_lib.TOKEN_DTYPES:
+    raise ValueError(f"data.token_dtype must be one of {sources_lib.TOKEN_DTYPES}")
+  if _get(cfg, "prefetch", 0) < 0 or _get(cfg, "max_epochs", 0) < 0:
+    raise ValueError("data.prefetch and data.max_epochs must be >= 0")
+  _, recipe, specs = resolve_sources(cfg)
+  if _corpus_pending(cfg, recipe):
+    return  # its files are written by build_train_iterator
+  for name, spec in specs.items():
+    if spec.weight > 0 or _get(recipe, "natural_weights", False):
+      _check_files(name, spec, cfg)
+
+
+# ------------------------------------------------------------------------------------------
+# The mixture.
+
+
+def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
+  """Integer counts summing to `total`, as close to weights * total as integers allow."""
+  exact = weights / weights.sum() * total
+  counts = np.floor(exact).astype(np.int64)
+  short = total - int(counts.sum())
+  order = np.argsort(-(exact - counts), kind="stable")
+  counts[order[:short]] += 1
+  return counts
+
+
+class Mixer:
+  """Computes batch `step` of one process from its sources; stateless except text streams."""
+
+  def __init__(self, names, weights, srcs, *, batch_size: int, seed: int, shuffle: bool,
+               process_index: int, process_count: int, vocab_size: int, max_epochs: int = 0):
+    self.names, self.srcs = list(names), list(srcs)
+    self.weights = np.asarray(weights, dtype=np.float64)
+    self.block_counts = largest_remainder(self.weights, BLOCK)
+    if not (self.block_counts > 0).any():
+      raise ValueError("mixture: all weights are zero")
+    self.window = srcs[0].window
+    self.B, self.seed, self.shuffle = batch_size, seed, shuffle
+    self.pi, self.pc, self.vocab_size, self.max_epochs = (process_index, process_count,
+                                                         vocab_size, max_epochs)
+    self.streams = {n: s for n, s in zip(self.names, self.srcs)
+                    if isinstance(s, sources_lib.PackedStream)}
+    self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._plan: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+  def _block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(label int64[BLOCK], rank of each row among its label's rows in the block) of block b."""
+    if b not in self._blocks:
+      labels = np.repeat(np.arange(len(self.names)), self.block_counts)
+      rng = np.random.default_rng(index_shuffle.derive_seed(self.seed, "mixture-block", b))
+      labels = labels[rng.permutation(BLOCK)] if len(self.names) > 1 else labels
+      order = np.argsort(labels, kind="stable")
+      starts = np.concatenate([[0], np.cumsum(self.block_counts)])
+      rank = np.empty(BLOCK, dtype=np.int64)
+      rank[order] = np.arange(BLOCK) - starts[labels[order]]
+      if len(self._blocks) > 4:
+        self._blocks.clear()
+      self._blocks[b] = (labels, rank)
+    return self._blocks[b]
+
+  def _plan_steps(self, first: int):
+    """Labels, draw epochs and instance indices of this process's rows for PLAN_STEPS steps."""
+    steps = np.arange(first, first + PLAN_STEPS, dtype=np.int64)
+    rows = ((steps[:, None] * self.pc + self.pi) * self.B + np.arange(self.B)[None, :]).ravel()
+    block, pos = rows // BLOCK, rows % BLOCK
+    labels = np.empty_like(rows)
+    draws = np.empty_like(rows)
+    for b in np.unique(block).tolist():
+      lab, rank = self._block(b)
+      m = block == b
+      labels[m] = lab[pos[m]]
+      draws[m] = b * self.block_counts[labels[m]] + rank[pos[m]]
+    epochs = np.zeros_like(rows)
+    instances = np.full_like(rows, -1)
+    for s, src in enumerate(self.srcs):
+      m = labels == s
+      if not m.any() or s_is_stream(src):
+        continue
+      n = src.num_instances
+      epochs[m], within = draws[m] // n, draws[m] % n
+      if self.shuffle:
+        inst = np.empty_like(within)
+        for e in np.unique(epochs[m]).tolist():
+          em = epochs[m] == e
+          inst[em] = index_shuffle.permute(
+              within[em], n, index_shuffle.derive_seed(self.seed, self.names[s], e))
+        instances[m] = inst
+      else:
+        instances[m] = within
+    shape = (PLAN_STEPS, self.B)
+    self._plan = (first, labels.reshape(shape), epochs.reshape(shape), instances.reshape(shape))
+
+  def batch(self, step: int) -> np.ndarray:
+    """Rows of `step` for this process: int32[B, window]."""
+    if self._plan is None or not self._plan[0] <= step < self._plan[0] + PLAN_STEPS:
+      self._plan_steps(step - step % PLAN_STEPS)
+    first, labels, epochs, instances = self._plan
+    labels, epochs, instances = labels[step - first], epochs[step - first], instances[step - first]
+    if self.max_epochs and epochs.max() >= self.max_epochs:
+      raise StopIteration
+    out = np.empty((self.B, self.window), dtype=np.int32)
+    for s, src in enumerate(self.srcs):
+      rows = np.flatnonzero(labels == s)
+      if not rows.size:
+        continue
+      if s_is_stream(src):
+        out[rows] = src.take(rows.size)
+        if self.max_epochs and src.get_state()["epoch"] >= self.max_epochs:
+          raise StopIteration
+      elif rows.size == self.B:
+        src.read(instances, out=out, check=False)
+      else:
+        src.read(instances[rows], out=out, rows=rows, check=False)
+    if out.max() >= self.vocab_size:
+      row = int(np.argmax(out.max(axis=1) >= self.vocab_size))
+      src = self.srcs[labels[row]]
+      if not s_is_stream(src):
+        src.read(instances[row:row + 1])  # raises naming the file and token range
+      raise ValueError(f"source {self.names[labels[row]]!r}: token id {int(out[row].max())} "
+                       f">= vocab_size {self.vocab_size}")
+    return out
+
+
+def s_is_stream(src) -> bool:
+  return isinstance(src, sources_lib.PackedStream)
+
+
+class MixtureIterator(grain.DatasetIterator):
+  """Grain iterator of {"input_ids": int32[B, L + 1]}; state = step (+ text stream positions)."""
+
+  def __init__(self, mixer: Mixer, fingerprint: dict):
+    super().__init__()
+    self._mixer, self._fingerprint, self._step = mixer, fingerprint, 0
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = self._mixer.batch(self._step)
+    self._step += 1
+    return {"input_ids": batch}
+
+  def get_state(self) -> dict:
+    return {"version": STATE_VERSION, "step": self._step,
+            "streams": {n: s.get_state() for n, s in self._mixer.streams.items()},
+            "fingerprint": self._fingerprint}
+
+  def set_state(self, state: dict) -> None:
+    if state.get("version") != STATE_VERSION:
+      raise ValueError(f"data iterator state version {state.get('version')!r} != {STATE_VERSION}")
+    saved = state.get("fingerprint", {})
+    diff = {k: (saved.get(k), v) for k, v in self._fingerprint.items() if saved.get(k) != v}
+    if diff:
+      raise ValueError(f"data iterator state was saved for another data setup; differing "
+                       f"(saved, now): {diff}")
+    for name, stream in self._mixer.streams.items():
+      stream.set_state(state["streams"][name])
+    self._step = int(state["step"])
+
+
+class MixtureDataset(grain.IterDataset):
+  """Grain IterDataset over a Mixer (compose with grain transformations, e.g. prefetch)."""
+
+  def __init__(self, mixer: Mixer, fingerprint: dict):
+    super().__init__()
+    self._mixer, self._fingerprint = mixer, fingerprint
+
+  def __iter__(self) -> MixtureIterator:
+    return MixtureIterator(self._mixer, self._fingerprint)
+
+
+def build_sources(cfg, specs: dict, *, window: int, seed: int, vocab_size: int,
+                  process_index: int, process_count: int) -> list:
+  """Source objects (TokenFileSource or PackedStream) in the order of `specs`."""
+  out = []
+  shuffle = bool(_get(cfg, "shuffle", True))
+  for name, spec in specs.items():
+    files = _check_files(name, spec, cfg)
+    if spec.kind == "tokens":
+      out.append(sources_lib.TokenFileSource(
+          files, window, _get(spec, "dtype", _get(cfg, "token_dtype", "uint16")),
+          vocab_size=vocab_size, name=name))
+      continue
+    if spec.kind == "tfds":
+      docs = sources_lib.TfdsDocumentSource(
+          spec.tfds_name, _get(spec, "split", "train"), cfg.data_dir,
+          feature=_get(spec, "feature", "text"),
+          record_format=_get(spec, "record_format", "text"), source_name=name)
+    else:
+      docs = sources_lib.DocumentSource(files, name=name, field=_get(spec, "field", "text"),
+                                        record_format=_get(spec, "record_format", "text"))
+    out.append(sources_lib.PackedStream(
+        docs, window=window, seed=seed, shuffle=shuffle, tokenizer=_get(cfg, "tokenizer", "olmo"),
+        vocab_size=vocab_size, process_index=process_index, process_count=process_count,
+        name=name))
+  return out
+
+
+def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab_size: int,
+                         process_index: int = 0, process_count: int = 1):
+  """Iterator of {"input_ids": int32[batch_size, seq_len + 1]} for THIS process.
+
+  `batch_size` is the per-process batch; the global batch is batch_size * process_count.
+  The iterator has get_state()/set_state() (a JSON-serialisable dict). For token-file
+  mixtures the state is the same on every process; with text sources it is per process.
+  """
+  validate_config(cfg, vocab_size)
+  if cfg.mixture == "synthetic":
+    return SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed,
+                             vocab_size=vocab_size, process_index=process_index,
+                             process_count=process_count)
+  if cfg.seed >= 0:
+    seed = int(cfg.seed)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  name, recipe, specs = resolve_sources(cfg)
+  if _corpus_pending(cfg, recipe):
+    from data_pipeline import sample_corpus
+    sample_corpus.build(cfg.data_dir, tokenizer=_get(cfg, "tokenizer", "olmo"))
+  window = seq_len + 1
+  natural = _get(recipe, "natural_weights", False)
+  specs = {k: v for k, v in specs.items() if natural or v.weight > 0}
+  srcs = build_sources(cfg, specs, window=window, seed=seed, vocab_size=vocab_size,
+                       process_index=process_index, process_count=process_count)
+  if natural:
+    if not all(isinstance(s, sources_lib.TokenFileSource) for s in srcs):
+      raise ValueError(f"recipe {name!r}: natural_weights needs token-file sources only")
+    weights = [float(s.num_tokens) for s in srcs]
+  else:
+    weights = [v.weight for v in specs.values()]
+  for n, w, s in zip(specs, weights, srcs):
+    size = (f"{s.num_instances} windows" if isinstance(s, sources_lib.TokenFileSource)
+            else f"{len(s.docs)} documents")
+    logging.info("data source %s: weight %.4f, %s of %d tokens", n, w / sum(weights), size, window)
+  mixer = Mixer(list(specs), weights, srcs, batch_size=batch_size, seed=seed,
+                shuffle=bool(_get(cfg, "shuffle", True)), process_index=process_index,
+                process_count=process_count, vocab_size=vocab_size,
+                max_epochs=int(_get(cfg, "max_epochs", 0)))
+  fingerprint = {
+      "mixture": name, "seed": seed, "window": window, "batch_size": batch_size,
+      "process_count": process_count, "shuffle": mixer.shuffle, "block": BLOCK,
+      "sources": {n: [round(float(w), 12), (s.num_instances if not s_is_stream(s)
+                                            else len(s.docs))]
+                  for n, w, s in zip(specs, weights, srcs)},
+  }
+  if mixer.streams:
+    fingerprint["process_index"] = process_index  # text stream positions are per process
+  ds = MixtureDataset(mixer, fingerprint)
+  prefetch = int(_get(cfg, "prefetch", 2))
+  if prefetch:
+    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+  it = iter(ds)
+  if prefetch:
+    # Stop the prefetch thread before interpreter teardown, when its queue module is gone.
+    atexit.register(_close_quietly, weakref.ref(it))
+  return it
+
+
+def _close_quietly(ref) -> None:
+  it = ref()
+  if it is not None:
+    it.close()
+
+
+# ------------------------------------------------------------------------------------------
+# The synthetic stream (no files): used by trainer tests and smoke runs.
 
 
 class SyntheticIterator:
@@ -50,15 +576,3 @@ class SyntheticIterator:
 
   def set_state(self, state: dict) -> None:
     self._step = int(state["step"])
-
-
-def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab_size: int,
-                         process_index: int = 0, process_count: int = 1):
-  """Iterator of {"input_ids": int32[batch_size, seq_len + 1]} for THIS process.
-
-  `batch_size` is the per-process batch. The iterator has get_state()/set_state().
-  """
-  validate_config(cfg, vocab_size)
-  return SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed,
-                           vocab_size=vocab_size, process_index=process_index,
-                           process_count=process_count)

@@ -1,0 +1,512 @@
+"""Random-access data sources: OLMo token files, raw documents (jsonl/parquet/ArrayRecord/TFDS).
+
+Two kinds of source feed the mixture:
+  * `TokenFileSource`: OLMo/Dolma pre-tokenized files; instance i is the i-th window of
+    `window` consecutive tokens, cut per file exactly as OLMo's MemMapDataset cuts them
+    (file by file, a tail shorter than the window is dropped). Implements Grain's
+    RandomAccessDataSource protocol (`len`, `[i]`) plus a vectorised `read(indices)`.
+  * `DocumentSource` / `TfdsDocumentSource`: documents (text or token ids) by index, packed
+    into windows by `PackedStream` (tokenise, append EOS per document, concatenate, split).
+
+The window length is a parameter: OLMo cuts windows of `max_sequence_length` tokens; the
+trainer here wants rows of L + 1 tokens (inputs [:, :-1], targets [:, 1:]), so the mixture
+asks sources for window = L + 1. Reproducing OLMo's exact instances means L = seq_len - 1.
+Every error names the file or source; nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import zlib
+
+import numpy as np
+
+from data_pipeline import index_shuffle
+from data_pipeline import tokenizer as tokenizer_lib
+
+TOKEN_DTYPES = ("uint16", "uint32")
+TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json", ".json.zst", ".parquet")
+RECORD_FORMATS = ("text", "json", "tokens_uint16", "tokens_uint32")
+_NPY_MAGIC = b"\x93NUMPY"
+_MAX_OPEN_MEMMAPS = 256  # keeps file descriptors under the usual 1024 soft limit
+
+
+def resolve_paths(patterns, base_dir: str, what: str) -> list[str]:
+  """Files matching globs (relative ones under base_dir), sorted per pattern; raises if none match.
+
+  `what` names the source in the error message.
+  """
+  if isinstance(patterns, str):
+    patterns = [p for p in patterns.split("|") if p]
+  if not patterns:
+    raise ValueError(f"{what}: no paths given")
+  files = []
+  for pattern in patterns:
+    full = pattern if os.path.isabs(pattern) else os.path.join(base_dir, pattern)
+    if os.path.isdir(full):
+      raise ValueError(f"{what}: {full} is a directory; give a glob such as {full}/*.npy")
+    matches = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
+    # The tokenizer's index/metadata JSON and in-flight temporaries sit next to the shards.
+    matches = [m for m in matches if ".tmp" not in os.path.basename(m)
+               and not (m.endswith(".json") and os.path.basename(m).startswith(("index", "part-")))]
+    if not matches:
+      raise FileNotFoundError(f"{what}: no files match {full}")
+    for m in matches:
+      if not os.path.isfile(m):
+        raise FileNotFoundError(f"{what}: file not found: {m}")
+    files.extend(matches)
+  return files
+
+
+# ------------------------------------------------------------------------------------------
+# Token files.
+
+
+def token_file_layout(path: str, dtype: str = "uint16") -> tuple[np.dtype, int, int]:
+  """(dtype, header bytes, number of tokens) of a token file: raw memmap or `.npy` with header.
+
+  OLMo's Dolma files are raw ids despite their `.npy` name; a real npy header is detected by
+  its magic bytes and its dtype wins over `dtype`.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"token file not found: {path}")
+  size = os.path.getsize(path)
+  if size == 0:
+    raise ValueError(f"token file is empty: {path}")
+  with open(path, "rb") as f:
+    if f.read(len(_NPY_MAGIC)) == _NPY_MAGIC:
+      f.seek(0)
+      try:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, file_dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
+      except ValueError as e:
+        raise ValueError(f"token file {path}: bad .npy header: {e}") from e
+      if len(shape) != 1 or file_dtype.name not in TOKEN_DTYPES:
+        raise ValueError(f"token file {path}: .npy array must be 1-D uint16/uint32, got "
+                         f"shape {shape} dtype {file_dtype}")
+      offset = f.tell()
+      if offset + shape[0] * file_dtype.itemsize != size:
+        raise ValueError(f"token file {path}: size {size} disagrees with its .npy header "
+                         f"({shape[0]} x {file_dtype})")
+      return file_dtype, offset, int(shape[0])
+  if dtype not in TOKEN_DTYPES:
+    raise ValueError(f"token dtype must be one of {TOKEN_DTYPES}, got {dtype!r}")
+  np_dtype = np.dtype(dtype)
+  if size % np_dtype.itemsize:
+    raise ValueError(f"token file {path}: size {size} bytes is not a multiple of {dtype} "
+                     f"({np_dtype.itemsize} bytes); wrong dtype or a truncated file")
+  return np_dtype, 0, size // np_dtype.itemsize
+
+
+class TokenFileSource:
+  """OLMo token files as a random-access source of int32[window] instances.
+
+  Instance order is file by file, window by window, as OLMo's MemMapDataset numbers them.
+  """
+
+  def __init__(self, paths: list[str], window: int, dtype: str = "uint16",
+               vocab_size: int | None = None, name: str = "tokens"):
+    if window < 1:
+      raise ValueError(f"{name}: window must be >= 1, got {window}")
+    self.name, self.window, self.vocab_size = name, int(window), vocab_size
+    self.paths = list(paths)
+    layouts = [token_file_layout(p, dtype) for p in self.paths]
+    self._dtypes = [l[0] for l in layouts]
+    self._offsets = [l[1] for l in layouts]
+    self.file_tokens = np.array([l[2] for l in layouts], dtype=np.int64)
+    self.file_instances = self.file_tokens // self.window
+    # starts[f] = index of file f's first instance; searchsorted on it maps index -> file.
+    self._starts = np.concatenate([[0], np.cumsum(self.file_instances)]).astype(np.int64)
+    self.num_instances = int(self._starts[-1])
+    if self.num_instances == 0:
+      raise ValueError(f"source {name!r}: {int(self.file_tokens.sum())} tokens in "
+                       f"{len(self.paths)} file(s), fewer than one window of {window}")
+    self._memmaps: collections.OrderedDict = collections.OrderedDict()
+    # Direct list lookup on the hot path when all files can stay open.
+    self._mm_list = [None] * len(self.paths) if len(self.paths) <= _MAX_OPEN_MEMMAPS else None
+
+  @property
+  def num_tokens(self) -> int:
+    """Tokens in all files (tails included)."""
+    return int(self.file_tokens.sum())
+
+  def __len__(self) -> int:
+    return self.num_instances
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    """Instance `index`: int32[window]."""
+    return self.read(np.array([index]))[0]
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    state["_memmaps"] = collections.OrderedDict()  # memmaps reopen lazily after pickling
+    if state["_mm_list"] is not None:
+      state["_mm_list"] = [None] * len(self.paths)
+    return state
+
+  def _open(self, f: int) -> np.ndarray:
+    return np.memmap(self.paths[f], dtype=self._dtypes[f], mode="r", offset=self._offsets[f],
+                     shape=(int(self.file_tokens[f]),))
+
+  def _memmap(self, f: int) -> np.ndarray:
+    if self._mm_list is not None:
+      mm = self._mm_list[f]
+      if mm is None:
+        mm = self._mm_list[f] = self._open(f)
+      return mm
+    mm = self._memmaps.get(f)
+    if mm is None:
+      mm = self._open(f)
+      self._memmaps[f] = mm
+      if len(self._memmaps) > _MAX_OPEN_MEMMAPS:
+        self._memmaps.popitem(last=False)
+    else:
+      self._memmaps.move_to_end(f)
+    return mm
+
+  def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(file index, first token position) of each instance index. int64[k] -> int64[k] x 2."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= self.num_instances):
+      raise IndexError(f"source {self.name!r}: index out of range [0, {self.num_instances})")
+    files = np.searchsorted(self._starts, indices, side="right") - 1
+    return files, (indices - self._starts[files]) * self.window
+
+  def read(self, indices, out: np.ndarray | None = None, rows=None,
+           check: bool = True) -> np.ndarray:
+    """Instances at `indices` (int[k]) -> int32[k, window].
+
+    With `out` and `rows`, instance j is written to out[rows[j]] instead (no extra copy).
+    `check=False` skips the vocab check (the caller checks the whole batch once).
+    """
+    files, positions = self.locate(indices)
+    if out is None:
+      out = np.empty((len(files), self.window), dtype=np.int32)
+    rows = range(len(files)) if rows is None else np.asarray(rows).tolist()
+    w = self.window
+    memmap = self._memmap
+    for row, f, p in zip(rows, files.tolist(), positions.tolist()):
+      out[row] = memmap(f)[p:p + w]
+    if check and self.vocab_size is not None and len(files):
+      got = out[list(rows)] if not isinstance(rows, range) else out
+      if got.max() >= self.vocab_size:
+        j = int(np.argmax(got.max(axis=1) >= self.vocab_size))
+        raise ValueError(
+            f"source {self.name!r}: token id {int(got[j].max())} >= vocab_size "
+            f"{self.vocab_size} in {self.paths[files[j]]} within tokens [{positions[j]}, "
+            f"{positions[j] + w}); wrong tokenizer or dtype?")
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Documents.
+
+
+def _iter_lines(path: str, chunk_bytes: int = 1 << 22):
+  """Lines (bytes) of a plain, .gz or .zst file, streamed; a truncated or corrupt archive
+  raises ValueError naming the file."""
+  with open(path, "rb") as raw:
+    if path.endswith(".gz"):
+      try:
+        with gzip.open(raw) as f:
+          yield from f
+      except (EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"{path}: truncated or corrupt gzip file ({e})") from e
+    elif path.endswith(".zst"):
+      import zstandard  # deferred: only needed for .zst inputs
+      obj, pending = zstandard.ZstdDecompressor().decompressobj(), b""
+      try:
+        while chunk := raw.read(chunk_bytes):
+          data = obj.decompress(chunk)
+          while obj.eof and obj.unused_data:  # concatenated frames
+            rest = obj.unused_data
+            obj = zstandard.ZstdDecompressor().decompressobj()
+            data += obj.decompress(rest)
+          lines = (pending + data).split(b"\n")
+          pending = lines.pop()
+          for line in lines:
+            yield line + b"\n"
+      except zstandard.ZstdError as e:
+        raise ValueError(f"{path}: corrupt zstd file ({e})") from e
+      if not obj.eof:
+        raise ValueError(f"{path}: truncated zstd file (the data ends inside a frame)")
+      if pending:
+        yield pending
+    else:
+      yield from raw
+
+
+def iter_documents(path: str, field: str = "text"):
+  """Documents (str) of a Dolma-style file, streamed: `{"text": ...}` per jsonl line
+  (.jsonl[.gz|.zst]) or a `text` column (.parquet). Blank lines are not documents; anything
+  else malformed, missing, empty or truncated raises naming the file (and line)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"document file not found: {path}")
+  if os.path.getsize(path) == 0:
+    raise ValueError(f"document file is empty: {path}")
+  count = 0
+  if path.endswith(".parquet"):
+    import pyarrow.parquet as pq  # deferred: heavy import
+    try:
+      pf = pq.ParquetFile(path)
+      batches = pf.iter_batches(columns=[field], batch_size=4096)
+      for batch in batches:
+        for d in batch.column(0).to_pylist():
+          if not isinstance(d, str):
+            raise ValueError(f"{path}: row {count}: {field!r} is {type(d).__name__}, "
+                             "expected a string")
+          count += 1
+          yield d
+    except ValueError:
+      raise
+    except Exception as e:  # pyarrow raises several types for missing columns / bad files
+      raise ValueError(f"{path}: cannot read column {field!r} from parquet ({e})") from e
+  elif path.endswith(TEXT_SUFFIXES):
+    for lineno, line in enumerate(_iter_lines(path), start=1):
+      if not line.strip():
+        continue
+      try:
+        doc = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: not a JSON line ({e})") from e
+      if not isinstance(doc, dict) or not isinstance(doc.get(field), str):
+        raise ValueError(f"{path}:{lineno}: expected an object with a string {field!r} field")
+      count += 1
+      yield doc[field]
+  else:
+    raise ValueError(f"{path}: unknown document format; expected one of {TEXT_SUFFIXES}")
+  if not count:
+    raise ValueError(f"document file has no documents: {path}")
+
+
+def read_documents(path: str, field: str = "text") -> list[str]:
+  """All documents of a file (see iter_documents)."""
+  return list(iter_documents(path, field))
+
+
+def _decode_record(record, record_format: str, where: str):
+  """A document from one ArrayRecord/TFDS value: str, or int64[n] token ids."""
+  if record_format == "text":
+    return record.decode("utf-8") if isinstance(record, bytes) else str(record)
+  if record_format == "json":
+    doc = json.loads(record)
+    if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+      raise ValueError(f"{where}: expected a JSON object with a string 'text' field")
+    return doc["text"]
+  if record_format in ("tokens_uint16", "tokens_uint32"):
+    dtype = np.dtype(record_format.split("_")[1])
+    if isinstance(record, bytes):
+      if len(record) % dtype.itemsize:
+        raise ValueError(f"{where}: record of {len(record)} bytes is not a multiple of {dtype}")
+      return np.frombuffer(record, dtype=dtype).astype(np.int64)
+    return np.asarray(record).astype(np.int64)
+  raise ValueError(f"record_format must be one of {RECORD_FORMATS}, got {record_format!r}")
+
+
+class DocumentSource:
+  """Documents by index over files (jsonl[.gz|.zst], parquet, array_record), file by file.
+
+  Document files are read whole (one file cached at a time): text sources suit small and
+  medium corpora; tokenise big ones once with `python -m data_pipeline.tokenize`.
+  """
+
+  def __init__(self, paths: list[str], name: str = "text", field: str = "text",
+               record_format: str = "text"):
+    self.name, self.paths, self.field, self.record_format = name, list(paths), field, record_format
+    if record_format not in RECORD_FORMATS:
+      raise ValueError(f"source {name!r}: record_format must be one of {RECORD_FORMATS}")
+    self._cache: tuple[int, list] | None = None
+    counts = []
+    for f, path in enumerate(self.paths):
+      if path.endswith(".array_record") or ".array_record-" in path:
+        counts.append(self._array_record_count(path))
+      else:
+        # Reading every file once up front validates it (truncated gzip, bad JSON) before
+        # training starts, and gives exact document counts for sharding.
+        docs = read_documents(path, field)
+        counts.append(len(docs))
+        self._cache = (f, docs)
+    self.file_docs = np.array(counts, dtype=np.int64)
+    self._starts = np.concatenate([[0], np.cumsum(self.file_docs)]).astype(np.int64)
+
+  @staticmethod
+  def _array_record_count(path: str) -> int:
+    from array_record.python import array_record_module  # deferred: optional format
+    if os.path.getsize(path) == 0:
+      raise ValueError(f"array_record file is empty: {path}")
+    try:
+      reader = array_record_module.ArrayRecordReader(path)
+      n = reader.num_records()
+      reader.close()
+    except Exception as e:  # the C++ reader raises RuntimeError/ValueError on bad files
+      raise ValueError(f"{path}: cannot read array_record file ({e})") from e
+    if n == 0:
+      raise ValueError(f"array_record file has no records: {path}")
+    return int(n)
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def file_docs_list(self) -> list[int]:
+    return self.file_docs.tolist()
+
+  def _file(self, f: int) -> list:
+    if self._cache is None or self._cache[0] != f:
+      path = self.paths[f]
+      if path.endswith(".array_record") or ".array_record-" in path:
+        from array_record.python import array_record_module
+        reader = array_record_module.ArrayRecordReader(path)
+        docs = [_decode_record(r, self.record_format, f"{path}:{i}")
+                for i, r in enumerate(reader.read_all())]
+        reader.close()
+      else:
+        docs = read_documents(path, self.field)
+      self._cache = (f, docs)
+    return self._cache[1]
+
+  def get(self, f: int, j: int):
+    """Document j of file f: str or int64[n] token ids."""
+    return self._file(f)[j]
+
+  def __getitem__(self, index: int):
+    f = int(np.searchsorted(self._starts, index, side="right") - 1)
+    return self.get(f, index - int(self._starts[f]))
+
+
+class TfdsDocumentSource:
+  """Documents of a prepared TFDS dataset (`tfds.data_source`, no TensorFlow, no download)."""
+
+  def __init__(self, name: str, split: str, data_dir: str, feature: str = "text",
+               record_format: str = "text", source_name: str = "tfds"):
+    import tensorflow_datasets as tfds  # deferred: heavy import
+    self.name = source_name
+    try:
+      self._ds = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except Exception as e:  # tfds raises several types for unprepared/missing datasets
+      raise FileNotFoundError(f"source {source_name!r}: TFDS dataset {name!r} split {split!r} "
+                              f"is not prepared under {data_dir} ({e})") from e
+    self.feature, self.record_format = feature, record_format
+    if len(self._ds) == 0:
+      raise ValueError(f"source {source_name!r}: TFDS {name}/{split} has no examples")
+    self.file_docs = np.array([len(self._ds)], dtype=np.int64)
+
+  def __len__(self) -> int:
+    return int(self.file_docs[0])
+
+  def get(self, f: int, j: int):
+    example = self._ds[j]
+    if self.feature not in example:
+      raise ValueError(f"source {self.name!r}: TFDS example has no feature {self.feature!r} "
+                       f"(has {sorted(example)})")
+    return _decode_record(example[self.feature], self.record_format, f"{self.name}[{j}]")
+
+  def __getitem__(self, index: int):
+    return self.get(0, index)
+
+
+class PackedStream:
+  """Documents -> tokens + EOS -> one concatenated stream -> rows of `window` tokens.
+
+  Per epoch, files are visited in a seeded permutation and documents within a file in a
+  seeded permutation; this process takes every `process_count`-th document of that order, so
+  processes read disjoint documents that together cover the source. State is three ints
+  (epoch, document position, token offset), so a restore re-tokenises one document at most.
+  """
+
+  _LOOKAHEAD = 64  # documents tokenised per encode_batch call
+
+  def __init__(self, docs, *, window: int, seed: int, shuffle: bool = True,
+               tokenizer: str = "olmo", vocab_size: int | None = None,
+               process_index: int = 0, process_count: int = 1, name: str = "text"):
+    self.docs, self.window, self.name = docs, int(window), name
+    self._seed, self._shuffle, self._tokenizer_name = seed, shuffle, tokenizer
+    self._pi, self._pc, self.vocab_size = process_index, process_count, vocab_size
+    self._file_docs = np.asarray(docs.file_docs, dtype=np.int64)
+    self._total = int(self._file_docs.sum())
+    self.docs_per_epoch = (self._total - process_index + process_count - 1) // process_count
+    if self.docs_per_epoch <= 0:
+      raise ValueError(f"source {name!r}: {self._total} documents, fewer than the "
+                       f"{process_count} processes that share it")
+    self._tok = None
+    self._eos = tokenizer_lib.EOS_TOKEN_ID
+    self._epoch, self._pos, self._offset = 0, 0, 0
+    self._cache: dict = {}
+
+  def _tokenizer(self):
+    if self._tok is None:
+      self._tok = tokenizer_lib.load_tokenizer(self._tokenizer_name)
+      n = self._tok.get_vocab_size()
+      if self.vocab_size is not None and n > self.vocab_size:
+        raise ValueError(f"source {self.name!r}: tokenizer {self._tokenizer_name!r} has "
+                         f"{n} ids > vocab_size {self.vocab_size}")
+    return self._tok
+
+  def _epoch_order(self, epoch: int):
+    """(file order int64[F], starts int64[F+1] of files in that order) for one epoch."""
+    key = ("order", epoch)
+    if key not in self._cache:
+      n_files = len(self._file_docs)
+      order = (index_shuffle.permute(np.arange(n_files), n_files,
+                                     index_shuffle.derive_seed(self._seed, self.name, epoch))
+               if self._shuffle else np.arange(n_files))
+      starts = np.concatenate([[0], np.cumsum(self._file_docs[order])])
+      self._cache = {key: (order, starts)}  # one epoch at a time; drops old token lookahead
+    return self._cache[key]
+
+  def _doc_id(self, epoch: int, pos: int) -> tuple[int, int]:
+    """(file, document in file) of this process's `pos`-th document of `epoch`."""
+    order, starts = self._epoch_order(epoch)
+    g = pos * self._pc + self._pi
+    k = int(np.searchsorted(starts, g, side="right") - 1)
+    f, j = int(order[k]), g - int(starts[k])
+    if self._shuffle:
+      j = int(index_shuffle.permute(np.array([j]), int(self._file_docs[f]),
+                                    index_shuffle.derive_seed(self._seed, self.name, epoch, f))[0])
+    return f, j
+
+  def _tokens(self, epoch: int, pos: int) -> np.ndarray:
+    """Token ids of this process's `pos`-th document of `epoch`, EOS appended: int64[n + 1]."""
+    self._epoch_order(epoch)
+    if (epoch, pos) not in self._cache:
+      positions = range(pos, min(pos + self._LOOKAHEAD, self.docs_per_epoch))
+      raw = [self.docs.get(*self._doc_id(epoch, p)) for p in positions]
+      texts = [(i, d) for i, d in enumerate(raw) if isinstance(d, str)]
+      if texts:
+        enc = self._tokenizer().encode_batch([d for _, d in texts], add_special_tokens=False)
+        for (i, _), e in zip(texts, enc):
+          raw[i] = np.asarray(e.ids, dtype=np.int64)
+      for p, ids in zip(positions, raw):
+        if self.vocab_size is not None and ids.size and ids.max() >= self.vocab_size:
+          raise ValueError(f"source {self.name!r}: token id {int(ids.max())} >= vocab_size "
+                           f"{self.vocab_size} in document {self._doc_id(epoch, p)}")
+        self._cache[(epoch, p)] = np.append(ids, self._eos)
+    return self._cache[(epoch, pos)]
+
+  def take(self, k: int) -> np.ndarray:
+    """The next k rows of the packed stream: int32[k, window]."""
+    need = k * self.window
+    out = np.empty(need, dtype=np.int32)
+    filled = 0
+    while filled < need:
+      toks = self._tokens(self._epoch, self._pos)
+      n = min(len(toks) - self._offset, need - filled)
+      out[filled:filled + n] = toks[self._offset:self._offset + n]
+      filled += n
+      self._offset += n
+      if self._offset == len(toks):
+        self._cache.pop((self._epoch, self._pos), None)
+        self._pos, self._offset = self._pos + 1, 0
+        if self._pos == self.docs_per_epoch:
+          self._epoch, self._pos = self._epoch + 1, 0
+    return out.reshape(k, self.window)
+
+  def get_state(self) -> dict:
+    return {"epoch": self._epoch, "pos": self._pos, "offset": self._offset}
+
+  def set_state(self, state: dict) -> None:
+    self._epoch, self._pos, self._offset = (int(state["epoch"]), int(state["pos"]),
+                                            int(state["offset"]))
