@@ -1,0 +1,626 @@
+"""HF <-> JAX weight mapping: Llama (the ladder), OLMo (OLMo 1), OLMo 2, and AllenAI's hf_olmo.
+
+`export_hf` writes a directory that `transformers.AutoModelForCausalLM.from_pretrained` and
+`AutoTokenizer.from_pretrained` load offline; `import_hf` reads such a directory (or one in
+AllenAI's own `hf_olmo` layout, as the released DataDecide checkpoints use) back into our
+nested param dict. Neither direction needs torch, except to read a `pytorch_model.bin`.
+
+Our kernels are [in, out] and stacked on a leading layers axis N; HF nn.Linear weights are
+[out, in], one tensor per layer. Shape suffixes as in model.py: D d_model, F MLP hidden,
+V embedding rows, N layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from olmo_jax import sizes
+from olmo_jax.model import ModelConfig
+
+# variant -> (HF architecture class, HF model_type)
+HF_ARCHITECTURES = {
+    "ladder": ("LlamaForCausalLM", "llama"),
+    "olmo1": ("OlmoForCausalLM", "olmo"),
+    "olmo2": ("Olmo2ForCausalLM", "olmo2"),
+}
+EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+# HF's OlmoLayerNorm hard-codes this eps; an OLMo 1 model with another eps cannot be exported.
+HF_OLMO1_EPS = 1e-5
+# Written by transformers' default RoPE and by old checkpoints; it is recomputed, never loaded.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+# Per-layer HF tensor names (under model.layers.{i}.) of each block kernel; every one is
+# an nn.Linear weight [out, in], the transpose of our [in, out] kernel.
+_HF_LAYER_KEYS = {
+    "wq": "self_attn.q_proj.weight",
+    "wk": "self_attn.k_proj.weight",
+    "wv": "self_attn.v_proj.weight",
+    "wo": "self_attn.o_proj.weight",
+    "w_gate": "mlp.gate_proj.weight",
+    "w_up": "mlp.up_proj.weight",
+    "w_down": "mlp.down_proj.weight",
+}
+_HF_NORM_KEYS = {
+    "ladder": {"attn_norm": "input_layernorm.weight",
+               "mlp_norm": "post_attention_layernorm.weight"},
+    "olmo1": {},
+    "olmo2": {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
+              "post_attn_norm": "post_attention_layernorm.weight",
+              "post_mlp_norm": "post_feedforward_layernorm.weight"},
+}
+
+
+class ConversionError(ValueError):
+  """A checkpoint or config that cannot be converted; the message names the key or file."""
+
+
+# ----------------------------------------------------------------------------------------
+# Export
+
+
+def hf_config_dict(cfg: ModelConfig, dtype: str = "float32", eos_token_id: int =
+                   sizes.EOS_TOKEN_ID, pad_token_id: int = sizes.PAD_TOKEN_ID) -> dict:
+  """The HF config.json contents for `cfg` (Llama / Olmo / Olmo2 by variant)."""
+  cfg.validate()
+  _check_exportable(cfg, dtype)
+  arch, model_type = HF_ARCHITECTURES[cfg.variant]
+  out = {
+      "architectures": [arch],
+      "model_type": model_type,
+      # HF's vocab_size is the number of embedding rows, padding rows included.
+      "vocab_size": cfg.embedding_size,
+      "hidden_size": cfg.d_model,
+      "intermediate_size": cfg.hidden,
+      "num_hidden_layers": cfg.n_layers,
+      "num_attention_heads": cfg.n_heads,
+      "num_key_value_heads": cfg.n_heads,
+      "hidden_act": "silu",
+      "max_position_embeddings": cfg.max_seq_len,
+      "initializer_range": cfg.init_std,
+      "use_cache": True,
+      "bos_token_id": None,
+      "eos_token_id": eos_token_id,
+      "pad_token_id": pad_token_id,
+      "tie_word_embeddings": False,
+      "attention_bias": False,
+      "attention_dropout": 0.0,
+      # transformers >= 5 reads rope_parameters; older releases read rope_theta.
+      "rope_parameters": {"rope_type": "default", "rope_theta": float(cfg.theta)},
+      "rope_theta": float(cfg.theta),
+      "dtype": dtype,
+      "torch_dtype": dtype,
+  }
+  if cfg.variant == "ladder":
+    out.update(head_dim=cfg.head_dim, mlp_bias=False, pretraining_tp=1, rms_norm_eps=cfg.eps)
+  elif cfg.variant == "olmo1":
+    out["clip_qkv"] = float(cfg.clip_qkv) if cfg.clip_qkv else None
+  else:
+    out["rms_norm_eps"] = cfg.eps
+  return out
+
+
+def _check_exportable(cfg: ModelConfig, dtype: str) -> None:
+  if dtype not in EXPORT_DTYPES:
+    raise ConversionError(f"dtype={dtype!r} is unknown; choose one of {EXPORT_DTYPES}")
+  if cfg.clip_qkv and cfg.variant != "olmo1":
+    raise ConversionError(f"model.clip_qkv={cfg.clip_qkv} has no equivalent in HF "
+                          f"{HF_ARCHITECTURES[cfg.variant][0]}; only OLMo 1 (OlmoForCausalLM) "
+                          "supports clip_qkv")
+  if cfg.variant == "olmo1" and not math.isclose(cfg.eps, HF_OLMO1_EPS):
+    raise ConversionError(f"model.norm_eps={cfg.eps} cannot be exported: HF OlmoForCausalLM "
+                          f"hard-codes LayerNorm eps {HF_OLMO1_EPS}")
+
+
+def _numpy_dtype(dtype: str):
+  if dtype == "bfloat16":
+    import ml_dtypes  # a jax dependency; numpy itself has no bfloat16
+    return ml_dtypes.bfloat16
+  return np.dtype(dtype)
+
+
+def _to_numpy(x) -> np.ndarray:
+  """Host float32 copy of a jax or numpy array."""
+  return np.asarray(x, dtype=np.float32)
+
+
+def hf_state_dict(cfg: ModelConfig, params: dict[str, Any],
+                  dtype: str = "float32") -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (HF tensor name, array in HF layout [out, in]) one tensor at a time."""
+  np_dtype = _numpy_dtype(dtype)
+  cast = lambda a: np.ascontiguousarray(_to_numpy(a).astype(np_dtype))
+  _check_param_shapes(cfg, params)
+  yield "model.embed_tokens.weight", cast(params["embed"])
+  blocks = params["blocks"]
+  for i in range(cfg.n_layers):
+    prefix = f"model.layers.{i}."
+    for name, key in _HF_LAYER_KEYS.items():
+      yield prefix + key, cast(_to_numpy(blocks[name][i]).T)
+    for name, key in _HF_NORM_KEYS[cfg.variant].items():
+      yield prefix + key, cast(blocks[name][i])
+  if cfg.variant != "olmo1":
+    yield "model.norm.weight", cast(params["final_norm"])
+  yield "lm_head.weight", cast(_to_numpy(params["lm_head"]).T)
+
+
+def expected_param_shapes(cfg: ModelConfig) -> dict[str, Any]:
+  """Nested dict (like the params) of the shape each parameter must have."""
+  n, d, f, v = cfg.n_layers, cfg.d_model, cfg.hidden, cfg.embedding_size
+  blocks = {"wq": (n, d, d), "wk": (n, d, d), "wv": (n, d, d), "wo": (n, d, d),
+            "w_up": (n, d, f), "w_gate": (n, d, f), "w_down": (n, f, d)}
+  blocks.update({name: (n, d) for name in _HF_NORM_KEYS[cfg.variant]})
+  out = {"embed": (v, d), "lm_head": (d, v), "blocks": blocks}
+  if cfg.variant != "olmo1":
+    out["final_norm"] = (d,)
+  return out
+
+
+def _check_param_shapes(cfg: ModelConfig, params: dict[str, Any]) -> None:
+  expected = expected_param_shapes(cfg)
+  for name, shape in [*((k, s) for k, s in expected.items() if k != "blocks"),
+                      *((f"blocks.{k}", s) for k, s in expected["blocks"].items())]:
+    tree = params["blocks"] if name.startswith("blocks.") else params
+    leaf = name.split(".")[-1]
+    if leaf not in tree:
+      raise ConversionError(f"params has no '{name}' (variant {cfg.variant!r} needs it)")
+    if tuple(tree[leaf].shape) != tuple(shape):
+      raise ConversionError(f"params['{name}'] has shape {tuple(tree[leaf].shape)}, the config "
+                            f"implies {tuple(shape)}")
+
+
+def _write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], out_dir: str,
+                       max_shard_bytes: int) -> list[str]:
+  """Writes model.safetensors, or numbered shards + index when over max_shard_bytes."""
+  from safetensors.numpy import save_file
+
+  shards: list[dict[str, np.ndarray]] = [{}]
+  shard_bytes = 0
+  for name, arr in tensors:
+    if shards[-1] and shard_bytes + arr.nbytes > max_shard_bytes:
+      shards.append({})
+      shard_bytes = 0
+    shards[-1][name] = arr
+    shard_bytes += arr.nbytes
+  # transformers refuses safetensors files without this metadata.
+  metadata = {"format": "pt"}
+  if len(shards) == 1:
+    save_file(shards[0], os.path.join(out_dir, "model.safetensors"), metadata=metadata)
+    return ["model.safetensors"]
+  names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  weight_map = {}
+  for fname, shard in zip(names, shards):
+    save_file(shard, os.path.join(out_dir, fname), metadata=metadata)
+    weight_map.update({k: fname for k in shard})
+  total = sum(a.nbytes for shard in shards for a in shard.values())
+  _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
+              {"metadata": {"total_size": total}, "weight_map": weight_map})
+  return names + ["model.safetensors.index.json"]
+
+
+def _write_json(path: str, obj: dict) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2)
+    f.write("\n")
+
+
+def _special_token_ids(tokenizer_file: str) -> tuple[int, int]:
+  import tokenizers  # deferred: heavy import
+  tok = tokenizers.Tokenizer.from_file(tokenizer_file)
+  ids = [tok.token_to_id(t) for t in (EOS_TOKEN, PAD_TOKEN)]
+  for token, i in zip((EOS_TOKEN, PAD_TOKEN), ids):
+    if i is None:
+      raise ConversionError(f"tokenizer {tokenizer_file} has no {token!r} token; the exported "
+                            "tokenizer_config.json names it as a special token")
+  return ids[0], ids[1]
+
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|padding|>"
+
+
+def write_tokenizer_files(out_dir: str, tokenizer: str = "olmo", max_length: int =
+                          sizes.SEQ_LEN) -> tuple[int, int]:
+  """Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json; -> (eos id, pad id)."""
+  from data_pipeline.tokenizer import tokenizer_path
+  src = tokenizer_path(tokenizer)
+  eos_id, pad_id = _special_token_ids(src)
+  shutil.copyfile(src, os.path.join(out_dir, "tokenizer.json"))
+  special = {"eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
+  _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+      # The generic fast class reads tokenizer.json as is; a model-specific class (e.g.
+      # LlamaTokenizer for a Llama config) would rebuild a different pre-tokenizer.
+      "tokenizer_class": "PreTrainedTokenizerFast",
+      **special,
+      "bos_token": None,
+      "unk_token": None,
+      "add_bos_token": False,
+      "add_eos_token": False,
+      "model_max_length": max_length,
+      "clean_up_tokenization_spaces": False,
+  })
+  _write_json(os.path.join(out_dir, "special_tokens_map.json"), special)
+  return eos_id, pad_id
+
+
+def export_hf(cfg: ModelConfig, params: dict[str, Any], out_dir: str,
+              tokenizer: str | None = "olmo", dtype: str = "float32",
+              max_shard_bytes: int = 5 * 2**30) -> str:
+  """Writes an HF directory (weights, config, generation config, tokenizer); returns out_dir.
+
+  params: the nested param dict of model.py (jax or numpy arrays, float32 [in, out] kernels).
+  tokenizer: 'olmo', a tokenizer.json path, or None to write no tokenizer files.
+  """
+  config = hf_config_dict(cfg, dtype)  # validates before anything is written
+  _check_param_shapes(cfg, params)
+  os.makedirs(out_dir, exist_ok=True)
+  if tokenizer is not None:
+    eos_id, pad_id = write_tokenizer_files(out_dir, tokenizer, cfg.max_seq_len)
+    config.update(eos_token_id=eos_id, pad_token_id=pad_id)
+  _write_safetensors(hf_state_dict(cfg, params, dtype), out_dir, max_shard_bytes)
+  _write_json(os.path.join(out_dir, "config.json"), config)
+  _write_json(os.path.join(out_dir, "generation_config.json"), {
+      "bos_token_id": None, "eos_token_id": config["eos_token_id"],
+      "pad_token_id": config["pad_token_id"]})
+  return out_dir
+
+
+# ----------------------------------------------------------------------------------------
+# Reading checkpoint files without loading every tensor
+
+
+@dataclasses.dataclass
+class _Entry:
+  file: str
+  shape: tuple[int, ...]
+
+
+class TensorFiles:
+  """Names and shapes of every tensor in an HF directory; loads one tensor on demand.
+
+  Reads model.safetensors, sharded safetensors (model.safetensors.index.json),
+  pytorch_model.bin or its sharded index, in that order of preference.
+  """
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.entries: dict[str, _Entry] = {}
+    self._torch_cache: dict[str, dict] = {}
+    files = self._weight_files(directory)
+    for fname in files:
+      path = os.path.join(directory, fname)
+      if not os.path.isfile(path):
+        raise ConversionError(f"weights file {path} is named in the index but does not exist")
+      for key, shape in self._shapes(path).items():
+        self.entries[key] = _Entry(path, tuple(shape))
+
+  @staticmethod
+  def _weight_files(directory: str) -> list[str]:
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+      if os.path.isfile(os.path.join(directory, single)):
+        return [single]
+      index_path = os.path.join(directory, index)
+      if os.path.isfile(index_path):
+        with open(index_path) as f:
+          weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+          raise ConversionError(f"{index_path} has no 'weight_map'")
+        return sorted(set(weight_map.values()))
+    raise ConversionError(
+        f"no weights in {directory}: expected model.safetensors, model.safetensors.index.json, "
+        "pytorch_model.bin or pytorch_model.bin.index.json")
+
+  def _torch_state(self, path: str) -> dict:
+    if path not in self._torch_cache:
+      import torch  # only .bin checkpoints need torch
+      # mmap: shapes are known without reading the tensors into memory.
+      self._torch_cache[path] = torch.load(path, map_location="cpu", weights_only=True,
+                                           mmap=True)
+    return self._torch_cache[path]
+
+  def _shapes(self, path: str) -> dict[str, list[int]]:
+    if path.endswith(".safetensors"):
+      from safetensors import safe_open
+      with safe_open(path, framework="numpy") as f:
+        return {k: f.get_slice(k).get_shape() for k in f.keys()}
+    return {k: list(v.shape) for k, v in self._torch_state(path).items()}
+
+  def __contains__(self, key: str) -> bool:
+    return key in self.entries
+
+  def shape(self, key: str) -> tuple[int, ...]:
+    return self.entries[key].shape
+
+  def get(self, key: str) -> np.ndarray:
+    """The tensor as float32 numpy."""
+    if key not in self.entries:
+      raise ConversionError(f"tensor {key!r} is missing from the checkpoint in {self.directory}")
+    path = self.entries[key].file
+    if path.endswith(".safetensors"):
+      from safetensors import safe_open
+      with safe_open(path, framework="numpy") as f:
+        return np.asarray(f.get_tensor(key), dtype=np.float32)
+    return self._torch_state(path)[key].float().numpy()
+
+
+# ----------------------------------------------------------------------------------------
+# Import
+
+
+def _read_config(directory: str) -> dict:
+  path = os.path.join(directory, "config.json")
+  if not os.path.isfile(path):
+    raise ConversionError(f"{path} not found: an HF checkpoint directory needs a config.json")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _tokenizer_vocab_size(directory: str) -> int | None:
+  path = os.path.join(directory, "tokenizer.json")
+  if not os.path.isfile(path):
+    return None
+  import tokenizers  # deferred: heavy import
+  return tokenizers.Tokenizer.from_file(path).get_vocab_size()
+
+
+def _vocab_size(directory: str, embedding_size: int) -> int:
+  # HF stores only the padded embedding size; the real vocabulary is the tokenizer's.
+  vocab = _tokenizer_vocab_size(directory)
+  return min(vocab, embedding_size) if vocab else embedding_size
+
+
+def _rope_theta(hf: dict, where: str) -> float:
+  rope = hf.get("rope_parameters") or {}
+  if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+    raise ConversionError(f"{where}: RoPE scaling {hf.get('rope_scaling') or rope} is not "
+                          "supported (only the default rotary embedding)")
+  return float(rope.get("rope_theta") or hf.get("rope_theta") or 10_000.0)
+
+
+def _require(cond: bool, where: str, message: str) -> None:
+  if not cond:
+    raise ConversionError(f"{where}: {message}")
+
+
+def config_from_hf(hf: dict, directory: str = "") -> ModelConfig:
+  """ModelConfig of an HF Llama / Olmo / Olmo2 config.json dict."""
+  where = os.path.join(directory, "config.json") if directory else "config.json"
+  variant = _hf_variant(hf, where)
+  d, h = hf["hidden_size"], hf["num_attention_heads"]
+  _require(hf.get("num_key_value_heads") in (None, h), where,
+           f"num_key_value_heads={hf.get('num_key_value_heads')} != num_attention_heads={h}; "
+           "grouped-query attention is not supported")
+  _require(hf.get("head_dim") in (None, d // h), where,
+           f"head_dim={hf.get('head_dim')} != hidden_size/num_attention_heads={d // h}")
+  _require(hf.get("hidden_act", "silu") == "silu", where,
+           f"hidden_act={hf.get('hidden_act')!r}; only 'silu' (SwiGLU) is supported")
+  for flag in ("attention_bias", "mlp_bias"):
+    _require(not hf.get(flag), where, f"{flag}=true; the model has no biases")
+  embedding_size = hf["vocab_size"]
+  if variant == "olmo1":
+    eps = HF_OLMO1_EPS
+  else:
+    eps = float(hf.get("rms_norm_eps") or (1e-6 if variant == "ladder" else 1e-5))
+  intermediate = hf["intermediate_size"]
+  return ModelConfig(
+      variant=variant, d_model=d, n_heads=h, n_layers=hf["num_hidden_layers"],
+      vocab_size=_vocab_size(directory, embedding_size) if directory else embedding_size,
+      embedding_size=embedding_size,
+      mlp_hidden=0 if intermediate == 4 * d else intermediate,
+      max_seq_len=hf.get("max_position_embeddings") or sizes.SEQ_LEN,
+      rope_theta=_rope_theta(hf, where), norm_eps=eps,
+      clip_qkv=float(hf.get("clip_qkv") or 0.0) if variant == "olmo1" else 0.0,
+      init_std=float(hf.get("initializer_range") or 0.02))
+
+
+def _hf_variant(hf: dict, where: str) -> str:
+  archs = hf.get("architectures") or []
+  by_arch = {arch: v for v, (arch, _) in HF_ARCHITECTURES.items()}
+  by_type = {mt: v for v, (_, mt) in HF_ARCHITECTURES.items()}
+  for arch in archs:
+    if arch in by_arch:
+      return by_arch[arch]
+  if not archs and hf.get("model_type") in by_type:
+    return by_type[hf["model_type"]]
+  known = sorted(by_arch) + ["hf_olmo (AllenAI OLMo)"]
+  raise ConversionError(f"{where}: architectures={archs} model_type={hf.get('model_type')!r} "
+                        f"is not supported; known: {known}")
+
+
+def _is_hf_olmo(hf: dict) -> bool:
+  # AllenAI's own format keeps OLMo-native names (d_model ...); HF's OlmoConfig does not.
+  return hf.get("model_type") in ("hf_olmo", "olmo") and "d_model" in hf
+
+
+def _check_tensors(files: TensorFiles, expected: dict[str, tuple[int, ...]]) -> None:
+  """Every expected tensor present with its shape, and nothing else that would be dropped."""
+  missing = [k for k in expected if k not in files]
+  if missing:
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    raise ConversionError(f"tensor {missing[0]!r}{more} is missing from the checkpoint in "
+                          f"{files.directory}")
+  for key, shape in expected.items():
+    if files.shape(key) != tuple(shape):
+      raise ConversionError(f"tensor {key!r} in {files.entries[key].file} has shape "
+                            f"{list(files.shape(key))}, the config implies {list(shape)}")
+  extra = [k for k in files.entries if k not in expected and not k.endswith(_IGNORED_SUFFIXES)]
+  if extra:
+    raise ConversionError(f"unexpected tensor {extra[0]!r} in {files.entries[extra[0]].file} "
+                          f"({len(extra)} in all): biases and other extra weights are not "
+                          "supported, and dropping them would change the model")
+
+
+def _stack(n: int, load: Callable[[int], np.ndarray]) -> np.ndarray:
+  """[N, ...] float32 from per-layer arrays, filled in place (no second full copy)."""
+  first = load(0)
+  out = np.empty((n, *first.shape), np.float32)
+  out[0] = first
+  for i in range(1, n):
+    out[i] = load(i)
+  return out
+
+
+def _import_hf_native(directory: str, hf: dict) -> tuple[ModelConfig, dict]:
+  cfg = config_from_hf(hf, directory)
+  cfg.validate()
+  files = TensorFiles(directory)
+  n, d, f, v = cfg.n_layers, cfg.d_model, cfg.hidden, cfg.embedding_size
+  tied = bool(hf.get("tie_word_embeddings")) and "lm_head.weight" not in files
+  expected = {"model.embed_tokens.weight": (v, d)}
+  if not tied:
+    expected["lm_head.weight"] = (v, d)
+  if cfg.variant != "olmo1":
+    expected["model.norm.weight"] = (d,)
+  hf_shapes = {"wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d), "w_gate": (f, d),
+               "w_up": (f, d), "w_down": (d, f)}
+  for i in range(n):
+    for name, key in _HF_LAYER_KEYS.items():
+      expected[f"model.layers.{i}.{key}"] = hf_shapes[name]
+    for key in _HF_NORM_KEYS[cfg.variant].values():
+      expected[f"model.layers.{i}.{key}"] = (d,)
+  _check_tensors(files, expected)
+
+  blocks = {}
+  for name, key in _HF_LAYER_KEYS.items():
+    blocks[name] = _stack(n, lambda i, key=key: files.get(f"model.layers.{i}.{key}").T)
+  for name, key in _HF_NORM_KEYS[cfg.variant].items():
+    blocks[name] = _stack(n, lambda i, key=key: files.get(f"model.layers.{i}.{key}"))
+  embed = files.get("model.embed_tokens.weight")
+  params = {"embed": embed, "blocks": blocks,
+            "lm_head": np.ascontiguousarray((embed if tied else
+                                             files.get("lm_head.weight")).T)}
+  if cfg.variant != "olmo1":
+    params["final_norm"] = files.get("model.norm.weight")
+  return cfg, params
+
+
+# hf_olmo: norm settings -> our variant. OLMo's `norm_after` puts the norms on the branch
+# outputs and `attention_layer_norm` adds QK-norm: together that is OLMo 2.
+def _hf_olmo_variant(hf: dict, where: str) -> str:
+  norm_type = hf.get("layer_norm_type", "default")
+  affine = hf.get("layer_norm_with_affine", True)
+  norm_after = bool(hf.get("norm_after", False))
+  qk_norm = bool(hf.get("attention_layer_norm", False))
+  if norm_type == "rms" and affine and not norm_after and not qk_norm:
+    return "ladder"
+  if norm_type in ("default", "low_precision", "amd_compatible") and not affine and \
+      not norm_after and not qk_norm:
+    return "olmo1"
+  if norm_type == "rms" and affine and norm_after and qk_norm and \
+      hf.get("attention_layer_norm_with_affine", True):
+    return "olmo2"
+  raise ConversionError(
+      f"{where}: layer_norm_type={norm_type!r}, layer_norm_with_affine={affine}, "
+      f"norm_after={norm_after}, attention_layer_norm={qk_norm} matches none of the supported "
+      "layouts (rms+affine pre-norm = ladder; weightless LayerNorm = OLMo 1; rms+affine "
+      "norm_after+attention_layer_norm = OLMo 2)")
+
+
+def config_from_hf_olmo(hf: dict, directory: str = "") -> ModelConfig:
+  """ModelConfig of an AllenAI hf_olmo config.json dict (OLMo-native field names)."""
+  where = os.path.join(directory, "config.json") if directory else "config.json"
+  variant = _hf_olmo_variant(hf, where)
+  d, h = hf["d_model"], hf["n_heads"]
+  _require(hf.get("activation_type", "swiglu") == "swiglu", where,
+           f"activation_type={hf.get('activation_type')!r}; only 'swiglu' is supported")
+  _require(hf.get("block_type", "sequential") in ("sequential", "llama"), where,
+           f"block_type={hf.get('block_type')!r}; only 'sequential' and 'llama' are supported")
+  _require(bool(hf.get("rope", True)) and not hf.get("alibi"), where,
+           "only rotary position embeddings (rope=true, alibi=false) are supported")
+  _require(not hf.get("multi_query_attention") and hf.get("n_kv_heads") in (None, h), where,
+           f"n_kv_heads={hf.get('n_kv_heads')} / multi_query_attention: grouped-query "
+           "attention is not supported")
+  _require(not hf.get("scale_logits"), where, "scale_logits=true is not supported")
+  fused_hidden = hf.get("mlp_hidden_size") or hf.get("mlp_ratio", 4) * d
+  _require(fused_hidden % 2 == 0, where,
+           f"SwiGLU input width {fused_hidden} (mlp_hidden_size or mlp_ratio*d_model) is odd")
+  hidden = fused_hidden // 2  # the fused projection holds the up and gate halves
+  vocab = hf.get("vocab_size") or sizes.VOCAB_SIZE
+  return ModelConfig(
+      variant=variant, d_model=d, n_heads=h, n_layers=hf["n_layers"], vocab_size=vocab,
+      embedding_size=hf.get("embedding_size") or vocab,
+      mlp_hidden=0 if hidden == 4 * d else hidden,
+      max_seq_len=hf.get("max_sequence_length") or sizes.SEQ_LEN,
+      rope_theta=float(hf.get("rope_theta") or 10_000.0),
+      norm_eps=float(hf.get("layer_norm_eps") or 1e-5),
+      clip_qkv=float(hf.get("clip_qkv") or 0.0), init_std=float(hf.get("init_std") or 0.02))
+
+
+def _import_hf_olmo(directory: str, hf: dict) -> tuple[ModelConfig, dict]:
+  cfg = config_from_hf_olmo(hf, directory)
+  cfg.validate()
+  files = TensorFiles(directory)
+  # Checkpoints saved through the HF wrapper carry a "model." prefix; raw OLMo ones do not.
+  prefix = "model.transformer." if "model.transformer.wte.weight" in files else "transformer."
+  n, d, f, v = cfg.n_layers, cfg.d_model, cfg.hidden, cfg.embedding_size
+  tied = bool(hf.get("weight_tying", False))
+  fused_qkv = hf.get("block_type", "sequential") == "sequential"
+  norms = {"ladder": {"attn_norm": "attn_norm", "mlp_norm": "ff_norm"},
+           "olmo1": {},
+           "olmo2": {"q_norm": "q_norm", "k_norm": "k_norm",
+                     "post_attn_norm": "attn_norm", "post_mlp_norm": "ff_norm"}}[cfg.variant]
+  expected = {prefix + "wte.weight": (v, d)}
+  if not tied:
+    expected[prefix + "ff_out.weight"] = (v, d)
+  if cfg.variant != "olmo1":
+    expected[prefix + "ln_f.weight"] = (d,)
+  for i in range(n):
+    b = f"{prefix}blocks.{i}."
+    if fused_qkv:
+      expected[b + "att_proj.weight"] = (3 * d, d)
+    else:
+      expected.update({b + f"{p}_proj.weight": (d, d) for p in "qkv"})
+    expected.update({b + "attn_out.weight": (d, d), b + "ff_proj.weight": (2 * f, d),
+                     b + "ff_out.weight": (d, f)})
+    expected.update({b + key + ".weight": (d,) for key in norms.values()})
+  _check_tensors(files, expected)
+
+  def qkv(i: int, which: int) -> np.ndarray:
+    b = f"{prefix}blocks.{i}."
+    if not fused_qkv:
+      return files.get(b + "qkv"[which] + "_proj.weight").T
+    # q, k, v are stacked along the output rows of the fused projection.
+    return files.get(b + "att_proj.weight")[which * d:(which + 1) * d].T
+
+  def ff_half(i: int, which: int) -> np.ndarray:
+    # The FIRST half of ff_proj's output rows is the up value, the SECOND the gate.
+    return files.get(f"{prefix}blocks.{i}.ff_proj.weight")[which * f:(which + 1) * f].T
+
+  blocks = {
+      "wq": _stack(n, lambda i: qkv(i, 0)),
+      "wk": _stack(n, lambda i: qkv(i, 1)),
+      "wv": _stack(n, lambda i: qkv(i, 2)),
+      "wo": _stack(n, lambda i: files.get(f"{prefix}blocks.{i}.attn_out.weight").T),
+      "w_up": _stack(n, lambda i: ff_half(i, 0)),
+      "w_gate": _stack(n, lambda i: ff_half(i, 1)),
+      "w_down": _stack(n, lambda i: files.get(f"{prefix}blocks.{i}.ff_out.weight").T),
+  }
+  for name, key in norms.items():
+    blocks[name] = _stack(n, lambda i, key=key: files.get(f"{prefix}blocks.{i}.{key}.weight"))
+  embed = files.get(prefix + "wte.weight")
+  head = embed if tied else files.get(prefix + "ff_out.weight")
+  params = {"embed": embed, "blocks": blocks, "lm_head": np.ascontiguousarray(head.T)}
+  if cfg.variant != "olmo1":
+    params["final_norm"] = files.get(prefix + "ln_f.weight")
+  return cfg, params
+
+
+def import_hf(path: str) -> tuple[ModelConfig, dict[str, Any]]:
+  """(ModelConfig, nested numpy float32 params) of an HF or hf_olmo checkpoint directory.
+
+  path: the directory, or any file inside it. Config and tensor names/shapes are checked
+  before any large tensor is read.
+  """
+  directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise ConversionError(f"checkpoint directory {path} does not exist")
+  hf = _read_config(directory)
+  if _is_hf_olmo(hf):
+    return _import_hf_olmo(directory, hf)
+  return _import_hf_native(directory, hf)
