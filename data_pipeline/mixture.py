@@ -541,6 +541,8 @@ def _close_quietly(ref) -> None:
   it = ref()
   if it is not None:
     it.close()
+    # Grain's __del__ closes again during teardown, when module globals are already None.
+    it.close = lambda: None
 
 
 # ------------------------------------------------------------------------------------------

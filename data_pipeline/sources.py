@@ -82,7 +82,9 @@ def token_file_layout(path: str, dtype: str = "uint16") -> tuple[np.dtype, int, 
       f.seek(0)
       try:
         version = np.lib.format.read_magic(f)
-        shape, fortran, file_dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, file_dtype = read_header(f)
       except ValueError as e:
         raise ValueError(f"token file {path}: bad .npy header: {e}") from e
       if len(shape) != 1 or file_dtype.name not in TOKEN_DTYPES:
