@@ -19,8 +19,10 @@ How rows are drawn (the same for any number of processes):
 from __future__ import annotations
 
 import atexit
+import functools
 import glob
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -422,15 +424,22 @@ class MixtureIterator(grain.DatasetIterator):
     return {"input_ids": batch}
 
   def get_state(self) -> dict:
+    # The fingerprint travels as one JSON string: the prefetch thread deep-copies the state
+    # after every batch, and a string copies for free.
     return {"version": STATE_VERSION, "step": self._step,
             "streams": {n: s.get_state() for n, s in self._mixer.streams.items()},
-            "fingerprint": self._fingerprint}
+            "fingerprint": self._fingerprint_json}
+
+  @functools.cached_property
+  def _fingerprint_json(self) -> str:
+    return json.dumps(self._fingerprint, sort_keys=True)
 
   def set_state(self, state: dict) -> None:
     if state.get("version") != STATE_VERSION:
       raise ValueError(f"data iterator state version {state.get('version')!r} != {STATE_VERSION}")
-    saved = state.get("fingerprint", {})
-    diff = {k: (saved.get(k), v) for k, v in self._fingerprint.items() if saved.get(k) != v}
+    saved = json.loads(state.get("fingerprint", "{}"))
+    diff = {k: (saved.get(k), v) for k, v in
+            json.loads(self._fingerprint_json).items() if saved.get(k) != v}
     if diff:
       raise ValueError(f"data iterator state was saved for another data setup; differing "
                        f"(saved, now): {diff}")

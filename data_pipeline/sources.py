@@ -151,8 +151,11 @@ class TokenFileSource:
     return state
 
   def _open(self, f: int) -> np.ndarray:
-    return np.memmap(self.paths[f], dtype=self._dtypes[f], mode="r", offset=self._offsets[f],
-                     shape=(int(self.file_tokens[f]),))
+    mm = np.memmap(self.paths[f], dtype=self._dtypes[f], mode="r", offset=self._offsets[f],
+                   shape=(int(self.file_tokens[f]),))
+    # A plain ndarray view of the mapping: slicing np.memmap runs Python-level hooks per
+    # slice, which costs more than copying a window.
+    return mm.view(np.ndarray)
 
   def _memmap(self, f: int) -> np.ndarray:
     if self._mm_list is not None:
