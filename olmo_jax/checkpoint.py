@@ -1,0 +1,562 @@
+"""Checkpoints that never lose work: Orbax saves, exact resume, fallbacks, params-only I/O.
+
+Layout of `<workdir>/checkpoints/`:
+
+  <step>/                  one Orbax step directory, visible only once complete (Orbax writes it
+                           as `<step>.orbax-checkpoint-tmp-*` and renames it on commit)
+    state/                 train state {"step", "params", "opt_state", "rng"[, "loss_scale"]}
+    params/                (params-only checkpoints instead of state/, see below)
+    data/                  data iterator state (JSON), when the trainer has one
+    meta/                  {"kind": "train_state"|"params", "step", "config", "tokenizer_hash"}
+    commit_success.txt     Orbax's commit marker
+    olmo_manifest.json     our second marker: every file's size, written right after commit
+
+A step counts as complete only with both markers and every file at its recorded size, so a
+truncated file, a deleted marker or a save cut short by kill -9 makes it invisible: it is
+reported (logging.warning and stdout) and the previous complete step is used instead. A step
+whose restore still fails (e.g. corrupt bytes of the right size) is reported and skipped too.
+
+Garbage collection is ours, not Orbax's (its max_to_keep is off): it runs only after a save is
+committed, on complete steps, keeping the newest `keep` plus every multiple of `keep_period`,
+so a good checkpoint is never deleted before a newer one is committed. A failed save (disk
+full, ...) removes its own temporary directory and never touches older steps; the error is
+raised at the next `save`/`wait`.
+
+Params-only checkpoints (`write_params_checkpoint`, used by scripts/convert_from_hf.py) are a
+step-0 directory with items params/ and meta/ (kind "params"). `Checkpointer.latest_step`
+ignores them (there is no train state to resume); the trainer starts from one with
+`load_init_params(checkpoint_dir, abstract_params)`, which returns the params placed on the
+given shardings (or None when the directory holds no params-only checkpoint), and builds a
+fresh optimizer state at step 0. `restore_params` reads params from either kind.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+COMMIT_MARKER = "commit_success.txt"
+MANIFEST = "olmo_manifest.json"
+KIND_STATE = "train_state"
+KIND_PARAMS = "params"
+ITEMS = ("state", "params", "data", "meta")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint directory, step or save that cannot be used; the message names it."""
+
+
+_REPORTED: set[str] = set()
+
+
+def report(msg: str, once: bool = False) -> None:
+  """A fault the user must see: logged as a warning and printed (once per process if once)."""
+  if once:
+    if msg in _REPORTED:
+      return
+    _REPORTED.add(msg)
+  logging.warning(msg)
+  print(msg, flush=True)
+
+
+def _is_primary() -> bool:
+  return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _broadcast_int(x: int | None) -> int | None:
+  """Process 0's value on every process (-1 encodes None), so all hosts pick the same step."""
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+  v = int(multihost_utils.broadcast_one_to_all(np.int64(-1 if x is None else x)))
+  return None if v < 0 else v
+
+
+# ---------------------------------------------------------------- directory inspection
+
+def step_dirs(directory: str) -> dict[int, str]:
+  """{step: path} of the integer-named entries of a checkpoints directory (complete or not)."""
+  if not os.path.isdir(directory):
+    return {}
+  out = {}
+  for name in os.listdir(directory):
+    if name.isdigit() and os.path.isdir(os.path.join(directory, name)):
+      out[int(name)] = os.path.join(directory, name)
+  return out
+
+
+def _crc32(path: str) -> int:
+  crc = 0
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 24):
+      crc = zlib.crc32(chunk, crc)  # releases the GIL: the training thread keeps running
+  return crc
+
+
+def _files(step_dir: str) -> list[str]:
+  out = []
+  for root, _, files in os.walk(step_dir):
+    for f in files:
+      rel = os.path.relpath(os.path.join(root, f), step_dir)
+      if not rel.startswith(MANIFEST):  # itself and its temporary file
+        out.append(rel)
+  return sorted(out)
+
+
+def write_manifest(step_dir: str) -> None:
+  """Records every file's size and CRC32 in the step directory (atomically)."""
+  files = {rel: [os.path.getsize(os.path.join(step_dir, rel)), _crc32(os.path.join(step_dir, rel))]
+           for rel in _files(step_dir)}
+  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump({"files": files, "time": time.time()}, f, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def incomplete_reason(step_dir: str, checksums: bool = False) -> str | None:
+  """None if the step directory is a complete checkpoint, else why it is not.
+
+  Sizes are always checked (cheap: catches truncation); checksums=True also reads every
+  file and compares CRC32s (catches corrupt bytes, costs one read of the checkpoint).
+  """
+  if not os.path.isfile(os.path.join(step_dir, COMMIT_MARKER)):
+    return f"commit marker {COMMIT_MARKER} is missing"
+  manifest_path = os.path.join(step_dir, MANIFEST)
+  if not os.path.isfile(manifest_path):
+    return f"{MANIFEST} is missing (the run stopped while committing)"
+  try:
+    files = _read_json(manifest_path)["files"]
+  except (OSError, ValueError, KeyError) as e:
+    return f"{MANIFEST} is unreadable ({e})"
+  for rel, (size, crc) in sorted(files.items()):
+    path = os.path.join(step_dir, rel)
+    if not os.path.isfile(path):
+      return f"file {rel} is missing"
+    actual = os.path.getsize(path)
+    if actual != size:
+      return f"file {rel} has {actual} bytes, {size} were written (truncated?)"
+    if checksums and _crc32(path) != crc:
+      return f"file {rel} fails its CRC32 check (corrupt bytes)"
+  if not any(os.path.isdir(os.path.join(step_dir, i)) for i in ("state", "params")):
+    return "it holds neither a state/ nor a params/ item"
+  return None
+
+
+def checkpoint_kind(step_dir: str) -> str:
+  """'train_state' or 'params' (a checkpoint written by write_params_checkpoint)."""
+  return KIND_STATE if os.path.isdir(os.path.join(step_dir, "state")) else KIND_PARAMS
+
+
+def complete_steps(directory: str, *, kind: str | None = None, quiet: bool = False) -> list[int]:
+  """Ascending steps of complete checkpoints (optionally of one kind).
+
+  Incomplete steps newer than the newest complete one are reported unless quiet: they are
+  the checkpoints a resume would otherwise have used.
+  """
+  dirs = step_dirs(directory)
+  good, bad = [], {}
+  for step, path in sorted(dirs.items()):
+    reason = incomplete_reason(path)
+    if reason is None:
+      if kind is None or checkpoint_kind(path) == kind:
+        good.append(step)
+    else:
+      bad[step] = reason
+  if not quiet:
+    newest = good[-1] if good else -1
+    for step, reason in sorted(bad.items()):
+      if step > newest:
+        fallback = f"using step {newest}" if good else "no complete checkpoint is left"
+        report(f"checkpoint: skipping incomplete checkpoint {dirs[step]}: {reason}; {fallback}",
+               once=True)
+  return good
+
+
+def resolve_path(path: str, step: int | None = None) -> tuple[str, int | None]:
+  """(checkpoints dir, step) from a workdir, a checkpoints dir or a step dir."""
+  path = os.path.abspath(path.rstrip("/"))
+  if not os.path.exists(path):
+    raise CheckpointError(f"checkpoint path {path} does not exist")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), step
+  base = os.path.basename(path)
+  if base.isdigit() and any(os.path.isdir(os.path.join(path, i)) for i in ITEMS):
+    if step is not None and step != int(base):
+      raise CheckpointError(f"{path} is step {base} but step={step} was asked for")
+    return os.path.dirname(path), int(base)
+  if step_dirs(path):
+    return path, step
+  raise CheckpointError(f"{path} holds no checkpoints: expected a workdir with checkpoints/, "
+                        "a checkpoints directory of numbered steps, or one step directory")
+
+
+# ---------------------------------------------------------------- the train-state manager
+
+class Checkpointer:
+  """Async Orbax checkpoints of the train state + data iterator state + config.
+
+  Every process of a multi-host run constructs one and calls every method.
+  """
+
+  def __init__(self, directory: str, *, every: int, keep: int, keep_period: int = 0,
+               async_save: bool = True, metadata: dict | None = None):
+    if every <= 0 or keep <= 0 or keep_period < 0:
+      raise ValueError(f"checkpoint every={every} and keep={keep} must be positive and "
+                       f"keep_period={keep_period} >= 0")
+    self.directory = os.path.abspath(directory)
+    self.every, self.keep, self.keep_period = every, keep, keep_period
+    self.async_save = async_save
+    self.metadata = dict(metadata or {})
+    json.dumps(self.metadata)  # fail now, not inside a background save
+    self._mngr = self._make_manager()
+    self._pending: threading.Thread | None = None
+    self._error: BaseException | None = None
+    self._error_step: int | None = None
+    self._bad_steps: set[int] = set()  # complete-looking steps that failed to restore
+
+  def _make_manager(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None,  # garbage collection is ours, after commit (see module docstring)
+        enable_async_checkpointing=self.async_save,
+        cleanup_tmp_directories=True,  # leftovers of saves cut short by kill -9
+        create=True)
+    return ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  def _close_manager(self) -> None:
+    try:
+      self._mngr.close()
+    except Exception:  # a failed save re-raises here; it was reported already
+      logging.info("checkpoint: closing the Orbax manager after a failed save", exc_info=True)
+
+  # -- queries
+
+  def latest_step(self) -> int | None:
+    """Newest complete train-state checkpoint (incomplete newer ones are reported)."""
+    self._join()
+    steps = complete_steps(self.directory, kind=KIND_STATE, quiet=not _is_primary())
+    return _broadcast_int(steps[-1] if steps else None)
+
+  def should_save(self, step: int) -> bool:
+    return step % self.every == 0
+
+  def reached_preemption(self, step: int) -> bool:
+    """True at the step where all hosts agreed to stop for a preemption notice (TPU/multi-host)."""
+    return bool(self._mngr.reached_preemption(step))
+
+  # -- restore
+
+  def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict | None, int]:
+    """(state on the abstract shardings, data iterator state or None, step).
+
+    abstract_state: pytree of jax.ShapeDtypeStruct with .sharding on the current mesh; the
+    saved mesh may differ (Orbax reshards). Without `step`, the newest complete checkpoint
+    that restores is used, falling back (and saying so) past corrupt ones.
+    """
+    self._join()
+    steps = complete_steps(self.directory, quiet=not _is_primary())
+    if step is not None:
+      if step not in steps:
+        path = os.path.join(self.directory, str(step))
+        why = incomplete_reason(path) if os.path.isdir(path) else "it does not exist"
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} is unusable: {why}")
+      candidates = [step]
+    else:
+      candidates = steps[::-1]
+    if not candidates:
+      raise CheckpointError(f"no complete checkpoint in {self.directory}")
+    errors = []
+    for s in candidates:
+      path = os.path.join(self.directory, str(s))
+      if checkpoint_kind(path) != KIND_STATE:
+        if step is not None:
+          raise CheckpointError(f"{path} holds parameters only (no optimizer state); start "
+                                "from it with checkpoint.load_init_params")
+        continue
+      try:
+        state, data = self._restore_step(s, abstract_state)
+      except Exception as e:  # corrupt bytes, missing arrays: try the previous one
+        self._bad_steps.add(s)
+        errors.append(f"step {s}: {type(e).__name__}: {e}")
+        older = [c for c in candidates if c < s]
+        nxt = f"falling back to step {older[0]}" if older and step is None else "giving up"
+        report(f"checkpoint: restoring {path} failed ({type(e).__name__}: "
+               f"{str(e).splitlines()[0] if str(e) else ''}); {nxt}")
+        if step is not None:
+          break
+        continue
+      if s != candidates[0]:
+        report(f"checkpoint: resumed from step {s}, not the newest step {candidates[0]}")
+      return state, data, s
+    raise CheckpointError(f"no checkpoint in {self.directory} could be restored:\n  " +
+                          "\n  ".join(errors or ["only params-only checkpoints are present"]))
+
+  def _restore_step(self, step: int, abstract_state):
+    path = os.path.join(self.directory, str(step))
+    reason = incomplete_reason(path, checksums=True)
+    if reason is not None:
+      raise CheckpointError(reason)
+    items = dict(state=ocp.args.StandardRestore(abstract_state))
+    if os.path.isdir(os.path.join(path, "data")):
+      items["data"] = ocp.args.JsonRestore()
+    out = self._mngr.restore(step, args=ocp.args.Composite(**items))
+    state = out["state"]
+    if isinstance(state, dict) and "step" in state:
+      saved = int(np.asarray(jax.device_get(state["step"])))
+      if saved != step:
+        raise CheckpointError(f"{path} holds a state of step {saved}")
+    data = out.get("data") if "data" in items else None
+    return state, (data or None)
+
+  # -- save
+
+  def save(self, step: int, state, data_state: dict | None, *, force: bool = False) -> bool:
+    """Starts saving (async unless async_save=False); False when not due or already saved."""
+    if not force and not self.should_save(step):
+      return False
+    self._join()
+    self._raise_pending_error()
+    path = os.path.join(self.directory, str(step))
+    if os.path.isdir(path):
+      reason = incomplete_reason(path) or ("it failed to restore" if step in self._bad_steps
+                                           else None)
+      if reason is None:
+        return False  # e.g. a preemption save right after resuming at this step
+      if _is_primary():
+        report(f"checkpoint: removing unusable {path} ({reason}) to save step {step} again")
+        shutil.rmtree(path, ignore_errors=True)
+      _sync(f"olmo_ckpt_rm_{step}")
+    self._mngr.reload()  # our own deletions are invisible to Orbax's cache
+    meta = dict(self.metadata, kind=KIND_STATE, step=int(step))
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if data_state is not None:
+      items["data"] = ocp.args.JsonSave(data_state)
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:
+      self._on_failure(step, e)
+      self._raise_pending_error()
+    if self.async_save:
+      self._pending = threading.Thread(target=self._commit, args=(step,),
+                                       name=f"olmo_ckpt_commit_{step}", daemon=True)
+      self._pending.start()
+    else:
+      self._commit(step)
+      self._raise_pending_error()
+    return True
+
+  def _commit(self, step: int) -> None:
+    """After Orbax commits `step`: write the manifest, then garbage-collect older steps."""
+    try:
+      self._mngr.wait_until_finished()
+      path = os.path.join(self.directory, str(step))
+      if _is_primary():
+        if not os.path.isfile(os.path.join(path, COMMIT_MARKER)):
+          raise CheckpointError(f"Orbax finished step {step} but {path} is not committed")
+        write_manifest(path)
+        self._collect_garbage()
+    except BaseException as e:  # surfaced on the main thread at the next save()/wait()
+      self._on_failure(step, e)
+
+  def _on_failure(self, step: int, e: BaseException) -> None:
+    self._error, self._error_step = e, step
+    report(f"checkpoint: saving step {step} to {self.directory} FAILED ({type(e).__name__}: "
+           f"{e}); older checkpoints are untouched")
+    if _is_primary():  # give back the space a half-written save holds (disk full)
+      for tmp in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+      path = os.path.join(self.directory, str(step))
+      if os.path.isdir(path) and not os.path.isfile(os.path.join(path, MANIFEST)):
+        shutil.rmtree(path, ignore_errors=True)
+
+  def _collect_garbage(self) -> None:
+    """Deletes complete steps outside the keep policy and incomplete ones older than the newest."""
+    dirs = step_dirs(self.directory)
+    good = complete_steps(self.directory, quiet=True)
+    if not good:
+      return
+    keep = set(good[-self.keep:])
+    if self.keep_period:
+      keep |= {s for s in good if s % self.keep_period == 0}
+    for s, path in dirs.items():
+      if s in keep or s > good[-1]:
+        continue
+      logging.info("checkpoint: deleting %s (keep=%d, keep_period=%d)", path, self.keep,
+                   self.keep_period)
+      shutil.rmtree(path, ignore_errors=True)
+
+  def _join(self) -> None:
+    if self._pending is not None:
+      self._pending.join()
+      self._pending = None
+
+  def _raise_pending_error(self) -> None:
+    if self._error is not None:
+      e, step = self._error, self._error_step
+      self._error = self._error_step = None
+      # Orbax re-raises a failed save on every later call: start afresh so that the next
+      # save (after the disk has space again) can succeed.
+      self._close_manager()
+      self._mngr = self._make_manager()
+      raise CheckpointError(f"saving checkpoint step {step} to {self.directory} failed: "
+                            f"{type(e).__name__}: {e}") from e
+
+  def wait(self) -> None:
+    """Blocks until pending saves are committed; raises CheckpointError if one failed."""
+    self._join()
+    self._raise_pending_error()
+
+  def close(self) -> None:
+    """Waits for pending saves (reporting, not raising, a failure) and releases Orbax."""
+    self._join()
+    if self._error is not None:
+      report(f"checkpoint: step {self._error_step} was not saved")
+      self._error = None
+    self._close_manager()
+
+
+# ---------------------------------------------------------------- params only
+
+def _candidates(directory: str, step: int | None) -> list[int]:
+  """Steps to try, newest first: just `step` if given (it must be complete)."""
+  steps = complete_steps(directory)
+  if step is not None:
+    if step not in steps:
+      path = os.path.join(directory, str(step))
+      why = incomplete_reason(path) if os.path.isdir(path) else "it does not exist"
+      raise CheckpointError(f"checkpoint step {step} in {directory} is unusable: {why}")
+    return [step]
+  if not steps:
+    raise CheckpointError(f"no complete checkpoint in {directory}")
+  return steps[::-1]
+
+
+def _params_item(step_dir: str) -> tuple[str, str | None]:
+  """(item directory, key of the params subtree in it)."""
+  if checkpoint_kind(step_dir) == KIND_STATE:
+    return os.path.join(step_dir, "state"), "params"
+  return os.path.join(step_dir, "params"), None
+
+
+def _restore_params_item(step_dir: str, target_fn) -> Any:
+  """Restores only the params subtree of a step; target_fn(metadata tree) -> (item, args)."""
+  item_dir, key = _params_item(step_dir)
+  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  meta = ckptr.metadata(item_dir).item_metadata
+  tree = meta.tree if hasattr(meta, "tree") else meta
+  sub = tree[key] if key else tree
+  item, args = target_fn(sub)
+  if key:
+    item, args = {key: item}, {key: args}
+  out = ckptr.restore(item_dir, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=args, partial_restore=key is not None))
+  return out[key] if key else out
+
+
+def read_metadata(step_dir: str) -> dict:
+  """The meta item (config, tokenizer hash, kind, step) of a step directory."""
+  path = os.path.join(step_dir, "meta", "metadata")
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{step_dir} has no meta/ item (not written by olmo_jax?)")
+  return _read_json(path)
+
+
+def restore_params(path: str, step: int | None = None) -> tuple[dict, dict]:
+  """(params as a nested dict of numpy arrays, metadata with "config") of a checkpoint.
+
+  path: a workdir, a checkpoints dir or a step dir. Only the params are read: the optimizer
+  state is never materialised.
+  """
+  directory, step = resolve_path(path, step)
+
+  def as_numpy(sub):
+    item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), sub)
+    args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), sub)
+    return item, args
+
+  candidates = _candidates(directory, step)
+  for s in candidates:
+    step_dir = os.path.join(directory, str(s))
+    reason = incomplete_reason(step_dir, checksums=True)
+    if reason is None:
+      if s != candidates[0]:
+        report(f"checkpoint: using step {s}, not the newest step {candidates[0]}")
+      return _restore_params_item(step_dir, as_numpy), read_metadata(step_dir)
+    report(f"checkpoint: skipping {step_dir}: {reason}")
+  raise CheckpointError(f"no checkpoint in {directory} passed its checksums")
+
+
+def write_params_checkpoint(directory: str, params, metadata: dict) -> str:
+  """Writes a params-only step-0 checkpoint (kind 'params') and returns its step directory.
+
+  directory: a workdir (the checkpoint goes to <directory>/checkpoints/0) — the trainer
+  started on that workdir begins from these params with a fresh optimizer state.
+  """
+  ckpt_dir = os.path.join(os.path.abspath(directory), "checkpoints")
+  existing = step_dirs(ckpt_dir)
+  if existing:
+    raise CheckpointError(f"{ckpt_dir} already holds checkpoints (steps {sorted(existing)}); "
+                          "write to an empty directory")
+  meta = dict(metadata, kind=KIND_PARAMS, step=0)
+  json.dumps(meta)
+  mngr = ocp.CheckpointManager(
+      ckpt_dir, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False),
+      item_names=ITEMS)
+  mngr.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                       meta=ocp.args.JsonSave(meta)), force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  step_dir = os.path.join(ckpt_dir, "0")
+  if _is_primary():
+    write_manifest(step_dir)
+  _sync("olmo_ckpt_params_written")
+  return step_dir
+
+
+def load_init_params(directory: str, abstract_params) -> Any | None:
+  """Params of a params-only checkpoint placed on abstract_params' shardings, else None.
+
+  directory: the checkpoints dir (or workdir). None when it holds a train-state checkpoint
+  (resume that instead) or no params-only one.
+  """
+  try:
+    directory, _ = resolve_path(directory)
+  except CheckpointError:
+    return None
+  if complete_steps(directory, kind=KIND_STATE, quiet=True):
+    return None
+  steps = complete_steps(directory, kind=KIND_PARAMS)
+  if not steps:
+    return None
+  step_dir = os.path.join(directory, str(steps[-1]))
+
+  def on_shardings(sub):
+    args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)
+    return abstract_params, args
+
+  params = _restore_params_item(step_dir, on_shardings)
+  report(f"checkpoint: starting from the params of {step_dir} with a fresh optimizer state")
+  return params
