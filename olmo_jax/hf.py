@@ -31,6 +31,8 @@ HF_ARCHITECTURES = {
     "olmo2": ("Olmo2ForCausalLM", "olmo2"),
 }
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
+EOS_TOKEN = "<|endoftext|>"  # id 50279 in the OLMo tokenizer
+PAD_TOKEN = "<|padding|>"  # id 1
 # HF's OlmoLayerNorm hard-codes this eps; an OLMo 1 model with another eps cannot be exported.
 HF_OLMO1_EPS = 1e-5
 # Written by transformers' default RoPE and by old checkpoints; it is recomputed, never loaded.
@@ -163,41 +165,54 @@ def expected_param_shapes(cfg: ModelConfig) -> dict[str, Any]:
 
 def _check_param_shapes(cfg: ModelConfig, params: dict[str, Any]) -> None:
   expected = expected_param_shapes(cfg)
-  for name, shape in [*((k, s) for k, s in expected.items() if k != "blocks"),
-                      *((f"blocks.{k}", s) for k, s in expected["blocks"].items())]:
-    tree = params["blocks"] if name.startswith("blocks.") else params
-    leaf = name.split(".")[-1]
-    if leaf not in tree:
-      raise ConversionError(f"params has no '{name}' (variant {cfg.variant!r} needs it)")
-    if tuple(tree[leaf].shape) != tuple(shape):
-      raise ConversionError(f"params['{name}'] has shape {tuple(tree[leaf].shape)}, the config "
-                            f"implies {tuple(shape)}")
+  for scope, want, got in (("", expected, params),
+                           ("blocks.", expected["blocks"], params.get("blocks", {}))):
+    for name, shape in want.items():
+      if name == "blocks":
+        continue
+      if name not in got:
+        raise ConversionError(f"params has no '{scope}{name}' (variant {cfg.variant!r} "
+                              "needs it)")
+      if tuple(got[name].shape) != tuple(shape):
+        raise ConversionError(f"params['{scope}{name}'] has shape {tuple(got[name].shape)}, "
+                              f"the config implies {tuple(shape)}")
 
 
 def _write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], out_dir: str,
                        max_shard_bytes: int) -> list[str]:
-  """Writes model.safetensors, or numbered shards + index when over max_shard_bytes."""
+  """Writes model.safetensors, or numbered shards + index when over max_shard_bytes.
+
+  Holds one shard in memory at a time. Returns the file names written.
+  """
   from safetensors.numpy import save_file
 
-  shards: list[dict[str, np.ndarray]] = [{}]
-  shard_bytes = 0
+  metadata = {"format": "pt"}  # transformers refuses safetensors files without it
+  written: list[tuple[str, list[str]]] = []  # (temporary file, tensor names)
+  shard: dict[str, np.ndarray] = {}
+  total = shard_bytes = 0
+
+  def flush():
+    tmp = os.path.join(out_dir, f".shard-{len(written):05d}.tmp")
+    save_file(shard, tmp, metadata=metadata)
+    written.append((tmp, list(shard)))
+
   for name, arr in tensors:
-    if shards[-1] and shard_bytes + arr.nbytes > max_shard_bytes:
-      shards.append({})
-      shard_bytes = 0
-    shards[-1][name] = arr
+    if shard and shard_bytes + arr.nbytes > max_shard_bytes:
+      flush()
+      shard, shard_bytes = {}, 0
+    shard[name] = arr
     shard_bytes += arr.nbytes
-  # transformers refuses safetensors files without this metadata.
-  metadata = {"format": "pt"}
-  if len(shards) == 1:
-    save_file(shards[0], os.path.join(out_dir, "model.safetensors"), metadata=metadata)
+    total += arr.nbytes
+  flush()
+  if len(written) == 1:
+    os.replace(written[0][0], os.path.join(out_dir, "model.safetensors"))
     return ["model.safetensors"]
-  names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  # Shard names carry the shard count, known only now.
+  names = [f"model-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
   weight_map = {}
-  for fname, shard in zip(names, shards):
-    save_file(shard, os.path.join(out_dir, fname), metadata=metadata)
-    weight_map.update({k: fname for k in shard})
-  total = sum(a.nbytes for shard in shards for a in shard.values())
+  for fname, (tmp, keys) in zip(names, written):
+    os.replace(tmp, os.path.join(out_dir, fname))
+    weight_map.update({k: fname for k in keys})
   _write_json(os.path.join(out_dir, "model.safetensors.index.json"),
               {"metadata": {"total_size": total}, "weight_map": weight_map})
   return names + ["model.safetensors.index.json"]
@@ -220,10 +235,6 @@ def _special_token_ids(tokenizer_file: str) -> tuple[int, int]:
   return ids[0], ids[1]
 
 
-EOS_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|padding|>"
-
-
 def write_tokenizer_files(out_dir: str, tokenizer: str = "olmo", max_length: int =
                           sizes.SEQ_LEN) -> tuple[int, int]:
   """Writes tokenizer.json, tokenizer_config.json, special_tokens_map.json; -> (eos id, pad id)."""
@@ -233,8 +244,7 @@ def write_tokenizer_files(out_dir: str, tokenizer: str = "olmo", max_length: int
   shutil.copyfile(src, os.path.join(out_dir, "tokenizer.json"))
   special = {"eos_token": EOS_TOKEN, "pad_token": PAD_TOKEN}
   _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
-      # The generic fast class reads tokenizer.json as is; a model-specific class (e.g.
-      # LlamaTokenizer for a Llama config) would rebuild a different pre-tokenizer.
+      # The generic fast class reads tokenizer.json as is, whatever the model type says.
       "tokenizer_class": "PreTrainedTokenizerFast",
       **special,
       "bos_token": None,
@@ -259,6 +269,11 @@ def export_hf(cfg: ModelConfig, params: dict[str, Any], out_dir: str,
   config = hf_config_dict(cfg, dtype)  # validates before anything is written
   _check_param_shapes(cfg, params)
   os.makedirs(out_dir, exist_ok=True)
+  # Weights of an earlier export (e.g. shards where there is now one file) would be mixed in.
+  for fname in os.listdir(out_dir):
+    if fname.startswith("model") and (fname.endswith(".safetensors") or
+                                      fname == "model.safetensors.index.json"):
+      os.remove(os.path.join(out_dir, fname))
   if tokenizer is not None:
     eos_id, pad_id = write_tokenizer_files(out_dir, tokenizer, cfg.max_seq_len)
     config.update(eos_token_id=eos_id, pad_token_id=pad_id)
@@ -337,16 +352,18 @@ class TensorFiles:
   def shape(self, key: str) -> tuple[int, ...]:
     return self.entries[key].shape
 
-  def get(self, key: str) -> np.ndarray:
-    """The tensor as float32 numpy."""
+  def get(self, key: str, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """The tensor (or its rows [start, stop) only, read alone) as float32 numpy."""
     if key not in self.entries:
       raise ConversionError(f"tensor {key!r} is missing from the checkpoint in {self.directory}")
     path = self.entries[key].file
     if path.endswith(".safetensors"):
       from safetensors import safe_open
       with safe_open(path, framework="numpy") as f:
-        return np.asarray(f.get_tensor(key), dtype=np.float32)
-    return self._torch_state(path)[key].float().numpy()
+        t = f.get_slice(key)[rows[0]:rows[1]] if rows else f.get_tensor(key)
+        return np.asarray(t, dtype=np.float32)
+    t = self._torch_state(path)[key]
+    return (t[rows[0]:rows[1]] if rows else t).float().numpy()
 
 
 # ----------------------------------------------------------------------------------------
@@ -383,16 +400,31 @@ def _rope_theta(hf: dict, where: str) -> float:
   return float(rope.get("rope_theta") or hf.get("rope_theta") or 10_000.0)
 
 
+def _with_defaults_as_zero(cfg: ModelConfig) -> ModelConfig:
+  """Writes variant-default theta / eps as 0, so a default config round-trips exactly."""
+  default = dataclasses.replace(cfg, rope_theta=0.0, norm_eps=0.0)
+  return dataclasses.replace(
+      cfg, rope_theta=0.0 if math.isclose(cfg.rope_theta, default.theta) else cfg.rope_theta,
+      norm_eps=0.0 if math.isclose(cfg.norm_eps, default.eps) else cfg.norm_eps)
+
+
 def _require(cond: bool, where: str, message: str) -> None:
   if not cond:
     raise ConversionError(f"{where}: {message}")
+
+
+def _field(hf: dict, key: str, where: str) -> int:
+  if not isinstance(hf.get(key), int) or hf[key] <= 0:
+    raise ConversionError(f"{where}: '{key}' is missing or not a positive integer "
+                          f"(got {hf.get(key)!r})")
+  return hf[key]
 
 
 def config_from_hf(hf: dict, directory: str = "") -> ModelConfig:
   """ModelConfig of an HF Llama / Olmo / Olmo2 config.json dict."""
   where = os.path.join(directory, "config.json") if directory else "config.json"
   variant = _hf_variant(hf, where)
-  d, h = hf["hidden_size"], hf["num_attention_heads"]
+  d, h = _field(hf, "hidden_size", where), _field(hf, "num_attention_heads", where)
   _require(hf.get("num_key_value_heads") in (None, h), where,
            f"num_key_value_heads={hf.get('num_key_value_heads')} != num_attention_heads={h}; "
            "grouped-query attention is not supported")
@@ -402,21 +434,21 @@ def config_from_hf(hf: dict, directory: str = "") -> ModelConfig:
            f"hidden_act={hf.get('hidden_act')!r}; only 'silu' (SwiGLU) is supported")
   for flag in ("attention_bias", "mlp_bias"):
     _require(not hf.get(flag), where, f"{flag}=true; the model has no biases")
-  embedding_size = hf["vocab_size"]
+  embedding_size = _field(hf, "vocab_size", where)
   if variant == "olmo1":
     eps = HF_OLMO1_EPS
   else:
     eps = float(hf.get("rms_norm_eps") or (1e-6 if variant == "ladder" else 1e-5))
-  intermediate = hf["intermediate_size"]
-  return ModelConfig(
-      variant=variant, d_model=d, n_heads=h, n_layers=hf["num_hidden_layers"],
+  intermediate = _field(hf, "intermediate_size", where)
+  return _with_defaults_as_zero(ModelConfig(
+      variant=variant, d_model=d, n_heads=h, n_layers=_field(hf, "num_hidden_layers", where),
       vocab_size=_vocab_size(directory, embedding_size) if directory else embedding_size,
       embedding_size=embedding_size,
       mlp_hidden=0 if intermediate == 4 * d else intermediate,
       max_seq_len=hf.get("max_position_embeddings") or sizes.SEQ_LEN,
       rope_theta=_rope_theta(hf, where), norm_eps=eps,
       clip_qkv=float(hf.get("clip_qkv") or 0.0) if variant == "olmo1" else 0.0,
-      init_std=float(hf.get("initializer_range") or 0.02))
+      init_std=float(hf.get("initializer_range") or 0.02)))
 
 
 def _hf_variant(hf: dict, where: str) -> str:
@@ -526,7 +558,7 @@ def config_from_hf_olmo(hf: dict, directory: str = "") -> ModelConfig:
   """ModelConfig of an AllenAI hf_olmo config.json dict (OLMo-native field names)."""
   where = os.path.join(directory, "config.json") if directory else "config.json"
   variant = _hf_olmo_variant(hf, where)
-  d, h = hf["d_model"], hf["n_heads"]
+  d, h = _field(hf, "d_model", where), _field(hf, "n_heads", where)
   _require(hf.get("activation_type", "swiglu") == "swiglu", where,
            f"activation_type={hf.get('activation_type')!r}; only 'swiglu' is supported")
   _require(hf.get("block_type", "sequential") in ("sequential", "llama"), where,
@@ -542,14 +574,15 @@ def config_from_hf_olmo(hf: dict, directory: str = "") -> ModelConfig:
            f"SwiGLU input width {fused_hidden} (mlp_hidden_size or mlp_ratio*d_model) is odd")
   hidden = fused_hidden // 2  # the fused projection holds the up and gate halves
   vocab = hf.get("vocab_size") or sizes.VOCAB_SIZE
-  return ModelConfig(
-      variant=variant, d_model=d, n_heads=h, n_layers=hf["n_layers"], vocab_size=vocab,
+  return _with_defaults_as_zero(ModelConfig(
+      variant=variant, d_model=d, n_heads=h, n_layers=_field(hf, "n_layers", where),
+      vocab_size=vocab,
       embedding_size=hf.get("embedding_size") or vocab,
       mlp_hidden=0 if hidden == 4 * d else hidden,
       max_seq_len=hf.get("max_sequence_length") or sizes.SEQ_LEN,
       rope_theta=float(hf.get("rope_theta") or 10_000.0),
       norm_eps=float(hf.get("layer_norm_eps") or 1e-5),
-      clip_qkv=float(hf.get("clip_qkv") or 0.0), init_std=float(hf.get("init_std") or 0.02))
+      clip_qkv=float(hf.get("clip_qkv") or 0.0), init_std=float(hf.get("init_std") or 0.02)))
 
 
 def _import_hf_olmo(directory: str, hf: dict) -> tuple[ModelConfig, dict]:
@@ -586,11 +619,11 @@ def _import_hf_olmo(directory: str, hf: dict) -> tuple[ModelConfig, dict]:
     if not fused_qkv:
       return files.get(b + "qkv"[which] + "_proj.weight").T
     # q, k, v are stacked along the output rows of the fused projection.
-    return files.get(b + "att_proj.weight")[which * d:(which + 1) * d].T
+    return files.get(b + "att_proj.weight", rows=(which * d, (which + 1) * d)).T
 
   def ff_half(i: int, which: int) -> np.ndarray:
     # The FIRST half of ff_proj's output rows is the up value, the SECOND the gate.
-    return files.get(f"{prefix}blocks.{i}.ff_proj.weight")[which * f:(which + 1) * f].T
+    return files.get(f"{prefix}blocks.{i}.ff_proj.weight", rows=(which * f, (which + 1) * f)).T
 
   blocks = {
       "wq": _stack(n, lambda i: qkv(i, 0)),
