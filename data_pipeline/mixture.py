@@ -51,7 +51,9 @@ def default_config() -> ml_collections.ConfigDict:
       `recipes_dir` (e.g. 'sample', 'dolma17', 'dolma17-75p-DCLM-baseline-25p'), a path to a
       recipe .py file, or 'custom' (the sources in `sources`).
     data_dir: root of all relative source paths; the sample corpus is built under it.
-    seed: mixing/shuffling seed; -1 uses the seed passed by the trainer (train.seed).
+    seed: mixing/shuffling seed; -1 means train.seed. The caller resolves it and passes
+      `seed` to build_train_iterator, which uses that argument (so a held-out stream can ask
+      for another seed over the same config).
     sources: only for mixture='custom': comma-separated `name=glob[|glob][@weight]`; the kind
       follows the extension (.jsonl[.gz|.zst]/.parquet: text, .array_record: documents,
       else token files), 'tfds:NAME:SPLIT' names a prepared TFDS dataset under data_dir.
@@ -360,7 +362,7 @@ class Mixer:
     instances = np.full_like(rows, -1)
     for s, src in enumerate(self.srcs):
       m = labels == s
-      if not m.any() or s_is_stream(src):
+      if not m.any() or _is_stream(src):
         continue
       n = src.num_instances
       epochs[m], within = draws[m] // n, draws[m] % n
@@ -389,7 +391,7 @@ class Mixer:
       rows = np.flatnonzero(labels == s)
       if not rows.size:
         continue
-      if s_is_stream(src):
+      if _is_stream(src):
         out[rows] = src.take(rows.size)
         if self.max_epochs and src.get_state()["epoch"] >= self.max_epochs:
           raise StopIteration
@@ -400,14 +402,14 @@ class Mixer:
     if out.max() >= self.vocab_size:
       row = int(np.argmax(out.max(axis=1) >= self.vocab_size))
       src = self.srcs[labels[row]]
-      if not s_is_stream(src):
+      if not _is_stream(src):
         src.read(instances[row:row + 1])  # raises naming the file and token range
       raise ValueError(f"source {self.names[labels[row]]!r}: token id {int(out[row].max())} "
                        f">= vocab_size {self.vocab_size}")
     return out
 
 
-def s_is_stream(src) -> bool:
+def _is_stream(src) -> bool:
   return isinstance(src, sources_lib.PackedStream)
 
 
@@ -499,8 +501,6 @@ def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab
     return SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed,
                              vocab_size=vocab_size, process_index=process_index,
                              process_count=process_count)
-  if cfg.seed >= 0:
-    seed = int(cfg.seed)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
   name, recipe, specs = resolve_sources(cfg)
@@ -529,7 +529,7 @@ def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab
   fingerprint = {
       "mixture": name, "seed": seed, "window": window, "batch_size": batch_size,
       "process_count": process_count, "shuffle": mixer.shuffle, "block": BLOCK,
-      "sources": {n: [round(float(w), 12), (s.num_instances if not s_is_stream(s)
+      "sources": {n: [round(float(w), 12), (s.num_instances if not _is_stream(s)
                                             else len(s.docs))]
                   for n, w, s in zip(specs, weights, srcs)},
   }

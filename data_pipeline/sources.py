@@ -356,9 +356,6 @@ class DocumentSource:
   def __len__(self) -> int:
     return int(self._starts[-1])
 
-  def file_docs_list(self) -> list[int]:
-    return self.file_docs.tolist()
-
   def _file(self, f: int) -> list:
     if self._cache is None or self._cache[0] != f:
       path = self.paths[f]
