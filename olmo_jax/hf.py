@@ -650,9 +650,9 @@ def import_hf(path: str) -> tuple[ModelConfig, dict[str, Any]]:
   path: the directory, or any file inside it. Config and tensor names/shapes are checked
   before any large tensor is read.
   """
+  if not os.path.exists(path):
+    raise ConversionError(f"checkpoint {path} does not exist")
   directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise ConversionError(f"checkpoint directory {path} does not exist")
   hf = _read_config(directory)
   if _is_hf_olmo(hf):
     return _import_hf_olmo(directory, hf)

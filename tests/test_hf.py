@@ -129,6 +129,9 @@ def test_sharded_export_loads_in_transformers_and_imports(ladder_exported, tmp_p
                              atol=fx.TOL, rtol=0)
   _, params2 = hf.import_hf(str(tmp_path))
   np.testing.assert_array_equal(params2["lm_head"], params["lm_head"])
+  # Exporting again into the same directory leaves no stale shard behind.
+  hf.export_hf(cfg, params, str(tmp_path), tokenizer=None)
+  assert sorted(p.name for p in tmp_path.glob("model*")) == ["model.safetensors"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -342,6 +345,8 @@ def test_shape_mismatch_and_extra_bias_are_named(ladder_exported, tmp_path):
 
 
 def test_missing_weights_and_unsupported_configs_are_named(tmp_path):
+  with pytest.raises(hf.ConversionError, match="does not exist"):
+    hf.import_hf(str(tmp_path / "nowhere"))
   config = hf.hf_config_dict(fx.tiny_config("ladder"))
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(hf.ConversionError, match="no weights in"):
