@@ -536,11 +536,12 @@ def write_params_checkpoint(directory: str, params, metadata: dict) -> str:
   return step_dir
 
 
-def load_init_params(directory: str, abstract_params) -> Any | None:
-  """Params of a params-only checkpoint placed on abstract_params' shardings, else None.
+def load_init_params(directory: str, abstract_params=None) -> Any | None:
+  """Params of a params-only checkpoint, or None when there is none to start from.
 
-  directory: the checkpoints dir (or workdir). None when it holds a train-state checkpoint
-  (resume that instead) or no params-only one.
+  directory: a workdir or its checkpoints dir. abstract_params: ShapeDtypeStructs with
+  shardings to place the params on (None: numpy arrays). None is also returned when a
+  train-state checkpoint exists (resume that instead).
   """
   try:
     directory, _ = resolve_path(directory)
@@ -552,11 +553,17 @@ def load_init_params(directory: str, abstract_params) -> Any | None:
   if not steps:
     return None
   step_dir = os.path.join(directory, str(steps[-1]))
+  reason = incomplete_reason(step_dir, checksums=True)
+  if reason is not None:
+    raise CheckpointError(f"params-only checkpoint {step_dir} is damaged: {reason}")
 
-  def on_shardings(sub):
-    args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)
-    return abstract_params, args
+  def target(sub):
+    if abstract_params is None:
+      return (jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), sub),
+              jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), sub))
+    return abstract_params, jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
+                                         abstract_params)
 
-  params = _restore_params_item(step_dir, on_shardings)
+  params = _restore_params_item(step_dir, target)
   report(f"checkpoint: starting from the params of {step_dir} with a fresh optimizer state")
   return params
