@@ -171,7 +171,7 @@ def make_train_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation
       grads = jax.tree.map(lambda g: g / m, grads)
       loss, aux = loss / m, {"ce": ce / m, "z_loss": zl / m}
     grads = jax.tree.map(lambda g: g / scale, grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)

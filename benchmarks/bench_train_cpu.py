@@ -1,0 +1,126 @@
+"""Training tokens/s on CPU: our trainer's step against a PyTorch reference, in the same run.
+
+The reference is transformers' LlamaForCausalLM of the same shape (the ladder's HF class:
+untied head, SwiGLU hidden 4d, 50304 embedding rows), float32, torch.optim.AdamW with the
+same hyperparameters, global-norm clipping 1.0, on the same token batches and thread count.
+Timings of the two alternate in rounds so machine noise hits both; the ratio is of medians.
+
+  python benchmarks/bench_train_cpu.py [--sizes 4M 20M] [--batch 8] [--seq-len 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 2))
+
+
+def build_jax(size: str, batch: int, seq_len: int):
+  import jax
+  import jax.numpy as jnp
+  from olmo_jax import model as M, optim, sharding, sizes, trainer
+
+  s = sizes.get_size(size)
+  cfg = M.ModelConfig(d_model=s.d_model, n_heads=s.n_heads, n_layers=s.n_layers,
+                      max_seq_len=seq_len)
+  tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=10, total_steps=1000)
+  mesh = sharding.make_mesh()
+  _, shard = trainer.state_shardings(mesh, cfg, tx)
+  state = trainer.init_state(mesh, cfg, tx, 0)
+  step = trainer.make_train_step(cfg, tx, trainer.StepConfig(total_steps=1000), mesh, shard)
+  box = {"state": state}
+
+  def run(ids_np):
+    batch = {"input_ids": jnp.asarray(ids_np)}
+    box["state"], metrics = step(box["state"], batch)
+    return metrics
+
+  def block(metrics):
+    jax.block_until_ready(metrics)
+
+  return run, block
+
+
+def build_torch(size: str, batch: int, seq_len: int):
+  import torch
+  import transformers
+  from olmo_jax import sizes
+
+  torch.set_num_threads(THREADS)
+  torch.manual_seed(0)
+  s = sizes.get_size(size)
+  config = transformers.LlamaConfig(
+      vocab_size=sizes.EMBEDDING_SIZE, hidden_size=s.d_model, intermediate_size=4 * s.d_model,
+      num_hidden_layers=s.n_layers, num_attention_heads=s.n_heads,
+      num_key_value_heads=s.n_heads, max_position_embeddings=seq_len, rms_norm_eps=1e-6,
+      rope_theta=10_000.0, tie_word_embeddings=False, attention_bias=False, mlp_bias=False)
+  model = transformers.LlamaForCausalLM(config).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8,
+                          weight_decay=0.05)
+
+  def run(ids_np):
+    ids = torch.from_numpy(ids_np).long()
+    logits = model(input_ids=ids[:, :-1]).logits.float()
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             ids[:, 1:].reshape(-1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss
+
+  return run, lambda loss: float(loss.detach())
+
+
+def time_steps(run, block, batches) -> float:
+  """Seconds per step over `batches`, blocking on the last step's result."""
+  t0 = time.perf_counter()
+  out = None
+  for b in batches:
+    out = run(b)
+  block(out)
+  return (time.perf_counter() - t0) / len(batches)
+
+
+def bench(size: str, batch: int, seq_len: int, rounds: int, steps: int) -> dict:
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  batches = [rng.integers(0, 50280, (batch, seq_len + 1), dtype=np.int32)
+             for _ in range(steps)]
+  impls = {"olmo_jax": build_jax(size, batch, seq_len),
+           "torch": build_torch(size, batch, seq_len)}
+  for run, block in impls.values():  # compile / warm up
+    time_steps(run, block, batches[:2])
+  times = {k: [] for k in impls}
+  for _ in range(rounds):
+    for name, (run, block) in impls.items():
+      times[name].append(time_steps(run, block, batches))
+  tokens = batch * seq_len
+  res = {k: tokens / statistics.median(v) for k, v in times.items()}
+  res["ratio"] = res["olmo_jax"] / res["torch"]
+  return res
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--sizes", nargs="+", default=["4M", "20M"])
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq-len", type=int, default=256)
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--steps", type=int, default=3)
+  a = p.parse_args()
+  print(f"CPU training throughput, batch {a.batch} x {a.seq_len} tokens, float32, "
+        f"{THREADS} threads, median of {a.rounds} rounds x {a.steps} steps")
+  print(f"{'size':>5} | {'olmo_jax tok/s':>14} | {'torch tok/s':>11} | ratio")
+  for size in a.sizes:
+    r = bench(size, a.batch, a.seq_len, a.rounds, a.steps)
+    print(f"{size:>5} | {r['olmo_jax']:>14,.0f} | {r['torch']:>11,.0f} | {r['ratio']:.2f}x",
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()
