@@ -119,7 +119,11 @@ def main() -> None:
   p.add_argument("--tokens-per-source", type=int, default=16_000_000)
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   args = p.parse_args()
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+  cpu = platform.processor() or platform.machine()
+  if os.path.exists("/proc/cpuinfo"):
+    names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+    cpu = names[0] if names else cpu
+  print(f"machine: {cpu}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, numpy {np.__version__}")
   with tempfile.TemporaryDirectory() as root:
     write_sources(root, args.tokens_per_source)
