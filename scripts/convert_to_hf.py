@@ -1,0 +1,133 @@
+"""`python scripts/convert_to_hf.py --checkpoint runs/150M --output hf/150M`.
+
+Restores only the parameters of a checkpoint (a workdir, its checkpoints dir, or one step dir;
+the optimizer state is never read), writes an HF directory through olmo_jax/hf.py, then checks
+the export: the transformers model's logits on a few sequences must equal ours. The result
+loads with `AutoModelForCausalLM.from_pretrained(HF_DIR)` and runs under
+`lm-eval run --model hf --model_args pretrained=HF_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+VERIFY_TEXTS = (
+    "The DataDecide suite trains many small models to predict which data recipe wins at scale.",
+    "Checkpoints are written every few thousand steps and converted for evaluation.",
+)
+
+
+def model_config_of(metadata: dict):
+  """The ModelConfig recorded with a checkpoint (float32 compute, for exact verification)."""
+  import ml_collections
+  from olmo_jax import config as config_lib
+  if "config" not in metadata or "model" not in (metadata["config"] or {}):
+    raise ValueError("the checkpoint's meta item has no config.model: it was not written by "
+                     "olmo_jax.train or scripts/convert_from_hf.py")
+  cfg = config_lib.model_config(ml_collections.ConfigDict(metadata["config"]))
+  return cfg
+
+
+def verify_sequences(cfg, tokenizer: str | None, n_random: int = 2, length: int = 64):
+  """int32 [B, L] token ids: tokenized text (if a tokenizer is known) plus random ids."""
+  length = min(length, cfg.max_seq_len)
+  rng = np.random.default_rng(0)
+  rows = [rng.integers(0, cfg.vocab_size, length) for _ in range(n_random)]
+  if tokenizer is not None:
+    from data_pipeline.tokenizer import load_tokenizer
+    tok = load_tokenizer(tokenizer)
+    ids = [i for t in VERIFY_TEXTS for i in tok.encode(" " + t).ids]
+    if max(ids) < cfg.embedding_size:
+      rows.append(np.resize(np.array(ids), length))
+  return np.stack(rows).astype(np.int32)
+
+
+def as_exported(params: dict, dtype: str) -> dict:
+  """The params rounded to the export dtype (float32 again): what the HF model holds."""
+  import jax
+  import ml_dtypes
+  np_dtype = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}[dtype]
+  return jax.tree.map(lambda x: np.asarray(x).astype(np_dtype).astype(np.float32), params)
+
+
+def compare_logits(cfg, params: dict, hf_dir: str, ids: np.ndarray) -> tuple[float, float]:
+  """(max |HF - ours| logit difference, max |our logit|) on ids int32 [B, L]."""
+  import jax
+  import torch
+  import transformers
+  from olmo_jax.model import forward
+  jax.config.update("jax_default_matmul_precision", "highest")
+  ours = np.asarray(jax.jit(forward, static_argnums=0)(
+      dataclasses.replace(cfg, dtype="float32"), params, ids))
+  model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+  model.eval()
+  with torch.no_grad():
+    theirs = model(torch.as_tensor(ids, dtype=torch.long)).logits.float().numpy()
+  if theirs.shape != ours.shape:
+    raise AssertionError(f"HF logits have shape {theirs.shape}, ours {ours.shape}")
+  return float(np.abs(theirs - ours).max()), float(np.abs(ours).max())
+
+
+def convert(checkpoint_path: str, output: str, *, step: int | None = None,
+            dtype: str = "float32", tokenizer: str | None = "olmo", verify: bool = True,
+            tol: float = 1e-4, print_fn=print) -> float | None:
+  """Exports a checkpoint's params to an HF directory; returns the verified max logit diff."""
+  from olmo_jax import checkpoint, hf
+  params, meta = checkpoint.restore_params(checkpoint_path, step)
+  cfg = model_config_of(meta)
+  print_fn(f"restored params of step {meta.get('step')} from {checkpoint_path} "
+           f"({cfg.variant}, d_model={cfg.d_model}, {cfg.n_layers} layers)")
+  hf.export_hf(cfg, params, output, tokenizer=tokenizer, dtype=dtype)
+  print_fn(f"wrote {output} ({hf.HF_ARCHITECTURES[cfg.variant][0]}, {dtype})")
+  if not verify:
+    return None
+  if dtype != "float32":
+    params = as_exported(params, dtype)
+  ids = verify_sequences(cfg, tokenizer)
+  diff, scale = compare_logits(cfg, params, output, ids)
+  bound = tol * max(1.0, scale)
+  print_fn(f"verified: max |logit diff| HF vs olmo_jax = {diff:.3e} over {ids.shape[0]} "
+           f"sequences of {ids.shape[1]} tokens (max |logit| {scale:.2f}, bound {bound:.1e})")
+  if not diff <= bound:
+    raise AssertionError(f"the export in {output} does not reproduce our logits: max diff "
+                         f"{diff:.3e} > {bound:.1e}")
+  return diff
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--checkpoint", required=True,
+                 help="a workdir, its checkpoints/ dir, or one step dir (DIR/checkpoints/STEP)")
+  p.add_argument("--output", required=True, help="HF directory to write")
+  p.add_argument("--step", type=int, default=None, help="step to export (default: newest)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+  p.add_argument("--tokenizer", default="olmo",
+                 help="'olmo', a tokenizer.json path, or 'none' to write no tokenizer")
+  p.add_argument("--no-verify", action="store_true", help="skip the logit comparison")
+  p.add_argument("--tol", type=float, default=1e-4,
+                 help="allowed max |logit diff|, relative to max(1, max |logit|)")
+  a = p.parse_args(argv)
+  from olmo_jax import checkpoint, hf
+  try:
+    convert(a.checkpoint, a.output, step=a.step, dtype=a.dtype,
+            tokenizer=None if a.tokenizer == "none" else a.tokenizer, verify=not a.no_verify,
+            tol=a.tol)
+  except (checkpoint.CheckpointError, hf.ConversionError, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except AssertionError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
