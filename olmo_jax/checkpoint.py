@@ -32,6 +32,7 @@ fresh optimizer state at step 0. `restore_params` reads params from either kind.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
@@ -216,6 +217,55 @@ def resolve_path(path: str, step: int | None = None) -> tuple[str, int | None]:
 
 # ---------------------------------------------------------------- the train-state manager
 
+@jax.jit
+def _copy_tree(tree):
+  return jax.tree.map(lambda x: x.copy(), tree)
+
+
+def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+  """An uninitialised host array whose data is `align`-byte aligned (zero-copy for jax)."""
+  nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+  raw = np.empty(nbytes + align, np.uint8)
+  offset = (-raw.ctypes.data) % align
+  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+class _CpuStaging:
+  """A private copy of a CPU train state for the background write.
+
+  Orbax writes CPU arrays straight from their buffers (there is no device->host copy), so
+  the next train step, which donates those buffers, would wait for the whole write. One
+  memcpy in the blocking part of the save avoids that. Single-device states are copied into
+  aligned host buffers allocated once and reused (a fresh multi-GB allocation costs more in
+  page faults than the copy), then wrapped as jax arrays without a copy. Accelerator arrays
+  need none of this: Orbax copies them to host itself.
+  """
+
+  def __init__(self):
+    self._bufs: list[np.ndarray] | None = None
+    self._pool = None
+
+  def __call__(self, state):
+    leaves, treedef = jax.tree.flatten(state)
+    arrays = [x for x in leaves if isinstance(x, jax.Array)]
+    if not arrays or any(d.platform != "cpu" for x in arrays for d in x.devices()):
+      return state
+    if jax.process_count() > 1 or any(len(x.devices()) > 1 for x in leaves
+                                       if isinstance(x, jax.Array)):
+      return jax.block_until_ready(_copy_tree(state))  # keeps the sharding
+    hosts = [np.asarray(x) for x in leaves]  # views of the CPU buffers, no copy
+    if self._bufs is None or [(b.shape, b.dtype) for b in self._bufs] != [
+        (h.shape, h.dtype) for h in hosts]:
+      self._bufs = [_aligned_empty(h.shape, h.dtype) for h in hosts]
+    if self._pool is None:
+      from concurrent.futures import ThreadPoolExecutor
+      self._pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)))
+    # The previous save's write is committed (save() joins it first): its buffers are free.
+    list(self._pool.map(lambda bh: np.copyto(*bh), zip(self._bufs, hosts)))
+    device = next(iter(arrays[0].devices()))
+    return jax.tree.unflatten(treedef, [jax.device_put(b, device) for b in self._bufs])
+
+
 class Checkpointer:
   """Async Orbax checkpoints of the train state + data iterator state + config.
 
@@ -237,6 +287,7 @@ class Checkpointer:
     self._error: BaseException | None = None
     self._error_step: int | None = None
     self._bad_steps: set[int] = set()  # complete-looking steps that failed to restore
+    self._staging = _CpuStaging()
 
   def _make_manager(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
@@ -350,6 +401,8 @@ class Checkpointer:
         shutil.rmtree(path, ignore_errors=True)
       _sync(f"olmo_ckpt_rm_{step}")
     self._mngr.reload()  # our own deletions are invisible to Orbax's cache
+    if self.async_save:
+      state = self._staging(state)
     meta = dict(self.metadata, kind=KIND_STATE, step=int(step))
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     if data_state is not None:

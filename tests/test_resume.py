@@ -199,12 +199,12 @@ def test_twenty_random_sigkills_then_same_final_loss(env, tmp_path):
     proc = start(workdir, env, *args)
     mode = rng.choice(["save", "save", "step", "time"])
     if mode == "time":  # anywhere: start-up, restore, compile or training
-      time.sleep(rng.uniform(0.2, 5.0))
+      time.sleep(rng.uniform(0.2, 6.0))
       lines = []
     else:
-      lines = read_until(proc, r"resumed from|^step 1/")
+      lines = read_until(proc, r"resumed from /|^step 1/")
       m = RESUMED.search(lines[-1])
-      at = int(m.group(1)) if m else 0
+      at = int(m.group(1)) if m else 1  # fresh start: the step 1 line was just read
       if m:
         resumed_at.append(at)
       if mode == "save":  # right after a save was dispatched: the async write is in flight
@@ -216,6 +216,7 @@ def test_twenty_random_sigkills_then_same_final_loss(env, tmp_path):
       lines += read_until(proc, rf"^step {target}/{steps} ")
     assert proc.poll() is None, "".join(lines)[-3000:] + finish(proc)[-3000:]
     proc.kill()  # SIGKILL
+    print(f"kill {kills + 1}: {mode}, last line {lines[-1].strip() if lines else '-'}")
     rest = finish(proc)
     kills += 1
     assert "Traceback" not in "".join(lines) + rest, ("".join(lines) + rest)[-3000:]
