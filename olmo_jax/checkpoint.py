@@ -244,15 +244,45 @@ class _CpuStaging:
   def __init__(self):
     self._bufs: list[np.ndarray] | None = None
     self._pool = None
+    self._preparing: threading.Thread | None = None
+
+  @staticmethod
+  def _mode(leaves) -> str:
+    """'none' (accelerator or no arrays), 'host' (one CPU device) or 'jit' (sharded CPU)."""
+    devices = [list(x.sharding.device_set) if getattr(x, "sharding", None) is not None else []
+               for x in leaves]
+    if not any(devices) or any(d.platform != "cpu" for ds in devices for d in ds):
+      return "none"
+    if jax.process_count() > 1 or any(len(ds) > 1 for ds in devices):
+      return "jit"
+    return "host"
+
+  def prepare(self, state) -> None:
+    """Allocates and touches the host buffers in a background thread, off the first save."""
+    leaves = jax.tree.leaves(state)
+    if self._mode(leaves) != "host" or self._bufs is not None or self._preparing is not None:
+      return
+
+    def allocate():
+      bufs = [_aligned_empty(x.shape, x.dtype) for x in leaves]
+      for b in bufs:
+        b.fill(0)  # the page faults happen here, not in the training loop
+      self._bufs = bufs
+
+    self._preparing = threading.Thread(target=allocate, name="olmo_ckpt_staging", daemon=True)
+    self._preparing.start()
 
   def __call__(self, state):
     leaves, treedef = jax.tree.flatten(state)
-    arrays = [x for x in leaves if isinstance(x, jax.Array)]
-    if not arrays or any(d.platform != "cpu" for x in arrays for d in x.devices()):
+    mode = self._mode(leaves)
+    if mode == "none":
       return state
-    if jax.process_count() > 1 or any(len(x.devices()) > 1 for x in leaves
-                                       if isinstance(x, jax.Array)):
+    if mode == "jit":
       return jax.block_until_ready(_copy_tree(state))  # keeps the sharding
+    if self._preparing is not None:
+      self._preparing.join()
+      self._preparing = None
+    arrays = [x for x in leaves if isinstance(x, jax.Array)]
     hosts = [np.asarray(x) for x in leaves]  # views of the CPU buffers, no copy
     if self._bufs is None or [(b.shape, b.dtype) for b in self._bufs] != [
         (h.shape, h.dtype) for h in hosts]:
@@ -302,6 +332,15 @@ class Checkpointer:
       self._mngr.close()
     except Exception:  # a failed save re-raises here; it was reported already
       logging.info("checkpoint: closing the Orbax manager after a failed save", exc_info=True)
+
+  def prepare(self, state) -> None:
+    """Optional: call once the state (or its abstract shapes) exists, before the first save.
+
+    On a CPU host it allocates the staging buffers of async saves in the background, so the
+    first save blocks for a copy only, not for multi-GB page faults. No-op elsewhere.
+    """
+    if self.async_save:
+      self._staging.prepare(state)
 
   # -- queries
 
