@@ -193,8 +193,14 @@ def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str):
   if impl == "auto":
     on_gpu = jax.default_backend() == "gpu"
     impl = "cudnn" if on_gpu and q_BxLxHxK.dtype in (jnp.bfloat16, jnp.float16) else "xla"
-  return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True,
-                                      implementation=impl)
+  dt = q_BxLxHxK.dtype
+  if dt == jnp.float16 and jax.default_backend() == "cpu":
+    # XLA:CPU lacks f16 dots with f32 accumulation; float16 is for GPUs without bf16.
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (t.astype(jnp.float32)
+                                       for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
+  out = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True,
+                                     implementation=impl)
+  return out.astype(dt)
 
 
 def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_LxK, sin_LxK):
@@ -285,8 +291,11 @@ def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
     x_BxLxD = rms_norm(x_BxLxD, params["final_norm"], cfg.eps).astype(dt)
   if return_hidden:
     return x_BxLxD
-  return jnp.einsum("bld,dv->blv", x_BxLxD, params["lm_head"].astype(dt),
-                    preferred_element_type=jnp.float32)
+  head_DxV = params["lm_head"].astype(dt)
+  if dt == jnp.float16 and jax.default_backend() == "cpu":
+    # XLA:CPU has no f16 x f16 -> f32 dot; the f32 product of the f16 values is the same.
+    x_BxLxD, head_DxV = x_BxLxD.astype(jnp.float32), head_DxV.astype(jnp.float32)
+  return jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV, preferred_element_type=jnp.float32)
 
 
 def param_axes(model: OLMo) -> dict[str, Any]:
