@@ -90,6 +90,34 @@ def _broadcast_int(x: int | None) -> int | None:
   return None if v < 0 else v
 
 
+PER_PROCESS = "__per_process__"
+
+
+def _gather_json(obj) -> Any:
+  """On multi-host, every process's JSON value in one list (Orbax writes JSON from process 0)."""
+  if jax.process_count() == 1:
+    return obj
+  from jax.experimental import multihost_utils
+  raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.int32(raw.size))).reshape(-1)
+  buf = np.zeros(int(lengths.max()), np.uint8)
+  buf[:raw.size] = raw
+  rows = np.asarray(multihost_utils.process_allgather(buf)).reshape(len(lengths), -1)
+  return {PER_PROCESS: [json.loads(bytes(rows[i, :n]).decode()) for i, n in enumerate(lengths)]}
+
+
+def _own_json(obj, where: str) -> Any:
+  """This process's entry of a value saved by _gather_json (None if the host count changed)."""
+  if not (isinstance(obj, dict) and PER_PROCESS in obj):
+    return obj
+  states = obj[PER_PROCESS]
+  if len(states) != jax.process_count():
+    report(f"checkpoint: {where} holds data iterator states of {len(states)} processes, this "
+           f"run has {jax.process_count()}: the data iterators start from their defaults")
+    return None
+  return states[jax.process_index()]
+
+
 # ---------------------------------------------------------------- directory inspection
 
 def step_dirs(directory: str) -> dict[int, str]:
@@ -418,7 +446,7 @@ class Checkpointer:
       saved = int(np.asarray(jax.device_get(state["step"])))
       if saved != step:
         raise CheckpointError(f"{path} holds a state of step {saved}")
-    data = out.get("data") if "data" in items else None
+    data = _own_json(out.get("data"), path) if "data" in items else None
     return state, (data or None)
 
   # -- save
@@ -444,8 +472,8 @@ class Checkpointer:
       state = self._staging(state)
     meta = dict(self.metadata, kind=KIND_STATE, step=int(step))
     items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    if data_state is not None:
-      items["data"] = ocp.args.JsonSave(data_state)
+    if data_state is not None:  # each process's own iterator state, all in one JSON item
+      items["data"] = ocp.args.JsonSave(_gather_json(data_state))
     try:
       self._mngr.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:

@@ -335,3 +335,60 @@ def test_manifest_records_every_file(tmp_path):
              for r, _, fs in os.walk(step_dir) for f in fs} - {checkpoint.MANIFEST}
   assert set(manifest) == on_disk
   assert checkpoint.incomplete_reason(step_dir, checksums=True) is None
+
+
+MULTIHOST_SAVE = """
+import sys, numpy as np, jax
+proc, port, d = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=proc)
+from jax.sharding import NamedSharding, PartitionSpec as P
+from olmo_jax import checkpoint, sharding
+mesh = sharding.make_mesh(fsdp=-1)
+assert mesh.shape["fsdp"] == 4 and jax.process_count() == 2
+rng = np.random.default_rng(0)  # the same host values in both processes
+host = {"step": np.int32(3), "params": {"w": rng.normal(size=(8, 6)).astype(np.float32),
+                                        "b": rng.normal(size=(6,)).astype(np.float32)}}
+def put(x):
+  spec = P("fsdp") if x.ndim and x.shape[0] % 4 == 0 else P()
+  return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda i: x[i])
+state = jax.tree.map(put, host)
+ckpt = checkpoint.Checkpointer(d, every=1, keep=1)
+assert ckpt.latest_step() is None
+ckpt.save(3, state, {"position": 30 + proc})  # every process takes part
+ckpt.wait()
+assert ckpt.latest_step() == 3
+target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                      state)
+restored, data, step = ckpt.restore(target)
+ckpt.close()
+for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+  assert a.sharding == b.sharding
+  for sa, sb in zip(a.addressable_shards, b.addressable_shards):
+    np.testing.assert_array_equal(np.asarray(sa.data), np.asarray(sb.data))
+assert data == {"position": 30 + proc}, data  # each process gets its own iterator state
+np.savez(d + f".{proc}.npz", w=host["params"]["w"], b=host["params"]["b"])
+print("OK", proc, step, data)
+"""
+
+
+def test_two_processes_save_together_and_one_restores(tmp_path):
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  d = str(tmp_path / "ckpt")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST_SAVE, str(i), str(port), d],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=180)[0] for p in procs]
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, out[-3000:]
+    assert f"OK {i} 3" in out
+  assert sorted(os.listdir(d)) == ["3"]
+  assert checkpoint.incomplete_reason(os.path.join(d, "3"), checksums=True) is None
+  params, meta = checkpoint.restore_params(d)  # one process, one device, numpy
+  ref = np.load(d + ".0.npz")
+  np.testing.assert_array_equal(params["w"], ref["w"])
+  np.testing.assert_array_equal(params["b"], ref["b"])
