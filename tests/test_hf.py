@@ -369,3 +369,18 @@ def test_export_rejects_params_of_another_shape(tmp_path):
   with pytest.raises(hf.ConversionError, match="q_norm"):
     hf.export_hf(cfg, params, str(tmp_path))
   assert not (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_full_2048_token_sequence_of_real_text_matches(variant, tmp_path):
+  """The ladder's real sequence length: one padding-free 2048-token row of OLMo-tokenized text."""
+  cfg = fx.tiny_config(variant, max_seq_len=sizes.SEQ_LEN)
+  params = fx.random_params(cfg)
+  hf.export_hf(cfg, params, str(tmp_path))
+  model = load_hf(str(tmp_path))
+  tok = load_tokenizer()
+  stream = [t for s in fx.SENTENCES for t in tok.encode(s).ids + [sizes.EOS_TOKEN_ID]]
+  ids = np.resize(np.array(stream, np.int32), (1, sizes.SEQ_LEN))
+  diff = float(np.abs(fx.hf_logits(model, ids) - fx.our_logits(cfg, params, ids)).max())
+  print(f"{variant} at 2048 tokens: max |logit diff| = {diff:.3g}")
+  assert diff < fx.TOL
