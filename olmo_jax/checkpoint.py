@@ -9,12 +9,14 @@ Layout of `<workdir>/checkpoints/`:
     data/                  data iterator state (JSON), when the trainer has one
     meta/                  {"kind": "train_state"|"params", "step", "config", "tokenizer_hash"}
     commit_success.txt     Orbax's commit marker
-    olmo_manifest.json     our second marker: every file's size, written right after commit
+    olmo_manifest.json     our second marker: every file's size and CRC32, written right after
+                           the commit
 
 A step counts as complete only with both markers and every file at its recorded size, so a
 truncated file, a deleted marker or a save cut short by kill -9 makes it invisible: it is
-reported (logging.warning and stdout) and the previous complete step is used instead. A step
-whose restore still fails (e.g. corrupt bytes of the right size) is reported and skipped too.
+reported (logging.warning and stdout) and the previous complete step is used instead. Before
+a restore the CRC32s are checked too; a step that fails them (corrupt bytes of the right
+size) or fails to restore is reported and skipped the same way.
 
 Garbage collection is ours, not Orbax's (its max_to_keep is off): it runs only after a save is
 committed, on complete steps, keeping the newest `keep` plus every multiple of `keep_period`,
@@ -22,12 +24,18 @@ so a good checkpoint is never deleted before a newer one is committed. A failed 
 full, ...) removes its own temporary directory and never touches older steps; the error is
 raised at the next `save`/`wait`.
 
+Async saves block the loop only for a copy of the state: on accelerators Orbax copies to
+host; on CPU hosts we copy into reused host buffers (`Checkpointer.prepare(state)` allocates
+them ahead of the first save), because the next train step donates the live buffers. On
+multi-host runs every process calls every method; process 0 writes the markers and collects
+garbage, and the data item holds each process's iterator state.
+
 Params-only checkpoints (`write_params_checkpoint`, used by scripts/convert_from_hf.py) are a
 step-0 directory with items params/ and meta/ (kind "params"). `Checkpointer.latest_step`
 ignores them (there is no train state to resume); the trainer starts from one with
-`load_init_params(checkpoint_dir, abstract_params)`, which returns the params placed on the
-given shardings (or None when the directory holds no params-only checkpoint), and builds a
-fresh optimizer state at step 0. `restore_params` reads params from either kind.
+`load_init_params(workdir_or_checkpoint_dir, abstract_params=None)`, which returns the params
+(numpy, or placed on the given shardings) or None when there is nothing to start from, and
+builds a fresh optimizer state at step 0. `restore_params` reads params from either kind.
 """
 
 from __future__ import annotations
