@@ -98,8 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   init_from = None
   if restored is None and workdir and cfg.checkpoint.enabled:
     from olmo_jax import checkpoint
-    loader = getattr(checkpoint, "load_init_params", None)
-    init_from = loader(workdir) if loader else None
+    init_from = checkpoint.load_init_params(workdir, abstract["params"])
 
   seed = t.seed if cfg.data.seed == -1 else cfg.data.seed
   pc, pi = jax.process_count(), jax.process_index()
@@ -118,6 +117,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
     if init_from is not None and is_main:
       print_fn(f"initialised params from the checkpoint in {workdir} (fresh optimizer state)")
 
+  if checkpointer is not None:
+    checkpointer.prepare(state)  # CPU: staging buffers for async saves, off the first save
   step_cfg = trainer.StepConfig(
       microbatches=micro, z_loss=t.z_loss, skip_nonfinite=t.nan_policy == "skip",
       loss_scaling=loss_scaling, peak_lr=t.lr, warmup_steps=t.warmup_steps,
@@ -137,11 +138,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
         log_every=t.log_every, logger=logger, checkpointer=checkpointer,
         callbacks=tuple(callbacks), nan_policy=t.nan_policy, progress_bar=t.progress_bar,
         get_data_state=data_iter.get_state, print_fn=print_fn)
-  finally:
+  except BaseException:
     logger.close()
     if checkpointer is not None:
-      checkpointer.wait()
-      checkpointer.close()
+      checkpointer.close()  # reports (never raises) a failed save: the first error wins
+    raise
+  logger.close()
+  if checkpointer is not None:
+    checkpointer.wait()  # a failed final save is an error of the run
+    checkpointer.close()
   return result
 
 
@@ -179,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   status = {}
 
   def _main(_):
+    from olmo_jax.checkpoint import CheckpointError
     from olmo_jax.trainer import NonFiniteLossError
     try:
       run(flags.FLAGS.config, flags.FLAGS.workdir)
@@ -186,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f"error: {e}", file=sys.stderr)
       status["rc"] = 2
       return 2
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, CheckpointError) as e:
       print(f"error: {e}", file=sys.stderr)
       status["rc"] = 1
       return 1
