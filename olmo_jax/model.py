@@ -188,11 +188,10 @@ def _remat_policy(name: str):
 def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str):
   """Causal softmax attention through jax.nn.dot_product_attention.
 
-  'auto' uses cuDNN flash attention on GPU for half precision and XLA elsewhere.
+  'auto' lets JAX pick cuDNN flash attention where it supports the shapes and dtype (GPU,
+  bf16/fp16) and fall back to XLA elsewhere; 'cudnn' insists (and fails loudly) on it.
   """
-  if impl == "auto":
-    on_gpu = jax.default_backend() == "gpu"
-    impl = "cudnn" if on_gpu and q_BxLxHxK.dtype in (jnp.bfloat16, jnp.float16) else "xla"
+  impl = None if impl == "auto" else impl
   dt = q_BxLxHxK.dtype
   if dt == jnp.float16 and jax.default_backend() == "cpu":
     # XLA:CPU lacks f16 dots with f32 accumulation; float16 is for GPUs without bf16.
