@@ -32,7 +32,8 @@ def bench_one(size: str, micro: int, remat: str, attention: str, steps: int) -> 
   mesh = sharding.make_mesh()
   _, shard = trainer.state_shardings(mesh, cfg, tx)
   state = trainer.init_state(mesh, cfg, tx, 0)
-  step = trainer.make_train_step(cfg, tx, trainer.StepConfig(total_steps=1000), mesh, shard)
+  step_cfg = trainer.StepConfig(total_steps=1000, loss_chunk_tokens=trainer.default_loss_chunk())
+  step = trainer.make_train_step(cfg, tx, step_cfg, mesh, shard)
   bsh = sharding.batch_sharding(mesh)
   n = jax.device_count() * micro
   rng = np.random.default_rng(0)

@@ -129,6 +129,10 @@ def validate(c: ml_collections.ConfigDict, num_processes: int = 1) -> None:
   if t.batch_size % num_processes:
     raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the "
                      f"{num_processes} processes")
+  if t.loss_impl not in ("fused", "dense"):
+    raise ValueError(f"train.loss_impl={t.loss_impl!r} must be 'fused' or 'dense'")
+  if t.loss_chunk_tokens < 0:
+    raise ValueError(f"train.loss_chunk_tokens={t.loss_chunk_tokens} must be >= 0")
   if t.nan_policy not in ("stop", "skip"):
     raise ValueError(f"train.nan_policy={t.nan_policy!r} must be 'stop' or 'skip'")
   if c.checkpoint.every <= 0 or c.checkpoint.keep <= 0 or c.checkpoint.keep_period < 0:

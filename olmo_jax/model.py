@@ -11,11 +11,13 @@ V embedding rows (50304), N layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -24,7 +26,7 @@ from olmo_jax import sizes
 VARIANTS = ("ladder", "olmo1", "olmo2")
 REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj",
                   "full")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -185,13 +187,39 @@ def _remat_policy(name: str):
   }[name]
 
 
-def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str):
-  """Causal softmax attention through jax.nn.dot_product_attention.
+def blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block: int = 0):
+  """Causal attention over query blocks, each against only the keys it can see.
 
-  'auto' lets JAX pick cuDNN flash attention where it supports the shapes and dtype (GPU,
-  bf16/fp16) and fall back to XLA elsewhere; 'cudnn' insists (and fails loudly) on it.
+  Skips the masked upper triangle (about half the work) and keeps the score tiles small
+  enough for CPU caches. Same values as full masked softmax attention (float32 scores).
   """
-  impl = None if impl == "auto" else impl
+  B, L, H, K = q_BxLxHxK.shape
+  block = block or max(32, L // 16)
+  scale = 1.0 / math.sqrt(K)
+  outs = []
+  for start in range(0, L, block):
+    q = q_BxLxHxK[:, start:start + block]
+    end = start + q.shape[1]
+    k, v = k_BxLxHxK[:, :end], v_BxLxHxK[:, :end]
+    s_BxHxQxM = jnp.einsum("bqhk,bmhk->bhqm", q, k, preferred_element_type=jnp.float32) * scale
+    visible = (jnp.arange(end)[None, :] <= start + jnp.arange(q.shape[1])[:, None])
+    s_BxHxQxM = jnp.where(visible, s_BxHxQxM, -jnp.inf)
+    p = jax.nn.softmax(s_BxHxQxM, axis=-1).astype(v.dtype)
+    outs.append(jnp.einsum("bhqm,bmhk->bqhk", p, v))
+  return jnp.concatenate(outs, axis=1)
+
+
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str):
+  """Causal softmax attention.
+
+  'auto' is 'blocked' on CPU; elsewhere jax.nn.dot_product_attention picks cuDNN flash
+  attention where it supports the shapes and dtype (GPU, bf16/fp16) and XLA otherwise.
+  'cudnn' insists (and fails loudly) on cuDNN; 'xla' is XLA's fused attention.
+  """
+  if impl == "auto":
+    impl = "blocked" if jax.default_backend() == "cpu" else None
+  if impl == "blocked":
+    return blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
   dt = q_BxLxHxK.dtype
   if dt == jnp.float16 and jax.default_backend() == "cpu":
     # XLA:CPU lacks f16 dots with f32 accumulation; float16 is for GPUs without bf16.
@@ -214,10 +242,18 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
       return layer_norm_no_affine(h, cfg.eps).astype(dt)
     return rms_norm(h, layer[name], cfg.eps).astype(dt)
 
+  # On CPU one wide matmul beats several narrow ones (same values). Elsewhere keep them
+  # apart: concatenating tensor-sharded kernels along their sharded axis would reshard.
+  fuse = jax.default_backend() == "cpu"
+
+  def project(h, names):
+    if not fuse:
+      return [h @ w[n] for n in names]
+    return jnp.split(h @ jnp.concatenate([w[n] for n in names], axis=-1), len(names), axis=-1)
+
   def attn(h_BxLxD):
-    q = _tag(h_BxLxD @ w["wq"], "query_proj")
-    k = _tag(h_BxLxD @ w["wk"], "key_proj")
-    v = _tag(h_BxLxD @ w["wv"], "value_proj")
+    q, k, v = project(h_BxLxD, ("wq", "wk", "wv"))
+    q, k, v = _tag(q, "query_proj"), _tag(k, "key_proj"), _tag(v, "value_proj")
     if cfg.clip_qkv:
       q, k, v = (jnp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
     if cfg.variant == "olmo2":  # QK-norm over the full projection, before heads and RoPE
@@ -229,8 +265,7 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
     return _tag(o_BxLxHxK.reshape(B, L, D) @ w["wo"], "out_proj")
 
   def mlp(h_BxLxD):
-    up_BxLxF = h_BxLxD @ w["w_up"]
-    gate_BxLxF = h_BxLxD @ w["w_gate"]
+    up_BxLxF, gate_BxLxF = project(h_BxLxD, ("w_up", "w_gate"))
     return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ w["w_down"]
 
   if cfg.variant == "olmo2":
@@ -330,3 +365,90 @@ def cross_entropy(logits_BxLxV, targets_BxL, z_loss: float = 0.0, mask_BxL=None)
   loss = ce + z_loss * zl if z_loss else ce
   return loss, {"ce": ce, "z_loss": zl}
 
+
+
+def _chunk_size(n_tokens: int, requested: int) -> int:
+  """Largest divisor of n_tokens that is <= requested (so chunks tile the tokens exactly)."""
+  c = max(1, min(requested, n_tokens))
+  while n_tokens % c:
+    c -= 1
+  return c
+
+
+def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_grads: bool):
+  """Scans token chunks through head + softmax cross entropy, never holding [T, V] logits.
+
+  Returns (sum_nll, sum_lse2, dh [T, D] or None, dw [D, V] f32 or None); the gradients are
+  those of the MEAN loss (sum_nll + z_loss * sum_lse2) / T.
+  """
+  T, D = h_TxD.shape
+  V = w_DxV.shape[1]
+  dt = h_TxD.dtype
+  w = w_DxV.astype(dt)
+  n = T // chunk
+  hs, ys = h_TxD.reshape(n, chunk, D), targets_T.reshape(n, chunk)
+
+  def body(dw_acc, xs):
+    h_c, y_c = xs
+    logits_CxV = jnp.dot(h_c, w, preferred_element_type=jnp.float32)
+    m = jax.lax.stop_gradient(logits_CxV.max(-1, keepdims=True))
+    e_CxV = jnp.exp(logits_CxV - m)
+    s = e_CxV.sum(-1, keepdims=True)
+    lse_Cx1 = m + jnp.log(s)
+    is_target = jax.lax.broadcasted_iota(jnp.int32, (chunk, V), 1) == y_c[:, None]
+    tgt = jnp.sum(jnp.where(is_target, logits_CxV, 0.0), axis=-1)
+    nll, lse2 = (lse_Cx1[:, 0] - tgt).sum(), jnp.square(lse_Cx1[:, 0]).sum()
+    if not with_grads:
+      return dw_acc, (nll, lse2, None)
+    # d(nll + z * lse^2)/dlogits = softmax * (1 + 2 z lse) - onehot(target), for the mean.
+    p_CxV = e_CxV / s
+    d_CxV = ((p_CxV * (1.0 + 2.0 * z_loss * lse_Cx1) - is_target) / T).astype(dt)
+    dh_c = jnp.dot(d_CxV, w.T, preferred_element_type=jnp.float32).astype(dt)
+    dw_acc = dw_acc + jnp.dot(h_c.T, d_CxV, preferred_element_type=jnp.float32)
+    return dw_acc, (nll, lse2, dh_c)
+
+  dw0 = jnp.zeros((D, V), jnp.float32) if with_grads else None
+  dw, (nll, lse2, dh) = jax.lax.scan(body, dw0, (hs, ys))
+  dh = dh.reshape(T, D) if with_grads else None
+  return nll.sum(), lse2.sum(), dh, dw
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _fused_loss(h_TxD, w_DxV, targets_T, z_loss, chunk):
+  nll, lse2, _, _ = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, False)
+  T = h_TxD.shape[0]
+  return (nll + z_loss * lse2) / T, nll / T, lse2 / T
+
+
+def _fused_loss_fwd(h_TxD, w_DxV, targets_T, z_loss, chunk):
+  # The loss is a scalar at the end of the graph, so its gradients are computed in the
+  # forward sweep (one pass over the logits instead of two) and only scaled in backward.
+  nll, lse2, dh, dw = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, True)
+  T = h_TxD.shape[0]
+  out = ((nll + z_loss * lse2) / T, nll / T, lse2 / T)
+  return out, (dh, dw.astype(w_DxV.dtype), np.zeros(targets_T.shape, jax.dtypes.float0))
+
+
+def _fused_loss_bwd(z_loss, chunk, res, g):
+  dh, dw, dy = res
+  g_loss = g[0]  # 'ce' and 'z_loss' are reported metrics, not differentiated
+  return (dh * g_loss.astype(dh.dtype), dw * g_loss, dy)
+
+
+_fused_loss.defvjp(_fused_loss_fwd, _fused_loss_bwd)
+
+
+def fused_head_loss(hidden_BxLxD, lm_head_DxV, targets_BxL, z_loss: float = 0.0,
+                    chunk_tokens: int = 256):
+  """Mean next-token loss from final hidden states, without materialising the logits.
+
+  Same value as cross_entropy(hidden @ lm_head, targets) (float32 logits and softmax),
+  computed over chunks of `chunk_tokens` tokens. Only the returned loss is differentiable.
+  Returns (loss, {"ce", "z_loss"}).
+  """
+  B, L, D = hidden_BxLxD.shape
+  T = B * L
+  loss, ce, zl = _fused_loss(hidden_BxLxD.reshape(T, D), lm_head_DxV,
+                             targets_BxL.reshape(T).astype(jnp.int32), float(z_loss),
+                             _chunk_size(T, chunk_tokens))
+  return loss, {"ce": ce, "z_loss": zl}

@@ -121,7 +121,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
     checkpointer.prepare(state)  # CPU: staging buffers for async saves, off the first save
   step_cfg = trainer.StepConfig(
       microbatches=micro, z_loss=t.z_loss, skip_nonfinite=t.nan_policy == "skip",
-      loss_scaling=loss_scaling, peak_lr=t.lr, warmup_steps=t.warmup_steps,
+      loss_scaling=loss_scaling,
+      loss_chunk_tokens=(0 if t.loss_impl == "dense"
+                         else t.loss_chunk_tokens or trainer.default_loss_chunk()),
+      peak_lr=t.lr, warmup_steps=t.warmup_steps,
       total_steps=t.steps, min_lr_ratio=t.min_lr_ratio)
   train_step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
   batch_sh = sharding.batch_sharding(mesh)

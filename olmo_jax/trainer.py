@@ -57,6 +57,7 @@ class StepConfig:
   z_loss: float = 0.0
   skip_nonfinite: bool = False  # nan_policy == 'skip'
   loss_scaling: bool = False  # fp16 dynamic loss scaling
+  loss_chunk_tokens: int = 0  # > 0: fused chunked head + loss (no [B, L, V] logits); 0: dense
   peak_lr: float = 1e-3
   warmup_steps: int = 0
   total_steps: int = 1
@@ -133,6 +134,11 @@ def _split_microbatches(x_BxL, m: int, batch_spec):
   return x
 
 
+def default_loss_chunk(backend: str | None = None) -> int:
+  """Tokens per chunk of the fused head + loss: cache-sized on CPU, large on accelerators."""
+  return 256 if (backend or jax.default_backend()) == "cpu" else 4096
+
+
 def make_train_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
                     step_cfg: StepConfig, mesh: Mesh | None = None,
                     shard: State | None = None) -> Callable[[State, dict], tuple[State, dict]]:
@@ -144,8 +150,13 @@ def make_train_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation
     micro_spec = NamedSharding(mesh, P(None, *b))
 
   def loss_fn(params, inputs, targets, scale):
-    logits = model_lib.forward(cfg, params, inputs)
-    loss, aux = model_lib.cross_entropy(logits, targets, step_cfg.z_loss)
+    if step_cfg.loss_chunk_tokens > 0:
+      hidden = model_lib.forward(cfg, params, inputs, return_hidden=True)
+      loss, aux = model_lib.fused_head_loss(hidden, params["lm_head"], targets, step_cfg.z_loss,
+                                            step_cfg.loss_chunk_tokens)
+    else:
+      logits = model_lib.forward(cfg, params, inputs)
+      loss, aux = model_lib.cross_entropy(logits, targets, step_cfg.z_loss)
     return loss * scale, (loss, aux)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)

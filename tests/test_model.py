@@ -129,3 +129,39 @@ def test_fsdp_and_tensor_parallel_training_matches_one_device(tmp_path):
   for mesh in ("8,1", "4,2"):
     np.testing.assert_allclose(out[mesh]["losses"], out["1,1"]["losses"], rtol=2e-5)
     assert out[mesh]["embed"] == pytest.approx(out["1,1"]["embed"], rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.parametrize("z_loss,chunk", [(0.0, 16), (1e-3, 24)])
+def test_fused_chunked_loss_equals_dense_loss_and_gradients(z_loss, chunk):
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  h = jax.random.normal(k1, (2, 24, 32))
+  w = 0.5 * jax.random.normal(k2, (32, 256))
+  y = jax.random.randint(k3, (2, 24), 0, 250)
+
+  def dense(h, w):
+    return M.cross_entropy(jnp.einsum("bld,dv->blv", h, w), y, z_loss)[0]
+
+  def fused(h, w):
+    return M.fused_head_loss(h, w, y, z_loss, chunk)[0]
+
+  (ld, gd), (lf, gf) = (jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(h, w)
+                        for f in (dense, fused))
+  assert float(lf) == pytest.approx(float(ld), rel=1e-6)
+  for a, b in zip(gf, gd):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+  loss, aux = M.fused_head_loss(h, w, y, z_loss, chunk)
+  dense_loss, dense_aux = M.cross_entropy(jnp.einsum("bld,dv->blv", h, w), y, z_loss)
+  assert float(aux["ce"]) == pytest.approx(float(dense_aux["ce"]), rel=1e-6)
+  assert float(aux["z_loss"]) == pytest.approx(float(dense_aux["z_loss"]), rel=1e-6)
+
+
+@pytest.mark.parametrize("length,block", [(64, 16), (50, 16), (64, 0)])
+def test_blocked_attention_equals_full_causal_attention(length, block):
+  ks = jax.random.split(jax.random.key(1), 3)
+  q, k, v = (jax.random.normal(kk, (2, length, 4, 8)) for kk in ks)
+  ref = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+  out = M.blocked_causal_attention(q, k, v, block)
+  np.testing.assert_allclose(out, ref, atol=2e-6)
+  g = jax.grad(lambda q: M.blocked_causal_attention(q, k, v, block).sum())(q)
+  g_ref = jax.grad(lambda q: jax.nn.dot_product_attention(q, k, v, is_causal=True).sum())(q)
+  np.testing.assert_allclose(g, g_ref, atol=2e-5)

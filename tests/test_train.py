@@ -63,7 +63,8 @@ def test_workdir_has_config_metrics_and_tensorboard(tiny_train_config, tmp_path)
 
 def test_gradient_accumulation_matches_full_batch():
   cfg = M.ModelConfig(d_model=32, n_heads=4, n_layers=2, embedding_size=512, vocab_size=500)
-  tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=0, total_steps=10)
+  import optax
+  tx = optax.sgd(1.0)  # params move by exactly the gradient (Adam would amplify rounding)
   mesh = sharding.make_mesh()
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 500, (8, 17)), jnp.int32)
   out = {}
@@ -75,7 +76,7 @@ def test_gradient_accumulation_matches_full_batch():
   assert out[1][0] == pytest.approx(out[4][0], rel=1e-5)
   assert out[1][1] == pytest.approx(out[4][1], rel=1e-4)
   for a, b in zip(jax.tree.leaves(out[1][2]), jax.tree.leaves(out[4][2])):
-    np.testing.assert_allclose(a, b, atol=1e-5)  # Adam at step 1 moves by ~lr*sign(g)
+    np.testing.assert_allclose(a, b, atol=1e-7)
 
 
 def test_z_loss_and_nan_skip_and_fp16_scaling():

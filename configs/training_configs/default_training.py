@@ -19,6 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.weight_decay_mask = "all"  # all | no_norms | no_norms_no_embeddings
   c.grad_clip = 1.0  # global norm; 0 disables
   c.z_loss = 0.0
+  c.loss_impl = "fused"  # fused: head + softmax CE over token chunks, no [B, L, V] logits | dense
+  c.loss_chunk_tokens = 0  # tokens per chunk of the fused loss; 0: 256 on CPU, 4096 elsewhere
   c.seed = 6198
   c.log_every = 10
   c.nan_policy = "stop"  # stop: raise and keep the last good checkpoint | skip: skip the update
