@@ -27,11 +27,8 @@ def build_jax(size: str, batch: int, seq_len: int):
   cfg = M.ModelConfig(d_model=s.d_model, n_heads=s.n_heads, n_layers=s.n_layers,
                       max_seq_len=seq_len)
   tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=10, total_steps=1000)
-  mesh = sharding.make_mesh()
-  _, shard = trainer.state_shardings(mesh, cfg, tx)
-  state = trainer.init_state(mesh, cfg, tx, 0)
   step_cfg = trainer.StepConfig(total_steps=1000, loss_chunk_tokens=trainer.default_loss_chunk())
-  step = trainer.make_train_step(cfg, tx, step_cfg, mesh, shard)
+  state, step = trainer.setup(cfg, tx, step_cfg, sharding.make_mesh())
   box = {"state": state}
 
   def run(ids_np):

@@ -14,7 +14,6 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from olmo_jax import model as M, optim, sharding, sizes, trainer
@@ -30,10 +29,8 @@ def bench_one(size: str, micro: int, remat: str, attention: str, steps: int) -> 
                       dtype="bfloat16", remat=remat, attention=attention)
   tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=10, total_steps=1000)
   mesh = sharding.make_mesh()
-  _, shard = trainer.state_shardings(mesh, cfg, tx)
-  state = trainer.init_state(mesh, cfg, tx, 0)
   step_cfg = trainer.StepConfig(total_steps=1000, loss_chunk_tokens=trainer.default_loss_chunk())
-  step = trainer.make_train_step(cfg, tx, step_cfg, mesh, shard)
+  state, step = trainer.setup(cfg, tx, step_cfg, mesh)
   bsh = sharding.batch_sharding(mesh)
   n = jax.device_count() * micro
   rng = np.random.default_rng(0)

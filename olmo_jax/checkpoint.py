@@ -40,7 +40,6 @@ builds a fresh optimizer state at step 0. `restore_params` reads params from eit
 
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import logging

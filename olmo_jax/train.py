@@ -9,7 +9,6 @@ Aliases for users of the PyTorch pipeline: --model_size 150M, --data_path DIR,
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Any, Sequence
@@ -52,8 +51,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   config_lib.validate(cfg, jax.process_count())
   mixture.validate_config(cfg.data, cfg.model.vocab_size)
 
-  import numpy as np
-  from olmo_jax import model as model_lib, optim, sharding, sizes, trainer
+  from olmo_jax import optim, sharding, sizes, trainer
 
   mcfg = config_lib.model_config(cfg)
   t = cfg.train
@@ -112,8 +110,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
     if is_main:
       print_fn(f"resumed from {workdir}/checkpoints at step {step}")
   else:
-    state = trainer.init_state(mesh, mcfg, tx, t.seed,
-                               t.loss_scale if loss_scaling else None, params=init_from)
+    state = trainer.init_state(mesh, mcfg, tx, t.seed, t.loss_scale if loss_scaling else None,
+                               params=init_from, shard=shard)
     if init_from is not None and is_main:
       print_fn(f"initialised params from the checkpoint in {workdir} (fresh optimizer state)")
 
@@ -155,11 +153,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
 
 def held_out_loss_callback(cfg, mcfg, batch_sh, seed):
   """In-loop evaluation: mean loss on `eval.batches` batches of a differently seeded stream."""
+  import jax
   import numpy as np
   from data_pipeline import mixture
   from olmo_jax import trainer
   t = cfg.train
-  import jax
   pc, pi = jax.process_count(), jax.process_index()
   it = mixture.build_train_iterator(
       cfg.data, seq_len=t.seq_len, batch_size=t.microbatch_size // pc, seed=seed + 1_000_003,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import signal
@@ -25,7 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from olmo_jax import model as model_lib
-from olmo_jax import optim, sharding, sizes
+from olmo_jax import optim, sharding
 
 State = dict[str, Any]
 
@@ -101,12 +100,14 @@ def state_shardings(mesh: Mesh, cfg: model_lib.ModelConfig, tx: optax.GradientTr
 
 def init_state(mesh: Mesh, cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
                seed: int, loss_scale: float | None = None,
-               params: dict[str, Any] | None = None) -> State:
+               params: dict[str, Any] | None = None, shard: State | None = None) -> State:
   """Sharded train state built directly on the devices (no host-side full-size copy).
 
   `params` (e.g. imported from HF) replaces the random init; the optimizer state is fresh.
+  `shard` is state_shardings(...)[1] when the caller already has it.
   """
-  _, shard = state_shardings(mesh, cfg, tx, loss_scale is not None)
+  if shard is None:
+    _, shard = state_shardings(mesh, cfg, tx, loss_scale is not None)
 
   def make(p):
     p = init_params(cfg, seed) if p is None else p
@@ -210,6 +211,15 @@ def make_train_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation
   if shard is None:
     return jax.jit(train_step, donate_argnums=0)
   return jax.jit(train_step, donate_argnums=0, out_shardings=(shard, None))
+
+
+def setup(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation, step_cfg: StepConfig,
+          mesh: Mesh, seed: int = 0) -> tuple[State, Callable[[State, dict], tuple[State, dict]]]:
+  """A fresh sharded state and its compiled-on-first-call train step (benchmarks, tools)."""
+  _, shard = state_shardings(mesh, cfg, tx, step_cfg.loss_scaling)
+  loss_scale = 2.0 ** 15 if step_cfg.loss_scaling else None
+  state = init_state(mesh, cfg, tx, seed, loss_scale, shard=shard)
+  return state, make_train_step(cfg, tx, step_cfg, mesh, shard)
 
 
 def make_eval_step(cfg: model_lib.ModelConfig):
