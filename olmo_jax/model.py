@@ -187,26 +187,118 @@ def _remat_policy(name: str):
   }[name]
 
 
+def _query_blocks(L: int, block: int) -> list[tuple[int, int]]:
+  return [(start, min(start + block, L)) for start in range(0, L, block)]
+
+
+def _visible_scores(q_BxHxQxK, k_BxHxMxK, start: int, scale: float):
+  """float32 scores of a query block against keys [0, M), -inf where causally hidden."""
+  s = jnp.einsum("bhqk,bhmk->bhqm", q_BxHxQxK, k_BxHxMxK,
+                 preferred_element_type=jnp.float32) * scale
+  Q, M = q_BxHxQxK.shape[2], k_BxHxMxK.shape[2]
+  visible = jnp.arange(M)[None, :] <= start + jnp.arange(Q)[:, None]
+  return jnp.where(visible, s, -jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _blocked_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block: int):
+  return _blocked_attention_fwd(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block)[0]
+
+
+def _blocked_attention_fwd(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block):
+  L, K = q_BxHxLxK.shape[2:]
+  scale = 1.0 / math.sqrt(K)
+  outs, lses = [], []
+  for start, end in _query_blocks(L, block):
+    s = _visible_scores(q_BxHxLxK[:, :, start:end], k_BxHxLxK[:, :, :end], start, scale)
+    m = s.max(-1, keepdims=True)
+    e = jnp.exp(s - m)
+    total = e.sum(-1, keepdims=True)
+    outs.append(jnp.einsum("bhqm,bhmk->bhqk", (e / total).astype(v_BxHxLxK.dtype),
+                           v_BxHxLxK[:, :, :end]))
+    lses.append(m + jnp.log(total))
+  o = jnp.concatenate(outs, axis=2)
+  return o, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, o, jnp.concatenate(lses, axis=2))
+
+
+def _blocked_attention_bwd(block, res, do_BxHxLxK):
+  # Probabilities are recomputed per block from the saved log-sum-exp rather than stored:
+  # one extra score matmul instead of a [B, H, L, L] residual per layer.
+  q, k, v, o, lse = res
+  L, K = q.shape[2:]
+  scale = 1.0 / math.sqrt(K)
+  delta = jnp.sum(do_BxHxLxK.astype(jnp.float32) * o.astype(jnp.float32), -1, keepdims=True)
+  dqs = []
+  dk = jnp.zeros(k.shape, jnp.float32)
+  dv = jnp.zeros(v.shape, jnp.float32)
+  for start, end in _query_blocks(L, block):
+    q_b, k_b, v_b, do_b = q[:, :, start:end], k[:, :, :end], v[:, :, :end], do_BxHxLxK[:, :, start:end]
+    p = jnp.exp(_visible_scores(q_b, k_b, start, scale) - lse[:, :, start:end])
+    dp = jnp.einsum("bhqk,bhmk->bhqm", do_b, v_b, preferred_element_type=jnp.float32)
+    ds = (p * (dp - delta[:, :, start:end]) * scale).astype(q.dtype)
+    dqs.append(jnp.einsum("bhqm,bhmk->bhqk", ds, k_b))
+    pad = ((0, 0), (0, 0), (0, L - end), (0, 0))
+    dk = dk + jnp.pad(jnp.einsum("bhqm,bhqk->bhmk", ds, q_b, preferred_element_type=jnp.float32), pad)
+    dv = dv + jnp.pad(jnp.einsum("bhqm,bhqk->bhmk", p.astype(v.dtype), do_b,
+                                 preferred_element_type=jnp.float32), pad)
+  return jnp.concatenate(dqs, axis=2), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
+
+
 def blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block: int = 0):
   """Causal attention over query blocks, each against only the keys it can see.
 
   Skips the masked upper triangle (about half the work) and keeps the score tiles small
-  enough for CPU caches. Same values as full masked softmax attention (float32 scores).
+  enough for CPU caches. The backward pass is written out (flash-attention style): it keeps
+  only the output and the row log-sum-exp, and recomputes each block's probabilities.
+  Same values as full masked softmax attention (float32 scores).
   """
-  B, L, H, K = q_BxLxHxK.shape
-  block = block or max(32, L // 16)
-  scale = 1.0 / math.sqrt(K)
-  outs = []
-  for start in range(0, L, block):
-    q = q_BxLxHxK[:, start:start + block]
-    end = start + q.shape[1]
-    k, v = k_BxLxHxK[:, :end], v_BxLxHxK[:, :end]
-    s_BxHxQxM = jnp.einsum("bqhk,bmhk->bhqm", q, k, preferred_element_type=jnp.float32) * scale
-    visible = (jnp.arange(end)[None, :] <= start + jnp.arange(q.shape[1])[:, None])
-    s_BxHxQxM = jnp.where(visible, s_BxHxQxM, -jnp.inf)
-    p = jax.nn.softmax(s_BxHxQxM, axis=-1).astype(v.dtype)
-    outs.append(jnp.einsum("bhqm,bmhk->bqhk", p, v))
-  return jnp.concatenate(outs, axis=1)
+  L = q_BxLxHxK.shape[1]
+  block = block or max(64, L // 16)
+  t = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, H, K] <-> [B, H, L, K]
+  return t(_blocked_attention(t(q_BxLxHxK), t(k_BxLxHxK), t(v_BxLxHxK), block))
+
+
+@jax.custom_vjp
+def swiglu_mlp(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
+  """silu(h @ w_gate) * (h @ w_up) @ w_down, with a written-out backward pass.
+
+  One wide [D, 2F] matmul in the forward pass, and a backward pass of four plain 2-D
+  matmuls with the elementwise SwiGLU derivative in between (XLA:CPU runs this faster than
+  the generic differentiation of the same graph). Same values as the plain expression.
+  """
+  return _swiglu_fwd(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD)[0]
+
+
+def _swiglu_fwd(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
+  F = w_up_DxF.shape[1]
+  ug = h_BxLxD @ jnp.concatenate([w_up_DxF, w_gate_DxF], axis=-1)
+  up, gate = ug[..., :F], ug[..., F:]
+  act = jax.nn.silu(gate) * up
+  return act @ w_down_FxD, (h_BxLxD, ug, act, w_up_DxF, w_gate_DxF, w_down_FxD)
+
+
+def _swiglu_bwd(res, dy_BxLxD):
+  h, ug, act, w_up, w_gate, w_down = res
+  F = w_up.shape[1]
+  T = math.prod(h.shape[:-1])
+  h_TxD, dy_TxD = h.reshape(T, -1), dy_BxLxD.reshape(T, -1)
+  act_TxF, ug_Tx2F = act.reshape(T, F), ug.reshape(T, 2 * F)
+  dw_down = act_TxF.T @ dy_TxD
+  dact = dy_TxD @ w_down.T
+  up, gate = ug_Tx2F[:, :F], ug_Tx2F[:, F:]
+  sig = jax.nn.sigmoid(gate)
+  d_up = dact * (gate * sig)
+  d_gate = dact * up * sig * (1 + gate * (1 - sig))
+  dug = jnp.concatenate([d_up, d_gate], axis=-1)
+  dw_ug = h_TxD.T @ dug
+  dh = dug @ jnp.concatenate([w_up, w_gate], axis=-1).T
+  return dh.reshape(h.shape), dw_ug[:, :F], dw_ug[:, F:], dw_down
+
+
+swiglu_mlp.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str):
@@ -242,8 +334,9 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
       return layer_norm_no_affine(h, cfg.eps).astype(dt)
     return rms_norm(h, layer[name], cfg.eps).astype(dt)
 
-  # On CPU one wide matmul beats several narrow ones (same values). Elsewhere keep them
-  # apart: concatenating tensor-sharded kernels along their sharded axis would reshard.
+  # On CPU one wide matmul beats several narrow ones, and the MLP runs with its written-out
+  # backward pass (same values). Elsewhere keep the kernels apart: concatenating
+  # tensor-sharded kernels along their sharded axis would reshard.
   fuse = jax.default_backend() == "cpu"
 
   def project(h, names):
@@ -265,6 +358,8 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
     return _tag(o_BxLxHxK.reshape(B, L, D) @ w["wo"], "out_proj")
 
   def mlp(h_BxLxD):
+    if fuse:
+      return swiglu_mlp(h_BxLxD, w["w_up"], w["w_gate"], w["w_down"])
     up_BxLxF, gate_BxLxF = project(h_BxLxD, ("w_up", "w_gate"))
     return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ w["w_down"]
 

@@ -46,6 +46,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
         print_fn=print, extra_callbacks=()) -> Any:
   """Trains (or resumes) per `config` in `workdir`; returns the trainer's LoopResult."""
   cfg = config_lib.resolve(config)
+  from olmo_jax import hostmem
+  hostmem.keep_freed_memory()  # CPU only; must precede the first use of a JAX backend
   import jax  # after flags: XLA flags and platform choice are read on first use
   from data_pipeline import mixture
   config_lib.validate(cfg, jax.process_count())

@@ -162,6 +162,28 @@ def test_blocked_attention_equals_full_causal_attention(length, block):
   ref = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
   out = M.blocked_causal_attention(q, k, v, block)
   np.testing.assert_allclose(out, ref, atol=2e-6)
-  g = jax.grad(lambda q: M.blocked_causal_attention(q, k, v, block).sum())(q)
-  g_ref = jax.grad(lambda q: jax.nn.dot_product_attention(q, k, v, is_causal=True).sum())(q)
-  np.testing.assert_allclose(g, g_ref, atol=2e-5)
+  # All three gradients through the written-out backward pass, against differentiating the
+  # dense reference, with a cotangent that is not all ones.
+  ct = jax.random.normal(jax.random.key(2), q.shape)
+  loss = lambda f: (lambda q, k, v: jnp.sum(f(q, k, v) * ct))
+  g = jax.grad(loss(lambda q, k, v: M.blocked_causal_attention(q, k, v, block)), (0, 1, 2))(q, k, v)
+  g_ref = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, implementation="xla")), (0, 1, 2))(q, k, v)
+  for a, b in zip(g, g_ref):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_swiglu_mlp_values_and_gradients_equal_the_plain_expression():
+  ks = jax.random.split(jax.random.key(3), 5)
+  h = jax.random.normal(ks[0], (2, 24, 16))
+  w_up, w_gate = (0.2 * jax.random.normal(kk, (16, 64)) for kk in ks[1:3])
+  w_down = 0.2 * jax.random.normal(ks[3], (64, 16))
+  ct = jax.random.normal(ks[4], h.shape)
+  plain = lambda h, u, g, d: (jax.nn.silu(h @ g) * (h @ u)) @ d
+  np.testing.assert_allclose(M.swiglu_mlp(h, w_up, w_gate, w_down),
+                             plain(h, w_up, w_gate, w_down), rtol=1e-5, atol=1e-6)
+  loss = lambda f: (lambda *a: jnp.sum(f(*a) * ct))
+  got = jax.grad(loss(M.swiglu_mlp), argnums=(0, 1, 2, 3))(h, w_up, w_gate, w_down)
+  want = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(h, w_up, w_gate, w_down)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
