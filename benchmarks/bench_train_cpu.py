@@ -3,7 +3,12 @@
 The reference is transformers' LlamaForCausalLM of the same shape (the ladder's HF class:
 untied head, SwiGLU hidden 4d, 50304 embedding rows), float32, torch.optim.AdamW with the
 same hyperparameters, global-norm clipping 1.0, on the same token batches and thread count.
-Timings of the two alternate in rounds so machine noise hits both; the ratio is of medians.
+
+Each measurement runs in a fresh process, set up as its users run it (ours with the
+host-memory settings `python -m olmo_jax.train` applies on CPU, see olmo_jax/hostmem.py;
+torch as installed), so neither inherits the other's threads or allocator state. A third
+column runs torch under the same host-memory settings as ours, for reference. Rounds
+alternate between the three so machine noise hits all; ratios are of medians.
 
   python benchmarks/bench_train_cpu.py [--sizes 4M 20M] [--batch 8] [--seq-len 256]
 """
@@ -13,6 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 2))
@@ -83,23 +90,48 @@ def time_steps(run, block, batches) -> float:
   return (time.perf_counter() - t0) / len(batches)
 
 
-def bench(size: str, batch: int, seq_len: int, rounds: int, steps: int) -> dict:
-  import numpy as np
+WORKERS = {  # name -> (builder, apply our host-memory settings)
+    "olmo_jax": ("jax", True),
+    "torch": ("torch", False),
+    "torch_same_malloc": ("torch", True),
+}
 
+
+def make_batches(batch: int, seq_len: int, steps: int):
+  import numpy as np
   rng = np.random.default_rng(0)
-  batches = [rng.integers(0, 50280, (batch, seq_len + 1), dtype=np.int32)
-             for _ in range(steps)]
-  impls = {"olmo_jax": build_jax(size, batch, seq_len),
-           "torch": build_torch(size, batch, seq_len)}
-  for run, block in impls.values():  # compile / warm up
-    time_steps(run, block, batches[:2])
-  times = {k: [] for k in impls}
+  return [rng.integers(0, 50280, (batch, seq_len + 1), dtype=np.int32) for _ in range(steps)]
+
+
+def worker(name: str, size: str, batch: int, seq_len: int, steps: int, warmup: int) -> None:
+  """Builds one implementation, warms it up, prints seconds per step over `steps` steps."""
+  kind, tuned = WORKERS[name]
+  if tuned:
+    from olmo_jax import hostmem
+    hostmem.keep_freed_memory(force=True)
+  run, block = (build_jax if kind == "jax" else build_torch)(size, batch, seq_len)
+  batches = make_batches(batch, seq_len, steps)
+  for i in range(warmup):  # compile, then let the allocator reach its steady state
+    time_steps(run, block, batches[i % steps:i % steps + 1])
+  print(f"{time_steps(run, block, batches):.6f}", flush=True)
+
+
+def bench(size: str, batch: int, seq_len: int, rounds: int, steps: int, warmup: int) -> dict:
+  # A fresh process per measurement, one alive at a time: on this kind of machine an idle
+  # process's memory makes the others' page faults dearer, which would skew the comparison.
+  times = {k: [] for k in WORKERS}
   for _ in range(rounds):
-    for name, (run, block) in impls.items():
-      times[name].append(time_steps(run, block, batches))
+    for name in WORKERS:
+      out = subprocess.run(
+          [sys.executable, os.path.abspath(__file__), "--worker", name, "--sizes", size,
+           "--batch", str(batch), "--seq-len", str(seq_len), "--steps", str(steps),
+           "--warmup", str(warmup)],
+          stdout=subprocess.PIPE, text=True, check=True).stdout
+      times[name].append(float(out.split()[-1]))
   tokens = batch * seq_len
   res = {k: tokens / statistics.median(v) for k, v in times.items()}
   res["ratio"] = res["olmo_jax"] / res["torch"]
+  res["ratio_same_malloc"] = res["olmo_jax"] / res["torch_same_malloc"]
   return res
 
 
@@ -109,15 +141,21 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq-len", type=int, default=256)
   p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--steps", type=int, default=4)
+  p.add_argument("--warmup", type=int, default=4, help="untimed steps first (compile, settle)")
+  p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
   a = p.parse_args()
+  if a.worker:
+    return worker(a.worker, a.sizes[0], a.batch, a.seq_len, a.steps, a.warmup)
   print(f"CPU training throughput, batch {a.batch} x {a.seq_len} tokens, float32, "
-        f"{THREADS} threads, median of {a.rounds} rounds x {a.steps} steps")
-  print(f"{'size':>5} | {'olmo_jax tok/s':>14} | {'torch tok/s':>11} | ratio")
+        f"{THREADS} threads, median of {a.rounds} rounds x {a.steps} steps after {a.warmup} "
+        f"untimed")
+  print(f"{'size':>5} | {'olmo_jax tok/s':>14} | {'torch tok/s':>11} | ratio | "
+        f"{'torch, our malloc settings':>26} | ratio")
   for size in a.sizes:
-    r = bench(size, a.batch, a.seq_len, a.rounds, a.steps)
-    print(f"{size:>5} | {r['olmo_jax']:>14,.0f} | {r['torch']:>11,.0f} | {r['ratio']:.2f}x",
-          flush=True)
+    r = bench(size, a.batch, a.seq_len, a.rounds, a.steps, a.warmup)
+    print(f"{size:>5} | {r['olmo_jax']:>14,.0f} | {r['torch']:>11,.0f} | {r['ratio']:.2f}x | "
+          f"{r['torch_same_malloc']:>26,.0f} | {r['ratio_same_malloc']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
