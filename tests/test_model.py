@@ -42,7 +42,9 @@ def test_remat_policies_and_unrolled_layers_give_the_same_gradients(variant, var
     loss, grads = _loss_and_grads(cfg, params, ids)
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6), kw
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=str(kw))
+      # Different compiled programs (scanned vs unrolled, recomputed vs stored): float32
+      # rounding differs at the 1e-7 level; a wrong gradient would be off by far more.
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=str(kw))
 
 
 def test_init_is_truncated_normal_with_std_002():
