@@ -191,13 +191,17 @@ def _query_blocks(L: int, block: int) -> list[tuple[int, int]]:
   return [(start, min(start + block, L)) for start in range(0, L, block)]
 
 
-def _visible_scores(q_BxHxQxK, k_BxHxMxK, start: int, scale: float):
-  """float32 scores of a query block against keys [0, M), -inf where causally hidden."""
-  s = jnp.einsum("bhqk,bhmk->bhqm", q_BxHxQxK, k_BxHxMxK,
-                 preferred_element_type=jnp.float32) * scale
+def _visible_scores(q_BxHxQxK, k_BxHxMxK, start: int, scale: float, keys_first: bool = False):
+  """float32 scores of a query block against keys [0, M), -inf where causally hidden.
+
+  [B, H, Q, M], or [B, H, M, Q] with `keys_first` (the layout the backward pass wants).
+  """
+  spec = "bhmk,bhqk->bhmq" if keys_first else "bhqk,bhmk->bhqm"
+  operands = (k_BxHxMxK, q_BxHxQxK) if keys_first else (q_BxHxQxK, k_BxHxMxK)
+  s = jnp.einsum(spec, *operands, preferred_element_type=jnp.float32) * scale
   Q, M = q_BxHxQxK.shape[2], k_BxHxMxK.shape[2]
-  visible = jnp.arange(M)[None, :] <= start + jnp.arange(Q)[:, None]
-  return jnp.where(visible, s, -jnp.inf)
+  visible_QxM = jnp.arange(M)[None, :] <= start + jnp.arange(Q)[:, None]
+  return jnp.where(visible_QxM.T if keys_first else visible_QxM, s, -jnp.inf)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -235,10 +239,10 @@ def _blocked_attention_bwd(block, res, do_BxHxLxK):
   dk = jnp.zeros(k.shape, jnp.float32)
   dv = jnp.zeros(v.shape, jnp.float32)
   for start, end in _query_blocks(L, block):
-    q_b, k_b, v_b, do_b = q[:, :, start:end], k[:, :, :end], v[:, :, :end], do_BxHxLxK[:, :, start:end]
-    s_t = jnp.einsum("bhmk,bhqk->bhmq", k_b, q_b, preferred_element_type=jnp.float32) * scale
-    visible_t = jnp.arange(end)[:, None] <= start + jnp.arange(end - start)[None, :]
-    p_t = jnp.exp(jnp.where(visible_t, s_t, -jnp.inf) - t(lse[:, :, start:end]))
+    q_b, do_b = q[:, :, start:end], do_BxHxLxK[:, :, start:end]
+    k_b, v_b = k[:, :, :end], v[:, :, :end]
+    p_t = jnp.exp(_visible_scores(q_b, k_b, start, scale, keys_first=True)
+                  - t(lse[:, :, start:end]))
     dp_t = jnp.einsum("bhmk,bhqk->bhmq", v_b, do_b, preferred_element_type=jnp.float32)
     ds_t = (p_t * (dp_t - t(delta[:, :, start:end])) * scale).astype(q.dtype)
     dqs.append(jnp.einsum("bhmq,bhmk->bhqk", ds_t, k_b))
@@ -280,15 +284,16 @@ def swiglu_mlp(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
 
 def _swiglu_fwd(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
   F = w_up_DxF.shape[1]
-  ug = h_BxLxD @ jnp.concatenate([w_up_DxF, w_gate_DxF], axis=-1)
+  w_ug = jnp.concatenate([w_up_DxF, w_gate_DxF], axis=-1)
+  ug = h_BxLxD @ w_ug
   up, gate = ug[..., :F], ug[..., F:]
   act = jax.nn.silu(gate) * up
-  return act @ w_down_FxD, (h_BxLxD, ug, act, w_up_DxF, w_gate_DxF, w_down_FxD)
+  return act @ w_down_FxD, (h_BxLxD, ug, act, w_ug, w_down_FxD)
 
 
 def _swiglu_bwd(res, dy_BxLxD):
-  h, ug, act, w_up, w_gate, w_down = res
-  F = w_up.shape[1]
+  h, ug, act, w_ug, w_down = res
+  F = w_down.shape[0]
   T = math.prod(h.shape[:-1])
   h_TxD, dy_TxD = h.reshape(T, -1), dy_BxLxD.reshape(T, -1)
   act_TxF, ug_Tx2F = act.reshape(T, F), ug.reshape(T, 2 * F)
@@ -300,7 +305,7 @@ def _swiglu_bwd(res, dy_BxLxD):
   d_gate = dact * up * sig * (1 + gate * (1 - sig))
   dug = jnp.concatenate([d_up, d_gate], axis=-1)
   dw_ug = h_TxD.T @ dug
-  dh = dug @ jnp.concatenate([w_up, w_gate], axis=-1).T
+  dh = dug @ w_ug.T
   return dh.reshape(h.shape), dw_ug[:, :F], dw_ug[:, F:], dw_down
 
 

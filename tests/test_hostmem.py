@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from olmo_jax import hostmem
+
 PROBE = r"""
 import ctypes, resource
 from olmo_jax import hostmem
@@ -28,17 +30,12 @@ print(int(applied), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 def _probe(env_value):
   env = dict(os.environ)
-  env.pop(hostmem_env(), None)
+  env.pop(hostmem.ENV, None)
   if env_value is not None:
-    env[hostmem_env()] = env_value
+    env[hostmem.ENV] = env_value
   out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env,
                        check=True).stdout.split()
   return int(out[0]), int(out[1])
-
-
-def hostmem_env():
-  from olmo_jax import hostmem
-  return hostmem.ENV
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -58,14 +55,13 @@ def test_not_applied_once_a_jax_backend_has_started():
   code = ("import jax; jax.devices(); from olmo_jax import hostmem; "
           "print(int(hostmem.keep_freed_memory()))")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop(hostmem_env(), None)
+  env.pop(hostmem.ENV, None)
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                        check=True).stdout.split()
   assert out[-1] == "0"
 
 
 def test_cpu_training_follows_jax_platforms(monkeypatch):
-  from olmo_jax import hostmem
   monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
   assert not hostmem.cpu_training()
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
