@@ -218,8 +218,10 @@ def _blocked_attention_fwd(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block):
     m = s.max(-1, keepdims=True)
     e = jnp.exp(s - m)
     total = e.sum(-1, keepdims=True)
-    outs.append(jnp.einsum("bhqm,bhmk->bhqk", (e / total).astype(v_BxHxLxK.dtype),
-                           v_BxHxLxK[:, :, :end]))
+    # Normalise the [Q, K] output rather than the [Q, M] probabilities: one pass fewer.
+    pv = jnp.einsum("bhqm,bhmk->bhqk", e.astype(v_BxHxLxK.dtype), v_BxHxLxK[:, :, :end],
+                    preferred_element_type=jnp.float32)
+    outs.append((pv / total).astype(v_BxHxLxK.dtype))
     lses.append(m + jnp.log(total))
   o = jnp.concatenate(outs, axis=2)
   return o, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, o, jnp.concatenate(lses, axis=2))
@@ -229,13 +231,15 @@ def _blocked_attention_bwd(block, res, do_BxHxLxK):
   # Probabilities are recomputed per block from the saved log-sum-exp rather than stored:
   # one extra score matmul instead of a [B, H, L, L] residual per layer. The block's
   # scores are formed transposed ([keys, queries]) so that dK and dV come out of plain
-  # (non-transposed) batched matmuls, which XLA:CPU runs much faster.
+  # (non-transposed) batched matmuls, which XLA:CPU runs much faster; dQ likewise comes out
+  # transposed ([K, queries]) from K^T (transposed once) times the transposed score block.
   q, k, v, o, lse = res
   L, K = q.shape[2:]
   scale = 1.0 / math.sqrt(K)
   delta = jnp.sum(do_BxHxLxK.astype(jnp.float32) * o.astype(jnp.float32), -1, keepdims=True)
   t = lambda x: jnp.swapaxes(x, 2, 3)
-  dqs = []
+  k_BxHxKxL = t(k)
+  dq_ts = []
   dk = jnp.zeros(k.shape, jnp.float32)
   dv = jnp.zeros(v.shape, jnp.float32)
   for start, end in _query_blocks(L, block):
@@ -245,13 +249,13 @@ def _blocked_attention_bwd(block, res, do_BxHxLxK):
                   - t(lse[:, :, start:end]))
     dp_t = jnp.einsum("bhmk,bhqk->bhmq", v_b, do_b, preferred_element_type=jnp.float32)
     ds_t = (p_t * (dp_t - t(delta[:, :, start:end])) * scale).astype(q.dtype)
-    dqs.append(jnp.einsum("bhmq,bhmk->bhqk", ds_t, k_b))
+    dq_ts.append(jnp.einsum("bhkm,bhmq->bhkq", k_BxHxKxL[:, :, :, :end], ds_t))
     pad = ((0, 0), (0, 0), (0, L - end), (0, 0))
     dk = dk + jnp.pad(jnp.einsum("bhmq,bhqk->bhmk", ds_t, q_b, preferred_element_type=jnp.float32),
                       pad)
     dv = dv + jnp.pad(jnp.einsum("bhmq,bhqk->bhmk", p_t.astype(v.dtype), do_b,
                                  preferred_element_type=jnp.float32), pad)
-  return jnp.concatenate(dqs, axis=2), dk.astype(k.dtype), dv.astype(v.dtype)
+  return t(jnp.concatenate(dq_ts, axis=3)), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 _blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
