@@ -238,7 +238,9 @@ def _blocked_attention_bwd(block, res, do_BxHxLxK):
   scale = 1.0 / math.sqrt(K)
   delta = jnp.sum(do_BxHxLxK.astype(jnp.float32) * o.astype(jnp.float32), -1, keepdims=True)
   t = lambda x: jnp.swapaxes(x, 2, 3)
-  k_BxHxKxL = t(k)
+  # The barrier keeps XLA from folding the transpose back into the dots (as a transposed
+  # operand, which XLA:CPU hands to a slower kernel).
+  k_BxHxKxL = jax.lax.optimization_barrier(t(k))
   dq_ts = []
   dk = jnp.zeros(k.shape, jnp.float32)
   dv = jnp.zeros(v.shape, jnp.float32)
@@ -505,14 +507,16 @@ def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_g
     e_CxV = jnp.exp(logits_CxV - m)
     s = e_CxV.sum(-1, keepdims=True)
     lse_Cx1 = m + jnp.log(s)
-    is_target = jax.lax.broadcasted_iota(jnp.int32, (chunk, V), 1) == y_c[:, None]
-    tgt = jnp.sum(jnp.where(is_target, logits_CxV, 0.0), axis=-1)
+    tgt = jnp.take_along_axis(logits_CxV, y_c[:, None], axis=-1)[:, 0]
     nll, lse2 = (lse_Cx1[:, 0] - tgt).sum(), jnp.square(lse_Cx1[:, 0]).sum()
     if not with_grads:
       return dw_acc, (nll, lse2, None)
     # d(nll + z * lse^2)/dlogits = softmax * (1 + 2 z lse) - onehot(target), for the mean.
     p_CxV = e_CxV / s
-    d_CxV = ((p_CxV * (1.0 + 2.0 * z_loss * lse_Cx1) - is_target) / T).astype(dt)
+    if z_loss:
+      p_CxV = p_CxV * (1.0 + 2.0 * z_loss * lse_Cx1)
+    is_target = jax.lax.broadcasted_iota(jnp.int32, (chunk, V), 1) == y_c[:, None]
+    d_CxV = (jnp.where(is_target, p_CxV - 1.0, p_CxV) / T).astype(dt)
     dh_c = jnp.dot(d_CxV, w.T, preferred_element_type=jnp.float32).astype(dt)
     dw_acc = dw_acc + jnp.dot(h_c.T, d_CxV, preferred_element_type=jnp.float32)
     return dw_acc, (nll, lse2, dh_c)
