@@ -187,6 +187,19 @@ def _remat_policy(name: str):
   }[name]
 
 
+def weight_grad(a_TxP, b_TxQ, preferred_element_type=None):
+  """a^T @ b, contracting the leading (token) axis: the shape of every weight gradient.
+
+  On CPU the transpose of `a` is made explicitly and kept from being folded back into the
+  dot (XLA would hand the transposed-operand dot to a slower kernel); the plain matmul
+  that results is 5-20% faster for this model's weight-gradient shapes. Same values.
+  """
+  a_PxT = a_TxP.T
+  if jax.default_backend() == "cpu":
+    a_PxT = jax.lax.optimization_barrier(a_PxT)
+  return jnp.dot(a_PxT, b_TxQ, preferred_element_type=preferred_element_type)
+
+
 def _query_blocks(L: int, block: int) -> list[tuple[int, int]]:
   return [(start, min(start + block, L)) for start in range(0, L, block)]
 
@@ -278,6 +291,26 @@ def blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block: int = 0):
 
 
 @jax.custom_vjp
+def linear(x_BxLxD, w_DxF):
+  """x @ w whose weight gradient goes through weight_grad (the CPU projections)."""
+  return x_BxLxD @ w_DxF
+
+
+def _linear_fwd(x_BxLxD, w_DxF):
+  return x_BxLxD @ w_DxF, (x_BxLxD, w_DxF)
+
+
+def _linear_bwd(res, dy_BxLxF):
+  x, w_DxF = res
+  D, F = w_DxF.shape
+  dw = weight_grad(x.reshape(-1, D), dy_BxLxF.reshape(-1, F))
+  return dy_BxLxF @ w_DxF.T, dw.astype(w_DxF.dtype)
+
+
+linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+@jax.custom_vjp
 def swiglu_mlp(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
   """silu(h @ w_gate) * (h @ w_up) @ w_down, with a written-out backward pass.
 
@@ -303,14 +336,14 @@ def _swiglu_bwd(res, dy_BxLxD):
   T = math.prod(h.shape[:-1])
   h_TxD, dy_TxD = h.reshape(T, -1), dy_BxLxD.reshape(T, -1)
   act_TxF, ug_Tx2F = act.reshape(T, F), ug.reshape(T, 2 * F)
-  dw_down = act_TxF.T @ dy_TxD
+  dw_down = weight_grad(act_TxF, dy_TxD)
   dact = dy_TxD @ w_down.T
   up, gate = ug_Tx2F[:, :F], ug_Tx2F[:, F:]
   sig = jax.nn.sigmoid(gate)
   d_up = dact * (gate * sig)
   d_gate = dact * up * sig * (1 + gate * (1 - sig))
   dug = jnp.concatenate([d_up, d_gate], axis=-1)
-  dw_ug = h_TxD.T @ dug
+  dw_ug = weight_grad(h_TxD, dug)
   dh = dug @ w_ug.T
   return dh.reshape(h.shape), dw_ug[:, :F], dw_ug[:, F:], dw_down
 
@@ -359,7 +392,8 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
   def project(h, names):
     if not fuse:
       return [h @ w[n] for n in names]
-    return jnp.split(h @ jnp.concatenate([w[n] for n in names], axis=-1), len(names), axis=-1)
+    return jnp.split(linear(h, jnp.concatenate([w[n] for n in names], axis=-1)), len(names),
+                     axis=-1)
 
   def attn(h_BxLxD):
     q, k, v = project(h_BxLxD, ("wq", "wk", "wv"))
@@ -372,7 +406,8 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
     k_BxLxHxK = apply_rope(k.reshape(B, L, H, K), cos_LxK, sin_LxK)
     v_BxLxHxK = v.reshape(B, L, H, K)
     o_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention)
-    return _tag(o_BxLxHxK.reshape(B, L, D) @ w["wo"], "out_proj")
+    o_BxLxD = o_BxLxHxK.reshape(B, L, D)
+    return _tag(linear(o_BxLxD, w["wo"]) if fuse else o_BxLxD @ w["wo"], "out_proj")
 
   def mlp(h_BxLxD):
     if fuse:
@@ -518,7 +553,7 @@ def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_g
     is_target = jax.lax.broadcasted_iota(jnp.int32, (chunk, V), 1) == y_c[:, None]
     d_CxV = (jnp.where(is_target, p_CxV - 1.0, p_CxV) / T).astype(dt)
     dh_c = jnp.dot(d_CxV, w.T, preferred_element_type=jnp.float32).astype(dt)
-    dw_acc = dw_acc + jnp.dot(h_c.T, d_CxV, preferred_element_type=jnp.float32)
+    dw_acc = dw_acc + weight_grad(h_c, d_CxV, preferred_element_type=jnp.float32)
     return dw_acc, (nll, lse2, dh_c)
 
   dw0 = jnp.zeros((D, V), jnp.float32) if with_grads else None

@@ -189,3 +189,18 @@ def test_swiglu_mlp_values_and_gradients_equal_the_plain_expression():
   want = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(h, w_up, w_gate, w_down)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_and_weight_grad_equal_the_plain_products():
+  ks = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(ks[0], (2, 24, 16))
+  w = 0.2 * jax.random.normal(ks[1], (16, 40))
+  ct = jax.random.normal(ks[2], (2, 24, 40))
+  np.testing.assert_allclose(M.weight_grad(x.reshape(48, 16), ct.reshape(48, 40)),
+                             x.reshape(48, 16).T @ ct.reshape(48, 40), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(M.linear(x, w), x @ w, rtol=1e-6)
+  loss = lambda f: (lambda a, b: jnp.sum(f(a, b) * ct))
+  got = jax.grad(loss(M.linear), argnums=(0, 1))(x, w)
+  want = jax.grad(loss(lambda a, b: a @ b), argnums=(0, 1))(x, w)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
