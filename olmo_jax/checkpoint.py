@@ -53,6 +53,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 COMMIT_MARKER = "commit_success.txt"
 MANIFEST = "olmo_manifest.json"
@@ -592,7 +593,9 @@ def _restore_params_item(step_dir: str, target_fn) -> Any:
   """Restores only the params subtree of a step; target_fn(metadata tree) -> (item, args)."""
   item_dir, key = _params_item(step_dir)
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
-  meta = ckptr.metadata(item_dir).item_metadata
+  # The item's own tree metadata (the checkpointer's would look for step-level metadata
+  # in the item directory and log a spurious warning).
+  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir))
   tree = meta.tree if hasattr(meta, "tree") else meta
   sub = tree[key] if key else tree
   item, args = target_fn(sub)
