@@ -592,10 +592,11 @@ def _params_item(step_dir: str) -> tuple[str, str | None]:
 def _restore_params_item(step_dir: str, target_fn) -> Any:
   """Restores only the params subtree of a step; target_fn(metadata tree) -> (item, args)."""
   item_dir, key = _params_item(step_dir)
-  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  handler = ocp.PyTreeCheckpointHandler()
+  ckptr = ocp.Checkpointer(handler)
   # The item's own tree metadata (the checkpointer's would look for step-level metadata
   # in the item directory and log a spurious warning).
-  meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(item_dir))
+  meta = handler.metadata(epath.Path(item_dir))
   tree = meta.tree if hasattr(meta, "tree") else meta
   sub = tree[key] if key else tree
   item, args = target_fn(sub)

@@ -321,8 +321,8 @@ def swiglu_mlp(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
   One wide [D, 2F] matmul in the forward pass, and a backward pass of four plain 2-D
   matmuls with the elementwise SwiGLU derivative in between (XLA:CPU runs this faster than
   the generic differentiation of the same graph). Only the input and the [up | gate]
-  projection are kept for the backward pass; the activation is recomputed there, straight
-  into the transposed layout its weight gradient wants. Same values as the plain expression.
+  projection are kept for the backward pass, which recomputes the activation from them.
+  Same values as the plain expression.
   """
   return _swiglu_fwd(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD)[0]
 
@@ -397,11 +397,12 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
   # backward pass (same values). Elsewhere keep the kernels apart: concatenating
   # tensor-sharded kernels along their sharded axis would reshard.
   fuse = jax.default_backend() == "cpu"
+  matmul = linear if fuse else jnp.matmul
 
   def project(h, names):
     if not fuse:
       return [h @ w[n] for n in names]
-    return jnp.split(linear(h, jnp.concatenate([w[n] for n in names], axis=-1)), len(names),
+    return jnp.split(matmul(h, jnp.concatenate([w[n] for n in names], axis=-1)), len(names),
                      axis=-1)
 
   def attn(h_BxLxD):
@@ -415,8 +416,7 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
     k_BxLxHxK = apply_rope(k.reshape(B, L, H, K), cos_LxK, sin_LxK)
     v_BxLxHxK = v.reshape(B, L, H, K)
     o_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention)
-    o_BxLxD = o_BxLxHxK.reshape(B, L, D)
-    return _tag(linear(o_BxLxD, w["wo"]) if fuse else o_BxLxD @ w["wo"], "out_proj")
+    return _tag(matmul(o_BxLxHxK.reshape(B, L, D), w["wo"]), "out_proj")
 
   def mlp(h_BxLxD):
     if fuse:
