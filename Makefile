@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 # Pytest workers for the default suite (2 cores on CI).
 JOBS ?= 2
 
-.PHONY: install demo test test-slow bench clean
+# `make test` lints first (ruff; config in pyproject.toml), then runs pytest.
+.PHONY: install lint demo test test-slow bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,7 +25,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m olmo_jax.demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint
 	$(PY) -m pytest -q -n $(JOBS) tests
 
 test-slow: $(STAMP)

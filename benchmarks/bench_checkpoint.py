@@ -29,7 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def build_state(size: str):
   """The sharded train state of a ladder size on the local devices, and a donated step fn."""
   import jax
-  from olmo_jax import model as model_lib, optim, sharding, sizes, trainer
+
+  from olmo_jax import model as model_lib
+  from olmo_jax import optim, sharding, sizes, trainer
   s = sizes.get_size(size)
   cfg = model_lib.ModelConfig(d_model=s.d_model, n_heads=s.n_heads, n_layers=s.n_layers)
   tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=10, total_steps=100)
@@ -65,6 +67,7 @@ def main(argv=None) -> int:
                  help="skip Checkpointer.prepare: the first async save allocates its buffers")
   a = p.parse_args(argv)
   import jax
+
   from olmo_jax import checkpoint
 
   root = a.dir or tempfile.mkdtemp(prefix="bench_ckpt_")

@@ -26,9 +26,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_pipeline import mixture  # pylint: disable=wrong-import-position
-from data_pipeline import sample_corpus  # pylint: disable=wrong-import-position
-from data_pipeline import tokenize  # pylint: disable=wrong-import-position
+from data_pipeline import (
+  mixture,  # pylint: disable=wrong-import-position
+  sample_corpus,  # pylint: disable=wrong-import-position
+  tokenize,  # pylint: disable=wrong-import-position
+)
 from data_pipeline import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
 
 WEIGHTS = {"web": 0.5, "code": 0.3, "books": 0.2}
@@ -121,7 +123,8 @@ def main() -> None:
   args = p.parse_args()
   cpu = platform.processor() or platform.machine()
   if os.path.exists("/proc/cpuinfo"):
-    names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")]
+    names = [l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+             if l.startswith("model name")]
     cpu = names[0] if names else cpu
   print(f"machine: {cpu}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, numpy {np.__version__}")

@@ -28,7 +28,9 @@ THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 2))
 def build_jax(size: str, batch: int, seq_len: int):
   import jax
   import jax.numpy as jnp
-  from olmo_jax import model as M, optim, sharding, sizes, trainer
+
+  from olmo_jax import model as M
+  from olmo_jax import optim, sharding, sizes, trainer
 
   s = sizes.get_size(size)
   cfg = M.ModelConfig(d_model=s.d_model, n_heads=s.n_heads, n_layers=s.n_layers,
@@ -52,6 +54,7 @@ def build_jax(size: str, batch: int, seq_len: int):
 def build_torch(size: str, batch: int, seq_len: int):
   import torch
   import transformers
+
   from olmo_jax import sizes
 
   torch.set_num_threads(THREADS)

@@ -16,7 +16,8 @@ import time
 import jax
 import numpy as np
 
-from olmo_jax import model as M, optim, sharding, sizes, trainer
+from olmo_jax import model as M
+from olmo_jax import optim, sharding, sizes, trainer
 
 # Per-device microbatch (sequences of 2048) and remat preset that fit 80 GB in bf16.
 PLAN = {"150M": (16, "none"), "300M": (16, "dots_saveable"), "530M": (16, "dots_saveable"),

@@ -36,7 +36,10 @@ def _round_keys(seed: int) -> np.ndarray:
 
 
 def permute(idx, n: int, seed: int) -> np.ndarray:
-  """pi(idx) for the seeded bijection pi of [0, n). idx: int array in [0, n) -> int64, same shape."""
+  """pi(idx) for the seeded bijection pi of [0, n).
+
+  idx: int array in [0, n) -> int64, same shape.
+  """
   idx = np.asarray(idx, dtype=np.int64)
   if n <= 0:
     raise ValueError(f"cannot permute an empty range (n={n})")

@@ -26,8 +26,8 @@ import json
 import logging
 import math
 import os
-from typing import Any
 import weakref
+from typing import Any
 
 import grain
 import ml_collections

@@ -36,6 +36,7 @@ def greedy_continue(mcfg, params, tokenizer, prompt: str, n_tokens: int) -> str:
   """Greedy decoding with the training forward (no KV cache: fine for a few tokens)."""
   import jax
   import jax.numpy as jnp
+
   from olmo_jax import model as model_lib
   ids = tokenizer.encode(prompt).ids
   fwd = jax.jit(lambda p, x: model_lib.forward(mcfg, p, x)[:, -1, :mcfg.vocab_size])
@@ -65,6 +66,7 @@ def main(argv=None) -> int:
 
   import jax
   import numpy as np
+
   from data_pipeline import mixture
   from data_pipeline.tokenizer import load_tokenizer
   from olmo_jax import trainer

@@ -49,6 +49,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   from olmo_jax import hostmem
   hostmem.keep_freed_memory()  # CPU only; must precede the first use of a JAX backend
   import jax  # after flags: XLA flags and platform choice are read on first use
+
   from data_pipeline import mixture
   config_lib.validate(cfg, jax.process_count())
   mixture.validate_config(cfg.data, cfg.model.vocab_size)
@@ -157,6 +158,7 @@ def held_out_loss_callback(cfg, mcfg, batch_sh, seed):
   """In-loop evaluation: mean loss on `eval.batches` batches of a differently seeded stream."""
   import jax
   import numpy as np
+
   from data_pipeline import mixture
   from olmo_jax import trainer
   t = cfg.train

@@ -22,7 +22,8 @@ MODEL_FIELDS = ("variant", "vocab_size", "embedding_size", "max_seq_len", "rope_
 
 def train_config_for(mcfg, size_config: str | None = None):
   """The resolved training config of a model: a ladder size if the shapes match one."""
-  from olmo_jax import config as config_lib, sizes
+  from olmo_jax import config as config_lib
+  from olmo_jax import sizes
   size = next((name for name, s in sizes.LADDER.items()
                if (s.d_model, s.n_heads, s.n_layers) == (mcfg.d_model, mcfg.n_heads,
                                                          mcfg.n_layers)), "custom")
@@ -57,7 +58,8 @@ def model_flags(cfg, size: str) -> list[str]:
 
 def convert(hf_dir: str, output: str, print_fn=print) -> str:
   """Writes OUTPUT/checkpoints/0 (params only); returns the step directory."""
-  from olmo_jax import checkpoint, config as config_lib, hf
+  from olmo_jax import checkpoint, hf
+  from olmo_jax import config as config_lib
   mcfg, params = hf.import_hf(hf_dir)
   cfg, size = train_config_for(mcfg)
   meta = {"config": config_lib.to_dict(cfg), "tokenizer_hash": None,

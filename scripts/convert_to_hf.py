@@ -27,6 +27,7 @@ VERIFY_TEXTS = (
 def model_config_of(metadata: dict):
   """The ModelConfig recorded with a checkpoint (float32 compute, for exact verification)."""
   import ml_collections
+
   from olmo_jax import config as config_lib
   if "config" not in metadata or "model" not in (metadata["config"] or {}):
     raise ValueError("the checkpoint's meta item has no config.model: it was not written by "
@@ -62,6 +63,7 @@ def compare_logits(cfg, params: dict, hf_dir: str, ids: np.ndarray) -> tuple[flo
   import jax
   import torch
   import transformers
+
   from olmo_jax.model import forward
   jax.config.update("jax_default_matmul_precision", "highest")
   ours = np.asarray(jax.jit(forward, static_argnums=0)(

@@ -9,10 +9,11 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from hf_fixtures import hf_random_model, max_diff, random_params
 from test_hf import write_hf_olmo
-from olmo_jax import checkpoint, config as config_lib, optim
+
+from olmo_jax import checkpoint, optim
+from olmo_jax import config as config_lib
 from olmo_jax.model import forward
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,8 +7,7 @@ import grain
 import numpy as np
 import pytest
 
-from data_pipeline import index_shuffle
-from data_pipeline import sources
+from data_pipeline import index_shuffle, sources
 from data_pipeline import tokenizer as tokenizer_lib
 
 

@@ -9,10 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipeline import mixture
-from data_pipeline import sample_corpus
-from data_pipeline import sources
-from data_pipeline import tokenize
+from data_pipeline import mixture, sample_corpus, sources, tokenize
 from data_pipeline import tokenizer as tokenizer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,11 +12,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import hf_fixtures as fx  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
-import hf_fixtures as fx  # noqa: E402
 from data_pipeline.tokenizer import load_tokenizer  # noqa: E402
 from olmo_jax import hf, sizes  # noqa: E402
 from olmo_jax.model import VARIANTS  # noqa: E402

@@ -1,6 +1,5 @@
 """Model facts not covered by the HF parity tests: remat/scan invariance, shapes, sharding."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 from flax import nnx
 
 from olmo_jax import model as M
 from olmo_jax import sharding
-
-from conftest import REPO
 
 SMALL = dict(d_model=32, n_heads=4, n_layers=3, embedding_size=256, vocab_size=250,
              max_seq_len=64)

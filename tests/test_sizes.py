@@ -2,7 +2,6 @@
 
 import math
 
-import jax
 import pytest
 from flax import nnx
 

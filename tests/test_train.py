@@ -11,13 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 
 from olmo_jax import config as config_lib
 from olmo_jax import model as M
 from olmo_jax import optim, sharding, trainer
 from olmo_jax.train import run, translate_aliases
-
-from conftest import REPO
 
 
 def _metrics(workdir):
