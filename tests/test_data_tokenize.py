@@ -148,3 +148,87 @@ def test_full_sample_corpus_build_is_deterministic(tmp_path):
   b = sample_corpus.build(str(tmp_path / "b"))
   assert (open(os.path.join(a, "manifest.json")).read()
           == open(os.path.join(b, "manifest.json")).read())
+
+
+# ------------------------------------------------------------------------------------------
+# Tokenized outputs are what the inputs say (the command line, as the README prints it).
+
+
+def tokenize_cli(*args):
+  return subprocess.run([sys.executable, "-m", "data_pipeline.tokenize", *args], cwd=REPO,
+                        capture_output=True, text=True)
+
+
+def test_output_holding_another_tokenization_is_refused_unless_overwrite(raw, tmp_path):
+  d, docs = raw
+  out = tmp_path / "out"
+  assert tokenize_cli("--inputs", str(d / "*.jsonl.gz"), "--output", str(out),
+                      "--workers", "1").returncode == 0
+  assert sorted(p.name for p in out.glob("*.npy")) == [f"part-{k:05d}.npy" for k in range(3)]
+  other = tmp_path / "other.jsonl"
+  other.write_text(json.dumps({"text": "something else entirely"}) + "\n")
+  proc = tokenize_cli("--inputs", str(other), "--output", str(out), "--workers", "1")
+  assert proc.returncode == 2
+  assert "holds another tokenization" in proc.stderr and "--overwrite" in proc.stderr
+  assert len(list(out.glob("*.npy"))) == 3  # nothing touched
+  proc = tokenize_cli("--inputs", str(other), "--output", str(out), "--workers", "1",
+                      "--overwrite")
+  assert proc.returncode == 0, proc.stderr
+  assert [p.name for p in out.glob("*.npy")] == ["part-00000.npy"]  # old shards removed
+  tok = tokenizer_lib.load_tokenizer()
+  np.testing.assert_array_equal(np.fromfile(out / "part-00000.npy", np.uint16),
+                                tok.encode("something else entirely").ids + [EOS])
+
+
+def test_input_edited_without_changing_its_size_is_not_already_done(tmp_path):
+  src = tmp_path / "docs.jsonl"
+  src.write_text(json.dumps({"text": "the cat sat on the mat"}) + "\n")
+  out = tmp_path / "out"
+  args = ("--inputs", str(src), "--output", str(out), "--workers", "1")
+  assert tokenize_cli(*args).returncode == 0
+  before = src.stat().st_size
+  src.write_text(json.dumps({"text": "the dog sat on the log"}) + "\n")
+  assert src.stat().st_size == before
+  proc = tokenize_cli(*args)
+  assert proc.returncode == 2
+  assert "docs.jsonl changed since" in proc.stderr
+  proc = tokenize_cli(*args, "--overwrite")
+  assert proc.returncode == 0, proc.stderr
+  tok = tokenizer_lib.load_tokenizer()
+  np.testing.assert_array_equal(np.fromfile(out / "part-00000.npy", np.uint16),
+                                tok.encode("the dog sat on the log").ids + [EOS])
+
+
+def test_finished_shards_are_recognised_by_their_input_hash(raw, tmp_path):
+  d, _ = raw
+  out = str(tmp_path / "out")
+  tokenize.run([str(d / "*.jsonl.gz")], out, progress=False)
+  side = os.path.join(out, "part-00002.json")
+  meta = json.loads(open(side).read())
+  meta["source_sha256"] = "0" * 64  # as if the shard came from other bytes of the same size
+  open(side, "w").write(json.dumps(meta))
+  stamps = [os.path.getmtime(os.path.join(out, f"part-{k:05d}.npy")) for k in range(3)]
+  tokenize.run([str(d / "*.jsonl.gz")], out, progress=False)
+  after = [os.path.getmtime(os.path.join(out, f"part-{k:05d}.npy")) for k in range(3)]
+  assert after[:2] == stamps[:2] and after[2] != stamps[2]
+
+
+def test_failed_run_leaves_no_tmp_files_and_corrupt_index_is_named(raw, tmp_path):
+  d, _ = raw
+  data = open(d / "f2.jsonl.gz", "rb").read()
+  (d / "f2.jsonl.gz").write_bytes(data[:len(data) // 2])
+  out = tmp_path / "out"
+  proc = tokenize_cli("--inputs", str(d / "*.jsonl.gz"), "--output", str(out), "--workers", "2")
+  assert proc.returncode == 2
+  assert "f2.jsonl.gz: truncated or corrupt gzip" in proc.stderr
+  assert not [p for p in os.listdir(out) if ".tmp" in p]
+  assert not (out / "part-00002.npy").exists()
+  (d / "f2.jsonl.gz").write_bytes(data)
+  (out / "index.json").write_text('{"format": "olmo-token')
+  proc = tokenize_cli("--inputs", str(d / "*.jsonl.gz"), "--output", str(out), "--workers", "1")
+  assert proc.returncode == 2
+  assert f"{out / 'index.json'} is corrupt" in proc.stderr
+  proc = tokenize_cli("--inputs", str(d / "*.jsonl.gz"), "--output", str(out), "--workers", "1",
+                      "--overwrite")
+  assert proc.returncode == 0, proc.stderr
+  assert json.loads((out / "index.json").read_text())["complete"] is True
