@@ -243,20 +243,26 @@ def _identity(x):
   return x
 
 
-def shingles(text: str, ngram: int) -> np.ndarray:
-  """Sorted unique 32-bit hashes (crc32) of the word n-grams of the lowercased text: uint32[k].
+_GRAM_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the n-gram hash
 
-  A text shorter than `ngram` words is one shingle; a text without words has none.
+
+def shingles(text: str, ngram: int) -> np.ndarray:
+  """Sorted unique 32-bit hashes of the word n-grams of the lowercased text: uint32[k].
+
+  Each word is hashed once (crc32); an n-gram's hash is a polynomial of its words' hashes mod
+  2^64, folded to 32 bits (vectorised: no string per n-gram). A text shorter than `ngram` words
+  is one shingle; a text without words has none.
   """
   words = _WORD_RE.findall(text.lower())
   if not words:
     return np.zeros(0, dtype=np.uint32)
-  if len(words) <= ngram:
-    grams = [" ".join(words)]
-  else:
-    grams = [" ".join(words[k:k + ngram]) for k in range(len(words) - ngram + 1)]
-  return np.unique(np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint32,
-                               count=len(grams)))
+  w = np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))
+  n = min(ngram, len(words))
+  m = len(words) - n + 1
+  h = np.zeros(m, dtype=np.uint64)
+  for j in range(n):  # Horner: h = sum_j w[k + j] * MULT^(n - 1 - j), wrapping mod 2^64
+    h = h * _GRAM_MULT + w[j:j + m]
+  return np.unique(((h >> np.uint64(32)) ^ h).astype(np.uint32))
 
 
 class MinHashDedup(Step):
@@ -429,12 +435,16 @@ class FineWebQuality(_Rules):
   PARAMS = _FINEWEB_QUALITY
 
 
+def _import_rules() -> None:
+  import datatrove.pipeline.filters  # noqa: F401  (workers pay the import once, at start)
+
+
 @functools.lru_cache(maxsize=1)
 def _pool(workers: int):
   """A spawn pool of `workers` processes for per-document rules, reused across steps."""
   import atexit
   import multiprocessing
-  pool = multiprocessing.get_context("spawn").Pool(workers)
+  pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_import_rules)
   atexit.register(pool.terminate)
   return pool
 

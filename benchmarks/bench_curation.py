@@ -1,0 +1,129 @@
+"""Documents/s of each curation step next to plain tokenization of the same text, in one run.
+
+  python benchmarks/bench_curation.py [--mb 50] [--workers 2]
+
+The text (~`--mb` MB) is made deterministically from the embedded corpus's prose (Python's help
+topics and docstrings): each document is a base document with its paragraphs reordered and a
+few words replaced, and 5% exact copies and 5% one-word edits are planted. Tokenization uses the
+OLMo tokenizer with `--workers` threads; per-document rules use `--workers` processes; exact and
+MinHash dedup are one process (they need the whole set). Each cost is given relative to
+tokenization (ratio = step seconds / tokenization seconds), and so is the chain exact dedup >
+MinHash > rules, run as the tokenizer runs it. Target: that chain's ratio <= 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def make_corpus(mb: float, seed: int = 0) -> list[str]:
+  """~mb MB of varied prose documents with planted exact and near duplicates."""
+  from data_pipeline import sample_corpus
+  base = sample_corpus.prose_documents(sample_corpus.stdlib_modules())
+  rng = np.random.default_rng(seed)
+  vocab = sorted({w for d in base[:200] for w in d.split() if w.isalpha() and len(w) > 3})
+  docs, size, target = [], 0, int(mb * 1e6)
+  while size < target:
+    r = rng.random()
+    if docs and r < 0.05:
+      doc = docs[int(rng.integers(len(docs)))]  # exact copy
+    elif docs and r < 0.10:
+      words = docs[int(rng.integers(len(docs)))].split(" ")
+      words[int(rng.integers(len(words)))] = vocab[int(rng.integers(len(vocab)))]
+      doc = " ".join(words)  # near copy: one word changed
+    else:
+      paras = base[int(rng.integers(len(base)))].split("\n\n")
+      paras = [paras[k] for k in rng.permutation(len(paras))]
+      words = "\n\n".join(paras).split(" ")
+      for k in rng.integers(0, len(words), size=max(1, len(words) // 20)):
+        words[k] = vocab[int(rng.integers(len(vocab)))]
+      doc = " ".join(words)
+    docs.append(doc)
+    size += len(doc.encode())
+  return docs
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--mb", type=float, default=50.0, help="megabytes of text")
+  p.add_argument("--workers", type=int, default=2, help="threads/processes (cores)")
+  args = p.parse_args(argv)
+  os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # before the tokenizer starts its pool
+  from data_pipeline import curation
+  from data_pipeline import tokenize as tokenize_lib
+  from data_pipeline import tokenizer as tokenizer_lib
+
+  t0 = time.time()
+  texts = make_corpus(args.mb)
+  mb = sum(len(t.encode()) for t in texts) / 1e6
+  print(f"CPU: {cpu_model()} ({os.cpu_count()} visible cores, {args.workers} used)")
+  print(f"text: {len(texts)} documents, {mb:.1f} MB (made in {time.time() - t0:.1f}s)")
+  tok = tokenizer_lib.load_tokenizer("olmo")
+  tok.encode_batch(texts[:64], add_special_tokens=False)  # warm the thread pool
+  t0 = time.time()
+  ids = tokenize_lib.encode_texts(tok, texts, "uint16")
+  t_tok = time.time() - t0
+  corpus = curation.Corpus(["bench"], texts, [{"score": float(k % 997)} for k in
+                                              range(len(texts))],
+                           np.zeros(len(texts), dtype=np.int64))
+  corpus.tokens = np.array([a.size for a in ids], dtype=np.int64)
+  n = len(texts)
+  rows = [("tokenize (OLMo BPE)", t_tok, n, n)]
+  budget = int(corpus.tokens.sum() // 2)
+  single = [
+      ("exact_dedup", [{"step": "exact_dedup"}]),
+      ("minhash_dedup", [{"step": "minhash_dedup"}]),
+      ("gopher_quality", [{"step": "gopher_quality"}]),
+      ("gopher_repetition", [{"step": "gopher_repetition"}]),
+      ("fineweb_quality", [{"step": "fineweb_quality"}]),
+      ("top_p (field)", [{"step": "top_p", "fraction": 0.1, "field": "score"}]),
+      ("subsample uniform", [{"step": "subsample", "mode": "uniform", "tokens": budget}]),
+      ("subsample length_weighted", [{"step": "subsample", "mode": "length_weighted",
+                                      "tokens": budget}]),
+      ("subsample diversity (hashed)", [{"step": "subsample", "mode": "diversity",
+                                         "tokens": budget, "features": "hashed",
+                                         "clusters": 16}]),
+  ]
+  chain = [{"step": "exact_dedup"}, {"step": "minhash_dedup"}, {"step": "gopher_quality"},
+           {"step": "gopher_repetition"}, {"step": "fineweb_quality"}]
+  if args.workers > 1:  # start the rule workers outside the timings (once per tokenize run)
+    curation._pool(args.workers).map(abs, range(args.workers * 4))
+  for name, ch in single + [("CHAIN exact > minhash > rules", chain)]:
+    steps = curation.parse_chain(ch)
+    for s in steps:
+      s.check(corpus)
+    t0 = time.time()
+    kept, _ = curation.run_chain(steps, corpus, workers=args.workers)
+    rows.append((name, time.time() - t0, n, len(kept)))
+  print(f"\n{'step':32s} {'seconds':>8s} {'docs/s':>9s} {'kept':>7s} {'x tokenize':>10s}")
+  for name, sec, docs_in, kept in rows:
+    print(f"{name:32s} {sec:8.2f} {docs_in / sec:9.0f} {kept:7d} {sec / t_tok:10.2f}")
+  ratio = rows[-1][1] / t_tok
+  alone = sum(sec for name, sec, _, _ in rows if name in {s["step"] for s in chain})
+  print(f"\nthe chain's steps each on all documents: {alone / t_tok:.2f} x tokenize; in a "
+        "chain each step sees only what the previous ones kept")
+  print(f"\nchain / tokenization = {ratio:.2f} (target <= 1.0: "
+        f"{'met' if ratio <= 1.0 else 'NOT met'})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
