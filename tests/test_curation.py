@@ -436,3 +436,35 @@ def test_cli_recipe_materialises_curated_sources(raw, tmp_path):
   proc = cli("data_pipeline.tokenize", "--recipe", "no_such_recipe", "--data_dir",
              str(tmp_path), "--recipes_dir", str(recipes))
   assert proc.returncode == 2 and "not a known recipe" in proc.stderr
+
+
+def test_shipped_curation_recipes_name_their_chains():
+  directory = mixture.recipes_dir(mixture.default_config())
+  names = [n for n in mixture.known_recipes(directory) if n.startswith("curation_")]
+  assert set(names) == {"curation_raw", "curation_dedup", "curation_dedup_rules",
+                        "curation_dedup_rules_diverse50", "curation_qc_top10"}
+  dirs = {}
+  for name in names:
+    specs = tokenize.curated_specs(name, "data", directory)
+    (spec,) = specs.values()
+    steps = curation.parse_chain(json.loads(spec.curation.chain))  # every chain is valid
+    assert spec.paths == spec.curation.output + "/*.npy"
+    dirs[name] = spec.curation.output
+    assert mixture.load_recipe(name, directory).description.endswith(
+        curation.describe_chain(curation.chain_spec(steps)))
+  assert len(set(dirs.values())) == len(names)  # different chains, different files
+
+
+@pytest.mark.slow
+def test_shipped_recipe_materialises_from_the_command_line(tmp_path):
+  proc = cli("data_pipeline.tokenize", "--recipe", "curation_dedup", "--data_dir",
+             str(tmp_path), "--workers", "2")
+  assert proc.returncode == 0, proc.stderr
+  out = proc.stdout.strip().split(" -> ")[-1]
+  proc = cli("data_pipeline.inspect", out)
+  assert proc.returncode == 0 and "minhash_dedup" in proc.stdout
+  cfg = mixture.default_config()
+  cfg.mixture, cfg.data_dir = "curation_dedup", str(tmp_path)
+  batch = next(mixture.build_train_iterator(cfg, seq_len=63, batch_size=2, seed=0,
+                                            vocab_size=50304))
+  assert batch["input_ids"].shape == (2, 64)
