@@ -166,6 +166,25 @@ def test_top_p_reads_dolma_attribute_files(tmp_path):
   assert set(kept.tolist()) == {1, 3, 4}
 
 
+def test_parquet_documents_with_metadata_are_curated(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  docs = [good_doc(i) for i in range(8)]
+  scores = [3.0, 1.0, 4.0, 1.5, 9.0, 2.0, 6.0, 5.0]
+  path = str(tmp_path / "docs.parquet")
+  pq.write_table(pa.table({"text": docs, "q": scores}), path)
+  out = str(tmp_path / "out")
+  index = tokenize.run([path], out, progress=False,
+                       chain=[{"step": "top_p", "fraction": 0.5, "field": "q"}])
+  kept = [2, 4, 6, 7]  # scores 4, 9, 6, 5
+  assert index["documents"] == 4
+  tok = tokenizer_lib.load_tokenizer()
+  want = np.concatenate([tok.encode(docs[i], add_special_tokens=False).ids
+                         + [tokenizer_lib.EOS_TOKEN_ID] for i in kept])
+  np.testing.assert_array_equal(np.fromfile(os.path.join(out, "part-00000.npy"), np.uint16),
+                                want)
+
+
 def test_fasttext_scores_match_fasttext_and_top_p_uses_them(tmp_path):
   import fasttext
   rng = np.random.default_rng(0)
@@ -288,7 +307,6 @@ def _shard_bytes(out):
           if n.endswith(".npy")}
 
 
-@pytest.mark.slow
 def test_same_inputs_and_chain_give_identical_token_files_with_1_or_n_workers(raw, tmp_path):
   d, _, _ = raw
   outs = []
@@ -371,6 +389,9 @@ def cli(*args, cwd=REPO):
     ([{"step": "top_p", "fraction": 0.1, "field": "q"}], "some_missing_q",
      "score field 'q' is missing or not a finite number in 1 of"),
     ([{"step": "dedupe"}], None, "unknown curation step 'dedupe'"),
+    ([{"step": "exact_dedup", "threshold": 0.5}], None,
+     "curation step 'exact_dedup': unknown parameter(s) ['threshold']"),
+    ([{"step": "subsample", "mode": "diversity"}], None, "give exactly one budget"),
     ([{"step": "minhash_dedup", "threshold": 1.5}], None,
      "minhash_dedup': threshold must be a number in (0, 1], got 1.5"),
     ([{"step": "gopher_quality", "max_symbol_word_ratio": -0.1}], None,
@@ -418,6 +439,11 @@ def test_cli_chain_file_and_inspect_print_the_accounting(raw, tmp_path):
                                 str(r["documents_dropped"])]
   assert "dropped  " in text and "[exact_duplicate: same text as" in text
   assert "[gopher_short_doc" in text and "kept     " in text
+  plain = tmp_path / "plain"
+  tokenize.run([str(d / "a.jsonl")], str(plain), progress=False)
+  proc = cli("data_pipeline.inspect", str(plain))
+  assert proc.returncode == 0 and "curation: none" in proc.stdout
+  assert "20 documents" in proc.stdout
   proc = cli("data_pipeline.inspect", str(tmp_path / "nothing"))
   assert proc.returncode == 2 and "is not a directory" in proc.stderr
 
