@@ -460,16 +460,17 @@ def main(argv=None) -> int:
   p.add_argument("--data_dir", default="data", help="root of the recipe's paths (--recipe)")
   p.add_argument("--recipes_dir", default="",
                  help="where recipe files live (--recipe); default configs/data_configs")
-  p.add_argument("--tokenizer", default="olmo", help="'olmo' or a tokenizer.json path")
+  p.add_argument("--tokenizer", default=None,
+                 help="'olmo' (default) or a tokenizer.json path; a recipe names its own")
   p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                  help="parallel processes (one input file each; per-document rules with --chain)")
   p.add_argument("--overwrite", action="store_true",
                  help="replace an output that holds another tokenization (removes its shards)")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
-  if args.recipe and (args.inputs or args.output or args.chain):
-    p.error("--recipe takes its inputs, outputs and chains from the recipe; drop "
-            "--inputs/--output/--chain")
+  if args.recipe and (args.inputs or args.output or args.chain or args.tokenizer):
+    p.error("--recipe takes its inputs, outputs, chains and tokenizer from the recipe; drop "
+            "--inputs/--output/--chain/--tokenizer")
   if not args.recipe and not (args.inputs and args.output):
     p.error("give --inputs and --output (or --recipe)")
   try:
@@ -481,7 +482,7 @@ def main(argv=None) -> int:
               f"({index['curation']['description']}) -> {output}")
       return 0
     chain = _chain_arg(args.chain) if args.chain is not None else None
-    index = run(args.inputs, args.output, args.tokenizer, args.workers, chain=chain,
+    index = run(args.inputs, args.output, args.tokenizer or "olmo", args.workers, chain=chain,
                 overwrite=args.overwrite, field=args.field)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
