@@ -52,10 +52,13 @@ class DataConfig:
   over it (unknown keys are an error) and is what every function here reads.
 
   Fields:
-    mixture: 'synthetic' (a repetitive token stream, no files), a recipe name from
-      `recipes_dir` (e.g. 'sample', 'dolma17', 'dolma17-75p-DCLM-baseline-25p'), a path to a
-      recipe .py file, or 'custom' (the sources in `sources`).
-    data_dir: root of all relative source paths; the sample corpus is built under it.
+    mixture: 'auto' (the default: 'all' when a data_dir is given, else 'synthetic'), 'all'
+      (every token file under data_dir, one source per directory, weighted by its tokens),
+      'synthetic' (a repetitive token stream, no files; an error with a data_dir), a recipe
+      name from `recipes_dir` (e.g. 'sample', 'dolma17', 'dolma17-75p-DCLM-baseline-25p'),
+      a path to a recipe .py file, or 'custom' (the sources in `sources`).
+    data_dir: root of all relative source paths ('' : none given; recipes then read under
+      ./data); the sample corpus is built under it.
     seed: mixing/shuffling seed; -1 means train.seed. The caller resolves it and passes
       `seed` to build_train_iterator, which uses that argument.
     sources: only for mixture='custom': comma-separated `name=glob[|glob][@weight]`; the kind
@@ -69,8 +72,8 @@ class DataConfig:
     max_epochs: stop (StopIteration) before any source starts this epoch; 0: never stop.
     recipes_dir: where recipe files live; '' means <repo>/configs/data_configs.
   """
-  mixture: str = "synthetic"
-  data_dir: str = "data"
+  mixture: str = "auto"
+  data_dir: str = ""
   seed: int = -1
   sources: str = ""
   drop_sources: str = ""
@@ -80,6 +83,11 @@ class DataConfig:
   prefetch: int = 2
   max_epochs: int = 0
   recipes_dir: str = ""
+
+  @property
+  def root(self) -> str:
+    """The directory relative source paths start from."""
+    return self.data_dir or "data"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +160,14 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dataclasses.asdict(DataConfig()))
 
 
+def mixture_name(cfg) -> str:
+  """What a data config trains on: data.mixture with 'auto' resolved ('all' or 'synthetic')."""
+  dc = data_config(cfg)
+  if dc.mixture == "auto":
+    return "all" if dc.data_dir else "synthetic"
+  return dc.mixture
+
+
 # ------------------------------------------------------------------------------------------
 # Recipes.
 
@@ -197,7 +213,8 @@ def load_recipe(name: str, directory: str) -> ml_collections.ConfigDict:
     module = _load_module(path)
     if hasattr(module, "recipe_names") and name in module.recipe_names():
       return module.get_config(name)
-  raise ValueError(f"data.mixture={name!r} is not a known recipe; known: synthetic, custom, "
+  raise ValueError(f"data.mixture={name!r} is not a known recipe; known: auto, all, synthetic, "
+                   f"custom, "
                    f"{', '.join(known_recipes(directory))} (recipes live in {directory})")
 
 
@@ -294,9 +311,11 @@ def _check_weight(w, where: str) -> None:
 def resolve_sources(cfg) -> tuple[str, Recipe | None, dict[str, SourceSpec]]:
   """(recipe name, recipe or None, {source: spec}) with data.drop_sources applied; cheap."""
   dc = data_config(cfg)
-  name = dc.mixture
+  name = mixture_name(dc)
   if name == "custom":
     recipe, raw = None, parse_sources(dc.sources)
+  elif name == "all":
+    recipe, raw = Recipe(name="all", natural_weights=True), directory_sources(dc.data_dir)
   else:
     if dc.sources:
       raise ValueError(f"data.sources is only read when data.mixture='custom' (mixture is "
@@ -319,6 +338,28 @@ def resolve_sources(cfg) -> tuple[str, Recipe | None, dict[str, SourceSpec]]:
   return name, recipe, dict(sorted(specs.items()))
 
 
+def directory_sources(data_dir: str) -> dict[str, ml_collections.ConfigDict]:
+  """{source: spec} of every token file (*.npy) under data_dir: one source per directory,
+  named by its path under data_dir. Raises naming data_dir if it is missing or holds none."""
+  if not data_dir:
+    raise ValueError("data.mixture='all' reads every token file under data.data_dir; "
+                     "give data.data_dir")
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"data.data_dir={data_dir}: no such directory")
+  files = [f for f in glob.glob(os.path.join(glob.escape(data_dir), "**", "*.npy"),
+                                recursive=True) if ".tmp" not in os.path.basename(f)]
+  if not files:
+    raise ValueError(f"data.data_dir={data_dir} holds no token files (*.npy, searched "
+                     "recursively); tokenize text into it with `python -m "
+                     "data_pipeline.tokenize`, or name a recipe with data.mixture")
+  out = {}
+  for directory in sorted({os.path.dirname(f) for f in files}):
+    rel = os.path.relpath(directory, data_dir)
+    name = os.path.basename(os.path.abspath(data_dir)) if rel == "." else rel
+    out[name] = source_spec("tokens", os.path.join(glob.escape(rel), "*.npy"), 1.0)
+  return out
+
+
 def _natural(recipe: Recipe | None) -> bool:
   return recipe is not None and recipe.natural_weights
 
@@ -328,16 +369,16 @@ def _corpus_pending(dc: DataConfig, recipe: Recipe | None) -> bool:
   if recipe is None or not recipe.builder:
     return False
   if recipe.builder != "sample_corpus":
-    raise ValueError(f"recipe {dc.mixture!r}: unknown builder {recipe.builder!r}")
+    raise ValueError(f"recipe {recipe.name!r}: unknown builder {recipe.builder!r}")
   from data_pipeline import sample_corpus  # deferred: only for the embedded corpus
-  return not sample_corpus.is_built(dc.data_dir)
+  return not sample_corpus.is_built(dc.root)
 
 
 def _check_files(name: str, spec: SourceSpec, dc: DataConfig) -> list[str]:
   """Resolved files of a source, each checked cheaply (exists, non-empty, dtype-aligned)."""
   if spec.kind == "tfds":
     return []
-  files = sources_lib.resolve_paths(spec.paths, dc.data_dir, f"data source {name!r}")
+  files = sources_lib.resolve_paths(spec.paths, dc.root, f"data source {name!r}")
   for path in files:
     if spec.kind == "tokens":
       sources_lib.token_file_layout(path, spec.dtype or dc.token_dtype)
@@ -352,7 +393,11 @@ def validate_config(cfg, vocab_size: int) -> None:
   Cheap (stats files, reads .npy headers); runs before any expensive work.
   """
   dc = data_config(cfg)
-  if dc.mixture == "synthetic":
+  if mixture_name(dc) == "synthetic":
+    if dc.data_dir:
+      raise ValueError(f"data.mixture='synthetic' reads no files, but data.data_dir="
+                       f"{dc.data_dir} is given; leave data.mixture unset to train on every "
+                       "token file under it, name a recipe, or drop the data directory")
     return
   if not isinstance(vocab_size, int) or vocab_size <= 0:
     raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
@@ -542,7 +587,7 @@ def build_sources(cfg, specs: dict, *, window: int, seed: int, vocab_size: int,
       continue
     if spec.kind == "tfds":
       docs = sources_lib.TfdsDocumentSource(
-          spec.tfds_name, spec.split, dc.data_dir, feature=spec.feature,
+          spec.tfds_name, spec.split, dc.root, feature=spec.feature,
           record_format=spec.record_format, source_name=name)
     else:
       docs = sources_lib.DocumentSource(files, name=name, field=spec.field,
@@ -554,13 +599,42 @@ def build_sources(cfg, specs: dict, *, window: int, seed: int, vocab_size: int,
   return out
 
 
-def _source_weights(name: str, recipe: Recipe | None, specs: dict, srcs: list) -> list[float]:
-  """Mixing weights: the recipe's, or tokens on disk for natural_weights recipes."""
+def _weights(recipe: Recipe | None, specs: dict, tokens: list) -> list[float]:
+  """Mixing weights: the recipe's, or `tokens` on disk (None: a text source) for
+  natural_weights recipes."""
   if not _natural(recipe):
     return [v.weight for v in specs.values()]
-  if not all(isinstance(s, sources_lib.TokenFileSource) for s in srcs):
-    raise ValueError(f"recipe {name!r}: natural_weights needs token-file sources only")
-  return [float(s.num_tokens) for s in srcs]
+  if any(t is None for t in tokens):
+    raise ValueError(f"recipe {recipe.name!r}: natural_weights needs token-file sources only")
+  return [float(t) for t in tokens]
+
+
+def describe(cfg) -> str:
+  """The start-up table of what a data config trains on: per source its kind, files, tokens
+  on disk (token files) and realised weight. Cheap (file headers only)."""
+  dc = data_config(cfg)
+  name = mixture_name(dc)
+  if name == "synthetic":
+    return "data: the synthetic token stream (no files)"
+  _, recipe, specs = resolve_sources(dc)
+  head = f"data: mixture {name!r} under {dc.root}"
+  if _corpus_pending(dc, recipe):
+    return f"{head}: built on first use"
+  specs = {k: v for k, v in specs.items() if _natural(recipe) or v.weight > 0}
+  files = {k: _check_files(k, v, dc) for k, v in specs.items()}
+  tokens = [sum(sources_lib.token_file_layout(f, v.dtype or dc.token_dtype)[2]
+                for f in files[k]) if v.kind == "tokens" else None for k, v in specs.items()]
+  weights = np.asarray(_weights(recipe, specs, tokens))
+  width = max(len(k) for k in ["source", *specs])
+  lines = [f"{head} ({'weights by tokens' if _natural(recipe) else 'recipe weights'})",
+           f"  {'source':<{width}}  {'kind':<12} {'files':>6} {'tokens':>16} {'weight':>7}"]
+  for (k, v), t, w in zip(specs.items(), tokens, weights / weights.sum()):
+    t = "-" if t is None else f"{t:,}"
+    lines.append(f"  {k:<{width}}  {v.kind:<12} {len(files[k]):>6} {t:>16} {w:>7.4f}")
+  known = sum(t for t in tokens if t is not None)
+  lines.append(f"  {'total':<{width}}  {'':<12} {sum(map(len, files.values())):>6} "
+               f"{known:>16,} {1:>7.4f}")
+  return "\n".join(lines)
 
 
 def _size(src) -> int:
@@ -578,7 +652,7 @@ def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab
   """
   dc = data_config(cfg)
   validate_config(dc, vocab_size)
-  if dc.mixture == "synthetic":
+  if mixture_name(dc) == "synthetic":
     return SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed,
                              vocab_size=vocab_size, process_index=process_index,
                              process_count=process_count)
@@ -587,12 +661,12 @@ def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab
   name, recipe, specs = resolve_sources(dc)
   if _corpus_pending(dc, recipe):
     from data_pipeline import sample_corpus
-    sample_corpus.build(dc.data_dir, tokenizer=dc.tokenizer)
+    sample_corpus.build(dc.root, tokenizer=dc.tokenizer)
   window = seq_len + 1
   specs = {k: v for k, v in specs.items() if _natural(recipe) or v.weight > 0}
   srcs = build_sources(dc, specs, window=window, seed=seed, vocab_size=vocab_size,
                        process_index=process_index, process_count=process_count)
-  weights = _source_weights(name, recipe, specs, srcs)
+  weights = _weights(recipe, specs, [None if _is_stream(s) else s.num_tokens for s in srcs])
   for n, w, s in zip(specs, weights, srcs):
     logging.info("data source %s: weight %.4f, %d %s of %d tokens", n, w / sum(weights),
                  _size(s), "documents" if _is_stream(s) else "windows", window)

@@ -53,6 +53,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   from data_pipeline import mixture
   config_lib.validate(cfg, jax.process_count())
   mixture.validate_config(cfg.data, cfg.model.vocab_size)
+  if jax.process_index() == 0:
+    print_fn(mixture.describe(cfg.data))  # the sources and tokens this run trains on
 
   from olmo_jax import optim, sharding, sizes, trainer
 
