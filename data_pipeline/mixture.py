@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import glob
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -34,7 +35,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipeline import index_shuffle
+from data_pipeline import heldout, index_shuffle
 from data_pipeline import sources as sources_lib
 
 BLOCK = 8192  # rows per exact-proportion block
@@ -71,6 +72,9 @@ class DataConfig:
     prefetch: batches prepared ahead in a background thread (0: none).
     max_epochs: stop (StopIteration) before any source starts this epoch; 0: never stop.
     recipes_dir: where recipe files live; '' means <repo>/configs/data_configs.
+    heldout_fraction: the fraction of each source's documents held out of training for
+      evaluation (data_pipeline/heldout.py; the in-loop loss reads them). 0 (the default)
+      reads every document, as OLMo's trainer does, and keeps earlier runs' batches.
   """
   mixture: str = "auto"
   data_dir: str = ""
@@ -83,6 +87,7 @@ class DataConfig:
   prefetch: int = 2
   max_epochs: int = 0
   recipes_dir: str = ""
+  heldout_fraction: float = 0.0
 
   @property
   def root(self) -> str:
@@ -393,6 +398,8 @@ def validate_config(cfg, vocab_size: int) -> None:
   Cheap (stats files, reads .npy headers); runs before any expensive work.
   """
   dc = data_config(cfg)
+  if not 0 <= dc.heldout_fraction < 1:
+    raise ValueError(f"data.heldout_fraction={dc.heldout_fraction} must be in [0, 1)")
   if mixture_name(dc) == "synthetic":
     if dc.data_dir:
       raise ValueError(f"data.mixture='synthetic' reads no files, but data.data_dir="
@@ -576,27 +583,77 @@ class MixtureDataset(grain.IterDataset):
 
 def build_sources(cfg, specs: dict, *, window: int, seed: int, vocab_size: int,
                   process_index: int, process_count: int) -> list:
-  """Source objects (TokenFileSource or PackedStream) in the order of `specs`."""
+  """Source objects (TokenFileSource or PackedStream) in the order of `specs`: the training
+  side of the held-out split."""
   dc = data_config(cfg)
   out = []
   for name, spec in specs.items():
     files = _check_files(name, spec, dc)
     if spec.kind == "tokens":
-      out.append(sources_lib.TokenFileSource(files, window, spec.dtype or dc.token_dtype,
-                                             vocab_size=vocab_size, name=name))
+      out.append(sources_lib.TokenFileSource(
+          files, window, spec.dtype or dc.token_dtype, vocab_size=vocab_size, name=name,
+          exclude=_heldout_spans(spec, files, dc) if dc.heldout_fraction > 0 else None))
       continue
-    if spec.kind == "tfds":
-      docs = sources_lib.TfdsDocumentSource(
-          spec.tfds_name, spec.split, dc.root, feature=spec.feature,
-          record_format=spec.record_format, source_name=name)
-    else:
-      docs = sources_lib.DocumentSource(files, name=name, field=spec.field,
-                                        record_format=spec.record_format)
+    docs = _document_source(name, spec, files, dc)
+    if dc.heldout_fraction > 0:
+      keep = [np.flatnonzero(~m) for m in _heldout_masks(docs, spec, files, dc)]
+      docs = sources_lib.DocumentSubset(docs, keep)
     out.append(sources_lib.PackedStream(
         docs, window=window, seed=seed, shuffle=dc.shuffle, tokenizer=dc.tokenizer,
         vocab_size=vocab_size, process_index=process_index, process_count=process_count,
         name=name))
   return out
+
+
+def _document_source(name: str, spec: SourceSpec, files: list[str], dc: DataConfig):
+  if spec.kind == "tfds":
+    return sources_lib.TfdsDocumentSource(
+        spec.tfds_name, spec.split, dc.root, feature=spec.feature,
+        record_format=spec.record_format, source_name=name)
+  return sources_lib.DocumentSource(files, name=name, field=spec.field,
+                                    record_format=spec.record_format)
+
+
+def _heldout_spans(spec: SourceSpec, files: list[str], dc: DataConfig) -> list:
+  """Held-out token spans of each token file of a source."""
+  return [heldout.token_spans(heldout.open_tokens(p, spec.dtype or dc.token_dtype),
+                              heldout.file_key(p, dc.root), dc.heldout_fraction) for p in files]
+
+
+def _heldout_masks(docs, spec: SourceSpec, files: list[str], dc: DataConfig) -> list:
+  """bool[documents] per file of a document source: held out or not."""
+  keys = ([f"tfds:{spec.tfds_name}:{spec.split}"] if spec.kind == "tfds"
+          else [heldout.file_key(p, dc.root) for p in files])
+  return [heldout.held_out(k, int(n), dc.heldout_fraction) for k, n in zip(keys, docs.file_docs)]
+
+
+def _source_heldout(name: str, spec: SourceSpec, dc: DataConfig):
+  """The held-out documents of one source (EvalDocuments), file by file, in file order."""
+  files = _check_files(name, spec, dc)
+  if spec.kind == "tokens":
+    dtype = spec.dtype or dc.token_dtype
+    for path, spans in zip(files, _heldout_spans(spec, files, dc)):
+      yield from heldout.token_file_documents(path, name, spans, dtype)
+    return
+  docs = _document_source(name, spec, files, dc)
+  held = [np.flatnonzero(m) for m in _heldout_masks(docs, spec, files, dc)]
+  yield from heldout.text_documents(
+      (docs.get(f, j) for f, idx in enumerate(held) for j in idx.tolist()), name, dc.tokenizer)
+
+
+def _used_sources(cfg) -> tuple[DataConfig, str, Recipe | None, dict, dict]:
+  """(data config, mixture name, recipe, {source: spec}, {source: files}) of the sources a
+  run reads (weight > 0, or all of a natural_weights recipe)."""
+  dc = data_config(cfg)
+  name, recipe, specs = resolve_sources(dc)
+  specs = {k: v for k, v in specs.items() if _natural(recipe) or v.weight > 0}
+  return dc, name, recipe, specs, {k: _check_files(k, v, dc) for k, v in specs.items()}
+
+
+def _disk_tokens(specs: dict, files: dict, dc: DataConfig) -> list:
+  """Tokens in each source's files (None for text sources), from file headers and sizes."""
+  return [sum(sources_lib.token_file_layout(f, v.dtype or dc.token_dtype)[2] for f in files[k])
+          if v.kind == "tokens" else None for k, v in specs.items()]
 
 
 def _weights(recipe: Recipe | None, specs: dict, tokens: list) -> list[float]:
@@ -616,14 +673,11 @@ def describe(cfg) -> str:
   name = mixture_name(dc)
   if name == "synthetic":
     return "data: the synthetic token stream (no files)"
-  _, recipe, specs = resolve_sources(dc)
   head = f"data: mixture {name!r} under {dc.root}"
-  if _corpus_pending(dc, recipe):
+  if _corpus_pending(dc, resolve_sources(dc)[1]):
     return f"{head}: built on first use"
-  specs = {k: v for k, v in specs.items() if _natural(recipe) or v.weight > 0}
-  files = {k: _check_files(k, v, dc) for k, v in specs.items()}
-  tokens = [sum(sources_lib.token_file_layout(f, v.dtype or dc.token_dtype)[2]
-                for f in files[k]) if v.kind == "tokens" else None for k, v in specs.items()]
+  _, _, recipe, specs, files = _used_sources(dc)
+  tokens = _disk_tokens(specs, files, dc)
   weights = np.asarray(_weights(recipe, specs, tokens))
   width = max(len(k) for k in ["source", *specs])
   lines = [f"{head} ({'weights by tokens' if _natural(recipe) else 'recipe weights'})",
@@ -634,6 +688,9 @@ def describe(cfg) -> str:
   known = sum(t for t in tokens if t is not None)
   lines.append(f"  {'total':<{width}}  {'':<12} {sum(map(len, files.values())):>6} "
                f"{known:>16,} {1:>7.4f}")
+  if dc.heldout_fraction > 0:
+    lines.append(f"  held out of training for evaluation: {dc.heldout_fraction:g} of each "
+                 "source's documents (data.heldout_fraction)")
   return "\n".join(lines)
 
 
@@ -680,7 +737,60 @@ def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab
   }
   if mixer.streams:
     fingerprint["process_index"] = process_index  # text stream positions are per process
+  if dc.heldout_fraction > 0:
+    fingerprint["heldout"] = [dc.heldout_fraction, heldout.CHUNK_TOKENS]
   return _iterate(MixtureDataset(mixer, fingerprint), dc.prefetch)
+
+
+def heldout_documents(cfg, start: int = 0):
+  """The held-out documents of every source a run reads (heldout.EvalDocument), source by
+  source in name order, file by file; the same on every call. `start` skips that many (resume).
+  """
+  dc = data_config(cfg)
+  if dc.heldout_fraction <= 0 or mixture_name(dc) == "synthetic":
+    raise ValueError("there is no held-out split: set data.heldout_fraction > 0 (e.g. 0.01) "
+                     "over a mixture of files")
+  _, _, _, specs, _ = _used_sources(dc)
+  docs = (d for name, spec in specs.items() for d in _source_heldout(name, spec, dc))
+  return itertools.islice(docs, start, None)
+
+
+def heldout_batches(cfg, num_batches: int, *, seq_len: int, batch_size: int, seed: int,
+                    vocab_size: int, process_index: int = 0, process_count: int = 1) -> list:
+  """`num_batches` batches {"input_ids": int32[batch_size, seq_len + 1]} of held-out documents
+  for THIS process (the in-loop evaluation loss).
+
+  Each global batch holds the sources in the mixture's proportions (largest remainder over
+  all rows); a source's rows are its held-out documents packed in order, so the batches are
+  the same for every seed, and for any split of the batch over processes. The synthetic
+  stream has no documents: it gives batches of another seed (`seed` is read only there).
+  """
+  dc = data_config(cfg)
+  if mixture_name(dc) == "synthetic":
+    it = SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed + 1_000_003,
+                           vocab_size=vocab_size, process_index=process_index,
+                           process_count=process_count)
+    return [next(it) for _ in range(num_batches)]
+  if dc.heldout_fraction <= 0:
+    raise ValueError("the held-out loss reads the held-out split of each source, and "
+                     "data.heldout_fraction is 0; set it (e.g. 0.01) or set eval.every=0")
+  _, _, recipe, specs, files = _used_sources(dc)
+  weights = np.asarray(_weights(recipe, specs, _disk_tokens(specs, files, dc)))
+  window, total = seq_len + 1, num_batches * batch_size * process_count
+  rows = []
+  for (name, spec), n in zip(specs.items(), largest_remainder(weights, total).tolist()):
+    got = heldout.pack(_source_heldout(name, spec, dc), window, n)
+    if len(got) < n:
+      raise ValueError(f"source {name!r}: its held-out split holds {len(got)} windows of "
+                       f"{window} tokens, the held-out loss needs {n}; raise "
+                       "data.heldout_fraction or lower eval.batches")
+    rows.append(got)
+  rows = np.concatenate(rows)
+  if rows.max() >= vocab_size:
+    raise ValueError(f"held-out split: token id {int(rows.max())} >= vocab_size {vocab_size}")
+  rows = rows[np.random.default_rng(0).permutation(total)]  # every batch mixes the sources
+  rows = rows.reshape(num_batches, process_count, batch_size, window)[:, process_index]
+  return [{"input_ids": r} for r in rows]
 
 
 def _iterate(ds: grain.IterDataset, prefetch: int):

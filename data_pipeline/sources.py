@@ -403,6 +403,24 @@ class DocumentSource:
     return self.get(f, index - int(self._starts[f]))
 
 
+class DocumentSubset:
+  """The documents keep[f] (int64 indices, per file) of a document source: one side of a split.
+
+  Has the interface PackedStream reads (name, file_docs, get); document j of file f here is
+  document keep[f][j] of the underlying source.
+  """
+
+  def __init__(self, docs, keep: list[np.ndarray]):
+    self.docs, self.name, self._keep = docs, docs.name, keep
+    self.file_docs = np.array([len(k) for k in keep], dtype=np.int64)
+
+  def __len__(self) -> int:
+    return int(self.file_docs.sum())
+
+  def get(self, f: int, j: int):
+    return self.docs.get(f, int(self._keep[f][j]))
+
+
 class TfdsDocumentSource:
   """Documents of a prepared TFDS dataset (`tfds.data_source`, no TensorFlow, no download)."""
 
