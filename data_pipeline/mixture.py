@@ -14,6 +14,11 @@ How rows are drawn (the same for any number of processes):
   * Text sources (jsonl/parquet/ArrayRecord/TFDS documents) are packed on the fly by
     `sources.PackedStream`, which shards documents by process and keeps a small per-process
     state (epoch, document, offset).
+  * With data.heldout_fraction > 0, every source is first split (data_pipeline/heldout.py):
+    the numbering above runs over the training side only; `heldout_documents` and
+    `heldout_batches` read the other side.
+The data config is read once through `data_config` (DataConfig: every field and default);
+`validate_config`, `describe` and `build_train_iterator` are what an entry point calls.
 """
 
 from __future__ import annotations
@@ -317,14 +322,14 @@ def resolve_sources(cfg) -> tuple[str, Recipe | None, dict[str, SourceSpec]]:
   """(recipe name, recipe or None, {source: spec}) with data.drop_sources applied; cheap."""
   dc = data_config(cfg)
   name = mixture_name(dc)
+  if name != "custom" and dc.sources:
+    raise ValueError(f"data.sources is only read when data.mixture='custom' (mixture is "
+                     f"{name!r}); clear one of them")
   if name == "custom":
     recipe, raw = None, parse_sources(dc.sources)
   elif name == "all":
     recipe, raw = Recipe(name="all", natural_weights=True), directory_sources(dc.data_dir)
   else:
-    if dc.sources:
-      raise ValueError(f"data.sources is only read when data.mixture='custom' (mixture is "
-                       f"{name!r}); clear one of them")
     loaded = load_recipe(name, recipes_dir(dc))
     recipe, raw = _merge(Recipe, loaded, "recipe"), flatten_recipe(loaded, recipes_dir(dc))
   specs = {k: _merge(SourceSpec, v, f"data source {k!r}") for k, v in raw.items()}

@@ -4,9 +4,12 @@ Two kinds of source feed the mixture:
   * `TokenFileSource`: OLMo/Dolma pre-tokenized files; instance i is the i-th window of
     `window` consecutive tokens, cut per file exactly as OLMo's MemMapDataset cuts them
     (file by file, a tail shorter than the window is dropped). Implements Grain's
-    RandomAccessDataSource protocol (`len`, `[i]`) plus a vectorised `read(indices)`.
+    RandomAccessDataSource protocol (`len`, `[i]`) plus a vectorised `read(indices)`; every
+    read goes through `copy_into`, which the mixture calls to fill a batch in place.
   * `DocumentSource` / `TfdsDocumentSource`: documents (text or token ids) by index, packed
-    into windows by `PackedStream` (tokenise, append EOS per document, concatenate, split).
+    into windows by `PackedStream` (tokenise, append EOS per document, concatenate, split);
+    `DocumentSubset` is one side of a held-out split of either.
+Open files (memmaps, decoded document files) are held by one cache type, `OpenFiles`.
 
 The window length is a parameter: OLMo cuts windows of `max_sequence_length` tokens; the
 trainer here wants rows of L + 1 tokens (inputs [:, :-1], targets [:, 1:]), so the mixture
