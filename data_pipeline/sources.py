@@ -126,9 +126,6 @@ class OpenFiles:
       f = self._files[i] = self._open_fn(i)
     return f
 
-  def clear(self) -> None:
-    self._files.clear()
-
 
 class TokenFileSource:
   """OLMo token files as a random-access source of int32[window] instances.
@@ -185,9 +182,11 @@ class TokenFileSource:
     return self.read(np.array([index]))[0]
 
   def __getstate__(self):
-    state = self.__dict__.copy()
-    state["_memmap"] = OpenFiles(self._open, _MAX_OPEN_MEMMAPS)  # reopened lazily
-    return state
+    return {**self.__dict__, "_memmap": None}  # open files stay behind; reopened lazily
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._memmap = OpenFiles(self._open, _MAX_OPEN_MEMMAPS)
 
   def _open(self, f: int) -> np.ndarray:
     mm = np.memmap(self.paths[f], dtype=self._dtypes[f], mode="r", offset=self._offsets[f],
