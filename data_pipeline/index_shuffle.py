@@ -67,3 +67,12 @@ def permute(idx, n: int, seed: int) -> np.ndarray:
     x[todo[~done]] = y[~done]
     todo = todo[~done]
   return out.astype(np.int64).reshape(idx.shape)
+
+
+def uniform(idx, seed: int) -> np.ndarray:
+  """A seeded hash of each index as a float64 in [0, 1): the same (index, seed), the same value.
+
+  idx: int array -> float64, same shape.
+  """
+  z = np.asarray(idx, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(seed)
+  return (_mix64(z) >> np.uint64(11)).astype(np.float64) / float(1 << 53)

@@ -14,14 +14,21 @@ How rows are drawn (the same for any number of processes):
   * Text sources (jsonl/parquet/ArrayRecord/TFDS documents) are packed on the fly by
     `sources.PackedStream`, which shards documents by process and keeps a small per-process
     state (epoch, document, offset).
+  * With data.heldout_fraction > 0, every source is first split (data_pipeline/heldout.py):
+    the numbering above runs over the training side only; `heldout_documents` and
+    `heldout_batches` read the other side.
+The data config is read once through `data_config` (DataConfig: every field and default);
+`validate_config`, `describe` and `build_train_iterator` are what an entry point calls.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import glob
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -33,7 +40,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from data_pipeline import index_shuffle
+from data_pipeline import heldout, index_shuffle
 from data_pipeline import sources as sources_lib
 
 BLOCK = 8192  # rows per exact-proportion block
@@ -43,17 +50,23 @@ SOURCE_KINDS = ("tokens", "text", "array_record", "tfds")
 _REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """The `config.data` subtree.
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The `config.data` subtree: its fields and defaults, written once.
+
+  `default_config()` is this as a ConfigDict; `data_config(cfg)` merges a user's subtree
+  over it (unknown keys are an error) and is what every function here reads.
 
   Fields:
-    mixture: 'synthetic' (a repetitive token stream, no files), a recipe name from
-      `recipes_dir` (e.g. 'sample', 'dolma17', 'dolma17-75p-DCLM-baseline-25p'), a path to a
-      recipe .py file, or 'custom' (the sources in `sources`).
-    data_dir: root of all relative source paths; the sample corpus is built under it.
+    mixture: 'auto' (the default: 'all' when a data_dir is given, else 'synthetic'), 'all'
+      (every token file under data_dir, one source per directory, weighted by its tokens),
+      'synthetic' (a repetitive token stream, no files; an error with a data_dir), a recipe
+      name from `recipes_dir` (e.g. 'sample', 'dolma17', 'dolma17-75p-DCLM-baseline-25p'),
+      a path to a recipe .py file, or 'custom' (the sources in `sources`).
+    data_dir: root of all relative source paths ('' : none given; recipes then read under
+      ./data); the sample corpus is built under it.
     seed: mixing/shuffling seed; -1 means train.seed. The caller resolves it and passes
-      `seed` to build_train_iterator, which uses that argument (so a held-out stream can ask
-      for another seed over the same config).
+      `seed` to build_train_iterator, which uses that argument.
     sources: only for mixture='custom': comma-separated `name=glob[|glob][@weight]`; the kind
       follows the extension (.jsonl[.gz|.zst]/.parquet: text, .array_record: documents,
       else token files), 'tfds:NAME:SPLIT' names a prepared TFDS dataset under data_dir.
@@ -64,25 +77,105 @@ def default_config() -> ml_collections.ConfigDict:
     prefetch: batches prepared ahead in a background thread (0: none).
     max_epochs: stop (StopIteration) before any source starts this epoch; 0: never stop.
     recipes_dir: where recipe files live; '' means <repo>/configs/data_configs.
+    heldout_fraction: the fraction of each source's documents held out of training for
+      evaluation (data_pipeline/heldout.py; the in-loop loss reads them). 0 (the default)
+      reads every document, as OLMo's trainer does, and keeps earlier runs' batches.
   """
-  c = ml_collections.ConfigDict()
-  c.mixture = "synthetic"
-  c.data_dir = "data"
-  c.seed = -1
-  c.sources = ""
-  c.drop_sources = ""
-  c.tokenizer = "olmo"
-  c.token_dtype = "uint16"
-  c.shuffle = True
-  c.prefetch = 2
-  c.max_epochs = 0
-  c.recipes_dir = ""
-  return c
+  mixture: str = "auto"
+  data_dir: str = ""
+  seed: int = -1
+  sources: str = ""
+  drop_sources: str = ""
+  tokenizer: str = "olmo"
+  token_dtype: str = "uint16"
+  shuffle: bool = True
+  prefetch: int = 2
+  max_epochs: int = 0
+  recipes_dir: str = ""
+  heldout_fraction: float = 0.0
+
+  @property
+  def root(self) -> str:
+    """The directory relative source paths start from."""
+    return self.data_dir or "data"
 
 
-def _get(cfg, key, default):
-  """cfg.key, tolerating configs made before a field existed (old checkpoints, trainer tests)."""
-  return cfg[key] if cfg is not None and key in cfg else default
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+  """One source of a recipe, with its defaults (recipe files give only what differs).
+
+  kind: one of SOURCE_KINDS; paths: globs relative to data_dir, '|'-separated; weight: share
+  of rows (by tokens). dtype (tokens; '' means data.token_dtype), field / record_format (text,
+  array_record), tfds_name / split / feature (tfds), recipe (a nested recipe weighted as a
+  whole), curation (how data_pipeline.curation made the files; not read here).
+  """
+  kind: str = "tokens"
+  paths: str = ""
+  weight: float = 1.0
+  dtype: str = ""
+  field: str = "text"
+  record_format: str = "text"
+  tfds_name: str = ""
+  split: str = "train"
+  feature: str = "text"
+  recipe: str = ""
+  curation: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A recipe file's fields with their defaults: `base` recipe, minus `drop`, plus `sources`;
+  `natural_weights` weights token-file sources by their tokens on disk; `builder` names what
+  writes the files on first use ('sample_corpus')."""
+  name: str = "?"
+  description: str = ""
+  base: str = ""
+  drop: Any = ()
+  sources: Any = None
+  natural_weights: bool = False
+  builder: str = ""
+
+
+def _merge(cls, given, where: str):
+  """`cls` with the fields of `given` (a mapping or None) over its defaults; an unknown key
+  raises naming it."""
+  given = {} if given is None else dict(given.items())
+  known = [f.name for f in dataclasses.fields(cls)]
+  for key in given:
+    if key not in known:
+      raise ValueError(f"{where}.{key} is not a known field; known: {', '.join(known)}")
+  return cls(**given)
+
+
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def data_config(cfg) -> DataConfig:
+  """`config.data` (a ConfigDict, a dict, None or a DataConfig) merged over the defaults.
+
+  Raises ValueError naming an unknown key or a value of the wrong type.
+  """
+  if isinstance(cfg, DataConfig):
+    return cfg
+  dc = _merge(DataConfig, cfg, "data")
+  for f in dataclasses.fields(DataConfig):
+    v = getattr(dc, f.name)
+    if not isinstance(v, _TYPES[f.type]) or (f.type != "bool" and isinstance(v, bool)):
+      raise ValueError(f"data.{f.name}={v!r} must be a {f.type}")
+  return dc
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The `config.data` subtree with every field at its default (see DataConfig)."""
+  return ml_collections.ConfigDict(dataclasses.asdict(DataConfig()))
+
+
+def mixture_name(cfg) -> str:
+  """What a data config trains on: data.mixture with 'auto' resolved ('all' or 'synthetic')."""
+  dc = data_config(cfg)
+  if dc.mixture == "auto":
+    return "all" if dc.data_dir else "synthetic"
+  return dc.mixture
 
 
 # ------------------------------------------------------------------------------------------
@@ -90,7 +183,8 @@ def _get(cfg, key, default):
 
 
 def recipes_dir(cfg) -> str:
-  return _get(cfg, "recipes_dir", "") or os.path.join(_REPO_DIR, "configs", "data_configs")
+  """Where recipe files live for a data config (or None: the repository's)."""
+  return data_config(cfg).recipes_dir or os.path.join(_REPO_DIR, "configs", "data_configs")
 
 
 def _load_module(path: str):
@@ -129,7 +223,8 @@ def load_recipe(name: str, directory: str) -> ml_collections.ConfigDict:
     module = _load_module(path)
     if hasattr(module, "recipe_names") and name in module.recipe_names():
       return module.get_config(name)
-  raise ValueError(f"data.mixture={name!r} is not a known recipe; known: synthetic, custom, "
+  raise ValueError(f"data.mixture={name!r} is not a known recipe; known: auto, all, synthetic, "
+                   f"custom, "
                    f"{', '.join(known_recipes(directory))} (recipes live in {directory})")
 
 
@@ -140,10 +235,8 @@ def source_spec(kind: str = "tokens", paths: str = "", weight: float = 1.0,
   Extra fields: dtype (tokens), field / record_format (text, array_record), tfds_name, split,
   feature (tfds), recipe (a nested recipe weighted as a whole).
   """
-  c = ml_collections.ConfigDict()
-  c.kind, c.paths, c.weight = kind, paths, float(weight)
-  for k, v in extra.items():
-    c[k] = v
+  c = ml_collections.ConfigDict({"kind": kind, "paths": paths, "weight": float(weight), **extra})
+  _merge(SourceSpec, c, "source")  # an unknown extra field fails here, naming it
   return c
 
 
@@ -184,21 +277,21 @@ def flatten_recipe(recipe, directory: str, _seen=()) -> dict[str, ml_collections
   """{source name: spec with its absolute weight} of a recipe: `base` recipe, minus `drop`,
   plus `sources` (a source with `recipe` expands to that recipe's sources scaled by its weight).
   """
-  name = _get(recipe, "name", "?")
+  r = _merge(Recipe, recipe, "recipe")
+  name = r.name
   if name in _seen:
     raise ValueError(f"recipe {name!r} includes itself via {' -> '.join(_seen)}")
   out: dict[str, Any] = {}
-  base = _get(recipe, "base", "")
-  if base:
-    out.update(flatten_recipe(load_recipe(base, directory), directory, _seen + (name,)))
-  for dropped in _get(recipe, "drop", []):
+  if r.base:
+    out.update(flatten_recipe(load_recipe(r.base, directory), directory, _seen + (name,)))
+  for dropped in r.drop:
     if dropped not in out:
       raise ValueError(f"recipe {name!r} drops unknown source {dropped!r}; "
-                       f"its base {base!r} has {sorted(out)}")
+                       f"its base {r.base!r} has {sorted(out)}")
     del out[dropped]
-  for src_name, spec in _get(recipe, "sources", {}).items():
+  for src_name, spec in (r.sources or {}).items():
+    nested = _merge(SourceSpec, spec, f"recipe {name!r} source {src_name!r}").recipe
     _check_weight(spec.weight, f"recipe {name!r} source {src_name!r}")
-    nested = _get(spec, "recipe", "")
     if nested:
       sub = flatten_recipe(load_recipe(nested, directory), directory, _seen + (name,))
       total = sum(s.weight for s in sub.values())
@@ -225,19 +318,22 @@ def _check_weight(w, where: str) -> None:
     raise ValueError(f"{where}: weight must be a finite number >= 0, got {w!r}")
 
 
-def resolve_sources(cfg) -> tuple[str, ml_collections.ConfigDict | None, dict]:
+def resolve_sources(cfg) -> tuple[str, Recipe | None, dict[str, SourceSpec]]:
   """(recipe name, recipe or None, {source: spec}) with data.drop_sources applied; cheap."""
-  name = cfg.mixture
+  dc = data_config(cfg)
+  name = mixture_name(dc)
+  if name != "custom" and dc.sources:
+    raise ValueError(f"data.sources is only read when data.mixture='custom' (mixture is "
+                     f"{name!r}); clear one of them")
   if name == "custom":
-    recipe = None
-    specs = parse_sources(cfg.sources)
+    recipe, raw = None, parse_sources(dc.sources)
+  elif name == "all":
+    recipe, raw = Recipe(name="all", natural_weights=True), directory_sources(dc.data_dir)
   else:
-    if _get(cfg, "sources", ""):
-      raise ValueError(f"data.sources is only read when data.mixture='custom' (mixture is "
-                       f"{name!r}); clear one of them")
-    recipe = load_recipe(name, recipes_dir(cfg))
-    specs = flatten_recipe(recipe, recipes_dir(cfg))
-  for dropped in [d.strip() for d in _get(cfg, "drop_sources", "").split(",") if d.strip()]:
+    loaded = load_recipe(name, recipes_dir(dc))
+    recipe, raw = _merge(Recipe, loaded, "recipe"), flatten_recipe(loaded, recipes_dir(dc))
+  specs = {k: _merge(SourceSpec, v, f"data source {k!r}") for k, v in raw.items()}
+  for dropped in [d.strip() for d in dc.drop_sources.split(",") if d.strip()]:
     if dropped not in specs:
       raise ValueError(f"data.drop_sources: unknown source {dropped!r}; {name!r} has "
                        f"{sorted(specs)}")
@@ -246,32 +342,56 @@ def resolve_sources(cfg) -> tuple[str, ml_collections.ConfigDict | None, dict]:
     _check_weight(spec.weight, f"data source {src_name!r}")
   if not specs:
     raise ValueError(f"data.mixture={name!r} has no sources left")
-  if not _get(recipe, "natural_weights", False):
-    if sum(spec.weight for spec in specs.values()) <= 0:
-      raise ValueError(f"data.mixture={name!r}: all source weights are zero "
-                       f"({ {k: v.weight for k, v in specs.items()} })")
+  if not _natural(recipe) and sum(spec.weight for spec in specs.values()) <= 0:
+    raise ValueError(f"data.mixture={name!r}: all source weights are zero "
+                     f"({ {k: v.weight for k, v in specs.items()} })")
   return name, recipe, dict(sorted(specs.items()))
 
 
-def _corpus_pending(cfg, recipe) -> bool:
+def directory_sources(data_dir: str) -> dict[str, ml_collections.ConfigDict]:
+  """{source: spec} of every token file (*.npy) under data_dir: one source per directory,
+  named by its path under data_dir. Raises naming data_dir if it is missing or holds none."""
+  if not data_dir:
+    raise ValueError("data.mixture='all' reads every token file under data.data_dir; "
+                     "give data.data_dir")
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(f"data.data_dir={data_dir}: no such directory")
+  files = [f for f in glob.glob(os.path.join(glob.escape(data_dir), "**", "*.npy"),
+                                recursive=True) if ".tmp" not in os.path.basename(f)]
+  if not files:
+    raise ValueError(f"data.data_dir={data_dir} holds no token files (*.npy, searched "
+                     "recursively); tokenize text into it with `python -m "
+                     "data_pipeline.tokenize`, or name a recipe with data.mixture")
+  out = {}
+  for directory in sorted({os.path.dirname(f) for f in files}):
+    rel = os.path.relpath(directory, data_dir)
+    name = os.path.basename(os.path.abspath(data_dir)) if rel == "." else rel
+    out[name] = source_spec("tokens", os.path.join(glob.escape(rel), "*.npy"), 1.0)
+  return out
+
+
+def _natural(recipe: Recipe | None) -> bool:
+  return recipe is not None and recipe.natural_weights
+
+
+def _corpus_pending(dc: DataConfig, recipe: Recipe | None) -> bool:
   """True when the recipe's files are built on first use and are not built yet."""
-  builder = _get(recipe, "builder", "") if recipe is not None else ""
-  if not builder:
+  if recipe is None or not recipe.builder:
     return False
-  if builder != "sample_corpus":
-    raise ValueError(f"recipe {cfg.mixture!r}: unknown builder {builder!r}")
+  if recipe.builder != "sample_corpus":
+    raise ValueError(f"recipe {recipe.name!r}: unknown builder {recipe.builder!r}")
   from data_pipeline import sample_corpus  # deferred: only for the embedded corpus
-  return not sample_corpus.is_built(cfg.data_dir)
+  return not sample_corpus.is_built(dc.root)
 
 
-def _check_files(name: str, spec, cfg) -> list[str]:
+def _check_files(name: str, spec: SourceSpec, dc: DataConfig) -> list[str]:
   """Resolved files of a source, each checked cheaply (exists, non-empty, dtype-aligned)."""
   if spec.kind == "tfds":
     return []
-  files = sources_lib.resolve_paths(spec.paths, cfg.data_dir, f"data source {name!r}")
+  files = sources_lib.resolve_paths(spec.paths, dc.root, f"data source {name!r}")
   for path in files:
     if spec.kind == "tokens":
-      sources_lib.token_file_layout(path, _get(spec, "dtype", _get(cfg, "token_dtype", "uint16")))
+      sources_lib.token_file_layout(path, spec.dtype or dc.token_dtype)
     elif os.path.getsize(path) == 0:
       raise ValueError(f"data source {name!r}: file is empty: {path}")
   return files
@@ -282,20 +402,27 @@ def validate_config(cfg, vocab_size: int) -> None:
 
   Cheap (stats files, reads .npy headers); runs before any expensive work.
   """
-  if cfg.mixture == "synthetic":
+  dc = data_config(cfg)
+  if not 0 <= dc.heldout_fraction < 1:
+    raise ValueError(f"data.heldout_fraction={dc.heldout_fraction} must be in [0, 1)")
+  if mixture_name(dc) == "synthetic":
+    if dc.data_dir:
+      raise ValueError(f"data.mixture='synthetic' reads no files, but data.data_dir="
+                       f"{dc.data_dir} is given; leave data.mixture unset to train on every "
+                       "token file under it, name a recipe, or drop the data directory")
     return
   if not isinstance(vocab_size, int) or vocab_size <= 0:
     raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-  if _get(cfg, "token_dtype", "uint16") not in sources_lib.TOKEN_DTYPES:
+  if dc.token_dtype not in sources_lib.TOKEN_DTYPES:
     raise ValueError(f"data.token_dtype must be one of {sources_lib.TOKEN_DTYPES}")
-  if _get(cfg, "prefetch", 0) < 0 or _get(cfg, "max_epochs", 0) < 0:
+  if dc.prefetch < 0 or dc.max_epochs < 0:
     raise ValueError("data.prefetch and data.max_epochs must be >= 0")
-  _, recipe, specs = resolve_sources(cfg)
-  if _corpus_pending(cfg, recipe):
+  _, recipe, specs = resolve_sources(dc)
+  if _corpus_pending(dc, recipe):
     return  # its files are written by build_train_iterator
   for name, spec in specs.items():
-    if spec.weight > 0 or _get(recipe, "natural_weights", False):
-      _check_files(name, spec, cfg)
+    if spec.weight > 0 or _natural(recipe):
+      _check_files(name, spec, dc)
 
 
 # ------------------------------------------------------------------------------------------
@@ -395,15 +522,13 @@ class Mixer:
         out[rows] = src.take(rows.size)
         if self.max_epochs and src.get_state()["epoch"] >= self.max_epochs:
           raise StopIteration
-      elif rows.size == self.B:
-        src.read(instances, out=out, check=False)
       else:
-        src.read(instances[rows], out=out, rows=rows, check=False)
-    if out.max() >= self.vocab_size:
+        src.copy_into(instances[rows], out, rows.tolist())
+    if out.max() >= self.vocab_size:  # one check for the whole batch
       row = int(np.argmax(out.max(axis=1) >= self.vocab_size))
       src = self.srcs[labels[row]]
       if not _is_stream(src):
-        src.read(instances[row:row + 1])  # raises naming the file and token range
+        src.check_ids(out[row:row + 1], instances[row:row + 1])  # names the file and range
       raise ValueError(f"source {self.names[labels[row]]!r}: token id {int(out[row].max())} "
                        f">= vocab_size {self.vocab_size}")
     return out
@@ -463,29 +588,120 @@ class MixtureDataset(grain.IterDataset):
 
 def build_sources(cfg, specs: dict, *, window: int, seed: int, vocab_size: int,
                   process_index: int, process_count: int) -> list:
-  """Source objects (TokenFileSource or PackedStream) in the order of `specs`."""
+  """Source objects (TokenFileSource or PackedStream) in the order of `specs`: the training
+  side of the held-out split."""
+  dc = data_config(cfg)
   out = []
-  shuffle = bool(_get(cfg, "shuffle", True))
   for name, spec in specs.items():
-    files = _check_files(name, spec, cfg)
+    files = _check_files(name, spec, dc)
     if spec.kind == "tokens":
       out.append(sources_lib.TokenFileSource(
-          files, window, _get(spec, "dtype", _get(cfg, "token_dtype", "uint16")),
-          vocab_size=vocab_size, name=name))
+          files, window, spec.dtype or dc.token_dtype, vocab_size=vocab_size, name=name,
+          exclude=_heldout_spans(spec, files, dc) if dc.heldout_fraction > 0 else None))
       continue
-    if spec.kind == "tfds":
-      docs = sources_lib.TfdsDocumentSource(
-          spec.tfds_name, _get(spec, "split", "train"), cfg.data_dir,
-          feature=_get(spec, "feature", "text"),
-          record_format=_get(spec, "record_format", "text"), source_name=name)
-    else:
-      docs = sources_lib.DocumentSource(files, name=name, field=_get(spec, "field", "text"),
-                                        record_format=_get(spec, "record_format", "text"))
+    docs = _document_source(name, spec, files, dc)
+    if dc.heldout_fraction > 0:
+      keep = [np.flatnonzero(~m) for m in _heldout_masks(docs, spec, files, dc)]
+      docs = sources_lib.DocumentSubset(docs, keep)
     out.append(sources_lib.PackedStream(
-        docs, window=window, seed=seed, shuffle=shuffle, tokenizer=_get(cfg, "tokenizer", "olmo"),
+        docs, window=window, seed=seed, shuffle=dc.shuffle, tokenizer=dc.tokenizer,
         vocab_size=vocab_size, process_index=process_index, process_count=process_count,
         name=name))
   return out
+
+
+def _document_source(name: str, spec: SourceSpec, files: list[str], dc: DataConfig):
+  if spec.kind == "tfds":
+    return sources_lib.TfdsDocumentSource(
+        spec.tfds_name, spec.split, dc.root, feature=spec.feature,
+        record_format=spec.record_format, source_name=name)
+  return sources_lib.DocumentSource(files, name=name, field=spec.field,
+                                    record_format=spec.record_format)
+
+
+def _heldout_spans(spec: SourceSpec, files: list[str], dc: DataConfig) -> list:
+  """Held-out token spans of each token file of a source."""
+  return [heldout.token_spans(heldout.open_tokens(p, spec.dtype or dc.token_dtype),
+                              heldout.file_key(p, dc.root), dc.heldout_fraction) for p in files]
+
+
+def _heldout_masks(docs, spec: SourceSpec, files: list[str], dc: DataConfig) -> list:
+  """bool[documents] per file of a document source: held out or not."""
+  keys = ([f"tfds:{spec.tfds_name}:{spec.split}"] if spec.kind == "tfds"
+          else [heldout.file_key(p, dc.root) for p in files])
+  return [heldout.held_out(k, int(n), dc.heldout_fraction) for k, n in zip(keys, docs.file_docs)]
+
+
+def _source_heldout(name: str, spec: SourceSpec, dc: DataConfig):
+  """The held-out documents of one source (EvalDocuments), file by file, in file order."""
+  files = _check_files(name, spec, dc)
+  if spec.kind == "tokens":
+    dtype = spec.dtype or dc.token_dtype
+    for path, spans in zip(files, _heldout_spans(spec, files, dc)):
+      yield from heldout.token_file_documents(path, name, spans, dtype)
+    return
+  docs = _document_source(name, spec, files, dc)
+  held = [np.flatnonzero(m) for m in _heldout_masks(docs, spec, files, dc)]
+  yield from heldout.text_documents(
+      (docs.get(f, j) for f, idx in enumerate(held) for j in idx.tolist()), name, dc.tokenizer)
+
+
+def _used_sources(cfg) -> tuple[DataConfig, str, Recipe | None, dict, dict]:
+  """(data config, mixture name, recipe, {source: spec}, {source: files}) of the sources a
+  run reads (weight > 0, or all of a natural_weights recipe)."""
+  dc = data_config(cfg)
+  name, recipe, specs = resolve_sources(dc)
+  specs = {k: v for k, v in specs.items() if _natural(recipe) or v.weight > 0}
+  return dc, name, recipe, specs, {k: _check_files(k, v, dc) for k, v in specs.items()}
+
+
+def _disk_tokens(specs: dict, files: dict, dc: DataConfig) -> list:
+  """Tokens in each source's files (None for text sources), from file headers and sizes."""
+  return [sum(sources_lib.token_file_layout(f, v.dtype or dc.token_dtype)[2] for f in files[k])
+          if v.kind == "tokens" else None for k, v in specs.items()]
+
+
+def _weights(recipe: Recipe | None, specs: dict, tokens: list) -> list[float]:
+  """Mixing weights: the recipe's, or `tokens` on disk (None: a text source) for
+  natural_weights recipes."""
+  if not _natural(recipe):
+    return [v.weight for v in specs.values()]
+  if any(t is None for t in tokens):
+    raise ValueError(f"recipe {recipe.name!r}: natural_weights needs token-file sources only")
+  return [float(t) for t in tokens]
+
+
+def describe(cfg) -> str:
+  """The start-up table of what a data config trains on: per source its kind, files, tokens
+  on disk (token files) and realised weight. Cheap (file headers only)."""
+  dc = data_config(cfg)
+  name = mixture_name(dc)
+  if name == "synthetic":
+    return "data: the synthetic token stream (no files)"
+  head = f"data: mixture {name!r} under {dc.root}"
+  if _corpus_pending(dc, resolve_sources(dc)[1]):
+    return f"{head}: built on first use"
+  _, _, recipe, specs, files = _used_sources(dc)
+  tokens = _disk_tokens(specs, files, dc)
+  weights = np.asarray(_weights(recipe, specs, tokens))
+  width = max(len(k) for k in ["source", *specs])
+  lines = [f"{head} ({'weights by tokens' if _natural(recipe) else 'recipe weights'})",
+           f"  {'source':<{width}}  {'kind':<12} {'files':>6} {'tokens':>16} {'weight':>7}"]
+  for (k, v), t, w in zip(specs.items(), tokens, weights / weights.sum()):
+    t = "-" if t is None else f"{t:,}"
+    lines.append(f"  {k:<{width}}  {v.kind:<12} {len(files[k]):>6} {t:>16} {w:>7.4f}")
+  known = sum(t for t in tokens if t is not None)
+  lines.append(f"  {'total':<{width}}  {'':<12} {sum(map(len, files.values())):>6} "
+               f"{known:>16,} {1:>7.4f}")
+  if dc.heldout_fraction > 0:
+    lines.append(f"  held out of training for evaluation: {dc.heldout_fraction:g} of each "
+                 "source's documents (data.heldout_fraction)")
+  return "\n".join(lines)
+
+
+def _size(src) -> int:
+  """Instances (token files) or documents (text sources) of a built source."""
+  return len(src.docs) if _is_stream(src) else src.num_instances
 
 
 def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab_size: int,
@@ -496,53 +712,99 @@ def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab
   The iterator has get_state()/set_state() (a JSON-serialisable dict). For token-file
   mixtures the state is the same on every process; with text sources it is per process.
   """
-  validate_config(cfg, vocab_size)
-  if cfg.mixture == "synthetic":
+  dc = data_config(cfg)
+  validate_config(dc, vocab_size)
+  if mixture_name(dc) == "synthetic":
     return SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed,
                              vocab_size=vocab_size, process_index=process_index,
                              process_count=process_count)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  name, recipe, specs = resolve_sources(cfg)
-  if _corpus_pending(cfg, recipe):
+  name, recipe, specs = resolve_sources(dc)
+  if _corpus_pending(dc, recipe):
     from data_pipeline import sample_corpus
-    sample_corpus.build(cfg.data_dir, tokenizer=_get(cfg, "tokenizer", "olmo"))
+    sample_corpus.build(dc.root, tokenizer=dc.tokenizer)
   window = seq_len + 1
-  natural = _get(recipe, "natural_weights", False)
-  specs = {k: v for k, v in specs.items() if natural or v.weight > 0}
-  srcs = build_sources(cfg, specs, window=window, seed=seed, vocab_size=vocab_size,
+  specs = {k: v for k, v in specs.items() if _natural(recipe) or v.weight > 0}
+  srcs = build_sources(dc, specs, window=window, seed=seed, vocab_size=vocab_size,
                        process_index=process_index, process_count=process_count)
-  if natural:
-    if not all(isinstance(s, sources_lib.TokenFileSource) for s in srcs):
-      raise ValueError(f"recipe {name!r}: natural_weights needs token-file sources only")
-    weights = [float(s.num_tokens) for s in srcs]
-  else:
-    weights = [v.weight for v in specs.values()]
+  weights = _weights(recipe, specs, [None if _is_stream(s) else s.num_tokens for s in srcs])
   for n, w, s in zip(specs, weights, srcs):
-    size = (f"{s.num_instances} windows" if isinstance(s, sources_lib.TokenFileSource)
-            else f"{len(s.docs)} documents")
-    logging.info("data source %s: weight %.4f, %s of %d tokens", n, w / sum(weights), size, window)
+    logging.info("data source %s: weight %.4f, %d %s of %d tokens", n, w / sum(weights),
+                 _size(s), "documents" if _is_stream(s) else "windows", window)
   mixer = Mixer(list(specs), weights, srcs, batch_size=batch_size, seed=seed,
-                shuffle=bool(_get(cfg, "shuffle", True)), process_index=process_index,
-                process_count=process_count, vocab_size=vocab_size,
-                max_epochs=int(_get(cfg, "max_epochs", 0)))
+                shuffle=dc.shuffle, process_index=process_index, process_count=process_count,
+                vocab_size=vocab_size, max_epochs=dc.max_epochs)
   fingerprint = {
       "mixture": name, "seed": seed, "window": window, "batch_size": batch_size,
       "process_count": process_count, "shuffle": mixer.shuffle, "block": BLOCK,
-      "sources": {n: [round(float(w), 12), (s.num_instances if not _is_stream(s)
-                                            else len(s.docs))]
-                  for n, w, s in zip(specs, weights, srcs)},
+      "sources": {n: [round(float(w), 12), _size(s)] for n, w, s in zip(specs, weights, srcs)},
   }
   if mixer.streams:
     fingerprint["process_index"] = process_index  # text stream positions are per process
-  ds = MixtureDataset(mixer, fingerprint)
-  prefetch = int(_get(cfg, "prefetch", 2))
-  if prefetch:
-    ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
-  it = iter(ds)
-  if prefetch:
-    # Stop the prefetch thread before interpreter teardown, when its queue module is gone.
-    atexit.register(_close_quietly, weakref.ref(it))
+  if dc.heldout_fraction > 0:
+    fingerprint["heldout"] = [dc.heldout_fraction, heldout.CHUNK_TOKENS]
+  return _iterate(MixtureDataset(mixer, fingerprint), dc.prefetch)
+
+
+def heldout_documents(cfg, start: int = 0):
+  """The held-out documents of every source a run reads (heldout.EvalDocument), source by
+  source in name order, file by file; the same on every call. `start` skips that many (resume).
+  """
+  dc = data_config(cfg)
+  if dc.heldout_fraction <= 0 or mixture_name(dc) == "synthetic":
+    raise ValueError("there is no held-out split: set data.heldout_fraction > 0 (e.g. 0.01) "
+                     "over a mixture of files")
+  _, _, _, specs, _ = _used_sources(dc)
+  docs = (d for name, spec in specs.items() for d in _source_heldout(name, spec, dc))
+  return itertools.islice(docs, start, None)
+
+
+def heldout_batches(cfg, num_batches: int, *, seq_len: int, batch_size: int, seed: int,
+                    vocab_size: int, process_index: int = 0, process_count: int = 1) -> list:
+  """`num_batches` batches {"input_ids": int32[batch_size, seq_len + 1]} of held-out documents
+  for THIS process (the in-loop evaluation loss).
+
+  Each global batch holds the sources in the mixture's proportions (largest remainder over
+  all rows); a source's rows are its held-out documents packed in order, so the batches are
+  the same for every seed, and for any split of the batch over processes. The synthetic
+  stream has no documents: it gives batches of another seed (`seed` is read only there).
+  """
+  dc = data_config(cfg)
+  if mixture_name(dc) == "synthetic":
+    it = SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed + 1_000_003,
+                           vocab_size=vocab_size, process_index=process_index,
+                           process_count=process_count)
+    return [next(it) for _ in range(num_batches)]
+  if dc.heldout_fraction <= 0:
+    raise ValueError("the held-out loss reads the held-out split of each source, and "
+                     "data.heldout_fraction is 0; set it (e.g. 0.01) or set eval.every=0")
+  _, _, recipe, specs, files = _used_sources(dc)
+  weights = np.asarray(_weights(recipe, specs, _disk_tokens(specs, files, dc)))
+  window, total = seq_len + 1, num_batches * batch_size * process_count
+  rows = []
+  for (name, spec), n in zip(specs.items(), largest_remainder(weights, total).tolist()):
+    got = heldout.pack(_source_heldout(name, spec, dc), window, n)
+    if len(got) < n:
+      raise ValueError(f"source {name!r}: its held-out split holds {len(got)} windows of "
+                       f"{window} tokens, the held-out loss needs {n}; raise "
+                       "data.heldout_fraction or lower eval.batches")
+    rows.append(got)
+  rows = np.concatenate(rows)
+  if rows.max() >= vocab_size:
+    raise ValueError(f"held-out split: token id {int(rows.max())} >= vocab_size {vocab_size}")
+  rows = rows[np.random.default_rng(0).permutation(total)]  # every batch mixes the sources
+  rows = rows.reshape(num_batches, process_count, batch_size, window)[:, process_index]
+  return [{"input_ids": r} for r in rows]
+
+
+def _iterate(ds: grain.IterDataset, prefetch: int):
+  """iter(ds), with `prefetch` batches prepared ahead in a background thread."""
+  if not prefetch:
+    return iter(ds)
+  it = iter(grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch))
+  # Stop the prefetch thread before interpreter teardown, when its queue module is gone.
+  atexit.register(_close_quietly, weakref.ref(it))
   return it
 
 

@@ -4,9 +4,12 @@ Two kinds of source feed the mixture:
   * `TokenFileSource`: OLMo/Dolma pre-tokenized files; instance i is the i-th window of
     `window` consecutive tokens, cut per file exactly as OLMo's MemMapDataset cuts them
     (file by file, a tail shorter than the window is dropped). Implements Grain's
-    RandomAccessDataSource protocol (`len`, `[i]`) plus a vectorised `read(indices)`.
+    RandomAccessDataSource protocol (`len`, `[i]`) plus a vectorised `read(indices)`; every
+    read goes through `copy_into`, which the mixture calls to fill a batch in place.
   * `DocumentSource` / `TfdsDocumentSource`: documents (text or token ids) by index, packed
-    into windows by `PackedStream` (tokenise, append EOS per document, concatenate, split).
+    into windows by `PackedStream` (tokenise, append EOS per document, concatenate, split);
+    `DocumentSubset` is one side of a held-out split of either.
+Open files (memmaps, decoded document files) are held by one cache type, `OpenFiles`.
 
 The window length is a parameter: OLMo cuts windows of `max_sequence_length` tokens; the
 trainer here wants rows of L + 1 tokens (inputs [:, :-1], targets [:, 1:]), so the mixture
@@ -16,7 +19,6 @@ Every error names the file or source; nothing is silently skipped.
 
 from __future__ import annotations
 
-import collections
 import glob
 import gzip
 import json
@@ -104,14 +106,38 @@ def token_file_layout(path: str, dtype: str = "uint16") -> tuple[np.dtype, int, 
   return np_dtype, 0, size // np_dtype.itemsize
 
 
+class OpenFiles:
+  """At most `capacity` opened files by index; `open_fn(i)` opens a missing one.
+
+  The one file cache of the sources. When full, the file opened first is closed: training
+  reads are uniformly random over a shuffled corpus, where least-recently-opened evicts as
+  well as least-recently-used and costs one dict lookup per read.
+  """
+
+  def __init__(self, open_fn, capacity: int):
+    self._open_fn, self._capacity = open_fn, capacity
+    self._files: dict = {}
+
+  def __call__(self, i: int):
+    f = self._files.get(i)
+    if f is None:
+      if len(self._files) >= self._capacity:
+        del self._files[next(iter(self._files))]
+      f = self._files[i] = self._open_fn(i)
+    return f
+
+
 class TokenFileSource:
   """OLMo token files as a random-access source of int32[window] instances.
 
   Instance order is file by file, window by window, as OLMo's MemMapDataset numbers them.
+  `exclude` (per file, sorted disjoint token spans [start, end)) removes every window that
+  overlaps a span from the numbering: the held-out split of the source.
   """
 
   def __init__(self, paths: list[str], window: int, dtype: str = "uint16",
-               vocab_size: int | None = None, name: str = "tokens"):
+               vocab_size: int | None = None, name: str = "tokens",
+               exclude: list[list[tuple[int, int]]] | None = None):
     if window < 1:
       raise ValueError(f"{name}: window must be >= 1, got {window}")
     self.name, self.window, self.vocab_size = name, int(window), vocab_size
@@ -120,20 +146,32 @@ class TokenFileSource:
     self._dtypes = [l[0] for l in layouts]
     self._offsets = [l[1] for l in layouts]
     self.file_tokens = np.array([l[2] for l in layouts], dtype=np.int64)
-    self.file_instances = self.file_tokens // self.window
-    # starts[f] = index of file f's first instance; searchsorted on it maps index -> file.
-    self._starts = np.concatenate([[0], np.cumsum(self.file_instances)]).astype(np.int64)
-    self.num_instances = int(self._starts[-1])
+    self._runs(exclude or [[] for _ in self.paths])
     if self.num_instances == 0:
       raise ValueError(f"source {name!r}: {int(self.file_tokens.sum())} tokens in "
-                       f"{len(self.paths)} file(s), fewer than one window of {window}")
-    self._memmaps: collections.OrderedDict = collections.OrderedDict()
-    # Direct list lookup on the hot path when all files can stay open.
-    self._mm_list = [None] * len(self.paths) if len(self.paths) <= _MAX_OPEN_MEMMAPS else None
+                       f"{len(self.paths)} file(s), fewer than one window of {window}"
+                       + (" outside the held-out split" if exclude else ""))
+    self._memmap = OpenFiles(self._open, _MAX_OPEN_MEMMAPS)
+
+  def _runs(self, exclude) -> None:
+    """Instance numbering as runs of consecutive windows: run r holds instances
+    [run_start[r], run_start[r + 1]) = windows run_window[r]... of file run_file[r]."""
+    files, windows, counts = [], [], []
+    for f, spans in enumerate(exclude):
+      n_windows = int(self.file_tokens[f]) // self.window
+      first = 0
+      for a, b in list(spans) + [(n_windows * self.window, n_windows * self.window)]:
+        last = min(a // self.window, n_windows)  # windows [first, last) end by token a
+        files.append(f), windows.append(first), counts.append(max(last - first, 0))
+        first = max(first, -(-b // self.window))  # the first window starting at or after b
+    self._run_file = np.array(files, dtype=np.int64)
+    self._run_window = np.array(windows, dtype=np.int64)
+    self._run_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    self.num_instances = int(np.sum(counts))
 
   @property
   def num_tokens(self) -> int:
-    """Tokens in all files (tails included)."""
+    """Tokens in all files (tails and held-out spans included)."""
     return int(self.file_tokens.sum())
 
   def __len__(self) -> int:
@@ -144,11 +182,11 @@ class TokenFileSource:
     return self.read(np.array([index]))[0]
 
   def __getstate__(self):
-    state = self.__dict__.copy()
-    state["_memmaps"] = collections.OrderedDict()  # memmaps reopen lazily after pickling
-    if state["_mm_list"] is not None:
-      state["_mm_list"] = [None] * len(self.paths)
-    return state
+    return {**self.__dict__, "_memmap": None}  # open files stay behind; reopened lazily
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._memmap = OpenFiles(self._open, _MAX_OPEN_MEMMAPS)
 
   def _open(self, f: int) -> np.ndarray:
     mm = np.memmap(self.paths[f], dtype=self._dtypes[f], mode="r", offset=self._offsets[f],
@@ -157,54 +195,43 @@ class TokenFileSource:
     # slice, which costs more than copying a window.
     return mm.view(np.ndarray)
 
-  def _memmap(self, f: int) -> np.ndarray:
-    if self._mm_list is not None:
-      mm = self._mm_list[f]
-      if mm is None:
-        mm = self._mm_list[f] = self._open(f)
-      return mm
-    mm = self._memmaps.get(f)
-    if mm is None:
-      mm = self._open(f)
-      self._memmaps[f] = mm
-      if len(self._memmaps) > _MAX_OPEN_MEMMAPS:
-        self._memmaps.popitem(last=False)
-    else:
-      self._memmaps.move_to_end(f)
-    return mm
-
   def locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(file index, first token position) of each instance index. int64[k] -> int64[k] x 2."""
     indices = np.asarray(indices, dtype=np.int64)
     if indices.size and (indices.min() < 0 or indices.max() >= self.num_instances):
       raise IndexError(f"source {self.name!r}: index out of range [0, {self.num_instances})")
-    files = np.searchsorted(self._starts, indices, side="right") - 1
-    return files, (indices - self._starts[files]) * self.window
+    r = np.searchsorted(self._run_start, indices, side="right") - 1
+    return self._run_file[r], (self._run_window[r] + indices - self._run_start[r]) * self.window
 
-  def read(self, indices, out: np.ndarray | None = None, rows=None,
-           check: bool = True) -> np.ndarray:
-    """Instances at `indices` (int[k]) -> int32[k, window].
+  def copy_into(self, indices, out: np.ndarray, rows) -> None:
+    """Writes instance indices[j] to out[rows[j]] (int32[window] rows); no checks.
 
-    With `out` and `rows`, instance j is written to out[rows[j]] instead (no extra copy).
-    `check=False` skips the vocab check (the caller checks the whole batch once).
+    The one reading path: the mixture writes each source's rows straight into the batch.
     """
     files, positions = self.locate(indices)
-    if out is None:
-      out = np.empty((len(files), self.window), dtype=np.int32)
-    rows = range(len(files)) if rows is None else np.asarray(rows).tolist()
-    w = self.window
-    memmap = self._memmap
+    w, memmap = self.window, self._memmap
     for row, f, p in zip(rows, files.tolist(), positions.tolist()):
       out[row] = memmap(f)[p:p + w]
-    if check and self.vocab_size is not None and len(files):
-      got = out[list(rows)] if not isinstance(rows, range) else out
-      if got.max() >= self.vocab_size:
-        j = int(np.argmax(got.max(axis=1) >= self.vocab_size))
-        raise ValueError(
-            f"source {self.name!r}: token id {int(got[j].max())} >= vocab_size "
-            f"{self.vocab_size} in {self.paths[files[j]]} within tokens [{positions[j]}, "
-            f"{positions[j] + w}); wrong tokenizer or dtype?")
+
+  def read(self, indices) -> np.ndarray:
+    """Instances at `indices` (int[k]) -> int32[k, window]; ids >= vocab_size raise."""
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.empty((len(indices), self.window), dtype=np.int32)
+    self.copy_into(indices, out, range(len(indices)))
+    self.check_ids(out, indices)
     return out
+
+  def check_ids(self, rows: np.ndarray, indices) -> None:
+    """Raises naming the file and token range if rows (read from `indices`) hold an id
+    >= vocab_size."""
+    if self.vocab_size is None or not len(rows) or rows.max() < self.vocab_size:
+      return
+    j = int(np.argmax(rows.max(axis=1) >= self.vocab_size))
+    files, positions = self.locate(np.asarray(indices)[j:j + 1])
+    raise ValueError(
+        f"source {self.name!r}: token id {int(rows[j].max())} >= vocab_size "
+        f"{self.vocab_size} in {self.paths[files[0]]} within tokens [{positions[0]}, "
+        f"{positions[0] + self.window}); wrong tokenizer or dtype?")
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,6 +339,20 @@ def _decode_record(record, record_format: str, where: str):
   raise ValueError(f"record_format must be one of {RECORD_FORMATS}, got {record_format!r}")
 
 
+def _is_array_record(path: str) -> bool:
+  return path.endswith(".array_record") or ".array_record-" in path
+
+
+def _array_record_reader(path: str):
+  from array_record.python import array_record_module  # deferred: optional format
+  if os.path.getsize(path) == 0:
+    raise ValueError(f"array_record file is empty: {path}")
+  try:
+    return array_record_module.ArrayRecordReader(path)
+  except Exception as e:  # the C++ reader raises RuntimeError/ValueError on bad files
+    raise ValueError(f"{path}: cannot read array_record file ({e})") from e
+
+
 class DocumentSource:
   """Documents by index over files (jsonl[.gz|.zst], parquet, array_record), file by file.
 
@@ -324,51 +365,36 @@ class DocumentSource:
     self.name, self.paths, self.field, self.record_format = name, list(paths), field, record_format
     if record_format not in RECORD_FORMATS:
       raise ValueError(f"source {name!r}: record_format must be one of {RECORD_FORMATS}")
-    self._cache: tuple[int, list] | None = None
-    counts = []
-    for f, path in enumerate(self.paths):
-      if path.endswith(".array_record") or ".array_record-" in path:
-        counts.append(self._array_record_count(path))
-      else:
-        # Reading every file once up front validates it (truncated gzip, bad JSON) before
-        # training starts, and gives exact document counts for sharding.
-        docs = read_documents(path, field)
-        counts.append(len(docs))
-        self._cache = (f, docs)
-    self.file_docs = np.array(counts, dtype=np.int64)
+    self._file = OpenFiles(self._read_file, capacity=1)
+    # Reading every text file once up front validates it (truncated gzip, bad JSON) before
+    # training starts, and gives exact document counts for sharding.
+    self.file_docs = np.array([self._count(f) for f in range(len(self.paths))], dtype=np.int64)
     self._starts = np.concatenate([[0], np.cumsum(self.file_docs)]).astype(np.int64)
 
-  @staticmethod
-  def _array_record_count(path: str) -> int:
-    from array_record.python import array_record_module  # deferred: optional format
-    if os.path.getsize(path) == 0:
-      raise ValueError(f"array_record file is empty: {path}")
-    try:
-      reader = array_record_module.ArrayRecordReader(path)
-      n = reader.num_records()
-      reader.close()
-    except Exception as e:  # the C++ reader raises RuntimeError/ValueError on bad files
-      raise ValueError(f"{path}: cannot read array_record file ({e})") from e
+  def _count(self, f: int) -> int:
+    path = self.paths[f]
+    if not _is_array_record(path):
+      return len(self._file(f))
+    reader = _array_record_reader(path)
+    n = reader.num_records()
+    reader.close()
     if n == 0:
       raise ValueError(f"array_record file has no records: {path}")
     return int(n)
 
+  def _read_file(self, f: int) -> list:
+    """All documents of file f: str, or int64[n] token ids (the one reading path)."""
+    path = self.paths[f]
+    if not _is_array_record(path):
+      return read_documents(path, self.field)
+    reader = _array_record_reader(path)
+    docs = [_decode_record(r, self.record_format, f"{path}:{i}")
+            for i, r in enumerate(reader.read_all())]
+    reader.close()
+    return docs
+
   def __len__(self) -> int:
     return int(self._starts[-1])
-
-  def _file(self, f: int) -> list:
-    if self._cache is None or self._cache[0] != f:
-      path = self.paths[f]
-      if path.endswith(".array_record") or ".array_record-" in path:
-        from array_record.python import array_record_module
-        reader = array_record_module.ArrayRecordReader(path)
-        docs = [_decode_record(r, self.record_format, f"{path}:{i}")
-                for i, r in enumerate(reader.read_all())]
-        reader.close()
-      else:
-        docs = read_documents(path, self.field)
-      self._cache = (f, docs)
-    return self._cache[1]
 
   def get(self, f: int, j: int):
     """Document j of file f: str or int64[n] token ids."""
@@ -377,6 +403,24 @@ class DocumentSource:
   def __getitem__(self, index: int):
     f = int(np.searchsorted(self._starts, index, side="right") - 1)
     return self.get(f, index - int(self._starts[f]))
+
+
+class DocumentSubset:
+  """The documents keep[f] (int64 indices, per file) of a document source: one side of a split.
+
+  Has the interface PackedStream reads (name, file_docs, get); document j of file f here is
+  document keep[f][j] of the underlying source.
+  """
+
+  def __init__(self, docs, keep: list[np.ndarray]):
+    self.docs, self.name, self._keep = docs, docs.name, keep
+    self.file_docs = np.array([len(k) for k in keep], dtype=np.int64)
+
+  def __len__(self) -> int:
+    return int(self.file_docs.sum())
+
+  def get(self, f: int, j: int):
+    return self.docs.get(f, int(self._keep[f][j]))
 
 
 class TfdsDocumentSource:
@@ -436,7 +480,8 @@ class PackedStream:
     self._tok = None
     self._eos = tokenizer_lib.EOS_TOKEN_ID
     self._epoch, self._pos, self._offset = 0, 0, 0
-    self._cache: dict = {}
+    self._order: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, order, starts)
+    self._lookahead: dict[tuple[int, int], np.ndarray] = {}  # tokenised, not yet packed
 
   def _tokenizer(self):
     if self._tok is None:
@@ -449,15 +494,15 @@ class PackedStream:
 
   def _epoch_order(self, epoch: int):
     """(file order int64[F], starts int64[F+1] of files in that order) for one epoch."""
-    key = ("order", epoch)
-    if key not in self._cache:
+    if self._order is None or self._order[0] != epoch:
       n_files = len(self._file_docs)
       order = (index_shuffle.permute(np.arange(n_files), n_files,
                                      index_shuffle.derive_seed(self._seed, self.name, epoch))
                if self._shuffle else np.arange(n_files))
       starts = np.concatenate([[0], np.cumsum(self._file_docs[order])])
-      self._cache = {key: (order, starts)}  # one epoch at a time; drops old token lookahead
-    return self._cache[key]
+      self._order = (epoch, order, starts)  # one epoch at a time; drops old token lookahead
+      self._lookahead = {}
+    return self._order[1:]
 
   def _doc_id(self, epoch: int, pos: int) -> tuple[int, int]:
     """(file, document in file) of this process's `pos`-th document of `epoch`."""
@@ -473,7 +518,7 @@ class PackedStream:
   def _tokens(self, epoch: int, pos: int) -> np.ndarray:
     """Token ids of this process's `pos`-th document of `epoch`, EOS appended: int64[n + 1]."""
     self._epoch_order(epoch)
-    if (epoch, pos) not in self._cache:
+    if (epoch, pos) not in self._lookahead:
       positions = range(pos, min(pos + self._LOOKAHEAD, self.docs_per_epoch))
       raw = [self.docs.get(*self._doc_id(epoch, p)) for p in positions]
       texts = [(i, d) for i, d in enumerate(raw) if isinstance(d, str)]
@@ -485,8 +530,8 @@ class PackedStream:
         if self.vocab_size is not None and ids.size and ids.max() >= self.vocab_size:
           raise ValueError(f"source {self.name!r}: token id {int(ids.max())} >= vocab_size "
                            f"{self.vocab_size} in document {self._doc_id(epoch, p)}")
-        self._cache[(epoch, p)] = np.append(ids, self._eos)
-    return self._cache[(epoch, pos)]
+        self._lookahead[(epoch, p)] = np.append(ids, self._eos)
+    return self._lookahead[(epoch, pos)]
 
   def take(self, k: int) -> np.ndarray:
     """The next k rows of the packed stream: int32[k, window]."""
@@ -500,7 +545,7 @@ class PackedStream:
       filled += n
       self._offset += n
       if self._offset == len(toks):
-        self._cache.pop((self._epoch, self._pos), None)
+        self._lookahead.pop((self._epoch, self._pos), None)
         self._pos, self._offset = self._pos + 1, 0
         if self._pos == self.docs_per_epoch:
           self._epoch, self._pos = self._epoch + 1, 0

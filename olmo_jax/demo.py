@@ -28,6 +28,7 @@ def demo_config(steps: int, batch: int, seq_len: int, data_dir: str):
   c.train.log_every = 10
   c.eval.every = max(steps // 4, 1)
   c.eval.batches = 4
+  c.data.heldout_fraction = 0.05  # documents kept out of training for the held-out loss
   c.checkpoint.every = max(steps // 2, 1)
   return c
 
@@ -72,10 +73,8 @@ def main(argv=None) -> int:
   from olmo_jax import trainer
   params = jax.device_get(result.state["params"])
   eval_step = trainer.make_eval_step(mcfg)
-  it = mixture.build_train_iterator(cfg.data, seq_len=a.seq_len, batch_size=a.batch,
-                                    seed=cfg.train.seed + 1_000_003,
-                                    vocab_size=mcfg.vocab_size)
-  batches = [next(it) for _ in range(8)]
+  batches = mixture.heldout_batches(cfg.data, 8, seq_len=a.seq_len, batch_size=a.batch,
+                                    seed=cfg.train.seed, vocab_size=mcfg.vocab_size)
   loss = float(np.mean([eval_step(params, b) for b in batches]))
   init = trainer.init_params(mcfg, cfg.train.seed)
   loss0 = float(np.mean([eval_step(init, b) for b in batches[:2]]))

@@ -53,6 +53,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   from data_pipeline import mixture
   config_lib.validate(cfg, jax.process_count())
   mixture.validate_config(cfg.data, cfg.model.vocab_size)
+  if jax.process_index() == 0:
+    print_fn(mixture.describe(cfg.data))  # the sources and tokens this run trains on
 
   from olmo_jax import optim, sharding, sizes, trainer
 
@@ -155,7 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
 
 
 def held_out_loss_callback(cfg, mcfg, batch_sh, seed):
-  """In-loop evaluation: mean loss on `eval.batches` batches of a differently seeded stream."""
+  """In-loop evaluation: mean loss on `eval.batches` batches of the data's held-out split."""
   import jax
   import numpy as np
 
@@ -163,10 +165,9 @@ def held_out_loss_callback(cfg, mcfg, batch_sh, seed):
   from olmo_jax import trainer
   t = cfg.train
   pc, pi = jax.process_count(), jax.process_index()
-  it = mixture.build_train_iterator(
-      cfg.data, seq_len=t.seq_len, batch_size=t.microbatch_size // pc, seed=seed + 1_000_003,
-      vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)
-  batches = [trainer.put_batch(next(it), batch_sh) for _ in range(cfg.eval.batches)]
+  batches = [trainer.put_batch(b, batch_sh) for b in mixture.heldout_batches(
+      cfg.data, cfg.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size // pc,
+      seed=seed, vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)]
   eval_step = trainer.make_eval_step(mcfg)
 
   def callback(step, state):

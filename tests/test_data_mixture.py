@@ -199,7 +199,7 @@ def test_state_from_another_setup_is_refused(three):
 
 def test_synthetic_mixture_keeps_its_numbers():
   cfg = mixture.default_config()
-  assert cfg.mixture == "synthetic"
+  assert mixture.mixture_name(cfg) == "synthetic"  # the default without a data directory
   it = mixture.build_train_iterator(cfg, seq_len=8, batch_size=2, seed=0, vocab_size=1000)
   first = next(it)["input_ids"]
   rng = np.random.default_rng(0)

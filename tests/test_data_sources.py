@@ -229,3 +229,20 @@ def test_tfds_prepared_data_source(tmp_path):
   assert sorted(src[i] for i in range(5)) == [f"tfds document {i}" for i in range(5)]
   with pytest.raises(FileNotFoundError, match="'tfds'.*not_there"):
     sources.TfdsDocumentSource("not_there", "train", str(tmp_path))
+
+
+def test_excluded_spans_leave_the_numbering_and_many_files_stay_readable(tmp_path):
+  rng = np.random.default_rng(1)
+  arrays = [rng.integers(0, 50279, n) for n in (100, 37, 64)]
+  paths = [write_tokens(tmp_path / f"p{i}.npy", a) for i, a in enumerate(arrays)]
+  exclude = [[(10, 25), (70, 71)], [], [(0, 8), (60, 64)]]
+  src = sources.TokenFileSource(paths, window=8, exclude=exclude)
+  ref = [a[i * 8:(i + 1) * 8] for f, a in enumerate(arrays) for i in range(len(a) // 8)
+         if not any(s < (i + 1) * 8 and i * 8 < e for s, e in exclude[f])]
+  np.testing.assert_array_equal(src.read(np.arange(len(src))), np.stack(ref))
+  # More files than stay open at once: the file cache closes the oldest and reopens on demand.
+  many = [write_tokens(tmp_path / f"m{i}.npy", np.full(4, i)) for i in range(300)]
+  src = sources.TokenFileSource(many, window=4)
+  order = rng.permutation(300)
+  np.testing.assert_array_equal(src.read(np.concatenate([order, order]))[:, 0],
+                                np.concatenate([order, order]))
