@@ -422,7 +422,29 @@ def validate_config(cfg, vocab_size: int) -> None:
     return  # its files are written by build_train_iterator
   for name, spec in specs.items():
     if spec.weight > 0 or _natural(recipe):
-      _check_files(name, spec, dc)
+      if _curation_pending(spec, dc):
+        # Built by build_train_iterator; its inputs must exist now.
+        sources_lib.resolve_paths(spec.curation.inputs, dc.root, f"curated source {name!r}")
+      else:
+        _check_files(name, spec, dc)
+
+
+def _curation_pending(spec: SourceSpec, dc: DataConfig) -> bool:
+  """True for a curated source whose token files are not made yet."""
+  if not spec.curation:
+    return False
+  index = os.path.join(dc.root, spec.curation.output, "index.json")
+  return not os.path.isfile(index)
+
+
+def _materialize_curated(name: str, specs: dict, dc: DataConfig) -> None:
+  """Curates and tokenises the recipe's curated sources that are not on disk yet (cached by
+  the key of their inputs, chain and tokenizer; see data_pipeline.curation)."""
+  if not any(_curation_pending(s, dc) for s in specs.values()):
+    return
+  from data_pipeline import tokenize  # deferred: only for curated recipes
+  logging.info("building the curated sources of recipe %s under %s", name, dc.root)
+  tokenize.materialize_recipe(name, dc.root, recipes_dir=recipes_dir(dc), progress=False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -724,6 +746,7 @@ def build_train_iterator(cfg, *, seq_len: int, batch_size: int, seed: int, vocab
   if _corpus_pending(dc, recipe):
     from data_pipeline import sample_corpus
     sample_corpus.build(dc.root, tokenizer=dc.tokenizer)
+  _materialize_curated(name, specs, dc)
   window = seq_len + 1
   specs = {k: v for k, v in specs.items() if _natural(recipe) or v.weight > 0}
   srcs = build_sources(dc, specs, window=window, seed=seed, vocab_size=vocab_size,

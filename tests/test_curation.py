@@ -377,6 +377,28 @@ def test_recipes_materialise_once_per_chain_and_train(raw, tmp_path):
   assert batch["input_ids"].shape == (2, 16)
 
 
+def test_training_builds_a_recipes_curated_sources_on_first_use(raw, tmp_path):
+  recipes = tmp_path / "recipes"
+  recipes.mkdir()
+  (recipes / "cur.py").write_text(RECIPES.format(weight=1.0))
+  cfg = mixture.default_config()
+  cfg.mixture, cfg.data_dir, cfg.recipes_dir = "cur_dedup", str(tmp_path), str(recipes)
+  mixture.validate_config(cfg, 50304)  # inputs exist; the token files are made later
+  first = next(mixture.build_train_iterator(cfg, seq_len=15, batch_size=2, seed=0,
+                                            vocab_size=50304))
+  built = tokenize.materialize_recipe("cur_dedup", str(tmp_path), recipes_dir=str(recipes),
+                                      progress=False)
+  shard = os.path.join(built["web"][0], "part-00000.npy")
+  stamp = os.path.getmtime(shard)
+  again = next(mixture.build_train_iterator(cfg, seq_len=15, batch_size=2, seed=0,
+                                            vocab_size=50304))
+  assert os.path.getmtime(shard) == stamp  # reused, not rebuilt
+  np.testing.assert_array_equal(first["input_ids"], again["input_ids"])
+  cfg.data_dir = str(tmp_path / "elsewhere")
+  with pytest.raises(FileNotFoundError, match="curated source 'web'"):
+    mixture.validate_config(cfg, 50304)
+
+
 # ------------------------------------------------------------------------------------------
 # Bad input: one clear error, exit 2, nothing written. Run as the README prints the commands.
 
