@@ -13,10 +13,10 @@ stderr too, in absl's format.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any, Sequence
 
@@ -218,24 +218,16 @@ class _OneLineFormatter(logging.Formatter):
     return f"{record.levelname.lower()}: {record.getMessage().splitlines()[0]}"
 
 
-def _to_log_file(exc_type, exc, tb) -> None:
-  """sys.excepthook during a quiet run: tracebacks that native code prints with PyErr_Print
-  (TensorStore callbacks into a closed event loop after a failed save) go to the log file."""
-  logging.getLogger(__name__).error("exception printed by a library", exc_info=(exc_type, exc, tb),
-                                    extra={"file_only": True})
-
-
-@contextlib.contextmanager
-def library_tracebacks_to_log(quiet: bool):
-  """Within: (if quiet) tracebacks printed through sys.excepthook are logged, not shown."""
-  if not quiet:
-    yield
-    return
-  previous, sys.excepthook = sys.excepthook, _to_log_file
-  try:
-    yield
-  finally:
-    sys.excepthook = previous
+def _quiet_excepthook(exc_type, exc, tb) -> None:
+  """sys.excepthook of a quiet run: a traceback through project code (a bug) is shown as
+  usual; one wholly inside libraries goes to the log file. Native code prints such tracebacks
+  with PyErr_Print, e.g. TensorStore callbacks into a closed event loop after a failed save,
+  dozens of times, some while the interpreter exits."""
+  if any(f.filename.startswith(_PROJECT_DIRS) for f in traceback.extract_tb(tb)):
+    sys.__excepthook__(exc_type, exc, tb)
+  else:
+    logging.getLogger(__name__).error("exception printed by a library",
+                                      exc_info=(exc_type, exc, tb), extra={"file_only": True})
 
 
 def setup_logging(verbosity: int | None, log_file: str | None = None) -> None:
@@ -250,6 +242,7 @@ def setup_logging(verbosity: int | None, log_file: str | None = None) -> None:
     root.removeHandler(h)
   terminal = logging.StreamHandler(sys.stderr)
   if verbosity is None:
+    sys.excepthook = _quiet_excepthook
     terminal.addFilter(_TerminalFilter())
     terminal.setFormatter(_OneLineFormatter())
     terminal_level = logging.WARNING
@@ -268,4 +261,3 @@ def setup_logging(verbosity: int | None, log_file: str | None = None) -> None:
     level = min(level, logging.INFO)
   root.setLevel(level)
   absl_logging.get_absl_logger().setLevel(logging.NOTSET)  # follows the root's level
-  logging.captureWarnings(False)

@@ -201,8 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.warning(took_over)
   details = f" (details: {log_file})" if log_file else ""
   try:
-    with cli.library_tracebacks_to_log(quiet=verbosity is None):
-      run(FLAGS.config, workdir)
+    run(FLAGS.config, workdir)
   except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
     print(f"error: {e}", file=sys.stderr)
     return 2
