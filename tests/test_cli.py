@@ -82,6 +82,7 @@ def test_quickstart_command_with_yaml_runs_quietly(data_dir, tmp_path):
     assert f.read() == ""  # released
 
 
+@pytest.mark.slow
 def test_equals_form_and_training_section_file(data_dir, tmp_path):
   out = str(tmp_path / "run")
   proc = _train("--model_size=6M", f"--data_path={data_dir}", f"--output_dir={out}",
@@ -94,6 +95,7 @@ def test_equals_form_and_training_section_file(data_dir, tmp_path):
   assert _metrics_steps(out) == [1, 2]
 
 
+@pytest.mark.slow
 def test_full_config_file_with_overrides_and_verbose_logs(tmp_path):
   # `--config_file configs/train.py:6M` with an override once said "defined twice".
   out = str(tmp_path / "run")
@@ -106,22 +108,32 @@ def test_full_config_file_with_overrides_and_verbose_logs(tmp_path):
   assert any(ABSL_INFO.match(x) for x in proc.stderr.splitlines())  # --verbosity brings them
 
 
-@pytest.mark.parametrize("yaml_text,message", [
-    ("train:\n  stepz: 3\n", "unknown key 'train.stepz'"),
-    ("trian:\n  steps: 3\n", "unknown key 'trian'"),
-    ("train:\n  steps: many\n", "train.steps must be an integer"),
-    ("train: 3\n", "train is a section"),
-    ("- steps\n", "expected a mapping"),
-])
-def test_bad_yaml_overrides_fail_before_the_workdir_is_touched(tmp_path, yaml_text, message):
+def test_unknown_yaml_key_fails_before_the_workdir_is_touched(tmp_path):
   path = tmp_path / "overrides.yaml"
-  path.write_text(yaml_text)
+  path.write_text("train:\n  stepz: 3\n")
   out = tmp_path / "run"
   proc = _train("--config_file", str(path), "--output_dir", str(out))
   assert proc.returncode == 2
-  assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
-  assert len(proc.stderr.splitlines()) == 1 and str(path) in proc.stderr
+  assert proc.stderr.startswith(f"error: {path}: unknown key 'train.stepz'"), proc.stderr
+  assert len(proc.stderr.splitlines()) == 1
   assert not out.exists()
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("trian:\n  steps: 3\n", "unknown key 'trian'"),
+    ("train:\n  steps: many\n", "train.steps must be an integer"),
+    ("train:\n  progress_bar: 1\n", "train.progress_bar must be true or false"),
+    ("train: 3\n", "train is a section"),
+    ("train:\n  steps:\n    x: 1\n", "train.steps is a single value"),
+    ("- steps\n", "expected a mapping"),
+    ("train: [\n", "not valid YAML"),
+])
+def test_bad_yaml_overrides_name_the_key(tmp_path, yaml_text, message):
+  path = tmp_path / "overrides.yaml"
+  path.write_text(yaml_text)
+  with pytest.raises(ValueError, match=re.escape(message)) as e:
+    cli.load_config(["prog", f"--config_file={path}"], f"{DEFAULT_CONFIG}:4M")
+  assert str(path) in str(e.value)
 
 
 def test_bad_flags_are_one_line_errors(tmp_path):
