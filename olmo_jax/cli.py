@@ -218,16 +218,31 @@ class _OneLineFormatter(logging.Formatter):
     return f"{record.levelname.lower()}: {record.getMessage().splitlines()[0]}"
 
 
+def _in_project(tb) -> bool:
+  return any(f.filename.startswith(_PROJECT_DIRS) for f in traceback.extract_tb(tb))
+
+
+def _log_library_traceback(exc_type, exc, tb) -> None:
+  logging.getLogger(__name__).error("exception printed by a library",
+                                    exc_info=(exc_type, exc, tb), extra={"file_only": True})
+
+
 def _quiet_excepthook(exc_type, exc, tb) -> None:
   """sys.excepthook of a quiet run: a traceback through project code (a bug) is shown as
-  usual; one wholly inside libraries goes to the log file. Native code prints such tracebacks
-  with PyErr_Print, e.g. TensorStore callbacks into a closed event loop after a failed save,
-  dozens of times, some while the interpreter exits."""
-  if any(f.filename.startswith(_PROJECT_DIRS) for f in traceback.extract_tb(tb)):
+  usual, one wholly inside libraries goes to the log file."""
+  if _in_project(tb):
     sys.__excepthook__(exc_type, exc, tb)
   else:
-    logging.getLogger(__name__).error("exception printed by a library",
-                                      exc_info=(exc_type, exc, tb), extra={"file_only": True})
+    _log_library_traceback(exc_type, exc, tb)
+
+
+def _quiet_unraisablehook(args) -> None:
+  """sys.unraisablehook of a quiet run: as _quiet_excepthook. After a failed save, TensorStore
+  callbacks into Orbax's closed event loop raise dozens of these, some as the process exits."""
+  if _in_project(args.exc_traceback):
+    sys.__unraisablehook__(args)
+  else:
+    _log_library_traceback(args.exc_type, args.exc_value, args.exc_traceback)
 
 
 def setup_logging(verbosity: int | None, log_file: str | None = None) -> None:
@@ -242,7 +257,7 @@ def setup_logging(verbosity: int | None, log_file: str | None = None) -> None:
     root.removeHandler(h)
   terminal = logging.StreamHandler(sys.stderr)
   if verbosity is None:
-    sys.excepthook = _quiet_excepthook
+    sys.excepthook, sys.unraisablehook = _quiet_excepthook, _quiet_unraisablehook
     terminal.addFilter(_TerminalFilter())
     terminal.setFormatter(_OneLineFormatter())
     terminal_level = logging.WARNING
