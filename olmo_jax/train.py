@@ -203,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     run(FLAGS.config, workdir)
   except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
+    logging.error("bad input", exc_info=True, extra={"file_only": True})
     print(f"error: {e}", file=sys.stderr)
     return 2
   except (NonFiniteLossError, CheckpointError, OSError) as e:

