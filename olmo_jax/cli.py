@@ -99,8 +99,10 @@ def _is_full_config(c: ml_collections.ConfigDict) -> bool:
 
 def section_of(c: ml_collections.ConfigDict, base: ml_collections.ConfigDict,
                source: str) -> str:
-  """The one section of `base` whose fields hold all of `c`'s (a file such as
-  training_configs/default_training.py defines the `train` section only)."""
+  """The section of `base` that a one-section config `c` fills; a ValueError if not exactly one.
+
+  E.g. training_configs/default_training.py defines the fields of `train` only.
+  """
   keys = set(c.keys())
   matches = [name for name, sub in base.items()
              if isinstance(sub, ml_collections.ConfigDict) and keys <= set(sub.keys())]
@@ -228,8 +230,10 @@ def _log_library_traceback(exc_type, exc, tb) -> None:
 
 
 def _quiet_excepthook(exc_type, exc, tb) -> None:
-  """sys.excepthook of a quiet run: a traceback through project code (a bug) is shown as
-  usual, one wholly inside libraries goes to the log file."""
+  """sys.excepthook of a quiet run: shown if it passes through project code (a bug), else logged.
+
+  Native library code prints tracebacks through this hook (PyErr_Print); they go to the log file.
+  """
   if _in_project(tb):
     sys.__excepthook__(exc_type, exc, tb)
   else:
@@ -237,8 +241,11 @@ def _quiet_excepthook(exc_type, exc, tb) -> None:
 
 
 def _quiet_unraisablehook(args) -> None:
-  """sys.unraisablehook of a quiet run: as _quiet_excepthook. After a failed save, TensorStore
-  callbacks into Orbax's closed event loop raise dozens of these, some as the process exits."""
+  """sys.unraisablehook of a quiet run, as _quiet_excepthook.
+
+  After a failed save, TensorStore callbacks into Orbax's closed event loop raise dozens of
+  these, some while the process exits.
+  """
   if _in_project(args.exc_traceback):
     sys.__unraisablehook__(args)
   else:
