@@ -3,43 +3,30 @@
 Composes config, data, model, trainer, checkpoints and in-loop evaluation. Restarting on a
 workdir that holds checkpoints resumes from the newest complete one.
 
-Aliases for users of the PyTorch pipeline: --model_size 150M, --data_path DIR,
---output_dir DIR (= --workdir), --config_file FILE (= --config FILE).
+Flags of the PyTorch pipeline work too: --model_size 150M (= --config.model.size),
+--data_path DIR (= --config.data.data_dir), --output_dir DIR (= --workdir), and
+--config_file FILE: a full config (as --config), a YAML file of overrides such as
+configs/training_configs/default_training.yaml, or a one-section file such as
+configs/training_configs/default_training.py. --verbosity=0 shows library INFO logs.
+One trainer per workdir (a lock); exit 0 done, 2 bad input or busy workdir, 1 failed run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, Sequence
 
 import ml_collections
 
+from olmo_jax import cli
 from olmo_jax import config as config_lib
+from olmo_jax import workdir as workdir_lib
+from olmo_jax.cli import translate_aliases  # noqa: F401  (public name)
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "train.py")
-
-
-def translate_aliases(argv: Sequence[str]) -> list[str]:
-  """Maps the PyTorch pipeline's flags onto ours (both `--f v` and `--f=v` forms)."""
-  out, i = [], 0
-  simple = {"--output_dir": "--workdir", "--config_file": "--config"}
-  overrides = {"--model_size": "--config.model.size", "--data_path": "--config.data.data_dir"}
-  argv = list(argv)
-  while i < len(argv):
-    a = argv[i]
-    name, eq, val = a.partition("=")
-    if name in simple or name in overrides:
-      if not eq:
-        if i + 1 >= len(argv):
-          raise SystemExit(f"flag {name} needs a value")
-        val, i = argv[i + 1], i + 1
-      out.append(f"{simple.get(name) or overrides[name]}={val}")
-    else:
-      out.append(a)
-    i += 1
-  return out
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, *,
@@ -180,36 +167,54 @@ def held_out_loss_callback(cfg, mcfg, batch_sh, seed):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """The command line: exit 0 done, 2 bad input or a busy workdir, 1 a failure of the run."""
   from absl import app, flags
   from ml_collections import config_flags
-
-  argv = translate_aliases(sys.argv if argv is None else argv)
-  config_flags.DEFINE_config_file("config", f"{DEFAULT_CONFIG}:4M",
-                                  "Training config file (size as the argument).")
-  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
-  status = {}
-
-  def _main(_):
-    from olmo_jax.checkpoint import CheckpointError
-    from olmo_jax.trainer import NonFiniteLossError
-    try:
-      run(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
-      print(f"error: {e}", file=sys.stderr)
-      status["rc"] = 2
-      return 2
-    except (NonFiniteLossError, CheckpointError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      status["rc"] = 1
-      return 1
-    status["rc"] = 0
-    return 0
-
+  argv = list(sys.argv if argv is None else argv)
+  app.define_help_flags()
   try:
-    app.run(_main, argv=argv)
-  except SystemExit as e:
-    return int(e.code or 0)
-  return status.get("rc", 0)
+    config, rest = cli.load_config(translate_aliases(argv), f"{DEFAULT_CONFIG}:4M")
+    # The overrides are read from `rest`, not sys.argv (which still holds the aliases).
+    config_flags.DEFINE_config_dict("config", config, "The training config: --config FILE[:ARG] "
+                                    "picks the file, --config.<field>=<value> overrides.",
+                                    sys_argv=rest)
+    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
+    extra = flags.FLAGS(rest)[1:]
+    if extra:
+      raise ValueError(f"unexpected argument {extra[0]!r} (flags take --name=value)")
+  except (ValueError, FileNotFoundError, flags.Error) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  FLAGS = flags.FLAGS
+  workdir = FLAGS.workdir
+  lock = workdir_lib.WorkdirLock(workdir) if workdir else None
+  try:
+    took_over = lock.acquire() if lock else None
+  except (OSError, workdir_lib.WorkdirBusyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  from olmo_jax.checkpoint import CheckpointError  # after the lock: a busy workdir fails fast
+  from olmo_jax.trainer import NonFiniteLossError
+  log_file = os.path.join(workdir, cli.LOG_FILE) if workdir else None
+  verbosity = FLAGS.verbosity if FLAGS["verbosity"].present else None
+  cli.setup_logging(verbosity, log_file)
+  if took_over:
+    logging.warning(took_over)
+  details = f" (details: {log_file})" if log_file else ""
+  try:
+    run(FLAGS.config, workdir)
+  except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
+    logging.error("bad input", exc_info=True, extra={"file_only": True})
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except (NonFiniteLossError, CheckpointError, OSError) as e:
+    logging.error("the run failed", exc_info=True, extra={"file_only": True})
+    print(f"error: {e}{details}", file=sys.stderr)
+    return 1
+  finally:
+    if lock:
+      lock.release()
+  return 0
 
 
 if __name__ == "__main__":

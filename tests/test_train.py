@@ -139,7 +139,7 @@ def test_pytorch_pipeline_flag_aliases():
   argv = translate_aliases(["prog", "--model_size", "150M", "--data_path=/d", "--output_dir",
                             "/o", "--config_file", "c.py:4M", "--config.train.steps=3"])
   assert argv == ["prog", "--config.model.size=150M", "--config.data.data_dir=/d",
-                  "--workdir=/o", "--config=c.py:4M", "--config.train.steps=3"]
+                  "--workdir=/o", "--config_file=c.py:4M", "--config.train.steps=3"]
 
 
 def test_ladder_resolution_uses_published_numbers(tiny_train_config):

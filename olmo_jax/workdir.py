@@ -1,0 +1,121 @@
+"""One trainer per workdir: an exclusive lock on `<workdir>/trainer.lock` naming its holder.
+
+Guarantees:
+- A second trainer on a workdir fails at once, before it writes anything there, with an
+  error naming the holder (host, PID, start time).
+- A crashed trainer (kill -9 included) never blocks the next one: the lock is `flock` on the
+  open file, which the kernel drops when the process ends, however it ends. The file still
+  names the dead holder; the next trainer takes the lock over with a warning naming it.
+
+The file is never deleted, only emptied on release: deleting a lock file races with a process
+that opened it just before the unlink and would then lock an orphaned inode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+
+LOCK_NAME = "trainer.lock"
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another trainer holds the workdir; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Holder:
+  host: str
+  pid: int
+  started: float  # Unix time
+  command: str = ""
+
+  def describe(self) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))
+    return f"PID {self.pid} on host {self.host}, started {when}"
+
+
+def _read_holder(fd: int) -> Holder | None:
+  """The holder recorded in the lock file, or None (empty, released, or unreadable)."""
+  raw = os.pread(fd, 1 << 16, 0)
+  try:
+    d = json.loads(raw.decode())
+    return Holder(str(d["host"]), int(d["pid"]), float(d["started"]), str(d.get("command", "")))
+  except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    return None
+
+
+def _pid_running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # it exists, owned by another user
+    return True
+  return True
+
+
+class WorkdirLock:
+  """The exclusive lock of one workdir, held from `acquire` until `release` or process exit."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, LOCK_NAME)
+    self._fd: int | None = None
+
+  def acquire(self) -> str | None:
+    """Takes the lock or raises WorkdirBusyError; returns a warning if a stale lock was taken."""
+    os.makedirs(self.workdir, exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      holder = _read_holder(fd)
+      os.close(fd)
+      if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+        raise WorkdirBusyError(f"cannot lock {self.path} ({e.strerror}); the file system of "
+                               f"--workdir must support flock") from None
+      who = holder.describe() if holder else "a process that has not yet written its name"
+      raise WorkdirBusyError(f"workdir {self.workdir} is in use by another trainer ({who}); "
+                             f"wait for it to finish, stop it, or choose another --workdir; "
+                             f"lock file {self.path}") from None
+    self._fd = fd
+    previous = _read_holder(fd)
+    me = Holder(socket.gethostname(), os.getpid(), time.time(), " ".join(sys.argv))
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(dataclasses.asdict(me)).encode(), 0)
+    os.fsync(fd)
+    if previous is None or previous.pid == me.pid and previous.host == me.host:
+      return None
+    if previous.host != me.host:
+      state = "its lock is free, so it is not running"
+    elif _pid_running(previous.pid):
+      state = "it no longer holds the lock (its PID now belongs to another process)"
+    else:
+      state = "that process is no longer running"
+    return (f"workdir {self.workdir}: took over the lock left by a trainer that ended without "
+            f"releasing it ({previous.describe()}): {state}")
+
+  def release(self) -> None:
+    """Empties the lock file and unlocks it (the kernel unlocks it anyway at exit)."""
+    if self._fd is None:
+      return
+    fd, self._fd = self._fd, None
+    try:
+      os.ftruncate(fd, 0)
+    finally:
+      fcntl.flock(fd, fcntl.LOCK_UN)
+      os.close(fd)
+
+  def __enter__(self) -> WorkdirLock:
+    self.acquire()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
