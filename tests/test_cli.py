@@ -53,17 +53,12 @@ def data_dir(tmp_path_factory):
   return str(d)
 
 
-# Until a data directory with no recipe selects all its token files, name them.
-def _custom_mixture():
-  return ["--config.data.mixture=custom", "--config.data.sources=web=web/*.npy,code=code/*.npy"]
-
-
 def test_quickstart_command_with_yaml_runs_quietly(data_dir, tmp_path):
   out = str(tmp_path / "run")
   proc = _train("--model_size", "4M", "--data_path", data_dir, "--output_dir", out,
                 "--config_file", "configs/training_configs/default_training.yaml",
                 "--config.train.steps=4", "--config.checkpoint.every=2",
-                "--config.train.log_every=2", *TINY, *_custom_mixture())
+                "--config.train.log_every=2", *TINY)
   assert proc.returncode == 0, proc.stderr
   saved = config_lib.load_json(os.path.join(out, "config.json"))
   assert (saved.model.size, saved.train.steps, saved.data.data_dir) == ("4M", 4, data_dir)
@@ -88,7 +83,7 @@ def test_equals_form_and_training_section_file(data_dir, tmp_path):
   proc = _train("--model_size=6M", f"--data_path={data_dir}", f"--output_dir={out}",
                 "--config_file=configs/training_configs/default_training.py",
                 "--config.train.steps=2", "--config.checkpoint.enabled=false",
-                "--config.train.log_every=1", *TINY, *_custom_mixture())
+                "--config.train.log_every=1", *TINY)
   assert proc.returncode == 0, proc.stderr
   saved = config_lib.load_json(os.path.join(out, "config.json"))
   assert (saved.model.size, saved.train.steps, saved.data.data_dir) == ("6M", 2, data_dir)
