@@ -21,24 +21,35 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from data_pipeline.tokenizer import VOCAB_SIZE
+from olmo_jax import params as params_lib
 from olmo_jax import sizes
 
-VARIANTS = ("ladder", "olmo1", "olmo2")
+VARIANTS = tuple(params_lib.VARIANTS)  # the built-in variants (tables in params.py)
 REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj",
                   "full")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def _execution(default):
+  """A ModelConfig field that changes how the model runs, not its weights or function."""
+  return dataclasses.field(default=default, metadata={"execution": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Everything that fixes the model's shapes and numerics."""
+  """Everything that fixes the model's shapes and numerics.
+
+  The `model` subtree of the training config is derived from these fields
+  (config.model_config_dict), and read back by config.model_config.
+  """
 
   variant: str = "ladder"
   d_model: int = 64
   n_heads: int = 8
   n_layers: int = 8
-  vocab_size: int = sizes.VOCAB_SIZE
+  vocab_size: int = VOCAB_SIZE
   embedding_size: int = sizes.EMBEDDING_SIZE
   mlp_hidden: int = 0  # 0: 4 * d_model (OLMo's mlp_ratio 8, fused and halved)
   max_seq_len: int = sizes.SEQ_LEN  # length of the RoPE table
@@ -46,10 +57,10 @@ class ModelConfig:
   norm_eps: float = 0.0  # 0: the variant's default (1e-6 RMSNorm; 1e-5 LayerNorm)
   clip_qkv: float = 0.0  # OLMo 1 option; 0 disables
   init_std: float = 0.02
-  dtype: str = "float32"  # compute dtype
-  remat: str = "none"
-  attention: str = "auto"
-  scan_layers: bool = True
+  dtype: str = _execution("float32")  # compute dtype; params stay float32
+  remat: str = _execution("none")  # REMAT_POLICIES
+  attention: str = _execution("auto")  # ATTENTION_IMPLS
+  scan_layers: bool = _execution(True)
 
   @property
   def head_dim(self) -> int:
@@ -57,15 +68,20 @@ class ModelConfig:
 
   @property
   def hidden(self) -> int:
-    return self.mlp_hidden or 4 * self.d_model
+    return params_lib.mlp_hidden(self.d_model, self.mlp_hidden)
+
+  @property
+  def spec(self) -> params_lib.Variant:
+    """The variant's parameter table and flags."""
+    return params_lib.get(self.variant)
 
   @property
   def theta(self) -> float:
-    return self.rope_theta or (500_000.0 if self.variant == "olmo2" else 10_000.0)
+    return self.rope_theta or self.spec.rope_theta
 
   @property
   def eps(self) -> float:
-    return self.norm_eps or (1e-5 if self.variant == "olmo1" else 1e-6)
+    return self.norm_eps or self.spec.norm_eps
 
   @property
   def compute_dtype(self):
@@ -73,11 +89,12 @@ class ModelConfig:
 
   def validate(self) -> None:
     """Raises ValueError naming the config field (model.*) that is wrong."""
-    if self.variant not in VARIANTS:
-      raise ValueError(f"model.variant={self.variant!r} is unknown; choose one of {VARIANTS}")
+    params_lib.get(self.variant)  # names model.variant and the choices
     for name in ("d_model", "n_heads", "n_layers", "vocab_size", "embedding_size", "max_seq_len"):
       if getattr(self, name) <= 0:
         raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
+    if self.mlp_hidden < 0:
+      raise ValueError(f"model.mlp_hidden={self.mlp_hidden} must be >= 0 (0: 4 * d_model)")
     if self.d_model % self.n_heads:
       raise ValueError(f"model.n_heads={self.n_heads} does not divide model.d_model="
                        f"{self.d_model}")
@@ -96,6 +113,11 @@ class ModelConfig:
     if self.clip_qkv < 0 or self.init_std <= 0 or self.rope_theta < 0 or self.norm_eps < 0:
       raise ValueError("model.clip_qkv, model.rope_theta and model.norm_eps must be >= 0 and "
                        "model.init_std > 0")
+
+
+# The fields that fix the weights and the function they compute (a checkpoint's identity).
+ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig)
+                            if not f.metadata.get("execution"))
 
 
 def truncated_normal(std: float):
@@ -122,6 +144,13 @@ def layer_norm_no_affine(x, eps):
   return (x32 - mean) * jax.lax.rsqrt(var + eps)
 
 
+def _norm(spec: params_lib.Variant, eps: float, x, weights: dict, name: str):
+  """The variant's norm in float32: RMSNorm with weights[name], or weightless LayerNorm."""
+  if spec.norm == "layer":
+    return layer_norm_no_affine(x, eps)
+  return rms_norm(x, weights[name], eps)
+
+
 def rope_tables(seq_len: int, head_dim: int, theta: float):
   """cos, sin tables of split-half RoPE: float32 [seq_len, head_dim]."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
@@ -139,36 +168,21 @@ def apply_rope(x_BxLxHxK, cos_LxK, sin_LxK):
   return (x32 * cos + rotated * sin).astype(x_BxLxHxK.dtype)
 
 
-def _param(rngs, init, shape, axes):
-  return nnx.Param(init(rngs.params(), shape), axes=axes)
-
-
-def _ones(shape, axes):
-  return nnx.Param(jnp.ones(shape, jnp.float32), axes=axes)
+def _make_param(p: params_lib.Param, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Param:
+  """A parameter as the table declares it (a 'normal' one draws the next params key)."""
+  shape = p.shape(params_lib.Dims.of(cfg))
+  if p.init == "ones":
+    return nnx.Param(jnp.ones(shape, jnp.float32), axes=p.axes)
+  return nnx.Param(truncated_normal(cfg.init_std)(rngs.params(), shape), axes=p.axes)
 
 
 class Blocks(nnx.Module):
   """All transformer blocks, each weight stacked on a leading `layers` axis."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    n, d, f = cfg.n_layers, cfg.d_model, cfg.hidden
-    init = truncated_normal(cfg.init_std)
     # Kernels are [in, out] per layer (HF nn.Linear stores the transpose).
-    self.wq = _param(rngs, init, (n, d, d), ("layers", "embed", "q_heads"))
-    self.wk = _param(rngs, init, (n, d, d), ("layers", "embed", "kv_heads"))
-    self.wv = _param(rngs, init, (n, d, d), ("layers", "embed", "kv_heads"))
-    self.wo = _param(rngs, init, (n, d, d), ("layers", "q_heads", "embed"))
-    self.w_up = _param(rngs, init, (n, d, f), ("layers", "embed", "mlp"))
-    self.w_gate = _param(rngs, init, (n, d, f), ("layers", "embed", "mlp"))
-    self.w_down = _param(rngs, init, (n, f, d), ("layers", "mlp", "embed"))
-    if cfg.variant == "ladder":
-      self.attn_norm = _ones((n, d), ("layers", "norm"))
-      self.mlp_norm = _ones((n, d), ("layers", "norm"))
-    elif cfg.variant == "olmo2":
-      self.q_norm = _ones((n, d), ("layers", "norm"))
-      self.k_norm = _ones((n, d), ("layers", "norm"))
-      self.post_attn_norm = _ones((n, d), ("layers", "norm"))
-      self.post_mlp_norm = _ones((n, d), ("layers", "norm"))
+    for p in cfg.spec.block_params:
+      setattr(self, p.path[-1], _make_param(p, cfg, rngs))
 
 
 # Activations tagged for the named remat presets.
@@ -386,12 +400,11 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
   dt = cfg.compute_dtype
   B, L, D = x_BxLxD.shape
   H, K = cfg.n_heads, cfg.head_dim
+  spec = cfg.spec
   w = {k: v.astype(dt) for k, v in layer.items() if not k.endswith("norm")}
 
   def norm(h, name):
-    if cfg.variant == "olmo1":
-      return layer_norm_no_affine(h, cfg.eps).astype(dt)
-    return rms_norm(h, layer[name], cfg.eps).astype(dt)
+    return _norm(spec, cfg.eps, h, layer, name).astype(dt)
 
   # On CPU one wide matmul beats several narrow ones, and the MLP runs with its written-out
   # backward pass (same values). Elsewhere keep the kernels apart: concatenating
@@ -410,7 +423,7 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
     q, k, v = _tag(q, "query_proj"), _tag(k, "key_proj"), _tag(v, "value_proj")
     if cfg.clip_qkv:
       q, k, v = (jnp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
-    if cfg.variant == "olmo2":  # QK-norm over the full projection, before heads and RoPE
+    if spec.qk_norm:  # over the full projection, before heads and RoPE
       q, k = norm(q, "q_norm"), norm(k, "k_norm")
     q_BxLxHxK = apply_rope(q.reshape(B, L, H, K), cos_LxK, sin_LxK)
     k_BxLxHxK = apply_rope(k.reshape(B, L, H, K), cos_LxK, sin_LxK)
@@ -424,7 +437,7 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
     up_BxLxF, gate_BxLxF = project(h_BxLxD, ("w_up", "w_gate"))
     return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ w["w_down"]
 
-  if cfg.variant == "olmo2":
+  if spec.norm_after:
     h = x_BxLxD + norm(attn(x_BxLxD), "post_attn_norm")
     return h + norm(mlp(h), "post_mlp_norm")
   h = x_BxLxD + attn(norm(x_BxLxD, "attn_norm"))
@@ -437,12 +450,12 @@ class OLMo(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     cfg.validate()
     self.cfg = cfg
-    init = truncated_normal(cfg.init_std)
-    self.embed = _param(rngs, init, (cfg.embedding_size, cfg.d_model), ("vocab", "embed"))
-    self.blocks = Blocks(cfg, rngs=rngs)
-    if cfg.variant != "olmo1":
-      self.final_norm = _ones((cfg.d_model,), ("norm",))
-    self.lm_head = _param(rngs, init, (cfg.d_model, cfg.embedding_size), ("embed", "vocab"))
+    # In table order, which fixes the order the parameters draw their init keys in.
+    for p in cfg.spec.params:
+      if not p.layered:
+        setattr(self, p.name, _make_param(p, cfg, rngs))
+      elif p is cfg.spec.block_params[0]:
+        self.blocks = Blocks(cfg, rngs=rngs)
 
   def __call__(self, input_ids_BxL: jax.Array) -> jax.Array:
     """Logits float32 [B, L, V] for int token ids [B, L]."""
@@ -475,10 +488,7 @@ def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
   else:
     for i in range(cfg.n_layers):
       x_BxLxD, _ = body(x_BxLxD, jax.tree.map(lambda a: a[i], blocks))
-  if cfg.variant == "olmo1":
-    x_BxLxD = layer_norm_no_affine(x_BxLxD, cfg.eps).astype(dt)
-  else:
-    x_BxLxD = rms_norm(x_BxLxD, params["final_norm"], cfg.eps).astype(dt)
+  x_BxLxD = _norm(cfg.spec, cfg.eps, x_BxLxD, params, "final_norm").astype(dt)
   if return_hidden:
     return x_BxLxD
   head_DxV = params["lm_head"].astype(dt)
