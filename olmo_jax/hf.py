@@ -15,6 +15,7 @@ V embedding rows, N layers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -272,6 +273,19 @@ class _Entry:
   shape: tuple[int, ...]
 
 
+@contextlib.contextmanager
+def _damaged_file_error(path: str):
+  """Turns a reader's failure on a truncated or corrupt weights file into one that names it."""
+  try:
+    yield
+  except ConversionError:
+    raise
+  except Exception as e:  # SafetensorError, torch's unpickling / zip errors, OSError ...
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ConversionError(f"weights file {path} cannot be read ({reason}): it is truncated or "
+                          "damaged; download or export it again") from None
+
+
 class TensorFiles:
   """Names and shapes of every tensor in an HF directory; loads one tensor on demand.
 
@@ -312,14 +326,15 @@ class TensorFiles:
     if path not in self._torch_cache:
       import torch  # only .bin checkpoints need torch
       # mmap: shapes are known without reading the tensors into memory.
-      self._torch_cache[path] = torch.load(path, map_location="cpu", weights_only=True,
-                                           mmap=True)
+      with _damaged_file_error(path):
+        self._torch_cache[path] = torch.load(path, map_location="cpu", weights_only=True,
+                                             mmap=True)
     return self._torch_cache[path]
 
   def _shapes(self, path: str) -> dict[str, list[int]]:
     if path.endswith(".safetensors"):
       from safetensors import safe_open
-      with safe_open(path, framework="numpy") as f:
+      with _damaged_file_error(path), safe_open(path, framework="numpy") as f:
         return {k: f.get_slice(k).get_shape() for k in f.keys()}
     return {k: list(v.shape) for k, v in self._torch_state(path).items()}
 
@@ -336,7 +351,7 @@ class TensorFiles:
     path = self.entries[key].file
     if path.endswith(".safetensors"):
       from safetensors import safe_open
-      with safe_open(path, framework="numpy") as f:
+      with _damaged_file_error(path), safe_open(path, framework="numpy") as f:
         t = f.get_slice(key)[rows[0]:rows[1]] if rows else f.get_tensor(key)
         return np.asarray(t, dtype=np.float32)
     t = self._torch_state(path)[key]
