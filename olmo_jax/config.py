@@ -17,6 +17,7 @@ import ml_collections
 
 from olmo_jax import params as params_lib
 from olmo_jax import sizes
+from olmo_jax.kernels import resolve_platform
 from olmo_jax.model import ModelConfig
 
 
@@ -41,8 +42,8 @@ def model_config_dict(size: str = "4M") -> ml_collections.ConfigDict:
   """The `model` config subtree: `size` plus every ModelConfig field at its default.
 
   size: a ladder size ('4M' ... '1B'), or 'custom' with d_model/n_heads/n_layers set.
-  d_model, n_heads and n_layers are 0 ("from model.size") and dtype is 'auto' (bfloat16 on
-  GPU/TPU, float32 on CPU) until `resolve`.
+  d_model, n_heads and n_layers are 0 ("from model.size"), dtype is 'auto' (bfloat16 on
+  GPU/TPU, float32 on CPU) and platform 'auto' (the devices in use) until `resolve`.
   """
   c = ml_collections.ConfigDict({"size": size})
   for f in dataclasses.fields(ModelConfig):
@@ -66,9 +67,9 @@ def _model_shape(m) -> tuple[int, int, int, float]:
           s.formula_params)
 
 
-def default_dtype() -> str:
-  import jax
-  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+def default_dtype(platform: str = "auto") -> str:
+  """The compute dtype 'auto' stands for on a platform: float32 on CPU, bfloat16 elsewhere."""
+  return "float32" if resolve_platform(platform) == "cpu" else "bfloat16"
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -78,8 +79,11 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   params_lib.get(m.variant)  # names model.variant and the choices
   d, h, l, n_formula = _model_shape(m)
   m.d_model, m.n_heads, m.n_layers = d, h, l
+  # The kernels and the default dtype are chosen once, here, from the platform.
+  if m.get("platform", "auto") == "auto":
+    m.platform = resolve_platform("auto")
   if m.dtype == "auto":
-    m.dtype = default_dtype()
+    m.dtype = default_dtype(m.platform)
   ladder = sizes.LADDER.get(m.size)
   if t.batch_size == -1:
     t.batch_size = ladder.batch_seqs if ladder else sizes.batch_size_formula(n_formula)

@@ -24,6 +24,14 @@ from jax.ad_checkpoint import checkpoint_name
 from data_pipeline.tokenizer import VOCAB_SIZE
 from olmo_jax import params as params_lib
 from olmo_jax import sizes
+from olmo_jax.kernels import PLATFORMS, resolve_platform
+from olmo_jax.kernels import cpu as cpu_kernels
+from olmo_jax.kernels.cpu import (  # noqa: F401 (they keep their model.* names)
+    blocked_causal_attention,
+    linear,
+    swiglu_mlp,
+    weight_grad,
+)
 
 VARIANTS = tuple(params_lib.VARIANTS)  # the built-in variants (tables in params.py)
 REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj",
@@ -61,6 +69,9 @@ class ModelConfig:
   remat: str = _execution("none")  # REMAT_POLICIES
   attention: str = _execution("auto")  # ATTENTION_IMPLS
   scan_layers: bool = _execution(True)
+  # The kernels' platform (PLATFORMS): 'auto' = the platform of the devices in use. Tracing
+  # for 'gpu' / 'tpu' from a CPU host takes the accelerator path.
+  platform: str = _execution("auto")
 
   @property
   def head_dim(self) -> int:
@@ -82,6 +93,11 @@ class ModelConfig:
   @property
   def eps(self) -> float:
     return self.norm_eps or self.spec.norm_eps
+
+  @property
+  def on_cpu(self) -> bool:
+    """Whether the model takes the XLA:CPU kernels (kernels/cpu.py)."""
+    return resolve_platform(self.platform) == "cpu"
 
   @property
   def compute_dtype(self):
@@ -107,6 +123,8 @@ class ModelConfig:
       raise ValueError(f"model.dtype={self.dtype!r} is unknown; choose one of {list(DTYPES)}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat={self.remat!r} is unknown; choose one of {REMAT_POLICIES}")
+    if self.platform not in PLATFORMS:
+      raise ValueError(f"model.platform={self.platform!r} is unknown; choose one of {PLATFORMS}")
     if self.attention not in ATTENTION_IMPLS:
       raise ValueError(f"model.attention={self.attention!r} is unknown; choose one of "
                        f"{ATTENTION_IMPLS}")
@@ -201,192 +219,22 @@ def _remat_policy(name: str):
   }[name]
 
 
-def weight_grad(a_TxP, b_TxQ, preferred_element_type=None):
-  """a^T @ b, contracting the leading (token) axis: the shape of every weight gradient.
-
-  On CPU the product is formed as a plain matmul: the smaller operand is transposed
-  explicitly (and, when that is `b`, so is the small result), with barriers that keep XLA
-  from folding the transposes back into the dot, which it would hand to a slower
-  transposed-operand kernel. 5-20% faster for this model's weight-gradient shapes; same
-  values up to float32 summation order.
-  """
-  if jax.default_backend() != "cpu":
-    return jnp.dot(a_TxP.T, b_TxQ, preferred_element_type=preferred_element_type)
-  keep = jax.lax.optimization_barrier
-  if a_TxP.shape[1] <= b_TxQ.shape[1]:
-    return jnp.dot(keep(a_TxP.T), b_TxQ, preferred_element_type=preferred_element_type)
-  return keep(jnp.dot(keep(b_TxQ.T), a_TxP, preferred_element_type=preferred_element_type)).T
-
-
-def _query_blocks(L: int, block: int) -> list[tuple[int, int]]:
-  return [(start, min(start + block, L)) for start in range(0, L, block)]
-
-
-def _visible_scores(q_BxHxQxK, k_BxHxMxK, start: int, scale: float, keys_first: bool = False):
-  """float32 scores of a query block against keys [0, M), -inf where causally hidden.
-
-  [B, H, Q, M], or [B, H, M, Q] with `keys_first` (the layout the backward pass wants).
-  """
-  spec = "bhmk,bhqk->bhmq" if keys_first else "bhqk,bhmk->bhqm"
-  operands = (k_BxHxMxK, q_BxHxQxK) if keys_first else (q_BxHxQxK, k_BxHxMxK)
-  s = jnp.einsum(spec, *operands, preferred_element_type=jnp.float32) * scale
-  Q, M = q_BxHxQxK.shape[2], k_BxHxMxK.shape[2]
-  visible_QxM = jnp.arange(M)[None, :] <= start + jnp.arange(Q)[:, None]
-  return jnp.where(visible_QxM.T if keys_first else visible_QxM, s, -jnp.inf)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _blocked_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block: int):
-  return _blocked_attention_fwd(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block)[0]
-
-
-def _blocked_attention_fwd(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block):
-  L, K = q_BxHxLxK.shape[2:]
-  scale = 1.0 / math.sqrt(K)
-  outs, lses = [], []
-  for start, end in _query_blocks(L, block):
-    s = _visible_scores(q_BxHxLxK[:, :, start:end], k_BxHxLxK[:, :, :end], start, scale)
-    m = s.max(-1, keepdims=True)
-    e = jnp.exp(s - m)
-    total = e.sum(-1, keepdims=True)
-    # Normalise the [Q, K] output rather than the [Q, M] probabilities: one pass fewer.
-    pv = jnp.einsum("bhqm,bhmk->bhqk", e.astype(v_BxHxLxK.dtype), v_BxHxLxK[:, :, :end],
-                    preferred_element_type=jnp.float32)
-    outs.append((pv / total).astype(v_BxHxLxK.dtype))
-    lses.append(m + jnp.log(total))
-  o = jnp.concatenate(outs, axis=2)
-  return o, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, o, jnp.concatenate(lses, axis=2))
-
-
-def _blocked_attention_bwd(block, res, do_BxHxLxK):
-  # Probabilities are recomputed per block from the saved log-sum-exp rather than stored:
-  # one extra score matmul instead of a [B, H, L, L] residual per layer. The block's
-  # scores are formed transposed ([keys, queries]) so that dK and dV come out of plain
-  # (non-transposed) batched matmuls, which XLA:CPU runs much faster; dQ likewise comes out
-  # transposed ([K, queries]) from K^T (transposed once) times the transposed score block.
-  q, k, v, o, lse = res
-  L, K = q.shape[2:]
-  scale = 1.0 / math.sqrt(K)
-  delta = jnp.sum(do_BxHxLxK.astype(jnp.float32) * o.astype(jnp.float32), -1, keepdims=True)
-  t = lambda x: jnp.swapaxes(x, 2, 3)
-  # The barrier keeps XLA from folding the transpose back into the dots (as a transposed
-  # operand, which XLA:CPU hands to a slower kernel).
-  k_BxHxKxL = jax.lax.optimization_barrier(t(k))
-  dq_ts = []
-  dk = jnp.zeros(k.shape, jnp.float32)
-  dv = jnp.zeros(v.shape, jnp.float32)
-  for start, end in _query_blocks(L, block):
-    q_b, do_b = q[:, :, start:end], do_BxHxLxK[:, :, start:end]
-    k_b, v_b = k[:, :, :end], v[:, :, :end]
-    p_t = jnp.exp(_visible_scores(q_b, k_b, start, scale, keys_first=True)
-                  - t(lse[:, :, start:end]))
-    dp_t = jnp.einsum("bhmk,bhqk->bhmq", v_b, do_b, preferred_element_type=jnp.float32)
-    ds_t = (p_t * (dp_t - t(delta[:, :, start:end])) * scale).astype(q.dtype)
-    dq_ts.append(jnp.einsum("bhkm,bhmq->bhkq", k_BxHxKxL[:, :, :, :end], ds_t))
-    pad = ((0, 0), (0, 0), (0, L - end), (0, 0))
-    dk = dk + jnp.pad(jnp.einsum("bhmq,bhqk->bhmk", ds_t, q_b, preferred_element_type=jnp.float32),
-                      pad)
-    dv = dv + jnp.pad(jnp.einsum("bhmq,bhqk->bhmk", p_t.astype(v.dtype), do_b,
-                                 preferred_element_type=jnp.float32), pad)
-  return t(jnp.concatenate(dq_ts, axis=3)), dk.astype(k.dtype), dv.astype(v.dtype)
-
-
-_blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
-
-
-def blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block: int = 0):
-  """Causal attention over query blocks, each against only the keys it can see.
-
-  Skips the masked upper triangle (about half the work) and keeps the score tiles small
-  enough for CPU caches. The backward pass is written out (flash-attention style): it keeps
-  only the output and the row log-sum-exp, and recomputes each block's probabilities.
-  Same values as full masked softmax attention (float32 scores).
-  """
-  L = q_BxLxHxK.shape[1]
-  block = block or max(64, L // 16)
-  t = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, H, K] <-> [B, H, L, K]
-  return t(_blocked_attention(t(q_BxLxHxK), t(k_BxLxHxK), t(v_BxLxHxK), block))
-
-
-@jax.custom_vjp
-def linear(x_BxLxD, w_DxF):
-  """x @ w whose weight gradient goes through weight_grad (the CPU projections)."""
-  return x_BxLxD @ w_DxF
-
-
-def _linear_fwd(x_BxLxD, w_DxF):
-  return x_BxLxD @ w_DxF, (x_BxLxD, w_DxF)
-
-
-def _linear_bwd(res, dy_BxLxF):
-  x, w_DxF = res
-  D, F = w_DxF.shape
-  dw = weight_grad(x.reshape(-1, D), dy_BxLxF.reshape(-1, F))
-  return dy_BxLxF @ w_DxF.T, dw.astype(w_DxF.dtype)
-
-
-linear.defvjp(_linear_fwd, _linear_bwd)
-
-
-@jax.custom_vjp
-def swiglu_mlp(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
-  """silu(h @ w_gate) * (h @ w_up) @ w_down, with a written-out backward pass.
-
-  One wide [D, 2F] matmul in the forward pass, and a backward pass of four plain 2-D
-  matmuls with the elementwise SwiGLU derivative in between (XLA:CPU runs this faster than
-  the generic differentiation of the same graph). Only the input and the [up | gate]
-  projection are kept for the backward pass, which recomputes the activation from them.
-  Same values as the plain expression.
-  """
-  return _swiglu_fwd(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD)[0]
-
-
-def _swiglu_fwd(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
-  F = w_up_DxF.shape[1]
-  w_ug = jnp.concatenate([w_up_DxF, w_gate_DxF], axis=-1)
-  ug = h_BxLxD @ w_ug
-  up, gate = ug[..., :F], ug[..., F:]
-  act = gate * jax.nn.sigmoid(gate) * up  # silu, written so XLA makes one pass of it
-  return act @ w_down_FxD, (h_BxLxD, ug, w_ug, w_down_FxD)
-
-
-def _swiglu_bwd(res, dy_BxLxD):
-  h, ug, w_ug, w_down = res
-  F = w_down.shape[0]
-  T = math.prod(h.shape[:-1])
-  h_TxD, dy_TxD = h.reshape(T, -1), dy_BxLxD.reshape(T, -1)
-  ug_Tx2xF = ug.reshape(T, 2, F)
-  up, gate = ug_Tx2xF[:, :1], ug_Tx2xF[:, 1:]  # [T, 1, F] each
-  sig = jax.nn.sigmoid(gate)
-  act_TxF = (gate * sig * up).reshape(T, F)
-  dw_down = weight_grad(act_TxF, dy_TxD)
-  dact_TxF = dy_TxD @ w_down.T
-  # d/d[up | gate] as one elementwise expression over [T, 2, F] (a single pass, no concat):
-  # d_up = dact * silu(gate), d_gate = dact * up * sig * (1 + gate * (1 - sig)).
-  is_up = jax.lax.broadcasted_iota(jnp.int32, (1, 2, 1), 1) == 0
-  coef = jnp.where(is_up, gate * sig, up * sig * (1 + gate * (1 - sig)))
-  dug = (dact_TxF[:, None, :] * coef).reshape(T, 2 * F)
-  dw_ug = weight_grad(h_TxD, dug)
-  dh = dug @ w_ug.T
-  return dh.reshape(h.shape), dw_ug[:, :F], dw_ug[:, F:], dw_down
-
-
-swiglu_mlp.defvjp(_swiglu_fwd, _swiglu_bwd)
-
-
-def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str):
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str, on_cpu: bool | None = None):
   """Causal softmax attention.
 
   'auto' is 'blocked' on CPU; elsewhere jax.nn.dot_product_attention picks cuDNN flash
   attention where it supports the shapes and dtype (GPU, bf16/fp16) and XLA otherwise.
   'cudnn' insists (and fails loudly) on cuDNN; 'xla' is XLA's fused attention.
+  on_cpu: the platform choice (ModelConfig.on_cpu); None asks the devices in use.
   """
+  if on_cpu is None:
+    on_cpu = resolve_platform() == "cpu"
   if impl == "auto":
-    impl = "blocked" if jax.default_backend() == "cpu" else None
+    impl = "blocked" if on_cpu else None
   if impl == "blocked":
-    return blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    return cpu_kernels.blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
   dt = q_BxLxHxK.dtype
-  if dt == jnp.float16 and jax.default_backend() == "cpu":
+  if dt == jnp.float16 and on_cpu:
     # XLA:CPU lacks f16 dots with f32 accumulation; float16 is for GPUs without bf16.
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (t.astype(jnp.float32)
                                        for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
@@ -409,8 +257,8 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
   # On CPU one wide matmul beats several narrow ones, and the MLP runs with its written-out
   # backward pass (same values). Elsewhere keep the kernels apart: concatenating
   # tensor-sharded kernels along their sharded axis would reshard.
-  fuse = jax.default_backend() == "cpu"
-  matmul = linear if fuse else jnp.matmul
+  fuse = cfg.on_cpu
+  matmul = cpu_kernels.linear if fuse else jnp.matmul
 
   def project(h, names):
     if not fuse:
@@ -428,12 +276,12 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
     q_BxLxHxK = apply_rope(q.reshape(B, L, H, K), cos_LxK, sin_LxK)
     k_BxLxHxK = apply_rope(k.reshape(B, L, H, K), cos_LxK, sin_LxK)
     v_BxLxHxK = v.reshape(B, L, H, K)
-    o_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention)
+    o_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention, fuse)
     return _tag(matmul(o_BxLxHxK.reshape(B, L, D), w["wo"]), "out_proj")
 
   def mlp(h_BxLxD):
     if fuse:
-      return swiglu_mlp(h_BxLxD, w["w_up"], w["w_gate"], w["w_down"])
+      return cpu_kernels.swiglu_mlp(h_BxLxD, w["w_up"], w["w_gate"], w["w_down"])
     up_BxLxF, gate_BxLxF = project(h_BxLxD, ("w_up", "w_gate"))
     return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ w["w_down"]
 
@@ -492,7 +340,7 @@ def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
   if return_hidden:
     return x_BxLxD
   head_DxV = params["lm_head"].astype(dt)
-  if dt == jnp.float16 and jax.default_backend() == "cpu":
+  if dt == jnp.float16 and cfg.on_cpu:
     # XLA:CPU has no f16 x f16 -> f32 dot; the f32 product of the f16 values is the same.
     x_BxLxD, head_DxV = x_BxLxD.astype(jnp.float32), head_DxV.astype(jnp.float32)
   return jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV, preferred_element_type=jnp.float32)
@@ -541,7 +389,8 @@ def _chunk_size(n_tokens: int, requested: int) -> int:
   return c
 
 
-def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_grads: bool):
+def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_grads: bool,
+                      on_cpu: bool):
   """Scans token chunks through head + softmax cross entropy, never holding [T, V] logits.
 
   Returns (sum_nll, sum_lse2, dh [T, D] or None, dw [D, V] f32 or None); the gradients are
@@ -572,7 +421,10 @@ def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_g
     is_target = jax.lax.broadcasted_iota(jnp.int32, (chunk, V), 1) == y_c[:, None]
     d_CxV = (jnp.where(is_target, p_CxV - 1.0, p_CxV) / T).astype(dt)
     dh_c = jnp.dot(d_CxV, w.T, preferred_element_type=jnp.float32).astype(dt)
-    dw_acc = dw_acc + weight_grad(h_c, d_CxV, preferred_element_type=jnp.float32)
+    if on_cpu:
+      dw_acc = dw_acc + cpu_kernels.weight_grad(h_c, d_CxV, preferred_element_type=jnp.float32)
+    else:
+      dw_acc = dw_acc + jnp.dot(h_c.T, d_CxV, preferred_element_type=jnp.float32)
     return dw_acc, (nll, lse2, dh_c)
 
   dw0 = jnp.zeros((D, V), jnp.float32) if with_grads else None
@@ -581,23 +433,23 @@ def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_g
   return nll.sum(), lse2.sum(), dh, dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _fused_loss(h_TxD, w_DxV, targets_T, z_loss, chunk):
-  nll, lse2, _, _ = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _fused_loss(h_TxD, w_DxV, targets_T, z_loss, chunk, on_cpu):
+  nll, lse2, _, _ = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, False, on_cpu)
   T = h_TxD.shape[0]
   return (nll + z_loss * lse2) / T, nll / T, lse2 / T
 
 
-def _fused_loss_fwd(h_TxD, w_DxV, targets_T, z_loss, chunk):
+def _fused_loss_fwd(h_TxD, w_DxV, targets_T, z_loss, chunk, on_cpu):
   # The loss is a scalar at the end of the graph, so its gradients are computed in the
   # forward sweep (one pass over the logits instead of two) and only scaled in backward.
-  nll, lse2, dh, dw = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, True)
+  nll, lse2, dh, dw = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, True, on_cpu)
   T = h_TxD.shape[0]
   out = ((nll + z_loss * lse2) / T, nll / T, lse2 / T)
   return out, (dh, dw.astype(w_DxV.dtype), np.zeros(targets_T.shape, jax.dtypes.float0))
 
 
-def _fused_loss_bwd(z_loss, chunk, res, g):
+def _fused_loss_bwd(z_loss, chunk, on_cpu, res, g):
   dh, dw, dy = res
   g_loss = g[0]  # 'ce' and 'z_loss' are reported metrics, not differentiated
   return (dh * g_loss.astype(dh.dtype), dw * g_loss, dy)
@@ -607,16 +459,16 @@ _fused_loss.defvjp(_fused_loss_fwd, _fused_loss_bwd)
 
 
 def fused_head_loss(hidden_BxLxD, lm_head_DxV, targets_BxL, z_loss: float = 0.0,
-                    chunk_tokens: int = 256):
+                    chunk_tokens: int = 256, platform: str = "auto"):
   """Mean next-token loss from final hidden states, without materialising the logits.
 
   Same value as cross_entropy(hidden @ lm_head, targets) (float32 logits and softmax),
   computed over chunks of `chunk_tokens` tokens. Only the returned loss is differentiable.
-  Returns (loss, {"ce", "z_loss"}).
+  platform: the model's (ModelConfig.platform). Returns (loss, {"ce", "z_loss"}).
   """
   B, L, D = hidden_BxLxD.shape
   T = B * L
   loss, ce, zl = _fused_loss(hidden_BxLxD.reshape(T, D), lm_head_DxV,
                              targets_BxL.reshape(T).astype(jnp.int32), float(z_loss),
-                             _chunk_size(T, chunk_tokens))
+                             _chunk_size(T, chunk_tokens), resolve_platform(platform) == "cpu")
   return loss, {"ce": ce, "z_loss": zl}

@@ -153,3 +153,14 @@ def test_convert_from_hf_cli_imports_a_llama_with_another_mlp_width(tmp_path):
   assert (mcfg.d_model, mcfg.hidden) == (64, 96)
   assert params["blocks"]["w_up"].shape == (2, 64, 96)
   assert fx.max_diff(model, mcfg, params, long=False) < fx.TOL
+
+
+def test_resolve_fixes_the_platform_and_its_default_dtype():
+  c = config_lib.load_config_file(TRAIN_CONFIG, "4M")
+  assert (c.model.platform, c.model.dtype) == ("auto", "auto")
+  r = config_lib.resolve(c)
+  assert (r.model.platform, r.model.dtype) == (jax.devices()[0].platform, "float32")
+  c.model.platform = "gpu"  # planning for a GPU on this host: its default dtype
+  r = config_lib.resolve(c)
+  assert (r.model.platform, r.model.dtype) == ("gpu", "bfloat16")
+  assert not config_lib.model_config(r).on_cpu
