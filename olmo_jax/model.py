@@ -1,11 +1,14 @@
 """OLMo in Flax NNX: the DataDecide ladder, OLMo 1 and OLMo 2 variants.
 
-Layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so one block
-is compiled whatever the depth. Parameters are float32; activations run in the compute
-dtype; norms, RoPE, logits and the loss run in float32.
+Each variant's parameters (shapes, logical axes, init) come from its table in params.py;
+the block reads the variant's flags for the few lines that differ (norm type and placement,
+QK-norm). Layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so
+one block is compiled whatever the depth. Parameters are float32; activations run in the
+compute dtype; norms, RoPE, logits and the loss run in float32. On CPU (`model.platform`)
+the model takes the XLA:CPU kernels of kernels/cpu.py.
 
-Shape suffixes: B batch, L sequence, D d_model, H heads, K head dim, F MLP hidden (4D),
-V embedding rows (50304), N layers.
+Shape suffixes: B batch, L sequence, D d_model, H heads, K head dim, F MLP hidden (4D by
+default), V embedding rows (50304), N layers.
 """
 
 from __future__ import annotations
