@@ -117,7 +117,7 @@ def test_toy_fourth_variant_round_trips_through_hf_with_equal_logits(toy_variant
   assert (config["architectures"], config["intermediate_size"]) == (["MistralForCausalLM"], 96)
   model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
   assert type(model).__name__ == "MistralForCausalLM"
-  assert fx.max_diff(model, cfg, params) < fx.TOL
+  assert fx.max_diff(model, cfg, params, long=False) < fx.TOL
   cfg2, params2 = hf.import_hf(str(tmp_path))
   assert cfg2 == cfg
   for a, b in zip(jax.tree.leaves(params2), jax.tree.leaves(params)):
