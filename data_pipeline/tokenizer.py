@@ -8,7 +8,10 @@ import importlib.util
 import os
 
 OLMO_TOKENIZER_FILE = "allenai_gpt-neox-olmo-dolma-v1_5.json"
+# The OLMo tokenizer's facts, the one home of these numbers for the whole project.
+EOS_TOKEN = "<|endoftext|>"
 EOS_TOKEN_ID = 50279
+PAD_TOKEN = "<|padding|>"
 PAD_TOKEN_ID = 1
 VOCAB_SIZE = 50280
 

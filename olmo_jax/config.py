@@ -7,6 +7,7 @@ naming the field, before any expensive work.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -14,7 +15,9 @@ from typing import Any
 
 import ml_collections
 
+from olmo_jax import params as params_lib
 from olmo_jax import sizes
+from olmo_jax.kernels import resolve_platform
 from olmo_jax.model import ModelConfig
 
 
@@ -35,6 +38,21 @@ def load_sibling(this_file: str, relpath: str, arg: str | None = None):
                           arg)
 
 
+def model_config_dict(size: str = "4M") -> ml_collections.ConfigDict:
+  """The `model` config subtree: `size` plus every ModelConfig field at its default.
+
+  size: a ladder size ('4M' ... '1B'), or 'custom' with d_model/n_heads/n_layers set.
+  d_model, n_heads and n_layers are 0 ("from model.size"), dtype is 'auto' (bfloat16 on
+  GPU/TPU, float32 on CPU) and platform 'auto' (the devices in use) until `resolve`.
+  """
+  c = ml_collections.ConfigDict({"size": size})
+  for f in dataclasses.fields(ModelConfig):
+    c[f.name] = f.default
+  c.d_model = c.n_heads = c.n_layers = 0
+  c.dtype = "auto"
+  return c
+
+
 def _model_shape(m) -> tuple[int, int, int, float]:
   """(d_model, n_heads, n_layers, formula N) of the config's model."""
   if m.size == "custom":
@@ -42,27 +60,30 @@ def _model_shape(m) -> tuple[int, int, int, float]:
       if getattr(m, f) <= 0:
         raise ValueError(f"model.size='custom' needs model.{f} > 0")
     d, h, l = m.d_model, m.n_heads, m.n_layers
-    return d, h, l, float(sizes.non_embedding_params(d, l, "ladder", m.embedding_size))
+    return d, h, l, float(sizes.non_embedding_params(d, l, "ladder", m.embedding_size,
+                                                     m.get("mlp_hidden", 0)))
   s = sizes.get_size(m.size)
   return (m.d_model or s.d_model, m.n_heads or s.n_heads, m.n_layers or s.n_layers,
           s.formula_params)
 
 
-def default_dtype() -> str:
-  import jax
-  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+def default_dtype(platform: str = "auto") -> str:
+  """The compute dtype 'auto' stands for on a platform: float32 on CPU, bfloat16 elsewhere."""
+  return "float32" if resolve_platform(platform) == "cpu" else "bfloat16"
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy with every ladder sentinel replaced by its value, plus a `derived` subtree."""
   c = ml_collections.ConfigDict(config.to_dict())
   m, t = c.model, c.train
-  if m.variant not in ("ladder", "olmo1", "olmo2"):
-    raise ValueError(f"model.variant={m.variant!r} is unknown; choose ladder, olmo1 or olmo2")
+  params_lib.get(m.variant)  # names model.variant and the choices
   d, h, l, n_formula = _model_shape(m)
   m.d_model, m.n_heads, m.n_layers = d, h, l
+  # The kernels and the default dtype are chosen once, here, from the platform.
+  if m.get("platform", "auto") == "auto":
+    m.platform = resolve_platform("auto")
   if m.dtype == "auto":
-    m.dtype = default_dtype()
+    m.dtype = default_dtype(m.platform)
   ladder = sizes.LADDER.get(m.size)
   if t.batch_size == -1:
     t.batch_size = ladder.batch_seqs if ladder else sizes.batch_size_formula(n_formula)
@@ -78,7 +99,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                else sizes.length_steps_formula(n_formula, t.batch_size, t.seq_len))
   if c.checkpoint.every == -1:
     c.checkpoint.every = ladder.checkpoint_every if ladder else 1250
-  n = sizes.non_embedding_params(d, l, m.variant, m.embedding_size)
+  n = sizes.non_embedding_params(d, l, m.variant, m.embedding_size, m.get("mlp_hidden", 0))
   tokens = t.steps * t.batch_size * t.seq_len
   c.derived = ml_collections.ConfigDict({
       "non_embedding_params": n,
@@ -91,13 +112,11 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
-  """The ModelConfig of a resolved config."""
+  """The ModelConfig of a resolved config (a field missing from an older saved config keeps
+  its default)."""
   m = c.model
-  return ModelConfig(
-      variant=m.variant, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers,
-      vocab_size=m.vocab_size, embedding_size=m.embedding_size, max_seq_len=m.max_seq_len,
-      rope_theta=m.rope_theta, norm_eps=m.norm_eps, clip_qkv=m.clip_qkv, init_std=m.init_std,
-      dtype=m.dtype, remat=m.remat, attention=m.attention, scan_layers=m.scan_layers)
+  return ModelConfig(**{f.name: m[f.name] for f in dataclasses.fields(ModelConfig)
+                        if f.name in m})
 
 
 def validate(c: ml_collections.ConfigDict, num_processes: int = 1) -> None:

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
   hf_dir = os.path.join(a.workdir, "hf")
   print(f"== exporting to HuggingFace format -> {hf_dir}", flush=True)
   rc = subprocess.call([sys.executable, os.path.join(REPO, "scripts", "convert_to_hf.py"),
-                        "--checkpoint", a.workdir, "--output", hf_dir])
+                        "--checkpoint", a.workdir, "--output", hf_dir, "--overwrite"])
   if rc:
     print("export failed", file=sys.stderr)
     return rc

@@ -1,5 +1,8 @@
 """HF <-> JAX weight mapping: Llama (the ladder), OLMo (OLMo 1), OLMo 2, and AllenAI's hf_olmo.
 
+Which tensor holds which parameter, in which orientation, comes from the per-variant tables
+of olmo_jax/params.py; one import pipeline serves both formats.
+
 `export_hf` writes a directory that `transformers.AutoModelForCausalLM.from_pretrained` and
 `AutoTokenizer.from_pretrained` load offline; `import_hf` reads such a directory (or one in
 AllenAI's own `hf_olmo` layout, as the released DataDecide checkpoints use) back into our
@@ -12,6 +15,7 @@ V embedding rows, N layers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,42 +25,18 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from data_pipeline.tokenizer import EOS_TOKEN, EOS_TOKEN_ID, PAD_TOKEN, PAD_TOKEN_ID, VOCAB_SIZE
+from olmo_jax import params as params_lib
 from olmo_jax import sizes
 from olmo_jax.model import ModelConfig
+from olmo_jax.params import Dims, Param
 
-# variant -> (HF architecture class, HF model_type)
-HF_ARCHITECTURES = {
-    "ladder": ("LlamaForCausalLM", "llama"),
-    "olmo1": ("OlmoForCausalLM", "olmo"),
-    "olmo2": ("Olmo2ForCausalLM", "olmo2"),
-}
+# The built-in variants' (HF architecture class, HF model_type); the tables are the source.
+HF_ARCHITECTURES = {v.name: (v.hf_architecture, v.hf_model_type)
+                    for v in params_lib.VARIANTS.values()}
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
-EOS_TOKEN = "<|endoftext|>"  # id 50279 in the OLMo tokenizer
-PAD_TOKEN = "<|padding|>"  # id 1
-# HF's OlmoLayerNorm hard-codes this eps; an OLMo 1 model with another eps cannot be exported.
-HF_OLMO1_EPS = 1e-5
 # Written by transformers' default RoPE and by old checkpoints; it is recomputed, never loaded.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-# Per-layer HF tensor names (under model.layers.{i}.) of each block kernel; every one is
-# an nn.Linear weight [out, in], the transpose of our [in, out] kernel.
-_HF_LAYER_KEYS = {
-    "wq": "self_attn.q_proj.weight",
-    "wk": "self_attn.k_proj.weight",
-    "wv": "self_attn.v_proj.weight",
-    "wo": "self_attn.o_proj.weight",
-    "w_gate": "mlp.gate_proj.weight",
-    "w_up": "mlp.up_proj.weight",
-    "w_down": "mlp.down_proj.weight",
-}
-_HF_NORM_KEYS = {
-    "ladder": {"attn_norm": "input_layernorm.weight",
-               "mlp_norm": "post_attention_layernorm.weight"},
-    "olmo1": {},
-    "olmo2": {"q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
-              "post_attn_norm": "post_attention_layernorm.weight",
-              "post_mlp_norm": "post_feedforward_layernorm.weight"},
-}
 
 
 class ConversionError(ValueError):
@@ -67,15 +47,15 @@ class ConversionError(ValueError):
 # Export
 
 
-def hf_config_dict(cfg: ModelConfig, dtype: str = "float32", eos_token_id: int =
-                   sizes.EOS_TOKEN_ID, pad_token_id: int = sizes.PAD_TOKEN_ID) -> dict:
+def hf_config_dict(cfg: ModelConfig, dtype: str = "float32", eos_token_id: int = EOS_TOKEN_ID,
+                   pad_token_id: int = PAD_TOKEN_ID) -> dict:
   """The HF config.json contents for `cfg` (Llama / Olmo / Olmo2 by variant)."""
   cfg.validate()
   _check_exportable(cfg, dtype)
-  arch, model_type = HF_ARCHITECTURES[cfg.variant]
+  spec = cfg.spec
   out = {
-      "architectures": [arch],
-      "model_type": model_type,
+      "architectures": [spec.hf_architecture],
+      "model_type": spec.hf_model_type,
       # HF's vocab_size is the number of embedding rows, padding rows included.
       "vocab_size": cfg.embedding_size,
       "hidden_size": cfg.d_model,
@@ -99,11 +79,11 @@ def hf_config_dict(cfg: ModelConfig, dtype: str = "float32", eos_token_id: int =
       "dtype": dtype,
       "torch_dtype": dtype,
   }
-  if cfg.variant == "ladder":
-    out.update(head_dim=cfg.head_dim, mlp_bias=False, pretraining_tp=1, rms_norm_eps=cfg.eps)
-  elif cfg.variant == "olmo1":
+  if spec.hf_extra:
+    out.update(spec.hf_extra(cfg))
+  if spec.hf_clip_qkv:
     out["clip_qkv"] = float(cfg.clip_qkv) if cfg.clip_qkv else None
-  else:
+  if spec.hf_fixed_eps is None:
     out["rms_norm_eps"] = cfg.eps
   return out
 
@@ -111,13 +91,14 @@ def hf_config_dict(cfg: ModelConfig, dtype: str = "float32", eos_token_id: int =
 def _check_exportable(cfg: ModelConfig, dtype: str) -> None:
   if dtype not in EXPORT_DTYPES:
     raise ConversionError(f"dtype={dtype!r} is unknown; choose one of {EXPORT_DTYPES}")
-  if cfg.clip_qkv and cfg.variant != "olmo1":
+  spec = cfg.spec
+  if cfg.clip_qkv and not spec.hf_clip_qkv:
+    able = [v.hf_architecture for v in params_lib.VARIANTS.values() if v.hf_clip_qkv]
     raise ConversionError(f"model.clip_qkv={cfg.clip_qkv} has no equivalent in HF "
-                          f"{HF_ARCHITECTURES[cfg.variant][0]}; only OLMo 1 (OlmoForCausalLM) "
-                          "supports clip_qkv")
-  if cfg.variant == "olmo1" and not math.isclose(cfg.eps, HF_OLMO1_EPS):
-    raise ConversionError(f"model.norm_eps={cfg.eps} cannot be exported: HF OlmoForCausalLM "
-                          f"hard-codes LayerNorm eps {HF_OLMO1_EPS}")
+                          f"{spec.hf_architecture}; only {', '.join(able)} supports clip_qkv")
+  if spec.hf_fixed_eps is not None and not math.isclose(cfg.eps, spec.hf_fixed_eps):
+    raise ConversionError(f"model.norm_eps={cfg.eps} cannot be exported: HF "
+                          f"{spec.hf_architecture} hard-codes the norm eps {spec.hf_fixed_eps}")
 
 
 def _numpy_dtype(dtype: str):
@@ -132,50 +113,47 @@ def _to_numpy(x) -> np.ndarray:
   return np.asarray(x, dtype=np.float32)
 
 
+def _tensors(cfg: ModelConfig, template) -> Iterator[tuple[Param, int | None, str]]:
+  """(param, layer or None, tensor name) in checkpoint order: the table's, layer by layer.
+
+  template(param) is the param's tensor-name template in the format at hand.
+  """
+  spec = cfg.spec
+  layered = spec.block_params
+  first = spec.params.index(layered[0])
+  for p in spec.params[:first]:
+    yield p, None, template(p)
+  for i in range(cfg.n_layers):
+    for p in layered:
+      yield p, i, template(p).format(i=i)
+  for p in spec.params[first + len(layered):]:
+    yield p, None, template(p)
+
+
 def hf_state_dict(cfg: ModelConfig, params: dict[str, Any],
                   dtype: str = "float32") -> Iterator[tuple[str, np.ndarray]]:
   """Yields (HF tensor name, array in HF layout [out, in]) one tensor at a time."""
   np_dtype = _numpy_dtype(dtype)
-  cast = lambda a: np.ascontiguousarray(_to_numpy(a).astype(np_dtype))
   _check_param_shapes(cfg, params)
-  yield "model.embed_tokens.weight", cast(params["embed"])
-  blocks = params["blocks"]
-  for i in range(cfg.n_layers):
-    prefix = f"model.layers.{i}."
-    for name, key in _HF_LAYER_KEYS.items():
-      yield prefix + key, cast(_to_numpy(blocks[name][i]).T)
-    for name, key in _HF_NORM_KEYS[cfg.variant].items():
-      yield prefix + key, cast(blocks[name][i])
-  if cfg.variant != "olmo1":
-    yield "model.norm.weight", cast(params["final_norm"])
-  yield "lm_head.weight", cast(_to_numpy(params["lm_head"]).T)
+  for p, i, key in _tensors(cfg, lambda p: p.hf):
+    a = _to_numpy(params_lib.get_path(params, p.path)[() if i is None else i])
+    yield key, np.ascontiguousarray((a.T if p.transpose else a).astype(np_dtype))
 
 
 def expected_param_shapes(cfg: ModelConfig) -> dict[str, Any]:
   """Nested dict (like the params) of the shape each parameter must have."""
-  n, d, f, v = cfg.n_layers, cfg.d_model, cfg.hidden, cfg.embedding_size
-  blocks = {"wq": (n, d, d), "wk": (n, d, d), "wv": (n, d, d), "wo": (n, d, d),
-            "w_up": (n, d, f), "w_gate": (n, d, f), "w_down": (n, f, d)}
-  blocks.update({name: (n, d) for name in _HF_NORM_KEYS[cfg.variant]})
-  out = {"embed": (v, d), "lm_head": (d, v), "blocks": blocks}
-  if cfg.variant != "olmo1":
-    out["final_norm"] = (d,)
-  return out
+  return params_lib.shapes(cfg.variant, Dims.of(cfg))
 
 
 def _check_param_shapes(cfg: ModelConfig, params: dict[str, Any]) -> None:
-  expected = expected_param_shapes(cfg)
-  for scope, want, got in (("", expected, params),
-                           ("blocks.", expected["blocks"], params.get("blocks", {}))):
-    for name, shape in want.items():
-      if name == "blocks":
-        continue
-      if name not in got:
-        raise ConversionError(f"params has no '{scope}{name}' (variant {cfg.variant!r} "
-                              "needs it)")
-      if tuple(got[name].shape) != tuple(shape):
-        raise ConversionError(f"params['{scope}{name}'] has shape {tuple(got[name].shape)}, "
-                              f"the config implies {tuple(shape)}")
+  dims = Dims.of(cfg)
+  for p in cfg.spec.params:
+    if not params_lib.has_path(params, p.path):
+      raise ConversionError(f"params has no '{p.name}' (variant {cfg.variant!r} needs it)")
+    got = tuple(params_lib.get_path(params, p.path).shape)
+    if got != p.shape(dims):
+      raise ConversionError(f"params['{p.name}'] has shape {got}, the config implies "
+                            f"{p.shape(dims)}")
 
 
 def _write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], out_dir: str,
@@ -295,6 +273,19 @@ class _Entry:
   shape: tuple[int, ...]
 
 
+@contextlib.contextmanager
+def _damaged_file_error(path: str):
+  """Turns a reader's failure on a truncated or corrupt weights file into one that names it."""
+  try:
+    yield
+  except ConversionError:
+    raise
+  except Exception as e:  # SafetensorError, torch's unpickling / zip errors, OSError ...
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ConversionError(f"weights file {path} cannot be read ({reason}): it is truncated or "
+                          "damaged; download or export it again") from None
+
+
 class TensorFiles:
   """Names and shapes of every tensor in an HF directory; loads one tensor on demand.
 
@@ -335,14 +326,15 @@ class TensorFiles:
     if path not in self._torch_cache:
       import torch  # only .bin checkpoints need torch
       # mmap: shapes are known without reading the tensors into memory.
-      self._torch_cache[path] = torch.load(path, map_location="cpu", weights_only=True,
-                                           mmap=True)
+      with _damaged_file_error(path):
+        self._torch_cache[path] = torch.load(path, map_location="cpu", weights_only=True,
+                                             mmap=True)
     return self._torch_cache[path]
 
   def _shapes(self, path: str) -> dict[str, list[int]]:
     if path.endswith(".safetensors"):
       from safetensors import safe_open
-      with safe_open(path, framework="numpy") as f:
+      with _damaged_file_error(path), safe_open(path, framework="numpy") as f:
         return {k: f.get_slice(k).get_shape() for k in f.keys()}
     return {k: list(v.shape) for k, v in self._torch_state(path).items()}
 
@@ -359,7 +351,7 @@ class TensorFiles:
     path = self.entries[key].file
     if path.endswith(".safetensors"):
       from safetensors import safe_open
-      with safe_open(path, framework="numpy") as f:
+      with _damaged_file_error(path), safe_open(path, framework="numpy") as f:
         t = f.get_slice(key)[rows[0]:rows[1]] if rows else f.get_tensor(key)
         return np.asarray(t, dtype=np.float32)
     t = self._torch_state(path)[key]
@@ -435,26 +427,24 @@ def config_from_hf(hf: dict, directory: str = "") -> ModelConfig:
   for flag in ("attention_bias", "mlp_bias"):
     _require(not hf.get(flag), where, f"{flag}=true; the model has no biases")
   embedding_size = _field(hf, "vocab_size", where)
-  if variant == "olmo1":
-    eps = HF_OLMO1_EPS
-  else:
-    eps = float(hf.get("rms_norm_eps") or (1e-6 if variant == "ladder" else 1e-5))
+  spec = params_lib.get(variant)
+  eps = spec.hf_fixed_eps or float(hf.get("rms_norm_eps") or spec.hf_default_eps)
   intermediate = _field(hf, "intermediate_size", where)
   return _with_defaults_as_zero(ModelConfig(
       variant=variant, d_model=d, n_heads=h, n_layers=_field(hf, "num_hidden_layers", where),
       vocab_size=_vocab_size(directory, embedding_size) if directory else embedding_size,
       embedding_size=embedding_size,
-      mlp_hidden=0 if intermediate == 4 * d else intermediate,
+      mlp_hidden=0 if intermediate == params_lib.mlp_hidden(d) else intermediate,
       max_seq_len=hf.get("max_position_embeddings") or sizes.SEQ_LEN,
       rope_theta=_rope_theta(hf, where), norm_eps=eps,
-      clip_qkv=float(hf.get("clip_qkv") or 0.0) if variant == "olmo1" else 0.0,
+      clip_qkv=float(hf.get("clip_qkv") or 0.0) if spec.hf_clip_qkv else 0.0,
       init_std=float(hf.get("initializer_range") or 0.02)))
 
 
 def _hf_variant(hf: dict, where: str) -> str:
   archs = hf.get("architectures") or []
-  by_arch = {arch: v for v, (arch, _) in HF_ARCHITECTURES.items()}
-  by_type = {mt: v for v, (_, mt) in HF_ARCHITECTURES.items()}
+  by_arch = {v.hf_architecture: v.name for v in params_lib.VARIANTS.values()}
+  by_type = {v.hf_model_type: v.name for v in params_lib.VARIANTS.values()}
   for arch in archs:
     if arch in by_arch:
       return by_arch[arch]
@@ -498,60 +488,71 @@ def _stack(n: int, load: Callable[[int], np.ndarray]) -> np.ndarray:
   return out
 
 
-def _import_hf_native(directory: str, hf: dict) -> tuple[ModelConfig, dict]:
-  cfg = config_from_hf(hf, directory)
-  cfg.validate()
-  files = TensorFiles(directory)
-  n, d, f, v = cfg.n_layers, cfg.d_model, cfg.hidden, cfg.embedding_size
-  tied = bool(hf.get("tie_word_embeddings")) and "lm_head.weight" not in files
-  expected = {"model.embed_tokens.weight": (v, d)}
-  if not tied:
-    expected["lm_head.weight"] = (v, d)
-  if cfg.variant != "olmo1":
-    expected["model.norm.weight"] = (d,)
-  hf_shapes = {"wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d), "w_gate": (f, d),
-               "w_up": (f, d), "w_down": (d, f)}
-  for i in range(n):
-    for name, key in _HF_LAYER_KEYS.items():
-      expected[f"model.layers.{i}.{key}"] = hf_shapes[name]
-    for key in _HF_NORM_KEYS[cfg.variant].values():
-      expected[f"model.layers.{i}.{key}"] = (d,)
+def _read_params(files: TensorFiles, cfg: ModelConfig, where: Callable[[Param], str],
+                 part: Callable[[Param], tuple[int, int]], tied: bool) -> dict[str, Any]:
+  """Checks every tensor's name and shape (reading no data), then reads our nested params.
+
+  where(p): p's tensor-name template in this format; part(p) = (k, n): p is the k-th of n
+  equal row blocks of that tensor; tied: the checkpoint has no head (params with `tied_to`).
+  """
+  dims = Dims.of(cfg)
+  expected = {}
+  for p, _, key in _tensors(cfg, where):
+    if not (tied and p.tied_to):
+      rows, *rest = p.hf_shape(dims)
+      expected[key] = (part(p)[1] * rows, *rest)
   _check_tensors(files, expected)
 
-  blocks = {}
-  for name, key in _HF_LAYER_KEYS.items():
-    blocks[name] = _stack(n, lambda i, key=key: files.get(f"model.layers.{i}.{key}").T)
-  for name, key in _HF_NORM_KEYS[cfg.variant].items():
-    blocks[name] = _stack(n, lambda i, key=key: files.get(f"model.layers.{i}.{key}"))
-  embed = files.get("model.embed_tokens.weight")
-  params = {"embed": embed, "blocks": blocks,
-            "lm_head": np.ascontiguousarray((embed if tied else
-                                             files.get("lm_head.weight")).T)}
-  if cfg.variant != "olmo1":
-    params["final_norm"] = files.get("model.norm.weight")
-  return cfg, params
+  out: dict[str, Any] = {}
+  for p in cfg.spec.params:
+    if tied and p.tied_to:
+      value = np.ascontiguousarray(params_lib.get_path(out, (p.tied_to,)).T)
+    else:
+      value = _read_param(files, p, dims, where(p), part(p))
+    params_lib.set_path(out, p.path, value)
+  return out
+
+
+def _read_param(files: TensorFiles, p: Param, dims: Dims, template: str,
+                part: tuple[int, int]) -> np.ndarray:
+  """One parameter in our layout: per-layer tensors stacked, transposed to [in, out]."""
+  k, n = part
+  rows = p.hf_shape(dims)[0]
+
+  def load(key: str) -> np.ndarray:
+    t = files.get(key, rows=(k * rows, (k + 1) * rows) if n > 1 else None)
+    return t.T if p.transpose else t
+
+  if p.layered:
+    return _stack(dims.N, lambda i: load(template.format(i=i)))
+  return np.ascontiguousarray(load(template)) if p.transpose else load(template)
 
 
 # hf_olmo: norm settings -> our variant. OLMo's `norm_after` puts the norms on the branch
 # outputs and `attention_layer_norm` adds QK-norm: together that is OLMo 2.
+_HF_OLMO_NORM_TYPES = {"rms": ("rms",), "layer": ("default", "low_precision", "amd_compatible")}
+
+
 def _hf_olmo_variant(hf: dict, where: str) -> str:
   norm_type = hf.get("layer_norm_type", "default")
-  affine = hf.get("layer_norm_with_affine", True)
+  affine = bool(hf.get("layer_norm_with_affine", True))
   norm_after = bool(hf.get("norm_after", False))
   qk_norm = bool(hf.get("attention_layer_norm", False))
-  if norm_type == "rms" and affine and not norm_after and not qk_norm:
-    return "ladder"
-  if norm_type in ("default", "low_precision", "amd_compatible") and not affine and \
-      not norm_after and not qk_norm:
-    return "olmo1"
-  if norm_type == "rms" and affine and norm_after and qk_norm and \
-      hf.get("attention_layer_norm_with_affine", True):
-    return "olmo2"
+  qk_affine = bool(hf.get("attention_layer_norm_with_affine", True))
+  layouts = []
+  for v in params_lib.VARIANTS.values():
+    if not v.has_hf_olmo:
+      continue
+    if (norm_type in _HF_OLMO_NORM_TYPES[v.norm] and affine == (v.norm == "rms")
+        and norm_after == v.norm_after and qk_norm == v.qk_norm and (qk_affine or not qk_norm)):
+      return v.name
+    norms = "rms+affine" if v.norm == "rms" else "weightless LayerNorm"
+    placement = " norm_after" if v.norm_after else " pre-norm"
+    layouts.append(f"{norms}{placement}{'+attention_layer_norm' if v.qk_norm else ''} = {v.name}")
   raise ConversionError(
       f"{where}: layer_norm_type={norm_type!r}, layer_norm_with_affine={affine}, "
       f"norm_after={norm_after}, attention_layer_norm={qk_norm} matches none of the supported "
-      "layouts (rms+affine pre-norm = ladder; weightless LayerNorm = OLMo 1; rms+affine "
-      "norm_after+attention_layer_norm = OLMo 2)")
+      f"layouts ({'; '.join(layouts)})")
 
 
 def config_from_hf_olmo(hf: dict, directory: str = "") -> ModelConfig:
@@ -573,75 +574,16 @@ def config_from_hf_olmo(hf: dict, directory: str = "") -> ModelConfig:
   _require(fused_hidden % 2 == 0, where,
            f"SwiGLU input width {fused_hidden} (mlp_hidden_size or mlp_ratio*d_model) is odd")
   hidden = fused_hidden // 2  # the fused projection holds the up and gate halves
-  vocab = hf.get("vocab_size") or sizes.VOCAB_SIZE
+  vocab = hf.get("vocab_size") or VOCAB_SIZE
   return _with_defaults_as_zero(ModelConfig(
       variant=variant, d_model=d, n_heads=h, n_layers=_field(hf, "n_layers", where),
       vocab_size=vocab,
       embedding_size=hf.get("embedding_size") or vocab,
-      mlp_hidden=0 if hidden == 4 * d else hidden,
+      mlp_hidden=0 if hidden == params_lib.mlp_hidden(d) else hidden,
       max_seq_len=hf.get("max_sequence_length") or sizes.SEQ_LEN,
       rope_theta=float(hf.get("rope_theta") or 10_000.0),
       norm_eps=float(hf.get("layer_norm_eps") or 1e-5),
       clip_qkv=float(hf.get("clip_qkv") or 0.0), init_std=float(hf.get("init_std") or 0.02)))
-
-
-def _import_hf_olmo(directory: str, hf: dict) -> tuple[ModelConfig, dict]:
-  cfg = config_from_hf_olmo(hf, directory)
-  cfg.validate()
-  files = TensorFiles(directory)
-  # Checkpoints saved through the HF wrapper carry a "model." prefix; raw OLMo ones do not.
-  prefix = "model.transformer." if "model.transformer.wte.weight" in files else "transformer."
-  n, d, f, v = cfg.n_layers, cfg.d_model, cfg.hidden, cfg.embedding_size
-  tied = bool(hf.get("weight_tying", False))
-  fused_qkv = hf.get("block_type", "sequential") == "sequential"
-  norms = {"ladder": {"attn_norm": "attn_norm", "mlp_norm": "ff_norm"},
-           "olmo1": {},
-           "olmo2": {"q_norm": "q_norm", "k_norm": "k_norm",
-                     "post_attn_norm": "attn_norm", "post_mlp_norm": "ff_norm"}}[cfg.variant]
-  expected = {prefix + "wte.weight": (v, d)}
-  if not tied:
-    expected[prefix + "ff_out.weight"] = (v, d)
-  if cfg.variant != "olmo1":
-    expected[prefix + "ln_f.weight"] = (d,)
-  for i in range(n):
-    b = f"{prefix}blocks.{i}."
-    if fused_qkv:
-      expected[b + "att_proj.weight"] = (3 * d, d)
-    else:
-      expected.update({b + f"{p}_proj.weight": (d, d) for p in "qkv"})
-    expected.update({b + "attn_out.weight": (d, d), b + "ff_proj.weight": (2 * f, d),
-                     b + "ff_out.weight": (d, f)})
-    expected.update({b + key + ".weight": (d,) for key in norms.values()})
-  _check_tensors(files, expected)
-
-  def qkv(i: int, which: int) -> np.ndarray:
-    b = f"{prefix}blocks.{i}."
-    if not fused_qkv:
-      return files.get(b + "qkv"[which] + "_proj.weight").T
-    # q, k, v are stacked along the output rows of the fused projection.
-    return files.get(b + "att_proj.weight", rows=(which * d, (which + 1) * d)).T
-
-  def ff_half(i: int, which: int) -> np.ndarray:
-    # The FIRST half of ff_proj's output rows is the up value, the SECOND the gate.
-    return files.get(f"{prefix}blocks.{i}.ff_proj.weight", rows=(which * f, (which + 1) * f)).T
-
-  blocks = {
-      "wq": _stack(n, lambda i: qkv(i, 0)),
-      "wk": _stack(n, lambda i: qkv(i, 1)),
-      "wv": _stack(n, lambda i: qkv(i, 2)),
-      "wo": _stack(n, lambda i: files.get(f"{prefix}blocks.{i}.attn_out.weight").T),
-      "w_up": _stack(n, lambda i: ff_half(i, 0)),
-      "w_gate": _stack(n, lambda i: ff_half(i, 1)),
-      "w_down": _stack(n, lambda i: files.get(f"{prefix}blocks.{i}.ff_out.weight").T),
-  }
-  for name, key in norms.items():
-    blocks[name] = _stack(n, lambda i, key=key: files.get(f"{prefix}blocks.{i}.{key}.weight"))
-  embed = files.get(prefix + "wte.weight")
-  head = embed if tied else files.get(prefix + "ff_out.weight")
-  params = {"embed": embed, "blocks": blocks, "lm_head": np.ascontiguousarray(head.T)}
-  if cfg.variant != "olmo1":
-    params["final_norm"] = files.get(prefix + "ln_f.weight")
-  return cfg, params
 
 
 def import_hf(path: str) -> tuple[ModelConfig, dict[str, Any]]:
@@ -654,6 +596,21 @@ def import_hf(path: str) -> tuple[ModelConfig, dict[str, Any]]:
     raise ConversionError(f"checkpoint {path} does not exist")
   directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
   hf = _read_config(directory)
-  if _is_hf_olmo(hf):
-    return _import_hf_olmo(directory, hf)
-  return _import_hf_native(directory, hf)
+  hf_olmo = _is_hf_olmo(hf)
+  cfg = (config_from_hf_olmo if hf_olmo else config_from_hf)(hf, directory)
+  cfg.validate()
+  files = TensorFiles(directory)
+  if hf_olmo:
+    # Checkpoints saved through the HF wrapper carry a "model." prefix; raw OLMo ones do not.
+    prefix = "model.transformer." if "model.transformer.wte.weight" in files else "transformer."
+    # block_type 'sequential' fuses q, k, v into att_proj; 'llama' keeps them apart.
+    fused = hf.get("block_type", "sequential") == "sequential"
+    where = lambda p: prefix + (p.hf_olmo if fused or not p.hf_olmo_unfused
+                                else p.hf_olmo_unfused)
+    part = lambda p: p.hf_olmo_part if fused or not p.hf_olmo_unfused else (0, 1)
+    tied = bool(hf.get("weight_tying", False))
+  else:
+    where, part = (lambda p: p.hf), (lambda p: (0, 1))
+    tied = bool(hf.get("tie_word_embeddings")) and not any(
+        p.hf in files for p in cfg.spec.params if p.tied_to)
+  return cfg, _read_params(files, cfg, where, part, tied)

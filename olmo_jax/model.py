@@ -1,11 +1,14 @@
 """OLMo in Flax NNX: the DataDecide ladder, OLMo 1 and OLMo 2 variants.
 
-Layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so one block
-is compiled whatever the depth. Parameters are float32; activations run in the compute
-dtype; norms, RoPE, logits and the loss run in float32.
+Each variant's parameters (shapes, logical axes, init) come from its table in params.py;
+the block reads the variant's flags for the few lines that differ (norm type and placement,
+QK-norm). Layers are stacked along a leading `layers` axis and run with `jax.lax.scan`, so
+one block is compiled whatever the depth. Parameters are float32; activations run in the
+compute dtype; norms, RoPE, logits and the loss run in float32. On CPU (`model.platform`)
+the model takes the XLA:CPU kernels of kernels/cpu.py.
 
-Shape suffixes: B batch, L sequence, D d_model, H heads, K head dim, F MLP hidden (4D),
-V embedding rows (50304), N layers.
+Shape suffixes: B batch, L sequence, D d_model, H heads, K head dim, F MLP hidden (4D by
+default), V embedding rows (50304), N layers.
 """
 
 from __future__ import annotations
@@ -21,24 +24,43 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from data_pipeline.tokenizer import VOCAB_SIZE
+from olmo_jax import params as params_lib
 from olmo_jax import sizes
+from olmo_jax.kernels import PLATFORMS, resolve_platform
+from olmo_jax.kernels import cpu as cpu_kernels
+from olmo_jax.kernels.cpu import (  # noqa: F401 (they keep their model.* names)
+    blocked_causal_attention,
+    linear,
+    swiglu_mlp,
+    weight_grad,
+)
 
-VARIANTS = ("ladder", "olmo1", "olmo2")
+VARIANTS = tuple(params_lib.VARIANTS)  # the built-in variants (tables in params.py)
 REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj",
                   "full")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def _execution(default):
+  """A ModelConfig field that changes how the model runs, not its weights or function."""
+  return dataclasses.field(default=default, metadata={"execution": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Everything that fixes the model's shapes and numerics."""
+  """Everything that fixes the model's shapes and numerics.
+
+  The `model` subtree of the training config is derived from these fields
+  (config.model_config_dict), and read back by config.model_config.
+  """
 
   variant: str = "ladder"
   d_model: int = 64
   n_heads: int = 8
   n_layers: int = 8
-  vocab_size: int = sizes.VOCAB_SIZE
+  vocab_size: int = VOCAB_SIZE
   embedding_size: int = sizes.EMBEDDING_SIZE
   mlp_hidden: int = 0  # 0: 4 * d_model (OLMo's mlp_ratio 8, fused and halved)
   max_seq_len: int = sizes.SEQ_LEN  # length of the RoPE table
@@ -46,10 +68,13 @@ class ModelConfig:
   norm_eps: float = 0.0  # 0: the variant's default (1e-6 RMSNorm; 1e-5 LayerNorm)
   clip_qkv: float = 0.0  # OLMo 1 option; 0 disables
   init_std: float = 0.02
-  dtype: str = "float32"  # compute dtype
-  remat: str = "none"
-  attention: str = "auto"
-  scan_layers: bool = True
+  dtype: str = _execution("float32")  # compute dtype; params stay float32
+  remat: str = _execution("none")  # REMAT_POLICIES
+  attention: str = _execution("auto")  # ATTENTION_IMPLS
+  scan_layers: bool = _execution(True)
+  # The kernels' platform (PLATFORMS): 'auto' = the platform of the devices in use. Tracing
+  # for 'gpu' / 'tpu' from a CPU host takes the accelerator path.
+  platform: str = _execution("auto")
 
   @property
   def head_dim(self) -> int:
@@ -57,15 +82,25 @@ class ModelConfig:
 
   @property
   def hidden(self) -> int:
-    return self.mlp_hidden or 4 * self.d_model
+    return params_lib.mlp_hidden(self.d_model, self.mlp_hidden)
+
+  @property
+  def spec(self) -> params_lib.Variant:
+    """The variant's parameter table and flags."""
+    return params_lib.get(self.variant)
 
   @property
   def theta(self) -> float:
-    return self.rope_theta or (500_000.0 if self.variant == "olmo2" else 10_000.0)
+    return self.rope_theta or self.spec.rope_theta
 
   @property
   def eps(self) -> float:
-    return self.norm_eps or (1e-5 if self.variant == "olmo1" else 1e-6)
+    return self.norm_eps or self.spec.norm_eps
+
+  @property
+  def on_cpu(self) -> bool:
+    """Whether the model takes the XLA:CPU kernels (kernels/cpu.py)."""
+    return resolve_platform(self.platform) == "cpu"
 
   @property
   def compute_dtype(self):
@@ -73,11 +108,12 @@ class ModelConfig:
 
   def validate(self) -> None:
     """Raises ValueError naming the config field (model.*) that is wrong."""
-    if self.variant not in VARIANTS:
-      raise ValueError(f"model.variant={self.variant!r} is unknown; choose one of {VARIANTS}")
+    params_lib.get(self.variant)  # names model.variant and the choices
     for name in ("d_model", "n_heads", "n_layers", "vocab_size", "embedding_size", "max_seq_len"):
       if getattr(self, name) <= 0:
         raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
+    if self.mlp_hidden < 0:
+      raise ValueError(f"model.mlp_hidden={self.mlp_hidden} must be >= 0 (0: 4 * d_model)")
     if self.d_model % self.n_heads:
       raise ValueError(f"model.n_heads={self.n_heads} does not divide model.d_model="
                        f"{self.d_model}")
@@ -90,12 +126,19 @@ class ModelConfig:
       raise ValueError(f"model.dtype={self.dtype!r} is unknown; choose one of {list(DTYPES)}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat={self.remat!r} is unknown; choose one of {REMAT_POLICIES}")
+    if self.platform not in PLATFORMS:
+      raise ValueError(f"model.platform={self.platform!r} is unknown; choose one of {PLATFORMS}")
     if self.attention not in ATTENTION_IMPLS:
       raise ValueError(f"model.attention={self.attention!r} is unknown; choose one of "
                        f"{ATTENTION_IMPLS}")
     if self.clip_qkv < 0 or self.init_std <= 0 or self.rope_theta < 0 or self.norm_eps < 0:
       raise ValueError("model.clip_qkv, model.rope_theta and model.norm_eps must be >= 0 and "
                        "model.init_std > 0")
+
+
+# The fields that fix the weights and the function they compute (a checkpoint's identity).
+ARCHITECTURE_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig)
+                            if not f.metadata.get("execution"))
 
 
 def truncated_normal(std: float):
@@ -122,6 +165,13 @@ def layer_norm_no_affine(x, eps):
   return (x32 - mean) * jax.lax.rsqrt(var + eps)
 
 
+def _norm(spec: params_lib.Variant, eps: float, x, weights: dict, name: str):
+  """The variant's norm in float32: RMSNorm with weights[name], or weightless LayerNorm."""
+  if spec.norm == "layer":
+    return layer_norm_no_affine(x, eps)
+  return rms_norm(x, weights[name], eps)
+
+
 def rope_tables(seq_len: int, head_dim: int, theta: float):
   """cos, sin tables of split-half RoPE: float32 [seq_len, head_dim]."""
   inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
@@ -139,36 +189,21 @@ def apply_rope(x_BxLxHxK, cos_LxK, sin_LxK):
   return (x32 * cos + rotated * sin).astype(x_BxLxHxK.dtype)
 
 
-def _param(rngs, init, shape, axes):
-  return nnx.Param(init(rngs.params(), shape), axes=axes)
-
-
-def _ones(shape, axes):
-  return nnx.Param(jnp.ones(shape, jnp.float32), axes=axes)
+def _make_param(p: params_lib.Param, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Param:
+  """A parameter as the table declares it (a 'normal' one draws the next params key)."""
+  shape = p.shape(params_lib.Dims.of(cfg))
+  if p.init == "ones":
+    return nnx.Param(jnp.ones(shape, jnp.float32), axes=p.axes)
+  return nnx.Param(truncated_normal(cfg.init_std)(rngs.params(), shape), axes=p.axes)
 
 
 class Blocks(nnx.Module):
   """All transformer blocks, each weight stacked on a leading `layers` axis."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-    n, d, f = cfg.n_layers, cfg.d_model, cfg.hidden
-    init = truncated_normal(cfg.init_std)
     # Kernels are [in, out] per layer (HF nn.Linear stores the transpose).
-    self.wq = _param(rngs, init, (n, d, d), ("layers", "embed", "q_heads"))
-    self.wk = _param(rngs, init, (n, d, d), ("layers", "embed", "kv_heads"))
-    self.wv = _param(rngs, init, (n, d, d), ("layers", "embed", "kv_heads"))
-    self.wo = _param(rngs, init, (n, d, d), ("layers", "q_heads", "embed"))
-    self.w_up = _param(rngs, init, (n, d, f), ("layers", "embed", "mlp"))
-    self.w_gate = _param(rngs, init, (n, d, f), ("layers", "embed", "mlp"))
-    self.w_down = _param(rngs, init, (n, f, d), ("layers", "mlp", "embed"))
-    if cfg.variant == "ladder":
-      self.attn_norm = _ones((n, d), ("layers", "norm"))
-      self.mlp_norm = _ones((n, d), ("layers", "norm"))
-    elif cfg.variant == "olmo2":
-      self.q_norm = _ones((n, d), ("layers", "norm"))
-      self.k_norm = _ones((n, d), ("layers", "norm"))
-      self.post_attn_norm = _ones((n, d), ("layers", "norm"))
-      self.post_mlp_norm = _ones((n, d), ("layers", "norm"))
+    for p in cfg.spec.block_params:
+      setattr(self, p.path[-1], _make_param(p, cfg, rngs))
 
 
 # Activations tagged for the named remat presets.
@@ -187,192 +222,22 @@ def _remat_policy(name: str):
   }[name]
 
 
-def weight_grad(a_TxP, b_TxQ, preferred_element_type=None):
-  """a^T @ b, contracting the leading (token) axis: the shape of every weight gradient.
-
-  On CPU the product is formed as a plain matmul: the smaller operand is transposed
-  explicitly (and, when that is `b`, so is the small result), with barriers that keep XLA
-  from folding the transposes back into the dot, which it would hand to a slower
-  transposed-operand kernel. 5-20% faster for this model's weight-gradient shapes; same
-  values up to float32 summation order.
-  """
-  if jax.default_backend() != "cpu":
-    return jnp.dot(a_TxP.T, b_TxQ, preferred_element_type=preferred_element_type)
-  keep = jax.lax.optimization_barrier
-  if a_TxP.shape[1] <= b_TxQ.shape[1]:
-    return jnp.dot(keep(a_TxP.T), b_TxQ, preferred_element_type=preferred_element_type)
-  return keep(jnp.dot(keep(b_TxQ.T), a_TxP, preferred_element_type=preferred_element_type)).T
-
-
-def _query_blocks(L: int, block: int) -> list[tuple[int, int]]:
-  return [(start, min(start + block, L)) for start in range(0, L, block)]
-
-
-def _visible_scores(q_BxHxQxK, k_BxHxMxK, start: int, scale: float, keys_first: bool = False):
-  """float32 scores of a query block against keys [0, M), -inf where causally hidden.
-
-  [B, H, Q, M], or [B, H, M, Q] with `keys_first` (the layout the backward pass wants).
-  """
-  spec = "bhmk,bhqk->bhmq" if keys_first else "bhqk,bhmk->bhqm"
-  operands = (k_BxHxMxK, q_BxHxQxK) if keys_first else (q_BxHxQxK, k_BxHxMxK)
-  s = jnp.einsum(spec, *operands, preferred_element_type=jnp.float32) * scale
-  Q, M = q_BxHxQxK.shape[2], k_BxHxMxK.shape[2]
-  visible_QxM = jnp.arange(M)[None, :] <= start + jnp.arange(Q)[:, None]
-  return jnp.where(visible_QxM.T if keys_first else visible_QxM, s, -jnp.inf)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _blocked_attention(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block: int):
-  return _blocked_attention_fwd(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block)[0]
-
-
-def _blocked_attention_fwd(q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, block):
-  L, K = q_BxHxLxK.shape[2:]
-  scale = 1.0 / math.sqrt(K)
-  outs, lses = [], []
-  for start, end in _query_blocks(L, block):
-    s = _visible_scores(q_BxHxLxK[:, :, start:end], k_BxHxLxK[:, :, :end], start, scale)
-    m = s.max(-1, keepdims=True)
-    e = jnp.exp(s - m)
-    total = e.sum(-1, keepdims=True)
-    # Normalise the [Q, K] output rather than the [Q, M] probabilities: one pass fewer.
-    pv = jnp.einsum("bhqm,bhmk->bhqk", e.astype(v_BxHxLxK.dtype), v_BxHxLxK[:, :, :end],
-                    preferred_element_type=jnp.float32)
-    outs.append((pv / total).astype(v_BxHxLxK.dtype))
-    lses.append(m + jnp.log(total))
-  o = jnp.concatenate(outs, axis=2)
-  return o, (q_BxHxLxK, k_BxHxLxK, v_BxHxLxK, o, jnp.concatenate(lses, axis=2))
-
-
-def _blocked_attention_bwd(block, res, do_BxHxLxK):
-  # Probabilities are recomputed per block from the saved log-sum-exp rather than stored:
-  # one extra score matmul instead of a [B, H, L, L] residual per layer. The block's
-  # scores are formed transposed ([keys, queries]) so that dK and dV come out of plain
-  # (non-transposed) batched matmuls, which XLA:CPU runs much faster; dQ likewise comes out
-  # transposed ([K, queries]) from K^T (transposed once) times the transposed score block.
-  q, k, v, o, lse = res
-  L, K = q.shape[2:]
-  scale = 1.0 / math.sqrt(K)
-  delta = jnp.sum(do_BxHxLxK.astype(jnp.float32) * o.astype(jnp.float32), -1, keepdims=True)
-  t = lambda x: jnp.swapaxes(x, 2, 3)
-  # The barrier keeps XLA from folding the transpose back into the dots (as a transposed
-  # operand, which XLA:CPU hands to a slower kernel).
-  k_BxHxKxL = jax.lax.optimization_barrier(t(k))
-  dq_ts = []
-  dk = jnp.zeros(k.shape, jnp.float32)
-  dv = jnp.zeros(v.shape, jnp.float32)
-  for start, end in _query_blocks(L, block):
-    q_b, do_b = q[:, :, start:end], do_BxHxLxK[:, :, start:end]
-    k_b, v_b = k[:, :, :end], v[:, :, :end]
-    p_t = jnp.exp(_visible_scores(q_b, k_b, start, scale, keys_first=True)
-                  - t(lse[:, :, start:end]))
-    dp_t = jnp.einsum("bhmk,bhqk->bhmq", v_b, do_b, preferred_element_type=jnp.float32)
-    ds_t = (p_t * (dp_t - t(delta[:, :, start:end])) * scale).astype(q.dtype)
-    dq_ts.append(jnp.einsum("bhkm,bhmq->bhkq", k_BxHxKxL[:, :, :, :end], ds_t))
-    pad = ((0, 0), (0, 0), (0, L - end), (0, 0))
-    dk = dk + jnp.pad(jnp.einsum("bhmq,bhqk->bhmk", ds_t, q_b, preferred_element_type=jnp.float32),
-                      pad)
-    dv = dv + jnp.pad(jnp.einsum("bhmq,bhqk->bhmk", p_t.astype(v.dtype), do_b,
-                                 preferred_element_type=jnp.float32), pad)
-  return t(jnp.concatenate(dq_ts, axis=3)), dk.astype(k.dtype), dv.astype(v.dtype)
-
-
-_blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
-
-
-def blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, block: int = 0):
-  """Causal attention over query blocks, each against only the keys it can see.
-
-  Skips the masked upper triangle (about half the work) and keeps the score tiles small
-  enough for CPU caches. The backward pass is written out (flash-attention style): it keeps
-  only the output and the row log-sum-exp, and recomputes each block's probabilities.
-  Same values as full masked softmax attention (float32 scores).
-  """
-  L = q_BxLxHxK.shape[1]
-  block = block or max(64, L // 16)
-  t = lambda x: jnp.swapaxes(x, 1, 2)  # [B, L, H, K] <-> [B, H, L, K]
-  return t(_blocked_attention(t(q_BxLxHxK), t(k_BxLxHxK), t(v_BxLxHxK), block))
-
-
-@jax.custom_vjp
-def linear(x_BxLxD, w_DxF):
-  """x @ w whose weight gradient goes through weight_grad (the CPU projections)."""
-  return x_BxLxD @ w_DxF
-
-
-def _linear_fwd(x_BxLxD, w_DxF):
-  return x_BxLxD @ w_DxF, (x_BxLxD, w_DxF)
-
-
-def _linear_bwd(res, dy_BxLxF):
-  x, w_DxF = res
-  D, F = w_DxF.shape
-  dw = weight_grad(x.reshape(-1, D), dy_BxLxF.reshape(-1, F))
-  return dy_BxLxF @ w_DxF.T, dw.astype(w_DxF.dtype)
-
-
-linear.defvjp(_linear_fwd, _linear_bwd)
-
-
-@jax.custom_vjp
-def swiglu_mlp(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
-  """silu(h @ w_gate) * (h @ w_up) @ w_down, with a written-out backward pass.
-
-  One wide [D, 2F] matmul in the forward pass, and a backward pass of four plain 2-D
-  matmuls with the elementwise SwiGLU derivative in between (XLA:CPU runs this faster than
-  the generic differentiation of the same graph). Only the input and the [up | gate]
-  projection are kept for the backward pass, which recomputes the activation from them.
-  Same values as the plain expression.
-  """
-  return _swiglu_fwd(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD)[0]
-
-
-def _swiglu_fwd(h_BxLxD, w_up_DxF, w_gate_DxF, w_down_FxD):
-  F = w_up_DxF.shape[1]
-  w_ug = jnp.concatenate([w_up_DxF, w_gate_DxF], axis=-1)
-  ug = h_BxLxD @ w_ug
-  up, gate = ug[..., :F], ug[..., F:]
-  act = gate * jax.nn.sigmoid(gate) * up  # silu, written so XLA makes one pass of it
-  return act @ w_down_FxD, (h_BxLxD, ug, w_ug, w_down_FxD)
-
-
-def _swiglu_bwd(res, dy_BxLxD):
-  h, ug, w_ug, w_down = res
-  F = w_down.shape[0]
-  T = math.prod(h.shape[:-1])
-  h_TxD, dy_TxD = h.reshape(T, -1), dy_BxLxD.reshape(T, -1)
-  ug_Tx2xF = ug.reshape(T, 2, F)
-  up, gate = ug_Tx2xF[:, :1], ug_Tx2xF[:, 1:]  # [T, 1, F] each
-  sig = jax.nn.sigmoid(gate)
-  act_TxF = (gate * sig * up).reshape(T, F)
-  dw_down = weight_grad(act_TxF, dy_TxD)
-  dact_TxF = dy_TxD @ w_down.T
-  # d/d[up | gate] as one elementwise expression over [T, 2, F] (a single pass, no concat):
-  # d_up = dact * silu(gate), d_gate = dact * up * sig * (1 + gate * (1 - sig)).
-  is_up = jax.lax.broadcasted_iota(jnp.int32, (1, 2, 1), 1) == 0
-  coef = jnp.where(is_up, gate * sig, up * sig * (1 + gate * (1 - sig)))
-  dug = (dact_TxF[:, None, :] * coef).reshape(T, 2 * F)
-  dw_ug = weight_grad(h_TxD, dug)
-  dh = dug @ w_ug.T
-  return dh.reshape(h.shape), dw_ug[:, :F], dw_ug[:, F:], dw_down
-
-
-swiglu_mlp.defvjp(_swiglu_fwd, _swiglu_bwd)
-
-
-def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str):
+def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str, on_cpu: bool | None = None):
   """Causal softmax attention.
 
   'auto' is 'blocked' on CPU; elsewhere jax.nn.dot_product_attention picks cuDNN flash
   attention where it supports the shapes and dtype (GPU, bf16/fp16) and XLA otherwise.
   'cudnn' insists (and fails loudly) on cuDNN; 'xla' is XLA's fused attention.
+  on_cpu: the platform choice (ModelConfig.on_cpu); None asks the devices in use.
   """
+  if on_cpu is None:
+    on_cpu = resolve_platform() == "cpu"
   if impl == "auto":
-    impl = "blocked" if jax.default_backend() == "cpu" else None
+    impl = "blocked" if on_cpu else None
   if impl == "blocked":
-    return blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    return cpu_kernels.blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
   dt = q_BxLxHxK.dtype
-  if dt == jnp.float16 and jax.default_backend() == "cpu":
+  if dt == jnp.float16 and on_cpu:
     # XLA:CPU lacks f16 dots with f32 accumulation; float16 is for GPUs without bf16.
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (t.astype(jnp.float32)
                                        for t in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK))
@@ -386,18 +251,17 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
   dt = cfg.compute_dtype
   B, L, D = x_BxLxD.shape
   H, K = cfg.n_heads, cfg.head_dim
+  spec = cfg.spec
   w = {k: v.astype(dt) for k, v in layer.items() if not k.endswith("norm")}
 
   def norm(h, name):
-    if cfg.variant == "olmo1":
-      return layer_norm_no_affine(h, cfg.eps).astype(dt)
-    return rms_norm(h, layer[name], cfg.eps).astype(dt)
+    return _norm(spec, cfg.eps, h, layer, name).astype(dt)
 
   # On CPU one wide matmul beats several narrow ones, and the MLP runs with its written-out
   # backward pass (same values). Elsewhere keep the kernels apart: concatenating
   # tensor-sharded kernels along their sharded axis would reshard.
-  fuse = jax.default_backend() == "cpu"
-  matmul = linear if fuse else jnp.matmul
+  fuse = cfg.on_cpu
+  matmul = cpu_kernels.linear if fuse else jnp.matmul
 
   def project(h, names):
     if not fuse:
@@ -410,21 +274,21 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
     q, k, v = _tag(q, "query_proj"), _tag(k, "key_proj"), _tag(v, "value_proj")
     if cfg.clip_qkv:
       q, k, v = (jnp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
-    if cfg.variant == "olmo2":  # QK-norm over the full projection, before heads and RoPE
+    if spec.qk_norm:  # over the full projection, before heads and RoPE
       q, k = norm(q, "q_norm"), norm(k, "k_norm")
     q_BxLxHxK = apply_rope(q.reshape(B, L, H, K), cos_LxK, sin_LxK)
     k_BxLxHxK = apply_rope(k.reshape(B, L, H, K), cos_LxK, sin_LxK)
     v_BxLxHxK = v.reshape(B, L, H, K)
-    o_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention)
+    o_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention, fuse)
     return _tag(matmul(o_BxLxHxK.reshape(B, L, D), w["wo"]), "out_proj")
 
   def mlp(h_BxLxD):
     if fuse:
-      return swiglu_mlp(h_BxLxD, w["w_up"], w["w_gate"], w["w_down"])
+      return cpu_kernels.swiglu_mlp(h_BxLxD, w["w_up"], w["w_gate"], w["w_down"])
     up_BxLxF, gate_BxLxF = project(h_BxLxD, ("w_up", "w_gate"))
     return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ w["w_down"]
 
-  if cfg.variant == "olmo2":
+  if spec.norm_after:
     h = x_BxLxD + norm(attn(x_BxLxD), "post_attn_norm")
     return h + norm(mlp(h), "post_mlp_norm")
   h = x_BxLxD + attn(norm(x_BxLxD, "attn_norm"))
@@ -437,12 +301,12 @@ class OLMo(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     cfg.validate()
     self.cfg = cfg
-    init = truncated_normal(cfg.init_std)
-    self.embed = _param(rngs, init, (cfg.embedding_size, cfg.d_model), ("vocab", "embed"))
-    self.blocks = Blocks(cfg, rngs=rngs)
-    if cfg.variant != "olmo1":
-      self.final_norm = _ones((cfg.d_model,), ("norm",))
-    self.lm_head = _param(rngs, init, (cfg.d_model, cfg.embedding_size), ("embed", "vocab"))
+    # In table order, which fixes the order the parameters draw their init keys in.
+    for p in cfg.spec.params:
+      if not p.layered:
+        setattr(self, p.name, _make_param(p, cfg, rngs))
+      elif p is cfg.spec.block_params[0]:
+        self.blocks = Blocks(cfg, rngs=rngs)
 
   def __call__(self, input_ids_BxL: jax.Array) -> jax.Array:
     """Logits float32 [B, L, V] for int token ids [B, L]."""
@@ -475,14 +339,11 @@ def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
   else:
     for i in range(cfg.n_layers):
       x_BxLxD, _ = body(x_BxLxD, jax.tree.map(lambda a: a[i], blocks))
-  if cfg.variant == "olmo1":
-    x_BxLxD = layer_norm_no_affine(x_BxLxD, cfg.eps).astype(dt)
-  else:
-    x_BxLxD = rms_norm(x_BxLxD, params["final_norm"], cfg.eps).astype(dt)
+  x_BxLxD = _norm(cfg.spec, cfg.eps, x_BxLxD, params, "final_norm").astype(dt)
   if return_hidden:
     return x_BxLxD
   head_DxV = params["lm_head"].astype(dt)
-  if dt == jnp.float16 and jax.default_backend() == "cpu":
+  if dt == jnp.float16 and cfg.on_cpu:
     # XLA:CPU has no f16 x f16 -> f32 dot; the f32 product of the f16 values is the same.
     x_BxLxD, head_DxV = x_BxLxD.astype(jnp.float32), head_DxV.astype(jnp.float32)
   return jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV, preferred_element_type=jnp.float32)
@@ -531,7 +392,8 @@ def _chunk_size(n_tokens: int, requested: int) -> int:
   return c
 
 
-def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_grads: bool):
+def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_grads: bool,
+                      on_cpu: bool):
   """Scans token chunks through head + softmax cross entropy, never holding [T, V] logits.
 
   Returns (sum_nll, sum_lse2, dh [T, D] or None, dw [D, V] f32 or None); the gradients are
@@ -562,7 +424,10 @@ def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_g
     is_target = jax.lax.broadcasted_iota(jnp.int32, (chunk, V), 1) == y_c[:, None]
     d_CxV = (jnp.where(is_target, p_CxV - 1.0, p_CxV) / T).astype(dt)
     dh_c = jnp.dot(d_CxV, w.T, preferred_element_type=jnp.float32).astype(dt)
-    dw_acc = dw_acc + weight_grad(h_c, d_CxV, preferred_element_type=jnp.float32)
+    if on_cpu:
+      dw_acc = dw_acc + cpu_kernels.weight_grad(h_c, d_CxV, preferred_element_type=jnp.float32)
+    else:
+      dw_acc = dw_acc + jnp.dot(h_c.T, d_CxV, preferred_element_type=jnp.float32)
     return dw_acc, (nll, lse2, dh_c)
 
   dw0 = jnp.zeros((D, V), jnp.float32) if with_grads else None
@@ -571,23 +436,23 @@ def _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss: float, chunk: int, with_g
   return nll.sum(), lse2.sum(), dh, dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _fused_loss(h_TxD, w_DxV, targets_T, z_loss, chunk):
-  nll, lse2, _, _ = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _fused_loss(h_TxD, w_DxV, targets_T, z_loss, chunk, on_cpu):
+  nll, lse2, _, _ = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, False, on_cpu)
   T = h_TxD.shape[0]
   return (nll + z_loss * lse2) / T, nll / T, lse2 / T
 
 
-def _fused_loss_fwd(h_TxD, w_DxV, targets_T, z_loss, chunk):
+def _fused_loss_fwd(h_TxD, w_DxV, targets_T, z_loss, chunk, on_cpu):
   # The loss is a scalar at the end of the graph, so its gradients are computed in the
   # forward sweep (one pass over the logits instead of two) and only scaled in backward.
-  nll, lse2, dh, dw = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, True)
+  nll, lse2, dh, dw = _head_loss_chunks(h_TxD, w_DxV, targets_T, z_loss, chunk, True, on_cpu)
   T = h_TxD.shape[0]
   out = ((nll + z_loss * lse2) / T, nll / T, lse2 / T)
   return out, (dh, dw.astype(w_DxV.dtype), np.zeros(targets_T.shape, jax.dtypes.float0))
 
 
-def _fused_loss_bwd(z_loss, chunk, res, g):
+def _fused_loss_bwd(z_loss, chunk, on_cpu, res, g):
   dh, dw, dy = res
   g_loss = g[0]  # 'ce' and 'z_loss' are reported metrics, not differentiated
   return (dh * g_loss.astype(dh.dtype), dw * g_loss, dy)
@@ -597,16 +462,16 @@ _fused_loss.defvjp(_fused_loss_fwd, _fused_loss_bwd)
 
 
 def fused_head_loss(hidden_BxLxD, lm_head_DxV, targets_BxL, z_loss: float = 0.0,
-                    chunk_tokens: int = 256):
+                    chunk_tokens: int = 256, platform: str = "auto"):
   """Mean next-token loss from final hidden states, without materialising the logits.
 
   Same value as cross_entropy(hidden @ lm_head, targets) (float32 logits and softmax),
   computed over chunks of `chunk_tokens` tokens. Only the returned loss is differentiable.
-  Returns (loss, {"ce", "z_loss"}).
+  platform: the model's (ModelConfig.platform). Returns (loss, {"ce", "z_loss"}).
   """
   B, L, D = hidden_BxLxD.shape
   T = B * L
   loss, ce, zl = _fused_loss(hidden_BxLxD.reshape(T, D), lm_head_DxV,
                              targets_BxL.reshape(T).astype(jnp.int32), float(z_loss),
-                             _chunk_size(T, chunk_tokens))
+                             _chunk_size(T, chunk_tokens), resolve_platform(platform) == "cpu")
   return loss, {"ce": ce, "z_loss": zl}

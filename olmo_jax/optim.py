@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-WEIGHT_DECAY_MASKS = ("all", "no_norms", "no_norms_no_embeddings")
+from olmo_jax import params as params_lib
+
+# Mode -> the decay groups (params.Param.decay in the variant tables) that get weight decay.
+WEIGHT_DECAY_MASKS = {
+    "all": ("weight", "norm", "embedding"),
+    "no_norms": ("weight", "embedding"),
+    "no_norms_no_embeddings": ("weight",),
+}
 
 
 def lr_at(step, *, peak_lr: float, warmup_steps: int, total_steps: int,
@@ -38,20 +45,18 @@ def make_schedule(peak_lr: float, warmup_steps: int, total_steps: int,
 def check_mask_mode(mode: str) -> None:
   if mode not in WEIGHT_DECAY_MASKS:
     raise ValueError(f"train.weight_decay_mask={mode!r} is unknown; choose one of "
-                     f"{WEIGHT_DECAY_MASKS}")
+                     f"{tuple(WEIGHT_DECAY_MASKS)}")
 
 
 def weight_decay_mask(params: dict[str, Any], mode: str):
   """Tree of bools: which parameters get weight decay (DataDecide: all of them)."""
   check_mask_mode(mode)
+  decayed = WEIGHT_DECAY_MASKS[mode]
 
   def decide(path, _):
-    name = str(getattr(path[-1], "key", path[-1]))
     if mode == "all":
       return True
-    if name.endswith("norm"):
-      return False
-    return not (mode == "no_norms_no_embeddings" and name == "embed")
+    return params_lib.decay_group(tuple(str(getattr(k, "key", k)) for k in path)) in decayed
 
   return jax.tree_util.tree_map_with_path(decide, params)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+# The tokenizer's facts live with the tokenizer; they are re-exported here for callers.
+from data_pipeline.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE  # noqa: F401
+from olmo_jax import params as params_lib
+from olmo_jax.params import MLP_RATIO  # noqa: F401
+
 SEQ_LEN = 2048
-VOCAB_SIZE = 50280
 EMBEDDING_SIZE = 50304  # vocabulary padded to a multiple of 128
-EOS_TOKEN_ID = 50279
-PAD_TOKEN_ID = 1
-MLP_RATIO = 8  # fused SwiGLU input projection d -> 8d, hidden width 4d
 DEFAULT_SEED = 6198
 
 
@@ -77,24 +78,15 @@ def get_size(name: str) -> LadderSize:
 
 
 def non_embedding_params(d_model: int, n_layers: int, variant: str = "ladder",
-                         embedding_size: int = EMBEDDING_SIZE) -> int:
+                         embedding_size: int = EMBEDDING_SIZE, mlp_hidden: int = 0) -> int:
   """N as DataDecide counts it: every parameter except the input embedding.
 
-  Includes the untied output head and the norm weights of the variant.
+  Includes the untied output head and the norm weights of the variant (its table in
+  params.py); mlp_hidden 0 is the default width 4 * d_model.
   """
-  d = d_model
-  per_layer = 4 * d * d + 3 * d * (MLP_RATIO // 2) * d  # q,k,v,o + up,gate,down
-  if variant == "ladder":
-    per_layer += 2 * d  # attention and MLP pre-norm weights
-    final_norm = d
-  elif variant == "olmo1":
-    final_norm = 0  # weightless LayerNorms
-  elif variant == "olmo2":
-    per_layer += 4 * d  # q_norm, k_norm, post-attention and post-MLP norms
-    final_norm = d
-  else:
-    raise ValueError(f"unknown model.variant={variant!r}")
-  return n_layers * per_layer + final_norm + embedding_size * d
+  dims = params_lib.Dims(n_layers, d_model, params_lib.mlp_hidden(d_model, mlp_hidden),
+                         embedding_size)
+  return params_lib.count(variant, dims, exclude_input_embedding=True)
 
 
 def batch_size_formula(n: float) -> int:

@@ -16,31 +16,37 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MODEL_FIELDS = ("variant", "vocab_size", "embedding_size", "max_seq_len", "rope_theta",
-                "norm_eps", "clip_qkv", "init_std")
+# The shape fields d_model, n_heads and n_layers come from the ladder size (or 'custom').
+SHAPE_FIELDS = ("d_model", "n_heads", "n_layers")
+
+
+def model_fields() -> tuple[str, ...]:
+  """The architecture fields of ModelConfig the trainer must be given, besides the shape."""
+  from olmo_jax.model import ARCHITECTURE_FIELDS
+  return tuple(f for f in ARCHITECTURE_FIELDS if f not in SHAPE_FIELDS)
 
 
 def train_config_for(mcfg, size_config: str | None = None):
   """The resolved training config of a model: a ladder size if the shapes match one."""
   from olmo_jax import config as config_lib
   from olmo_jax import sizes
+  # A ladder size is the published shape; another MLP width makes the model 'custom'.
   size = next((name for name, s in sizes.LADDER.items()
-               if (s.d_model, s.n_heads, s.n_layers) == (mcfg.d_model, mcfg.n_heads,
-                                                         mcfg.n_layers)), "custom")
+               if (s.d_model, s.n_heads, s.n_layers, 0) == (mcfg.d_model, mcfg.n_heads,
+                                                            mcfg.n_layers, mcfg.mlp_hidden)),
+              "custom")
   c = config_lib.load_config_file(size_config or os.path.join(ROOT, "configs", "train.py"),
                                   size if size != "custom" else "4M")
-  if mcfg.hidden != 4 * mcfg.d_model:
-    raise ValueError(f"MLP hidden width {mcfg.hidden} != 4 * d_model: the training config "
-                     "cannot express it")
   m = c.model
   m.size = size
   if size == "custom":
-    m.d_model, m.n_heads, m.n_layers = mcfg.d_model, mcfg.n_heads, mcfg.n_layers
+    for f in SHAPE_FIELDS:
+      setattr(m, f, getattr(mcfg, f))
     n = sizes.non_embedding_params(mcfg.d_model, mcfg.n_layers, mcfg.variant,
-                                   mcfg.embedding_size)
+                                   mcfg.embedding_size, mcfg.mlp_hidden)
     # Below ~5M parameters the batch formula rounds to 0; the smallest ladder batch is 32.
     c.train.batch_size = max(32, sizes.batch_size_formula(n))
-  for f in MODEL_FIELDS:
+  for f in model_fields():
     setattr(m, f, getattr(mcfg, f))
   return config_lib.resolve(c), size
 
@@ -52,7 +58,7 @@ def model_flags(cfg, size: str) -> list[str]:
   if size == "custom":
     out += [f"--config.model.d_model={m.d_model}", f"--config.model.n_heads={m.n_heads}",
             f"--config.model.n_layers={m.n_layers}"]
-  out += [f"--config.model.{f}={m[f]}" for f in MODEL_FIELDS]
+  out += [f"--config.model.{f}={m[f]}" for f in model_fields()]
   return out
 
 

@@ -2,17 +2,22 @@
 
 Restores only the parameters of a checkpoint (a workdir, its checkpoints dir, or one step dir;
 the optimizer state is never read), writes an HF directory through olmo_jax/hf.py, then checks
-the export: the transformers model's logits on a few sequences must equal ours. The result
-loads with `AutoModelForCausalLM.from_pretrained(HF_DIR)` and runs under
-`lm-eval run --model hf --model_args pretrained=HF_DIR`.
+the export: the transformers model's logits on a few sequences must equal ours. A non-empty
+--output is refused unless --overwrite; the export is written and verified in a temporary
+directory beside it and only then swapped in, so a failed or interrupted conversion leaves the
+old output as it was. The result loads with `AutoModelForCausalLM.from_pretrained(HF_DIR)`
+and runs under `lm-eval run --model hf --model_args pretrained=HF_DIR`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,7 +30,7 @@ VERIFY_TEXTS = (
 
 
 def model_config_of(metadata: dict):
-  """The ModelConfig recorded with a checkpoint (float32 compute, for exact verification)."""
+  """The ModelConfig recorded with a checkpoint, for this host's devices."""
   import ml_collections
 
   from olmo_jax import config as config_lib
@@ -33,7 +38,8 @@ def model_config_of(metadata: dict):
     raise ValueError("the checkpoint's meta item has no config.model: it was not written by "
                      "olmo_jax.train or scripts/convert_from_hf.py")
   cfg = config_lib.model_config(ml_collections.ConfigDict(metadata["config"]))
-  return cfg
+  # Verification runs here, whatever platform the checkpoint was trained on.
+  return dataclasses.replace(cfg, platform="auto")
 
 
 def verify_sequences(cfg, tokenizer: str | None, n_random: int = 2, length: int = 64):
@@ -77,29 +83,76 @@ def compare_logits(cfg, params: dict, hf_dir: str, ids: np.ndarray) -> tuple[flo
   return float(np.abs(theirs - ours).max()), float(np.abs(ours).max())
 
 
+def check_output(output: str, overwrite: bool) -> None:
+  """Refuses an --output that is a file, or a non-empty directory without --overwrite."""
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise ValueError(f"--output {output} is a file, not a directory")
+  if os.path.isdir(output) and os.listdir(output) and not overwrite:
+    raise ValueError(f"--output {output} is not empty; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def replacing_directory(output: str):
+  """Yields a fresh temporary directory beside `output`; on success it becomes `output`.
+
+  The old `output` (if any) is moved aside and removed only after the new one is in place;
+  on failure the temporary directory is removed and `output` is untouched.
+  """
+  output = os.path.abspath(output)
+  parent, name = os.path.split(output)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary dir
+  old = tmp + ".old"
+  if os.path.exists(output):
+    os.rename(output, old)
+  os.rename(tmp, output)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def convert(checkpoint_path: str, output: str, *, step: int | None = None,
             dtype: str = "float32", tokenizer: str | None = "olmo", verify: bool = True,
-            tol: float = 1e-4, print_fn=print) -> float | None:
+            tol: float = 1e-4, overwrite: bool = False, print_fn=print) -> float | None:
   """Exports a checkpoint's params to an HF directory; returns the verified max logit diff."""
   from olmo_jax import checkpoint, hf
+  check_output(output, overwrite)
   params, meta = checkpoint.restore_params(checkpoint_path, step)
   cfg = model_config_of(meta)
   print_fn(f"restored params of step {meta.get('step')} from {checkpoint_path} "
            f"({cfg.variant}, d_model={cfg.d_model}, {cfg.n_layers} layers)")
-  hf.export_hf(cfg, params, output, tokenizer=tokenizer, dtype=dtype)
-  print_fn(f"wrote {output} ({hf.HF_ARCHITECTURES[cfg.variant][0]}, {dtype})")
-  if not verify:
-    return None
+  with replacing_directory(output) as tmp:
+    hf.export_hf(cfg, params, tmp, tokenizer=tokenizer, dtype=dtype)
+    diff = None
+    if verify:
+      diff = verify_export(cfg, params, tmp, output, dtype, tokenizer, tol, print_fn)
+  print_fn(f"wrote {output} ({cfg.spec.hf_architecture}, {dtype})")
+  return diff
+
+
+def verify_export(cfg, params: dict, hf_dir: str, output: str, dtype: str,
+                  tokenizer: str | None, tol: float, print_fn) -> float:
+  """Max |logit diff| of the HF model in hf_dir against ours; AssertionError over the bound."""
   if dtype != "float32":
     params = as_exported(params, dtype)
   ids = verify_sequences(cfg, tokenizer)
-  diff, scale = compare_logits(cfg, params, output, ids)
+  diff, scale = compare_logits(cfg, params, hf_dir, ids)
   bound = tol * max(1.0, scale)
   print_fn(f"verified: max |logit diff| HF vs olmo_jax = {diff:.3e} over {ids.shape[0]} "
            f"sequences of {ids.shape[1]} tokens (max |logit| {scale:.2f}, bound {bound:.1e})")
   if not diff <= bound:
-    raise AssertionError(f"the export in {output} does not reproduce our logits: max diff "
-                         f"{diff:.3e} > {bound:.1e}")
+    raise AssertionError(f"the export for {output} does not reproduce our logits: max diff "
+                         f"{diff:.3e} > {bound:.1e}; {output} was left as it was")
   return diff
 
 
@@ -108,7 +161,10 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True,
                  help="a workdir, its checkpoints/ dir, or one step dir (DIR/checkpoints/STEP)")
-  p.add_argument("--output", required=True, help="HF directory to write")
+  p.add_argument("--output", required=True,
+                 help="HF directory to write (new or empty, unless --overwrite)")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace a non-empty --output (swapped in only once written and verified)")
   p.add_argument("--step", type=int, default=None, help="step to export (default: newest)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
   p.add_argument("--tokenizer", default="olmo",
@@ -121,7 +177,7 @@ def main(argv=None) -> int:
   try:
     convert(a.checkpoint, a.output, step=a.step, dtype=a.dtype,
             tokenizer=None if a.tokenizer == "none" else a.tokenizer, verify=not a.no_verify,
-            tol=a.tol)
+            tol=a.tol, overwrite=a.overwrite)
   except (checkpoint.CheckpointError, hf.ConversionError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

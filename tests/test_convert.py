@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -201,3 +202,56 @@ def test_from_hf_reads_allenai_hf_olmo_layout(tmp_path):
   import ml_collections
   mcfg = config_lib.model_config(ml_collections.ConfigDict(meta["config"]))
   assert max_diff(model, mcfg, params, long=False) < 1e-4
+
+
+# ----------------------------------------------------------------------------------------
+# Conversion never clobbers, and damaged weights are named
+
+
+def _run_script(*args, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_convert_to_hf_refuses_a_non_empty_output_unless_overwrite(trained, exported, tmp_path):
+  workdir, _, _ = trained
+  out = tmp_path / "hf"
+  out.mkdir()
+  # What an earlier, different export may leave: shards where there is now one file.
+  stale = {"model-00001-of-00002.safetensors": "old", "notes.txt": "mine"}
+  for name, text in stale.items():
+    (out / name).write_text(text)
+  proc = _run_script("scripts/convert_to_hf.py", "--checkpoint", workdir, "--output", str(out))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines() == [
+      f"error: --output {out} is not empty; pass --overwrite to replace it"]
+  assert {p.name: p.read_text() for p in out.iterdir()} == stale
+  # (The `exported` fixture ran the verification through the same temporary directory.)
+  proc = _run_script("scripts/convert_to_hf.py", "--checkpoint", workdir, "--output", str(out),
+                     "--overwrite", "--no-verify")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted(p.name for p in out.iterdir()) == sorted(os.listdir(exported))
+  for name in ("model.safetensors", "config.json", "tokenizer.json"):
+    assert (out / name).read_bytes() == open(os.path.join(exported, name), "rb").read()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary left beside it
+
+
+def test_truncated_safetensors_is_one_error_line_naming_the_file(exported, tmp_path):
+  from olmo_jax import hf
+  damaged = tmp_path / "damaged"
+  shutil.copytree(exported, damaged)
+  weights = damaged / "model.safetensors"
+  data = weights.read_bytes()
+  for cut in (len(data) // 2, 5):
+    weights.write_bytes(data[:cut])
+    with pytest.raises(hf.ConversionError, match=f"weights file {weights} cannot be read"):
+      hf.import_hf(str(damaged))
+  weights.write_bytes(data[:len(data) // 2])
+  proc = _run_script("scripts/convert_from_hf.py", "--hf", str(damaged), "--output",
+                     str(tmp_path / "run"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: weights file {weights} cannot be read")
+  assert "truncated or damaged" in lines[0] and "Traceback" not in proc.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from data_pipeline.tokenizer import load_tokenizer  # noqa: E402
 from olmo_jax import hf, sizes  # noqa: E402
+from olmo_jax import params as params_lib  # noqa: E402
 from olmo_jax.model import VARIANTS  # noqa: E402
 
 HF_CLASS = {v: arch for v, (arch, _) in hf.HF_ARCHITECTURES.items()}
@@ -273,9 +275,12 @@ def test_hf_olmo_llama_blocks_and_tied_head_import_the_same_weights(tmp_path):
 
 def test_swapped_swiglu_halves_are_detected_in_export(ladder_exported, tmp_path, monkeypatch):
   cfg, params, _ = ladder_exported
-  swapped = dict(hf._HF_LAYER_KEYS, w_up=hf._HF_LAYER_KEYS["w_gate"],
-                 w_gate=hf._HF_LAYER_KEYS["w_up"])
-  monkeypatch.setattr(hf, "_HF_LAYER_KEYS", swapped)
+  ladder = params_lib.VARIANTS["ladder"]
+  up, gate = ladder["blocks.w_up"], ladder["blocks.w_gate"]
+  swap = {up.name: dataclasses.replace(up, hf=gate.hf),
+          gate.name: dataclasses.replace(gate, hf=up.hf)}
+  swapped = dataclasses.replace(ladder, params=tuple(swap.get(p.name, p) for p in ladder.params))
+  monkeypatch.setitem(params_lib.VARIANTS, "ladder", swapped)
   hf.export_hf(cfg, params, str(tmp_path), tokenizer=None)
   diff = fx.max_diff(load_hf(str(tmp_path)), cfg, params, long=False)
   assert diff > 100 * fx.TOL, diff
@@ -334,7 +339,7 @@ def test_shape_mismatch_and_extra_bias_are_named(ladder_exported, tmp_path):
   shutil.copy(os.path.join(directory, "model.safetensors"), tmp_path)
   config = json.load(open(os.path.join(directory, "config.json")))
   (tmp_path / "config.json").write_text(json.dumps(dict(config, intermediate_size=128)))
-  with pytest.raises(hf.ConversionError, match=r"mlp\.gate_proj\.weight.*\[256, 64\].*\[128, 64\]"):
+  with pytest.raises(hf.ConversionError, match=r"mlp\.up_proj\.weight.*\[256, 64\].*\[128, 64\]"):
     hf.import_hf(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps(config))
   tensors = load_file(os.path.join(directory, "model.safetensors"))

@@ -202,3 +202,23 @@ def test_linear_and_weight_grad_equal_the_plain_products():
   want = jax.grad(loss(lambda a, b: a @ b), argnums=(0, 1))(x, w)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_platform_field_chooses_the_kernels_once_not_the_host():
+  """model.platform picks the kernels: tracing for a GPU or TPU on this CPU host takes the
+  accelerator path (no XLA:CPU kernel, whose weight gradients carry optimization barriers)."""
+  params = nnx.to_pure_dict(nnx.state(M.OLMo(M.ModelConfig(**SMALL), rngs=nnx.Rngs(0)),
+                                      nnx.Param))
+  ids = jnp.zeros((2, 17), jnp.int32)
+  texts = {}
+  for platform in ("auto", "cpu", "gpu", "tpu"):
+    cfg = M.ModelConfig(**SMALL, platform=platform)
+    loss = lambda p, cfg=cfg: M.fused_head_loss(
+        M.forward(cfg, p, ids[:, :-1], return_hidden=True), p["lm_head"], ids[:, 1:],
+        platform=cfg.platform)[0]
+    texts[platform] = jax.jit(jax.grad(loss)).lower(params).as_text()
+  assert jax.default_backend() == "cpu" and M.ModelConfig(**SMALL).on_cpu
+  assert "optimization_barrier" in texts["auto"] and "optimization_barrier" in texts["cpu"]
+  assert "optimization_barrier" not in texts["gpu"] and "optimization_barrier" not in texts["tpu"]
+  with pytest.raises(ValueError, match="model.platform='cuda'"):
+    M.ModelConfig(platform="cuda").validate()
