@@ -525,14 +525,14 @@ class Checkpointer:
     return state, data, s
 
   def set_aside_newer(self, step: int, failed: dict[int, str] | None = None) -> None:
-    """Moves aside the damaged steps newer than `step` (the one resumed from)."""
-    bad = {s: r for s, r in damaged_steps(self.directory).items() if s > step}
-    bad.update(failed or {})
-    for s, reason in sorted(bad.items()):
-      set_aside(self.directory, s, reason)
-    if bad:
-      _sync("olmo_ckpt_set_aside")
-      self._mngr.reload()
+    """Moves aside the damaged steps newer than `step` (the one resumed from, -1: none)."""
+    if _is_primary():  # decides alone: another process could see a half-moved directory
+      bad = {s: r for s, r in damaged_steps(self.directory).items() if s > step}
+      bad.update(failed or {})
+      for s, reason in sorted(bad.items()):
+        set_aside(self.directory, s, reason)
+    _sync("olmo_ckpt_set_aside")
+    self._mngr.reload()
 
   def _restore_step(self, step: int, abstract_state):
     path = os.path.join(self.directory, str(step))
@@ -557,12 +557,14 @@ class Checkpointer:
     self._join()
     self._raise_pending_error()
     path = os.path.join(self.directory, str(step))
-    if os.path.isdir(path):
+    exists = None  # process 0 decides for all: 1 complete, 0 damaged (moved aside)
+    if _is_primary() and os.path.isdir(path):
       reason = incomplete_reason(path)
-      if reason is None:
-        return False  # e.g. a preemption save right after resuming at this step
-      set_aside(self.directory, step, reason)
-      _sync(f"olmo_ckpt_aside_{step}")
+      exists = int(reason is None)
+      if reason is not None:
+        set_aside(self.directory, step, reason)
+    if _broadcast_int(exists) == 1:
+      return False  # e.g. a preemption save right after resuming at this step
     self._mngr.reload()  # our own moves and deletions are invisible to Orbax's cache
     if self.async_save:
       state = self._staging(state)
