@@ -18,8 +18,10 @@ reported (logging.warning and stdout) and the previous complete step is used ins
 a restore the CRC32s are checked too; a step that fails them (corrupt bytes of the right
 size) or fails to restore is reported and skipped the same way.
 
-Damaged steps are never deleted: the ones a resume skips, and incomplete ones older than the
-newest complete step, are moved aside to `damaged/<step>` and reported (`set_aside`).
+Damaged steps are never deleted: the ones a resume skips, incomplete ones older than the
+newest complete step and a damaged step about to be saved again are moved aside to
+`damaged/<step>[.n]` and reported (`set_aside`; process 0 decides and moves). The one
+exception is a save of our own that failed: its half-written directory is removed.
 
 Retention follows Orbax's own preservation policies (the newest `keep` plus every multiple of
 `keep_period`: LatestN / EveryNSteps), applied by us to the complete steps only after a save
@@ -32,8 +34,8 @@ own temporary directory and never touches older steps; the error is raised at th
 Async saves block the loop only for a copy of the state: on accelerators Orbax copies to
 host; on CPU hosts we copy into reused host buffers (`Checkpointer.prepare(state)` allocates
 them ahead of the first save), because the next train step donates the live buffers. On
-multi-host runs every process calls every method; process 0 writes the markers and collects
-garbage, and the data item holds each process's iterator state.
+multi-host runs every process calls every method; process 0 writes the markers, applies
+retention and moves damaged steps aside, and the data item holds each process's iterator state.
 
 Params-only checkpoints (`write_params_checkpoint`, used by scripts/convert_from_hf.py) are a
 step-0 directory with items params/ and meta/ (kind "params"). `Checkpointer.latest_step`
