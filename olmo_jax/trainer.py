@@ -411,6 +411,11 @@ class Loop:
 
   def add_metrics(self, extra: dict[str, float]) -> None:
     """Host metrics (e.g. an eval loss) logged with the step just dispatched."""
+    if not extra:
+      return
+    if self._pending is None:  # a hook before this one (CheckpointHook) read the step already
+      raise RuntimeError(f"metrics {sorted(extra)} came after step {self.step} was logged: give "
+                         "hooks that add metrics before the CheckpointHook")
     self._pending[2].update(extra)
 
   def settle(self, force_log: bool = False) -> None:

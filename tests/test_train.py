@@ -153,3 +153,20 @@ def test_ladder_resolution_uses_published_numbers(tiny_train_config):
   r1b = config_lib.resolve(config_lib.load_config_file(os.path.join(REPO, "configs",
                                                                     "train.py"), "1B"))
   assert r1b.checkpoint.every == 2500
+
+
+def test_hooks_plug_into_run_with_their_period(tiny_train_config, tmp_path):
+  calls, every_step = [], []
+
+  def probe(step, state):  # e.g. an orchestrator's evaluation: sees the state after `step`
+    calls.append((step, int(state["step"])))
+    return {"probe": float(step)}
+
+  hook = trainer.CallbackHook(probe, every=6)
+  run(tiny_train_config, str(tmp_path), print_fn=lambda s: None,
+      extra_callbacks=[hook, lambda step, state: every_step.append(step)])
+  assert calls == [(6, 6), (12, 12), (18, 18)]
+  assert every_step == list(range(1, 21))
+  rows = {r["step"]: r for r in _metrics(tmp_path)}
+  assert sorted(rows) == [5, 6, 10, 12, 15, 18, 20]  # log_every=5, plus steps with metrics
+  assert rows[12]["probe"] == 12.0 and "probe" not in rows[10]
