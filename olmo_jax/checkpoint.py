@@ -360,6 +360,43 @@ def _restore_target(meta_tree, abstract=None) -> tuple[Any, Any]:
   return abstract, jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract)
 
 
+def retention_policy(keep: int, keep_period: int = 0) -> ocp_managers.PreservationPolicy:
+  """Orbax's policy for the newest `keep` steps plus every multiple of `keep_period`."""
+  policies = [ocp_managers.LatestN(n=keep)]
+  if keep_period:
+    policies.append(ocp_managers.EveryNSteps(interval_steps=keep_period))
+  return ocp_managers.AnyPreservationPolicy(policies=policies)
+
+
+def apply_retention(directory: str, policy: ocp_managers.PreservationPolicy) -> None:
+  """After a commit: deletes the complete steps `policy` drops; moves older damaged ones aside.
+
+  Only complete steps count, so damaged ones never take the place of a kept checkpoint.
+  """
+  good = complete_steps(directory, quiet=True)
+  if not good:
+    return
+  now = datetime.datetime.now()
+  infos = [_StepInfo(step=s, time=now, metrics=None) for s in good]
+  for s, keep in zip(good, policy.should_preserve(infos,
+                                                  context=ocp_managers.PreservationContext())):
+    if not keep:
+      logging.info("checkpoint: deleting step %d (retention policy)", s)
+      shutil.rmtree(os.path.join(directory, str(s)), ignore_errors=True)
+  for s, reason in damaged_steps(directory).items():
+    if s < good[-1]:
+      set_aside(directory, s, reason)
+
+
+def remove_failed_save(directory: str, step: int) -> None:
+  """Gives back the space our own failed save of `step` holds (disk full); nothing else."""
+  for tmp in glob.glob(os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")):
+    shutil.rmtree(tmp, ignore_errors=True)
+  path = os.path.join(directory, str(step))
+  if os.path.isdir(path) and interrupted_save(path):
+    shutil.rmtree(path, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- the train-state manager
 
 @jax.jit
@@ -458,10 +495,7 @@ class Checkpointer:
     self.metadata = dict(metadata or {})
     json.dumps(self.metadata)  # fail now, not inside a background save
     self._mngr = self._make_manager()
-    policies = [ocp_managers.LatestN(n=keep)]
-    if keep_period:
-      policies.append(ocp_managers.EveryNSteps(interval_steps=keep_period))
-    self._retention = ocp_managers.AnyPreservationPolicy(policies=policies)
+    self._retention = retention_policy(keep, keep_period)
     self.failed_restores: dict[int, str] = {}  # {step: why} of the last restore
     self._pending: threading.Thread | None = None
     self._error: BaseException | None = None
@@ -597,7 +631,7 @@ class Checkpointer:
         if not os.path.isfile(os.path.join(path, COMMIT_MARKER)):
           raise CheckpointError(f"Orbax finished step {step} but {path} is not committed")
         write_manifest(path)
-        self._collect_garbage()
+        apply_retention(self.directory, self._retention)
     except BaseException as e:  # surfaced on the main thread at the next save()/wait()
       self._on_failure(step, e)
 
@@ -605,29 +639,8 @@ class Checkpointer:
     self._error, self._error_step = e, step
     report(f"checkpoint: saving step {step} to {self.directory} FAILED ({type(e).__name__}: "
            f"{e}); older checkpoints are untouched")
-    if _is_primary():  # give back the space a half-written save holds (disk full)
-      for tmp in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
-        shutil.rmtree(tmp, ignore_errors=True)
-      path = os.path.join(self.directory, str(step))
-      if os.path.isdir(path) and not os.path.isfile(os.path.join(path, MANIFEST)):
-        shutil.rmtree(path, ignore_errors=True)
-
-  def _collect_garbage(self) -> None:
-    """Deletes the complete steps the retention policy drops; moves older incomplete ones aside."""
-    good = complete_steps(self.directory, quiet=True)
-    if not good:
-      return
-    now = datetime.datetime.now()
-    infos = [_StepInfo(step=s, time=now, metrics=None) for s in good]
-    preserve = self._retention.should_preserve(infos, context=ocp_managers.PreservationContext())
-    for s, keep in zip(good, preserve):
-      if not keep:
-        logging.info("checkpoint: deleting step %d (keep=%d, keep_period=%d)", s, self.keep,
-                     self.keep_period)
-        shutil.rmtree(os.path.join(self.directory, str(s)), ignore_errors=True)
-    for s, reason in damaged_steps(self.directory).items():
-      if s < good[-1]:
-        set_aside(self.directory, s, reason)
+    if _is_primary():
+      remove_failed_save(self.directory, step)
 
   def _join(self) -> None:
     if self._pending is not None:
