@@ -36,7 +36,7 @@ def build_jax(size: str, batch: int, seq_len: int):
   cfg = M.ModelConfig(d_model=s.d_model, n_heads=s.n_heads, n_layers=s.n_layers,
                       max_seq_len=seq_len)
   tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=10, total_steps=1000)
-  step_cfg = trainer.StepConfig(total_steps=1000, loss_chunk_tokens=trainer.default_loss_chunk())
+  step_cfg = trainer.StepConfig(loss_chunk_tokens=trainer.default_loss_chunk())
   state, step = trainer.setup(cfg, tx, step_cfg, sharding.make_mesh())
   box = {"state": state}
 

@@ -30,7 +30,7 @@ def bench_one(size: str, micro: int, remat: str, attention: str, steps: int) -> 
                       dtype="bfloat16", remat=remat, attention=attention)
   tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=10, total_steps=1000)
   mesh = sharding.make_mesh()
-  step_cfg = trainer.StepConfig(total_steps=1000, loss_chunk_tokens=trainer.default_loss_chunk())
+  step_cfg = trainer.StepConfig(loss_chunk_tokens=trainer.default_loss_chunk())
   state, step = trainer.setup(cfg, tx, step_cfg, mesh)
   bsh = sharding.batch_sharding(mesh)
   n = jax.device_count() * micro

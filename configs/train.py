@@ -23,6 +23,12 @@ def get_config(size: str = "4M") -> ml_collections.ConfigDict:
       "keep": 3,  # the newest K checkpoints are kept ...
       "keep_period": 0,  # ... plus every step divisible by this, for good (0: none)
       "async_save": True,
+      # Resume guards (olmo_jax/resume.py): a resume that changes the model or the data
+      # stream is refused unless this is True ...
+      "allow_config_change": False,
+      # ... and a workdir whose checkpoints are all damaged is not started afresh unless this
+      # is True (they are then moved aside to checkpoints/damaged/, never deleted).
+      "start_fresh_if_damaged": False,
   })
   c.eval = ml_collections.ConfigDict({
       "every": 0,  # steps between in-loop evaluations; 0: off

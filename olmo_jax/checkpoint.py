@@ -18,17 +18,24 @@ reported (logging.warning and stdout) and the previous complete step is used ins
 a restore the CRC32s are checked too; a step that fails them (corrupt bytes of the right
 size) or fails to restore is reported and skipped the same way.
 
-Garbage collection is ours, not Orbax's (its max_to_keep is off): it runs only after a save is
-committed, on complete steps, keeping the newest `keep` plus every multiple of `keep_period`,
-so a good checkpoint is never deleted before a newer one is committed. A failed save (disk
-full, ...) removes its own temporary directory and never touches older steps; the error is
-raised at the next `save`/`wait`.
+Damaged steps are never deleted: the ones a resume skips, incomplete ones older than the
+newest complete step and a damaged step about to be saved again are moved aside to
+`damaged/<step>[.n]` and reported (`set_aside`; process 0 decides and moves). The one
+exception is a save of our own that failed: its half-written directory is removed.
+
+Retention follows Orbax's own preservation policies (the newest `keep` plus every multiple of
+`keep_period`: LatestN / EveryNSteps), applied by us to the complete steps only after a save
+is committed and its manifest written, so a good checkpoint is never deleted before a newer
+one is complete (Orbax's max_to_keep would delete right after its own commit, before our
+manifest, and would count damaged steps as kept). A failed save (disk full, ...) removes its
+own temporary directory and never touches older steps; the error is raised at the next
+`save`/`wait`.
 
 Async saves block the loop only for a copy of the state: on accelerators Orbax copies to
 host; on CPU hosts we copy into reused host buffers (`Checkpointer.prepare(state)` allocates
 them ahead of the first save), because the next train step donates the live buffers. On
-multi-host runs every process calls every method; process 0 writes the markers and collects
-garbage, and the data item holds each process's iterator state.
+multi-host runs every process calls every method; process 0 writes the markers, applies
+retention and moves damaged steps aside, and the data item holds each process's iterator state.
 
 Params-only checkpoints (`write_params_checkpoint`, used by scripts/convert_from_hf.py) are a
 step-0 directory with items params/ and meta/ (kind "params"). `Checkpointer.latest_step`
@@ -40,6 +47,8 @@ builds a fresh optimizer state at step 0. `restore_params` reads params from eit
 
 from __future__ import annotations
 
+import collections
+import datetime
 import glob
 import json
 import logging
@@ -48,18 +57,22 @@ import shutil
 import threading
 import time
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from orbax.checkpoint import checkpoint_managers as ocp_managers
 
 COMMIT_MARKER = "commit_success.txt"
 MANIFEST = "olmo_manifest.json"
 KIND_STATE = "train_state"
 KIND_PARAMS = "params"
 ITEMS = ("state", "params", "data", "meta")
+DAMAGED = "damaged"  # where damaged steps are moved aside
+# What Orbax's preservation policies read of a checkpoint (its PolicyCheckpointInfo protocol).
+_StepInfo = collections.namedtuple("_StepInfo", "step time metrics")
 
 
 class CheckpointError(RuntimeError):
@@ -251,6 +264,139 @@ def resolve_path(path: str, step: int | None = None) -> tuple[str, int | None]:
                         "a checkpoints directory of numbered steps, or one step directory")
 
 
+def select_steps(directory: str, step: int | None = None, kind: str | None = None) -> list[int]:
+  """Steps to try, newest first: just `step` if given (it must be complete and of `kind`).
+
+  Incomplete steps newer than the newest complete one are reported (by process 0).
+  """
+  steps = complete_steps(directory, quiet=not _is_primary())
+  if step is not None:
+    path = os.path.join(directory, str(step))
+    if step not in steps:
+      why = incomplete_reason(path) if os.path.isdir(path) else "it does not exist"
+      raise CheckpointError(f"checkpoint step {step} in {directory} is unusable: {why}")
+    if kind == KIND_STATE and checkpoint_kind(path) != KIND_STATE:
+      raise CheckpointError(f"{path} holds parameters only (no optimizer state); start "
+                            "from it with checkpoint.load_init_params")
+    return [step]
+  of_kind = [s for s in steps if kind is None
+             or checkpoint_kind(os.path.join(directory, str(s))) == kind]
+  if not of_kind:
+    only = " (only params-only ones: start from them with load_init_params)" if steps else ""
+    raise CheckpointError(f"no complete checkpoint in {directory}{only}")
+  return of_kind[::-1]
+
+
+def restore_newest(directory: str, candidates: list[int], load: Callable[[int], Any],
+                   on_failure: Callable[[int], None] | None = None) -> tuple[int, Any]:
+  """(step, load(step)) of the first candidate that passes its CRC32s and loads.
+
+  A step that fails is reported and the next (older) candidate is tried; CheckpointError
+  when none is left.
+  """
+  errors = []
+  for i, s in enumerate(candidates):
+    path = os.path.join(directory, str(s))
+    try:
+      reason = incomplete_reason(path, checksums=True)
+      if reason is not None:
+        raise CheckpointError(reason)
+      out = load(s)
+    except Exception as e:  # corrupt bytes, missing arrays: try the previous one
+      errors.append(f"step {s}: {type(e).__name__}: {e}")
+      nxt = f"falling back to step {candidates[i + 1]}" if i + 1 < len(candidates) else "giving up"
+      report(f"checkpoint: restoring {path} failed ({type(e).__name__}: "
+             f"{str(e).splitlines()[0] if str(e) else ''}); {nxt}")
+      if on_failure is not None:
+        on_failure(s)
+      continue
+    if s != candidates[0]:
+      report(f"checkpoint: resumed from step {s}, not the newest step {candidates[0]}")
+    return s, out
+  raise CheckpointError(f"no checkpoint in {directory} could be restored:\n  " +
+                        "\n  ".join(errors))
+
+
+def interrupted_save(step_dir: str) -> bool:
+  """True for a save cut short (kill -9) before its manifest: not damage, just unfinished."""
+  return not os.path.isfile(os.path.join(step_dir, MANIFEST))
+
+
+def damaged_steps(directory: str) -> dict[int, str]:
+  """{step: why} of the step directories that are not complete checkpoints (cheap checks)."""
+  out = {}
+  for step, path in sorted(step_dirs(directory).items()):
+    reason = incomplete_reason(path)
+    if reason is not None:
+      out[step] = reason
+  return out
+
+
+def set_aside(directory: str, step: int, reason: str) -> str | None:
+  """Moves a damaged step to `damaged/<step>[.n]` (never deletes it) and reports it.
+
+  Process 0 moves; returns the new path there, None elsewhere.
+  """
+  if not _is_primary():
+    return None
+  src = os.path.join(directory, str(step))
+  dst = os.path.join(directory, DAMAGED, str(step))
+  n = 0
+  while os.path.exists(dst if n == 0 else f"{dst}.{n}"):
+    n += 1
+  dst = dst if n == 0 else f"{dst}.{n}"
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  os.rename(src, dst)
+  report(f"checkpoint: moved damaged step {step} ({reason}) aside to {dst}")
+  return dst
+
+
+def _restore_target(meta_tree, abstract=None) -> tuple[Any, Any]:
+  """(item, restore args) for PyTree restores: numpy arrays of the saved shapes, or arrays
+  placed on the shardings of `abstract` (ShapeDtypeStructs)."""
+  if abstract is None:
+    return (jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta_tree),
+            jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), meta_tree))
+  return abstract, jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract)
+
+
+def retention_policy(keep: int, keep_period: int = 0) -> ocp_managers.PreservationPolicy:
+  """Orbax's policy for the newest `keep` steps plus every multiple of `keep_period`."""
+  policies = [ocp_managers.LatestN(n=keep)]
+  if keep_period:
+    policies.append(ocp_managers.EveryNSteps(interval_steps=keep_period))
+  return ocp_managers.AnyPreservationPolicy(policies=policies)
+
+
+def apply_retention(directory: str, policy: ocp_managers.PreservationPolicy) -> None:
+  """After a commit: deletes the complete steps `policy` drops; moves older damaged ones aside.
+
+  Only complete steps count, so damaged ones never take the place of a kept checkpoint.
+  """
+  good = complete_steps(directory, quiet=True)
+  if not good:
+    return
+  now = datetime.datetime.now()
+  infos = [_StepInfo(step=s, time=now, metrics=None) for s in good]
+  for s, keep in zip(good, policy.should_preserve(infos,
+                                                  context=ocp_managers.PreservationContext())):
+    if not keep:
+      logging.info("checkpoint: deleting step %d (retention policy)", s)
+      shutil.rmtree(os.path.join(directory, str(s)), ignore_errors=True)
+  for s, reason in damaged_steps(directory).items():
+    if s < good[-1]:
+      set_aside(directory, s, reason)
+
+
+def remove_failed_save(directory: str, step: int) -> None:
+  """Gives back the space our own failed save of `step` holds (disk full); nothing else."""
+  for tmp in glob.glob(os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")):
+    shutil.rmtree(tmp, ignore_errors=True)
+  path = os.path.join(directory, str(step))
+  if os.path.isdir(path) and interrupted_save(path):
+    shutil.rmtree(path, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- the train-state manager
 
 @jax.jit
@@ -349,15 +495,16 @@ class Checkpointer:
     self.metadata = dict(metadata or {})
     json.dumps(self.metadata)  # fail now, not inside a background save
     self._mngr = self._make_manager()
+    self._retention = retention_policy(keep, keep_period)
+    self.failed_restores: dict[int, str] = {}  # {step: why} of the last restore
     self._pending: threading.Thread | None = None
     self._error: BaseException | None = None
     self._error_step: int | None = None
-    self._bad_steps: set[int] = set()  # complete-looking steps that failed to restore
     self._staging = _CpuStaging()
 
   def _make_manager(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None,  # garbage collection is ours, after commit (see module docstring)
+        max_to_keep=None,  # retention is applied by us after our commit (module docstring)
         enable_async_checkpointing=self.async_save,
         cleanup_tmp_directories=True,  # leftovers of saves cut short by kill -9
         create=True)
@@ -400,51 +547,31 @@ class Checkpointer:
 
     abstract_state: pytree of jax.ShapeDtypeStruct with .sharding on the current mesh; the
     saved mesh may differ (Orbax reshards). Without `step`, the newest complete checkpoint
-    that restores is used, falling back (and saying so) past corrupt ones.
+    that restores is used, falling back (and saying so) past corrupt ones, which are then
+    moved aside.
     """
     self._join()
-    steps = complete_steps(self.directory, quiet=not _is_primary())
-    if step is not None:
-      if step not in steps:
-        path = os.path.join(self.directory, str(step))
-        why = incomplete_reason(path) if os.path.isdir(path) else "it does not exist"
-        raise CheckpointError(f"checkpoint step {step} in {self.directory} is unusable: {why}")
-      candidates = [step]
-    else:
-      candidates = steps[::-1]
-    if not candidates:
-      raise CheckpointError(f"no complete checkpoint in {self.directory}")
-    errors = []
-    for s in candidates:
-      path = os.path.join(self.directory, str(s))
-      if checkpoint_kind(path) != KIND_STATE:
-        if step is not None:
-          raise CheckpointError(f"{path} holds parameters only (no optimizer state); start "
-                                "from it with checkpoint.load_init_params")
-        continue
-      try:
-        state, data = self._restore_step(s, abstract_state)
-      except Exception as e:  # corrupt bytes, missing arrays: try the previous one
-        self._bad_steps.add(s)
-        errors.append(f"step {s}: {type(e).__name__}: {e}")
-        older = [c for c in candidates if c < s]
-        nxt = f"falling back to step {older[0]}" if older and step is None else "giving up"
-        report(f"checkpoint: restoring {path} failed ({type(e).__name__}: "
-               f"{str(e).splitlines()[0] if str(e) else ''}); {nxt}")
-        if step is not None:
-          break
-        continue
-      if s != candidates[0]:
-        report(f"checkpoint: resumed from step {s}, not the newest step {candidates[0]}")
-      return state, data, s
-    raise CheckpointError(f"no checkpoint in {self.directory} could be restored:\n  " +
-                          "\n  ".join(errors or ["only params-only checkpoints are present"]))
+    candidates = select_steps(self.directory, step, KIND_STATE)
+    self.failed_restores = {}
+    s, (state, data) = restore_newest(
+        self.directory, candidates, lambda s: self._restore_step(s, abstract_state),
+        on_failure=lambda s: self.failed_restores.setdefault(s, "it failed to restore"))
+    if step is None:
+      self.set_aside_newer(s, self.failed_restores)
+    return state, data, s
+
+  def set_aside_newer(self, step: int, failed: dict[int, str] | None = None) -> None:
+    """Moves aside the damaged steps newer than `step` (the one resumed from, -1: none)."""
+    if _is_primary():  # decides alone: another process could see a half-moved directory
+      bad = {s: r for s, r in damaged_steps(self.directory).items() if s > step}
+      bad.update(failed or {})
+      for s, reason in sorted(bad.items()):
+        set_aside(self.directory, s, reason)
+    _sync("olmo_ckpt_set_aside")
+    self._mngr.reload()
 
   def _restore_step(self, step: int, abstract_state):
     path = os.path.join(self.directory, str(step))
-    reason = incomplete_reason(path, checksums=True)
-    if reason is not None:
-      raise CheckpointError(reason)
     items = dict(state=ocp.args.StandardRestore(abstract_state))
     if os.path.isdir(os.path.join(path, "data")):
       items["data"] = ocp.args.JsonRestore()
@@ -466,16 +593,15 @@ class Checkpointer:
     self._join()
     self._raise_pending_error()
     path = os.path.join(self.directory, str(step))
-    if os.path.isdir(path):
-      reason = incomplete_reason(path) or ("it failed to restore" if step in self._bad_steps
-                                           else None)
-      if reason is None:
-        return False  # e.g. a preemption save right after resuming at this step
-      if _is_primary():
-        report(f"checkpoint: removing unusable {path} ({reason}) to save step {step} again")
-        shutil.rmtree(path, ignore_errors=True)
-      _sync(f"olmo_ckpt_rm_{step}")
-    self._mngr.reload()  # our own deletions are invisible to Orbax's cache
+    exists = None  # process 0 decides for all: 1 complete, 0 damaged (moved aside)
+    if _is_primary() and os.path.isdir(path):
+      reason = incomplete_reason(path)
+      exists = int(reason is None)
+      if reason is not None:
+        set_aside(self.directory, step, reason)
+    if _broadcast_int(exists) == 1:
+      return False  # e.g. a preemption save right after resuming at this step
+    self._mngr.reload()  # our own moves and deletions are invisible to Orbax's cache
     if self.async_save:
       state = self._staging(state)
     meta = dict(self.metadata, kind=KIND_STATE, step=int(step))
@@ -505,7 +631,7 @@ class Checkpointer:
         if not os.path.isfile(os.path.join(path, COMMIT_MARKER)):
           raise CheckpointError(f"Orbax finished step {step} but {path} is not committed")
         write_manifest(path)
-        self._collect_garbage()
+        apply_retention(self.directory, self._retention)
     except BaseException as e:  # surfaced on the main thread at the next save()/wait()
       self._on_failure(step, e)
 
@@ -513,28 +639,8 @@ class Checkpointer:
     self._error, self._error_step = e, step
     report(f"checkpoint: saving step {step} to {self.directory} FAILED ({type(e).__name__}: "
            f"{e}); older checkpoints are untouched")
-    if _is_primary():  # give back the space a half-written save holds (disk full)
-      for tmp in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
-        shutil.rmtree(tmp, ignore_errors=True)
-      path = os.path.join(self.directory, str(step))
-      if os.path.isdir(path) and not os.path.isfile(os.path.join(path, MANIFEST)):
-        shutil.rmtree(path, ignore_errors=True)
-
-  def _collect_garbage(self) -> None:
-    """Deletes complete steps outside the keep policy and incomplete ones older than the newest."""
-    dirs = step_dirs(self.directory)
-    good = complete_steps(self.directory, quiet=True)
-    if not good:
-      return
-    keep = set(good[-self.keep:])
-    if self.keep_period:
-      keep |= {s for s in good if s % self.keep_period == 0}
-    for s, path in dirs.items():
-      if s in keep or s > good[-1]:
-        continue
-      logging.info("checkpoint: deleting %s (keep=%d, keep_period=%d)", path, self.keep,
-                   self.keep_period)
-      shutil.rmtree(path, ignore_errors=True)
+    if _is_primary():
+      remove_failed_save(self.directory, step)
 
   def _join(self) -> None:
     if self._pending is not None:
@@ -568,20 +674,6 @@ class Checkpointer:
 
 # ---------------------------------------------------------------- params only
 
-def _candidates(directory: str, step: int | None) -> list[int]:
-  """Steps to try, newest first: just `step` if given (it must be complete)."""
-  steps = complete_steps(directory)
-  if step is not None:
-    if step not in steps:
-      path = os.path.join(directory, str(step))
-      why = incomplete_reason(path) if os.path.isdir(path) else "it does not exist"
-      raise CheckpointError(f"checkpoint step {step} in {directory} is unusable: {why}")
-    return [step]
-  if not steps:
-    raise CheckpointError(f"no complete checkpoint in {directory}")
-  return steps[::-1]
-
-
 def _params_item(step_dir: str) -> tuple[str, str | None]:
   """(item directory, key of the params subtree in it)."""
   if checkpoint_kind(step_dir) == KIND_STATE:
@@ -590,7 +682,8 @@ def _params_item(step_dir: str) -> tuple[str, str | None]:
 
 
 def _restore_params_item(step_dir: str, target_fn) -> Any:
-  """Restores only the params subtree of a step; target_fn(metadata tree) -> (item, args)."""
+  """Restores only the params subtree of a step; target_fn(metadata tree) -> (item, args)
+  (_restore_target)."""
   item_dir, key = _params_item(step_dir)
   handler = ocp.PyTreeCheckpointHandler()
   ckptr = ocp.Checkpointer(handler)
@@ -622,22 +715,9 @@ def restore_params(path: str, step: int | None = None) -> tuple[dict, dict]:
   state is never materialised.
   """
   directory, step = resolve_path(path, step)
-
-  def as_numpy(sub):
-    item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), sub)
-    args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), sub)
-    return item, args
-
-  candidates = _candidates(directory, step)
-  for s in candidates:
-    step_dir = os.path.join(directory, str(s))
-    reason = incomplete_reason(step_dir, checksums=True)
-    if reason is None:
-      if s != candidates[0]:
-        report(f"checkpoint: using step {s}, not the newest step {candidates[0]}")
-      return _restore_params_item(step_dir, as_numpy), read_metadata(step_dir)
-    report(f"checkpoint: skipping {step_dir}: {reason}")
-  raise CheckpointError(f"no checkpoint in {directory} passed its checksums")
+  load = lambda s: _restore_params_item(os.path.join(directory, str(s)), _restore_target)
+  s, params = restore_newest(directory, select_steps(directory, step), load)
+  return params, read_metadata(os.path.join(directory, str(s)))
 
 
 def write_params_checkpoint(directory: str, params, metadata: dict) -> str:
@@ -687,14 +767,6 @@ def load_init_params(directory: str, abstract_params=None) -> Any | None:
   reason = incomplete_reason(step_dir, checksums=True)
   if reason is not None:
     raise CheckpointError(f"params-only checkpoint {step_dir} is damaged: {reason}")
-
-  def target(sub):
-    if abstract_params is None:
-      return (jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), sub),
-              jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), sub))
-    return abstract_params, jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
-                                         abstract_params)
-
-  params = _restore_params_item(step_dir, target)
+  params = _restore_params_item(step_dir, lambda sub: _restore_target(sub, abstract_params))
   report(f"checkpoint: starting from the params of {step_dir} with a fresh optimizer state")
   return params

@@ -61,13 +61,22 @@ def weight_decay_mask(params: dict[str, Any], mode: str):
   return jax.tree_util.tree_map_with_path(decide, params)
 
 
-def make_optimizer(*, peak_lr: float, warmup_steps: int, total_steps: int,
-                   min_lr_ratio: float = 0.01, b1: float = 0.9, b2: float = 0.95,
-                   eps: float = 1e-8, weight_decay: float = 0.05, grad_clip: float = 1.0,
+def make_optimizer(schedule: optax.Schedule | None = None, *, peak_lr: float | None = None,
+                   warmup_steps: int = 0, total_steps: int = 1, min_lr_ratio: float = 0.01,
+                   b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8,
+                   weight_decay: float = 0.05, grad_clip: float = 1.0,
                    weight_decay_mask_mode: str = "all") -> optax.GradientTransformation:
-  """Clip by global norm, then decoupled AdamW (decay scaled by the lr, as torch.optim.AdamW)."""
+  """Clip by global norm, then decoupled AdamW (decay scaled by the lr, as torch.optim.AdamW).
+
+  schedule: the learning-rate schedule (make_schedule), built once by the caller, who also
+  gives it to the train step's lr reporting. Tools and tests may give peak_lr (with
+  warmup_steps, total_steps, min_lr_ratio) instead, and make_schedule is called here.
+  """
   check_mask_mode(weight_decay_mask_mode)
-  schedule = make_schedule(peak_lr, warmup_steps, total_steps, min_lr_ratio)
+  if schedule is None:
+    if peak_lr is None:
+      raise ValueError("make_optimizer needs a schedule or peak_lr")
+    schedule = make_schedule(peak_lr, warmup_steps, total_steps, min_lr_ratio)
   parts = []
   if grad_clip and grad_clip > 0:
     parts.append(optax.clip_by_global_norm(grad_clip))

@@ -31,7 +31,44 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, *,
         print_fn=print, extra_callbacks=()) -> Any:
-  """Trains (or resumes) per `config` in `workdir`; returns the trainer's LoopResult."""
+  """Trains (or resumes) per `config` in `workdir`; returns the trainer's LoopResult.
+
+  extra_callbacks: trainer.Hook objects, or plain `fn(step, state) -> metrics | None`
+  called after every step (in-loop evaluation, orchestration).
+  """
+  cfg = build_config(config)
+  import jax
+  say = print_fn if jax.process_index() == 0 else (lambda line: None)
+  from data_pipeline import mixture
+  say(mixture.describe(cfg.data))  # the sources and tokens this run trains on
+  mesh = build_mesh(cfg)
+  schedule, tx = build_optimizer(cfg)
+  check_workdir(cfg, workdir, say)  # before anything is written
+  write_run_config(cfg, workdir, mesh, say)
+  checkpointer = build_checkpointer(cfg, workdir)
+  abstract, shard = build_layout(cfg, mesh, tx)
+  state, data_state = build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say)
+  data_iter = build_data(cfg, data_state)
+  train_step, policy = build_step(cfg, mesh, tx, schedule, shard)
+  hooks = build_hooks(cfg, mesh, checkpointer, data_iter, extra_callbacks)
+  logger, log_hook = build_logging(cfg, mesh, workdir)
+  try:
+    result = _train(cfg, mesh, state, train_step, policy, data_iter, [*hooks, log_hook],
+                    print_fn)
+  except BaseException:
+    if checkpointer is not None:
+      checkpointer.close()  # reports (never raises) a failed save: the first error wins
+    raise
+  finally:
+    logger.close()
+  if checkpointer is not None:
+    checkpointer.wait()  # a failed final save is an error of the run
+    checkpointer.close()
+  return result
+
+
+def build_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The resolved, validated config; JAX is set up here (before its first use)."""
   cfg = config_lib.resolve(config)
   from olmo_jax import hostmem
   hostmem.keep_freed_memory()  # CPU only; must precede the first use of a JAX backend
@@ -40,111 +77,196 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   from data_pipeline import mixture
   config_lib.validate(cfg, jax.process_count())
   mixture.validate_config(cfg.data, cfg.model.vocab_size)
-  if jax.process_index() == 0:
-    print_fn(mixture.describe(cfg.data))  # the sources and tokens this run trains on
+  if (cfg.eval.every > 0 and mixture.mixture_name(cfg.data) != "synthetic"
+      and mixture.data_config(cfg.data).heldout_fraction <= 0):
+    raise ValueError("eval.every > 0 reads the held-out split of each source, and "
+                     "data.heldout_fraction is 0; set it (e.g. 0.01) or set eval.every=0")
+  return cfg
 
-  from olmo_jax import optim, sharding, sizes, trainer
 
-  mcfg = config_lib.model_config(cfg)
+def build_mesh(cfg):
+  """The device mesh; the microbatch must split evenly over its batch shards."""
+  from olmo_jax import sharding
   t = cfg.train
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  micro = t.batch_size // t.microbatch_size
   if t.microbatch_size % batch_shards:
     raise ValueError(f"train.microbatch_size={t.microbatch_size} must be divisible by the "
                      f"{batch_shards} batch shards of the mesh (mesh.data * mesh.fsdp)")
-  loss_scaling = mcfg.dtype == "float16"
-  tx = optim.make_optimizer(
-      peak_lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
-      min_lr_ratio=t.min_lr_ratio, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
-      grad_clip=t.grad_clip, weight_decay_mask_mode=t.weight_decay_mask)
-  is_main = jax.process_index() == 0
-  if workdir and is_main:
+  return mesh
+
+
+def build_optimizer(cfg):
+  """(learning-rate schedule, optimizer): the schedule is built once, used by both."""
+  from olmo_jax import optim
+  t = cfg.train
+  schedule = optim.make_schedule(t.lr, t.warmup_steps, t.steps, t.min_lr_ratio)
+  tx = optim.make_optimizer(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
+                            grad_clip=t.grad_clip, weight_decay_mask_mode=t.weight_decay_mask)
+  return schedule, tx
+
+
+def check_workdir(cfg, workdir: str | None, say) -> None:
+  """Guards run before anything is written to the workdir.
+
+  Resume only into the same run (resume.check_same_run against the newest complete
+  checkpoint's config), and never start fresh over damaged checkpoints unless
+  checkpoint.start_fresh_if_damaged.
+  """
+  if not (workdir and cfg.checkpoint.enabled):
+    return
+  from olmo_jax import checkpoint, resume
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  steps = checkpoint.complete_steps(ckpt_dir, kind=checkpoint.KIND_STATE, quiet=True)
+  if steps:
+    resume.check_same_run(ckpt_dir, steps[-1], config_lib.to_dict(cfg),
+                          allow=cfg.checkpoint.allow_config_change, say=say)
+  else:
+    resume.check_not_all_damaged(ckpt_dir, cfg.checkpoint.start_fresh_if_damaged)
+
+
+def write_run_config(cfg, workdir: str | None, mesh, say) -> None:
+  """config.json in the workdir (process 0) and the one-line summary of the run."""
+  import jax
+  if workdir and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     config_lib.save_json(cfg, os.path.join(workdir, "config.json"))
-  d = cfg.derived
-  if is_main:
-    print_fn(f"model {cfg.model.size} ({cfg.model.variant}): N={d.non_embedding_params:,} "
-             f"non-embedding params, {t.steps:,} steps x {d.tokens_per_step:,} tokens, "
-             f"C={d.compute_flops:.3e} FLOPs; mesh {dict(mesh.shape)}, dtype {mcfg.dtype}, "
-             f"{micro} microbatch(es)")
+  d, t = cfg.derived, cfg.train
+  say(f"model {cfg.model.size} ({cfg.model.variant}): N={d.non_embedding_params:,} "
+      f"non-embedding params, {t.steps:,} steps x {d.tokens_per_step:,} tokens, "
+      f"C={d.compute_flops:.3e} FLOPs; mesh {dict(mesh.shape)}, dtype {cfg.model.dtype}, "
+      f"{t.batch_size // t.microbatch_size} microbatch(es)")
 
-  checkpointer, restored = None, None
-  abstract, shard = trainer.state_shardings(mesh, mcfg, tx, loss_scaling)
-  if workdir and cfg.checkpoint.enabled:
-    from data_pipeline import tokenizer as tok
-    from olmo_jax import checkpoint
+
+def build_checkpointer(cfg, workdir: str | None):
+  """The workdir's Checkpointer (None without a workdir or with checkpoints disabled)."""
+  if not (workdir and cfg.checkpoint.enabled):
+    return None
+  from data_pipeline import tokenizer as tok
+  from olmo_jax import checkpoint
+  try:
+    tok_hash = tok.tokenizer_hash(getattr(cfg.data, "tokenizer", "olmo"))
+  except FileNotFoundError:
+    tok_hash = None
+  c = cfg.checkpoint
+  return checkpoint.Checkpointer(
+      os.path.join(workdir, "checkpoints"), every=c.every, keep=c.keep,
+      keep_period=c.keep_period, async_save=c.async_save,
+      metadata={"config": config_lib.to_dict(cfg), "tokenizer_hash": tok_hash})
+
+
+def build_layout(cfg, mesh, tx):
+  """(abstract train state with shardings, shardings) of this config on this mesh."""
+  from olmo_jax import trainer
+  mcfg = config_lib.model_config(cfg)
+  return trainer.state_shardings(mesh, mcfg, tx, mcfg.dtype == "float16")
+
+
+def build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say):
+  """(train state, data iterator state or None): resumed from the newest intact checkpoint,
+  else started from a params-only checkpoint in the workdir, else freshly initialised."""
+  from olmo_jax import checkpoint, resume, trainer
+  restored = None
+  if checkpointer is not None and checkpointer.latest_step() is not None:
     try:
-      tok_hash = tok.tokenizer_hash(getattr(cfg.data, "tokenizer", "olmo"))
-    except FileNotFoundError:
-      tok_hash = None
-    checkpointer = checkpoint.Checkpointer(
-        os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
-        keep=cfg.checkpoint.keep, keep_period=cfg.checkpoint.keep_period,
-        async_save=cfg.checkpoint.async_save,
-        metadata={"config": config_lib.to_dict(cfg), "tokenizer_hash": tok_hash})
-    if checkpointer.latest_step() is not None:
       restored = checkpointer.restore(abstract)
-  init_from = None
-  if restored is None and workdir and cfg.checkpoint.enabled:
-    from olmo_jax import checkpoint
-    init_from = checkpoint.load_init_params(workdir, abstract["params"])
-
-  seed = t.seed if cfg.data.seed == -1 else cfg.data.seed
-  pc, pi = jax.process_count(), jax.process_index()
-  data_iter = mixture.build_train_iterator(
-      cfg.data, seq_len=t.seq_len, batch_size=t.batch_size // pc, seed=seed,
-      vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)
+    except checkpoint.CheckpointError as e:  # every complete-looking step failed to restore
+      why = "; ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
+      resume.refuse_fresh_start(checkpointer.directory, why, cfg.checkpoint.start_fresh_if_damaged)
+  if checkpointer is not None and restored is None:
+    # Nothing to resume: damaged steps go aside, never away.
+    checkpointer.set_aside_newer(-1, checkpointer.failed_restores)
   if restored is not None:
     state, data_state, step = restored
-    if data_state is not None:
-      data_iter.set_state(data_state)
-    if is_main:
-      print_fn(f"resumed from {workdir}/checkpoints at step {step}")
+    say(f"resumed from {workdir}/checkpoints at step {step}")
   else:
-    state = trainer.init_state(mesh, mcfg, tx, t.seed, t.loss_scale if loss_scaling else None,
-                               params=init_from, shard=shard)
-    if init_from is not None and is_main:
-      print_fn(f"initialised params from the checkpoint in {workdir} (fresh optimizer state)")
-
+    init_from = None
+    if checkpointer is not None:
+      init_from = checkpoint.load_init_params(workdir, abstract["params"])
+    mcfg, t = config_lib.model_config(cfg), cfg.train
+    loss_scale = t.loss_scale if mcfg.dtype == "float16" else None
+    state = trainer.init_state(mesh, mcfg, tx, t.seed, loss_scale, params=init_from,
+                               shard=shard)
+    data_state = None
+    if init_from is not None:
+      say(f"initialised params from the checkpoint in {workdir} (fresh optimizer state)")
   if checkpointer is not None:
     checkpointer.prepare(state)  # CPU: staging buffers for async saves, off the first save
+  return state, data_state
+
+
+def data_seed(cfg) -> int:
+  return cfg.train.seed if cfg.data.seed == -1 else cfg.data.seed
+
+
+def build_data(cfg, data_state=None):
+  """This process's training batch iterator, at `data_state` when resuming."""
+  import jax
+
+  from data_pipeline import mixture
+  t = cfg.train
+  pc, pi = jax.process_count(), jax.process_index()
+  data_iter = mixture.build_train_iterator(
+      cfg.data, seq_len=t.seq_len, batch_size=t.batch_size // pc, seed=data_seed(cfg),
+      vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)
+  if data_state is not None:
+    data_iter.set_state(data_state)
+  return data_iter
+
+
+def build_step(cfg, mesh, tx, schedule, shard):
+  """(jitted train step, its UpdatePolicy)."""
+  from olmo_jax import trainer
+  t, mcfg = cfg.train, config_lib.model_config(cfg)
+  policy = trainer.UpdatePolicy(nonfinite=t.nan_policy, loss_scaling=mcfg.dtype == "float16")
   step_cfg = trainer.StepConfig(
-      microbatches=micro, z_loss=t.z_loss, skip_nonfinite=t.nan_policy == "skip",
-      loss_scaling=loss_scaling,
+      microbatches=t.batch_size // t.microbatch_size, z_loss=t.z_loss,
       loss_chunk_tokens=(0 if t.loss_impl == "dense"
                          else t.loss_chunk_tokens or trainer.default_loss_chunk()),
-      peak_lr=t.lr, warmup_steps=t.warmup_steps,
-      total_steps=t.steps, min_lr_ratio=t.min_lr_ratio)
-  train_step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
-  batch_sh = sharding.batch_sharding(mesh)
-  callbacks = list(extra_callbacks)
+      policy=policy, lr_schedule=schedule)
+  return trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard), policy
+
+
+def build_hooks(cfg, mesh, checkpointer, data_iter, extra_callbacks=()) -> list:
+  """The loop's hooks in order: callbacks and evaluation, signals, checkpoints."""
+  from olmo_jax import sharding, trainer
+  hooks = [cb if isinstance(cb, trainer.Hook) else trainer.CallbackHook(cb)
+           for cb in extra_callbacks]
   if cfg.eval.every > 0:
-    callbacks.append(held_out_loss_callback(cfg, mcfg, batch_sh, seed))
-  peak = t.peak_flops_per_device or trainer.device_peak_flops()
-  fpt = sizes.flops_per_token(mcfg.d_model, mcfg.n_layers, t.seq_len, d.non_embedding_params)
-  logger = trainer.MetricsLogger(workdir, enabled=is_main)
-  try:
-    result = trainer.train_loop(
-        state, train_step, data_iter, total_steps=t.steps, batch_sh=batch_sh,
-        tokens_per_step=d.tokens_per_step, flops_per_token=fpt, peak_flops=peak,
-        log_every=t.log_every, logger=logger, checkpointer=checkpointer,
-        callbacks=tuple(callbacks), nan_policy=t.nan_policy, progress_bar=t.progress_bar,
-        get_data_state=data_iter.get_state, print_fn=print_fn)
-  except BaseException:
-    logger.close()
-    if checkpointer is not None:
-      checkpointer.close()  # reports (never raises) a failed save: the first error wins
-    raise
-  logger.close()
+    hooks.append(build_eval_hook(cfg, sharding.batch_sharding(mesh)))
+  hooks.append(trainer.StopOnSignal())
   if checkpointer is not None:
-    checkpointer.wait()  # a failed final save is an error of the run
-    checkpointer.close()
-  return result
+    hooks.append(trainer.CheckpointHook(checkpointer, data_iter.get_state))
+  return hooks
 
 
-def held_out_loss_callback(cfg, mcfg, batch_sh, seed):
-  """In-loop evaluation: mean loss on `eval.batches` batches of the data's held-out split."""
+def build_logging(cfg, mesh, workdir):
+  """(metrics logger, the hook that writes to it every train.log_every steps)."""
+  import jax
+
+  from olmo_jax import sizes, trainer
+  t, d, mcfg = cfg.train, cfg.derived, config_lib.model_config(cfg)
+  logger = trainer.MetricsLogger(workdir, enabled=jax.process_index() == 0)
+  hook = trainer.LogHook(
+      t.log_every, tokens_per_step=d.tokens_per_step, logger=logger,
+      flops_per_token=sizes.flops_per_token(mcfg.d_model, mcfg.n_layers, t.seq_len,
+                                            d.non_embedding_params),
+      peak_flops=t.peak_flops_per_device or trainer.device_peak_flops())
+  return logger, hook
+
+
+def _train(cfg, mesh, state, train_step, policy, data_iter, hooks, print_fn):
+  from olmo_jax import sharding, trainer
+  batch_sh = sharding.batch_sharding(mesh)
+  batches = (trainer.put_batch(b, batch_sh) for b in data_iter)
+  return trainer.train_loop(state, train_step, batches, total_steps=cfg.train.steps,
+                            hooks=hooks, policy=policy, progress_bar=cfg.train.progress_bar,
+                            print_fn=print_fn)
+
+
+def build_eval_hook(cfg, batch_sh):
+  """In-loop evaluation every eval.every steps: mean loss on `eval.batches` batches of the
+  data's held-out split (another seed of the synthetic stream)."""
   import jax
   import numpy as np
 
@@ -154,16 +276,14 @@ def held_out_loss_callback(cfg, mcfg, batch_sh, seed):
   pc, pi = jax.process_count(), jax.process_index()
   batches = [trainer.put_batch(b, batch_sh) for b in mixture.heldout_batches(
       cfg.data, cfg.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size // pc,
-      seed=seed, vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)]
-  eval_step = trainer.make_eval_step(mcfg)
+      seed=data_seed(cfg), vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)]
+  eval_step = trainer.make_eval_step(config_lib.model_config(cfg))
 
-  def callback(step, state):
-    if step % cfg.eval.every:
-      return None
+  def held_out_loss(step, state):
     losses = [eval_step(state["params"], b) for b in batches]
     return {"eval_loss": float(np.mean(jax.device_get(losses)))}
 
-  return callback
+  return trainer.CallbackHook(held_out_loss, every=cfg.eval.every)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

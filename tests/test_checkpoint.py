@@ -392,3 +392,26 @@ def test_two_processes_save_together_and_one_restores(tmp_path):
   ref = np.load(d + ".0.npz")
   np.testing.assert_array_equal(params["w"], ref["w"])
   np.testing.assert_array_equal(params["b"], ref["b"])
+
+
+def test_damaged_steps_are_moved_aside_never_deleted(tmp_path, capsys):
+  d = str(tmp_path)
+  ckpt, states = save_steps(d, [1, 2, 3])
+  ckpt.close()
+  os.truncate(largest_file(os.path.join(d, "1")), 10)  # an old step, damaged
+  os.remove(os.path.join(d, "3", checkpoint.COMMIT_MARKER))  # the newest, damaged
+  sizes = {s: sorted(os.path.getsize(os.path.join(r, f)) for r, _, fs in
+                     os.walk(os.path.join(d, str(s))) for f in fs) for s in (1, 3)}
+  ckpt = checkpoint.Checkpointer(d, every=1, keep=10)
+  _, _, step = ckpt.restore(abstract(states[2]))
+  assert step == 2
+  assert "moved damaged step 3 " in capsys.readouterr().out
+  ckpt.save(4, toy_state(seed=4, step=4), None)  # retention after the commit: 1 goes aside
+  ckpt.wait()
+  ckpt.close()
+  assert sorted(checkpoint.step_dirs(d)) == [2, 4]
+  aside = os.path.join(d, checkpoint.DAMAGED)
+  assert sorted(os.listdir(aside)) == ["1", "3"]
+  for s in (1, 3):  # every file kept, as it was
+    assert sorted(os.path.getsize(os.path.join(r, f)) for r, _, fs in
+                  os.walk(os.path.join(aside, str(s))) for f in fs) == sizes[s]

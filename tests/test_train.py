@@ -69,7 +69,7 @@ def test_gradient_accumulation_matches_full_batch():
   out = {}
   for m in (1, 4):
     state = trainer.init_state(mesh, cfg, tx, 0)
-    step = trainer.make_train_step(cfg, tx, trainer.StepConfig(microbatches=m, total_steps=10))
+    step = trainer.make_train_step(cfg, tx, trainer.StepConfig(microbatches=m))
     state, metrics = step(state, {"input_ids": ids})
     out[m] = (float(metrics["loss"]), float(metrics["grad_norm"]), state["params"])
   assert out[1][0] == pytest.approx(out[4][0], rel=1e-5)
@@ -84,14 +84,15 @@ def test_z_loss_and_nan_skip_and_fp16_scaling():
   mesh = sharding.make_mesh()
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 500, (4, 9)), jnp.int32)
   state = trainer.init_state(mesh, cfg, tx, 0)
-  step = trainer.make_train_step(cfg, tx, trainer.StepConfig(z_loss=1e-4, total_steps=10))
+  step = trainer.make_train_step(cfg, tx, trainer.StepConfig(z_loss=1e-4))
   _, m = step(state, {"input_ids": ids})
   assert float(m["loss"]) == pytest.approx(float(m["ce"] + 1e-4 * m["z_loss"]), rel=1e-6)
   # A NaN in the params makes the step non-finite: 'skip' keeps the old params.
   state = trainer.init_state(mesh, cfg, tx, 0)
   state["params"]["lm_head"] = state["params"]["lm_head"].at[0, 0].set(jnp.nan)
   before = np.asarray(state["params"]["embed"])
-  step = trainer.make_train_step(cfg, tx, trainer.StepConfig(skip_nonfinite=True, total_steps=10))
+  skip = trainer.StepConfig(policy=trainer.UpdatePolicy(nonfinite="skip"))
+  step = trainer.make_train_step(cfg, tx, skip)
   state, m = step(state, {"input_ids": ids})
   assert not bool(m["finite"])
   np.testing.assert_array_equal(np.asarray(state["params"]["embed"]), before)
@@ -99,7 +100,8 @@ def test_z_loss_and_nan_skip_and_fp16_scaling():
   cfg16 = M.ModelConfig(d_model=32, n_heads=4, n_layers=2, embedding_size=512, vocab_size=500,
                         dtype="float16")
   state = trainer.init_state(mesh, cfg16, tx, 0, loss_scale=2.0 ** 30)
-  step = trainer.make_train_step(cfg16, tx, trainer.StepConfig(loss_scaling=True, total_steps=10))
+  scaled = trainer.StepConfig(policy=trainer.UpdatePolicy(loss_scaling=True))
+  step = trainer.make_train_step(cfg16, tx, scaled)
   state, m = step(state, {"input_ids": ids})
   assert not bool(m["finite"]) and float(state["loss_scale"]["scale"]) == 2.0 ** 29
   state = trainer.init_state(mesh, cfg16, tx, 0, loss_scale=1024.0)
@@ -151,3 +153,20 @@ def test_ladder_resolution_uses_published_numbers(tiny_train_config):
   r1b = config_lib.resolve(config_lib.load_config_file(os.path.join(REPO, "configs",
                                                                     "train.py"), "1B"))
   assert r1b.checkpoint.every == 2500
+
+
+def test_hooks_plug_into_run_with_their_period(tiny_train_config, tmp_path):
+  calls, every_step = [], []
+
+  def probe(step, state):  # e.g. an orchestrator's evaluation: sees the state after `step`
+    calls.append((step, int(state["step"])))
+    return {"probe": float(step)}
+
+  hook = trainer.CallbackHook(probe, every=6)
+  run(tiny_train_config, str(tmp_path), print_fn=lambda s: None,
+      extra_callbacks=[hook, lambda step, state: every_step.append(step)])
+  assert calls == [(6, 6), (12, 12), (18, 18)]
+  assert every_step == list(range(1, 21))
+  rows = {r["step"]: r for r in _metrics(tmp_path)}
+  assert sorted(rows) == [5, 6, 10, 12, 15, 18, 20]  # log_every=5, plus steps with metrics
+  assert rows[12]["probe"] == 12.0 and "probe" not in rows[10]

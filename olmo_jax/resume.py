@@ -1,0 +1,118 @@
+"""Guards of a restart on a workdir: resume only into the same run, never over damage.
+
+`check_same_run` compares the new resolved config with the one saved in the newest complete
+checkpoint, before anything is written. Changes that alter the model or the data stream are
+refused with a field-by-field diff (ConfigChangeError, exit 2): every model field but the
+implementation choices in FREE, every data field but the prefetch depth, and train.seed,
+train.batch_size, train.seq_len. Everything else (steps, logging and checkpoint cadence, eval,
+mesh, optimizer settings) is allowed and logged. `derived` follows from the rest and is not
+compared; a field the checkpoint's config lacks (written by an older version) is logged.
+checkpoint.allow_config_change=true turns the refusal into log lines.
+
+`check_not_all_damaged` refuses to start at step 0 in a workdir whose checkpoints are all
+damaged (DamagedCheckpointsError, exit 2) unless checkpoint.start_fresh_if_damaged=true; the
+trainer then moves them aside (checkpoint.set_aside), never deletes them. Saves cut short by
+kill -9 (no manifest yet) are not damage: they are moved aside and the run starts afresh.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from olmo_jax import checkpoint
+
+REFUSED = ("model.", "data.", "train.seed", "train.batch_size", "train.seq_len")
+FREE = ("model.remat", "model.attention", "data.prefetch")  # same numbers, other speed/memory
+NOT_COMPARED = ("derived.",)
+MISSING = object()
+
+
+class ConfigChangeError(ValueError):
+  """A resume would change the model or the data stream of the run in the workdir."""
+
+
+class DamagedCheckpointsError(ValueError):
+  """Every checkpoint in the workdir is damaged; starting at step 0 was not asked for."""
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"a.b.c": leaf} of a nested dict."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def is_refused(key: str) -> bool:
+  """Whether changing config field `key` on resume alters the model or the data stream."""
+  if key in FREE:
+    return False
+  return any(key == r or (r.endswith(".") and key.startswith(r)) for r in REFUSED)
+
+
+def config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
+  """(field, saved value, new value) of every compared field that differs; MISSING if absent."""
+  a, b = flatten(saved), flatten(new)
+  keys = sorted(set(a) | set(b))
+  return [(k, a.get(k, MISSING), b.get(k, MISSING)) for k in keys
+          if not k.startswith(NOT_COMPARED) and a.get(k, MISSING) != b.get(k, MISSING)]
+
+
+def _show(v) -> str:
+  return "(absent)" if v is MISSING else repr(v)
+
+
+def check_same_run(ckpt_dir: str, step: int, new: dict, *, allow: bool,
+                   say: Callable[[str], None]) -> None:
+  """Raises ConfigChangeError unless `new` continues the run saved at `step` (see module)."""
+  step_dir = os.path.join(ckpt_dir, str(step))
+  try:
+    saved = checkpoint.read_metadata(step_dir).get("config")
+  except (checkpoint.CheckpointError, OSError, ValueError) as e:
+    checkpoint.report(f"resume: cannot read the config saved in {step_dir} ({e}); not compared")
+    return
+  if not saved:
+    return
+  changes = config_changes(saved, new)
+  refused = [c for c in changes if is_refused(c[0])
+             and c[1] is not MISSING and c[2] is not MISSING]
+  if refused and not allow:
+    width = max(len(k) for k, _, _ in refused)
+    rows = "\n".join(f"  {k:<{width}}  checkpoint {_show(a)}  ->  now {_show(b)}"
+                     for k, a, b in refused)
+    raise ConfigChangeError(
+        f"refusing to resume {step_dir}: the new config changes the model or the data stream "
+        f"of the run saved there:\n{rows}\nUse a new workdir, drop these overrides, or pass "
+        "--config.checkpoint.allow_config_change=true to resume with them anyway.")
+  for k, a, b in changes:
+    if a is MISSING:
+      why = "not in the checkpoint's config"
+    elif b is MISSING:
+      why = "no longer in the config"
+    else:
+      why = ("allowed by checkpoint.allow_config_change" if is_refused(k) else "allowed")
+    say(f"resume: {k}: {_show(a)} -> {_show(b)} ({why})")
+
+
+def check_not_all_damaged(ckpt_dir: str, allow: bool) -> None:
+  """With no complete train-state checkpoint: refuses to start over damaged ones unless allowed."""
+  damaged = {s: r for s, r in checkpoint.damaged_steps(ckpt_dir).items()
+             if not checkpoint.interrupted_save(os.path.join(ckpt_dir, str(s)))}
+  if damaged and not allow:
+    why = "; ".join(f"step {s}: {r}" for s, r in sorted(damaged.items()))
+    refuse_fresh_start(ckpt_dir, why, allow)
+
+
+def refuse_fresh_start(ckpt_dir: str, why: str, allow: bool) -> None:
+  """Raises DamagedCheckpointsError unless `allow` (checkpoint.start_fresh_if_damaged)."""
+  if allow:
+    return
+  raise DamagedCheckpointsError(
+      f"every checkpoint in {ckpt_dir} is damaged ({why.strip()}); refusing to start again at "
+      "step 0 over them. Repair or restore them, or pass "
+      "--config.checkpoint.start_fresh_if_damaged=true to move them aside to "
+      f"{os.path.join(ckpt_dir, checkpoint.DAMAGED)}/ and start fresh.")

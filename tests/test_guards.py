@@ -1,0 +1,136 @@
+"""Resume guards through the training CLI: a resume only continues the same run, and damaged
+checkpoints are never started over or deleted without being asked (issue: safe by default).
+
+Every run is a real `python -m olmo_jax.train` subprocess on a tiny model, as a user types it.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from olmo_jax import checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config.data.mixture=synthetic", "--config.model.size=custom", "--config.model.d_model=32",
+    "--config.model.n_heads=2", "--config.model.n_layers=2", "--config.model.vocab_size=500",
+    "--config.model.embedding_size=512", "--config.train.batch_size=2",
+    "--config.train.seq_len=32", "--config.train.steps=4", "--config.train.warmup_steps=1",
+    "--config.train.log_every=1", "--config.train.progress_bar=False",
+    "--config.checkpoint.every=2",
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  return dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_force_host_platform_device_count=1",
+              JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def train(workdir, env, *overrides):
+  """(returncode, stdout, stderr) of `python -m olmo_jax.train` on the tiny config."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "olmo_jax.train", "--config",
+       os.path.join(ROOT, "configs", "train.py") + ":4M", "--workdir", str(workdir), *TINY,
+       *overrides], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+def snapshot(workdir):
+  """{relative path: sha256} of every file in the workdir."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for f in files:
+      path = os.path.join(root, f)
+      out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+  return out
+
+
+def test_resume_refuses_model_or_data_changes_before_writing_and_allows_harmless_ones(env,
+                                                                                   tmp_path):
+  rc, out, err = train(tmp_path, env)
+  assert rc == 0, err[-3000:]
+  before = snapshot(tmp_path)
+  # Other attention heads and RoPE base on the old weights, and another data seed: refused.
+  rc, out, err = train(tmp_path, env, "--config.model.n_heads=4",
+                       "--config.model.rope_theta=20000", "--config.data.seed=7",
+                       "--config.train.steps=6")
+  assert rc == 2, out[-2000:] + err[-3000:]
+  assert "refusing to resume" in err and "Traceback" not in err
+  assert "model.n_heads" in err and "checkpoint 2  ->  now 4" in err
+  assert "model.rope_theta" in err and "data.seed" in err
+  assert "train.steps" not in err  # harmless: not part of the refusal
+  assert "--config.checkpoint.allow_config_change=true" in err
+  assert snapshot(tmp_path) == before  # nothing written: config.json, metrics, checkpoints
+  # More steps and another checkpoint cadence: allowed and logged; the data seed too, but only
+  # because the explicit flag says so.
+  rc, out, err = train(tmp_path, env, "--config.train.steps=6", "--config.checkpoint.every=3",
+                       "--config.data.seed=7", "--config.checkpoint.allow_config_change=true")
+  assert rc == 0, err[-3000:]
+  assert "resume: train.steps: 4 -> 6 (allowed)" in out
+  assert "resume: checkpoint.every: 2 -> 3 (allowed)" in out
+  assert "resume: data.seed: -1 -> 7 (allowed by checkpoint.allow_config_change)" in out
+  assert "resumed from" in out and "at step 4" in out
+  assert checkpoint.complete_steps(os.path.join(tmp_path, "checkpoints"))[-1] == 6
+
+
+def _truncate_state(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state"))
+           for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  os.truncate(biggest, os.path.getsize(biggest) // 2)
+
+
+def _flip_state_bytes(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state"))
+           for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  data = bytearray(open(biggest, "rb").read())
+  data[len(data) // 3] ^= 0xFF
+  open(biggest, "wb").write(bytes(data))
+
+
+def test_all_damaged_checkpoints_are_never_started_over_or_deleted_unasked(env, tmp_path):
+  ckpt_dir = os.path.join(tmp_path, "checkpoints")
+  rc, out, err = train(tmp_path, env)
+  assert rc == 0, err[-3000:]
+  assert checkpoint.complete_steps(ckpt_dir) == [2, 4]
+  for step in (2, 4):  # truncated: seen without reading the bytes
+    _truncate_state(os.path.join(ckpt_dir, str(step)))
+  before = snapshot(tmp_path)
+  rc, out, err = train(tmp_path, env)
+  assert rc == 2, out[-2000:] + err[-3000:]
+  assert f"every checkpoint in {ckpt_dir} is damaged" in err and "Traceback" not in err
+  assert "--config.checkpoint.start_fresh_if_damaged=true" in err
+  assert snapshot(tmp_path) == before  # refused before writing anything
+  # Asked for: the damaged steps are moved aside (reported), and training starts at step 1.
+  rc, out, err = train(tmp_path, env, "--config.checkpoint.start_fresh_if_damaged=true")
+  assert rc == 0, err[-3000:]
+  assert "resumed from" not in out and "step 1/4" in out
+  for step in (2, 4):
+    aside = os.path.join(ckpt_dir, checkpoint.DAMAGED, str(step))
+    assert f"moved damaged step {step} " in out and aside in out
+    # Every byte is still there, under the new name.
+    assert {k.replace(f"checkpoints/{checkpoint.DAMAGED}/{step}/", f"checkpoints/{step}/"): v
+            for k, v in snapshot(tmp_path).items()
+            if k.startswith(f"checkpoints/{checkpoint.DAMAGED}/{step}/")} == {
+                k: v for k, v in before.items() if k.startswith(f"checkpoints/{step}/")}
+  assert checkpoint.complete_steps(ckpt_dir) == [2, 4]  # the new run's own checkpoints
+  # Corrupt bytes of the right size: found only by the CRC32s at restore; refused the same way.
+  for step in (2, 4):
+    _flip_state_bytes(os.path.join(ckpt_dir, str(step)))
+  rc, out, err = train(tmp_path, env)
+  assert rc == 2, out[-2000:] + err[-3000:]
+  assert f"every checkpoint in {ckpt_dir} is damaged" in err and "CRC32" in err
+  assert sorted(checkpoint.step_dirs(ckpt_dir)) == [2, 4]  # still in place
+  rc, out, err = train(tmp_path, env, "--config.checkpoint.start_fresh_if_damaged=true")
+  assert rc == 0, err[-3000:]
+  assert os.path.isdir(os.path.join(ckpt_dir, checkpoint.DAMAGED, "4.1"))
+  assert os.path.isdir(os.path.join(ckpt_dir, checkpoint.DAMAGED, "2.1"))
