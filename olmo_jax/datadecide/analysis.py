@@ -40,12 +40,14 @@ Definitions (REFERENCE.md section 5), with the choices this module makes explici
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
+import threadpoolctl
 from scipy import optimize
 
 RUN = ["recipe", "size", "seed"]
@@ -396,11 +398,14 @@ def _fit(model, y: np.ndarray, starts: list[np.ndarray], bounds, delta: float,
     return float(huber(r, delta).sum()), np.clip(r, -delta, delta) @ dr
 
   best, best_f = None, np.inf
-  for x0 in starts:
-    res = optimize.minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                            options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-11})
-    if np.isfinite(res.fun) and res.fun < best_f:
-      best, best_f = res.x, float(res.fun)
+  # L-BFGS-B's BLAS calls are on tiny vectors: extra BLAS threads only spin (33x slower
+  # on a loaded 2-core machine).
+  with threadpoolctl.threadpool_limits(1, user_api="blas"):
+    for x0 in starts:
+      res = optimize.minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                              options={"maxiter": 500, "ftol": 1e-13, "gtol": 1e-11})
+      if np.isfinite(res.fun) and res.fun < best_f:
+        best, best_f = res.x, float(res.fun)
   if best is None:
     raise ValueError("scaling-law fit failed from every starting point")
   return best, best_f
@@ -548,7 +553,8 @@ def scaling_law_predictions(table: pd.DataFrame, target: str, *, target_compute=
   and `target_tokens` (one target run at its final step) default to the table's target rows.
   Columns: task, metric, form, recipe, loss_metric, predicted_loss, predicted, actual
   (target score or NaN), abs_error, rel_error, n_points, compute_fraction (all proxy sizes
-  together), largest_size (the largest proxy size fitted on).
+  together), largest_size (the largest proxy size fitted on), fit and step2 (the fitted
+  parameters as JSON; step2 is null when the metric is the loss itself).
   """
   proxy = table[table["size"] != target]
   have_target = bool((table["size"] == target).any())
@@ -577,7 +583,7 @@ def scaling_law_predictions(table: pd.DataFrame, target: str, *, target_compute=
       continue
     pts = _fit_points(lrows)
     nsizes = pts.groupby("recipe")["size"].nunique()
-    fits = {}
+    fits, under = {}, {}
     for recipe, p in pts.groupby("recipe"):
       if nsizes[recipe] < 2:
         _warn(warnings, f"{task}/{lm}: recipe {recipe} has fewer than 2 proxy sizes: no "
@@ -586,15 +592,18 @@ def scaling_law_predictions(table: pd.DataFrame, target: str, *, target_compute=
       for form in forms:
         k = 3 if form == "3p" else 5
         if len(p) < k:
-          _warn(warnings, f"{task}/{lm} {form}: {len(p)} points for {k} parameters "
-                          f"(recipe {recipe}): the fit is under-determined")
+          under.setdefault(form, []).append(recipe)
         if form == "3p":
           f = fit_power_law_3p(p["compute"], p["value"])
           pl = float(power_law_3p(target_compute, f))
         else:
           f = fit_power_law_5p(p["compute"] / (6.0 * p["tokens"]), p["tokens"], p["value"])
           pl = float(power_law_5p(target_params, target_tokens, f))
-        fits[(recipe, form)] = (pl, len(p))
+        fits[(recipe, form)] = (pl, len(p), f)
+    for form, names in under.items():
+      _warn(warnings, f"{task}/{lm} {form}: fewer points (proxy sizes) than the "
+                      f"{3 if form == '3p' else 5} parameters for recipe(s) {', '.join(names)}: "
+                      f"the fit is under-determined")
     # Step 2 per metric of the task: one sigmoid over every proxy checkpoint (seed means).
     task_rows = proxy[proxy["task"] == task]
     ckpt = task_rows.groupby(["recipe", "size", "step", "metric"])["value"].mean().unstack()
@@ -608,7 +617,7 @@ def scaling_law_predictions(table: pd.DataFrame, target: str, *, target_compute=
                           f"{metric}: no step-2 fit")
           continue
         curve = fit_sigmoid(both[lm].to_numpy(), both[metric].to_numpy())
-      for (recipe, form), (pl, npts) in fits.items():
+      for (recipe, form), (pl, npts, f) in fits.items():
         pred = pl if curve is None else float(sigmoid(pl, curve))
         actual = np.nan
         if tgt is not None:
@@ -619,7 +628,8 @@ def scaling_law_predictions(table: pd.DataFrame, target: str, *, target_compute=
                      "actual": actual, "abs_error": abs(pred - actual),
                      "rel_error": abs(pred - actual) / abs(actual) if actual else np.nan,
                      "n_points": npts, "compute_fraction": proxy_compute / target_compute,
-                     "largest_size": largest})
+                     "largest_size": largest, "fit": json.dumps(f),
+                     "step2": json.dumps(curve)})
   return pd.DataFrame(rows)
 
 
