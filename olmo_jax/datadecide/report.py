@@ -243,15 +243,18 @@ def fig_decision_accuracy(res: dict, path: str, max_panels: int = 9) -> str:
   cells = [(r["task"], r["metric"]) for _, r in top.iterrows()]
   h = res["headline"]
   cells = [h] + [c for c in cells if c != h]
-  cells = [c for c in cells if ((da["task"] == c[0]) & (da["metric"] == c[1])).any()]
-  cells = cells[:max_panels]
+  ok = da[da["decision_accuracy"].notna() & (da["compute_fraction"] > 0)]
+  skipped = [c for c in cells if not ((ok["task"] == c[0]) & (ok["metric"] == c[1])).any()]
+  cells = [c for c in cells if c not in skipped][:max_panels]
+  if not cells:  # e.g. every recipe tied at the target: nothing to draw
+    return _empty_figure(path, "no decision accuracy is defined (all target pairs tied?)")
   n = len(cells)
   cols = min(3, n)
   rows = math.ceil(n / cols)
   fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
   marks = {"per_seed": ("o", "tab:blue"), "seed_mean": ("s", "tab:orange")}
   for ax, (task, metric) in zip(axes.flat, cells):
-    d = da[(da["task"] == task) & (da["metric"] == metric)]
+    d = ok[(ok["task"] == task) & (ok["metric"] == metric)]
     for proto, (mk, col) in marks.items():
       p = d[(d["method"] == "single_scale") & (d["protocol"] == proto)]
       inter = p[p["step"] != "final"]
@@ -288,8 +291,21 @@ def fig_decision_accuracy(res: dict, path: str, max_panels: int = 9) -> str:
   for ax in list(axes.flat)[n:]:
     ax.axis("off")
   axes.flat[0].legend(fontsize=7, loc="lower right")
-  fig.suptitle(f"Decision accuracy vs compute (target {res['target']})", fontsize=11)
+  title = f"Decision accuracy vs compute (target {res['target']})"
+  if skipped:
+    title += "\nnot drawn (no untied target pair): " + ", ".join(f"{t}/{m}" for t, m in skipped)
+  fig.suptitle(title, fontsize=11)
   fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _empty_figure(path: str, text: str) -> str:
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 2))
+  ax.axis("off")
+  ax.text(0.5, 0.5, text, ha="center", va="center")
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path

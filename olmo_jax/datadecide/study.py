@@ -26,7 +26,6 @@ import json
 import math
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -323,15 +322,6 @@ def collect_results(study: Study):
 # Running the grid
 
 
-def _die_with_parent():
-  """In the child: SIGTERM when the study process dies (Linux), so no trainer is orphaned."""
-  try:
-    import ctypes
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-  except OSError:
-    pass
-
-
 def _hms(seconds: float) -> str:
   s = int(round(seconds))
   return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else \
@@ -367,8 +357,9 @@ def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
       d = study.cell_dir(cell)
       os.makedirs(d, exist_ok=True)
       log = open(os.path.join(d, "train.log"), "a")
-      proc = subprocess.Popen(study.train_command(cell), stdout=log, stderr=subprocess.STDOUT,
-                              cwd=REPO, preexec_fn=_die_with_parent)
+      cmd = [sys.executable, "-m", "olmo_jax.datadecide.child", str(os.getpid()),
+             *study.train_command(cell)]
+      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
       running[cell] = (proc, time.time(), log)
     for cell, (proc, t0, log) in list(running.items()):
       rc = proc.poll()
@@ -536,9 +527,10 @@ def main(argv) -> int:
 
 
 def _load_study_config(path: str) -> ml_collections.ConfigDict:
-  from olmo_jax.config import load_config_file
+  """Runs `get_config([arg])` of a study config file `path[:arg]`."""
+  import runpy
   path, _, arg = path.partition(":")
-  try:
-    return load_config_file(path, arg or None)
-  except FileNotFoundError:
-    raise InputError(f"study config not found: {path}") from None
+  if not os.path.isfile(path):
+    raise InputError(f"study config not found: {path}")
+  get_config = runpy.run_path(path)["get_config"]
+  return get_config(arg) if arg else get_config()

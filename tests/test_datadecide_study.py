@@ -1,0 +1,182 @@
+"""DataDecide study orchestration: plan, resume after a kill, bad input, end to end."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS])}
+
+
+def write_config(path, body: str) -> str:
+  path.write_text("import ml_collections\n\n\ndef get_config():\n"
+                  "  c = ml_collections.ConfigDict()\n" + body + "  return c\n")
+  return str(path)
+
+
+FAKE = """\
+  c.name = "fake"
+  c.recipes = ml_collections.ConfigDict({r: {"mixture": "custom", "sources": f"t={r}/*.npy"}
+                                        for r in ("a", "b", "c")})
+  c.custom_sizes = ml_collections.ConfigDict({"t1": {"d_model": 8, "n_heads": 1, "n_layers": 1},
+                                             "t2": {"d_model": 16, "n_heads": 1, "n_layers": 1}})
+  c.sizes = ["t1"]
+  c.target = "t2"
+  c.seeds = [1]
+  c.seq_len = 16
+  c.batch_size = 2
+  c.steps = ml_collections.ConfigDict({"t1": 12, "t2": 20})
+  c.checkpoint_every = 4
+  c.train_module = "datadecide_fakes"
+  c.eval = ml_collections.ConfigDict({"scorer": "datadecide_fakes:make_scorer"})
+"""
+
+
+def study_cmd(config, workdir, *extra):
+  return [sys.executable, "-m", "olmo_jax.datadecide", "--config", config, "--workdir",
+          str(workdir), *extra]
+
+
+def test_plan_writes_one_command_per_cell(tmp_path):
+  cfg = write_config(tmp_path / "s.py", FAKE.replace('c.seeds = [1]', 'c.seeds = [1, 2]'))
+  r = subprocess.run(study_cmd(cfg, tmp_path / "w", "--plan"), capture_output=True, text=True,
+                     env=ENV, cwd=REPO)
+  assert r.returncode == 0, r.stderr
+  lines = (tmp_path / "w" / "plan.txt").read_text().splitlines()
+  assert len(lines) == 6  # 3 recipes x 1 size x 2 seeds
+  assert all("--config.train.steps=12" in l and "--config.checkpoint.every=4" in l
+             for l in lines)
+  assert "--config.model.size=custom" in lines[0] and "--config.train.seed=2" in lines[1]
+  assert sum("cells/b/t1/seed1" in l for l in lines) == 1
+  assert not (tmp_path / "w" / "cells").exists()  # planning trains nothing
+
+
+def test_kill_and_restart_redoes_nothing(tmp_path):
+  cfg = write_config(tmp_path / "s.py", FAKE)
+  wd = tmp_path / "w"
+  env = {**ENV, "DD_FAKE_STEP_S": "0.25"}
+  proc = subprocess.Popen(study_cmd(cfg, wd, "--no-report"), env=env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  b = wd / "cells" / "b" / "t1" / "seed1"
+  deadline = time.time() + 120
+  while not (b / "checkpoints" / "4").is_dir():
+    assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode()
+    time.sleep(0.05)
+  assert (wd / "cells" / "a" / "t1" / "seed1" / "DONE.json").is_file()
+  proc.send_signal(signal.SIGKILL)  # the study dies mid-cell
+  proc.wait()
+  time.sleep(1.0)  # its trainer got SIGTERM from the kernel (no orphan keeps writing)
+  n_before = len((b / "steps.log").read_text().split())
+  time.sleep(1.0)
+  assert len((b / "steps.log").read_text().split()) == n_before
+  assert not (wd / "results.parquet").exists()
+  r = subprocess.run(study_cmd(cfg, wd, "--no-report"), env={**ENV, "DD_FAKE_STEP_S": "0.01"},
+                     cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "1 already done, 2 to train" in r.stdout
+  runs = {x: [int(s) for s in (wd / "cells" / x / "t1" / "seed1" / "steps.log")
+                                   .read_text().split()] for x in "abc"}
+  assert runs["a"] == list(range(1, 13)) and runs["c"] == list(range(1, 13))
+  counts = collections.Counter(runs["b"])
+  assert set(counts) == set(range(1, 13))
+  assert all(counts[s] == 1 for s in range(1, 5))  # steps up to the kept checkpoint: once
+  assert max(counts.values()) <= 2 and len(runs["b"]) < 12 + 4
+  evals = collections.Counter((wd / "evals.log").read_text().splitlines())
+  assert set(evals.values()) == {1}
+  assert set(evals) == {f"{x}/t1/seed1 {s}" for x in "abc" for s in (4, 8, 12)}
+  table = pd.read_parquet(wd / "results.parquet")
+  assert len(table) == 9 and set(table["metric"]) == {"loss"}
+  # a third run trains and scores nothing
+  r = subprocess.run(study_cmd(cfg, wd, "--no-report"), env=ENV, cwd=REPO,
+                     capture_output=True, text=True)
+  assert r.returncode == 0 and "3 already done, 0 to train" in r.stdout
+  assert "0 checkpoint(s) scored" in r.stdout
+  assert collections.Counter((wd / "evals.log").read_text().splitlines()) == evals
+
+
+@pytest.mark.parametrize("case", ["unknown_size", "unknown_field", "unknown_recipe",
+                                  "missing_config"])
+def test_study_bad_input_exit_2(tmp_path, case):
+  body = FAKE
+  extra = []
+  if case == "unknown_size":
+    body = FAKE.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "5M"]')
+  elif case == "unknown_field":
+    body = FAKE + "  c.sede = [3]\n"
+  elif case == "unknown_recipe":
+    extra = ["--launch", "--recipe", "zzz"]
+  cfg = write_config(tmp_path / "s.py", body)
+  if case == "missing_config":
+    cfg = str(tmp_path / "nope.py")
+  wd = tmp_path / "w"
+  r = subprocess.run(study_cmd(cfg, wd, *extra), env=ENV, cwd=REPO, capture_output=True,
+                     text=True)
+  assert r.returncode == 2, r.stdout + r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:")
+  assert {"unknown_size": "5M", "unknown_field": "sede", "unknown_recipe": "zzz",
+          "missing_config": "nope.py"}[case] in lines[0]
+  assert not (wd / "cells").exists()
+
+
+E2E = """\
+  c.name = "e2e"
+  c.data_dir = {data_dir!r}
+  c.synthetic_noise_levels = [0.0, 0.3, 0.7]
+  c.synthetic_vocab = 256
+  c.recipes = ml_collections.ConfigDict({{
+      name: {{"mixture": "custom", "sources": f"text=dd_synthetic_v256/noise{{p}}/*.npy"}}
+      for name, p in (("clean", 0), ("noisy30", 30), ("noisy70", 70))}})
+  c.custom_sizes = ml_collections.ConfigDict({{
+      "t1": {{"d_model": 16, "n_heads": 2, "n_layers": 1}},
+      "t2": {{"d_model": 32, "n_heads": 2, "n_layers": 1}}}})
+  c.sizes = ["t1", "t2"]
+  c.target = "t2"
+  c.seeds = [1]
+  c.seq_len = 32
+  c.batch_size = 8
+  c.steps = ml_collections.ConfigDict({{"t1": 40, "t2": 50}})
+  c.checkpoints_per_run = 2
+  c.warmup_fraction = 0.1
+  c.overrides = ml_collections.ConfigDict({{"train": {{"lr": 0.01}},
+                                           "checkpoint": {{"async_save": False}}}})
+  c.eval = ml_collections.ConfigDict({{"scorer": "heldout",
+                                      "heldout": "dd_synthetic_v256/heldout/*.npy",
+                                      "heldout_windows": 32, "headline": "heldout/loss"}})
+"""
+
+
+def test_end_to_end_cleaner_recipes_win(tmp_path):
+  """Real training at two tiny sizes: the cleaner recipe is better at both, accuracy 1.0."""
+  data_dir = os.path.join(REPO, "data")  # the embedded corpus is built there once
+  cfg = write_config(tmp_path / "s.py", E2E.format(data_dir=data_dir))
+  wd = tmp_path / "w"
+  r = subprocess.run(study_cmd(cfg, wd, "--launch"), env=ENV, cwd=REPO, capture_output=True,
+                     text=True)
+  assert r.returncode == 0, r.stdout + r.stderr
+  table = pd.read_parquet(wd / "results.parquet")
+  assert set(table["size"]) == {"t1", "t2"} and set(table["step"]) == {20, 25, 40, 50}
+  final = table[(table["metric"] == "loss")
+                & (table["step"] == table.groupby("size")["step"].transform("max"))]
+  for size, g in final.groupby("size"):
+    order = list(g.sort_values("value")["recipe"])
+    assert order == ["clean", "noisy30", "noisy70"], (size, g)
+  da = pd.read_csv(wd / "report" / "decision_accuracy.csv")
+  row = da[(da["size"] == "t1") & (da["metric"] == "loss") & (da["step"] == "final")
+           & (da["protocol"] == "seed_mean")].iloc[0]
+  assert row["decision_accuracy"] == 1.0
+  rec = json.loads((wd / "report" / "recommendation.json").read_text())
+  assert rec["best_recipe"] == "clean" and rec["matches_target"]
+  launch = wd / "launch_t2_clean.py"
+  assert launch.is_file() and "noise0" in launch.read_text()
+  assert "python -m olmo_jax.train --config" in r.stdout
