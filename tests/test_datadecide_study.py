@@ -80,10 +80,11 @@ def test_kill_and_restart_redoes_nothing(tmp_path):
   time.sleep(1.0)
   assert len((b / "steps.log").read_text().split()) == n_before
   assert not (wd / "results.parquet").exists()
-  r = subprocess.run(study_cmd(cfg, wd, "--no-report"), env={**ENV, "DD_FAKE_STEP_S": "0.01"},
-                     cwd=REPO, capture_output=True, text=True)
+  r = subprocess.run(study_cmd(cfg, wd, "--no-report", "--workers", "2"),
+                     env={**ENV, "DD_FAKE_STEP_S": "0.01"}, cwd=REPO, capture_output=True,
+                     text=True)
   assert r.returncode == 0, r.stdout + r.stderr
-  assert "1 already done, 2 to train" in r.stdout
+  assert "1 already done, 2 to train (2 worker(s))" in r.stdout
   runs = {x: [int(s) for s in (wd / "cells" / x / "t1" / "seed1" / "steps.log")
                                    .read_text().split()] for x in "abc"}
   assert runs["a"] == list(range(1, 13)) and runs["c"] == list(range(1, 13))
@@ -180,3 +181,28 @@ def test_end_to_end_cleaner_recipes_win(tmp_path):
   launch = wd / "launch_t2_clean.py"
   assert launch.is_file() and "noise0" in launch.read_text()
   assert "python -m olmo_jax.train --config" in r.stdout
+
+
+def test_eval_run_scorer_follows_the_cli_contract(tmp_path):
+  """The scorer calls `python -m eval.run --checkpoint --tasks --output [--limit]` and reads
+  OUT/metrics.json's "tasks" (a stand-in interpreter plays eval.run here)."""
+  from olmo_jax.datadecide import scorers
+  fake = tmp_path / "fake_python"
+  fake.write_text(
+      "#!" + sys.executable + "\n"
+      "import json, os, sys\n"
+      "a = sys.argv[1:]\n"
+      "assert a[:2] == ['-m', 'eval.run'], a\n"
+      "kv = dict(zip(a[2::2], a[3::2]))\n"
+      "os.makedirs(kv['--output'], exist_ok=True)\n"
+      "json.dump({'tasks': {t: {'acc_raw': 0.5, 'limit': int(kv.get('--limit', 0))}\n"
+      "                     for t in kv['--tasks'].split(',')}, 'macro': {},\n"
+      "           'checkpoint': kv['--checkpoint'], 'step': 7, 'config': {}},\n"
+      "          open(os.path.join(kv['--output'], 'metrics.json'), 'w'))\n")
+  fake.chmod(0o755)
+  scorer = scorers.EvalRunScorer("arc_easy,piqa", limit=5, python=str(fake))
+  got = scorer(None, 7, str(tmp_path / "ckpt" / "7"), str(tmp_path / "out"))
+  assert got == {"arc_easy": {"acc_raw": 0.5, "limit": 5}, "piqa": {"acc_raw": 0.5, "limit": 5}}
+  bad = scorers.EvalRunScorer("arc_easy", python="/bin/false")
+  with pytest.raises(RuntimeError, match="eval.run failed"):
+    bad(None, 7, "ckpt", str(tmp_path / "out2"))

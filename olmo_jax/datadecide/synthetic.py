@@ -25,6 +25,7 @@ import glob
 import json
 import os
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -81,8 +82,7 @@ def build(data_dir: str, noise_levels=(0.0, 0.1, 0.3), seed: int = 0, vocab: int
   files = sorted(glob.glob(os.path.join(sample_corpus.corpus_dir(data_dir), "*", "*.npy")))
   if not files:
     raise FileNotFoundError(f"no token files under {sample_corpus.corpus_dir(data_dir)}")
-  tmp = root + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
+  tmp = tempfile.mkdtemp(prefix=root_name(vocab) + ".tmp-", dir=data_dir)  # one per builder
   os.makedirs(os.path.join(tmp, "heldout"))
   rng = np.random.default_rng(seed)
   parts = [np.fromfile(path, dtype="<u2") for path in files]
@@ -111,6 +111,13 @@ def build(data_dir: str, noise_levels=(0.0, 0.1, 0.3), seed: int = 0, vocab: int
   with open(os.path.join(tmp, "manifest.json"), "w") as f:
     json.dump({"levels": want, "seed": seed, "vocab": vocab, "train_tokens": counts,
                "heldout_fraction": HELDOUT_FRACTION}, f, indent=1)
+  if os.path.isfile(manifest):  # another process finished first: keep its copy
+    with open(manifest) as f:
+      have = json.load(f)
+    if set(want) <= set(have["levels"]) and have.get("vocab", 0) == vocab and \
+        have["seed"] == seed:
+      shutil.rmtree(tmp)
+      return root
   shutil.rmtree(root, ignore_errors=True)
   os.replace(tmp, root)
   return root
