@@ -135,12 +135,14 @@ def pairwise_agreement(pred: pd.Series, target: pd.Series) -> tuple[float, int, 
 
   Only recipes with a finite score in both count. See the module docstring for ties.
   """
-  pred, target = pred.dropna(), target.dropna()
-  common = sorted(set(pred.index) & set(target.index))
+  # Plain dicts: this runs once per (size, step, task, metric, seed), pandas indexing is slow.
+  pm = {k: v for k, v in zip(pred.index, pred.to_numpy(np.float64)) if not np.isnan(v)}
+  tm = {k: v for k, v in zip(target.index, target.to_numpy(np.float64)) if not np.isnan(v)}
+  common = sorted(pm.keys() & tm.keys())
   if len(common) < 2:
     return float("nan"), 0, 0
-  p = pred.loc[common].to_numpy(np.float64)
-  t = target.loc[common].to_numpy(np.float64)
+  p = np.array([pm[k] for k in common])
+  t = np.array([tm[k] for k in common])
   iu = np.triu_indices(len(common), 1)
   dp = np.sign(p[:, None] - p[None, :])[iu]
   dt = np.sign(t[:, None] - t[None, :])[iu]
@@ -247,9 +249,10 @@ def decision_accuracy(table: pd.DataFrame, target: str, *, protocols=PROTOCOLS,
   proxy = table[table["size"] != target]
   scores = run_scores(proxy, last_k, warnings)
   rows = []
+  targets = _target_map(tgt)
   for (size, task, metric), cell in scores.groupby(CELL):
-    t = tgt[(tgt["task"] == task) & (tgt["metric"] == metric)].set_index("recipe")["value"]
-    if t.empty:
+    t = targets.get((task, metric))
+    if t is None:
       _warn(warnings, f"{task}/{metric} has no target score at {target}: not evaluated")
       continue
     for protocol in protocols:
@@ -258,6 +261,11 @@ def decision_accuracy(table: pd.DataFrame, target: str, *, protocols=PROTOCOLS,
                    **row, "step": "final",
                    "compute_fraction": float(cell["compute"].mean()) / c_target})
   return _sorted(pd.DataFrame(rows), table)
+
+
+def _target_map(tgt: pd.DataFrame) -> dict:
+  """{(task, metric): recipe -> target score} of target_scores' table."""
+  return {k: g.set_index("recipe")["value"] for k, g in tgt.groupby(["task", "metric"])}
 
 
 def checkpoint_decision_accuracy(table: pd.DataFrame, target: str, *, protocols=PROTOCOLS,
@@ -271,9 +279,10 @@ def checkpoint_decision_accuracy(table: pd.DataFrame, target: str, *, protocols=
   c_target = _target_compute(table, target)
   proxy = table[table["size"] != target]
   rows = []
+  targets = _target_map(tgt)
   for (size, task, metric, step), cell in proxy.groupby(CELL + ["step"]):
-    t = tgt[(tgt["task"] == task) & (tgt["metric"] == metric)].set_index("recipe")["value"]
-    if t.empty:
+    t = targets.get((task, metric))
+    if t is None:
       continue
     for protocol in protocols:
       row = _accuracy_row(cell, t, protocol, None, "")
