@@ -206,3 +206,43 @@ def test_eval_run_scorer_follows_the_cli_contract(tmp_path):
   bad = scorers.EvalRunScorer("arc_easy", python="/bin/false")
   with pytest.raises(RuntimeError, match="eval.run failed"):
     bad(None, 7, "ckpt", str(tmp_path / "out2"))
+
+
+def test_budgets_and_results_compute(tmp_path):
+  """Full-budget ladder cells keep the published steps; the table's compute is 6 N tokens."""
+  import math
+
+  import ml_collections
+
+  from olmo_jax import sizes
+  from olmo_jax.datadecide import results as R
+  from olmo_jax.datadecide import study as S
+  cfg = ml_collections.ConfigDict({"recipes": {"a": {"mixture": "c4"}, "b": {"mixture": "falcon"}},
+                                   "sizes": ["20M", "4M"], "target": "1B", "seeds": [6198]})
+  st = S.Study(cfg, str(tmp_path / "w"))
+  assert [c.size for c in st.cells()][:2] == ["4M", "4M"]  # smallest first
+  assert st.steps("20M") == 14584 and st.tokens_per_step("20M") == 131072
+  assert st.n_params("20M") == sizes.get_size("20M").published_params
+  flags = st.overrides(S.Cell("a", "20M", 6198))
+  assert not any(f.startswith("--config.train.steps") for f in flags)
+  assert "--config.checkpoint.every=1250" in flags and "--config.data.mixture=c4" in flags
+  assert st.grid_steps("20M")[-1] == 14584 and st.grid_steps("20M")[0] == 1250
+  cfg.budget_fraction = 0.1
+  quick = S.Study(cfg, str(tmp_path / "w"))
+  n = sizes.get_size("20M").published_params
+  assert quick.steps("20M") == math.ceil(10 * n / 131072)
+  assert f"--config.train.steps={quick.steps('20M')}" in quick.overrides(S.Cell("a", "20M", 1))
+  # scores cached by a cell become rows with ladder compute
+  cell = S.Cell("a", "20M", 6198)
+  d = tmp_path / "w" / "cells" / "a" / "20M" / "seed6198" / "eval" / "14584"
+  d.mkdir(parents=True)
+  (d / "scores.json").write_text(json.dumps({"tasks": {"arc_easy": {"acc_raw": 0.4}}}))
+  table = S.collect_results(st)
+  assert len(table) == 1 and table.iloc[0]["recipe"] == cell.recipe
+  assert table.iloc[0]["compute"] == float(R.ladder_compute("20M", 14584))
+  compact = S.Study(ml_collections.ConfigDict(
+      {"recipes": {"a": {}}, "sizes": ["t"], "custom_sizes": {"t": {"d_model": 16, "n_heads": 2,
+                                                                      "n_layers": 1}},
+       "synthetic_vocab": 200, "steps": {"t": 10}}), str(tmp_path / "v"))
+  assert compact.n_params("t") == sizes.non_embedding_params(16, 1, embedding_size=256)
+  assert "--config.model.embedding_size=256" in compact.overrides(S.Cell("a", "t", 1))
