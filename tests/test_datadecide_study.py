@@ -85,6 +85,8 @@ def test_kill_and_restart_redoes_nothing(tmp_path):
                      text=True)
   assert r.returncode == 0, r.stdout + r.stderr
   assert "1 already done, 2 to train (2 worker(s))" in r.stdout
+  assert "[study] cells: 1 done, 2 running, 0 left, 0 failed" in r.stdout  # progress + ETA
+  assert "[study] cells: 3 done, 0 running, 0 left, 0 failed" in r.stdout and "ETA" in r.stdout
   runs = {x: [int(s) for s in (wd / "cells" / x / "t1" / "seed1" / "steps.log")
                                    .read_text().split()] for x in "abc"}
   assert runs["a"] == list(range(1, 13)) and runs["c"] == list(range(1, 13))
