@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 JOBS ?= 2
 
 # `make test` lints first (ruff; config in pyproject.toml), then runs pytest.
-.PHONY: install lint demo test test-slow bench clean
+.PHONY: install lint demo datadecide-demo test test-slow bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m olmo_jax.demo
+
+# A small DataDecide study on the embedded corpus: 3 recipes x 3 sizes x 2 seeds, then the report.
+datadecide-demo: $(STAMP)
+	$(PY) -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir runs/datadecide-demo --launch
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

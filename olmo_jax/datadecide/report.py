@@ -1,0 +1,473 @@
+"""The DataDecide report: report.md with PNG figures, recommendation.json, decision_accuracy.csv.
+
+`write_report(table, target, output)` runs the analysis (analysis.py) on a results table and
+writes, under `output/`:
+  report.md              tables (rankings, decision accuracy, scaling-law errors, SNR), the
+                         figures, the recommendation and every warning of the analysis
+  recommendation.json    best recipe, margin over the runner-up, supporting metrics, confidence
+  decision_accuracy.csv  size, task, metric, method, protocol, decision_accuracy,
+                         compute_fraction (+ step, std, n_seeds, n_pairs, missing)
+  scaling_law.csv, rankings.csv, snr.csv, frontier.csv
+  fig_scaling.png, fig_decision_accuracy.png, fig_rank_agreement.png
+No JAX; matplotlib with the Agg backend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+
+from olmo_jax.datadecide import analysis as A
+from olmo_jax.datadecide.results import InputError
+
+DA_COLUMNS = ["size", "task", "metric", "method", "protocol", "decision_accuracy",
+              "compute_fraction", "step", "std", "n_seeds", "n_pairs", "missing"]
+
+
+def _fmt(v, digits=3) -> str:
+  if isinstance(v, (float, np.floating)):
+    if math.isnan(v):
+      return "-"
+    if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+      return f"{v:.3g}"
+    return f"{v:.{digits}f}"
+  return str(v)
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+  """A GitHub-flavoured markdown table of a DataFrame (index not included)."""
+  cols = [str(c) for c in df.columns]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  for row in df.itertuples(index=False):
+    lines.append("| " + " | ".join(_fmt(v, digits) for v in row) + " |")
+  return "\n".join(lines)
+
+
+def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
+                 recipes=None, sizes_=None) -> None:
+  """Rejects a target size, recipe, size or headline the table does not hold (InputError)."""
+  present = A.size_order(table)
+  if target not in present:
+    raise InputError(f"--target {target}: size absent from the results table; sizes present: "
+                     f"{', '.join(present)}")
+  if len(present) < 2:
+    raise InputError("the results table holds only the target size: add proxy sizes")
+  for name, asked, have in (("recipe", recipes, set(table["recipe"])),
+                            ("size", sizes_, set(present))):
+    unknown = sorted(set(asked or ()) - have)
+    if unknown:
+      raise InputError(f"unknown {name}(s) {', '.join(unknown)}: the table has "
+                       f"{', '.join(sorted(have))}")
+  if headline:
+    task, _, metric = headline.partition("/")
+    if not ((table["task"] == task) & (table["metric"] == metric)).any():
+      raise InputError(f"--headline {headline}: no rows with task {task!r} and metric "
+                       f"{metric!r}; write it as TASK/METRIC")
+
+
+def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str | None = None,
+            forms=("3p", "5p"), noise_checkpoints: int = 5) -> dict:
+  """Every analysis of the report, as DataFrames, plus the warnings list."""
+  w: list[str] = []
+  sizes_ = A.size_order(table)
+  proxies = [s for s in sizes_ if s != target]
+  proxies = proxies[:proxies.index(proxies[-1]) + 1]
+  single = A.decision_accuracy(table, target, last_k=last_k, warnings=w)
+  ckpt = A.checkpoint_decision_accuracy(table, target)
+  finals = (table[table["size"] != target].groupby("size")["step"].max())
+  ckpt = ckpt[ckpt["step"] < ckpt["size"].map(finals)] if len(ckpt) else ckpt
+  preds = A.scaling_law_predictions(table, target, forms=forms, warnings=w)
+  sl = (A.scaling_law_decision_accuracy(preds, table, target, warnings=w) if len(preds)
+        else pd.DataFrame())
+  da = pd.concat([single, ckpt, sl], ignore_index=True)
+  da = da[[c for c in DA_COLUMNS if c in da.columns]]
+  snr = A.snr(table, noise_checkpoints=noise_checkpoints, warnings=w)
+  if headline is None:
+    headline = _default_headline(snr, proxies[-1])
+  task, _, metric = headline.partition("/")
+  ranks = A.rankings(table, last_k=last_k, warnings=w)
+  return {"target": target, "sizes": sizes_, "proxies": proxies, "headline": (task, metric),
+          "decision_accuracy": da, "frontier": A.frontier(da[da["method"] == "single_scale"]),
+          "scaling_law": preds, "scaling_law_da": sl, "snr": snr, "rankings": ranks,
+          "rank_agreement": A.rank_agreement(table, task, metric, last_k), "warnings": w,
+          "last_k": last_k}
+
+
+def _default_headline(snr: pd.DataFrame, size: str) -> str:
+  """The (task, metric) with the highest SNR at the largest proxy size (no target data)."""
+  s = snr[snr["size"] == size].copy()
+  s["_k"] = s["snr"].fillna(-np.inf)
+  s = s.sort_values(["_k", "task", "metric"], ascending=[False, True, True])
+  r = s.iloc[0]
+  return f"{r['task']}/{r['metric']}"
+
+
+def recommend(res: dict, table: pd.DataFrame) -> dict:
+  """Best recipe at the largest proxy size on the headline metric, with its evidence."""
+  task, metric = res["headline"]
+  size = res["proxies"][-1]
+  rk = res["rankings"]
+  cell = rk[(rk["size"] == size) & (rk["task"] == task) & (rk["metric"] == metric)]
+  cell = cell.sort_values(["rank", "recipe"])
+  best = cell.iloc[0]
+  out = {"target_size": res["target"], "decided_at_size": size,
+         "headline": {"task": task, "metric": metric,
+                      "higher_is_better": A.higher_is_better(metric)},
+         "best_recipe": best["recipe"], "best_score": float(best["mean"]),
+         "ranking": [{"recipe": r["recipe"], "rank": int(r["rank"]), "mean": float(r["mean"]),
+                      "std": float(r["std"]), "n_seeds": int(r["n_seeds"])}
+                     for _, r in cell.iterrows()]}
+  if len(cell) > 1:
+    second = cell.iloc[1]
+    margin = abs(float(best["mean"]) - float(second["mean"]))
+    out.update({"runner_up": second["recipe"], "margin": margin})
+    se = [_stderr(r) for r in (best, second)]
+    if any(s is None for s in se):
+      out["confidence"] = None
+      out["confidence_note"] = "a single seed: no seed spread to judge the margin by"
+    else:
+      z = margin / math.sqrt(se[0] ** 2 + se[1] ** 2) if (se[0] or se[1]) else math.inf
+      out["confidence"] = float(0.5 * (1 + math.erf(z / math.sqrt(2))))
+      out["confidence_note"] = ("P(best beats runner-up) under a normal model of the seed "
+                                "means: Phi(margin / sqrt(se_best^2 + se_runner_up^2))")
+  support = []
+  for (t, m), g in rk[rk["size"] == size].groupby(["task", "metric"]):
+    g = g.sort_values(["rank", "recipe"])
+    snr = res["snr"]
+    s = snr[(snr["size"] == size) & (snr["task"] == t) & (snr["metric"] == m)]["snr"]
+    support.append({"task": t, "metric": m, "best_recipe": g.iloc[0]["recipe"],
+                    "agrees": bool(g.iloc[0]["recipe"] == best["recipe"]),
+                    "snr": float(s.iloc[0]) if len(s) else None})
+  out["supporting_metrics"] = support
+  out["agreeing_metrics"] = f"{sum(s['agrees'] for s in support)} of {len(support)}"
+  sl = res["scaling_law"]
+  if len(sl):
+    h = sl[(sl["task"] == task) & (sl["metric"] == metric)]
+    for form, g in h.groupby("form"):
+      asc = not A.higher_is_better(metric)
+      out[f"scaling_law_{form}_best"] = g.sort_values("predicted", ascending=asc).iloc[0][
+          "recipe"]
+  if (table["size"] == res["target"]).any():
+    tg = A.target_scores(table, res["target"])
+    tg = tg[(tg["task"] == task) & (tg["metric"] == metric)]
+    if len(tg):
+      asc = not A.higher_is_better(metric)
+      out["target_best_recipe"] = tg.sort_values("value", ascending=asc).iloc[0]["recipe"]
+      out["matches_target"] = bool(out["target_best_recipe"] == out["best_recipe"])
+  return out
+
+
+def _stderr(row) -> float | None:
+  n = int(row["n_seeds"])
+  if n < 2:
+    return None
+  return float(row["std"]) * math.sqrt(n / (n - 1)) / math.sqrt(n)  # sample std / sqrt(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _colors(recipes):
+  plt = _plt()
+  cmap = plt.get_cmap("tab10" if len(recipes) <= 10 else "tab20")
+  return {r: cmap(i % cmap.N) for i, r in enumerate(recipes)}
+
+
+def fig_scaling(table: pd.DataFrame, res: dict, path: str) -> str:
+  """Loss and headline metric vs compute per recipe, with the fitted 3-parameter curves."""
+  plt = _plt()
+  task, metric = res["headline"]
+  lm = A.default_loss_metric(table, task)
+  panels = [m for m in dict.fromkeys([lm, metric]) if m]
+  if len(panels) == 1:  # the headline is the loss: show the task's best-SNR accuracy too
+    snr = res["snr"]
+    other = snr[(snr["task"] == task) & (snr["size"] == res["proxies"][-1])
+                & snr["metric"].map(A.higher_is_better)].sort_values("snr", ascending=False)
+    panels += list(other["metric"].head(1))
+  recipes = sorted(table["recipe"].unique())
+  colors = _colors(recipes)
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+  sl = res["scaling_law"]
+  t_compute = table[table["size"] == res["target"]]["compute"].max()
+  for ax, m in zip(axes[0], panels):
+    sub = table[(table["task"] == task) & (table["metric"] == m)]
+    pts = sub.groupby(["recipe", "size", "step"], as_index=False).agg(
+        value=("value", "mean"), compute=("compute", "mean"))
+    for r in recipes:
+      p = pts[(pts["recipe"] == r) & (pts["size"] != res["target"])]
+      ax.scatter(p["compute"], p["value"], s=14, color=colors[r], alpha=0.6, label=r)
+      q = pts[(pts["recipe"] == r) & (pts["size"] == res["target"])]
+      if len(q):
+        q = q[q["step"] == q["step"].max()]
+        ax.scatter(q["compute"], q["value"], s=90, marker="*", color=colors[r],
+                   edgecolor="black", linewidth=0.6, zorder=5)
+      f = sl[(sl["task"] == task) & (sl["form"] == "3p") & (sl["recipe"] == r)
+             & (sl["metric"] == m)] if len(sl) else sl
+      if len(f):
+        cs = np.logspace(np.log10(pts["compute"][pts["compute"] > 0].min()),
+                         np.log10(t_compute), 60)
+        y = A.power_law_3p(cs, json.loads(f.iloc[0]["fit"]))
+        step2 = json.loads(f.iloc[0]["step2"])
+        ax.plot(cs, y if step2 is None else A.sigmoid(y, step2), color=colors[r], lw=1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (FLOPs, 6ND)")
+    ax.set_ylabel(m)
+    ax.set_title(f"{task}: {m}" + (" (fit: 3-param L(C))" if lm == m else
+                                    " (fit: L(C) then sigmoid)"))
+    ax.grid(alpha=0.3)
+  axes[0][-1].legend(fontsize=7, loc="best", title="recipe (star = target)", title_fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def fig_decision_accuracy(res: dict, path: str, max_panels: int = 9) -> str:
+  """Decision accuracy vs compute fraction per task and metric (checkpoints, finals, laws)."""
+  plt = _plt()
+  da = res["decision_accuracy"]
+  snr = res["snr"]
+  top = snr[snr["size"] == res["proxies"][-1]].sort_values("snr", ascending=False)
+  cells = [(r["task"], r["metric"]) for _, r in top.iterrows()]
+  h = res["headline"]
+  cells = [h] + [c for c in cells if c != h]
+  ok = da[da["decision_accuracy"].notna() & (da["compute_fraction"] > 0)]
+  skipped = [c for c in cells if not ((ok["task"] == c[0]) & (ok["metric"] == c[1])).any()]
+  cells = [c for c in cells if c not in skipped][:max_panels]
+  if not cells:  # e.g. every recipe tied at the target: nothing to draw
+    return _empty_figure(path, "no decision accuracy is defined (all target pairs tied?)")
+  n = len(cells)
+  cols = min(3, n)
+  rows = math.ceil(n / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+  marks = {"per_seed": ("o", "tab:blue"), "seed_mean": ("s", "tab:orange")}
+  for ax, (task, metric) in zip(axes.flat, cells):
+    d = ok[(ok["task"] == task) & (ok["metric"] == metric)]
+    for proto, (mk, col) in marks.items():
+      p = d[(d["method"] == "single_scale") & (d["protocol"] == proto)]
+      inter = p[p["step"] != "final"]
+      fin = p[p["step"] == "final"]
+      ax.scatter(inter["compute_fraction"], inter["decision_accuracy"], s=10, color=col,
+                 alpha=0.3, marker=mk)
+      ax.scatter(fin["compute_fraction"], fin["decision_accuracy"], s=50, color=col,
+                 marker=mk, edgecolor="black", linewidth=0.5,
+                 label=f"single scale, {proto}")
+      for _, r in fin.iterrows():
+        ax.annotate(r["size"], (r["compute_fraction"], r["decision_accuracy"]),
+                    textcoords="offset points", xytext=(4, -10), fontsize=7)
+      if proto == "per_seed" and "std" in fin:
+        ax.errorbar(fin["compute_fraction"], fin["decision_accuracy"], yerr=fin["std"],
+                    fmt="none", ecolor=col, alpha=0.6)
+      front = A.frontier(p)
+      if len(front):
+        front = front.sort_values("compute_fraction")
+        ax.step(front["compute_fraction"], front["decision_accuracy"], where="post",
+                color=col, lw=1, alpha=0.8)
+    for method, mk, shift in (("scaling_law_3p", "*", 1.0), ("scaling_law_5p", "P", 1.35)):
+      p = d[d["method"] == method]
+      if len(p):  # 5p drawn slightly right of its compute so both stay visible
+        ax.scatter(p["compute_fraction"] * shift, p["decision_accuracy"], s=110, marker=mk,
+                   color="tab:green" if method.endswith("3p") else "tab:red",
+                   edgecolor="black", linewidth=0.5, label=method, zorder=5)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.05)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_title(f"{task} / {metric}", fontsize=10)
+    ax.set_xlabel("compute / one target run")
+    ax.set_ylabel("decision accuracy")
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[n:]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=7, loc="lower right")
+  title = f"Decision accuracy vs compute (target {res['target']})"
+  if skipped:
+    title += "\nnot drawn (no untied target pair): " + ", ".join(f"{t}/{m}" for t, m in skipped)
+  fig.suptitle(title, fontsize=11)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _empty_figure(path: str, text: str) -> str:
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 2))
+  ax.axis("off")
+  ax.text(0.5, 0.5, text, ha="center", va="center")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def fig_rank_agreement(res: dict, path: str) -> str:
+  """Heatmap: pairwise order agreement between the rankings of every two sizes."""
+  plt = _plt()
+  m = res["rank_agreement"]
+  k = len(m)
+  fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.0 * k + 1.8))
+  im = ax.imshow(m.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
+  ax.set_xticks(range(k), m.columns)
+  ax.set_yticks(range(k), m.index)
+  for i in range(k):
+    for j in range(k):
+      v = m.iloc[i, j]
+      ax.text(j, i, "-" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
+              color="white" if (not np.isnan(v) and v < 0.6) else "black", fontsize=9)
+  task, metric = res["headline"]
+  ax.set_title(f"Rank agreement between sizes\n{task} / {metric}", fontsize=10)
+  fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of recipe pairs ordered alike")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int = 1,
+                 headline: str | None = None, forms=("3p", "5p"),
+                 noise_checkpoints: int = 5, title: str = "DataDecide report") -> dict:
+  """Analyses `table` against `target` and writes the report files into `output`."""
+  check_inputs(table, target, headline)
+  res = analyse(table, target, last_k=last_k, headline=headline, forms=forms,
+                noise_checkpoints=noise_checkpoints)
+  rec = recommend(res, table)
+  os.makedirs(output, exist_ok=True)
+  _atomic_csv(res["decision_accuracy"], os.path.join(output, "decision_accuracy.csv"))
+  for name in ("scaling_law", "rankings", "snr", "frontier"):
+    _atomic_csv(res[name], os.path.join(output, f"{name}.csv"))
+  figs = {"scaling": fig_scaling(table, res, os.path.join(output, "fig_scaling.png")),
+          "da": fig_decision_accuracy(res, os.path.join(output, "fig_decision_accuracy.png")),
+          "rank": fig_rank_agreement(res, os.path.join(output, "fig_rank_agreement.png"))}
+  rec["warnings"] = res["warnings"]
+  _atomic_text(json.dumps(rec, indent=2, default=_json_default) + "\n",
+               os.path.join(output, "recommendation.json"))
+  _atomic_text(render_markdown(table, res, rec, figs, title),
+               os.path.join(output, "report.md"))
+  return {"result": res, "recommendation": rec}
+
+
+def _json_default(o):
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  raise TypeError(type(o))
+
+
+def _atomic_csv(df: pd.DataFrame, path: str) -> None:
+  df.to_csv(path + ".tmp", index=False)
+  os.replace(path + ".tmp", path)
+
+
+def _atomic_text(text: str, path: str) -> None:
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
+def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title: str) -> str:
+  task, metric = res["headline"]
+  target = res["target"]
+  da = res["decision_accuracy"]
+  lines = [f"# {title}", ""]
+  scored = ("final checkpoint" if res["last_k"] == 1
+            else f"mean of its last {res['last_k']} checkpoints")
+  lines += [f"Results: {table['recipe'].nunique()} recipes, sizes {', '.join(res['sizes'])}, "
+            f"{table['seed'].nunique()} seed(s), {table['task'].nunique()} task(s), "
+            f"{table['metric'].nunique()} metric(s), {len(table)} rows. Target size: "
+            f"**{target}**. Headline: **{task} / {metric}** "
+            f"({'higher' if A.higher_is_better(metric) else 'lower'} is better). Scores are "
+            f"each run's {scored}.", ""]
+  lines += ["## Recommendation", ""]
+  lines.append(f"- Best recipe at {rec['decided_at_size']}: **{rec['best_recipe']}** "
+               f"({metric} {_fmt(rec['best_score'], 4)})")
+  if "runner_up" in rec:
+    conf = rec.get("confidence")
+    lines.append(f"- Runner-up: {rec['runner_up']}, margin {_fmt(rec['margin'], 4)}; "
+                 f"confidence {('%.3f' % conf) if conf is not None else 'n/a'} "
+                 f"({rec['confidence_note']})")
+  lines.append(f"- Metrics at {rec['decided_at_size']} that pick the same recipe: "
+               f"{rec['agreeing_metrics']}")
+  for form in ("3p", "5p"):
+    if f"scaling_law_{form}_best" in rec:
+      lines.append(f"- Scaling law ({form}) predicts best at {target}: "
+                   f"{rec[f'scaling_law_{form}_best']}")
+  if "target_best_recipe" in rec:
+    lines.append(f"- Best at the target {target} (measured): {rec['target_best_recipe']} "
+                 f"({'matches' if rec['matches_target'] else 'does NOT match'} the "
+                 f"recommendation)")
+  lines.append("")
+  lines += [f"## Rankings ({task} / {metric}, seed mean +- population std)", ""]
+  rk = res["rankings"]
+  rk = rk[(rk["task"] == task) & (rk["metric"] == metric)]
+  wide = {}
+  for _, r in rk.iterrows():
+    wide.setdefault(r["recipe"], {})[r["size"]] = f"{r['rank']}. {_fmt(r['mean'], 4)} +- " \
+                                                  f"{_fmt(r['std'], 4)}"
+  order = [s for s in res["sizes"] if s in set(rk["size"])]
+  wt = pd.DataFrame([{"recipe": k, **{s: v.get(s, "missing") for s in order}}
+                     for k, v in sorted(wide.items())])
+  lines += [markdown_table(wt), ""]
+  lines += [f"## Decision accuracy against {target}", ""]
+  fin = da[(da["step"] == "final") & (da["task"] == task) & (da["metric"] == metric)]
+  if len(fin):
+    show = fin[["size", "method", "protocol", "decision_accuracy", "std", "n_seeds",
+                "n_pairs", "compute_fraction"]]
+    lines += [f"{task} / {metric} (per_seed: mean and population std over seeds):", "",
+              markdown_table(show), ""]
+  big = da[(da["step"] == "final") & (da["method"] == "single_scale")
+           & (da["size"] == res["proxies"][-1])]
+  if len(big):
+    piv = big.pivot_table(index=["task", "metric"], columns="protocol",
+                          values="decision_accuracy").reset_index()
+    lines += [f"Every task and metric at {res['proxies'][-1]} (single scale):", "",
+              markdown_table(piv), ""]
+  lines += [f"![decision accuracy vs compute]({os.path.basename(figs['da'])})", "",
+            "Each panel: decision accuracy against the compute of one proxy run as a fraction "
+            "of one target run. Small faint points are intermediate checkpoints, large points "
+            "each size's final checkpoint (error bars: std over seeds), lines the frontier; "
+            "stars (3p) and crosses (5p, drawn slightly to the right) are the scaling-law "
+            "predictions (compute of all proxy sizes together).", ""]
+  sl = res["scaling_law_da"]
+  if len(sl):
+    lines += ["## Two-step scaling-law prediction", ""]
+    h = sl[(sl["task"] == task)]
+    lines += [markdown_table(h[["task", "metric", "method", "decision_accuracy",
+                                "mean_abs_error", "mean_rel_error", "compute_fraction"]]), ""]
+    p = res["scaling_law"]
+    p = p[(p["task"] == task) & (p["metric"] == metric)]
+    if len(p):
+      lines += [f"Predicted vs measured {metric} at {target}:", "",
+                markdown_table(p[["recipe", "form", "predicted_loss", "predicted", "actual",
+                                  "rel_error"]], 4), ""]
+  lines += [f"![metric vs compute]({os.path.basename(figs['scaling'])})", "",
+            "Points: seed-mean scores of every checkpoint of the proxy runs; stars: the target "
+            "runs; lines: the fitted 3-parameter law per recipe (step 2 through the sigmoid), "
+            "extrapolated to the target's compute.", ""]
+  lines += ["## Rank agreement between sizes", "",
+            f"![rank agreement]({os.path.basename(figs['rank'])})", "",
+            "Fraction of recipe pairs that two sizes order the same way (seed means, final "
+            "checkpoints).", ""]
+  snr = res["snr"]
+  lines += [f"## Signal to noise at {res['proxies'][-1]}", ""]
+  s = snr[snr["size"] == res["proxies"][-1]].sort_values("snr", ascending=False)
+  lines += [markdown_table(s[["task", "metric", "signal", "noise", "snr", "n_recipes"]]), ""]
+  lines += ["## Warnings", ""]
+  lines += [f"- {w}" for w in res["warnings"]] or ["- none"]
+  lines.append("")
+  return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Scorers: evaluate one checkpoint of a study cell into {task: {metric: value}}.
+
+A scorer is any callable `scorer(cell, step, ckpt_dir, out_dir) -> {task: {metric: value}}`;
+the study caches what it returns in `out_dir/metrics.json` and never asks twice.
+
+- `EvalRunScorer`: the evaluation package's CLI, `python -m eval.run --checkpoint CKPT_DIR
+  --tasks NAMES [--limit N] --output OUT_DIR` (it writes OUT_DIR/metrics.json with a "tasks"
+  entry), run in a subprocess.
+- `HeldoutScorer`: mean next-token loss (nats/token) and top-1 next-token accuracy on fixed
+  windows of held-out token files, computed in this process with the training model's forward.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+
+class EvalRunScorer:
+  """Scores checkpoints with `python -m eval.run`."""
+
+  def __init__(self, tasks: str, limit: int | None = None, python: str = sys.executable):
+    self.tasks, self.limit, self.python = tasks, limit, python
+
+  def command(self, ckpt_dir: str, out_dir: str) -> list[str]:
+    cmd = [self.python, "-m", "eval.run", "--checkpoint", ckpt_dir, "--tasks", self.tasks,
+           "--output", out_dir]
+    if self.limit:
+      cmd += ["--limit", str(self.limit)]
+    return cmd
+
+  def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "eval.log"), "w") as log:
+      rc = subprocess.call(self.command(ckpt_dir, out_dir), stdout=log, stderr=subprocess.STDOUT)
+    path = os.path.join(out_dir, "metrics.json")
+    if rc or not os.path.isfile(path):
+      raise RuntimeError(f"eval.run failed on {ckpt_dir} (exit {rc}); see {out_dir}/eval.log")
+    with open(path) as f:
+      return json.load(f)["tasks"]
+
+
+class HeldoutScorer:
+  """Held-out loss and next-token accuracy of a checkpoint (task `heldout`)."""
+
+  def __init__(self, paths: str, seq_len: int, windows: int = 32, batch: int = 4,
+               task: str = "heldout"):
+    self.paths, self.seq_len, self.windows, self.batch, self.task = (
+        paths, seq_len, windows, batch, task)
+    self._tokens = None
+    self._fns = {}
+
+  def tokens(self):
+    """[windows, seq_len + 1] int32: the first windows of the held-out files, in order."""
+    import numpy as np
+    if self._tokens is None:
+      files = sorted(glob.glob(self.paths))
+      if not files:
+        raise FileNotFoundError(f"no held-out token files match {self.paths}")
+      ids = np.concatenate([np.fromfile(f, dtype="<u2") for f in files]).astype(np.int32)
+      n = min(self.windows, len(ids) // (self.seq_len + 1))
+      if n < self.batch:
+        raise ValueError(f"held-out data {self.paths} holds {len(ids)} tokens: too few for "
+                         f"{self.batch} windows of {self.seq_len + 1}")
+      n -= n % self.batch
+      self._tokens = ids[:n * (self.seq_len + 1)].reshape(n, self.seq_len + 1)
+    return self._tokens
+
+  def _fn(self, mcfg):
+    import jax
+    import jax.numpy as jnp
+
+    from olmo_jax import model as model_lib
+    if mcfg not in self._fns:
+      @jax.jit
+      def score(params, ids_BxL1):
+        logits = model_lib.forward(mcfg, params, ids_BxL1[:, :-1])[..., :mcfg.vocab_size]
+        targets = ids_BxL1[:, 1:]
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        correct = jnp.argmax(logits, axis=-1) == targets
+        return nll.sum(), correct.sum()
+      self._fns[mcfg] = score
+    return self._fns[mcfg]
+
+  def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:
+    import ml_collections
+
+    from olmo_jax import checkpoint
+    from olmo_jax import config as config_lib
+    params, meta = checkpoint.restore_params(ckpt_dir)
+    mcfg = config_lib.model_config(ml_collections.ConfigDict(meta["config"]))
+    fn = self._fn(mcfg)
+    toks = self.tokens()
+    nll, correct = 0.0, 0
+    for i in range(0, len(toks), self.batch):
+      a, b = fn(params, toks[i:i + self.batch])
+      nll += float(a)
+      correct += int(b)
+    n = toks.shape[0] * self.seq_len
+    return {self.task: {"loss": nll / n, "accuracy": correct / n}}

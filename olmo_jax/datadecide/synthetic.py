@@ -1,0 +1,123 @@
+"""Recipes of known quality from the embedded corpus: clean text and corrupted copies of it.
+
+`build(data_dir, noise_levels)` builds the sample corpus (data_pipeline/sample_corpus.py) and
+splits each of its token files into a training part (the first 90% of its documents) and a
+held-out part (the rest). The training part is written once per noise level p, with each
+token replaced, with probability p, by a token id drawn uniformly from the ids the corpus
+uses: the higher p, the worse the recipe, by construction. Layout under <data_dir>/dd_synthetic/:
+
+  heldout/part-*.npy         clean held-out documents (never trained on)
+  noise<pct>/part-*.npy      training documents at corruption level pct (noise0 = clean)
+  manifest.json              levels, seed and token counts; written last (the build is done)
+
+Files are OLMo token files (raw little-endian uint16, EOS after each document). A recipe
+reads one level with `data.mixture=custom`, `data.sources=text=dd_synthetic/noise10/*.npy`.
+
+With `vocab=V > 0` the ids are re-coded into a compact vocabulary (root `dd_synthetic_v<V>`):
+the V - 2 most frequent ids keep their own id (0 ... V - 3, by frequency), every other id
+becomes V - 2 and EOS becomes V - 1. Models with a V-row embedding then train on the same
+text at a fraction of the cost of the 50,304-row OLMo head (what small CPU studies need).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+ROOT = "dd_synthetic"
+HELDOUT_FRACTION = 0.1
+
+
+def level_name(p: float) -> str:
+  return f"noise{int(round(p * 100))}"
+
+
+def root_name(vocab: int = 0) -> str:
+  return f"{ROOT}_v{vocab}" if vocab else ROOT
+
+
+def sources(p: float, vocab: int = 0) -> str:
+  """`data.sources` of the recipe at corruption level p (relative to data_dir)."""
+  return f"text={root_name(vocab)}/{level_name(p)}/*.npy"
+
+
+def heldout(vocab: int = 0) -> str:
+  """Glob of the held-out files (relative to data_dir)."""
+  return f"{root_name(vocab)}/heldout/*.npy"
+
+
+def _recode(parts: list[np.ndarray], vocab: int, eos: int) -> list[np.ndarray]:
+  """Maps ids onto [0, vocab): most frequent first, the rest to vocab - 2, EOS to vocab - 1."""
+  ids = np.concatenate(parts)
+  counts = np.bincount(ids, minlength=eos + 1)
+  counts[eos] = 0
+  order = np.argsort(-counts, kind="stable")[:vocab - 2]
+  table = np.full(len(counts), vocab - 2, dtype=np.uint16)
+  table[order] = np.arange(len(order), dtype=np.uint16)
+  table[eos] = vocab - 1
+  return [table[p] for p in parts]
+
+
+def build(data_dir: str, noise_levels=(0.0, 0.1, 0.3), seed: int = 0, vocab: int = 0) -> str:
+  """Writes the held-out split and one training copy per noise level (once); returns root."""
+  from data_pipeline import sample_corpus
+  from olmo_jax import sizes
+  if vocab and not 4 <= vocab <= sizes.EOS_TOKEN_ID:
+    raise ValueError(f"synthetic vocab={vocab} must be 0 (OLMo ids) or in [4, 50279]")
+  root = os.path.join(data_dir, root_name(vocab))
+  manifest = os.path.join(root, "manifest.json")
+  want = sorted({level_name(p) for p in noise_levels})
+  if os.path.isfile(manifest):
+    with open(manifest) as f:
+      have = json.load(f)
+    if set(want) <= set(have["levels"]) and have["seed"] == seed and \
+        have.get("vocab", 0) == vocab:
+      return root
+  sample_corpus.build(data_dir)
+  files = sorted(glob.glob(os.path.join(sample_corpus.corpus_dir(data_dir), "*", "*.npy")))
+  if not files:
+    raise FileNotFoundError(f"no token files under {sample_corpus.corpus_dir(data_dir)}")
+  tmp = tempfile.mkdtemp(prefix=root_name(vocab) + ".tmp-", dir=data_dir)  # one per builder
+  os.makedirs(os.path.join(tmp, "heldout"))
+  rng = np.random.default_rng(seed)
+  parts = [np.fromfile(path, dtype="<u2") for path in files]
+  eos = sizes.EOS_TOKEN_ID
+  if vocab:
+    parts = _recode(parts, vocab, eos)
+    eos = vocab - 1
+  train_parts = []
+  for i, ids in enumerate(parts):
+    ends = np.flatnonzero(ids == eos)
+    cut = int(ends[int(len(ends) * (1 - HELDOUT_FRACTION))]) + 1 if len(ends) > 10 else len(ids)
+    ids[cut:].tofile(os.path.join(tmp, "heldout", f"part-{i:05d}.npy"))
+    train_parts.append(ids[:cut])
+  used = np.unique(np.concatenate(train_parts))
+  used = used[used != eos]
+  counts = {}
+  for name in want:
+    p = int(name[len("noise"):]) / 100.0
+    os.makedirs(os.path.join(tmp, name))
+    for i, ids in enumerate(train_parts):
+      out = ids.copy()
+      hit = (rng.random(len(ids)) < p) & (ids != eos)  # documents stay whole
+      out[hit] = rng.choice(used, size=int(hit.sum()))
+      out.tofile(os.path.join(tmp, name, f"part-{i:05d}.npy"))
+    counts[name] = int(sum(len(t) for t in train_parts))
+  with open(os.path.join(tmp, "manifest.json"), "w") as f:
+    json.dump({"levels": want, "seed": seed, "vocab": vocab, "train_tokens": counts,
+               "heldout_fraction": HELDOUT_FRACTION}, f, indent=1)
+  if os.path.isfile(manifest):  # another process finished first: keep its copy
+    with open(manifest) as f:
+      have = json.load(f)
+    if set(want) <= set(have["levels"]) and have.get("vocab", 0) == vocab and \
+        have["seed"] == seed:
+      shutil.rmtree(tmp)
+      return root
+  shutil.rmtree(root, ignore_errors=True)
+  os.replace(tmp, root)
+  return root

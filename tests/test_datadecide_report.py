@@ -1,0 +1,134 @@
+"""DataDecide report CLI: files, columns, figures, recommendation, and bad input (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from olmo_jax import sizes
+from olmo_jax.datadecide import analysis as A
+from olmo_jax.datadecide import results as R
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = ("dolma17", "c4", "falcon", "DCLM-baseline")
+
+
+def synthetic_ladder(seed=0, recipes=RECIPES, sizes_=("4M", "20M", "60M", "150M"),
+                     seeds=(6198, 14), n_ckpt=4, noise=0.003) -> pd.DataFrame:
+  """Known-quality recipes on the real ladder: bpb = 3000 C^-0.2 + E_recipe, acc = sigmoid."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for i, r in enumerate(recipes):
+    for z in sizes_:
+      s = sizes.get_size(z)
+      for sd in seeds:
+        for k in range(1, n_ckpt + 1):
+          step = s.final_step * k // n_ckpt
+          c = R.ladder_compute(z, step)
+          bpb = (3000.0 * c ** -0.2 + 1.9 + 0.08 * i) * np.exp(rng.normal(0, noise))
+          acc = float(A.sigmoid(bpb, {"a": 0.6, "k": -3.0, "L0": 3.0, "b": 0.25}))
+          rows += R.make_rows(r, z, sd, step, R.ladder_tokens(z, step), R.size_params(z),
+                              {"arc_easy": {"acc_raw": acc + rng.normal(0, noise), "bpb": bpb}})
+  return R.validate_table(pd.DataFrame(rows))
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "olmo_jax.datadecide", *args], cwd=REPO,
+                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": REPO})
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory):
+  d = tmp_path_factory.mktemp("dd")
+  return R.write_table(synthetic_ladder(), str(d / "results"))[0]
+
+
+def test_report_cli_writes_everything(table_path, tmp_path):
+  out = tmp_path / "report"
+  r = run_cli("report", "--results", table_path, "--target", "150M", "--output", str(out))
+  assert r.returncode == 0, r.stderr
+  for f in ("report.md", "recommendation.json", "decision_accuracy.csv", "fig_scaling.png",
+            "fig_decision_accuracy.png", "fig_rank_agreement.png"):
+    assert (out / f).stat().st_size > 0, f
+  da = pd.read_csv(out / "decision_accuracy.csv")
+  assert list(da.columns[:7]) == ["size", "task", "metric", "method", "protocol",
+                                  "decision_accuracy", "compute_fraction"]
+  assert set(da["method"]) == {"single_scale", "scaling_law_3p", "scaling_law_5p"}
+  assert set(da["protocol"]) == {"per_seed", "seed_mean"}
+  final = da[(da["step"] == "final") & (da["method"] == "single_scale")]
+  inter = da[(da["step"] != "final") & (da["method"] == "single_scale")]
+  for size, g in inter.groupby("size"):  # intermediate checkpoints cost less than the final
+    assert g["compute_fraction"].max() < final[final["size"] == size]["compute_fraction"].min()
+  # compute_fraction of 20M's final checkpoint = published compute 20M / 150M
+  row = final[(final["size"] == "20M")].iloc[0]
+  assert row["compute_fraction"] == pytest.approx(R.ladder_compute("20M", 14584)
+                                                  / R.ladder_compute("150M", 38157))
+  rec = json.loads((out / "recommendation.json").read_text())
+  t = pd.read_parquet(table_path)
+  h = rec["headline"]
+  sub = t[(t["size"] == "60M") & (t["task"] == h["task"]) & (t["metric"] == h["metric"])]
+  sub = sub[sub["step"] == sub["step"].max()].groupby("recipe")["value"].mean()
+  best = sub.idxmax() if h["higher_is_better"] else sub.idxmin()
+  assert rec["decided_at_size"] == "60M" and rec["best_recipe"] == best == "dolma17"
+  assert rec["runner_up"] == "c4" and 0.5 < rec["confidence"] <= 1.0
+  assert rec["margin"] == pytest.approx(abs(sub["dolma17"] - sub["c4"]))
+  assert rec["matches_target"] is True
+  md = (out / "report.md").read_text()
+  assert "![decision accuracy vs compute](fig_decision_accuracy.png)" in md
+  assert "**dolma17**" in md
+
+
+def test_report_reads_published_layout(tmp_path):
+  rows = []
+  for data, recipe in (("Dolma1.7", 0), ("C4", 1), ("Falcon", 2)):
+    for params in ("4M", "20M", "60M"):
+      s = sizes.get_size(params)
+      for seed in ("default", "small aux 2"):
+        for k in (1, 2):
+          step = s.final_step * k // 2
+          acc = 0.3 + 0.05 * (2 - recipe) + 0.01 * k + 0.02 * ["4M", "20M", "60M"].index(params)
+          rows.append({"params": params, "data": data, "task": "arc_easy", "step": step,
+                       "seed": seed, "metrics": json.dumps({"acc_raw": acc})})
+  path = tmp_path / "pub.csv"
+  pd.DataFrame(rows).to_csv(path, index=False)
+  r = run_cli("report", "--results", str(path), "--target", "60M", "--output",
+              str(tmp_path / "rep"), "--forms", "3p")
+  assert r.returncode == 0, r.stderr
+  rec = json.loads((tmp_path / "rep" / "recommendation.json").read_text())
+  assert rec["best_recipe"] == "dolma17" and rec["matches_target"]
+
+
+@pytest.mark.parametrize("case", ["missing_column", "absent_target", "unknown_recipe",
+                                  "unknown_size", "missing_file"])
+def test_report_bad_input_exit_2(table_path, tmp_path, case):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "keep.txt").write_text("earlier work")
+  path = table_path
+  args = ["--target", "150M"]
+  if case == "missing_column":
+    path = str(tmp_path / "bad.csv")
+    pd.read_parquet(table_path).drop(columns="metric").to_csv(path, index=False)
+  elif case == "absent_target":
+    args = ["--target", "1B"]
+  elif case == "unknown_recipe":
+    args += ["--recipes", "dolma17,nosuch"]
+  elif case == "unknown_size":
+    args += ["--sizes", "4M,3M,150M"]
+  elif case == "missing_file":
+    path = str(tmp_path / "nope.parquet")
+  r = run_cli("report", "--results", path, *args, "--output", str(out))
+  assert r.returncode == 2
+  msg = r.stderr.strip().splitlines()
+  assert len(msg) == 1 and msg[0].startswith("error: "), r.stderr
+  expect = {"missing_column": "metric", "absent_target": "1B", "unknown_recipe": "nosuch",
+            "unknown_size": "3M", "missing_file": "nope.parquet"}[case]
+  assert expect in msg[0]
+  assert sorted(os.listdir(out)) == ["keep.txt"]
+  assert (out / "keep.txt").read_text() == "earlier work"

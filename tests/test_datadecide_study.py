@@ -1,0 +1,250 @@
+"""DataDecide study orchestration: plan, resume after a kill, bad input, end to end."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS])}
+
+
+def write_config(path, body: str) -> str:
+  path.write_text("import ml_collections\n\n\ndef get_config():\n"
+                  "  c = ml_collections.ConfigDict()\n" + body + "  return c\n")
+  return str(path)
+
+
+FAKE = """\
+  c.name = "fake"
+  c.recipes = ml_collections.ConfigDict({r: {"mixture": "custom", "sources": f"t={r}/*.npy"}
+                                        for r in ("a", "b", "c")})
+  c.custom_sizes = ml_collections.ConfigDict({"t1": {"d_model": 8, "n_heads": 1, "n_layers": 1},
+                                             "t2": {"d_model": 16, "n_heads": 1, "n_layers": 1}})
+  c.sizes = ["t1"]
+  c.target = "t2"
+  c.seeds = [1]
+  c.seq_len = 16
+  c.batch_size = 2
+  c.steps = ml_collections.ConfigDict({"t1": 12, "t2": 20})
+  c.checkpoint_every = 4
+  c.train_module = "datadecide_fakes"
+  c.eval = ml_collections.ConfigDict({"scorer": "datadecide_fakes:make_scorer"})
+"""
+
+
+def study_cmd(config, workdir, *extra):
+  return [sys.executable, "-m", "olmo_jax.datadecide", "--config", config, "--workdir",
+          str(workdir), *extra]
+
+
+def test_plan_writes_one_command_per_cell(tmp_path):
+  cfg = write_config(tmp_path / "s.py", FAKE.replace('c.seeds = [1]', 'c.seeds = [1, 2]'))
+  r = subprocess.run(study_cmd(cfg, tmp_path / "w", "--plan"), capture_output=True, text=True,
+                     env=ENV, cwd=REPO)
+  assert r.returncode == 0, r.stderr
+  lines = (tmp_path / "w" / "plan.txt").read_text().splitlines()
+  assert len(lines) == 6  # 3 recipes x 1 size x 2 seeds
+  assert all("--config.train.steps=12" in l and "--config.checkpoint.every=4" in l
+             for l in lines)
+  assert "--config.model.size=custom" in lines[0] and "--config.train.seed=2" in lines[1]
+  assert sum("cells/b/t1/seed1" in l for l in lines) == 1
+  assert not (tmp_path / "w" / "cells").exists()  # planning trains nothing
+
+
+def test_kill_and_restart_redoes_nothing(tmp_path):
+  cfg = write_config(tmp_path / "s.py", FAKE)
+  wd = tmp_path / "w"
+  env = {**ENV, "DD_FAKE_STEP_S": "0.25"}
+  proc = subprocess.Popen(study_cmd(cfg, wd, "--no-report"), env=env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  b = wd / "cells" / "b" / "t1" / "seed1"
+  deadline = time.time() + 120
+  while not (b / "checkpoints" / "4").is_dir():
+    assert time.time() < deadline and proc.poll() is None, proc.stdout.read().decode()
+    time.sleep(0.05)
+  assert (wd / "cells" / "a" / "t1" / "seed1" / "DONE.json").is_file()
+  proc.send_signal(signal.SIGKILL)  # the study dies mid-cell
+  proc.wait()
+  time.sleep(1.0)  # its trainer got SIGTERM from the kernel (no orphan keeps writing)
+  n_before = len((b / "steps.log").read_text().split())
+  time.sleep(1.0)
+  assert len((b / "steps.log").read_text().split()) == n_before
+  assert not (wd / "results.parquet").exists()
+  r = subprocess.run(study_cmd(cfg, wd, "--no-report", "--workers", "2"),
+                     env={**ENV, "DD_FAKE_STEP_S": "0.01"}, cwd=REPO, capture_output=True,
+                     text=True)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "1 already done, 2 to train (2 worker(s))" in r.stdout
+  assert "[study] cells: 1 done, 2 running, 0 left, 0 failed" in r.stdout  # progress + ETA
+  assert "[study] cells: 3 done, 0 running, 0 left, 0 failed" in r.stdout and "ETA" in r.stdout
+  runs = {x: [int(s) for s in (wd / "cells" / x / "t1" / "seed1" / "steps.log")
+                                   .read_text().split()] for x in "abc"}
+  assert runs["a"] == list(range(1, 13)) and runs["c"] == list(range(1, 13))
+  counts = collections.Counter(runs["b"])
+  assert set(counts) == set(range(1, 13))
+  assert all(counts[s] == 1 for s in range(1, 5))  # steps up to the kept checkpoint: once
+  assert max(counts.values()) <= 2 and len(runs["b"]) < 12 + 4
+  evals = collections.Counter((wd / "evals.log").read_text().splitlines())
+  assert set(evals.values()) == {1}
+  assert set(evals) == {f"{x}/t1/seed1 {s}" for x in "abc" for s in (4, 8, 12)}
+  table = pd.read_parquet(wd / "results.parquet")
+  assert len(table) == 9 and set(table["metric"]) == {"loss"}
+  # a third run trains and scores nothing
+  r = subprocess.run(study_cmd(cfg, wd, "--no-report"), env=ENV, cwd=REPO,
+                     capture_output=True, text=True)
+  assert r.returncode == 0 and "3 already done, 0 to train" in r.stdout
+  assert "0 checkpoint(s) scored" in r.stdout
+  assert collections.Counter((wd / "evals.log").read_text().splitlines()) == evals
+
+
+@pytest.mark.parametrize("case", ["unknown_size", "unknown_field", "unknown_recipe",
+                                  "missing_config"])
+def test_study_bad_input_exit_2(tmp_path, case):
+  body = FAKE
+  extra = []
+  if case == "unknown_size":
+    body = FAKE.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "5M"]')
+  elif case == "unknown_field":
+    body = FAKE + "  c.sede = [3]\n"
+  elif case == "unknown_recipe":
+    extra = ["--launch", "--recipe", "zzz"]
+  cfg = write_config(tmp_path / "s.py", body)
+  if case == "missing_config":
+    cfg = str(tmp_path / "nope.py")
+  wd = tmp_path / "w"
+  r = subprocess.run(study_cmd(cfg, wd, *extra), env=ENV, cwd=REPO, capture_output=True,
+                     text=True)
+  assert r.returncode == 2, r.stdout + r.stderr
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error:")
+  assert {"unknown_size": "5M", "unknown_field": "sede", "unknown_recipe": "zzz",
+          "missing_config": "nope.py"}[case] in lines[0]
+  assert not (wd / "cells").exists()
+
+
+E2E = """\
+  c.name = "e2e"
+  c.data_dir = {data_dir!r}
+  c.synthetic_noise_levels = [0.0, 0.3, 0.7]
+  c.synthetic_vocab = 256
+  c.recipes = ml_collections.ConfigDict({{
+      name: {{"mixture": "custom", "sources": f"text=dd_synthetic_v256/noise{{p}}/*.npy"}}
+      for name, p in (("clean", 0), ("noisy30", 30), ("noisy70", 70))}})
+  c.custom_sizes = ml_collections.ConfigDict({{
+      "t1": {{"d_model": 16, "n_heads": 2, "n_layers": 1}},
+      "t2": {{"d_model": 32, "n_heads": 2, "n_layers": 1}}}})
+  c.sizes = ["t1", "t2"]
+  c.target = "t2"
+  c.seeds = [1]
+  c.seq_len = 32
+  c.batch_size = 8
+  c.steps = ml_collections.ConfigDict({{"t1": 40, "t2": 50}})
+  c.checkpoints_per_run = 2
+  c.warmup_fraction = 0.1
+  c.overrides = ml_collections.ConfigDict({{"train": {{"lr": 0.01}},
+                                           "checkpoint": {{"async_save": False}}}})
+  c.eval = ml_collections.ConfigDict({{"scorer": "heldout",
+                                      "heldout": "dd_synthetic_v256/heldout/*.npy",
+                                      "heldout_windows": 32, "headline": "heldout/loss"}})
+"""
+
+
+def test_end_to_end_cleaner_recipes_win(tmp_path):
+  """Real training at two tiny sizes: the cleaner recipe is better at both, accuracy 1.0."""
+  data_dir = os.path.join(REPO, "data")  # the embedded corpus is built there once
+  cfg = write_config(tmp_path / "s.py", E2E.format(data_dir=data_dir))
+  wd = tmp_path / "w"
+  r = subprocess.run(study_cmd(cfg, wd, "--launch"), env=ENV, cwd=REPO, capture_output=True,
+                     text=True)
+  assert r.returncode == 0, r.stdout + r.stderr
+  table = pd.read_parquet(wd / "results.parquet")
+  assert set(table["size"]) == {"t1", "t2"} and set(table["step"]) == {20, 25, 40, 50}
+  final = table[(table["metric"] == "loss")
+                & (table["step"] == table.groupby("size")["step"].transform("max"))]
+  for size, g in final.groupby("size"):
+    order = list(g.sort_values("value")["recipe"])
+    assert order == ["clean", "noisy30", "noisy70"], (size, g)
+  da = pd.read_csv(wd / "report" / "decision_accuracy.csv")
+  row = da[(da["size"] == "t1") & (da["metric"] == "loss") & (da["step"] == "final")
+           & (da["protocol"] == "seed_mean")].iloc[0]
+  assert row["decision_accuracy"] == 1.0
+  rec = json.loads((wd / "report" / "recommendation.json").read_text())
+  assert rec["best_recipe"] == "clean" and rec["matches_target"]
+  launch = wd / "launch_t2_clean.py"
+  assert launch.is_file() and "noise0" in launch.read_text()
+  assert "python -m olmo_jax.train --config" in r.stdout
+
+
+def test_eval_run_scorer_follows_the_cli_contract(tmp_path):
+  """The scorer calls `python -m eval.run --checkpoint --tasks --output [--limit]` and reads
+  OUT/metrics.json's "tasks" (a stand-in interpreter plays eval.run here)."""
+  from olmo_jax.datadecide import scorers
+  fake = tmp_path / "fake_python"
+  fake.write_text(
+      "#!" + sys.executable + "\n"
+      "import json, os, sys\n"
+      "a = sys.argv[1:]\n"
+      "assert a[:2] == ['-m', 'eval.run'], a\n"
+      "kv = dict(zip(a[2::2], a[3::2]))\n"
+      "os.makedirs(kv['--output'], exist_ok=True)\n"
+      "json.dump({'tasks': {t: {'acc_raw': 0.5, 'limit': int(kv.get('--limit', 0))}\n"
+      "                     for t in kv['--tasks'].split(',')}, 'macro': {},\n"
+      "           'checkpoint': kv['--checkpoint'], 'step': 7, 'config': {}},\n"
+      "          open(os.path.join(kv['--output'], 'metrics.json'), 'w'))\n")
+  fake.chmod(0o755)
+  scorer = scorers.EvalRunScorer("arc_easy,piqa", limit=5, python=str(fake))
+  got = scorer(None, 7, str(tmp_path / "ckpt" / "7"), str(tmp_path / "out"))
+  assert got == {"arc_easy": {"acc_raw": 0.5, "limit": 5}, "piqa": {"acc_raw": 0.5, "limit": 5}}
+  bad = scorers.EvalRunScorer("arc_easy", python="/bin/false")
+  with pytest.raises(RuntimeError, match="eval.run failed"):
+    bad(None, 7, "ckpt", str(tmp_path / "out2"))
+
+
+def test_budgets_and_results_compute(tmp_path):
+  """Full-budget ladder cells keep the published steps; the table's compute is 6 N tokens."""
+  import math
+
+  import ml_collections
+
+  from olmo_jax import sizes
+  from olmo_jax.datadecide import results as R
+  from olmo_jax.datadecide import study as S
+  cfg = ml_collections.ConfigDict({"recipes": {"a": {"mixture": "c4"}, "b": {"mixture": "falcon"}},
+                                   "sizes": ["20M", "4M"], "target": "1B", "seeds": [6198]})
+  st = S.Study(cfg, str(tmp_path / "w"))
+  assert [c.size for c in st.cells()][:2] == ["4M", "4M"]  # smallest first
+  assert st.steps("20M") == 14584 and st.tokens_per_step("20M") == 131072
+  assert st.n_params("20M") == sizes.get_size("20M").published_params
+  flags = st.overrides(S.Cell("a", "20M", 6198))
+  assert not any(f.startswith("--config.train.steps") for f in flags)
+  assert "--config.checkpoint.every=1250" in flags and "--config.data.mixture=c4" in flags
+  assert st.grid_steps("20M")[-1] == 14584 and st.grid_steps("20M")[0] == 1250
+  cfg.budget_fraction = 0.1
+  quick = S.Study(cfg, str(tmp_path / "w"))
+  n = sizes.get_size("20M").published_params
+  assert quick.steps("20M") == math.ceil(10 * n / 131072)
+  assert f"--config.train.steps={quick.steps('20M')}" in quick.overrides(S.Cell("a", "20M", 1))
+  # scores cached by a cell become rows with ladder compute
+  cell = S.Cell("a", "20M", 6198)
+  d = tmp_path / "w" / "cells" / "a" / "20M" / "seed6198" / "eval" / "14584"
+  d.mkdir(parents=True)
+  (d / "scores.json").write_text(json.dumps({"tasks": {"arc_easy": {"acc_raw": 0.4}}}))
+  table = S.collect_results(st)
+  assert len(table) == 1 and table.iloc[0]["recipe"] == cell.recipe
+  assert table.iloc[0]["compute"] == float(R.ladder_compute("20M", 14584))
+  compact = S.Study(ml_collections.ConfigDict(
+      {"recipes": {"a": {}}, "sizes": ["t"], "custom_sizes": {"t": {"d_model": 16, "n_heads": 2,
+                                                                      "n_layers": 1}},
+       "synthetic_vocab": 200, "steps": {"t": 10}}), str(tmp_path / "v"))
+  assert compact.n_params("t") == sizes.non_embedding_params(16, 1, embedding_size=256)
+  assert "--config.model.embedding_size=256" in compact.overrides(S.Cell("a", "t", 1))
