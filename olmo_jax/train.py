@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import ml_collections
 
 from olmo_jax import config as config_lib
+from olmo_jax import distributed
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "train.py")
@@ -186,12 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   config_flags.DEFINE_config_file("config", f"{DEFAULT_CONFIG}:4M",
                                   "Training config file (size as the argument).")
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
+  distributed.define_flags()
   status = {}
 
   def _main(_):
     from olmo_jax.checkpoint import CheckpointError
     from olmo_jax.trainer import NonFiniteLossError
     try:
+      distributed.initialize_from_flags(flags.FLAGS)  # before anything touches a device
       run(flags.FLAGS.config, flags.FLAGS.workdir)
     except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
       print(f"error: {e}", file=sys.stderr)
