@@ -44,8 +44,11 @@ def translate_aliases(argv: Sequence[str]) -> list[str]:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, *,
-        print_fn=print, extra_callbacks=()) -> Any:
-  """Trains (or resumes) per `config` in `workdir`; returns the trainer's LoopResult."""
+        print_fn=print, extra_callbacks=(), dry_run: bool = False) -> Any:
+  """Trains (or resumes) per `config` in `workdir`; returns the trainer's LoopResult.
+
+  dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
+  """
   cfg = config_lib.resolve(config)
   from olmo_jax import hostmem
   hostmem.keep_freed_memory()  # CPU only; must precede the first use of a JAX backend
@@ -55,21 +58,35 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   config_lib.validate(cfg, jax.process_count())
   mixture.validate_config(cfg.data, cfg.model.vocab_size)
 
-  from olmo_jax import optim, sharding, sizes, trainer
+  from olmo_jax import optim, plan, sharding, sizes, trainer
 
   mcfg = config_lib.model_config(cfg)
   t = cfg.train
-  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   micro = t.batch_size // t.microbatch_size
-  if t.microbatch_size % batch_shards:
-    raise ValueError(f"train.microbatch_size={t.microbatch_size} must be divisible by the "
-                     f"{batch_shards} batch shards of the mesh (mesh.data * mesh.fsdp)")
   loss_scaling = mcfg.dtype == "float16"
   tx = optim.make_optimizer(
       peak_lr=t.lr, warmup_steps=t.warmup_steps, total_steps=t.steps,
       min_lr_ratio=t.min_lr_ratio, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
       grad_clip=t.grad_clip, weight_decay_mask_mode=t.weight_decay_mask)
+  step_cfg = trainer.StepConfig(
+      microbatches=micro, z_loss=t.z_loss, skip_nonfinite=t.nan_policy == "skip",
+      loss_scaling=loss_scaling,
+      loss_chunk_tokens=(0 if t.loss_impl == "dense"
+                         else t.loss_chunk_tokens or trainer.default_loss_chunk()),
+      peak_lr=t.lr, warmup_steps=t.warmup_steps,
+      total_steps=t.steps, min_lr_ratio=t.min_lr_ratio)
+  if dry_run:
+    return plan.dry_run(cfg, mcfg, tx, step_cfg, print_fn=print_fn)
+  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if t.microbatch_size % batch_shards:
+    raise ValueError(f"train.microbatch_size={t.microbatch_size} must be divisible by the "
+                     f"{batch_shards} batch shards of the mesh (mesh.data * mesh.fsdp)")
+  abstract, shard = trainer.state_shardings(mesh, mcfg, tx, loss_scaling)
+  # Compiled once, before anything is allocated: stops here when the step cannot fit.
+  train_step = plan.check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard,
+                          trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard),
+                          print_fn=print_fn)[0]
   is_main = jax.process_index() == 0
   if workdir and is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -82,7 +99,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
              f"{micro} microbatch(es)")
 
   checkpointer, restored = None, None
-  abstract, shard = trainer.state_shardings(mesh, mcfg, tx, loss_scaling)
   if workdir and cfg.checkpoint.enabled:
     from data_pipeline import tokenizer as tok
     from olmo_jax import checkpoint
@@ -121,14 +137,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
 
   if checkpointer is not None:
     checkpointer.prepare(state)  # CPU: staging buffers for async saves, off the first save
-  step_cfg = trainer.StepConfig(
-      microbatches=micro, z_loss=t.z_loss, skip_nonfinite=t.nan_policy == "skip",
-      loss_scaling=loss_scaling,
-      loss_chunk_tokens=(0 if t.loss_impl == "dense"
-                         else t.loss_chunk_tokens or trainer.default_loss_chunk()),
-      peak_lr=t.lr, warmup_steps=t.warmup_steps,
-      total_steps=t.steps, min_lr_ratio=t.min_lr_ratio)
-  train_step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
   batch_sh = sharding.batch_sharding(mesh)
   callbacks = list(extra_callbacks)
   if cfg.eval.every > 0:
@@ -187,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   config_flags.DEFINE_config_file("config", f"{DEFAULT_CONFIG}:4M",
                                   "Training config file (size as the argument).")
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
+  flags.DEFINE_bool("dry_run", False, "Print the plan (memory per device, FLOPs, tokens/s) "
+                    "from the compiled train step, without training.")
   distributed.define_flags()
   status = {}
 
@@ -195,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from olmo_jax.trainer import NonFiniteLossError
     try:
       distributed.initialize_from_flags(flags.FLAGS)  # before anything touches a device
-      run(flags.FLAGS.config, flags.FLAGS.workdir)
+      run(flags.FLAGS.config, flags.FLAGS.workdir, dry_run=flags.FLAGS.dry_run)
     except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
       print(f"error: {e}", file=sys.stderr)
       status["rc"] = 2
