@@ -22,6 +22,7 @@ All byte counts are per device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import ml_collections
@@ -228,18 +229,26 @@ def compiled_plan(compiled, abstract, shard, batch_abstract, cfg, mesh, *, sourc
               cfg.derived.tokens_per_step, peak, opts.mfu)
 
 
-def analytic_plan(cfg, mcfg, tx, step_cfg, *, platform: str, num_devices: int, kind: str,
-                  device_memory: int, peak: float, note: str = "") -> Plan:
-  """The analytic plan on an AbstractMesh of `num_devices` (no devices needed)."""
+@functools.lru_cache(maxsize=64)
+def _state_bytes(mcfg, tx, loss_scaling: bool, shape: tuple[int, int, int]) -> tuple[int, int]:
+  """(params, optimizer state) bytes per device on an AbstractMesh of `shape`."""
   from jax.sharding import AbstractMesh
 
   from olmo_jax import sharding, trainer
+  mesh = AbstractMesh(shape, sharding.MESH_AXES)
+  abstract, shard = trainer.state_shardings(mesh, mcfg, tx, loss_scaling)
+  return (_shard_bytes(abstract["params"], shard["params"]),
+          _shard_bytes(abstract["opt_state"], shard["opt_state"]))
+
+
+def analytic_plan(cfg, mcfg, tx, step_cfg, *, platform: str, num_devices: int, kind: str,
+                  device_memory: int, peak: float, note: str = "") -> Plan:
+  """The analytic plan on an AbstractMesh of `num_devices` (no devices needed)."""
+  from olmo_jax import sharding
   t, m = cfg.train, cfg.mesh
   shape = sharding.mesh_shape(m.data, m.fsdp, m.tensor, num_devices)
-  mesh = AbstractMesh(shape, sharding.MESH_AXES)
-  abstract, shard = trainer.state_shardings(mesh, mcfg, tx, step_cfg.loss_scaling)
-  params = _shard_bytes(abstract["params"], shard["params"])
-  opt = _shard_bytes(abstract["opt_state"], shard["opt_state"])
+  params, opt = _state_bytes(dataclasses.replace(mcfg, remat="none"), tx,
+                             step_cfg.loss_scaling, shape)
   batch_shards = shape[0] * shape[1]
   micro_rows = max(1, t.microbatch_size // batch_shards)
   acts = activation_estimate(
@@ -256,7 +265,10 @@ def analytic_plan(cfg, mcfg, tx, step_cfg, *, platform: str, num_devices: int, k
 
 
 def compile_step(train_step, abstract, mesh, cfg):
-  """Lowers and compiles the train step over abstract state and batch (nothing allocated)."""
+  """Lowers and compiles the train step over abstract state and batch (nothing allocated).
+
+  Traced under the mesh, so activations take the shardings of sharding.RULES.
+  """
   import jax
   import jax.numpy as jnp
 
@@ -264,60 +276,55 @@ def compile_step(train_step, abstract, mesh, cfg):
   t = cfg.train
   batch = {"input_ids": jax.ShapeDtypeStruct((t.batch_size, t.seq_len + 1), jnp.int32,
                                              sharding=sharding.batch_sharding(mesh))}
-  return train_step.lower(abstract, batch).compile(), batch
+  with sharding.activation_mesh(mesh):  # the model's activation constraints see the mesh
+    return train_step.lower(abstract, batch).compile(), batch
 
 
 def suggestions(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[str]:
-  """Overrides that make the analytic plan (scaled to agree with `plan`) fit the device."""
+  """Settings under which the analytic plan (scaled to agree with `plan`) fits the device.
+
+  Searches the fewest devices first (these, then 2x, 4x, ... with mesh.fsdp=-1), and for each
+  the remat presets with the largest microbatch that fits; returns up to three options.
+  """
   t = cfg.train
   if not plan.device_memory:
     return []
-  budget = plan.device_memory
-
-  def total(mc, sc, mb, devices):
-    c = ml_collections.ConfigDict(cfg.to_dict())
-    c.train.microbatch_size = mb
-    if devices != plan.num_devices:
-      c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-    p = analytic_plan(c, mc, tx, sc, platform=plan.platform, num_devices=devices,
-                      kind=plan.device_kind, device_memory=0, peak=0)
-    return p.params + p.opt_state + p.other + p.activations * scale
-
-  out, best = [], 0
-  batch_shards = plan.mesh["data"] * plan.mesh["fsdp"]
   presets = [mcfg.remat] + [r for r in ("dots_with_no_batch_dims_saveable", "save_qkv_proj",
                                         "full") if r != mcfg.remat]
-  for remat in presets:
-    mc = dataclasses.replace(mcfg, remat=remat)
-    mb = t.microbatch_size
-    while True:
-      sc = dataclasses.replace(step_cfg, microbatches=t.batch_size // mb)
-      if total(mc, sc, mb, plan.num_devices) <= budget:
-        if mb <= best:  # an earlier preset fits with microbatches at least as large
-          break
-        best, flags = mb, []
-        if mb != t.microbatch_size:
-          flags.append(f"--config.train.microbatch_size={mb}")
-        if remat != mcfg.remat:
-          flags.append(f"--config.model.remat={remat}")
-        if flags:
+  counts = [plan.num_devices] + [plan.num_devices * 2 ** k for k in range(1, 11)]
+  for devices in counts:
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    if devices != plan.num_devices:
+      c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+      m = {"data": 1, "fsdp": devices, "tensor": 1}
+    else:
+      m = plan.mesh
+    batch_shards = m["data"] * m["fsdp"]
+    out, best = [], 0
+    for remat in presets:
+      mc = dataclasses.replace(mcfg, remat=remat)
+      mb = t.microbatch_size
+      while mb > best and mb % batch_shards == 0:
+        c.train.microbatch_size = mb
+        sc = dataclasses.replace(step_cfg, microbatches=t.batch_size // mb)
+        p = analytic_plan(c, mc, tx, sc, platform=plan.platform, num_devices=devices,
+                          kind=plan.device_kind, device_memory=0, peak=0)
+        if p.params + p.opt_state + p.other + p.activations * scale <= plan.device_memory:
+          best = mb
+          flags = ([f"{devices} devices (mesh.fsdp=-1)"] if devices != plan.num_devices else [])
+          if mb != t.microbatch_size:
+            flags.append(f"--config.train.microbatch_size={mb}")
+          if remat != mcfg.remat:
+            flags.append(f"--config.model.remat={remat}")
           out.append(" ".join(flags))
-        break
-      nxt = mb // 2
-      if nxt < batch_shards or nxt % batch_shards or t.batch_size % nxt:
-        break
-      mb = nxt
-    if len(out) >= 2:
-      break
-  if plan.mesh["data"] * plan.mesh["fsdp"] * plan.mesh["tensor"] == plan.num_devices:
-    for devices in (2, 4, 8, 16, 32, 64, 128, 256, 512):
-      if devices <= plan.num_devices or t.microbatch_size % devices:
-        continue
-      sc = step_cfg
-      if total(mcfg, sc, t.microbatch_size, devices) <= budget:
-        out.append(f"{devices} devices of this kind (mesh.fsdp=-1)")
-        break
-  return out
+          break
+        nxt = mb // 2
+        while nxt and t.batch_size % nxt:
+          nxt -= 1
+        mb = nxt
+    if out:
+      return out[:3]
+  return []
 
 
 def _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh):
