@@ -63,8 +63,6 @@ def test_analytic_estimate_matches_compiled_step(small_config, remat):
 
 REAL_STEP = """
 import sys
-from olmo_jax import hostmem
-hostmem.keep_freed_memory()
 import jax, numpy as np
 from olmo_jax import config as config_lib, optim, plan, sharding, trainer
 from olmo_jax.config import load_config_file
@@ -90,19 +88,27 @@ def status(key):
     if line.startswith(key):
       return int(line.split()[1]) * 1024
 
-open("/proc/self/clear_refs", "w").write("5")  # resets the peak RSS (VmHWM)
-before = status("VmRSS:")
-state, metrics = compiled(state, batch)
-jax.block_until_ready(metrics)
-step_bytes = status("VmHWM:") - before
+steps = []
+for _ in range(3):  # the largest of three steps: an allocation may land on pages kept from before
+  open("/proc/self/clear_refs", "w").write("5")  # resets the peak RSS (VmHWM)
+  before = status("VmRSS:")
+  state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  steps.append(status("VmHWM:") - before)
+step_bytes = max(steps)
 held = p.params + p.opt_state + p.other  # the state and batch were resident before the step
 print("PLAN", p.total, "REAL", held + step_bytes, "TEMP", p.activations, "STEP", step_bytes)
 """
 
 
 def test_compiled_plan_within_10_percent_of_a_real_step():
-  """A real first step's peak host memory (the CPU device's allocations) against the plan."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  """A real step's peak host memory (the CPU device's allocations) against the plan.
+
+  glibc is told to map every block over 1 MiB afresh (and to unmap it when freed), so the
+  peak resident memory during a step counts what the step allocates.
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, OLMO_JAX_HOST_MALLOC="default",
+             MALLOC_MMAP_THRESHOLD_="1048576")
   proc = subprocess.run([sys.executable, "-c", textwrap.dedent(REAL_STEP),
                          os.path.join(REPO, "configs", "train.py")], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=600)
