@@ -135,7 +135,8 @@ def _shard_bytes(abstract_tree, shard_tree) -> int:
   return total
 
 
-def _peak_and_memory(kind: str, platform: str, opts) -> tuple[float, int]:
+def _peak_and_memory(kind: str, opts) -> tuple[float, int]:
+  """(peak FLOP/s, memory bytes) of a device kind from the tables (or plan.device_memory_gb)."""
   from olmo_jax import trainer
   peak = 0.0
   for key in sorted(trainer.PEAK_FLOPS, key=len, reverse=True):
@@ -212,7 +213,7 @@ def model_flops_per_token(cfg: ml_collections.ConfigDict) -> float:
 # ----------------------------------------------------------------------------- the plans
 
 
-def compiled_plan(compiled, abstract, shard, batch_abstract, cfg, mesh, *, source="compiled",
+def compiled_plan(compiled, abstract, shard, cfg, mesh, *, source="compiled",
                   kind: str, device_memory: int, peak: float) -> Plan:
   """The plan of a compiled train step from XLA's memory analysis."""
   ma = compiled.memory_analysis()
@@ -342,10 +343,10 @@ def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_f
   """
   import jax
   opts = plan_options(cfg)
-  compiled, batch = compile_step(train_step, abstract, mesh, cfg)
+  compiled, _ = compile_step(train_step, abstract, mesh, cfg)
   kind, mem = local_device_memory(opts)
-  peak = cfg.train.peak_flops_per_device or _peak_and_memory(kind, "", opts)[0]
-  plan = compiled_plan(compiled, abstract, shard, batch, cfg, mesh, kind=kind,
+  peak = cfg.train.peak_flops_per_device or _peak_and_memory(kind, opts)[0]
+  plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind,
                        device_memory=int(mem * opts.headroom), peak=peak)
   is_main = jax.process_index() == 0
   if dry_run or not plan.fits:
@@ -392,7 +393,7 @@ def dry_run(cfg, mcfg, tx, step_cfg, *, print_fn=print) -> Plan:
     return check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn,
                  dry_run=True)[1]
   kind = opts.device_kind or DEFAULT_KIND[platform]
-  peak, mem = _peak_and_memory(kind, platform, opts)
+  peak, mem = _peak_and_memory(kind, opts)
   peak = cfg.train.peak_flops_per_device or peak
   note = deviceless_note(platform)
   plan = analytic_plan(cfg, mcfg, tx, step_cfg, platform=platform, num_devices=devices,

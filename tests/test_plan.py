@@ -51,8 +51,8 @@ def test_analytic_estimate_matches_compiled_step(small_config, remat):
   mesh = sharding.make_mesh()
   abstract, shard = trainer.state_shardings(mesh, mcfg, tx)
   step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
-  compiled, batch = plan.compile_step(step, abstract, mesh, c)
-  got = plan.compiled_plan(compiled, abstract, shard, batch, c, mesh, kind="cpu",
+  compiled, _ = plan.compile_step(step, abstract, mesh, c)
+  got = plan.compiled_plan(compiled, abstract, shard, c, mesh, kind="cpu",
                            device_memory=0, peak=0)
   est = plan.analytic_plan(c, mcfg, tx, step_cfg, platform="cpu", num_devices=1, kind="cpu",
                            device_memory=0, peak=0)
