@@ -34,6 +34,7 @@ def get_config(size: str = "4M") -> ml_collections.ConfigDict:
       "mfu": 0.5,  # the MFU at which the plan states tokens/s
       "devices": 0,  # --dry_run for another topology: number of devices (0: those at hand)
       "platform": "auto",  # auto (the devices at hand) | cpu | gpu | tpu
+      "topology": "",  # deviceless compilation where JAX has the topology, e.g. TPU 'v5e:2x4'
       "device_kind": "",  # e.g. h100, a100, tpu v5p; '' = h100 for gpu, tpu v5p for tpu
       "device_memory_gb": 0.0,  # 0: from the device (CPU: available RAM / local devices)
   })

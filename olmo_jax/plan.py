@@ -52,8 +52,8 @@ EMBED_SHARE = 0.2
 def plan_options(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """cfg.plan with defaults (configs and checkpoints made before it existed have none)."""
   o = ml_collections.ConfigDict({"mfu": 0.5, "devices": 0, "platform": "auto",
-                                 "device_kind": "", "device_memory_gb": 0.0, "check": True,
-                                 "headroom": 0.9})
+                                 "topology": "", "device_kind": "", "device_memory_gb": 0.0,
+                                 "check": True, "headroom": 0.9})
   if "plan" in cfg:
     o.update(cfg.plan.to_dict())
   return o
@@ -335,18 +335,19 @@ def _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh):
 
 
 def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_fn=print,
-          dry_run: bool = False):
+          dry_run: bool = False, device: tuple[str, int] | None = None, source="compiled"):
   """Compiles the train step, computes its plan and returns the compiled step.
 
   Raises PlanError (before anything is allocated) when it does not fit and plan.check is on;
   with dry_run, prints the plan (and a warning when it does not fit) and returns None.
+  device: (kind, bytes per device) for a mesh of compile-only devices; default: the local ones.
   """
   import jax
   opts = plan_options(cfg)
   compiled, _ = compile_step(train_step, abstract, mesh, cfg)
-  kind, mem = local_device_memory(opts)
+  kind, mem = device or local_device_memory(opts)
   peak = cfg.train.peak_flops_per_device or _peak_and_memory(kind, opts)[0]
-  plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind,
+  plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind, source=source,
                        device_memory=int(mem * opts.headroom), peak=peak)
   is_main = jax.process_index() == 0
   if dry_run or not plan.fits:
@@ -392,10 +393,16 @@ def dry_run(cfg, mcfg, tx, step_cfg, *, print_fn=print) -> Plan:
     abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
     return check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn,
                  dry_run=True)[1]
+  mesh, note = deviceless_mesh(cfg, platform, devices, opts.topology)
+  if mesh is not None:
+    kind = mesh.devices.flat[0].device_kind.lower()
+    abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
+    return check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn,
+                 dry_run=True, device=(kind, _peak_and_memory(kind, opts)[1]),
+                 source="deviceless")[1]
   kind = opts.device_kind or DEFAULT_KIND[platform]
   peak, mem = _peak_and_memory(kind, opts)
   peak = cfg.train.peak_flops_per_device or peak
-  note = deviceless_note(platform)
   plan = analytic_plan(cfg, mcfg, tx, step_cfg, platform=platform, num_devices=devices,
                        kind=kind, device_memory=int(mem * opts.headroom), peak=peak, note=note)
   msg = plan.format()
@@ -408,16 +415,23 @@ def dry_run(cfg, mcfg, tx, step_cfg, *, print_fn=print) -> Plan:
   return plan
 
 
-def deviceless_note(platform: str) -> str:
-  """Why the plan is analytic: JAX has no deviceless topology for the platform here."""
+def deviceless_mesh(cfg, platform: str, devices: int, topology: str):
+  """(mesh of compile-only devices, "") where this JAX can compile for the topology without
+  its devices (jax.experimental.topologies; e.g. TPU with libtpu, `plan.topology=v5e:2x4`),
+  else (None, why the plan is analytic)."""
+  from jax.experimental import topologies
+
+  from olmo_jax import sharding
   try:
-    from jax.experimental import topologies
-    topologies.get_topology_desc(platform="cuda" if platform == "gpu" else platform,
-                                 topology_name="")
+    topo = topologies.get_topology_desc(topology_name=topology,
+                                        platform="cuda" if platform == "gpu" else platform)
+    if len(topo.devices) != devices:
+      raise ValueError(f"topology {topology!r} has {len(topo.devices)} devices, not "
+                       f"plan.devices={devices}")
+    shape = sharding.mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
+    return topologies.make_mesh(topo, shape, sharding.MESH_AXES), ""
   except Exception as e:  # the reason is the message: no plugin/topology for the platform
     why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-    return (f"analytic estimate: this JAX install cannot compile for {platform} without its "
-            f"devices ({why}); activations from the remat preset, checked against compiled "
-            f"figures on CPU")
-  return ("analytic estimate; deviceless compilation for this topology is not wired up, "
-          "activations from the remat preset")
+    return None, (f"analytic estimate: this JAX install cannot compile for {platform} without "
+                  f"its devices ({why}); activations from the remat preset, checked against "
+                  f"compiled figures on CPU")
