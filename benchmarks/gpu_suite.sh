@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_results}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
+# The XLA/NCCL GPU settings of the launch scripts, so the figures are what a launched run gets.
+source scripts/xla_gpu_flags.sh && olmo_gpu_env
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PWD"
@@ -25,3 +27,8 @@ echo "model tests rc=$?" | tee -a "$OUT/suite.log"
 timeout 300 python3 benchmarks/bench_train_gpu.py --sizes 150M 530M 1B --steps 8 \
   --out "$OUT/train_gpu.jsonl" 2>&1 | tee -a "$OUT/suite.log"
 echo "bench rc=${PIPESTATUS[0]}" | tee -a "$OUT/suite.log"
+# 3. The ahead-of-time plan of the 1B step compiled for this GPU (memory per device from XLA,
+#    tokens/s at 50% MFU); the 8 x 80 GB plan is analytic and runs anywhere (README).
+timeout 60 python3 -m olmo_jax.train --config configs/train.py:1B --dry_run \
+  --config.train.microbatch_size=8 > "$OUT/plan.log" 2>&1
+echo "plan rc=$?" | tee -a "$OUT/suite.log"

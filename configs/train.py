@@ -34,4 +34,14 @@ def get_config(size: str = "4M") -> ml_collections.ConfigDict:
       "every": 0,  # steps between in-loop evaluations; 0: off
       "batches": 4,  # held-out batches for the in-loop loss
   })
+  c.plan = ml_collections.ConfigDict({  # ahead-of-time plan (--dry_run; checked by every run)
+      "check": True,  # stop before training when the compiled step does not fit the devices
+      "headroom": 0.9,  # fraction of device memory the plan may use
+      "mfu": 0.5,  # the MFU at which the plan states tokens/s
+      "devices": 0,  # --dry_run for another topology: number of devices (0: those at hand)
+      "platform": "auto",  # auto (the devices at hand) | cpu | gpu | tpu
+      "topology": "",  # deviceless compilation where JAX has the topology, e.g. TPU 'v5e:2x4'
+      "device_kind": "",  # e.g. h100, a100, tpu v5p; '' = h100 for gpu, tpu v5p for tpu
+      "device_memory_gb": 0.0,  # 0: from the device (CPU: available RAM / local devices)
+  })
   return c

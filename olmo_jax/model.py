@@ -35,12 +35,16 @@ from olmo_jax.kernels.cpu import (  # noqa: F401 (they keep their model.* names)
     swiglu_mlp,
     weight_grad,
 )
+from olmo_jax.sharding import constrain
 
 VARIANTS = tuple(params_lib.VARIANTS)  # the built-in variants (tables in params.py)
 REMAT_POLICIES = ("none", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_qkv_proj",
                   "full")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Logical axes of activations (sharding.RULES maps them onto the mesh).
+EMBED, HEADS, MLP = ("batch", "length", "embed"), ("batch", "length", "heads", "head_dim"), \
+    ("batch", "length", "mlp")
 
 
 def _execution(default):
@@ -276,16 +280,18 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
       q, k, v = (jnp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
     if spec.qk_norm:  # over the full projection, before heads and RoPE
       q, k = norm(q, "q_norm"), norm(k, "k_norm")
-    q_BxLxHxK = apply_rope(q.reshape(B, L, H, K), cos_LxK, sin_LxK)
-    k_BxLxHxK = apply_rope(k.reshape(B, L, H, K), cos_LxK, sin_LxK)
-    v_BxLxHxK = v.reshape(B, L, H, K)
-    o_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention, fuse)
+    q_BxLxHxK = constrain(apply_rope(q.reshape(B, L, H, K), cos_LxK, sin_LxK), HEADS)
+    k_BxLxHxK = constrain(apply_rope(k.reshape(B, L, H, K), cos_LxK, sin_LxK), HEADS)
+    v_BxLxHxK = constrain(v.reshape(B, L, H, K), HEADS)
+    o_BxLxHxK = constrain(attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention, fuse),
+                          HEADS)
     return _tag(matmul(o_BxLxHxK.reshape(B, L, D), w["wo"]), "out_proj")
 
   def mlp(h_BxLxD):
     if fuse:
       return cpu_kernels.swiglu_mlp(h_BxLxD, w["w_up"], w["w_gate"], w["w_down"])
     up_BxLxF, gate_BxLxF = project(h_BxLxD, ("w_up", "w_gate"))
+    up_BxLxF, gate_BxLxF = constrain(up_BxLxF, MLP), constrain(gate_BxLxF, MLP)
     return (jax.nn.silu(gate_BxLxF) * up_BxLxF) @ w["w_down"]
 
   if spec.norm_after:
@@ -326,11 +332,12 @@ def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
     raise ValueError(f"sequence length {L} exceeds model.max_seq_len={cfg.max_seq_len}")
   dt = cfg.compute_dtype
   x_BxLxD = jnp.take(params["embed"], input_ids_BxL, axis=0).astype(dt)
+  x_BxLxD = constrain(x_BxLxD, EMBED)
   cos_LxK, sin_LxK = rope_tables(L, cfg.head_dim, cfg.theta)
   blocks = params["blocks"]
 
   def body(x, layer):
-    return block_forward(cfg, x, layer, cos_LxK, sin_LxK), None
+    return constrain(block_forward(cfg, x, layer, cos_LxK, sin_LxK), EMBED), None
 
   if cfg.remat != "none":
     body = jax.checkpoint(body, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
@@ -346,7 +353,8 @@ def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
   if dt == jnp.float16 and cfg.on_cpu:
     # XLA:CPU has no f16 x f16 -> f32 dot; the f32 product of the f16 values is the same.
     x_BxLxD, head_DxV = x_BxLxD.astype(jnp.float32), head_DxV.astype(jnp.float32)
-  return jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV, preferred_element_type=jnp.float32)
+  logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV, preferred_element_type=jnp.float32)
+  return constrain(logits_BxLxV, ("batch", "length", "vocab"))
 
 
 def param_axes(model: OLMo) -> dict[str, Any]:

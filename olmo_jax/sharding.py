@@ -1,7 +1,12 @@
 """THE table of logical axis -> mesh axis rules, and mesh construction.
 
-Every parameter and batch array carries logical axis names (see model.py); this module is
-the only place that says how those names map onto the device mesh ('data', 'fsdp', 'tensor').
+Every parameter, batch array and named activation carries logical axis names (see model.py);
+this module is the only place that says how those names map onto the device mesh ('data',
+'fsdp', 'tensor'). A mesh axis is used once per array, first come first served: activations
+[batch, length, embed] put the batch on (data, fsdp), so their embed dim (fsdp for params)
+stays whole, while heads, MLP and vocab activations split over 'tensor' like their weights.
+Activations are constrained with `constrain(x, axes)` while a mesh is set
+(`activation_mesh(mesh)`, which the planned compile of the train step enters).
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ RULES: dict[str, Any] = {
     "mlp": "tensor",
     "layers": None,
     "norm": None,
+    "heads": "tensor",  # activations [B, L, H, K]
+    "head_dim": None,
 }
+
+_WARNED: set = set()
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
@@ -65,13 +74,16 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
 
 
 def spec_for(axes: Sequence[str | None], shape: Sequence[int] | None = None,
-             mesh: Mesh | None = None) -> P:
-  """PartitionSpec for logical axes; a dim the mesh axis does not divide is replicated."""
+             mesh: Mesh | None = None, name: str = "") -> P:
+  """PartitionSpec for logical axes.
+
+  A dim its mesh axes do not divide is replicated, with a warning naming `name` (once).
+  """
   out, used = [], set()
-  for i, name in enumerate(axes):
-    if name is not None and name not in RULES:
-      raise KeyError(f"logical axis {name!r} has no rule in sharding.RULES")
-    target = RULES.get(name) if name is not None else None
+  for i, axis in enumerate(axes):
+    if axis is not None and axis not in RULES:
+      raise KeyError(f"logical axis {axis!r} has no rule in sharding.RULES")
+    target = RULES.get(axis) if axis is not None else None
     targets = (target,) if isinstance(target, str) else tuple(target or ())
     targets = tuple(t for t in targets if t not in used)
     if mesh is not None:
@@ -79,8 +91,11 @@ def spec_for(axes: Sequence[str | None], shape: Sequence[int] | None = None,
       if shape is not None and targets:
         size = math.prod(mesh.shape[t] for t in targets)
         if shape[i] % size:
-          logging.info("replicating dim %d (%s, size %d): not divisible by %s", i, name,
-                       shape[i], targets)
+          msg = (f"sharding: {name or 'array'} dim {i} ({axis}, size {shape[i]}) is not "
+                 f"divisible by mesh {'x'.join(targets)}={size}: replicated over it")
+          if msg not in _WARNED:
+            _WARNED.add(msg)
+            logging.warning(msg)
           targets = ()
     used.update(targets)
     out.append(targets[0] if len(targets) == 1 else (targets or None))
@@ -90,8 +105,10 @@ def spec_for(axes: Sequence[str | None], shape: Sequence[int] | None = None,
 def tree_shardings(mesh: Mesh, axes_tree, shapes_tree) -> Any:
   """NamedShardings for a tree of logical-axes tuples with a matching tree of shapes."""
   is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
-  return jax.tree.map(
-      lambda axes, s: NamedSharding(mesh, spec_for(axes, s.shape, mesh)),
+  return jax.tree_util.tree_map_with_path(
+      lambda path, axes, s: NamedSharding(
+          mesh, spec_for(axes, s.shape, mesh, name=jax.tree_util.keystr(path, simple=True,
+                                                                        separator="/"))),
       axes_tree, shapes_tree, is_leaf=is_axes)
 
 
@@ -102,3 +119,24 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def activation_mesh(mesh):
+  """`with activation_mesh(mesh):` code traced inside sees `mesh`, and `constrain` applies.
+
+  (jax.set_mesh: it takes effect when called, so always use it in a `with` statement.)
+  """
+  return jax.set_mesh(mesh)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], name: str = "") -> jax.Array:
+  """x constrained to the sharding the rules give its logical axes; a no-op without a mesh.
+
+  Use inside traced model code: under `activation_mesh(mesh)` it is
+  jax.lax.with_sharding_constraint(x, spec); outside it (single device, eager) it returns x.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return x
+  spec = spec_for(axes, x.shape, mesh, name=name or "activation " + "/".join(map(str, axes)))
+  return jax.lax.with_sharding_constraint(x, spec)

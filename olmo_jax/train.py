@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from olmo_jax import cli
+from olmo_jax import cli, distributed
 from olmo_jax import config as config_lib
 from olmo_jax import workdir as workdir_lib
 from olmo_jax.cli import translate_aliases  # noqa: F401  (public name)
@@ -30,26 +30,33 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None, *,
-        print_fn=print, extra_callbacks=()) -> Any:
+        print_fn=print, extra_callbacks=(), dry_run: bool = False) -> Any:
   """Trains (or resumes) per `config` in `workdir`; returns the trainer's LoopResult.
 
   extra_callbacks: trainer.Hook objects, or plain `fn(step, state) -> metrics | None`
   called after every step (in-loop evaluation, orchestration).
+  dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
   """
   cfg = build_config(config)
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
   from data_pipeline import mixture
+  schedule, tx = build_optimizer(cfg)
+  step_cfg = build_step_config(cfg, schedule)
+  if dry_run:
+    from olmo_jax import plan
+    return plan.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
   say(mixture.describe(cfg.data))  # the sources and tokens this run trains on
   mesh = build_mesh(cfg)
-  schedule, tx = build_optimizer(cfg)
+  abstract, shard = build_layout(cfg, mesh, tx)
+  # Compiled once, before anything is allocated or written: stops here when it cannot fit.
+  train_step = build_step(cfg, mesh, tx, step_cfg, abstract, shard, print_fn)
   check_workdir(cfg, workdir, say)  # before anything is written
   write_run_config(cfg, workdir, mesh, say)
   checkpointer = build_checkpointer(cfg, workdir)
-  abstract, shard = build_layout(cfg, mesh, tx)
   state, data_state = build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say)
   data_iter = build_data(cfg, data_state)
-  train_step, policy = build_step(cfg, mesh, tx, schedule, shard)
+  policy = step_cfg.policy
   hooks = build_hooks(cfg, mesh, checkpointer, data_iter, extra_callbacks)
   logger, log_hook = build_logging(cfg, mesh, workdir)
   try:
@@ -214,17 +221,25 @@ def build_data(cfg, data_state=None):
   return data_iter
 
 
-def build_step(cfg, mesh, tx, schedule, shard):
-  """(jitted train step, its UpdatePolicy)."""
+def build_step_config(cfg, schedule):
+  """The StepConfig (microbatches, loss, UpdatePolicy, lr schedule) of a resolved config."""
   from olmo_jax import trainer
   t, mcfg = cfg.train, config_lib.model_config(cfg)
   policy = trainer.UpdatePolicy(nonfinite=t.nan_policy, loss_scaling=mcfg.dtype == "float16")
-  step_cfg = trainer.StepConfig(
+  return trainer.StepConfig(
       microbatches=t.batch_size // t.microbatch_size, z_loss=t.z_loss,
       loss_chunk_tokens=(0 if t.loss_impl == "dense"
                          else t.loss_chunk_tokens or trainer.default_loss_chunk()),
       policy=policy, lr_schedule=schedule)
-  return trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard), policy
+
+
+def build_step(cfg, mesh, tx, step_cfg, abstract, shard, print_fn=print):
+  """The jitted train step, compiled ahead of time against the plan (olmo_jax/plan.py): a
+  step that cannot fit the devices stops here, with the settings that would fit."""
+  from olmo_jax import plan, trainer
+  mcfg = config_lib.model_config(cfg)
+  step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
+  return plan.check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn)[0]
 
 
 def build_hooks(cfg, mesh, checkpointer, data_iter, extra_callbacks=()) -> list:
@@ -299,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     "picks the file, --config.<field>=<value> overrides.",
                                     sys_argv=rest)
     flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
+    flags.DEFINE_bool("dry_run", False, "Print the plan (memory per device, FLOPs, tokens/s) "
+                      "from the compiled train step, without training.")
+    distributed.define_flags()
     extra = flags.FLAGS(rest)[1:]
     if extra:
       raise ValueError(f"unexpected argument {extra[0]!r} (flags take --name=value)")
@@ -307,7 +325,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   FLAGS = flags.FLAGS
   workdir = FLAGS.workdir
-  lock = workdir_lib.WorkdirLock(workdir) if workdir else None
+  try:
+    setup = distributed.initialize_from_flags(FLAGS)  # before anything touches a device
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  # One trainer per workdir: process 0 of a run holds the lock for all its processes.
+  lock = (workdir_lib.WorkdirLock(workdir)
+          if workdir and not FLAGS.dry_run and distributed.is_first_process(setup) else None)
   try:
     took_over = lock.acquire() if lock else None
   except (OSError, workdir_lib.WorkdirBusyError) as e:
@@ -322,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.warning(took_over)
   details = f" (details: {log_file})" if log_file else ""
   try:
-    run(FLAGS.config, workdir)
+    run(FLAGS.config, workdir, dry_run=FLAGS.dry_run)
   except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
     logging.error("bad input", exc_info=True, extra={"file_only": True})
     print(f"error: {e}", file=sys.stderr)

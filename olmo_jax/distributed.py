@@ -1,0 +1,152 @@
+"""Multi-process start-up: one `initialize()` for TPU pods, SLURM, explicit flags and one host.
+
+Every process of a multi-host run calls `initialize()` before anything touches a device; JAX's
+own distributed runtime (jax.distributed) then joins the processes, and the mesh spans the
+devices of all of them. Which cluster we are in is decided once, in this order:
+
+  explicit   --coordinator HOST:PORT --num_processes N --process_id I (any platform, CPU too)
+  SLURM      SLURM_JOB_ID with SLURM_NTASKS > 1: coordinator = first node of the step's node
+             list, process = SLURM_PROCID. One task per node sees all the node's GPUs; several
+             tasks per node get one GPU each (SLURM_LOCALID), unless srun already bound one GPU
+             per task (CUDA_VISIBLE_DEVICES names a single device).
+  TPU pod    libtpu installed and TPU chips present: jax.distributed.initialize() auto-detects
+             the slice's workers from the TPU metadata (a single-host slice is fine too).
+  one host   nothing to do.
+
+JAX's own SLURM detection always pins one GPU per process, which is wrong for one task per
+node; that is why SLURM is read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import importlib.util
+import logging
+import os
+import re
+from typing import Mapping
+
+DEFAULT_SLURM_PORT_BASE = 61440  # ports 61440-65535, picked from the job id as JAX does
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """How this process joins the run (kind 'single' means no jax.distributed at all)."""
+
+  kind: str  # explicit | slurm | tpu | single
+  coordinator: str | None = None
+  num_processes: int = 1
+  process_id: int = 0
+  local_device_ids: tuple[int, ...] | None = None
+
+
+def first_slurm_host(nodelist: str) -> str:
+  """First host of a SLURM node list: 'gpu[003-005,9],cpu1' -> 'gpu003'."""
+  m = re.match(r"([^,\[]*)(?:\[([^\]]*)\])?", nodelist.strip())
+  if not m or not (m.group(1) or m.group(2)):
+    raise ValueError(f"cannot read the SLURM node list {nodelist!r}")
+  prefix, ranges = m.group(1), m.group(2)
+  if ranges is None:
+    return prefix
+  return prefix + re.split(r"[-,]", ranges, maxsplit=1)[0]
+
+
+def _int_env(env: Mapping[str, str], *names: str) -> int | None:
+  for n in names:
+    if env.get(n, "").strip():
+      return int(re.match(r"\d+", env[n].strip()).group(0))
+  return None
+
+
+def _tpu_present() -> bool:
+  return (importlib.util.find_spec("libtpu") is not None
+          and bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
+
+
+def detect(coordinator: str | None = None, num_processes: int | None = None,
+           process_id: int | None = None, env: Mapping[str, str] | None = None,
+           tpu: bool | None = None) -> Setup:
+  """The Setup for explicit arguments, else the environment; ValueError names a bad flag."""
+  env = os.environ if env is None else env
+  given = {"--coordinator": coordinator, "--num_processes": num_processes,
+           "--process_id": process_id}
+  if any(v is not None for v in given.values()):
+    missing = [k for k, v in given.items() if v is None]
+    if missing and not (num_processes == 1 and coordinator is None):
+      raise ValueError(f"multi-process flags go together: also pass {' '.join(missing)} "
+                       "(same --coordinator and --num_processes on every process)")
+    if num_processes is not None and num_processes < 1:
+      raise ValueError(f"--num_processes={num_processes} must be >= 1")
+    if num_processes == 1:
+      return Setup("single")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"--process_id={process_id} must be in [0, {num_processes})")
+    if not re.fullmatch(r"[^\s:]+:\d+", coordinator):
+      raise ValueError(f"--coordinator={coordinator!r} must be HOST:PORT, e.g. 10.0.0.1:1234")
+    return Setup("explicit", coordinator, num_processes, process_id)
+  ntasks = _int_env(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+  if env.get("SLURM_JOB_ID") and ntasks and ntasks > 1 and "SLURM_PROCID" in env:
+    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
+    port = env.get("JAX_COORDINATOR_PORT") or str(
+        DEFAULT_SLURM_PORT_BASE + int(env["SLURM_JOB_ID"]) % 4096)
+    nodes = _int_env(env, "SLURM_STEP_NUM_NODES", "SLURM_JOB_NUM_NODES", "SLURM_NNODES") or 1
+    local = None
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if ntasks > nodes and len(visible) != 1:  # several tasks per node: one GPU each
+      local = (int(env.get("SLURM_LOCALID", "0")),)
+    return Setup("slurm", f"{first_slurm_host(nodelist)}:{port}", ntasks,
+                 int(env["SLURM_PROCID"]), local)
+  if tpu if tpu is not None else _tpu_present():
+    return Setup("tpu")
+  return Setup("single")
+
+
+_done: Setup | None = None
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> Setup:
+  """Joins this process to the run (see the module docstring); a no-op on one host.
+
+  Must run before the first JAX computation or device query. Safe to call twice.
+  """
+  global _done
+  if _done is not None:
+    return _done
+  setup = detect(coordinator, num_processes, process_id)
+  if setup.kind != "single":
+    import jax
+    if setup.kind == "tpu":
+      jax.distributed.initialize()
+    else:
+      jax.distributed.initialize(setup.coordinator, num_processes=setup.num_processes,
+                                 process_id=setup.process_id,
+                                 local_device_ids=setup.local_device_ids)
+    logging.info("jax.distributed (%s): process %d of %d, %d local devices", setup.kind,
+                 jax.process_index(), jax.process_count(), jax.local_device_count())
+  _done = setup
+  return setup
+
+
+def is_first_process(setup: Setup) -> bool:
+  """Whether this is process 0 of the run (after `initialize`)."""
+  if setup.kind == "single":
+    return True
+  if setup.kind == "tpu":  # the pod's own metadata numbers the processes
+    import jax
+    return jax.process_index() == 0
+  return setup.process_id == 0
+
+
+def define_flags() -> None:
+  """The absl flags --coordinator, --num_processes, --process_id (for `initialize_from_flags`)."""
+  from absl import flags
+  flags.DEFINE_string("coordinator", None, "Multi-process: HOST:PORT of process 0's "
+                      "coordinator (with --num_processes and --process_id).")
+  flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+
+
+def initialize_from_flags(flag_values) -> Setup:
+  return initialize(flag_values.coordinator, flag_values.num_processes, flag_values.process_id)

@@ -1,0 +1,437 @@
+"""Ahead-of-time plan of a training run: memory per device, FLOPs, tokens/s, and whether it fits.
+
+`python -m olmo_jax.train ... --dry_run` prints the plan without training; a normal run checks
+the same plan first and stops before allocating anything when it cannot fit, printing the plan
+and settings that would fit (instead of an allocator error halfway through the first step).
+
+Where the figures come from:
+  compiled   the train step is lowered and compiled over the abstract state (jax.eval_shape;
+             nothing is allocated) for the devices at hand, and XLA's memory analysis of the
+             compiled step gives the argument, output and temporary bytes per device. The normal
+             run then trains with that very executable (compiled once).
+  deviceless for another topology (`plan.devices`/`plan.platform`), JAX's deviceless
+             compilation where the installed JAX has a topology for that platform
+             (jax.experimental.topologies, e.g. TPU with libtpu).
+  analytic   otherwise: params and optimizer state exact from the sharding rules (on an
+             AbstractMesh), activations from the remat preset's saved tensors per layer; the
+             tests pin this estimate against the compiled figures on the devices at hand.
+
+All byte counts are per device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import ml_collections
+
+GIB = 1024 ** 3
+
+# Device memory (GB) and dense bf16 peak FLOP/s by device kind, for topologies not at hand.
+DEVICE_MEMORY_GB = {"h200": 141, "h100": 80, "a100": 80, "a10": 24, "l4": 24, "tpu v4": 32,
+                    "tpu v5 lite": 16, "tpu v5e": 16, "tpu v5p": 95, "tpu v6e": 32}
+DEFAULT_KIND = {"gpu": "h100", "tpu": "tpu v5p", "cpu": "cpu"}
+PLATFORMS = ("auto", "cpu", "gpu", "tpu")
+
+# Activation bytes kept per token and layer for the backward pass, in units of d_model values
+# of the compute dtype, by remat preset: the layer input always, then (by policy) the
+# projections, attention output and the MLP's [up | gate]. Fitted to XLA's compiled memory
+# analysis of the CPU step (float32, blocked attention); tests/test_plan.py pins the estimate
+# against the compiled figures.
+SAVED_PER_LAYER = {"none": 24.4, "dots_saveable": 15.5, "dots_with_no_batch_dims_saveable": 15.0,
+                   "save_qkv_proj": 7.1, "full": 3.0}
+# Live temporaries outside the saved activations (one layer's recompute and gradients, the
+# loss's hidden-state gradient), same units.
+WORKING_SET = 28.0
+# Share of a layer's saved activations as wide as d_model (not split by tensor parallelism).
+EMBED_SHARE = 0.2
+
+
+def plan_options(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """cfg.plan with defaults (configs and checkpoints made before it existed have none)."""
+  o = ml_collections.ConfigDict({"mfu": 0.5, "devices": 0, "platform": "auto",
+                                 "topology": "", "device_kind": "", "device_memory_gb": 0.0,
+                                 "check": True, "headroom": 0.9})
+  if "plan" in cfg:
+    o.update(cfg.plan.to_dict())
+  return o
+
+
+class PlanError(ValueError):
+  """The run cannot fit its devices; the message holds the plan and what would fit."""
+
+
+@dataclasses.dataclass
+class Plan:
+  """Per-device memory and speed figures of one train step."""
+
+  source: str  # compiled | deviceless | analytic
+  platform: str
+  device_kind: str
+  num_devices: int
+  mesh: dict
+  params: int  # bytes of the params shard
+  opt_state: int  # bytes of the optimizer state shard
+  activations: int  # temporaries of the step: activations, gradients, update buffers
+  other: int  # batch, step counter, rng, outputs not aliased to inputs
+  device_memory: int  # bytes available to the run on one device (0: unknown)
+  flops_per_step: float  # model FLOPs per device per step (6N + attention)
+  tokens_per_step: int  # global
+  peak_flops: float  # per device, 0: unknown
+  mfu: float
+  note: str = ""
+
+  @property
+  def total(self) -> int:
+    return self.params + self.opt_state + self.activations + self.other
+
+  @property
+  def fits(self) -> bool:
+    return not self.device_memory or self.total <= self.device_memory
+
+  @property
+  def tokens_per_s(self) -> float:
+    if not self.peak_flops:
+      return 0.0
+    return self.mfu * self.peak_flops * self.tokens_per_step / self.flops_per_step
+
+  def format(self) -> str:
+    g = lambda b: f"{b / GIB:,.2f} GiB" if b >= GIB else f"{b / 2**20:,.1f} MiB"
+    lines = [
+        f"plan ({self.source}) for {self.num_devices} x {self.device_kind} ({self.platform}), "
+        f"mesh {self.mesh}:",
+        f"  params          {g(self.params)} per device",
+        f"  optimizer state {g(self.opt_state)}",
+        f"  activations and temporaries {g(self.activations)}",
+        f"  other (batch, outputs) {g(self.other)}",
+        f"  total           {g(self.total)} of "
+        + (g(self.device_memory) if self.device_memory else "unknown") + " device memory"
+        + ("" if self.fits else "  -> DOES NOT FIT"),
+        f"  FLOPs per step  {self.flops_per_step:.3e} per device (6N + attention), "
+        f"{self.tokens_per_step:,} tokens per step",
+    ]
+    if self.peak_flops:
+      lines.append(f"  at {100 * self.mfu:.0f}% MFU of {self.peak_flops / 1e12:,.0f} TFLOP/s: "
+                   f"{self.tokens_per_s:,.0f} tokens/s, "
+                   f"{self.tokens_per_s / self.tokens_per_step:.3f} steps/s")
+    else:
+      lines.append(f"  no peak FLOP/s known for {self.device_kind}: set "
+                   "train.peak_flops_per_device for a tokens/s figure")
+    if self.note:
+      lines.append(f"  note: {self.note}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def _shard_bytes(abstract_tree, shard_tree) -> int:
+  import jax
+  total = 0
+  for a, s in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shard_tree)):
+    total += math.prod(s.shard_shape(a.shape)) * a.dtype.itemsize
+  return total
+
+
+def _peak_and_memory(kind: str, opts) -> tuple[float, int]:
+  """(peak FLOP/s, memory bytes) of a device kind from the tables (or plan.device_memory_gb)."""
+  from olmo_jax import trainer
+  peak = 0.0
+  for key in sorted(trainer.PEAK_FLOPS, key=len, reverse=True):
+    if key in kind:
+      peak = trainer.PEAK_FLOPS[key]
+      break
+  mem = int(opts.device_memory_gb * 1e9)
+  if not mem:
+    for key in sorted(DEVICE_MEMORY_GB, key=len, reverse=True):
+      if key in kind:
+        mem = int(DEVICE_MEMORY_GB[key] * 1e9)
+        break
+  return peak, mem
+
+
+def host_memory_per_device() -> int:
+  """CPU: the host's available memory shared by its local (possibly fake) devices."""
+  import jax
+  avail = 0
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          avail = int(line.split()[1]) * 1024
+  except OSError:
+    return 0
+  return avail // max(1, jax.local_device_count())
+
+
+def local_device_memory(opts) -> tuple[str, int]:
+  """(device kind, usable bytes per device) of the devices at hand."""
+  import jax
+  d = jax.local_devices()[0]
+  if opts.device_memory_gb:
+    return d.device_kind.lower(), int(opts.device_memory_gb * 1e9)
+  if d.platform == "cpu":
+    return "cpu", host_memory_per_device()
+  stats = d.memory_stats() or {}
+  return d.device_kind.lower(), int(stats.get("bytes_limit", 0))
+
+
+def activation_estimate(mcfg, *, tokens: int, seq_len: int, micro_batch: int, platform: str,
+                        param_bytes: int, vocab: int, loss_chunk: int, tensor: int = 1) -> int:
+  """Analytic bytes of the step's temporaries per device (see SAVED_PER_LAYER).
+
+  tokens: tokens of one microbatch on one device; param_bytes: float32 params shard.
+  """
+  s = 2 if mcfg.dtype in ("bfloat16", "float16") else 4
+  unit = tokens * mcfg.d_model * s
+  tp = EMBED_SHARE + (1 - EMBED_SHARE) / tensor  # heads and MLP are split over `tensor`
+  saved = mcfg.n_layers * SAVED_PER_LAYER[mcfg.remat] * unit * tp
+  work = WORKING_SET * unit * tp
+  attn = 0
+  impl = mcfg.attention
+  if impl == "auto":
+    impl = "blocked" if platform == "cpu" else "cudnn" if platform == "gpu" else "xla"
+  if impl == "xla":  # full [B, H, L, L] probabilities, kept per layer unless recomputed
+    probs = micro_batch * mcfg.n_heads * seq_len * seq_len * s // tensor
+    attn = probs * (2 + (mcfg.n_layers if mcfg.remat in ("none", "dots_saveable") else 0))
+  elif impl == "blocked":  # one block of float32 scores at a time
+    block = max(64, seq_len // 16)
+    attn = 3 * micro_batch * mcfg.n_heads * block * seq_len * 4 // tensor
+  chunk = min(loss_chunk or tokens, tokens)
+  loss = (chunk * vocab * 4 + mcfg.d_model * vocab * 4) // tensor  # logits chunk, head grad
+  return int(saved + work + attn + loss + param_bytes)  # + the gradient tree
+
+
+def model_flops_per_token(cfg: ml_collections.ConfigDict) -> float:
+  from olmo_jax import sizes
+  return sizes.flops_per_token(cfg.model.d_model, cfg.model.n_layers, cfg.train.seq_len,
+                               cfg.derived.non_embedding_params)
+
+
+# ----------------------------------------------------------------------------- the plans
+
+
+def compiled_plan(compiled, abstract, shard, cfg, mesh, *, source="compiled",
+                  kind: str, device_memory: int, peak: float) -> Plan:
+  """The plan of a compiled train step from XLA's memory analysis."""
+  ma = compiled.memory_analysis()
+  params = _shard_bytes(abstract["params"], shard["params"])
+  opt = _shard_bytes(abstract["opt_state"], shard["opt_state"])
+  temp = int(ma.temp_size_in_bytes)
+  other = int(ma.argument_size_in_bytes) - params - opt + int(ma.output_size_in_bytes) \
+      - int(ma.alias_size_in_bytes)
+  n = mesh.devices.size
+  opts = plan_options(cfg)
+  return Plan(source, mesh.devices.flat[0].platform, kind, n, dict(mesh.shape), params, opt,
+              temp, max(other, 0), device_memory,
+              model_flops_per_token(cfg) * cfg.derived.tokens_per_step / n,
+              cfg.derived.tokens_per_step, peak, opts.mfu)
+
+
+@functools.lru_cache(maxsize=64)
+def _state_bytes(mcfg, tx, loss_scaling: bool, shape: tuple[int, int, int]) -> tuple[int, int]:
+  """(params, optimizer state) bytes per device on an AbstractMesh of `shape`."""
+  from jax.sharding import AbstractMesh
+
+  from olmo_jax import sharding, trainer
+  mesh = AbstractMesh(shape, sharding.MESH_AXES)
+  abstract, shard = trainer.state_shardings(mesh, mcfg, tx, loss_scaling)
+  return (_shard_bytes(abstract["params"], shard["params"]),
+          _shard_bytes(abstract["opt_state"], shard["opt_state"]))
+
+
+def analytic_plan(cfg, mcfg, tx, step_cfg, *, platform: str, num_devices: int, kind: str,
+                  device_memory: int, peak: float, note: str = "") -> Plan:
+  """The analytic plan on an AbstractMesh of `num_devices` (no devices needed)."""
+  from olmo_jax import sharding
+  t, m = cfg.train, cfg.mesh
+  shape = sharding.mesh_shape(m.data, m.fsdp, m.tensor, num_devices)
+  params, opt = _state_bytes(dataclasses.replace(mcfg, remat="none"), tx,
+                             step_cfg.policy.loss_scaling, shape)
+  batch_shards = shape[0] * shape[1]
+  micro_rows = max(1, t.microbatch_size // batch_shards)
+  acts = activation_estimate(
+      mcfg, tokens=micro_rows * t.seq_len, seq_len=t.seq_len, micro_batch=micro_rows,
+      platform=platform, param_bytes=params, vocab=mcfg.embedding_size,
+      loss_chunk=step_cfg.loss_chunk_tokens, tensor=shape[2])
+  if step_cfg.microbatches > 1:
+    acts += params  # the gradient accumulator
+  batch = (t.batch_size // batch_shards) * (t.seq_len + 1) * 4
+  return Plan("analytic", platform, kind, num_devices, dict(zip(sharding.MESH_AXES, shape)),
+              params, opt, acts, batch, device_memory,
+              model_flops_per_token(cfg) * cfg.derived.tokens_per_step / num_devices,
+              cfg.derived.tokens_per_step, peak, plan_options(cfg).mfu, note)
+
+
+def compile_step(train_step, abstract, mesh, cfg):
+  """Lowers and compiles the train step over abstract state and batch (nothing allocated).
+
+  Traced under the mesh, so activations take the shardings of sharding.RULES.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from olmo_jax import sharding
+  t = cfg.train
+  batch = {"input_ids": jax.ShapeDtypeStruct((t.batch_size, t.seq_len + 1), jnp.int32,
+                                             sharding=sharding.batch_sharding(mesh))}
+  with sharding.activation_mesh(mesh):  # the model's activation constraints see the mesh
+    return train_step.lower(abstract, batch).compile(), batch
+
+
+def suggestions(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[str]:
+  """Settings under which the analytic plan (scaled to agree with `plan`) fits the device.
+
+  Searches the fewest devices first (these, then 2x, 4x, ... with mesh.fsdp=-1), and for each
+  the remat presets with the largest microbatch that fits; returns up to three options.
+  """
+  t = cfg.train
+  if not plan.device_memory:
+    return []
+  presets = [mcfg.remat] + [r for r in ("dots_with_no_batch_dims_saveable", "save_qkv_proj",
+                                        "full") if r != mcfg.remat]
+  counts = [plan.num_devices] + [plan.num_devices * 2 ** k for k in range(1, 11)]
+  for devices in counts:
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    if devices != plan.num_devices:
+      c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+      m = {"data": 1, "fsdp": devices, "tensor": 1}
+    else:
+      m = plan.mesh
+    batch_shards = m["data"] * m["fsdp"]
+    out, best = [], 0
+    for remat in presets:
+      mc = dataclasses.replace(mcfg, remat=remat)
+      mb = t.microbatch_size
+      while mb > best and mb % batch_shards == 0:
+        c.train.microbatch_size = mb
+        sc = dataclasses.replace(step_cfg, microbatches=t.batch_size // mb)
+        p = analytic_plan(c, mc, tx, sc, platform=plan.platform, num_devices=devices,
+                          kind=plan.device_kind, device_memory=0, peak=0)
+        if p.params + p.opt_state + p.other + p.activations * scale <= plan.device_memory:
+          best = mb
+          flags = ([f"{devices} devices (mesh.fsdp=-1)"] if devices != plan.num_devices else [])
+          if mb != t.microbatch_size:
+            flags.append(f"--config.train.microbatch_size={mb}")
+          if remat != mcfg.remat:
+            flags.append(f"--config.model.remat={remat}")
+          out.append(" ".join(flags))
+          break
+        nxt = mb // 2
+        while nxt and t.batch_size % nxt:
+          nxt -= 1
+        mb = nxt
+    if out:
+      return out[:3]
+  return []
+
+
+def _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh):
+  from olmo_jax import trainer
+  abstract, shard = trainer.state_shardings(mesh, mcfg, tx, step_cfg.policy.loss_scaling)
+  return abstract, shard, trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
+
+
+def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_fn=print,
+          dry_run: bool = False, device: tuple[str, int] | None = None, source="compiled"):
+  """Compiles the train step, computes its plan and returns the compiled step.
+
+  Raises PlanError (before anything is allocated) when it does not fit and plan.check is on;
+  with dry_run, prints the plan (and a warning when it does not fit) and returns None.
+  device: (kind, bytes per device) for a mesh of compile-only devices; default: the local ones.
+  """
+  import jax
+  opts = plan_options(cfg)
+  compiled, _ = compile_step(train_step, abstract, mesh, cfg)
+  kind, mem = device or local_device_memory(opts)
+  peak = cfg.train.peak_flops_per_device or _peak_and_memory(kind, opts)[0]
+  plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind, source=source,
+                       device_memory=int(mem * opts.headroom), peak=peak)
+  is_main = jax.process_index() == 0
+  if dry_run or not plan.fits:
+    msg = plan.format()
+    if not plan.fits:
+      ana = analytic_plan(cfg, mcfg, tx, step_cfg, platform=plan.platform,
+                          num_devices=plan.num_devices, kind=kind, device_memory=0, peak=0)
+      scale = plan.activations / max(ana.activations, 1)
+      fixes = suggestions(cfg, mcfg, tx, step_cfg, plan, scale)
+      msg += ("\n  would fit: " + "; or ".join(fixes) if fixes else
+              "\n  no microbatch size, remat preset or device count tried would fit")
+    if dry_run:
+      if is_main:
+        print_fn(msg + ("" if plan.fits else "\nWARNING: the plan does not fit the device "
+                        "memory"))
+      return None, plan
+    if opts.check:
+      raise PlanError(f"the train step does not fit the device memory "
+                      f"({plan.total / GIB:,.2f} GiB > {plan.device_memory / GIB:,.2f} GiB "
+                      f"usable); nothing was allocated. Set plan.check=False to try anyway.\n"
+                      + msg)
+    if is_main:
+      print_fn("WARNING: " + msg)
+  return compiled, plan
+
+
+def dry_run(cfg, mcfg, tx, step_cfg, *, print_fn=print) -> Plan:
+  """`--dry_run`: the plan for the devices at hand (compiled) or for plan.devices/platform."""
+  import jax
+
+  from olmo_jax import sharding
+  opts = plan_options(cfg)
+  if opts.platform not in PLATFORMS:
+    raise ValueError(f"plan.platform={opts.platform!r} must be one of {PLATFORMS}")
+  here = jax.devices()[0].platform
+  here = "gpu" if here in ("cuda", "rocm") else here
+  platform = here if opts.platform == "auto" else opts.platform
+  devices = opts.devices or (jax.device_count() if platform == here else 0)
+  if devices <= 0:
+    raise ValueError(f"plan.platform={platform}: also set plan.devices (the devices to plan for)")
+  if platform == here and devices == jax.device_count():
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
+    return check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn,
+                 dry_run=True)[1]
+  mesh, note = deviceless_mesh(cfg, platform, devices, opts.topology)
+  if mesh is not None:
+    kind = mesh.devices.flat[0].device_kind.lower()
+    abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
+    return check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn,
+                 dry_run=True, device=(kind, _peak_and_memory(kind, opts)[1]),
+                 source="deviceless")[1]
+  kind = opts.device_kind or DEFAULT_KIND[platform]
+  peak, mem = _peak_and_memory(kind, opts)
+  peak = cfg.train.peak_flops_per_device or peak
+  plan = analytic_plan(cfg, mcfg, tx, step_cfg, platform=platform, num_devices=devices,
+                       kind=kind, device_memory=int(mem * opts.headroom), peak=peak, note=note)
+  msg = plan.format()
+  if not plan.fits:
+    fixes = suggestions(cfg, mcfg, tx, step_cfg, plan, 1.0)
+    msg += ("\n  would fit: " + "; or ".join(fixes) if fixes else "")
+    msg += "\nWARNING: the plan does not fit the device memory"
+  if jax.process_index() == 0:
+    print_fn(msg)
+  return plan
+
+
+def deviceless_mesh(cfg, platform: str, devices: int, topology: str):
+  """(mesh of compile-only devices, "") where this JAX can compile for the topology without
+  its devices (jax.experimental.topologies; e.g. TPU with libtpu, `plan.topology=v5e:2x4`),
+  else (None, why the plan is analytic)."""
+  from jax.experimental import topologies
+
+  from olmo_jax import sharding
+  try:
+    topo = topologies.get_topology_desc(topology_name=topology,
+                                        platform="cuda" if platform == "gpu" else platform)
+    if len(topo.devices) != devices:
+      raise ValueError(f"topology {topology!r} has {len(topo.devices)} devices, not "
+                       f"plan.devices={devices}")
+    shape = sharding.mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
+    return topologies.make_mesh(topo, shape, sharding.MESH_AXES), ""
+  except Exception as e:  # the reason is the message: no plugin/topology for the platform
+    why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    return None, (f"analytic estimate: this JAX install cannot compile for {platform} without "
+                  f"its devices ({why}); activations from the remat preset, checked against "
+                  f"compiled figures on CPU")
