@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from olmo_jax import checkpoint
+from olmo_jax import checkpoint, cli
+from olmo_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -44,10 +45,13 @@ def train(workdir, env, *overrides):
 
 
 def snapshot(workdir):
-  """{relative path: sha256} of every file in the workdir."""
+  """{relative path: sha256} of every file of the run in the workdir (not the trainer's own
+  log and lock files, which record each start)."""
   out = {}
   for root, _, files in os.walk(workdir):
     for f in files:
+      if root == str(workdir) and f in (cli.LOG_FILE, workdir_lib.LOCK_NAME):
+        continue
       path = os.path.join(root, f)
       out[os.path.relpath(path, workdir)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
   return out
