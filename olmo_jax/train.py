@@ -340,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   from olmo_jax.checkpoint import CheckpointError  # after the lock: a busy workdir fails fast
   from olmo_jax.trainer import NonFiniteLossError
-  log_file = os.path.join(workdir, cli.LOG_FILE) if workdir else None
+  # A dry run writes nothing, not even its log.
+  log_file = os.path.join(workdir, cli.LOG_FILE) if workdir and not FLAGS.dry_run else None
   verbosity = FLAGS.verbosity if FLAGS["verbosity"].present else None
   cli.setup_logging(verbosity, log_file)
   if took_over:
