@@ -27,3 +27,24 @@ def tiny_train_config():
   c.train.progress_bar = False
   c.checkpoint.enabled = False
   return c
+
+
+# The smallest model that still has heads, layers and a padded vocabulary.
+TINY_MODEL = dict(d_model=32, n_heads=4, n_layers=2, embedding_size=512, vocab_size=500)
+
+
+@pytest.fixture
+def tiny_model_config():
+  """ModelConfig(**TINY_MODEL, **overrides): a factory, so a test can vary the dtype."""
+  from olmo_jax.model import ModelConfig
+
+  return lambda **overrides: ModelConfig(**{**TINY_MODEL, **overrides})
+
+
+@pytest.fixture
+def train_state():
+  """train_state(cfg, tx, seed=0, **kw): a fresh sharded train state on a one-device mesh."""
+  from olmo_jax import sharding, trainer
+
+  mesh = sharding.make_mesh()
+  return lambda cfg, tx, seed=0, **kw: trainer.init_state(mesh, cfg, tx, seed, **kw)

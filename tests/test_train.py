@@ -14,8 +14,7 @@ import pytest
 from conftest import REPO
 
 from olmo_jax import config as config_lib
-from olmo_jax import model as M
-from olmo_jax import optim, sharding, trainer
+from olmo_jax import optim, trainer
 from olmo_jax.train import run, translate_aliases
 
 
@@ -60,15 +59,14 @@ def test_workdir_has_config_metrics_and_tensorboard(tiny_train_config, tmp_path)
   assert {"loss", "lr", "grad_norm"} <= tags
 
 
-def test_gradient_accumulation_matches_full_batch():
-  cfg = M.ModelConfig(d_model=32, n_heads=4, n_layers=2, embedding_size=512, vocab_size=500)
+def test_gradient_accumulation_matches_full_batch(tiny_model_config, train_state):
+  cfg = tiny_model_config()
   import optax
   tx = optax.sgd(1.0)  # params move by exactly the gradient (Adam would amplify rounding)
-  mesh = sharding.make_mesh()
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 500, (8, 17)), jnp.int32)
   out = {}
   for m in (1, 4):
-    state = trainer.init_state(mesh, cfg, tx, 0)
+    state = train_state(cfg, tx)
     step = trainer.make_train_step(cfg, tx, trainer.StepConfig(microbatches=m))
     state, metrics = step(state, {"input_ids": ids})
     out[m] = (float(metrics["loss"]), float(metrics["grad_norm"]), state["params"])
@@ -78,17 +76,16 @@ def test_gradient_accumulation_matches_full_batch():
     np.testing.assert_allclose(a, b, atol=1e-7)
 
 
-def test_z_loss_and_nan_skip_and_fp16_scaling():
-  cfg = M.ModelConfig(d_model=32, n_heads=4, n_layers=2, embedding_size=512, vocab_size=500)
+def test_z_loss_and_nan_skip_and_fp16_scaling(tiny_model_config, train_state):
+  cfg = tiny_model_config()
   tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=0, total_steps=10)
-  mesh = sharding.make_mesh()
   ids = jnp.asarray(np.random.default_rng(0).integers(0, 500, (4, 9)), jnp.int32)
-  state = trainer.init_state(mesh, cfg, tx, 0)
+  state = train_state(cfg, tx)
   step = trainer.make_train_step(cfg, tx, trainer.StepConfig(z_loss=1e-4))
   _, m = step(state, {"input_ids": ids})
   assert float(m["loss"]) == pytest.approx(float(m["ce"] + 1e-4 * m["z_loss"]), rel=1e-6)
   # A NaN in the params makes the step non-finite: 'skip' keeps the old params.
-  state = trainer.init_state(mesh, cfg, tx, 0)
+  state = train_state(cfg, tx)
   state["params"]["lm_head"] = state["params"]["lm_head"].at[0, 0].set(jnp.nan)
   before = np.asarray(state["params"]["embed"])
   skip = trainer.StepConfig(policy=trainer.UpdatePolicy(nonfinite="skip"))
@@ -97,14 +94,13 @@ def test_z_loss_and_nan_skip_and_fp16_scaling():
   assert not bool(m["finite"])
   np.testing.assert_array_equal(np.asarray(state["params"]["embed"]), before)
   # fp16 with dynamic loss scaling: an overflowing scale halves and the update is skipped.
-  cfg16 = M.ModelConfig(d_model=32, n_heads=4, n_layers=2, embedding_size=512, vocab_size=500,
-                        dtype="float16")
-  state = trainer.init_state(mesh, cfg16, tx, 0, loss_scale=2.0 ** 30)
+  cfg16 = tiny_model_config(dtype="float16")
+  state = train_state(cfg16, tx, loss_scale=2.0 ** 30)
   scaled = trainer.StepConfig(policy=trainer.UpdatePolicy(loss_scaling=True))
   step = trainer.make_train_step(cfg16, tx, scaled)
   state, m = step(state, {"input_ids": ids})
   assert not bool(m["finite"]) and float(state["loss_scale"]["scale"]) == 2.0 ** 29
-  state = trainer.init_state(mesh, cfg16, tx, 0, loss_scale=1024.0)
+  state = train_state(cfg16, tx, loss_scale=1024.0)
   state, m = step(state, {"input_ids": ids})
   assert bool(m["finite"]) and math.isfinite(float(m["loss"]))
   assert int(state["loss_scale"]["good_steps"]) == 1
