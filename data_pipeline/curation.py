@@ -104,16 +104,7 @@ def read_records(path: str, field: str | None = "text") -> list[dict]:
         raise ValueError(f"{path}: row {k}: expected a string {field!r} column")
       out.append(row)
   elif path.endswith(sources_lib.TEXT_SUFFIXES):
-    for lineno, line in enumerate(sources_lib._iter_lines(path), start=1):
-      if not line.strip():
-        continue
-      try:
-        doc = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: not a JSON line ({e})") from e
-      if not isinstance(doc, dict) or (field is not None and not isinstance(doc.get(field), str)):
-        raise ValueError(f"{path}:{lineno}: expected an object with a string {field!r} field")
-      out.append(doc)
+    out.extend(sources_lib.iter_json_lines(path, field))
   else:
     raise ValueError(f"{path}: unknown document format; expected one of "
                      f"{sources_lib.TEXT_SUFFIXES}")

@@ -272,6 +272,21 @@ def _iter_lines(path: str, chunk_bytes: int = 1 << 22):
       yield from raw
 
 
+def iter_json_lines(path: str, field: str | None = "text"):
+  """The JSON objects of a jsonl[.gz|.zst] file, blank lines skipped; each must hold a string
+  `field` (any object when field is None). Raises ValueError naming the file and line."""
+  for lineno, line in enumerate(_iter_lines(path), start=1):
+    if not line.strip():
+      continue
+    try:
+      doc = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{lineno}: not a JSON line ({e})") from e
+    if not isinstance(doc, dict) or (field is not None and not isinstance(doc.get(field), str)):
+      raise ValueError(f"{path}:{lineno}: expected an object with a string {field!r} field")
+    yield doc
+
+
 def iter_documents(path: str, field: str = "text"):
   """Documents (str) of a Dolma-style file, streamed: `{"text": ...}` per jsonl line
   (.jsonl[.gz|.zst]) or a `text` column (.parquet). Blank lines are not documents; anything
@@ -298,15 +313,7 @@ def iter_documents(path: str, field: str = "text"):
     except Exception as e:  # pyarrow raises several types for missing columns / bad files
       raise ValueError(f"{path}: cannot read column {field!r} from parquet ({e})") from e
   elif path.endswith(TEXT_SUFFIXES):
-    for lineno, line in enumerate(_iter_lines(path), start=1):
-      if not line.strip():
-        continue
-      try:
-        doc = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{lineno}: not a JSON line ({e})") from e
-      if not isinstance(doc, dict) or not isinstance(doc.get(field), str):
-        raise ValueError(f"{path}:{lineno}: expected an object with a string {field!r} field")
+    for doc in iter_json_lines(path, field):
       count += 1
       yield doc[field]
   else:

@@ -48,3 +48,15 @@ def train_state():
 
   mesh = sharding.make_mesh()
   return lambda cfg, tx, seed=0, **kw: trainer.init_state(mesh, cfg, tx, seed, **kw)
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory):
+  """Environment of a `python -m olmo_jax.train` subprocess: one CPU device, unbuffered,
+  with a compilation cache shared by the module's runs."""
+  cache = str(tmp_path_factory.mktemp("jax_cache"))
+  return dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_force_host_platform_device_count=1",
+              JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+              PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -26,13 +26,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  cache = str(tmp_path_factory.mktemp("jax_cache"))
-  return dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
-              XLA_FLAGS="--xla_force_host_platform_device_count=1",
-              JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def env(cli_env):
+  return cli_env
 
 
 def train(workdir, env, *overrides):
