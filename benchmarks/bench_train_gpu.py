@@ -20,6 +20,7 @@ ours / torch in tokens/s per device.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -104,9 +105,11 @@ def run_ours(a, rows_path: str) -> None:
 
   from olmo_jax import optim, sharding, trainer
   if a.device == "gpu" and jax.default_backend() != "gpu":
-    sys.exit(f"error: --device gpu but JAX sees no GPU (backend {jax.default_backend()!r}, "
-             f"devices {jax.devices()}); install jax[cuda12] or use --device cpu")
+    print(f"error: --device gpu but JAX sees no GPU (backend {jax.default_backend()!r}, "
+          f"devices {jax.devices()}); install jax[cuda12] or use --device cpu", file=sys.stderr)
+    sys.exit(2)
   dev = jax.devices()[0]
+  box = {}  # the live train state, emptied between configurations
   for size in a.sizes:
     remat = "none" if a.tiny else PLAN[size][1]
     micro, seq_len = shape_of(size, a.tiny)
@@ -118,7 +121,6 @@ def run_ours(a, rows_path: str) -> None:
         tx = optim.make_optimizer(**HYPER)
         mesh = sharding.make_mesh()
         step_cfg = trainer.StepConfig(loss_chunk_tokens=trainer.default_loss_chunk())
-        box = {}
         box["state"], step_fn = trainer.setup(cfg, tx, step_cfg, mesh, seed=SEED)
         n = jax.device_count() * micro
         batch = trainer.put_batch({"input_ids": tokens(n, seq_len, cfg.vocab_size)},
@@ -138,7 +140,8 @@ def run_ours(a, rows_path: str) -> None:
                    **mfu_fields(cfg, seq_len, tps, dev.device_kind))
       except Exception as e:  # an unsupported kernel must not hide the other rows
         row["error"] = f"{type(e).__name__}: {e}"[:500]
-      traceback.print_exc()
+        traceback.print_exc()
+      box.clear()  # the next configuration gets the whole device memory
       _append(rows_path, row)
 
 
@@ -187,72 +190,81 @@ def torch_model(cfg, device: str, same_init: bool):
   return model.train()
 
 
-def run_torch(a, rows_path: str) -> None:
+def _torch_row(a, size: str, dev, kind: str) -> dict:
+  """Builds and times the reference for one size; its model dies with this frame."""
   import torch
   import torch.nn.functional as F
   from torch.nn.attention import SDPBackend, sdpa_kernel
 
   from olmo_jax import optim
+  micro, seq_len = shape_of(size, a.tiny)
+  cfg = model_config(size, a.tiny, a.dtype)
+  model = torch_model(cfg, dev.type, a.same_init)
+  opt = torch.optim.AdamW(model.parameters(), lr=HYPER["peak_lr"], betas=(0.9, 0.95),
+                          eps=1e-8, weight_decay=0.05, fused=dev.type == "cuda")
+  ids = torch.from_numpy(tokens(micro, seq_len, cfg.vocab_size)).long().to(dev)
+  inputs, targets = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+  bf16 = a.dtype == "bfloat16"
+
+  def loss_fn(x, y):
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+      logits = model(input_ids=x, use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+  fwd = torch.compile(loss_fn) if a.torch_compile else loss_fn
+  # Our schedule's lr of each update (the first update uses count 0), computed before timing.
+  schedule = optim.make_schedule(HYPER["peak_lr"], HYPER["warmup_steps"], HYPER["total_steps"])
+  lrs = iter([float(schedule(i)) for i in range(1 + a.warmup + a.steps)])
+
+  def step():
+    lr = next(lrs)
+    for g in opt.param_groups:
+      g["lr"] = lr
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # fail rather than fall back
+      loss = fwd(inputs, targets)
+      loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+  def sync(out):
+    if dev.type == "cuda":
+      torch.cuda.synchronize()
+    elif out is not None:
+      out.item()
+
+  if dev.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+  compile_s, dt, loss0 = timed(step, step, a.steps, a.warmup, sync)
+  tps = micro * seq_len / dt
+  return dict(batch_per_device=micro, seq_len=seq_len, step_s=dt,
+              tokens_per_s_per_device=tps, compile_s=compile_s, first_loss=loss0,
+              peak_mem_gb=(torch.cuda.max_memory_allocated() / 2**30
+                           if dev.type == "cuda" else 0.0),
+              **mfu_fields(cfg, seq_len, tps, kind))
+
+
+def run_torch(a, rows_path: str) -> None:
+  import torch
   reason = _check_torch(a.device)
   if reason:
-    sys.exit(f"error: {reason}")
+    print(f"error: {reason}", file=sys.stderr)
+    sys.exit(2)
   dev = torch.device("cuda" if a.device == "gpu" else "cpu")
   kind = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-  schedule = optim.make_schedule(HYPER["peak_lr"], HYPER["warmup_steps"], HYPER["total_steps"])
   for size in a.sizes:
-    micro, seq_len = shape_of(size, a.tiny)
     row = {"impl": "torch", "size": size, "attention": "sdpa_flash", "dtype": a.dtype,
            "device": kind, "n_devices": 1, "torch": torch.__version__,
            "compiled": a.torch_compile}
     try:
-      cfg = model_config(size, a.tiny, a.dtype)
-      model = torch_model(cfg, dev.type, a.same_init)
-      opt = torch.optim.AdamW(model.parameters(), lr=HYPER["peak_lr"], betas=(0.9, 0.95),
-                              eps=1e-8, weight_decay=0.05, fused=dev.type == "cuda")
-      ids = torch.from_numpy(tokens(micro, seq_len, cfg.vocab_size)).long().to(dev)
-      x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
-      autocast = torch.autocast(dev.type, dtype=torch.bfloat16,
-                                enabled=a.dtype == "bfloat16")
-
-      def loss_fn(x, y):
-        with autocast:
-          logits = model(input_ids=x, use_cache=False).logits
-        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-
-      fwd = torch.compile(loss_fn) if a.torch_compile else loss_fn
-      # Our schedule's lr of each update, computed before timing.
-      lrs = iter([float(schedule(i)) for i in range(1 + a.warmup + a.steps)])
-
-      def step():
-        lr = next(lrs)
-        for g in opt.param_groups:
-          g["lr"] = lr
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # fail rather than fall back
-          loss = fwd(x, y)
-          loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-      def sync(out):
-        if dev.type == "cuda":
-          torch.cuda.synchronize()
-        elif out is not None:
-          out.item()
-
-      if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-      compile_s, dt, loss0 = timed(step, step, a.steps, a.warmup, sync)
-      tps = micro * seq_len / dt
-      row.update(batch_per_device=micro, seq_len=seq_len, step_s=dt,
-                 tokens_per_s_per_device=tps, compile_s=compile_s, first_loss=loss0,
-                 peak_mem_gb=(torch.cuda.max_memory_allocated() / 2**30
-                              if dev.type == "cuda" else 0.0),
-                 **mfu_fields(cfg, seq_len, tps, kind))
+      row.update(_torch_row(a, size, dev, kind))
     except Exception as e:
       row["error"] = f"{type(e).__name__}: {e}"[:500]
       traceback.print_exc()
+    # The next size gets the whole device memory: drop the compiled graphs holding the model.
+    torch._dynamo.reset()
+    gc.collect()
     if dev.type == "cuda":
       torch.cuda.empty_cache()
     _append(rows_path, row)
@@ -266,8 +278,11 @@ def _append(path: str, row: dict) -> None:
     f.write(json.dumps(row) + "\n")
 
 
-def _side(a, side: str, rows_path: str) -> str | None:
-  """Runs one side in a fresh subprocess of this script; a one-line failure or None."""
+def _side(a, side: str, rows_path: str, timeout: float | None) -> tuple[int, str]:
+  """Runs one side in a fresh subprocess of this script: (exit code, one-line failure or "").
+
+  Its stderr passes through (warnings, tracebacks of failed rows) for the log.
+  """
   cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--rows", rows_path,
          "--device", a.device, "--sizes", *a.sizes, "--attention", *a.attention,
          "--steps", str(a.steps), "--warmup", str(a.warmup), "--dtype", a.dtype,
@@ -279,14 +294,11 @@ def _side(a, side: str, rows_path: str) -> str | None:
   elif a.device == "cpu":
     env.setdefault("JAX_PLATFORMS", "cpu")
   try:
-    p = subprocess.run(cmd, env=env, timeout=a.worker_timeout, stderr=subprocess.PIPE,
-                       text=True)
+    p = subprocess.run(cmd, env=env, timeout=timeout)
   except subprocess.TimeoutExpired:
-    return f"{side} side ran past --worker_timeout {a.worker_timeout} s"
-  if p.returncode:
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-    return f"{side} side exited {p.returncode}: {lines[-1] if lines else ''}"
-  return None
+    return 1, f"{side} side ran past its --worker_timeout of {timeout:g} s (rows so far kept)"
+  return p.returncode, f"{side} side exited {p.returncode} (its error is above)" * bool(
+      p.returncode)
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
@@ -295,6 +307,9 @@ def _fmt(v, spec: str, none: str = "-") -> str:
 
 def report(rows: list[dict]) -> list[dict]:
   """Prints the table and peaks; returns one summary row per size with the ratios."""
+  if not rows:
+    print("no results")
+    return []
   print(f"{'impl':>9} {'size':>5} {'attention':>10} {'batch':>5} {'step s':>8} "
         f"{'tok/s/dev':>11} {'MFU':>6} {'compile s':>9} {'loss1':>8} {'mem GB':>7}")
   for r in rows:
@@ -351,8 +366,9 @@ def main(argv=None) -> int:
   p.add_argument("--same_init", action=argparse.BooleanOptionalAction, default=None,
                  help="load our initial weights into the torch model (default: with --tiny; "
                       "otherwise torch initialises with our init_std)")
-  p.add_argument("--worker_timeout", type=float, default=None,
-                 help="seconds each side may run before it is stopped")
+  p.add_argument("--worker_timeout", type=float, nargs="+", default=None,
+                 metavar="SECONDS", help="how long each side may run before it is stopped: "
+                 "one value for both, or ours then torch")
   p.add_argument("--out", default="", help="JSON lines: every row, then one summary per size")
   p.add_argument("--side", choices=["ours", "torch"], help=argparse.SUPPRESS)
   p.add_argument("--rows", help=argparse.SUPPRESS)
@@ -365,6 +381,8 @@ def main(argv=None) -> int:
     a.attention = ["auto"]
   if a.steps < 1 or a.warmup < 0:
     p.error("--steps must be >= 1 and --warmup >= 0")
+  if a.worker_timeout and (len(a.worker_timeout) > 2 or min(a.worker_timeout) <= 0):
+    p.error("--worker_timeout takes one or two positive numbers of seconds (ours, torch)")
   if not a.tiny and (bad := [s for s in a.sizes if s not in PLAN]):
     p.error(f"--sizes {' '.join(bad)}: no benchmark plan; choose from {', '.join(PLAN)} "
             "or use --tiny")
@@ -373,15 +391,17 @@ def main(argv=None) -> int:
   if a.side:
     (run_ours if a.side == "ours" else run_torch)(a, a.rows)
     return 0
-  failures = []
+  codes = []
   if a.torch and (reason := _check_torch(a.device)):  # before any expensive work
     print(f"error: {reason}", file=sys.stderr)
     return 2
   with tempfile.TemporaryDirectory() as tmp:
     rows_path = os.path.join(tmp, "rows.jsonl")
-    for side in ["ours"] + (["torch"] if a.torch else []):
-      if err := _side(a, side, rows_path):
-        failures.append(err)
+    limits = a.worker_timeout or [None]
+    for i, side in enumerate(["ours"] + (["torch"] if a.torch else [])):
+      code, err = _side(a, side, rows_path, limits[min(i, len(limits) - 1)])
+      codes.append(code)
+      if err:
         print(f"error: {err}", file=sys.stderr, flush=True)
     rows = []
     if os.path.exists(rows_path):
@@ -392,8 +412,9 @@ def main(argv=None) -> int:
     with open(a.out, "w") as f:
       for r in rows + summary:
         f.write(json.dumps(r) + "\n")
-  errors = [r for r in rows if "error" in r]
-  return 1 if failures or errors or not rows else 0
+  if 2 in codes:  # a side found no usable device: the environment, named above
+    return 2
+  return 1 if any(codes) or not rows or any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

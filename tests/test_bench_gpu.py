@@ -63,3 +63,16 @@ def test_gpu_without_cuda_fails_fast():
   assert p.returncode == 2, p.stderr
   assert "torch" in p.stderr and "no CUDA device" in p.stderr
   assert "Traceback" not in p.stderr
+
+
+def test_gpu_without_jax_gpu_fails_fast():
+  p = subprocess.run([sys.executable, SCRIPT, "--sizes", "150M", "--no-torch"],
+                     capture_output=True, text=True, timeout=60,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert p.returncode == 2 and "JAX sees no GPU" in p.stderr, p.stderr
+
+
+def test_worker_timeout_stops_a_side(tmp_path):
+  p, rows = _run(tmp_path, "--no-torch", "--worker_timeout", "0.5")
+  assert p.returncode == 1 and "ours side ran past its --worker_timeout of 0.5 s" in p.stderr
+  assert rows == []
