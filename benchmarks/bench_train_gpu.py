@@ -175,8 +175,9 @@ def torch_model(cfg, device: str, same_init: bool):
       pad_token_id=min(hf.PAD_TOKEN_ID, cfg.vocab_size - 1)))
   torch.manual_seed(SEED)
   with torch.device(device):
-    model = transformers.LlamaForCausalLM._from_config(
-        hf_cfg, attn_implementation=TORCH_ATTN, dtype=torch.float32)
+    model = transformers.LlamaForCausalLM._from_config(hf_cfg, attn_implementation=TORCH_ATTN)
+  if next(model.parameters()).dtype != torch.float32:  # master weights; autocast does bf16
+    model = model.float()
   if same_init:  # our initial params, exported through the project's HF mapping
     import jax
 
