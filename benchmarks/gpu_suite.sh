@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check and benchmark in one call (< 8 minutes on one H100/H200).
-# Results land in $OUT (or ./gpu_results): train_gpu.jsonl, parity.log, env.txt, suite.log.
+# Results land in $OUT (or ./gpu_results): env.txt, parity.log, train_gpu.jsonl (one row per
+# implementation and size, then ours / torch summaries), train_gpu.txt (the table, the peak
+# used, the ratios), train_gpu.err (its warnings and errors), plan.log, suite.log.
+# Worst case by the timeouts: 100 + 310 + 50 s plus start-up (the bench's two sides get
+# 120 s and 160 s, so it writes its files before its own 310 s limit).
 # The GPU image has jax/flax/optax/orbax; the rest travels as wheels in .whl/ (see README).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,17 +22,34 @@ fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'transformers', transformers.__version__)"
 } > "$OUT/env.txt" 2>&1
 # 1. Numerics on the GPU: model tests that need no torch (remat/scan invariance, causality).
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_model.py -k "not fsdp" \
+timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/test_model.py -k "not fsdp" \
   > "$OUT/parity.log" 2>&1
 echo "model tests rc=$?" | tee -a "$OUT/suite.log"
-# 2. Throughput and MFU, cuDNN flash attention against XLA attention in the same run.
-timeout 300 python3 benchmarks/bench_train_gpu.py --sizes 150M 530M 1B --steps 8 \
-  --out "$OUT/train_gpu.jsonl" 2>&1 | tee -a "$OUT/suite.log"
-echo "bench rc=${PIPESTATUS[0]}" | tee -a "$OUT/suite.log"
+# 2. Tokens/s per device and MFU at sequence 2048, 150M and 1B: ours with cuDNN flash and
+#    with XLA attention, then the PyTorch reference (LlamaForCausalLM, bf16 autocast, SDPA
+#    flash, torch.compile) in the same call, and the ratio ours / torch. Compilation and 2
+#    warm-up steps are not timed; 5 steps are. Each side is stopped at its own limit, keeping
+#    the rows it finished.
+#    Without a CUDA torch (+ transformers) the reference is skipped, saying so, and ours runs.
+REF=--torch
+if ! python3 -c "import sys, torch, transformers; sys.exit(not torch.cuda.is_available())" \
+    >/dev/null 2>&1; then
+  REF=--no-torch
+  echo "PyTorch reference skipped: no CUDA build of torch with transformers (see env.txt)" \
+    | tee -a "$OUT/suite.log"
+fi
+timeout 310 python3 benchmarks/bench_train_gpu.py --sizes 150M 1B --attention cudnn xla $REF \
+  --steps 5 --warmup 2 --worker_timeout 120 160 --out "$OUT/train_gpu.jsonl" \
+  > "$OUT/train_gpu.txt" 2> "$OUT/train_gpu.err"
+rc=$?
+tail -n 5 "$OUT/train_gpu.err" | tee -a "$OUT/suite.log"
+tee -a "$OUT/suite.log" < "$OUT/train_gpu.txt"
+echo "bench rc=$rc" | tee -a "$OUT/suite.log"
 # 3. The ahead-of-time plan of the 1B step compiled for this GPU (memory per device from XLA,
 #    tokens/s at 50% MFU); the 8 x 80 GB plan is analytic and runs anywhere (README).
-timeout 60 python3 -m olmo_jax.train --config configs/train.py:1B --dry_run \
+timeout 50 python3 -m olmo_jax.train --config configs/train.py:1B --dry_run \
   --config.train.microbatch_size=8 > "$OUT/plan.log" 2>&1
 echo "plan rc=$?" | tee -a "$OUT/suite.log"

@@ -138,11 +138,7 @@ def _shard_bytes(abstract_tree, shard_tree) -> int:
 def _peak_and_memory(kind: str, opts) -> tuple[float, int]:
   """(peak FLOP/s, memory bytes) of a device kind from the tables (or plan.device_memory_gb)."""
   from olmo_jax import trainer
-  peak = 0.0
-  for key in sorted(trainer.PEAK_FLOPS, key=len, reverse=True):
-    if key in kind:
-      peak = trainer.PEAK_FLOPS[key]
-      break
+  peak = trainer.peak_flops_entry(kind)[1]
   mem = int(opts.device_memory_gb * 1e9)
   if not mem:
     for key in sorted(DEVICE_MEMORY_GB, key=len, reverse=True):

@@ -43,14 +43,23 @@ PEAK_FLOPS = {
 LOSS_SCALE_PERIOD = 2000  # fp16: double the scale after this many finite steps
 
 
+def peak_flops_entry(device_kind: str) -> tuple[str, float]:
+  """(PEAK_FLOPS key, dense bf16 FLOP/s) matching a device kind string; ("", 0.0) if unknown.
+
+  Takes the kind as a string so that non-JAX callers (the PyTorch reference of
+  benchmarks/bench_train_gpu.py, with torch.cuda.get_device_name) share the one table.
+  """
+  kind = device_kind.lower()
+  for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if key in kind:
+      return key, PEAK_FLOPS[key]
+  return "", 0.0
+
+
 def device_peak_flops(device: jax.Device | None = None) -> float:
   """Peak dense bf16 FLOP/s of a device from its kind, or 0 when unknown (CPU)."""
   device = device or jax.devices()[0]
-  kind = device.device_kind.lower()
-  for key in sorted(PEAK_FLOPS, key=len, reverse=True):
-    if key in kind:
-      return PEAK_FLOPS[key]
-  return 0.0
+  return peak_flops_entry(device.device_kind)[1]
 
 
 class NonFiniteLossError(FloatingPointError):
