@@ -131,3 +131,14 @@ def test_report_without_or_with_missing_recipes_file(report_inputs, tmp_path):
   msg = r.stderr.strip().splitlines()
   assert len(msg) == 1 and "nope.json" in msg[0] and msg[0].startswith("error: ")
   assert not (tmp_path / "bad").exists()
+
+
+def test_report_with_recipes_imports_no_jax(report_inputs, tmp_path):
+  table, recipes_json = report_inputs
+  code = ("import sys\nfrom olmo_jax.datadecide.__main__ import main\n"
+          f"rc = main(['report', '--results', {table!r}, '--target', 'm', '--output', "
+          f"{str(tmp_path / 'rep')!r}, '--forms', '3p', '--recipes', {recipes_json!r}])\n"
+          "print('RESULT', rc, 'jax' in sys.modules)\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                     env=ENV)
+  assert r.stdout.strip().splitlines()[-1] == "RESULT 0 False", r.stdout + r.stderr
