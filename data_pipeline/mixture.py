@@ -701,8 +701,13 @@ def describe(cfg) -> str:
   if name == "synthetic":
     return "data: the synthetic token stream (no files)"
   head = f"data: mixture {name!r} under {dc.root}"
-  if _corpus_pending(dc, resolve_sources(dc)[1]):
+  _, recipe, specs = resolve_sources(dc)
+  if _corpus_pending(dc, recipe):
     return f"{head}: built on first use"
+  pending = [k for k, v in specs.items()
+             if (_natural(recipe) or v.weight > 0) and _curation_pending(v, dc)]
+  if pending:  # made by build_train_iterator; validate_config checked their inputs
+    return f"{head}: curated source(s) {', '.join(pending)} built on first use"
   _, _, recipe, specs, files = _used_sources(dc)
   tokens = _disk_tokens(specs, files, dc)
   weights = np.asarray(_weights(recipe, specs, tokens))

@@ -384,6 +384,8 @@ def test_training_builds_a_recipes_curated_sources_on_first_use(raw, tmp_path):
   cfg = mixture.default_config()
   cfg.mixture, cfg.data_dir, cfg.recipes_dir = "cur_dedup", str(tmp_path), str(recipes)
   mixture.validate_config(cfg, 50304)  # inputs exist; the token files are made later
+  # the start-up table (train.py prints it before building the data) must not need them
+  assert mixture.describe(cfg).endswith("curated source(s) web built on first use")
   first = next(mixture.build_train_iterator(cfg, seq_len=15, batch_size=2, seed=0,
                                             vocab_size=50304))
   built = tokenize.materialize_recipe("cur_dedup", str(tmp_path), recipes_dir=str(recipes),
@@ -393,6 +395,7 @@ def test_training_builds_a_recipes_curated_sources_on_first_use(raw, tmp_path):
   again = next(mixture.build_train_iterator(cfg, seq_len=15, batch_size=2, seed=0,
                                             vocab_size=50304))
   assert os.path.getmtime(shard) == stamp  # reused, not rebuilt
+  assert "web " in mixture.describe(cfg).splitlines()[2]  # now listed with its tokens
   np.testing.assert_array_equal(first["input_ids"], again["input_ids"])
   cfg.data_dir = str(tmp_path / "elsewhere")
   with pytest.raises(FileNotFoundError, match="curated source 'web'"):

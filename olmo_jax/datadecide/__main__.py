@@ -3,7 +3,7 @@
   python -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir runs/dd
       [--plan] [--launch] [--workers N] [--no-report]
   python -m olmo_jax.datadecide report --results TABLE --target SIZE --output DIR
-      [--headline TASK/METRIC] [--last-k K] [--recipe-map JSON]
+      [--headline TASK/METRIC] [--last-k K] [--recipe-map JSON] [--recipes recipes.json]
 
 Bad input (a missing file or column, an unknown size or recipe, a target absent from the
 table) is reported in one line with exit code 2, before anything is computed or written.
@@ -28,12 +28,16 @@ def report_main(argv) -> int:
                       "proxy size)")
   p.add_argument("--last-k", type=int, default=1,
                  help="score each run by the mean of its last K checkpoints (default 1: final)")
-  p.add_argument("--recipes", default=None, help="comma-separated recipes to keep")
+  p.add_argument("--recipes", action="append", default=[],
+                 help="comma-separated recipes to keep, or a study's recipes.json (a path "
+                      "ending in .json): the report's Recipes table (data and curation chain "
+                      "of each recipe); may be given twice, once for each")
   p.add_argument("--sizes", default=None, help="comma-separated sizes to keep (target included)")
   p.add_argument("--recipe-map", default=None,
                  help='JSON {"display name": "recipe"} for published tables')
   p.add_argument("--forms", default="3p,5p", help="scaling-law forms to fit (3p, 5p)")
   a = p.parse_args(argv)
+  from olmo_jax.datadecide import recipes as recipes_lib
   from olmo_jax.datadecide import report, results
   try:
     if a.last_k < 1:
@@ -47,7 +51,12 @@ def report_main(argv) -> int:
     except json.JSONDecodeError as e:
       raise results.InputError(f"--recipe-map is not valid JSON ({e})") from None
     table = results.read_table(a.results, rmap)
-    recipes = a.recipes.split(",") if a.recipes else None
+    files = [v for v in a.recipes if v.endswith(".json")]
+    lists = [v for v in a.recipes if not v.endswith(".json")]
+    if len(files) > 1 or len(lists) > 1:
+      raise results.InputError("--recipes: give at most one recipe list and one recipes.json")
+    described = recipes_lib.read(files[0]) if files else None
+    recipes = lists[0].split(",") if lists else None
     sizes_ = a.sizes.split(",") if a.sizes else None
     report.check_inputs(table, a.target, a.headline, recipes, sizes_)
     if recipes:
@@ -56,7 +65,7 @@ def report_main(argv) -> int:
       table = table[table["size"].isin(sizes_)]
     report.check_inputs(table, a.target, a.headline)
     out = report.write_report(table, a.target, a.output, last_k=a.last_k,
-                              headline=a.headline, forms=forms)
+                              headline=a.headline, forms=forms, recipes=described)
   except (results.InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -340,8 +340,13 @@ def fig_rank_agreement(res: dict, path: str) -> str:
 
 def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int = 1,
                  headline: str | None = None, forms=("3p", "5p"),
-                 noise_checkpoints: int = 5, title: str = "DataDecide report") -> dict:
-  """Analyses `table` against `target` and writes the report files into `output`."""
+                 noise_checkpoints: int = 5, title: str = "DataDecide report",
+                 recipes: dict | None = None) -> dict:
+  """Analyses `table` against `target` and writes the report files into `output`.
+
+  recipes: {recipe: {"data": str, "curation": str}} (a study's recipes.json, recipes.py):
+  the report's Recipes table; None: no table.
+  """
   check_inputs(table, target, headline)
   res = analyse(table, target, last_k=last_k, headline=headline, forms=forms,
                 noise_checkpoints=noise_checkpoints)
@@ -356,7 +361,7 @@ def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int =
   rec["warnings"] = res["warnings"]
   _atomic_text(json.dumps(rec, indent=2, default=_json_default) + "\n",
                os.path.join(output, "recommendation.json"))
-  _atomic_text(render_markdown(table, res, rec, figs, title),
+  _atomic_text(render_markdown(table, res, rec, figs, title, recipes),
                os.path.join(output, "report.md"))
   return {"result": res, "recommendation": rec}
 
@@ -380,7 +385,21 @@ def _atomic_text(text: str, path: str) -> None:
   os.replace(path + ".tmp", path)
 
 
-def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title: str) -> str:
+def recipes_markdown(table: pd.DataFrame, recipes: dict) -> list[str]:
+  """The Recipes section: each recipe of the table with its data and curation chain."""
+  def cell(v) -> str:
+    return " ".join(str(v).split()).replace("|", "\\|")  # '|' separates globs in paths
+  lines = ["## Recipes", "", "| recipe | data | curation chain |", "|---|---|---|"]
+  for r in sorted(table["recipe"].unique()):
+    d = recipes.get(r)
+    data, chain = (d.get("data", "-"), d.get("curation", "-")) if d else (
+        "(not in the recipes file)", "-")
+    lines.append(f"| {cell(r)} | {cell(data)} | {cell(chain)} |")
+  return lines + [""]
+
+
+def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title: str,
+                    recipes: dict | None = None) -> str:
   task, metric = res["headline"]
   target = res["target"]
   da = res["decision_accuracy"]
@@ -393,6 +412,8 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
             f"**{target}**. Headline: **{task} / {metric}** "
             f"({'higher' if A.higher_is_better(metric) else 'lower'} is better). Scores are "
             f"each run's {scored}.", ""]
+  if recipes is not None:
+    lines += recipes_markdown(table, recipes)
   lines += ["## Recommendation", ""]
   lines.append(f"- Best recipe at {rec['decided_at_size']}: **{rec['best_recipe']}** "
                f"({metric} {_fmt(rec['best_score'], 4)})")

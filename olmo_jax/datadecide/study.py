@@ -214,6 +214,21 @@ class Study:
     return [python, "-m", self.c.train_module, "--config", f"{self.c.train_config}:{arg}",
             "--workdir", self.cell_dir(cell), *self.overrides(cell)]
 
+  def describe_recipes(self) -> dict:
+    """{recipe: {"data", "curation", "overrides"}}: what each recipe trains on (recipes.py)."""
+    from olmo_jax.datadecide import recipes
+    common = self.c.overrides.get("data", {})
+    return {r: recipes.describe(r, dict(self.c.recipes[r]), dict(common))
+            for r in self.c.recipes}
+
+  def write_recipes(self) -> str:
+    """`<workdir>/recipes.json` (the report's Recipes table); raises InputError for a recipe
+    whose mixture cannot be loaded."""
+    from olmo_jax.datadecide import recipes
+    descriptions = self.describe_recipes()
+    os.makedirs(self.workdir, exist_ok=True)
+    return recipes.write(os.path.join(self.workdir, recipes.FILENAME), descriptions)
+
   def is_done(self, cell: Cell) -> bool:
     return os.path.isfile(os.path.join(self.cell_dir(cell), "DONE.json"))
 
@@ -331,7 +346,7 @@ def _hms(seconds: float) -> str:
 def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
               print_fn=print, poll_s: float = 0.5) -> dict:
   """Trains every cell not done, scores every checkpoint not scored; returns a summary."""
-  os.makedirs(study.workdir, exist_ok=True)
+  study.write_recipes()  # also fails early on a recipe that does not load
   with open(os.path.join(study.workdir, "study.json"), "w") as f:
     json.dump(study.c.to_dict(), f, indent=1, default=str)
   if study.c.synthetic_noise_levels:
@@ -411,8 +426,9 @@ def _tail(path: str, n: int = 15) -> str:
 
 
 def write_plan(study: Study) -> str:
-  """plan.txt: one shell command per cell (line i = cell i, e.g. for a SLURM job array)."""
-  os.makedirs(study.workdir, exist_ok=True)
+  """plan.txt: one shell command per cell (line i = cell i, e.g. for a SLURM job array), and
+  recipes.json."""
+  study.write_recipes()
   path = os.path.join(study.workdir, "plan.txt")
   with open(path, "w") as f:
     for cell in study.cells():
@@ -505,11 +521,13 @@ def main(argv) -> int:
   table = summary["table"]
   rec = None
   if not a.no_report and len(table) and table["size"].nunique() >= 2:
-    from olmo_jax.datadecide import report
+    from olmo_jax.datadecide import recipes, report
     target, note = report_target(study, table)
     out = report.write_report(table, target, os.path.join(study.workdir, "report"),
                               headline=study.c.eval.headline or None,
-                              title=f"DataDecide study {study.c.name!r}")
+                              title=f"DataDecide study {study.c.name!r}",
+                              recipes=recipes.read(os.path.join(study.workdir,
+                                                                recipes.FILENAME)))
     rec = out["recommendation"]
     if note:
       print(f"[study] note: {note}")
