@@ -34,9 +34,10 @@ from jax.sharding import PartitionSpec as P
 from olmo_jax import decode, sharding
 from olmo_jax.model import ModelConfig
 
-CONTEXT_BUCKETS = (64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096)
-CHOICE_BUCKETS = (1, 2, 4, 8, 16)
-CONT_BUCKETS = (0, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+CONTEXT_BUCKETS = (128, 256, 512, 1024, 2048, 4096)
+# Width of a row's packed continuation tokens (all its continuations back to back).
+PACKED_BUCKETS = (0, 16, 64, 256, 1024, 4096)
+MAX_SHARED = 8  # continuations per prefill row; a context shared by more is prefilled again
 
 
 def _bucket(n: int, buckets: Sequence[int], cap: int | None = None) -> int:
@@ -103,10 +104,14 @@ class Scorer:
       groups.setdefault(c, _Group(c, [])).members.append((i, k))
     by_shape: dict[tuple[int, int, int], list[_Group]] = {}
     for g in groups.values():
-      by_shape.setdefault(self._shape_of(g), []).append(g)
+      # A context shared by many requests (OLMES's bare "Answer:" prompt for every document)
+      # is prefilled once per MAX_SHARED of them: a fixed, small extend width.
+      for j in range(0, len(g.members), MAX_SHARED):
+        part = _Group(g.context, g.members[j:j + MAX_SHARED])
+        by_shape.setdefault(self._shape_of(part), []).append(part)
     for shape in sorted(by_shape):
       gs = sorted(by_shape[shape], key=lambda g: len(g.context))
-      rows = self._rows_for(shape[0])
+      rows = self._rows_for(shape)
       for start in range(0, len(gs), rows):
         batch = gs[start:start + rows]
         for (i, _), lp, greedy in self._score_batch(shape, rows, batch):
@@ -115,88 +120,91 @@ class Scorer:
           progress(sum(len(g.members) for g in batch))
     return out  # type: ignore[return-value]
 
-  def _shape_of(self, g: _Group) -> tuple[int, int, int]:
+  def _shape_of(self, g: _Group) -> tuple[int, int]:
     p = _bucket(len(g.context), CONTEXT_BUCKETS, self.max_length)
-    c = _bucket(len(g.members), CHOICE_BUCKETS)
-    t = _bucket(max(len(k) for _, k in g.members) - 1, CONT_BUCKETS)
-    return p, c, t
+    w = _bucket(sum(len(k) - 1 for _, k in g.members), PACKED_BUCKETS)
+    return p, w
 
-  def _rows_for(self, p: int) -> int:
-    rows = max(1, self.batch_tokens // p)
+  def _rows_for(self, shape: tuple[int, int]) -> int:
+    p, w = shape
+    # Bounded by the prefill tokens and by the packed continuation tokens, whose attention
+    # scores grow with w * (p + w).
+    rows = max(1, self.batch_tokens // max(p, 2 * w, 1))
     return -(-rows // self.n_dev) * self.n_dev
 
   def _score_batch(self, shape, rows: int, batch: list[_Group]):
     """Yields ((request index, cont), summed log-prob, is_greedy) for every member."""
-    p, c, t = shape
+    p, w = shape
     n_real = len(batch)
     batch = batch + [batch[-1]] * (rows - n_real)  # fixed row count: one compiled shape
+    wb = max(w, 1)
     ids = np.zeros((rows, p), np.int32)
     ctx_len = np.zeros((rows,), np.int32)
-    first = np.zeros((rows, c), np.int32)
-    cont_in = np.zeros((rows, c, max(t, 1)), np.int32)
-    targets = np.zeros((rows, c, max(t, 1)), np.int32)
-    valid = np.zeros((rows, c, max(t, 1)), bool)
+    first = np.zeros((rows, MAX_SHARED), np.int32)
+    packed = np.zeros((rows, wb), np.int32)  # continuation tokens but the last, packed
+    targets = np.zeros((rows, wb), np.int32)  # the token each packed position predicts
+    member = np.full((rows, wb), -1, np.int32)  # which continuation a position is in
+    step = np.zeros((rows, wb), np.int32)  # its offset within that continuation
     for r, g in enumerate(batch):
       ids[r, :len(g.context)] = g.context
       ctx_len[r] = len(g.context)
+      at = 0
       for j, (_, k) in enumerate(g.members):
         first[r, j] = k[0]
         n = len(k) - 1
-        cont_in[r, j, :n] = k[:-1]
-        targets[r, j, :n] = k[1:]
-        valid[r, j, :n] = True
+        packed[r, at:at + n] = k[:-1]
+        targets[r, at:at + n] = k[1:]
+        member[r, at:at + n] = j
+        step[r, at:at + n] = np.arange(n)
+        at += n
     put = lambda x: jax.device_put(x, self._rows)
-    fn = self._fn(shape, rows)
-    lp, greedy = jax.device_get(fn(self.params, put(ids), put(ctx_len), put(first),
-                                   put(cont_in), put(targets), put(valid)))
-    for r, g in enumerate(batch[:n_real]):
-      for j, member in enumerate(g.members):
-        yield member, float(lp[r, j]), bool(greedy[r, j])
-
-  def _fn(self, shape, rows):
     self.compiled_shapes.add((rows,) + shape)
-    return _score_fn(self.cfg, shape[2])
+    fn = _score_fn(self.cfg, w > 0)
+    lp, greedy = jax.device_get(fn(self.params, put(ids), put(ctx_len), put(first),
+                                   put(packed), put(targets), put(member), put(step)))
+    for r, g in enumerate(batch[:n_real]):
+      for j, m in enumerate(g.members):
+        yield m, float(lp[r, j]), bool(greedy[r, j])
 
 
 @functools.lru_cache(maxsize=None)
-def _score_fn(cfg: ModelConfig, t: int):
-  """Jitted scorer of one batch: prefill the contexts, extend with every continuation."""
+def _score_fn(cfg: ModelConfig, extend: bool):
+  """Jitted scorer of one batch: prefill the contexts, extend with the packed continuations.
 
-  def head_logprobs(params, h_xD, tok_x):
-    """(log-prob of tok, tok is the argmax) at hidden states h [..., D], in row chunks."""
-    def one(args):
-      h, tok = args
-      logits = decode.logits(cfg, params, h)
-      lse = jax.nn.logsumexp(logits, axis=-1)
-      tgt = jnp.take_along_axis(logits, tok[..., None], axis=-1)[..., 0]
-      return tgt - lse, jnp.argmax(logits, axis=-1) == tok
-    return jax.lax.map(one, (h_xD, tok_x))
+  Returns (summed log-prob, is_greedy), each [G, MAX_SHARED].
+  """
 
   @jax.jit
-  def score(params, ids_GxP, ctx_len_G, first_GxC, cont_GxCxT, tgt_GxCxT, valid_GxCxT):
+  def score(params, ids_GxP, ctx_len_G, first_GxM, packed_GxW, tgt_GxW, member_GxW, step_GxW):
     G, Pn = ids_GxP.shape
-    C = first_GxC.shape[1]
     hidden, k_N, v_N = decode.prefill(cfg, params, ids_GxP)
     last_GxD = jnp.take_along_axis(hidden, (ctx_len_G - 1)[:, None, None], axis=1)[:, 0]
-    # The last context position predicts every choice's first token.
-    lp0, g0 = head_logprobs(params, jnp.repeat(last_GxD[:, None], C, axis=1), first_GxC)
-    if t == 0:
-      return lp0, g0
-    T = cont_GxCxT.shape[2]
-    positions = (ctx_len_G[:, None, None] + jnp.arange(T)[None, None, :])
-    positions = jnp.broadcast_to(positions, (G, C, T)).reshape(G, C * T)
-    past_mask = jnp.arange(Pn)[None, :] < ctx_len_G[:, None]  # [G, P]
-    past_mask = jnp.broadcast_to(past_mask[:, None, :], (G, C * T, Pn))
-    choice = jnp.repeat(jnp.arange(C), T)
-    step = jnp.tile(jnp.arange(T), C)
-    self_mask = (choice[:, None] == choice[None, :]) & (step[None, :] <= step[:, None])
-    self_mask = jnp.broadcast_to(self_mask[None], (G, C * T, C * T))
-    h, _, _ = decode.extend(cfg, params, cont_GxCxT.reshape(G, C * T), positions, k_N, v_N,
-                            past_mask, self_mask)
-    lp, g = head_logprobs(params, h.reshape(G, C, T, -1), tgt_GxCxT)
-    lp_sum = lp0 + jnp.where(valid_GxCxT, lp, 0.0).sum(-1)
-    greedy = g0 & jnp.all(g | ~valid_GxCxT, axis=-1)
-    return lp_sum, greedy
+    # The last context position predicts every continuation's first token.
+    logits_GxV = decode.logits(cfg, params, last_GxD)
+    lsm = jax.nn.log_softmax(logits_GxV, axis=-1)
+    lp = jnp.take_along_axis(lsm, first_GxM, axis=-1)
+    greedy = jnp.argmax(logits_GxV, axis=-1)[:, None] == first_GxM
+    if not extend:
+      return lp, greedy
+    positions = ctx_len_G[:, None] + step_GxW
+    past_mask = jnp.broadcast_to((jnp.arange(Pn)[None, :] < ctx_len_G[:, None])[:, None, :],
+                                 (G, step_GxW.shape[1], Pn))
+    self_mask = ((member_GxW[:, :, None] == member_GxW[:, None, :])
+                 & (step_GxW[:, None, :] <= step_GxW[:, :, None]))
+    h, _, _ = decode.extend(cfg, params, packed_GxW, positions, k_N, v_N, past_mask, self_mask)
+
+    def head(args):  # one row at a time: never a [G, W, V] logits tensor
+      h_WxD, tgt_W = args
+      logits = decode.logits(cfg, params, h_WxD)
+      tok_lp = (jnp.take_along_axis(logits, tgt_W[:, None], axis=-1)[:, 0]
+                - jax.nn.logsumexp(logits, axis=-1))
+      return tok_lp, jnp.argmax(logits, axis=-1) == tgt_W
+
+    tok_lp, tok_greedy = jax.lax.map(head, (h, tgt_GxW))
+    onehot_GxWxM = member_GxW[:, :, None] == jnp.arange(first_GxM.shape[1])[None, None, :]
+    lp = lp + jnp.einsum("gw,gwm->gm", tok_lp, onehot_GxWxM.astype(jnp.float32))
+    greedy = greedy & jnp.all(tok_greedy[:, :, None] | ~onehot_GxWxM, axis=1)
+    return lp, greedy
 
   return score
 
@@ -246,7 +254,7 @@ def greedy_generate(scorer: Scorer, prompts: Sequence[Sequence[int]], max_new_to
   for b0 in range(0, len(order), rows):
     idx = order[b0:b0 + rows]
     p = _bucket(max(len(prompts[i]) for i in idx), CONTEXT_BUCKETS, scorer.max_length)
-    cache = p + _bucket(max_new, CONT_BUCKETS)
+    cache = p + _bucket(max_new, PACKED_BUCKETS)
     ids = np.zeros((rows, p), np.int32)
     lens = np.ones((rows,), np.int32)
     for r, i in enumerate(idx):
