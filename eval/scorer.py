@@ -84,9 +84,13 @@ class Scorer:
     self.batch_tokens = batch_tokens
     self.mesh = mesh if mesh is not None else sharding.make_mesh()
     self.n_dev = self.mesh.devices.size
-    self.params = jax.device_put(params, sharding.replicated(self.mesh))
+    self.set_params(params)
     self._rows = NamedSharding(self.mesh, P(("data", "fsdp")))
     self.compiled_shapes: set[tuple] = set()
+
+  def set_params(self, params: dict[str, Any]) -> None:
+    """Scores with these params from now on (same shapes: nothing recompiles)."""
+    self.params = jax.device_put(params, sharding.replicated(self.mesh))
 
   # ------------------------------------------------------------------ log-likelihood
 
