@@ -25,3 +25,8 @@ echo "model tests rc=$?" | tee -a "$OUT/suite.log"
 timeout 300 python3 benchmarks/bench_train_gpu.py --sizes 150M 530M 1B --steps 8 \
   --out "$OUT/train_gpu.jsonl" 2>&1 | tee -a "$OUT/suite.log"
 echo "bench rc=${PIPESTATUS[0]}" | tee -a "$OUT/suite.log"
+# 3. The full `olmes` suite (every document, MMLU's 14k test questions) on a random-init 1B
+#    model in bfloat16; target: under 10 minutes on one GPU, compilation included.
+timeout 600 python3 benchmarks/bench_eval.py --sizes 1B --full --no-hf --dtype bfloat16 --batch-tokens 32768 \
+  2>&1 | tee -a "$OUT/suite.log"
+echo "eval olmes 1B rc=${PIPESTATUS[0]}" | tee -a "$OUT/suite.log"
