@@ -104,7 +104,7 @@ class Encoder:
   def pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
     split = []
     for context, continuation in pairs:
-      n = len(context) - len(context.rstrip(" "))
+      n = len(context) - len(context.rstrip())
       if n:
         context, continuation = context[:-n], context[-n:] + continuation
       split.append((context, continuation))
@@ -265,6 +265,8 @@ def _parse(argv):
   p.add_argument("--file_primary_metric", action="store_true",
                  help="suite macros use each request file's primary_metric instead of the "
                       "OLMES paper's normalisation")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace metrics.json and predictions.jsonl already in --output")
   p.add_argument("--list", action="store_true", help="list the known tasks and suites")
   p.add_argument("--no_progress", action="store_true", help="no progress bar")
   return p.parse_args(argv)
@@ -301,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "directory, a checkpoint step directory or an HF directory")
     if os.path.isfile(a.output):
       raise UsageError(f"--output {a.output} is a file; pass a directory")
+    if os.path.exists(os.path.join(a.output, "metrics.json")) and not a.overwrite:
+      raise UsageError(f"--output {a.output} already holds metrics.json; pass --overwrite "
+                       "to replace it or choose another directory")
     lm_eval_names = [t.family for t in tasks if t.source == "lm_eval"]
     if lm_eval_names:
       from eval import harness

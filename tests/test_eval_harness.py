@@ -118,9 +118,10 @@ def test_olmo_jax_and_hf_models_agree_on_local_tasks(setup):
   from eval.harness import OlmoJaxLM
   root, workdir, hf_dir, tdir = setup
   tasks = ["local_mc", "local_truthfulqa_mc1", "local_truthfulqa_mc2", "local_gsm8k"]
-  ours = _evaluate(OlmoJaxLM(checkpoint=workdir), tasks, tdir)
-  theirs = _evaluate(HFLM(pretrained=hf_dir, dtype="float32", device="cpu", batch_size=1),
-                     tasks, tdir)
+  our_lm = OlmoJaxLM(checkpoint=workdir)
+  hf_lm = HFLM(pretrained=hf_dir, dtype="float32", device="cpu", batch_size=1)
+  ours = _evaluate(our_lm, tasks, tdir)
+  theirs = _evaluate(hf_lm, tasks, tdir)
   for task in tasks:
     a, b = ours["results"][task], theirs["results"][task]
     for k, v in b.items():
@@ -137,6 +138,14 @@ def test_olmo_jax_and_hf_models_agree_on_local_tasks(setup):
         for x, y in zip(ra, rb):
           assert float(x[0][0]) == pytest.approx(float(y[0][0]), abs=1e-4)
           assert bool(x[0][1]) == bool(y[0][1])
+  # Rolling log-likelihood (perplexity tasks), one text longer than the 1024-token window.
+  from lm_eval.api.instance import Instance
+  long_text = " ".join(d["question"] + " " + d["answer"] for d in GSM_DOCS) * 30
+  reqs = [Instance("loglikelihood_rolling", {}, (t,), i)
+          for i, t in enumerate(["A short text about apples.", long_text])]
+  assert len(our_lm.tok.encode(long_text).ids) > 1024
+  for a, b in zip(our_lm.loglikelihood_rolling(reqs), hf_lm.loglikelihood_rolling(reqs)):
+    assert a == pytest.approx(b, abs=2e-3 + 1e-6 * abs(b))
 
 
 @pytest.mark.slow

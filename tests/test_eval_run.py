@@ -64,6 +64,11 @@ def test_run_on_one_document(tiny_run, tmp_path):
   m = json.loads((tmp_path / "o" / "metrics.json").read_text())
   assert m["counts"] == {"boolq:rc_5shot": 1}
   assert m["tasks"]["boolq:rc_5shot"]["acc_raw"] in (0.0, 1.0)
+  # An earlier result is never replaced silently.
+  p = run_cli("--checkpoint", workdir, "--tasks", "boolq", "--limit", "1", "--output",
+              str(tmp_path / "o"))
+  assert p.returncode == 2 and "--overwrite" in p.stderr
+  assert json.loads((tmp_path / "o" / "metrics.json").read_text()) == m
 
 
 def test_bad_input_is_one_clear_error_and_exit_2(tiny_run, tmp_path):
