@@ -118,7 +118,10 @@ class Scorer:
       rows = self._rows_for(shape)
       for start in range(0, len(gs), rows):
         batch = gs[start:start + rows]
-        for (i, _), lp, greedy in self._score_batch(shape, rows, batch):
+        # A short last batch is padded to a power of two rows, not to `rows`: at most a
+        # few more compiled shapes instead of up to rows - 1 dummy rows of compute.
+        n = rows if len(batch) == rows else min(rows, self._pow2_rows(len(batch)))
+        for (i, _), lp, greedy in self._score_batch(shape, n, batch):
           out[i] = (lp, greedy)
         if progress is not None:
           progress(sum(len(g.members) for g in batch))
@@ -134,6 +137,10 @@ class Scorer:
     # Bounded by the prefill tokens and by the packed continuation tokens, whose attention
     # scores grow with w * (p + w).
     rows = max(1, self.batch_tokens // max(p, 2 * w, 1))
+    return -(-rows // self.n_dev) * self.n_dev
+
+  def _pow2_rows(self, n: int) -> int:
+    rows = 1 << max(0, (n - 1).bit_length())
     return -(-rows // self.n_dev) * self.n_dev
 
   def _score_batch(self, shape, rows: int, batch: list[_Group]):

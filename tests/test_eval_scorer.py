@@ -39,7 +39,8 @@ def random_requests(seed=0, n_ctx=6, max_len=96):
   return reqs
 
 
-@pytest.mark.parametrize("variant", ["ladder", "olmo1", "olmo2"])
+@pytest.mark.parametrize("variant", ["ladder", pytest.param("olmo1", marks=pytest.mark.slow),
+                                     pytest.param("olmo2", marks=pytest.mark.slow)])
 def test_scorer_equals_plain_forward_per_request(variant):
   cfg = tiny_config(variant, max_seq_len=128)
   params = random_params(cfg)
