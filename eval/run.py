@@ -324,17 +324,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   agg, preds = evaluate(scorer, tokenizer, tasks, task_instances=instances, suites=suites,
                         use_file_primary=a.file_primary_metric,
                         progress_bar=not a.no_progress)
+  errors = {}
   if lm_eval_names:
     from eval import harness
     lm = harness.OlmoJaxLM.from_scorer(scorer, tokenizer)
-    lm_res = harness.run_lm_eval(lm, lm_eval_names, limit=a.limit)
+    try:
+      lm_res = harness.run_lm_eval(lm, lm_eval_names, limit=a.limit)
+    except Exception as e:  # e.g. its dataset is not available offline: keep the rest
+      lm_res = {}
+      errors["lm_eval"] = f"{type(e).__name__}: {e}"
+      print(f"error: lm-eval tasks {lm_eval_names} failed ({errors['lm_eval']}); the other "
+            "tasks' results are written", file=sys.stderr)
     agg = aggregate([t for t in tasks if t.name in instances],
                     _records_from(preds), suites, a.file_primary_metric,
                     {f"lm_eval:{k}": v for k, v in lm_res.items()})
   elapsed = time.time() - t0
   out = {"tasks": agg["tasks"], "macro": agg["macro"], "subtasks": agg["subtasks"],
          "counts": agg["counts"], "primary_metrics": agg["primary_metrics"],
-         "checkpoint": os.path.abspath(a.checkpoint), "step": model.step,
+         "errors": errors, "checkpoint": os.path.abspath(a.checkpoint), "step": model.step,
          "config": {"eval": {"tasks": a.tasks, "limit": a.limit, "max_length": model.max_length,
                              "dtype": model.cfg.dtype, "tokenizer": model.tokenizer,
                              "file_primary_metric": a.file_primary_metric,
@@ -346,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(format_table(agg))
   print(f"wrote {a.output}/metrics.json and predictions.jsonl ({len(preds)} documents, "
         f"{elapsed:.1f} s)")
-  return 0
+  return 1 if errors else 0
 
 
 def _records_from(preds: list[dict]) -> dict[str, list[dict]]:
