@@ -265,6 +265,8 @@ def _parse(argv):
   p.add_argument("--file_primary_metric", action="store_true",
                  help="suite macros use each request file's primary_metric instead of the "
                       "OLMES paper's normalisation")
+  p.add_argument("--include_path", default=None,
+                 help="extra lm-eval task directory for lm_eval:<task> names")
   p.add_argument("--overwrite", action="store_true",
                  help="replace metrics.json and predictions.jsonl already in --output")
   p.add_argument("--list", action="store_true", help="list the known tasks and suites")
@@ -309,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lm_eval_names = [t.family for t in tasks if t.source == "lm_eval"]
     if lm_eval_names:
       from eval import harness
-      harness.check_lm_eval_tasks(lm_eval_names)
+      harness.check_lm_eval_tasks(lm_eval_names, a.include_path)
     model = load_model(a.checkpoint, a.dtype, a.max_length)
   except (UsageError, tasks_lib.TaskError, CheckpointError, ConversionError,
           FileNotFoundError, ValueError) as e:
@@ -329,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from eval import harness
     lm = harness.OlmoJaxLM.from_scorer(scorer, tokenizer)
     try:
-      lm_res = harness.run_lm_eval(lm, lm_eval_names, limit=a.limit)
+      lm_res = harness.run_lm_eval(lm, lm_eval_names, limit=a.limit,
+                                   include_path=a.include_path)
     except Exception as e:  # e.g. its dataset is not available offline: keep the rest
       lm_res = {}
       errors["lm_eval"] = f"{type(e).__name__}: {e}"

@@ -165,3 +165,13 @@ def test_harness_cli_runs_lm_eval_with_our_model(setup):
   p = subprocess.run([sys.executable, "-m", "eval.harness", "--tasks", "local_mc"], cwd=ROOT,
                      env=env, capture_output=True, text=True, timeout=300)
   assert p.returncode == 2 and "--checkpoint" in p.stderr
+  # eval.run mixes native tasks and lm-eval tasks in one metrics.json.
+  p = subprocess.run(
+      [sys.executable, "-m", "eval.run", "--checkpoint", workdir, "--tasks",
+       "boolq,lm_eval:local_mc", "--include_path", tdir, "--limit", "2", "--output",
+       str(root / "mixed"), "--no_progress"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  m = json.loads((root / "mixed" / "metrics.json").read_text())
+  assert set(m["tasks"]) == {"boolq:rc_5shot", "lm_eval:local_mc"} and not m["errors"]
+  assert 0.0 <= m["tasks"]["lm_eval:local_mc"]["acc,none"] <= 1.0
