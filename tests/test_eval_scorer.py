@@ -27,7 +27,7 @@ def reference_loglikelihood(cfg, params, ctx, cont, max_length):
   return float(logp[rows, k].sum()), bool((logits[rows].argmax(-1) == np.array(k)).all())
 
 
-def random_requests(seed=0, n_ctx=6, max_len=96):
+def random_requests(seed=0, n_ctx=4, max_len=96):
   rng = np.random.default_rng(seed)
   reqs = []
   for _ in range(n_ctx):
