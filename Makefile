@@ -24,6 +24,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m olmo_jax.demo
+	@echo "== scoring the demo model on the core suite (a 4M model scores near chance: 25-50%)"
+	$(PY) -m eval.run --checkpoint runs/demo --tasks core --limit 25 --output runs/demo/eval \
+	  --overwrite
 
 # A small DataDecide study on the embedded corpus: 3 recipes x 3 sizes x 2 seeds, then the report.
 datadecide-demo: $(STAMP)

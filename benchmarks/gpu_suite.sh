@@ -2,9 +2,9 @@
 # Every GPU check and benchmark in one call (< 8 minutes on one H100/H200).
 # Results land in $OUT (or ./gpu_results): env.txt, parity.log, train_gpu.jsonl (one row per
 # implementation and size, then ours / torch summaries), train_gpu.txt (the table, the peak
-# used, the ratios), train_gpu.err (its warnings and errors), plan.log, suite.log.
-# Worst case by the timeouts: 100 + 310 + 50 s plus start-up (the bench's two sides get
-# 120 s and 160 s, so it writes its files before its own 310 s limit).
+# used, the ratios), train_gpu.err (its warnings and errors), plan.log, eval_olmes_1b.txt,
+# suite.log. Worst case by the timeouts: 60 + 250 + 40 + 120 s plus start-up (the bench's two
+# sides get 100 s and 140 s, so it writes its files before its own 250 s limit).
 # The GPU image has jax/flax/optax/orbax; the rest travels as wheels in .whl/ (see README).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ fi
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(), 'transformers', transformers.__version__)"
 } > "$OUT/env.txt" 2>&1
 # 1. Numerics on the GPU: model tests that need no torch (remat/scan invariance, causality).
-timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/test_model.py -k "not fsdp" \
+timeout 60 python3 -m pytest -q -x -p no:cacheprovider tests/test_model.py -k "not fsdp" \
   > "$OUT/parity.log" 2>&1
 echo "model tests rc=$?" | tee -a "$OUT/suite.log"
 # 2. Tokens/s per device and MFU at sequence 2048, 150M and 1B: ours with cuDNN flash and
@@ -41,8 +41,8 @@ if ! python3 -c "import sys, torch, transformers; sys.exit(not torch.cuda.is_ava
   echo "PyTorch reference skipped: no CUDA build of torch with transformers (see env.txt)" \
     | tee -a "$OUT/suite.log"
 fi
-timeout 310 python3 benchmarks/bench_train_gpu.py --sizes 150M 1B --attention cudnn xla $REF \
-  --steps 5 --warmup 2 --worker_timeout 120 160 --out "$OUT/train_gpu.jsonl" \
+timeout 250 python3 benchmarks/bench_train_gpu.py --sizes 150M 1B --attention cudnn xla $REF \
+  --steps 5 --warmup 2 --worker_timeout 100 140 --out "$OUT/train_gpu.jsonl" \
   > "$OUT/train_gpu.txt" 2> "$OUT/train_gpu.err"
 rc=$?
 tail -n 5 "$OUT/train_gpu.err" | tee -a "$OUT/suite.log"
@@ -50,6 +50,15 @@ tee -a "$OUT/suite.log" < "$OUT/train_gpu.txt"
 echo "bench rc=$rc" | tee -a "$OUT/suite.log"
 # 3. The ahead-of-time plan of the 1B step compiled for this GPU (memory per device from XLA,
 #    tokens/s at 50% MFU); the 8 x 80 GB plan is analytic and runs anywhere (README).
-timeout 50 python3 -m olmo_jax.train --config configs/train.py:1B --dry_run \
+timeout 40 python3 -m olmo_jax.train --config configs/train.py:1B --dry_run \
   --config.train.microbatch_size=8 > "$OUT/plan.log" 2>&1
 echo "plan rc=$?" | tee -a "$OUT/suite.log"
+# 4. Evaluation speed: the `olmes` suite on a random-init 1B model in bfloat16 with our scorer,
+#    200 documents per task here (a bounded share of the 8 minutes); FULL_OLMES=1 scores every
+#    document (MMLU's 14k test questions included; target: under 10 minutes on one GPU,
+#    compilation included) as a separate call.
+if [ "${FULL_OLMES:-0}" = 1 ]; then EVAL_ARGS="--full"; EVAL_T=600; else EVAL_ARGS="--limit 200"; EVAL_T=120; fi
+timeout "$EVAL_T" python3 benchmarks/bench_eval.py --sizes 1B $EVAL_ARGS --no-hf --dtype bfloat16 \
+  --batch-tokens 32768 > "$OUT/eval_olmes_1b.txt" 2>&1
+echo "eval olmes 1B ($EVAL_ARGS) rc=$?" | tee -a "$OUT/suite.log"
+tail -n 20 "$OUT/eval_olmes_1b.txt" | tee -a "$OUT/suite.log"

@@ -1,0 +1,385 @@
+"""`python -m eval.run --checkpoint DIR --tasks olmes [--limit N] --output OUT`.
+
+Scores a checkpoint (a workdir meaning its newest checkpoint, a checkpoints dir, one step
+dir, or an HF directory) on tasks and suites from eval/tasks.py and writes
+OUT/metrics.json = {"tasks": {task: {metric: value}}, "macro": {name: {"value", "metric",
+...}}, "subtasks": {...}, "counts": {...}, "checkpoint", "step", "config"} and
+OUT/predictions.jsonl (one line per document), then prints a table. Bad input (missing
+checkpoint, unknown task, a request file that does not parse, --limit 0) is one line on
+stderr and exit code 2, before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from eval import metrics as metrics_lib
+from eval import tasks as tasks_lib
+
+EOS_TOKEN_ID = 50279
+
+
+# ------------------------------------------------------------------------------ loading
+
+def is_hf_dir(path: str) -> bool:
+  cfg = os.path.join(path, "config.json")
+  if not os.path.isfile(cfg):
+    return False
+  try:
+    with open(cfg) as f:
+      c = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return False
+  return isinstance(c, dict) and ("model_type" in c or "architectures" in c)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  cfg: Any  # olmo_jax.model.ModelConfig
+  params: dict
+  step: int | None
+  config: dict  # the training config (ours) or the HF config.json
+  tokenizer: str  # 'olmo' or a tokenizer.json path
+  max_length: int
+
+
+def load_model(path: str, dtype: str | None = None, max_length: int | None = None
+               ) -> LoadedModel:
+  """Params and ModelConfig of our checkpoint or an HF directory (CheckpointError /
+  ConversionError / FileNotFoundError name the problem)."""
+  import jax
+
+  from olmo_jax import checkpoint, hf
+  from olmo_jax import config as config_lib
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist; pass a run directory, a "
+                            "checkpoint step directory or an HF directory")
+  if is_hf_dir(path):
+    cfg, params = hf.import_hf(path)
+    with open(os.path.join(path, "config.json")) as f:
+      config = json.load(f)
+    step = None
+    tok = os.path.join(path, "tokenizer.json")
+    tokenizer = tok if os.path.isfile(tok) else "olmo"
+    default_len = cfg.max_seq_len
+  else:
+    import ml_collections
+    params, meta = checkpoint.restore_params(path)
+    if not (meta.get("config") or {}).get("model"):
+      raise checkpoint.CheckpointError(f"{path}: the checkpoint records no model config")
+    config = meta["config"]
+    cfg = config_lib.model_config(ml_collections.ConfigDict(config))
+    step = meta.get("step")
+    tokenizer = "olmo"
+    default_len = int((config.get("train") or {}).get("seq_len") or cfg.max_seq_len)
+  if dtype is None:  # exact float32 on CPU; the trained compute dtype on accelerators
+    dtype = "float32" if jax.default_backend() == "cpu" else cfg.dtype
+  cfg = dataclasses.replace(cfg, dtype=dtype, remat="none")
+  return LoadedModel(cfg, params, step, config, tokenizer,
+                     min(max_length or default_len, cfg.max_seq_len))
+
+
+# --------------------------------------------------------------------------- encoding
+
+class Encoder:
+  """lm-eval's context/continuation split: trailing context spaces move to the continuation,
+  the pair is encoded whole and the context's own tokens are cut off (cached per context)."""
+
+  def __init__(self, tokenizer):
+    self.tok = tokenizer
+    self._ctx: dict[str, list[int]] = {}
+
+  def _context(self, context: str) -> list[int]:
+    if context not in self._ctx:
+      self._ctx[context] = self.tok.encode(context).ids if context else [EOS_TOKEN_ID]
+    return self._ctx[context]
+
+  def pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    split = []
+    for context, continuation in pairs:
+      n = len(context) - len(context.rstrip())
+      if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+      split.append((context, continuation))
+    wholes = self.tok.encode_batch([c + k for c, k in split])
+    out = []
+    for (context, continuation), whole in zip(split, wholes):
+      if not context:
+        out.append((self._context(""), self.tok.encode(continuation).ids))
+        continue
+      ctx = self._context(context)
+      out.append((ctx, whole.ids[len(ctx):]))
+    return out
+
+
+# ------------------------------------------------------------------------------ scoring
+
+def _requests(instances: list[tasks_lib.Instance]) -> list[tuple[str, str]]:
+  out = []
+  for inst in instances:
+    out += list(zip(inst.contexts, inst.continuations))
+    if inst.uncond_contexts is not None:
+      out += list(zip(inst.uncond_contexts, inst.continuations))
+  return out
+
+
+def score_tasks(scorer, encoder: Encoder, task_instances: dict[str, list[tasks_lib.Instance]],
+                progress: Callable[[int], None] | None = None
+                ) -> dict[str, list[dict[str, Any]]]:
+  """Per task, one prediction record per instance (scores, sizes and every metric)."""
+  flat = [inst for insts in task_instances.values() for inst in insts]
+  texts = _requests(flat)
+  encoded = encoder.pairs(texts)
+  scores = scorer.loglikelihood(encoded, progress=progress)
+  out: dict[str, list[dict[str, Any]]] = {name: [] for name in task_instances}
+  i = 0
+  for name, insts in task_instances.items():
+    for inst in insts:
+      n = len(inst.continuations)
+      lp = [scores[i + j][0] for j in range(n)]
+      ntok = [len(encoded[i + j][1]) for j in range(n)]
+      i += n
+      ulp = None
+      if inst.uncond_contexts is not None:
+        ulp = [scores[i + j][0] for j in range(n)]
+        i += n
+      nchar = [len(c) for c in inst.continuations]
+      nbytes = [len(c.encode("utf-8")) for c in inst.continuations]
+      if n == 1:
+        m = metrics_lib.bpb_metrics(lp[0], nbytes[0])
+      else:
+        m = metrics_lib.instance_metrics(lp, ntok, nchar, nbytes, inst.label, ulp)
+      rec = {"task": name, "doc_id": inst.doc_id, "native_id": inst.native_id,
+             "subtask": inst.subtask, "label": inst.label, "logprobs": lp, "num_tokens": ntok,
+             "num_chars": nchar, "uncond_logprobs": ulp,
+             "pred": metrics_lib.argmax_first(lp), "metrics": m}
+      out[name].append(rec)
+  return out
+
+
+def aggregate(tasks: list[tasks_lib.Task], records: dict[str, list[dict]],
+              suites: Sequence[str] = (), use_file_primary: bool = False,
+              lm_eval_results: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+  """metrics.json's tasks / subtasks / counts / primary_metrics / macro parts."""
+  by_name = {t.name: t for t in tasks}
+  out: dict[str, Any] = {"tasks": {}, "subtasks": {}, "counts": {}, "primary_metrics": {},
+                         "macro": {}}
+  for name, recs in records.items():
+    task_m, per_sub = metrics_lib.task_metrics([r["metrics"] for r in recs],
+                                               [r["subtask"] for r in recs])
+    out["tasks"][name] = task_m
+    out["counts"][name] = len(recs)
+    t = by_name[name]
+    primary = (t.file_primary_metric if use_file_primary and t.file_primary_metric
+               else t.primary_metric)
+    if primary not in task_m:  # e.g. acc_uncond on a task without unconditional requests
+      primary = "acc_raw" if "acc_raw" in task_m else next(iter(task_m))
+    out["primary_metrics"][name] = primary
+    if per_sub:
+      out["subtasks"][name] = per_sub
+      out["macro"][name] = {"value": task_m[primary], "metric": primary,
+                            "over": f"{len(per_sub)} subjects"}
+  for name, res in (lm_eval_results or {}).items():
+    out["tasks"][name] = res
+    family = name.split(":", 1)[1]
+    key = metrics_lib.LM_EVAL_PRIMARY.get(family)
+    if key in res:
+      out["primary_metrics"][name] = key
+  reg = tasks_lib.registry()
+  for suite in suites:
+    members = [reg[n].name for n in tasks_lib.SUITES[suite]]
+    metric_of = {m: out["primary_metrics"][m] for m in members
+                 if m in out["primary_metrics"]}
+    if len(metric_of) == len(members):
+      macro = metrics_lib.suite_macro(out["tasks"], metric_of)
+      macro["metric"] = ("mean of each task's primary metric ("
+                         + ("the request files' config.json" if use_file_primary
+                            else "OLMES paper") + ")")
+      out["macro"][suite] = macro
+  return out
+
+
+def format_table(agg: dict[str, Any]) -> str:
+  """A readable table: task, primary metric and value, acc_raw, acc_per_char, bpb, count."""
+  rows = [("task", "primary", "value", "acc_raw", "acc_per_char", "bpb", "n")]
+  fmt = lambda x: "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+  for name, m in agg["tasks"].items():
+    p = agg["primary_metrics"].get(name, "")
+    rows.append((name, p, fmt(m.get(p)), fmt(m.get("acc_raw")), fmt(m.get("acc_per_char")),
+                 fmt(m.get("bits_per_byte")), str(agg["counts"].get(name, "-"))))
+  for name, m in agg["macro"].items():
+    rows.append((f"[macro] {name}", m["metric"][:40] if name in tasks_lib.SUITES
+                 else m["metric"], fmt(m["value"]), "", "", "", ""))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+  lines.insert(1, "-" * len(lines[0]))
+  return "\n".join(lines)
+
+
+def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | None = None,
+             task_instances: dict[str, list[tasks_lib.Instance]] | None = None,
+             suites: Sequence[str] = (), use_file_primary: bool = False,
+             progress_bar: bool = False) -> tuple[dict[str, Any], list[dict]]:
+  """(aggregate metrics, prediction records) of the native (non lm-eval) tasks."""
+  if task_instances is None:
+    task_instances = {t.name: tasks_lib.load_instances(t, limit) for t in tasks
+                      if t.source != "lm_eval"}
+  bar = None
+  if progress_bar:
+    from tqdm import tqdm
+    total = sum(len(i.continuations) * (2 if i.uncond_contexts else 1)
+                for insts in task_instances.values() for i in insts)
+    bar = tqdm(total=total, desc="scoring requests", unit="req", file=sys.stderr)
+  records = score_tasks(scorer, Encoder(tokenizer), task_instances,
+                        progress=bar.update if bar is not None else None)
+  if bar is not None:
+    bar.close()
+  native = [t for t in tasks if t.name in task_instances]
+  agg = aggregate(native, records, suites, use_file_primary)
+  return agg, [r for recs in records.values() for r in recs]
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+def _parse(argv):
+  p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.splitlines()[0])
+  p.add_argument("--checkpoint", help="run dir, checkpoints dir, step dir, or HF directory")
+  p.add_argument("--tasks", default="olmes",
+                 help="comma-separated tasks and suites (olmes, seed, core, all)")
+  p.add_argument("--limit", type=int, default=None,
+                 help="score only the first N documents of each task (each MMLU subject)")
+  p.add_argument("--output", help="directory for metrics.json and predictions.jsonl")
+  p.add_argument("--max_length", type=int, default=None,
+                 help="context window (default: the training seq_len)")
+  p.add_argument("--batch_tokens", type=int, default=8192,
+                 help="context tokens per scoring batch")
+  p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                 help="compute dtype (default: float32 on CPU, the trained one elsewhere)")
+  p.add_argument("--file_primary_metric", action="store_true",
+                 help="suite macros use each request file's primary_metric instead of the "
+                      "OLMES paper's normalisation")
+  p.add_argument("--include_path", default=None,
+                 help="extra lm-eval task directory for lm_eval:<task> names")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace metrics.json and predictions.jsonl already in --output")
+  p.add_argument("--list", action="store_true", help="list the known tasks and suites")
+  p.add_argument("--no_progress", action="store_true", help="no progress bar")
+  return p.parse_args(argv)
+
+
+class UsageError(ValueError):
+  pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  a = _parse(argv)
+  if a.list:
+    reg = tasks_lib.registry()
+    for name in sorted(reg):
+      print(f"{name:32s} {reg[name].primary_metric}")
+    for s, members in tasks_lib.SUITES.items():
+      print(f"suite {s}: {', '.join(members)}")
+    return 0
+  from olmo_jax.checkpoint import CheckpointError
+  from olmo_jax.hf import ConversionError
+  try:
+    if not a.checkpoint or not a.output:
+      raise UsageError("--checkpoint and --output are required")
+    if a.limit is not None and a.limit <= 0:
+      raise UsageError(f"--limit {a.limit} must be a positive number of documents per task")
+    names = [n.strip() for n in a.tasks.split(",") if n.strip()]
+    tasks = tasks_lib.resolve_tasks(names)
+    suites = [n for n in names if n in tasks_lib.SUITES]
+    # Parse every request file before the model loads: a bad file fails in a second.
+    instances = {t.name: tasks_lib.load_instances(t, a.limit) for t in tasks
+                 if t.source != "lm_eval"}
+    if not os.path.exists(a.checkpoint):
+      raise FileNotFoundError(f"checkpoint {a.checkpoint} does not exist; pass a run "
+                              "directory, a checkpoint step directory or an HF directory")
+    if os.path.isfile(a.output):
+      raise UsageError(f"--output {a.output} is a file; pass a directory")
+    if os.path.exists(os.path.join(a.output, "metrics.json")) and not a.overwrite:
+      raise UsageError(f"--output {a.output} already holds metrics.json; pass --overwrite "
+                       "to replace it or choose another directory")
+    lm_eval_names = [t.family for t in tasks if t.source == "lm_eval"]
+    if lm_eval_names:
+      from eval import harness
+      harness.check_lm_eval_tasks(lm_eval_names, a.include_path)
+    model = load_model(a.checkpoint, a.dtype, a.max_length)
+  except (UsageError, tasks_lib.TaskError, CheckpointError, ConversionError,
+          FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  from data_pipeline.tokenizer import load_tokenizer
+  from eval.scorer import Scorer
+  t0 = time.time()
+  scorer = Scorer(model.cfg, model.params, max_length=model.max_length,
+                  batch_tokens=a.batch_tokens)
+  tokenizer = load_tokenizer(model.tokenizer)
+  agg, preds = evaluate(scorer, tokenizer, tasks, task_instances=instances, suites=suites,
+                        use_file_primary=a.file_primary_metric,
+                        progress_bar=not a.no_progress)
+  errors = {}
+  if lm_eval_names:
+    from eval import harness
+    lm = harness.OlmoJaxLM.from_scorer(scorer, tokenizer)
+    try:
+      lm_res = harness.run_lm_eval(lm, lm_eval_names, limit=a.limit,
+                                   include_path=a.include_path)
+    except Exception as e:  # e.g. its dataset is not available offline: keep the rest
+      lm_res = {}
+      errors["lm_eval"] = f"{type(e).__name__}: {e}"
+      print(f"error: lm-eval tasks {lm_eval_names} failed ({errors['lm_eval']}); the other "
+            "tasks' results are written", file=sys.stderr)
+    agg = aggregate([t for t in tasks if t.name in instances],
+                    _records_from(preds), suites, a.file_primary_metric,
+                    {f"lm_eval:{k}": v for k, v in lm_res.items()})
+  elapsed = time.time() - t0
+  out = {"tasks": agg["tasks"], "macro": agg["macro"], "subtasks": agg["subtasks"],
+         "counts": agg["counts"], "primary_metrics": agg["primary_metrics"],
+         "errors": errors, "checkpoint": os.path.abspath(a.checkpoint), "step": model.step,
+         "config": {"eval": {"tasks": a.tasks, "limit": a.limit, "max_length": model.max_length,
+                             "dtype": model.cfg.dtype, "tokenizer": model.tokenizer,
+                             "file_primary_metric": a.file_primary_metric,
+                             "seconds": round(elapsed, 2)},
+                    "model": model.config}}
+  os.makedirs(a.output, exist_ok=True)
+  _write_json(os.path.join(a.output, "metrics.json"), out)
+  _write_jsonl(os.path.join(a.output, "predictions.jsonl"), preds)
+  print(format_table(agg))
+  print(f"wrote {a.output}/metrics.json and predictions.jsonl ({len(preds)} documents, "
+        f"{elapsed:.1f} s)")
+  return 1 if errors else 0
+
+
+def _records_from(preds: list[dict]) -> dict[str, list[dict]]:
+  out: dict[str, list[dict]] = {}
+  for r in preds:
+    out.setdefault(r["task"], []).append(r)
+  return out
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for r in rows:
+      f.write(json.dumps(r, default=str) + "\n")
+  os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

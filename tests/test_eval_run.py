@@ -1,0 +1,91 @@
+"""`python -m eval.run` in a subprocess, as the README prints it: outputs and bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from eval_fixtures import ROOT, export_hf, write_tiny_checkpoint
+
+
+def run_cli(*args, timeout=900):
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.run([sys.executable, "-m", "eval.run", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  mcfg, params = write_tiny_checkpoint(workdir)
+  return workdir, mcfg, params
+
+
+@pytest.mark.slow
+def test_run_writes_metrics_predictions_and_a_table(tiny_run, tmp_path):
+  workdir, mcfg, params = tiny_run
+  out = tmp_path / "out"
+  p = run_cli("--checkpoint", workdir, "--tasks", "arc_challenge,winogrande,gsm8k",
+              "--limit", "2", "--output", str(out))
+  assert p.returncode == 0, p.stderr[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  assert set(m["tasks"]) == {"arc_challenge:rc_5shot", "winogrande:rc_5shot",
+                             "gsm8k:gold_bpb_5shot"}
+  arc = m["tasks"]["arc_challenge:rc_5shot"]
+  for k in ("acc_raw", "acc_per_token", "acc_per_char", "acc_uncond", "correct_prob",
+            "margin_per_char", "total_prob_per_token", "norm_correct_prob", "bits_per_byte"):
+    assert k in arc
+  assert m["primary_metrics"]["arc_challenge:rc_5shot"] == "acc_uncond"
+  assert m["tasks"]["gsm8k:gold_bpb_5shot"]["bits_per_byte"] > 0
+  assert m["step"] == 0 and m["checkpoint"] == os.path.abspath(workdir)
+  assert m["config"]["model"]["model"]["d_model"] == 64
+  preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+  assert len(preds) == 6
+  assert {len(r["logprobs"]) for r in preds if r["task"].startswith("arc")} == {4}
+  assert "acc_uncond" in p.stdout and "arc_challenge:rc_5shot" in p.stdout
+  assert "scoring requests" in p.stderr  # the progress bar
+  # The same weights exported to HF score the same.
+  hf_dir = export_hf(mcfg, params, str(tmp_path / "hf"))
+  p2 = run_cli("--checkpoint", hf_dir, "--tasks", "arc_challenge,winogrande,gsm8k",
+               "--limit", "2", "--output", str(tmp_path / "out_hf"), "--no_progress")
+  assert p2.returncode == 0, p2.stderr[-3000:]
+  m2 = json.loads((tmp_path / "out_hf" / "metrics.json").read_text())
+  for task, vals in m["tasks"].items():
+    for k, v in vals.items():
+      assert abs(m2["tasks"][task][k] - v) < 1e-5, (task, k)
+
+
+def test_run_on_one_document(tiny_run, tmp_path):
+  workdir, _, _ = tiny_run
+  p = run_cli("--checkpoint", workdir, "--tasks", "boolq", "--limit", "1", "--output",
+              str(tmp_path / "o"), "--no_progress")
+  assert p.returncode == 0, p.stderr[-3000:]
+  m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+  assert m["counts"] == {"boolq:rc_5shot": 1}
+  assert m["tasks"]["boolq:rc_5shot"]["acc_raw"] in (0.0, 1.0)
+  # An earlier result is never replaced silently.
+  p = run_cli("--checkpoint", workdir, "--tasks", "boolq", "--limit", "1", "--output",
+              str(tmp_path / "o"))
+  assert p.returncode == 2 and "--overwrite" in p.stderr
+  assert json.loads((tmp_path / "o" / "metrics.json").read_text()) == m
+
+
+def test_bad_input_is_one_clear_error_and_exit_2(tiny_run, tmp_path):
+  workdir, _, _ = tiny_run
+  out = str(tmp_path / "out")
+  bad = tmp_path / "badtask"
+  bad.mkdir()
+  (bad / "requests.jsonl").write_text("this is not json\n")
+  cases = [
+      (("--checkpoint", str(tmp_path / "nope"), "--tasks", "piqa"), "does not exist"),
+      (("--checkpoint", workdir, "--tasks", "piqa,nosuchtask"), "unknown task or suite"),
+      (("--checkpoint", workdir, "--tasks", str(bad)), "does not parse"),
+      (("--checkpoint", workdir, "--tasks", "piqa", "--limit", "0"), "--limit 0"),
+  ]
+  for args, needle in cases:
+    p = run_cli(*args, "--output", out, timeout=300)
+    assert p.returncode == 2, (args, p.stderr[-2000:])
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+  assert not os.path.exists(out)

@@ -1,0 +1,124 @@
+"""eval/tasks.py: the shipped OLMES request files, MMLU in OLMES formats, suites, errors."""
+
+import gzip
+import json
+import os
+
+import pytest
+
+from eval import tasks
+
+OLMES = ("arc_easy", "arc_challenge", "boolq", "csqa", "hellaswag", "openbookqa", "piqa",
+         "socialiqa", "winogrande", "mmlu")
+
+
+def test_suites_and_registry():
+  olmes = tasks.resolve_tasks("olmes")
+  assert [t.family for t in olmes] == list(OLMES)
+  assert all(t.variant == "rc_5shot" for t in olmes)
+  reg = tasks.registry()
+  for family in tasks.REQUEST_FAMILIES[:-1]:
+    for variant in ("rc_5shot", "mc_5shot", "rc_0shot", "val_rc_5shot", "val_mc_5shot"):
+      assert f"{family}:{variant}" in reg, (family, variant)
+  for family in ("arc_easy", "arc_challenge", "openbookqa"):
+    assert f"{family}:test_rc_5shot" in reg and f"{family}:test_mc_5shot" in reg
+  assert reg["gsm8k"].name == "gsm8k:gold_bpb_5shot" and reg["gsm8k"].is_bpb
+  # OLMES paper metrics by default, the files' choice kept alongside.
+  assert reg["arc_challenge"].primary_metric == "acc_uncond"
+  assert reg["arc_challenge"].file_primary_metric == "acc_per_char"
+  assert reg["arc_easy:mc_5shot"].primary_metric == "acc_raw"
+  seed = [t.name for t in tasks.resolve_tasks("seed")]
+  assert "mmlu:rc_5shot" in seed and "lm_eval:truthfulqa_mc2" in seed
+  assert "lm_eval:gsm8k" in seed
+  assert len(tasks.resolve_tasks("core")) == 4
+  assert len(tasks.resolve_tasks("olmes,arc_easy,core")) == 10  # each task once
+
+
+def test_unknown_names_fail_listing_the_known_ones():
+  with pytest.raises(tasks.TaskError) as e:
+    tasks.resolve_tasks("olmes,arc_eazy")
+  msg = str(e.value)
+  assert "arc_eazy" in msg and "olmes" in msg and "arc_easy" in msg and "hellaswag" in msg
+  with pytest.raises(tasks.TaskError, match="limit"):
+    tasks.load_instances(tasks.registry()["piqa"], limit=0)
+
+
+@pytest.mark.parametrize("name", OLMES[:-1] + ("gsm8k",))
+def test_request_files_give_documents_with_their_choices(name):
+  t = tasks.registry()[name]
+  insts = tasks.load_instances(t, limit=4)
+  assert len(insts) == 4
+  for inst in insts:
+    assert len(inst.contexts) == len(inst.continuations) >= 1
+    assert 0 <= inst.label < len(inst.continuations)
+    assert all(c.startswith(" ") for c in inst.continuations)
+  if t.primary_metric == "acc_uncond":
+    assert all(i.uncond_contexts == ["Answer:"] * len(i.contexts) for i in insts)
+  if name == "winogrande":  # partial scoring: the context changes, the continuation does not
+    assert insts[0].contexts[0] != insts[0].contexts[1]
+    assert insts[0].continuations[0] == insts[0].continuations[1]
+
+
+def test_full_request_file_matches_its_config():
+  t = tasks.registry()["arc_challenge"]
+  insts = tasks.load_instances(t)
+  with open(os.path.join(t.path, "config.json")) as f:
+    assert len(insts) == json.load(f)["num_instances"] == 299
+
+
+def test_bad_request_file_is_one_clear_error(tmp_path):
+  bad = tmp_path / "mytask"
+  bad.mkdir()
+  (bad / "requests.jsonl").write_text('{"doc_id": 0, "request": {"context": "a", '
+                                      '"continuation": " b"}}\n{not json\n')
+  [t] = tasks.resolve_tasks(str(bad))
+  with pytest.raises(tasks.TaskError, match="line 2 does not parse"):
+    tasks.load_instances(t)
+  with gzip.open(bad / "requests.jsonl.gz", "wt") as f:
+    f.write('{"doc_id": 0}\n')
+  with pytest.raises(tasks.TaskError, match="line 1 lacks"):
+    tasks.load_instances(tasks.resolve_tasks(str(bad))[0])
+
+
+def test_mmlu_follows_the_olmes_format_for_all_57_subjects():
+  import datasets
+  assert len(tasks.MMLU_SUBJECTS) == 57
+  assert sorted(os.listdir(tasks.mmlu_dir())) == sorted(tasks.MMLU_SUBJECTS)
+  for subject in tasks.MMLU_SUBJECTS:
+    dev = list(datasets.load_from_disk(os.path.join(tasks.mmlu_dir(), subject, "dev")))
+    test0 = datasets.load_from_disk(os.path.join(tasks.mmlu_dir(), subject, "test"))[0]
+    assert len(dev) == 5
+    header = ("The following are multiple choice questions (with answers) about "
+              + subject.replace("_", " ") + ".\n\n")
+    for variant, formulation in (("rc_5shot", "rc"), ("mc_5shot", "mc")):
+      [inst] = tasks.mmlu_subject_instances(subject, variant, limit=1)
+      ctx = inst.contexts[0]
+      assert ctx.startswith(header) and ctx.endswith("\nAnswer:")
+      assert inst.label == test0["answer"] and inst.subtask == subject
+      # The OLMES format written out: 5 dev examples with their gold answers (dataset
+      # order), each "\n\n"-terminated, then the question.
+      def render(ex, with_answer):
+        q = "Question: " + ex["question"].strip() + "\n"
+        if formulation == "mc":
+          q += "".join(f" {'ABCD'[i]}. {c}\n" for i, c in enumerate(ex["choices"]))
+        q += "Answer:"
+        if with_answer:
+          q += " " + (ex["choices"][ex["answer"]] if formulation == "rc"
+                      else "ABCD"[ex["answer"]]) + "\n\n"
+        return q
+      expected = header + "".join(render(ex, True) for ex in dev) + render(test0, False)
+      assert ctx == expected, subject
+      if formulation == "rc":
+        assert inst.continuations == [" " + c for c in test0["choices"]]
+      else:
+        assert inst.continuations == [" A", " B", " C", " D"]
+
+
+def test_mmlu_prompt_literal():
+  [inst] = tasks.mmlu_subject_instances("abstract_algebra", "mc_5shot", limit=1)
+  q = inst.contexts[0].split("\n\n")[-1]
+  assert q == ("Question: Find the degree for the given field extension Q(sqrt(2), sqrt(3), "
+               "sqrt(18)) over Q.\n A. 0\n B. 4\n C. 2\n D. 6\nAnswer:")
+  first_shot = inst.contexts[0].split("\n\n")[1]
+  assert first_shot == ("Question: Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\n"
+                        " A. 0\n B. 1\n C. 2\n D. 3\nAnswer: B")
