@@ -33,6 +33,8 @@ def get_config(size: str = "4M") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict({
       "every": 0,  # steps between in-loop evaluations; 0: off
       "batches": 4,  # held-out batches for the in-loop loss
+      "tasks": "",  # tasks or suites scored in the loop too (eval/tasks.py), e.g. 'core'
+      "limit": 200,  # documents per task (per MMLU subject) for the in-loop tasks
   })
   c.plan = ml_collections.ConfigDict({  # ahead-of-time plan (--dry_run; checked by every run)
       "check": True,  # stop before training when the compiled step does not fit the devices

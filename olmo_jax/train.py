@@ -84,11 +84,24 @@ def build_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   from data_pipeline import mixture
   config_lib.validate(cfg, jax.process_count())
   mixture.validate_config(cfg.data, cfg.model.vocab_size)
-  if (cfg.eval.every > 0 and mixture.mixture_name(cfg.data) != "synthetic"
-      and mixture.data_config(cfg.data).heldout_fraction <= 0):
+  if cfg.eval.every > 0 and not cfg.eval.tasks and not has_heldout_split(cfg):
     raise ValueError("eval.every > 0 reads the held-out split of each source, and "
-                     "data.heldout_fraction is 0; set it (e.g. 0.01) or set eval.every=0")
+                     "data.heldout_fraction is 0; set it (e.g. 0.01), name eval.tasks, "
+                     "or set eval.every=0")
+  if cfg.eval.tasks:
+    from eval import tasks as tasks_lib  # the entry point may import eval; the library not
+    tasks_lib.resolve_tasks(cfg.eval.tasks)  # an unknown name fails here, listing the known
+    if cfg.eval.every <= 0 or cfg.eval.limit < 0:
+      raise ValueError(f"eval.tasks={cfg.eval.tasks!r} needs eval.every > 0 (steps between "
+                       "evaluations) and eval.limit >= 0")
   return cfg
+
+
+def has_heldout_split(cfg) -> bool:
+  """Whether the in-loop loss has held-out data: the data's split, or the synthetic stream."""
+  from data_pipeline import mixture
+  return (mixture.mixture_name(cfg.data) == "synthetic"
+          or mixture.data_config(cfg.data).heldout_fraction > 0)
 
 
 def build_mesh(cfg):
@@ -247,8 +260,10 @@ def build_hooks(cfg, mesh, checkpointer, data_iter, extra_callbacks=()) -> list:
   from olmo_jax import sharding, trainer
   hooks = [cb if isinstance(cb, trainer.Hook) else trainer.CallbackHook(cb)
            for cb in extra_callbacks]
-  if cfg.eval.every > 0:
+  if cfg.eval.every > 0 and has_heldout_split(cfg):
     hooks.append(build_eval_hook(cfg, sharding.batch_sharding(mesh)))
+  if cfg.eval.every > 0 and cfg.eval.tasks:
+    hooks.append(build_task_eval_hook(cfg, mesh))
   hooks.append(trainer.StopOnSignal())
   if checkpointer is not None:
     hooks.append(trainer.CheckpointHook(checkpointer, data_iter.get_state))
@@ -299,6 +314,18 @@ def build_eval_hook(cfg, batch_sh):
     return {"eval_loss": float(np.mean(jax.device_get(losses)))}
 
   return trainer.CallbackHook(held_out_loss, every=cfg.eval.every)
+
+
+def build_task_eval_hook(cfg, mesh):
+  """In-loop task evaluation (eval/inloop.py) every eval.every steps: the tasks' primary
+  metrics and suite macro averages, logged as eval/<task>/<metric> and eval/<suite>."""
+  from eval import inloop
+  from olmo_jax import trainer
+  callback = inloop.make_eval_callback(
+      cfg.eval.tasks, cfg.eval.every, config_lib.model_config(cfg),
+      limit=cfg.eval.limit or None, max_length=cfg.train.seq_len,
+      tokenizer=cfg.data.get("tokenizer", "olmo") or "olmo", mesh=mesh)
+  return trainer.CallbackHook(callback, every=cfg.eval.every)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
