@@ -89,3 +89,13 @@ def test_bad_input_is_one_clear_error_and_exit_2(tiny_run, tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
   assert not os.path.exists(out)
+
+
+def test_datadecide_study_scores_checkpoints_through_eval_run(tiny_run, tmp_path):
+  from olmo_jax.datadecide.scorers import EvalRunScorer
+  workdir, _, _ = tiny_run
+  scorer = EvalRunScorer("winogrande", limit=1)
+  out = str(tmp_path / "eval" / "0")
+  first = scorer(None, 0, workdir, out)
+  assert set(first) == {"winogrande:rc_5shot"} and "acc_raw" in first["winogrande:rc_5shot"]
+  assert scorer(None, 0, workdir, out) == first  # a rerun (after a crash) replaces its output

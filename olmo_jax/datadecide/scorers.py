@@ -27,7 +27,7 @@ class EvalRunScorer:
 
   def command(self, ckpt_dir: str, out_dir: str) -> list[str]:
     cmd = [self.python, "-m", "eval.run", "--checkpoint", ckpt_dir, "--tasks", self.tasks,
-           "--output", out_dir]
+           "--output", out_dir, "--overwrite"]  # the study re-scores only what it lacks
     if self.limit:
       cmd += ["--limit", str(self.limit)]
     return cmd
