@@ -22,57 +22,26 @@ from olmo_jax import model as model_lib
 from olmo_jax.model import ModelConfig
 
 
-def _rope(x_BxTxHxK, positions_BxT, theta: float, table_len: int):
-  """model.apply_rope at per-row positions."""
-  cos_LxK, sin_LxK = model_lib.rope_tables(table_len, x_BxTxHxK.shape[-1], theta)
-  one = lambda x, pos: model_lib.apply_rope(x[None], cos_LxK[pos], sin_LxK[pos])[0]
-  return jax.vmap(one)(x_BxTxHxK, positions_BxT)
-
-
 def _block(cfg: ModelConfig, x_BxTxD, layer: dict[str, jax.Array], positions_BxT,
            table_len: int, attend: Callable):
-  """One transformer block (as model.block_forward); attend(q, k, v) does the attention.
+  """model.block_forward at per-row positions, attend(q, k, v) doing the attention.
 
   Returns (output [B, T, D], this block's keys and values [B, T, H, K] after RoPE).
   """
-  dt = cfg.compute_dtype
-  B, T, D = x_BxTxD.shape
-  H, K = cfg.n_heads, cfg.head_dim
-  w = {k: v.astype(dt) for k, v in layer.items() if not k.endswith("norm")}
+  cos_LxK, sin_LxK = model_lib.rope_tables(table_len, cfg.head_dim, cfg.theta)
+  kv = {}
 
-  def norm(h, name):
-    if cfg.variant == "olmo1":
-      return model_lib.layer_norm_no_affine(h, cfg.eps).astype(dt)
-    return model_lib.rms_norm(h, layer[name], cfg.eps).astype(dt)
+  def keep_kv(q, k, v):
+    kv["k"], kv["v"] = k, v
+    return attend(q, k, v)
 
-  def attn(h_BxTxD):
-    q, k, v = h_BxTxD @ w["wq"], h_BxTxD @ w["wk"], h_BxTxD @ w["wv"]
-    if cfg.clip_qkv:
-      q, k, v = (jnp.clip(t, -cfg.clip_qkv, cfg.clip_qkv) for t in (q, k, v))
-    if cfg.variant == "olmo2":
-      q, k = norm(q, "q_norm"), norm(k, "k_norm")
-    q = _rope(q.reshape(B, T, H, K), positions_BxT, cfg.theta, table_len)
-    k = _rope(k.reshape(B, T, H, K), positions_BxT, cfg.theta, table_len)
-    v = v.reshape(B, T, H, K)
-    o_BxTxHxK = attend(q, k, v)
-    return o_BxTxHxK.reshape(B, T, D) @ w["wo"], k, v
-
-  def mlp(h_BxTxD):
-    return model_lib.swiglu_mlp(h_BxTxD, w["w_up"], w["w_gate"], w["w_down"])
-
-  if cfg.variant == "olmo2":
-    a, k, v = attn(x_BxTxD)
-    h = x_BxTxD + norm(a, "post_attn_norm")
-    return h + norm(mlp(h), "post_mlp_norm"), k, v
-  a, k, v = attn(norm(x_BxTxD, "attn_norm"))
-  h = x_BxTxD + a
-  return h + mlp(norm(h, "mlp_norm")), k, v
+  y = model_lib.block_forward(cfg, x_BxTxD, layer, cos_LxK[positions_BxT],
+                              sin_LxK[positions_BxT], attend=keep_kv)
+  return y, kv["k"], kv["v"]
 
 
 def _final_norm(cfg: ModelConfig, params, x_BxTxD):
-  if cfg.variant == "olmo1":
-    return model_lib.layer_norm_no_affine(x_BxTxD, cfg.eps).astype(cfg.compute_dtype)
-  return model_lib.rms_norm(x_BxTxD, params["final_norm"], cfg.eps).astype(cfg.compute_dtype)
+  return model_lib.final_norm(cfg, params, x_BxTxD)
 
 
 def prefill(cfg: ModelConfig, params: dict[str, Any], ids_BxP: jax.Array):
@@ -84,7 +53,7 @@ def prefill(cfg: ModelConfig, params: dict[str, Any], ids_BxP: jax.Array):
   B, P = ids_BxP.shape
   x = jnp.take(params["embed"], ids_BxP, axis=0).astype(cfg.compute_dtype)
   positions = jnp.broadcast_to(jnp.arange(P), (B, P))
-  attend = lambda q, k, v: model_lib.attention(q, k, v, cfg.attention)
+  attend = lambda q, k, v: model_lib.attention(q, k, v, cfg.attention, cfg.on_cpu)
 
   def body(x, layer):
     y, k, v = _block(cfg, x, layer, positions, P, attend)

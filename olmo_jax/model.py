@@ -185,11 +185,16 @@ def rope_tables(seq_len: int, head_dim: int, theta: float):
 
 
 def apply_rope(x_BxLxHxK, cos_LxK, sin_LxK):
-  """Split-half rotary embedding: x * cos + rotate_half(x) * sin, rotate_half = [-x2, x1]."""
+  """Split-half rotary embedding: x * cos + rotate_half(x) * sin, rotate_half = [-x2, x1].
+
+  The tables are [L, K] (positions 0..L-1) or [B, L, K] (each row at its own positions).
+  """
   x32 = x_BxLxHxK.astype(jnp.float32)
   x1, x2 = jnp.split(x32, 2, axis=-1)
   rotated = jnp.concatenate([-x2, x1], axis=-1)
-  cos, sin = cos_LxK[None, :, None, :], sin_LxK[None, :, None, :]
+  if cos_LxK.ndim == 2:
+    cos_LxK, sin_LxK = cos_LxK[None], sin_LxK[None]
+  cos, sin = cos_LxK[:, :, None, :], sin_LxK[:, :, None, :]
   return (x32 * cos + rotated * sin).astype(x_BxLxHxK.dtype)
 
 
@@ -250,8 +255,13 @@ def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str, on_cpu: bool | None = 
   return out.astype(dt)
 
 
-def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_LxK, sin_LxK):
-  """One transformer block. `layer` holds one layer's weights (no `layers` axis)."""
+def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_LxK, sin_LxK,
+                  attend=None):
+  """One transformer block. `layer` holds one layer's weights (no `layers` axis).
+
+  attend(q, k, v) -> o over [B, L, H, K] (after RoPE) replaces causal self-attention: cached
+  decoding (olmo_jax/decode.py) attends to past keys and values with it.
+  """
   dt = cfg.compute_dtype
   B, L, D = x_BxLxD.shape
   H, K = cfg.n_heads, cfg.head_dim
@@ -283,8 +293,11 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
     q_BxLxHxK = constrain(apply_rope(q.reshape(B, L, H, K), cos_LxK, sin_LxK), HEADS)
     k_BxLxHxK = constrain(apply_rope(k.reshape(B, L, H, K), cos_LxK, sin_LxK), HEADS)
     v_BxLxHxK = constrain(v.reshape(B, L, H, K), HEADS)
-    o_BxLxHxK = constrain(attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention, fuse),
-                          HEADS)
+    if attend is None:
+      o_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, cfg.attention, fuse)
+    else:
+      o_BxLxHxK = attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    o_BxLxHxK = constrain(o_BxLxHxK, HEADS)
     return _tag(matmul(o_BxLxHxK.reshape(B, L, D), w["wo"]), "out_proj")
 
   def mlp(h_BxLxD):
@@ -320,6 +333,11 @@ class OLMo(nnx.Module):
     return forward(self.cfg, params, input_ids_BxL)
 
 
+def final_norm(cfg: ModelConfig, params: dict[str, Any], x_BxLxD):
+  """The norm after the last block, in the compute dtype."""
+  return _norm(cfg.spec, cfg.eps, x_BxLxD, params, "final_norm").astype(cfg.compute_dtype)
+
+
 def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
             return_hidden: bool = False) -> jax.Array:
   """Pure forward over a nested param dict (as nnx.to_pure_dict gives).
@@ -346,7 +364,7 @@ def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
   else:
     for i in range(cfg.n_layers):
       x_BxLxD, _ = body(x_BxLxD, jax.tree.map(lambda a: a[i], blocks))
-  x_BxLxD = _norm(cfg.spec, cfg.eps, x_BxLxD, params, "final_norm").astype(dt)
+  x_BxLxD = final_norm(cfg, params, x_BxLxD)
   if return_hidden:
     return x_BxLxD
   head_DxV = params["lm_head"].astype(dt)
