@@ -1,10 +1,12 @@
-"""`python -m eval.run --checkpoint DIR --tasks olmes [--limit N] --output OUT`.
+"""`python -m eval.run --checkpoint DIR --tasks olmes [--lm_files GLOB] [--lm_heldout]
+[--limit N] --output OUT`.
 
 Scores a checkpoint (a workdir meaning its newest checkpoint, a checkpoints dir, one step
 dir, or an HF directory) on tasks and suites from eval/tasks.py and writes
 OUT/metrics.json = {"tasks": {task: {metric: value}}, "macro": {name: {"value", "metric",
 ...}}, "subtasks": {...}, "counts": {...}, "checkpoint", "step", "config"} and
-OUT/predictions.jsonl (one line per document), then prints a table. Bad input (missing
+OUT/predictions.jsonl (one line per document), then prints a table. --lm_files / --lm_heldout
+add bits-per-byte and perplexity of validation sets under "lm" (eval/lm.py). Bad input (missing
 checkpoint, unknown task, a request file that does not parse, --limit 0) is one line on
 stderr and exit code 2, before the model is loaded.
 """
@@ -40,6 +42,12 @@ def is_hf_dir(path: str) -> bool:
   return isinstance(c, dict) and ("model_type" in c or "architectures" in c)
 
 
+def tokenizer_of(path: str) -> str:
+  """The tokenizer a checkpoint is scored with: an HF directory's tokenizer.json, else OLMo's."""
+  tok = os.path.join(path, "tokenizer.json")
+  return tok if is_hf_dir(path) and os.path.isfile(tok) else "olmo"
+
+
 @dataclasses.dataclass
 class LoadedModel:
   cfg: Any  # olmo_jax.model.ModelConfig
@@ -66,8 +74,7 @@ def load_model(path: str, dtype: str | None = None, max_length: int | None = Non
     with open(os.path.join(path, "config.json")) as f:
       config = json.load(f)
     step = None
-    tok = os.path.join(path, "tokenizer.json")
-    tokenizer = tok if os.path.isfile(tok) else "olmo"
+    tokenizer = tokenizer_of(path)
     default_len = cfg.max_seq_len
   else:
     import ml_collections
@@ -251,10 +258,21 @@ def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | Non
 def _parse(argv):
   p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", help="run dir, checkpoints dir, step dir, or HF directory")
-  p.add_argument("--tasks", default="olmes",
-                 help="comma-separated tasks and suites (olmes, seed, core, all)")
+  p.add_argument("--tasks", default=None,
+                 help="comma-separated tasks and suites (olmes, seed, core, all); default "
+                      "olmes, or none when --lm_files / --lm_heldout is given")
+  p.add_argument("--lm_files", action="append", default=[],
+                 help="validation files for bits-per-byte and perplexity: a path or glob "
+                      "(.jsonl[.gz|.zst], .parquet, token files), comma-separated or repeated; "
+                      "each is one set named by its path stem (or NAME=GLOB)")
+  p.add_argument("--lm_heldout", action="store_true",
+                 help="also score the held-out split of the checkpoint run's own sources")
+  p.add_argument("--lm_stride", type=int, default=None,
+                 help="tokens predicted per window of a document longer than the context "
+                      "(default: the context window, i.e. non-overlapping windows)")
   p.add_argument("--limit", type=int, default=None,
-                 help="score only the first N documents of each task (each MMLU subject)")
+                 help="score only the first N documents of each task (each MMLU subject) "
+                      "and of each lm set")
   p.add_argument("--output", help="directory for metrics.json and predictions.jsonl")
   p.add_argument("--max_length", type=int, default=None,
                  help="context window (default: the training seq_len)")
@@ -294,8 +312,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       raise UsageError("--checkpoint and --output are required")
     if a.limit is not None and a.limit <= 0:
       raise UsageError(f"--limit {a.limit} must be a positive number of documents per task")
+    lm_wanted = bool(a.lm_files) or a.lm_heldout
+    if a.tasks is None:
+      a.tasks = "" if lm_wanted else "olmes"
     names = [n.strip() for n in a.tasks.split(",") if n.strip()]
-    tasks = tasks_lib.resolve_tasks(names)
+    if not names and not lm_wanted:
+      raise UsageError("--tasks names no task; pass tasks, --lm_files or --lm_heldout")
+    tasks = tasks_lib.resolve_tasks(names) if names else []
     suites = [n for n in names if n in tasks_lib.SUITES]
     # Parse every request file before the model loads: a bad file fails in a second.
     instances = {t.name: tasks_lib.load_instances(t, a.limit) for t in tasks
@@ -312,7 +335,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if lm_eval_names:
       from eval import harness
       harness.check_lm_eval_tasks(lm_eval_names, a.include_path)
+    lm_sets = {}
+    if a.lm_files:  # every file is read before the model loads: a bad one fails fast
+      from eval import lm as lm_lib
+      lm_sets = lm_lib.file_sets(lm_lib.resolve_files(a.lm_files), tokenizer_of(a.checkpoint),
+                                 a.limit)
     model = load_model(a.checkpoint, a.dtype, a.max_length)
+    if a.lm_heldout:
+      from eval import lm as lm_lib
+      if is_hf_dir(a.checkpoint):
+        raise UsageError(f"--lm_heldout: {a.checkpoint} is an HF directory, which records no "
+                         "training data; pass a checkpoint of a training run")
+      held = lm_lib.heldout_sets(model.config, a.limit)
+      clash = sorted(set(held) & set(lm_sets))
+      if clash:
+        raise UsageError(f"--lm_files set {clash[0]!r} clashes with a held-out set; rename it")
+      lm_sets.update(held)
+    if lm_sets:
+      lm_lib.windows([], model.max_length, a.lm_stride)  # checks --lm_stride
   except (UsageError, tasks_lib.TaskError, CheckpointError, ConversionError,
           FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -326,34 +366,43 @@ def main(argv: Sequence[str] | None = None) -> int:
   agg, preds = evaluate(scorer, tokenizer, tasks, task_instances=instances, suites=suites,
                         use_file_primary=a.file_primary_metric,
                         progress_bar=not a.no_progress)
+  lm_res = {}
+  if lm_sets:
+    lm_res = lm_lib.evaluate_sets(scorer, lm_sets, tokenizer, a.lm_stride)
   errors = {}
   if lm_eval_names:
     from eval import harness
     lm = harness.OlmoJaxLM.from_scorer(scorer, tokenizer)
     try:
-      lm_res = harness.run_lm_eval(lm, lm_eval_names, limit=a.limit,
+      harness_res = harness.run_lm_eval(lm, lm_eval_names, limit=a.limit,
                                    include_path=a.include_path)
     except Exception as e:  # e.g. its dataset is not available offline: keep the rest
-      lm_res = {}
+      harness_res = {}
       errors["lm_eval"] = f"{type(e).__name__}: {e}"
       print(f"error: lm-eval tasks {lm_eval_names} failed ({errors['lm_eval']}); the other "
             "tasks' results are written", file=sys.stderr)
     agg = aggregate([t for t in tasks if t.name in instances],
                     _records_from(preds), suites, a.file_primary_metric,
-                    {f"lm_eval:{k}": v for k, v in lm_res.items()})
+                    {f"lm_eval:{k}": v for k, v in harness_res.items()})
   elapsed = time.time() - t0
   out = {"tasks": agg["tasks"], "macro": agg["macro"], "subtasks": agg["subtasks"],
          "counts": agg["counts"], "primary_metrics": agg["primary_metrics"],
-         "errors": errors, "checkpoint": os.path.abspath(a.checkpoint), "step": model.step,
+         "lm": lm_res, "errors": errors, "checkpoint": os.path.abspath(a.checkpoint),
+         "step": model.step,
          "config": {"eval": {"tasks": a.tasks, "limit": a.limit, "max_length": model.max_length,
                              "dtype": model.cfg.dtype, "tokenizer": model.tokenizer,
                              "file_primary_metric": a.file_primary_metric,
+                             "lm_files": a.lm_files, "lm_heldout": a.lm_heldout,
+                             "lm_stride": a.lm_stride or model.max_length,
                              "seconds": round(elapsed, 2)},
                     "model": model.config}}
   os.makedirs(a.output, exist_ok=True)
   _write_json(os.path.join(a.output, "metrics.json"), out)
   _write_jsonl(os.path.join(a.output, "predictions.jsonl"), preds)
-  print(format_table(agg))
+  if agg["tasks"]:
+    print(format_table(agg))
+  if lm_res:
+    print(lm_lib.format_table(lm_res))
   print(f"wrote {a.output}/metrics.json and predictions.jsonl ({len(preds)} documents, "
         f"{elapsed:.1f} s)")
   return 1 if errors else 0
