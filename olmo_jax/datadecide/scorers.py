@@ -27,10 +27,10 @@ class EvalRunScorer:
 
   def command(self, ckpt_dir: str, out_dir: str) -> list[str]:
     cmd = [self.python, "-m", "eval.run", "--checkpoint", ckpt_dir, "--tasks", self.tasks,
-           "--output", out_dir, "--overwrite"]  # the study re-scores only what it lacks
+           "--output", out_dir]
     if self.limit:
       cmd += ["--limit", str(self.limit)]
-    return cmd
+    return cmd + ["--overwrite"]  # the study re-scores only what it lacks
 
   def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:
     os.makedirs(out_dir, exist_ok=True)
