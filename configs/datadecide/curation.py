@@ -19,33 +19,35 @@ evaluation package (eval.scorer = "eval_run") for a real comparison.
       [--plan] [--workers N] [--launch]
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 RECIPES = ["curation_raw", "curation_dedup", "curation_dedup_rules",
            "curation_dedup_rules_diverse50"]
 
 
+def _demo_config() -> ml_collections.ConfigDict:
+  """configs/datadecide/demo.py's study: the same tiny ladder, trained and scored alike."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py")
+  spec = importlib.util.spec_from_file_location("_datadecide_demo_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def get_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+  c = _demo_config()
   c.name = "curation"
-  c.data_dir = "data"
+  c.synthetic_noise_levels, c.synthetic_vocab = [], 0  # OLMo ids of the embedded corpus
   c.recipes = ml_collections.ConfigDict({name: {"mixture": name} for name in RECIPES})
-  c.custom_sizes = ml_collections.ConfigDict({
-      "xs": {"d_model": 32, "n_heads": 2, "n_layers": 2},
-      "s": {"d_model": 64, "n_heads": 4, "n_layers": 2},
-      "m": {"d_model": 96, "n_heads": 4, "n_layers": 2},
-  })
-  c.sizes = ["xs", "s", "m"]
-  c.target = "m"
+  c.custom_sizes.m.n_layers = 2
   c.seeds = [1]
-  c.seq_len = 64
   c.batch_size = 8
   c.steps = ml_collections.ConfigDict({"xs": 60, "s": 90, "m": 120})
   c.checkpoints_per_run = 3
-  c.warmup_fraction = 0.1
-  c.overrides = ml_collections.ConfigDict({"train": {"lr": 0.004, "log_every": 20}})
-  c.eval = ml_collections.ConfigDict({"scorer": "heldout",
-                                      "heldout": "sample/sample_prose/*.npy",
-                                      "heldout_windows": 64,
-                                      "headline": "heldout/loss"})
+  c.overrides.train.log_every = 20
+  c.eval.heldout = "sample/sample_prose/*.npy"
+  c.eval.heldout_windows = 64
   return c
