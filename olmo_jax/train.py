@@ -379,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
     logging.error("bad input", exc_info=True, extra={"file_only": True})
     print(f"error: {e}", file=sys.stderr)
+    if lock:  # a workdir this run created, with nothing but its lock and log, goes again
+      lock.release_and_tidy((cli.LOG_FILE,))
     return 2
   except (NonFiniteLossError, CheckpointError, OSError) as e:
     logging.error("the run failed", exc_info=True, extra={"file_only": True})

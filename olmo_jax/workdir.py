@@ -68,9 +68,11 @@ class WorkdirLock:
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_NAME)
     self._fd: int | None = None
+    self.created = False  # whether acquire() made the workdir
 
   def acquire(self) -> str | None:
     """Takes the lock or raises WorkdirBusyError; returns a warning if a stale lock was taken."""
+    self.created = not os.path.exists(self.workdir)
     os.makedirs(self.workdir, exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -109,6 +111,34 @@ class WorkdirLock:
     fd, self._fd = self._fd, None
     try:
       os.ftruncate(fd, 0)
+    finally:
+      fcntl.flock(fd, fcntl.LOCK_UN)
+      os.close(fd)
+
+  def release_and_tidy(self, own_files: tuple[str, ...] = ()) -> bool:
+    """Releases the lock; a workdir that acquire() created is removed again when it holds
+    nothing but the lock file and `own_files` (names written by this process, e.g. its log).
+
+    For a run that stopped on bad input before writing anything: the user's directory is left
+    as it was found. Returns whether the workdir was removed. The lock file is unlinked while
+    still locked, so a trainer that opens it after this cannot find the directory half gone.
+    """
+    if self._fd is None:
+      return False
+    names = set(os.listdir(self.workdir)) if os.path.isdir(self.workdir) else set()
+    if not self.created or not names <= {LOCK_NAME, *own_files}:
+      self.release()
+      return False
+    fd, self._fd = self._fd, None
+    try:
+      for name in names - {LOCK_NAME}:
+        os.unlink(os.path.join(self.workdir, name))
+      os.unlink(self.path)
+      try:
+        os.rmdir(self.workdir)
+      except OSError:  # another process wrote there meanwhile: its files stay
+        return False
+      return True
     finally:
       fcntl.flock(fd, fcntl.LOCK_UN)
       os.close(fd)

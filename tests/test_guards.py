@@ -133,3 +133,21 @@ def test_all_damaged_checkpoints_are_never_started_over_or_deleted_unasked(env, 
   assert rc == 0, err[-3000:]
   assert os.path.isdir(os.path.join(ckpt_dir, checkpoint.DAMAGED, "4.1"))
   assert os.path.isdir(os.path.join(ckpt_dir, checkpoint.DAMAGED, "2.1"))
+
+
+def test_bad_config_leaves_a_new_workdir_absent_and_an_existing_one_untouched(env, tmp_path):
+  new = tmp_path / "new" / "run"
+  # Passes flag parsing, fails in the run's validation (after the lock and log were made).
+  rc, out, err = train(new, env, "--config.train.microbatch_size=3")
+  assert rc == 2, out[-2000:] + err[-3000:]
+  assert err.startswith("error: ") and "Traceback" not in err
+  assert not new.exists()  # neither the lock, the log nor the directory stays
+  existing = tmp_path / "mine"
+  existing.mkdir()
+  (existing / "notes.txt").write_text("keep me")
+  rc, out, err = train(existing, env, "--config.train.microbatch_size=3")
+  assert rc == 2
+  assert (existing / "notes.txt").read_text() == "keep me"
+  # An existing directory keeps its (now released) lock file and the log with the traceback.
+  assert "bad input" in (existing / cli.LOG_FILE).read_text()
+  assert (existing / workdir_lib.LOCK_NAME).read_text() == ""
