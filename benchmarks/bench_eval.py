@@ -71,13 +71,17 @@ def bench_size(size: str, limit: int | None, hf_batch: int, max_length: int,
   texts = olmes_requests(limit)
   with tempfile.TemporaryDirectory() as d:
     hf.export_hf(cfg, params, d, tokenizer="olmo", dtype="float32")
+    from tqdm import tqdm
     t0 = time.perf_counter()
     scorer = Scorer(cfg, params, max_length=max_length, batch_tokens=batch_tokens)
     pairs = Encoder(load_tokenizer("olmo")).pairs(texts)
-    ours = scorer.loglikelihood(pairs)
+    with tqdm(total=len(pairs), desc=f"{size} ours", unit="req", file=sys.stderr) as bar:
+      ours = scorer.loglikelihood(pairs, progress=bar.update)
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours_warm = scorer.loglikelihood(pairs)  # second pass: no compilation
+    with tqdm(total=len(pairs), desc=f"{size} ours, compiled", unit="req",
+              file=sys.stderr) as bar:
+      ours_warm = scorer.loglikelihood(pairs, progress=bar.update)  # no compilation
     t_warm = time.perf_counter() - t0
     n = len(texts)
     if not with_hf:
@@ -90,7 +94,7 @@ def bench_size(size: str, limit: int | None, hf_batch: int, max_length: int,
               max_length=max_length)
     reqs = [Instance("loglikelihood", {}, (c, k), i) for i, (c, k) in enumerate(texts)]
     t0 = time.perf_counter()
-    theirs = lm.loglikelihood(reqs, disable_tqdm=True)
+    theirs = lm.loglikelihood(reqs)  # lm-eval's own progress bar
     t_hf = time.perf_counter() - t0
   diff = float(np.max(np.abs(np.array([o[0] for o in ours]) - np.array([t[0] for t in theirs]))))
   assert all(a[0] == b[0] for a, b in zip(ours, ours_warm))

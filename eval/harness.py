@@ -32,7 +32,7 @@ class OlmoJaxLM(LM):
 
   def __init__(self, checkpoint: str | None = None, max_length: int | None = None,
                batch_tokens: int = 8192, dtype: str | None = None, _scorer=None,
-               _tokenizer=None, **_unused: Any):
+               _tokenizer=None, _eos_id: int = EOS_TOKEN_ID, **_unused: Any):
     super().__init__()
     from data_pipeline.tokenizer import load_tokenizer
     from eval.scorer import Scorer
@@ -43,9 +43,11 @@ class OlmoJaxLM(LM):
       _scorer = Scorer(m.cfg, m.params, max_length=m.max_length,
                        batch_tokens=int(batch_tokens))
       _tokenizer = load_tokenizer(m.tokenizer)
+      _eos_id = m.eos_id
     self.scorer = _scorer
     self.tok = _tokenizer
-    self.encoder = Encoder(_tokenizer)
+    self.eos_id = _eos_id
+    self.encoder = Encoder(_tokenizer, _eos_id)
 
   @classmethod
   def from_scorer(cls, scorer, tokenizer) -> "OlmoJaxLM":
@@ -57,7 +59,7 @@ class OlmoJaxLM(LM):
 
   @property
   def eot_token_id(self) -> int:
-    return EOS_TOKEN_ID
+    return self.eos_id
 
   @property
   def tokenizer_name(self) -> str:
@@ -73,7 +75,7 @@ class OlmoJaxLM(LM):
     owner: list[int] = []
     for i, r in enumerate(requests):
       ids = self.tok.encode(r.args[0]).ids
-      for w in utils.get_rolling_token_windows(ids, prefix_token=EOS_TOKEN_ID,
+      for w in utils.get_rolling_token_windows(ids, prefix_token=self.eos_id,
                                                max_seq_len=self.max_length, context_len=1):
         windows.append(utils.make_disjoint_window(w))
         owner.append(i)
@@ -93,14 +95,14 @@ class OlmoJaxLM(LM):
       kw = dict(r.args[1]) if len(r.args) > 1 and r.args[1] else {}
       until = kw.get("until") or []
       until = [until] if isinstance(until, str) else list(until)
-      eos_text = self.tok.decode([EOS_TOKEN_ID], skip_special_tokens=False)
+      eos_text = self.tok.decode([self.eos_id], skip_special_tokens=False)
       if eos_text not in until:
         until.append(eos_text)
       key = (tuple(until), int(kw.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS)))
       by_kwargs.setdefault(key, []).append(i)
     for (until, max_new), idx in by_kwargs.items():
       prompts = [self.tok.encode(requests[i].args[0]).ids if requests[i].args[0]
-                 else [EOS_TOKEN_ID] for i in idx]
+                 else [self.eos_id] for i in idx]
 
       def stop(tokens, until=until):
         text = self.tok.decode(tokens, skip_special_tokens=False)

@@ -22,11 +22,9 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from data_pipeline.tokenizer import EOS_TOKEN_ID
 from eval import metrics as metrics_lib
 from eval import tasks as tasks_lib
-
-EOS_TOKEN_ID = 50279
-
 
 # ------------------------------------------------------------------------------ loading
 
@@ -56,6 +54,15 @@ class LoadedModel:
   config: dict  # the training config (ours) or the HF config.json
   tokenizer: str  # 'olmo' or a tokenizer.json path
   max_length: int
+  eos_id: int = EOS_TOKEN_ID  # the context of a request with an empty one; ends generation
+
+
+def eos_id_of(hf_config: dict) -> int:
+  """An HF config's end-of-text id (the first of a list), else OLMo's."""
+  eos = hf_config.get("eos_token_id")
+  if isinstance(eos, list):
+    eos = eos[0] if eos else None
+  return int(eos) if isinstance(eos, int) else EOS_TOKEN_ID
 
 
 def load_model(path: str, dtype: str | None = None, max_length: int | None = None
@@ -75,6 +82,7 @@ def load_model(path: str, dtype: str | None = None, max_length: int | None = Non
       config = json.load(f)
     step = None
     tokenizer = tokenizer_of(path)
+    eos = eos_id_of(config)
     default_len = cfg.max_seq_len
   else:
     import ml_collections
@@ -84,13 +92,14 @@ def load_model(path: str, dtype: str | None = None, max_length: int | None = Non
     config = meta["config"]
     cfg = config_lib.model_config(ml_collections.ConfigDict(config))
     step = meta.get("step")
-    tokenizer = "olmo"
+    tokenizer, eos = "olmo", EOS_TOKEN_ID
     default_len = int((config.get("train") or {}).get("seq_len") or cfg.max_seq_len)
   if dtype is None:  # exact float32 on CPU; the trained compute dtype on accelerators
     dtype = "float32" if jax.default_backend() == "cpu" else cfg.dtype
   cfg = dataclasses.replace(cfg, dtype=dtype, remat="none")
   return LoadedModel(cfg, params, step, config, tokenizer,
-                     min(max_length or default_len, cfg.max_seq_len))
+                     min(max_length or default_len, cfg.max_seq_len),
+                     eos)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -99,13 +108,14 @@ class Encoder:
   """lm-eval's context/continuation split: trailing context spaces move to the continuation,
   the pair is encoded whole and the context's own tokens are cut off (cached per context)."""
 
-  def __init__(self, tokenizer):
+  def __init__(self, tokenizer, eos_id: int = EOS_TOKEN_ID):
     self.tok = tokenizer
+    self.eos_id = eos_id
     self._ctx: dict[str, list[int]] = {}
 
   def _context(self, context: str) -> list[int]:
     if context not in self._ctx:
-      self._ctx[context] = self.tok.encode(context).ids if context else [EOS_TOKEN_ID]
+      self._ctx[context] = self.tok.encode(context).ids if context else [self.eos_id]
     return self._ctx[context]
 
   def pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
@@ -233,7 +243,8 @@ def format_table(agg: dict[str, Any]) -> str:
 def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | None = None,
              task_instances: dict[str, list[tasks_lib.Instance]] | None = None,
              suites: Sequence[str] = (), use_file_primary: bool = False,
-             progress_bar: bool = False) -> tuple[dict[str, Any], list[dict]]:
+             progress_bar: bool = False, eos_id: int = EOS_TOKEN_ID
+             ) -> tuple[dict[str, Any], list[dict]]:
   """(aggregate metrics, prediction records) of the native (non lm-eval) tasks."""
   if task_instances is None:
     task_instances = {t.name: tasks_lib.load_instances(t, limit) for t in tasks
@@ -244,7 +255,7 @@ def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | Non
     total = sum(len(i.continuations) * (2 if i.uncond_contexts else 1)
                 for insts in task_instances.values() for i in insts)
     bar = tqdm(total=total, desc="scoring requests", unit="req", file=sys.stderr)
-  records = score_tasks(scorer, Encoder(tokenizer), task_instances,
+  records = score_tasks(scorer, Encoder(tokenizer, eos_id), task_instances,
                         progress=bar.update if bar is not None else None)
   if bar is not None:
     bar.close()
@@ -365,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   tokenizer = load_tokenizer(model.tokenizer)
   agg, preds = evaluate(scorer, tokenizer, tasks, task_instances=instances, suites=suites,
                         use_file_primary=a.file_primary_metric,
-                        progress_bar=not a.no_progress)
+                        progress_bar=not a.no_progress, eos_id=model.eos_id)
   lm_res = {}
   if lm_sets:
     lm_res = lm_lib.evaluate_sets(scorer, lm_sets, tokenizer, a.lm_stride)

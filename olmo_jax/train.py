@@ -328,35 +328,36 @@ def build_task_eval_hook(cfg, mesh):
   return trainer.CallbackHook(callback, every=cfg.eval.every)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """The command line: exit 0 done, 2 bad input or a busy workdir, 1 a failure of the run."""
+def parse_flags(argv: list[str]):
+  """absl FLAGS of the command line (aliases translated); raises ValueError / flags.Error."""
   from absl import app, flags
   from ml_collections import config_flags
-  argv = list(sys.argv if argv is None else argv)
   app.define_help_flags()
+  config, rest = cli.load_config(translate_aliases(argv), f"{DEFAULT_CONFIG}:4M")
+  # The overrides are read from `rest`, not sys.argv (which still holds the aliases).
+  config_flags.DEFINE_config_dict("config", config, "The training config: --config FILE[:ARG] "
+                                  "picks the file, --config.<field>=<value> overrides.",
+                                  sys_argv=rest)
+  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
+  flags.DEFINE_bool("dry_run", False, "Print the plan (memory per device, FLOPs, tokens/s) "
+                    "from the compiled train step, without training.")
+  distributed.define_flags()
+  extra = flags.FLAGS(rest)[1:]
+  if extra:
+    raise ValueError(f"unexpected argument {extra[0]!r} (flags take --name=value)")
+  return flags.FLAGS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """The command line: exit 0 done, 2 bad input or a busy workdir, 1 a failure of the run."""
+  from absl import flags
   try:
-    config, rest = cli.load_config(translate_aliases(argv), f"{DEFAULT_CONFIG}:4M")
-    # The overrides are read from `rest`, not sys.argv (which still holds the aliases).
-    config_flags.DEFINE_config_dict("config", config, "The training config: --config FILE[:ARG] "
-                                    "picks the file, --config.<field>=<value> overrides.",
-                                    sys_argv=rest)
-    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json.")
-    flags.DEFINE_bool("dry_run", False, "Print the plan (memory per device, FLOPs, tokens/s) "
-                      "from the compiled train step, without training.")
-    distributed.define_flags()
-    extra = flags.FLAGS(rest)[1:]
-    if extra:
-      raise ValueError(f"unexpected argument {extra[0]!r} (flags take --name=value)")
+    FLAGS = parse_flags(list(sys.argv if argv is None else argv))
+    setup = distributed.initialize_from_flags(FLAGS)  # before anything touches a device
   except (ValueError, FileNotFoundError, flags.Error) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  FLAGS = flags.FLAGS
   workdir = FLAGS.workdir
-  try:
-    setup = distributed.initialize_from_flags(FLAGS)  # before anything touches a device
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
   # One trainer per workdir: process 0 of a run holds the lock for all its processes.
   lock = (workdir_lib.WorkdirLock(workdir)
           if workdir and not FLAGS.dry_run and distributed.is_first_process(setup) else None)
@@ -365,17 +366,24 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (OSError, workdir_lib.WorkdirBusyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  from olmo_jax.checkpoint import CheckpointError  # after the lock: a busy workdir fails fast
-  from olmo_jax.trainer import NonFiniteLossError
   # A dry run writes nothing, not even its log.
   log_file = os.path.join(workdir, cli.LOG_FILE) if workdir and not FLAGS.dry_run else None
-  verbosity = FLAGS.verbosity if FLAGS["verbosity"].present else None
-  cli.setup_logging(verbosity, log_file)
+  cli.setup_logging(FLAGS.verbosity if FLAGS["verbosity"].present else None, log_file)
   if took_over:
     logging.warning(took_over)
-  details = f" (details: {log_file})" if log_file else ""
   try:
-    run(FLAGS.config, workdir, dry_run=FLAGS.dry_run)
+    return run_reporting_errors(FLAGS.config, workdir, FLAGS.dry_run, lock, log_file)
+  finally:
+    if lock:
+      lock.release()  # a no-op after release_and_tidy
+
+
+def run_reporting_errors(config, workdir, dry_run, lock, log_file) -> int:
+  """run() with its errors as one `error:` line and an exit code; tracebacks to the log."""
+  from olmo_jax.checkpoint import CheckpointError  # after the lock: a busy workdir fails fast
+  from olmo_jax.trainer import NonFiniteLossError
+  try:
+    run(config, workdir, dry_run=dry_run)
   except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
     logging.error("bad input", exc_info=True, extra={"file_only": True})
     print(f"error: {e}", file=sys.stderr)
@@ -384,11 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   except (NonFiniteLossError, CheckpointError, OSError) as e:
     logging.error("the run failed", exc_info=True, extra={"file_only": True})
+    details = f" (details: {log_file})" if log_file else ""
     print(f"error: {e}{details}", file=sys.stderr)
     return 1
-  finally:
-    if lock:
-      lock.release()
   return 0
 
 

@@ -99,3 +99,21 @@ def test_datadecide_study_scores_checkpoints_through_eval_run(tiny_run, tmp_path
   first = scorer(None, 0, workdir, out)
   assert set(first) == {"winogrande:rc_5shot"} and "acc_raw" in first["winogrande:rc_5shot"]
   assert scorer(None, 0, workdir, out) == first  # a rerun (after a crash) replaces its output
+
+
+def test_end_of_text_id_comes_from_the_hf_config_for_empty_contexts(tiny_run, tmp_path):
+  from data_pipeline.tokenizer import EOS_TOKEN_ID, load_tokenizer
+  from eval.run import Encoder, load_model
+  workdir, mcfg, params = tiny_run
+  assert load_model(workdir).eos_id == EOS_TOKEN_ID
+  hf_dir = export_hf(mcfg, params, str(tmp_path / "hf"))
+  assert load_model(hf_dir).eos_id == EOS_TOKEN_ID  # the export records OLMo's
+  path = os.path.join(hf_dir, "config.json")
+  config = json.load(open(path))
+  config["eos_token_id"] = [7, 8]  # another tokenizer's, as a list (Llama 3 style)
+  json.dump(config, open(path, "w"))
+  model = load_model(hf_dir)
+  assert model.eos_id == 7
+  encoder = Encoder(load_tokenizer(model.tokenizer), model.eos_id)
+  (ctx, cont), = encoder.pairs([("", " yes")])
+  assert ctx == [7] and cont == load_tokenizer("olmo").encode(" yes").ids
