@@ -9,13 +9,14 @@ How a batch of requests is scored:
    that cache (extend). Multiple-choice questions thus pay for their long 5-shot context
    once instead of once per choice, and the vocabulary head runs only at the continuation
    positions.
-3. Groups are bucketed by (context length, number of choices, continuation length), each
+3. Groups are bucketed by (context length, packed width of their continuations), each
    rounded up to a few fixed sizes, and batched with a fixed number of rows per bucket, so
    only a handful of shapes ever compile. Rows are sharded over all devices (batch axis);
    parameters are replicated.
 
-Summed log-probabilities are float32 sums of per-token log-softmax values; `is_greedy` says
-whether every continuation token was the argmax, as lm-eval's API wants.
+Per-token log-probabilities are float32 (the model's log-softmax), summed per request in
+float64 on the host; `is_greedy` says whether every continuation token was the argmax, as
+lm-eval's API wants.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from olmo_jax import decode, sharding
 from olmo_jax.model import ModelConfig
 
 CONTEXT_BUCKETS = (128, 256, 512, 1024, 2048, 4096)
-# Width of a row's packed continuation tokens (all its continuations back to back).
-PACKED_BUCKETS = (0, 16, 64, 256, 1024, 4096)
+# Width of a row's packed continuation tokens (all its continuations back to back): powers
+# of two, so a row wastes less than half its width (and its vocabulary-head work) on padding.
+PACKED_BUCKETS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 MAX_SHARED = 8  # continuations per prefill row; a context shared by more is prefilled again
+SHARED_WIDTH = 256  # packed width a row of a context shared by more than MAX_SHARED fills
 
 
 def _bucket(n: int, buckets: Sequence[int], cap: int | None = None) -> int:
@@ -67,6 +70,28 @@ def truncate(context: Sequence[int], continuation: Sequence[int], max_length: in
 class _Group:
   context: tuple[int, ...]
   members: list[tuple[int, tuple[int, ...]]]  # (request index, continuation tokens)
+
+
+def _split(g: _Group) -> list[_Group]:
+  """A group as prefill rows of at most MAX_SHARED continuations.
+
+  A context shared by many requests (OLMES's bare "Answer:" prompt of the unconditional
+  requests, for every document) is prefilled once per row: its continuations, shortest
+  first, fill rows up to SHARED_WIDTH packed tokens, so that the rows' widths sit just under
+  a bucket instead of anywhere below the next one.
+  """
+  if len(g.members) <= MAX_SHARED:
+    return [g]
+  parts: list[list] = [[]]
+  width = 0
+  for m in sorted(g.members, key=lambda m: len(m[1])):
+    n = len(m[1]) - 1
+    if parts[-1] and (len(parts[-1]) == MAX_SHARED or width + n > SHARED_WIDTH):
+      parts.append([])
+      width = 0
+    parts[-1].append(m)
+    width += n
+  return [_Group(g.context, p) for p in parts]
 
 
 class Scorer:
@@ -108,10 +133,7 @@ class Scorer:
       groups.setdefault(c, _Group(c, [])).members.append((i, k))
     by_shape: dict[tuple[int, int, int], list[_Group]] = {}
     for g in groups.values():
-      # A context shared by many requests (OLMES's bare "Answer:" prompt for every document)
-      # is prefilled once per MAX_SHARED of them: a fixed, small extend width.
-      for j in range(0, len(g.members), MAX_SHARED):
-        part = _Group(g.context, g.members[j:j + MAX_SHARED])
+      for part in _split(g):
         by_shape.setdefault(self._shape_of(part), []).append(part)
     for shape in sorted(by_shape):
       gs = sorted(by_shape[shape], key=lambda g: len(g.context))
