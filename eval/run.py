@@ -298,6 +298,9 @@ def _parse(argv):
                  help="extra lm-eval task directory for lm_eval:<task> names")
   p.add_argument("--overwrite", action="store_true",
                  help="replace metrics.json and predictions.jsonl already in --output")
+  p.add_argument("--compile_cache", default=None, metavar="DIR",
+                 help="keep the compiled scoring programs in DIR (JAX's persistent compilation "
+                      "cache): later calls on models of the same shape skip compilation")
   p.add_argument("--list", action="store_true", help="list the known tasks and suites")
   p.add_argument("--no_progress", action="store_true", help="no progress bar")
   return p.parse_args(argv)
@@ -351,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       from eval import lm as lm_lib
       lm_sets = lm_lib.file_sets(lm_lib.resolve_files(a.lm_files), tokenizer_of(a.checkpoint),
                                  a.limit)
+    if a.compile_cache:
+      from olmo_jax import compile_cache
+      compile_cache.enable(a.compile_cache)
     model = load_model(a.checkpoint, a.dtype, a.max_length)
     if a.lm_heldout:
       from eval import lm as lm_lib

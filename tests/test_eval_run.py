@@ -117,3 +117,21 @@ def test_end_of_text_id_comes_from_the_hf_config_for_empty_contexts(tiny_run, tm
   encoder = Encoder(load_tokenizer(model.tokenizer), model.eos_id)
   (ctx, cont), = encoder.pairs([("", " yes")])
   assert ctx == [7] and cont == load_tokenizer("olmo").encode(" yes").ids
+
+
+@pytest.mark.slow
+def test_compile_cache_serves_a_second_call_without_new_programs(tiny_run, tmp_path):
+  workdir, _, _ = tiny_run
+  cache = tmp_path / "cache"
+  results = []
+  for i in range(2):
+    out = tmp_path / f"out{i}"
+    p = run_cli("--checkpoint", workdir, "--tasks", "winogrande,arc_easy", "--limit", "3",
+                "--compile_cache", str(cache), "--output", str(out), "--no_progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    results.append(json.load(open(out / "metrics.json"))["tasks"])
+    if i == 0:
+      first = set(os.listdir(cache))
+      assert first  # the scoring programs were written
+  assert set(os.listdir(cache)) == first  # the second call compiled nothing new
+  assert results[0] == results[1]

@@ -22,14 +22,18 @@ import sys
 class EvalRunScorer:
   """Scores checkpoints with `python -m eval.run`."""
 
-  def __init__(self, tasks: str, limit: int | None = None, python: str = sys.executable):
+  def __init__(self, tasks: str, limit: int | None = None, python: str = sys.executable,
+               compile_cache: str | None = None):
     self.tasks, self.limit, self.python = tasks, limit, python
+    self.compile_cache = compile_cache  # shared by every call: one compilation per shape
 
   def command(self, ckpt_dir: str, out_dir: str) -> list[str]:
     cmd = [self.python, "-m", "eval.run", "--checkpoint", ckpt_dir, "--tasks", self.tasks,
            "--output", out_dir]
     if self.limit:
       cmd += ["--limit", str(self.limit)]
+    if self.compile_cache:
+      cmd += ["--compile_cache", self.compile_cache]
     return cmd + ["--overwrite"]  # the study re-scores only what it lacks
 
   def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:

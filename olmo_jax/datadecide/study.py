@@ -272,7 +272,8 @@ def make_scorer(study: Study):
     has_eval = importlib.util.find_spec("eval") and importlib.util.find_spec("eval.run")
     kind = "eval_run" if has_eval and not e.heldout else "heldout"
   if kind == "eval_run":
-    return scorers.EvalRunScorer(e.tasks, e.limit or None)
+    return scorers.EvalRunScorer(e.tasks, e.limit or None,
+                                 compile_cache=os.path.join(study.workdir, "compile_cache"))
   if kind == "heldout":
     if not e.heldout:
       raise InputError("eval.scorer=heldout needs eval.heldout (a glob of held-out token files "
