@@ -6,7 +6,7 @@ unconditional requests included) are scored by eval/scorer.py (compilation inclu
 lm-eval's HFLM on the export (float32, CPU), and the two sets of log-likelihoods are checked
 against each other. Prints requests/s of both and their ratio, and the CPU model.
 
-  python benchmarks/bench_eval.py [--sizes 20M 150M] [--limit 200] [--limits 20M=5 150M=1]
+  python benchmarks/bench_eval.py [--sizes 20M 150M] [--limit 200] [--limits 150M=50]
   python benchmarks/bench_eval.py --sizes 1B --full --no-hf --dtype bfloat16   # GPU check
 """
 
