@@ -340,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.exists(a.checkpoint):
       raise FileNotFoundError(f"checkpoint {a.checkpoint} does not exist; pass a run "
                               "directory, a checkpoint step directory or an HF directory")
+    if a.compile_cache and os.path.exists(a.compile_cache) and not os.path.isdir(
+        a.compile_cache):
+      raise UsageError(f"--compile_cache {a.compile_cache} is a file; pass a directory")
     if os.path.isfile(a.output):
       raise UsageError(f"--output {a.output} is a file; pass a directory")
     if os.path.exists(os.path.join(a.output, "metrics.json")) and not a.overwrite:

@@ -63,29 +63,16 @@ def prefill(cfg: ModelConfig, params: dict[str, Any], ids_BxP: jax.Array):
   return _final_norm(cfg, params, x), k_N, v_N
 
 
-def _cached_attention(q_BxTxHxK, past_k_BxPxHxK, past_v_BxPxHxK, k_BxTxHxK, v_BxTxHxK,
-                      past_mask_BxTxP, self_mask_BxTxT):
-  """Softmax attention in float32 over the cached keys that past_mask allows and the new
-  keys that self_mask allows: the two score blocks share one max and one normaliser, so the
-  cache is never concatenated with the new keys (one copy of it per layer fewer)."""
+def _masked_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS):
+  """Softmax attention in float32 over the keys that mask_BxTxS allows."""
   scale = 1.0 / jnp.sqrt(jnp.float32(q_BxTxHxK.shape[-1]))
-
-  def scores(keys, mask):
-    s = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, keys,
-                   preferred_element_type=jnp.float32) * scale
-    return jnp.where(mask[:, None], s, -jnp.inf)
-
-  s_past = scores(past_k_BxPxHxK, past_mask_BxTxP)
-  s_self = scores(k_BxTxHxK, self_mask_BxTxT)
-  m = jnp.maximum(s_past.max(-1, keepdims=True), s_self.max(-1, keepdims=True))
-  e_past, e_self = jnp.exp(s_past - m), jnp.exp(s_self - m)
-  total = e_past.sum(-1, keepdims=True) + e_self.sum(-1, keepdims=True)  # [B, H, T, 1]
-  dt = v_BxTxHxK.dtype
-  o = (jnp.einsum("bhts,bshk->bhtk", e_past.astype(dt), past_v_BxPxHxK,
-                  preferred_element_type=jnp.float32)
-       + jnp.einsum("bhts,bshk->bhtk", e_self.astype(dt), v_BxTxHxK,
-                    preferred_element_type=jnp.float32)) / total
-  return jnp.swapaxes(o, 1, 2).astype(q_BxTxHxK.dtype)
+  s = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+                 preferred_element_type=jnp.float32) * scale
+  s = jnp.where(mask_BxTxS[:, None], s, -jnp.inf)
+  p = jax.nn.softmax(s, axis=-1)
+  o = jnp.einsum("bhts,bshk->bthk", p.astype(v_BxSxHxK.dtype), v_BxSxHxK,
+                 preferred_element_type=jnp.float32)
+  return o.astype(q_BxTxHxK.dtype)
 
 
 def extend(cfg: ModelConfig, params: dict[str, Any], ids_BxT: jax.Array, positions_BxT,
@@ -98,12 +85,14 @@ def extend(cfg: ModelConfig, params: dict[str, Any], ids_BxT: jax.Array, positio
   P = past_k_NxBxPxHxK.shape[2]
   T = ids_BxT.shape[1]
   x = jnp.take(params["embed"], ids_BxT, axis=0).astype(cfg.compute_dtype)
+  mask = jnp.concatenate([past_mask_BxTxP, self_mask_BxTxT], axis=-1)
 
   def body(x, xs):
     layer, pk, pv = xs
 
     def attend(q, k, v):
-      return _cached_attention(q, pk, pv, k, v, past_mask_BxTxP, self_mask_BxTxT)
+      return _masked_attention(q, jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1),
+                               mask)
 
     y, k, v = _block(cfg, x, layer, positions_BxT, P + T, attend)
     return y, (k, v)

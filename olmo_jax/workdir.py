@@ -126,22 +126,19 @@ class WorkdirLock:
     if self._fd is None:
       return False
     names = set(os.listdir(self.workdir)) if os.path.isdir(self.workdir) else set()
-    if not self.created or not names <= {LOCK_NAME, *own_files}:
-      self.release()
-      return False
-    fd, self._fd = self._fd, None
-    try:
-      for name in names - {LOCK_NAME}:
-        os.unlink(os.path.join(self.workdir, name))
+    removed = False
+    if self.created and names <= {LOCK_NAME, *own_files}:
+      for name in names:  # the lock file last: unlinked while still locked
+        if name != LOCK_NAME:
+          os.unlink(os.path.join(self.workdir, name))
       os.unlink(self.path)
       try:
         os.rmdir(self.workdir)
+        removed = True
       except OSError:  # another process wrote there meanwhile: its files stay
-        return False
-      return True
-    finally:
-      fcntl.flock(fd, fcntl.LOCK_UN)
-      os.close(fd)
+        pass
+    self.release()
+    return removed
 
   def __enter__(self) -> WorkdirLock:
     self.acquire()

@@ -135,3 +135,7 @@ def test_compile_cache_serves_a_second_call_without_new_programs(tiny_run, tmp_p
       assert first  # the scoring programs were written
   assert set(os.listdir(cache)) == first  # the second call compiled nothing new
   assert results[0] == results[1]
+  (tmp_path / "file").write_text("")
+  p = run_cli("--checkpoint", workdir, "--tasks", "winogrande", "--compile_cache",
+              str(tmp_path / "file"), "--output", str(tmp_path / "out3"))
+  assert p.returncode == 2 and p.stderr.startswith("error: --compile_cache ")
