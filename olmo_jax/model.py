@@ -260,7 +260,7 @@ def block_forward(cfg: ModelConfig, x_BxLxD, layer: dict[str, jax.Array], cos_Lx
   """One transformer block. `layer` holds one layer's weights (no `layers` axis).
 
   attend(q, k, v) -> o over [B, L, H, K] (after RoPE) replaces causal self-attention: cached
-  decoding (olmo_jax/decode.py) attends to past keys and values with it.
+  decoding (forward with a KVCache) attends to past keys and values with it.
   """
   dt = cfg.compute_dtype
   B, L, D = x_BxLxD.shape
@@ -338,41 +338,103 @@ def final_norm(cfg: ModelConfig, params: dict[str, Any], x_BxLxD):
   return _norm(cfg.spec, cfg.eps, x_BxLxD, params, "final_norm").astype(cfg.compute_dtype)
 
 
+def head_logits(cfg: ModelConfig, params: dict[str, Any], hidden_xD):
+  """float32 logits [..., V] of final hidden states [..., D] through the untied head."""
+  head_DxV = params["lm_head"].astype(cfg.compute_dtype)
+  if cfg.compute_dtype == jnp.float16 and cfg.on_cpu:
+    # XLA:CPU has no f16 x f16 -> f32 dot; the f32 product of the f16 values is the same.
+    hidden_xD, head_DxV = hidden_xD.astype(jnp.float32), head_DxV.astype(jnp.float32)
+  return jnp.einsum("...d,dv->...v", hidden_xD, head_DxV, preferred_element_type=jnp.float32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+  """Keys and values of earlier tokens, and which of them (and of each other) new tokens see.
+
+  k, v: [N, B, P, H, K] after RoPE; positions [B, T] of the new tokens; past_mask [B, T, P]
+  (the cache entries each new token attends to); self_mask [B, T, T] (which new tokens each
+  attends to: causal within one continuation, several continuations may share a row).
+  """
+
+  k_NxBxPxHxK: jax.Array
+  v_NxBxPxHxK: jax.Array
+  positions_BxT: jax.Array
+  past_mask_BxTxP: jax.Array
+  self_mask_BxTxT: jax.Array
+
+
+def _masked_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxTxS):
+  """Softmax attention in float32 over the keys that mask_BxTxS allows."""
+  scale = 1.0 / jnp.sqrt(jnp.float32(q_BxTxHxK.shape[-1]))
+  s = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+                 preferred_element_type=jnp.float32) * scale
+  s = jnp.where(mask_BxTxS[:, None], s, -jnp.inf)
+  p = jax.nn.softmax(s, axis=-1)
+  o = jnp.einsum("bhts,bshk->bthk", p.astype(v_BxSxHxK.dtype), v_BxSxHxK,
+                 preferred_element_type=jnp.float32)
+  return o.astype(q_BxTxHxK.dtype)
+
+
 def forward(cfg: ModelConfig, params: dict[str, Any], input_ids_BxL: jax.Array,
-            return_hidden: bool = False) -> jax.Array:
+            return_hidden: bool = False, *, cache: KVCache | None = None,
+            return_kv: bool = False):
   """Pure forward over a nested param dict (as nnx.to_pure_dict gives).
 
-  Returns float32 logits [B, L, V] (or the final hidden states [B, L, D] in the
-  compute dtype when return_hidden).
+  Training, scoring, prefill and decoding all run this function. Returns float32 logits
+  [B, L, V] (or the final hidden states [B, L, D] in the compute dtype when return_hidden).
+  cache: the new tokens sit at cache.positions and attend to the cached keys and values
+  (and to each other) as its masks say; without it the tokens are positions 0..L-1 under
+  causal attention. return_kv: also return this call's keys and values, each
+  [N, B, L, H, K] after RoPE (a prefill fills a cache with them).
   """
   B, L = input_ids_BxL.shape
-  if L > cfg.max_seq_len:
+  if cache is None and L > cfg.max_seq_len:
     raise ValueError(f"sequence length {L} exceeds model.max_seq_len={cfg.max_seq_len}")
   dt = cfg.compute_dtype
   x_BxLxD = jnp.take(params["embed"], input_ids_BxL, axis=0).astype(dt)
   x_BxLxD = constrain(x_BxLxD, EMBED)
-  cos_LxK, sin_LxK = rope_tables(L, cfg.head_dim, cfg.theta)
-  blocks = params["blocks"]
+  if cache is None:
+    cos_LxK, sin_LxK = rope_tables(L, cfg.head_dim, cfg.theta)
+    past = None
+  else:
+    P = cache.k_NxBxPxHxK.shape[2]
+    cos_LxK, sin_LxK = (t[cache.positions_BxT] for t in rope_tables(P + L, cfg.head_dim,
+                                                                      cfg.theta))
+    mask_BxLxS = jnp.concatenate([cache.past_mask_BxTxP, cache.self_mask_BxTxT], axis=-1)
+    past = (cache.k_NxBxPxHxK, cache.v_NxBxPxHxK)
 
-  def body(x, layer):
-    return constrain(block_forward(cfg, x, layer, cos_LxK, sin_LxK), EMBED), None
+  def body(x, xs):
+    layer, past_kv = xs if cache is not None else (xs, None)
+    kv = {}
+
+    def attend(q, k, v):
+      kv["k"], kv["v"] = k, v
+      if past_kv is None:
+        return attention(q, k, v, cfg.attention, cfg.on_cpu)
+      pk, pv = past_kv
+      return _masked_attention(q, jnp.concatenate([pk, k], 1), jnp.concatenate([pv, v], 1),
+                               mask_BxLxS)
+
+    hook = attend if (return_kv or past_kv is not None) else None
+    y = constrain(block_forward(cfg, x, layer, cos_LxK, sin_LxK, attend=hook), EMBED)
+    return y, ((kv["k"], kv["v"]) if return_kv else None)
 
   if cfg.remat != "none":
     body = jax.checkpoint(body, policy=_remat_policy(cfg.remat), prevent_cse=not cfg.scan_layers)
+  blocks = params["blocks"] if past is None else (params["blocks"], past)
   if cfg.scan_layers:
-    x_BxLxD, _ = jax.lax.scan(body, x_BxLxD, blocks)
+    x_BxLxD, kv_N = jax.lax.scan(body, x_BxLxD, blocks)
   else:
+    outs = []
     for i in range(cfg.n_layers):
-      x_BxLxD, _ = body(x_BxLxD, jax.tree.map(lambda a: a[i], blocks))
+      x_BxLxD, out = body(x_BxLxD, jax.tree.map(lambda a: a[i], blocks))
+      outs.append(out)
+    kv_N = jax.tree.map(lambda *a: jnp.stack(a), *outs) if return_kv else None
   x_BxLxD = final_norm(cfg, params, x_BxLxD)
-  if return_hidden:
-    return x_BxLxD
-  head_DxV = params["lm_head"].astype(dt)
-  if dt == jnp.float16 and cfg.on_cpu:
-    # XLA:CPU has no f16 x f16 -> f32 dot; the f32 product of the f16 values is the same.
-    x_BxLxD, head_DxV = x_BxLxD.astype(jnp.float32), head_DxV.astype(jnp.float32)
-  logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV, preferred_element_type=jnp.float32)
-  return constrain(logits_BxLxV, ("batch", "length", "vocab"))
+  out = x_BxLxD if return_hidden else constrain(head_logits(cfg, params, x_BxLxD),
+                                                ("batch", "length", "vocab"))
+  return (out, *kv_N) if return_kv else out
 
 
 def param_axes(model: OLMo) -> dict[str, Any]:
