@@ -17,6 +17,7 @@ holds out (and evaluates on) the same documents.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Iterable, Iterator
 
@@ -183,3 +184,94 @@ def pack(documents: Iterable[EvalDocument], window: int, n: int) -> np.ndarray:
     if filled == len(out):
       break
   return out[:filled // window * window].reshape(-1, window)
+
+
+# ------------------------------------------------------------------------------------------
+# The held-out side of a data plan: what the in-loop loss and `eval.run --lm_heldout` read.
+
+
+def plan_token_spans(plan, name: str, files: list[str]) -> list:
+  """Held-out token spans of each token file of a plan's source."""
+  fraction = plan.config.heldout_fraction
+  return [token_spans(open_tokens(p, plan.dtype(name)), file_key(p, plan.root), fraction)
+          for p in files]
+
+
+def plan_document_masks(plan, name: str, docs, files: list[str]) -> list:
+  """bool[documents] per file of a plan's document source: held out or not."""
+  spec = plan.specs[name]
+  keys = ([f"tfds:{spec.tfds_name}:{spec.split}"] if spec.kind == "tfds"
+          else [file_key(p, plan.root) for p in files])
+  return [held_out(k, int(n), plan.config.heldout_fraction)
+          for k, n in zip(keys, docs.file_docs)]
+
+
+def _source_documents(plan, name: str) -> Iterator[EvalDocument]:
+  """The held-out documents of one source, file by file, in file order."""
+  from data_pipeline.plan import document_source
+
+  files = plan.files(name)
+  if plan.specs[name].kind == "tokens":
+    for path, spans in zip(files, plan_token_spans(plan, name, files)):
+      yield from token_file_documents(path, name, spans, plan.dtype(name))
+    return
+  docs = document_source(plan, name, files)
+  held = [np.flatnonzero(m) for m in plan_document_masks(plan, name, docs, files)]
+  yield from text_documents(
+      (docs.get(f, j) for f, idx in enumerate(held) for j in idx.tolist()), name,
+      plan.config.tokenizer)
+
+
+def heldout_documents(data, start: int = 0):
+  """The held-out documents of every source a run reads (EvalDocument), source by source in
+  name order, file by file; the same on every call. `start` skips that many (resume).
+  `data`: a DataPlan or a data config."""
+  from data_pipeline.plan import as_plan
+
+  plan = as_plan(data)
+  if plan.config.heldout_fraction <= 0 or plan.synthetic:
+    raise ValueError("there is no held-out split: set data.heldout_fraction > 0 (e.g. 0.01) "
+                     "over a mixture of files")
+  docs = (d for name in plan.used for d in _source_documents(plan, name))
+  return itertools.islice(docs, start, None)
+
+
+def heldout_batches(data, num_batches: int, *, seq_len: int, batch_size: int, seed: int,
+                    vocab_size: int, process_index: int = 0, process_count: int = 1) -> list:
+  """`num_batches` batches {"input_ids": int32[batch_size, seq_len + 1]} of held-out documents
+  for THIS process (the in-loop evaluation loss). `data`: a DataPlan or a data config.
+
+  Each global batch holds the sources in the mixture's proportions (largest remainder over
+  all rows); a source's rows are its held-out documents packed in order, so the batches are
+  the same for every seed, and for any split of the batch over processes. The synthetic
+  stream has no documents: it gives batches of another seed (`seed` is read only there).
+  """
+  from data_pipeline.mixing import largest_remainder
+  from data_pipeline.plan import as_plan
+  from data_pipeline.synthetic import SyntheticIterator
+
+  plan = as_plan(data)
+  if plan.synthetic:
+    it = SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed + 1_000_003,
+                           vocab_size=vocab_size, process_index=process_index,
+                           process_count=process_count)
+    return [next(it) for _ in range(num_batches)]
+  if plan.config.heldout_fraction <= 0:
+    raise ValueError("the held-out loss reads the held-out split of each source, and "
+                     "data.heldout_fraction is 0; set it (e.g. 0.01) or set eval.every=0")
+  weights = np.asarray(plan.weights(plan.disk_tokens()))
+  window, total = seq_len + 1, num_batches * batch_size * process_count
+  rows = []
+  for name, n in zip(plan.used, largest_remainder(weights, total).tolist()):
+    got = pack(_source_documents(plan, name), window, n)
+    if len(got) < n:
+      raise ValueError(f"source {name!r}: its held-out split holds {len(got)} windows of "
+                       f"{window} tokens, the held-out loss needs {n}; raise "
+                       "data.heldout_fraction or lower eval.batches")
+    rows.append(got)
+  rows = np.concatenate(rows)
+  if rows.max() >= vocab_size:
+    raise ValueError(f"held-out split: token id {int(rows.max())} >= vocab_size {vocab_size}")
+  rows = rows[np.random.default_rng(0).permutation(total)]  # every batch mixes the sources
+  rows = rows.reshape(num_batches, process_count, batch_size, window)[:, process_index]
+  return [{"input_ids": r} for r in rows]

@@ -37,7 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   called after every step (in-loop evaluation, orchestration).
   dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
   """
-  cfg = build_config(config)
+  cfg, data = build_config(config)
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
   from data_pipeline import mixture
@@ -46,7 +46,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   if dry_run:
     from olmo_jax import plan
     return plan.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
-  say(mixture.describe(cfg.data))  # the sources and tokens this run trains on
+  say(mixture.describe(data))  # the sources and tokens this run trains on
   mesh = build_mesh(cfg)
   abstract, shard = build_layout(cfg, mesh, tx)
   # Compiled once, before anything is allocated or written: stops here when it cannot fit.
@@ -55,9 +55,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   write_run_config(cfg, workdir, mesh, say)
   checkpointer = build_checkpointer(cfg, workdir)
   state, data_state = build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say)
-  data_iter = build_data(cfg, data_state)
+  data_iter = build_data(cfg, data, data_state)
   policy = step_cfg.policy
-  hooks = build_hooks(cfg, mesh, checkpointer, data_iter, extra_callbacks)
+  hooks = build_hooks(cfg, data, mesh, checkpointer, data_iter, extra_callbacks)
   logger, log_hook = build_logging(cfg, mesh, workdir)
   try:
     result = _train(cfg, mesh, state, train_step, policy, data_iter, [*hooks, log_hook],
@@ -74,8 +74,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   return result
 
 
-def build_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The resolved, validated config; JAX is set up here (before its first use)."""
+def build_config(config: ml_collections.ConfigDict):
+  """(the resolved, validated config, its data plan); JAX is set up here (before its first
+  use). The data config is resolved here once; everything downstream takes the plan."""
   cfg = config_lib.resolve(config)
   from olmo_jax import hostmem
   hostmem.keep_freed_memory()  # CPU only; must precede the first use of a JAX backend
@@ -83,8 +84,9 @@ def build_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 
   from data_pipeline import mixture
   config_lib.validate(cfg, jax.process_count())
-  mixture.validate_config(cfg.data, cfg.model.vocab_size)
-  if cfg.eval.every > 0 and not cfg.eval.tasks and not has_heldout_split(cfg):
+  data = mixture.resolve(cfg.data)
+  mixture.validate_config(data, cfg.model.vocab_size)
+  if cfg.eval.every > 0 and not cfg.eval.tasks and not has_heldout_split(data):
     raise ValueError("eval.every > 0 reads the held-out split of each source, and "
                      "data.heldout_fraction is 0; set it (e.g. 0.01), name eval.tasks, "
                      "or set eval.every=0")
@@ -94,14 +96,13 @@ def build_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     if cfg.eval.every <= 0 or cfg.eval.limit < 0:
       raise ValueError(f"eval.tasks={cfg.eval.tasks!r} needs eval.every > 0 (steps between "
                        "evaluations) and eval.limit >= 0")
-  return cfg
+  return cfg, data
 
 
-def has_heldout_split(cfg) -> bool:
-  """Whether the in-loop loss has held-out data: the data's split, or the synthetic stream."""
-  from data_pipeline import mixture
-  return (mixture.mixture_name(cfg.data) == "synthetic"
-          or mixture.data_config(cfg.data).heldout_fraction > 0)
+def has_heldout_split(data) -> bool:
+  """Whether the in-loop loss has held-out data (a DataPlan): the data's split, or the
+  synthetic stream."""
+  return data.synthetic or data.config.heldout_fraction > 0
 
 
 def build_mesh(cfg):
@@ -219,15 +220,16 @@ def data_seed(cfg) -> int:
   return cfg.train.seed if cfg.data.seed == -1 else cfg.data.seed
 
 
-def build_data(cfg, data_state=None):
-  """This process's training batch iterator, at `data_state` when resuming."""
+def build_data(cfg, data, data_state=None):
+  """This process's training batch iterator over the data plan, at `data_state` when
+  resuming."""
   import jax
 
   from data_pipeline import mixture
   t = cfg.train
   pc, pi = jax.process_count(), jax.process_index()
   data_iter = mixture.build_train_iterator(
-      cfg.data, seq_len=t.seq_len, batch_size=t.batch_size // pc, seed=data_seed(cfg),
+      data, seq_len=t.seq_len, batch_size=t.batch_size // pc, seed=data_seed(cfg),
       vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)
   if data_state is not None:
     data_iter.set_state(data_state)
@@ -255,13 +257,13 @@ def build_step(cfg, mesh, tx, step_cfg, abstract, shard, print_fn=print):
   return plan.check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn)[0]
 
 
-def build_hooks(cfg, mesh, checkpointer, data_iter, extra_callbacks=()) -> list:
+def build_hooks(cfg, data, mesh, checkpointer, data_iter, extra_callbacks=()) -> list:
   """The loop's hooks in order: callbacks and evaluation, signals, checkpoints."""
   from olmo_jax import sharding, trainer
   hooks = [cb if isinstance(cb, trainer.Hook) else trainer.CallbackHook(cb)
            for cb in extra_callbacks]
-  if cfg.eval.every > 0 and has_heldout_split(cfg):
-    hooks.append(build_eval_hook(cfg, sharding.batch_sharding(mesh)))
+  if cfg.eval.every > 0 and has_heldout_split(data):
+    hooks.append(build_eval_hook(cfg, data, sharding.batch_sharding(mesh)))
   if cfg.eval.every > 0 and cfg.eval.tasks:
     hooks.append(build_task_eval_hook(cfg, mesh))
   hooks.append(trainer.StopOnSignal())
@@ -294,7 +296,7 @@ def _train(cfg, mesh, state, train_step, policy, data_iter, hooks, print_fn):
                             print_fn=print_fn)
 
 
-def build_eval_hook(cfg, batch_sh):
+def build_eval_hook(cfg, data, batch_sh):
   """In-loop evaluation every eval.every steps: mean loss on `eval.batches` batches of the
   data's held-out split (another seed of the synthetic stream)."""
   import jax
@@ -305,7 +307,7 @@ def build_eval_hook(cfg, batch_sh):
   t = cfg.train
   pc, pi = jax.process_count(), jax.process_index()
   batches = [trainer.put_batch(b, batch_sh) for b in mixture.heldout_batches(
-      cfg.data, cfg.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size // pc,
+      data, cfg.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size // pc,
       seed=data_seed(cfg), vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)]
   eval_step = trainer.make_eval_step(config_lib.model_config(cfg))
 
