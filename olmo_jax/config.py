@@ -98,7 +98,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                and t.seq_len == sizes.SEQ_LEN
                else sizes.length_steps_formula(n_formula, t.batch_size, t.seq_len))
   if c.checkpoint.every == -1:
-    c.checkpoint.every = ladder.checkpoint_every if ladder else 1250
+    c.checkpoint.every = sizes.checkpoint_every(ladder.name if ladder else None)
   n = sizes.non_embedding_params(d, l, m.variant, m.embedding_size, m.get("mlp_hidden", 0))
   tokens = t.steps * t.batch_size * t.seq_len
   c.derived = ml_collections.ConfigDict({

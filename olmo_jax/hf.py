@@ -31,6 +31,9 @@ from olmo_jax import sizes
 from olmo_jax.model import ModelConfig
 from olmo_jax.params import Dims, Param
 
+# A checkpoint that records no init std gets the model's own default.
+_DEFAULT_INIT_STD = ModelConfig.init_std
+
 # The built-in variants' (HF architecture class, HF model_type); the tables are the source.
 HF_ARCHITECTURES = {v.name: (v.hf_architecture, v.hf_model_type)
                     for v in params_lib.VARIANTS.values()}
@@ -438,7 +441,7 @@ def config_from_hf(hf: dict, directory: str = "") -> ModelConfig:
       max_seq_len=hf.get("max_position_embeddings") or sizes.SEQ_LEN,
       rope_theta=_rope_theta(hf, where), norm_eps=eps,
       clip_qkv=float(hf.get("clip_qkv") or 0.0) if spec.hf_clip_qkv else 0.0,
-      init_std=float(hf.get("initializer_range") or 0.02)))
+      init_std=float(hf.get("initializer_range") or _DEFAULT_INIT_STD)))
 
 
 def _hf_variant(hf: dict, where: str) -> str:
@@ -583,7 +586,8 @@ def config_from_hf_olmo(hf: dict, directory: str = "") -> ModelConfig:
       max_seq_len=hf.get("max_sequence_length") or sizes.SEQ_LEN,
       rope_theta=float(hf.get("rope_theta") or 10_000.0),
       norm_eps=float(hf.get("layer_norm_eps") or 1e-5),
-      clip_qkv=float(hf.get("clip_qkv") or 0.0), init_std=float(hf.get("init_std") or 0.02)))
+      clip_qkv=float(hf.get("clip_qkv") or 0.0),
+      init_std=float(hf.get("init_std") or _DEFAULT_INIT_STD)))
 
 
 def import_hf(path: str) -> tuple[ModelConfig, dict[str, Any]]:

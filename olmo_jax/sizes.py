@@ -40,7 +40,14 @@ class LadderSize:
 
   @property
   def checkpoint_every(self) -> int:
-    return 2500 if self.name == "1B" else 1250
+    return checkpoint_every(self.name)
+
+
+
+def checkpoint_every(size: str | None) -> int:
+  """Steps between DataDecide's saved checkpoints: 2500 for 1B, 1250 for every other size
+  (and for a model off the ladder)."""
+  return 2500 if size == "1B" else 1250
 
 
 def _row(name, d, h, l, b, steps, n, nominal=None):

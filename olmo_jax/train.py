@@ -240,7 +240,8 @@ def build_step_config(cfg, schedule):
   """The StepConfig (microbatches, loss, UpdatePolicy, lr schedule) of a resolved config."""
   from olmo_jax import trainer
   t, mcfg = cfg.train, config_lib.model_config(cfg)
-  policy = trainer.UpdatePolicy(nonfinite=t.nan_policy, loss_scaling=mcfg.dtype == "float16")
+  policy = trainer.UpdatePolicy(nonfinite=t.nan_policy, loss_scaling=mcfg.dtype == "float16",
+                               initial_scale=t.loss_scale)
   return trainer.StepConfig(
       microbatches=t.batch_size // t.microbatch_size, z_loss=t.z_loss,
       loss_chunk_tokens=(0 if t.loss_impl == "dense"

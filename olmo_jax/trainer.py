@@ -41,6 +41,7 @@ PEAK_FLOPS = {
 }
 
 LOSS_SCALE_PERIOD = 2000  # fp16: double the scale after this many finite steps
+INITIAL_LOSS_SCALE = 2.0 ** 15  # fp16: the dynamic loss scale a fresh run starts from
 
 
 def peak_flops_entry(device_kind: str) -> tuple[str, float]:
@@ -80,6 +81,7 @@ class UpdatePolicy:
   nonfinite: str = "stop"
   loss_scaling: bool = False
   scale_period: int = LOSS_SCALE_PERIOD
+  initial_scale: float = INITIAL_LOSS_SCALE
 
   @staticmethod
   def scale_state(scale: float) -> State:
@@ -302,7 +304,8 @@ def setup(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation, step_cfg
           mesh: Mesh, seed: int = 0) -> tuple[State, Callable[[State, dict], tuple[State, dict]]]:
   """A fresh sharded state and its compiled-on-first-call train step (benchmarks, tools)."""
   _, shard = state_shardings(mesh, cfg, tx, step_cfg.policy.loss_scaling)
-  loss_scale = 2.0 ** 15 if step_cfg.policy.loss_scaling else None
+  policy = step_cfg.policy
+  loss_scale = policy.initial_scale if policy.loss_scaling else None
   state = init_state(mesh, cfg, tx, seed, loss_scale, shard=shard)
   return state, make_train_step(cfg, tx, step_cfg, mesh, shard)
 
