@@ -245,7 +245,7 @@ def build_step_config(cfg, schedule):
   return trainer.StepConfig(
       microbatches=t.batch_size // t.microbatch_size, z_loss=t.z_loss,
       loss_chunk_tokens=(0 if t.loss_impl == "dense"
-                         else t.loss_chunk_tokens or trainer.default_loss_chunk()),
+                         else t.loss_chunk_tokens or trainer.default_loss_chunk(mcfg.platform)),
       policy=policy, lr_schedule=schedule)
 
 

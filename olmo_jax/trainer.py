@@ -30,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from olmo_jax import model as model_lib
 from olmo_jax import sharding
+from olmo_jax.kernels import resolve_platform
 
 State = dict[str, Any]
 
@@ -220,9 +221,11 @@ def _split_microbatches(x_BxL, m: int, batch_spec):
   return x
 
 
-def default_loss_chunk(backend: str | None = None) -> int:
-  """Tokens per chunk of the fused head + loss: cache-sized on CPU, large on accelerators."""
-  return 256 if (backend or jax.default_backend()) == "cpu" else 4096
+def default_loss_chunk(platform: str = "auto") -> int:
+  """Tokens per chunk of the fused head + loss: cache-sized on CPU, large on accelerators.
+
+  platform: the resolved model.platform ('auto': the devices in use)."""
+  return 256 if resolve_platform(platform) == "cpu" else 4096
 
 
 def make_loss_fn(cfg: model_lib.ModelConfig, step_cfg: StepConfig):
