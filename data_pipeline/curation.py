@@ -46,7 +46,10 @@ import zlib
 
 import numpy as np
 
-CHAIN_VERSION = 1
+# Bumped whenever a step's decisions change for the same parameters (2: MinHash clusters and
+# recall banding, datatrove's own word splitter, budget filling, k-means starts), so curated
+# files made before are rebuilt, not reused.
+CHAIN_VERSION = 2
 EXAMPLES_PER_STEP = 3
 SNIPPET_CHARS = 160
 

@@ -293,3 +293,20 @@ def test_diversity_sampling_covers_every_planted_topic():
                                  n_init=1).apply(corpus, alive)
     missed_with_one_start += len(set(topic[keep].tolist())) < 10
   assert missed_with_one_start >= 2  # a single k-means start merges planted topics
+
+
+def test_files_curated_by_an_earlier_version_are_refused_not_reused(tmp_path):
+  from data_pipeline import tokenize
+  raw = tmp_path / "docs.jsonl"
+  raw.write_text("".join(json.dumps({"text": " ".join(POOL[k:k + 60])}) + "\n"
+                         for k in range(0, 600, 60)))
+  out = tmp_path / "out"
+  chain = [{"step": "minhash_dedup"}]
+  index = tokenize.run([str(raw)], str(out), progress=False, chain=chain)
+  assert index["chain_version"] == curation.CHAIN_VERSION
+  del index["chain_version"]  # as written before versions were recorded
+  (out / "index.json").write_text(json.dumps(index))
+  with pytest.raises(ValueError, match="curated by version 1 of the curation steps"):
+    tokenize.run([str(raw)], str(out), progress=False, chain=chain)
+  again = tokenize.run([str(raw)], str(out), progress=False, chain=chain, overwrite=True)
+  assert again["chain_version"] == curation.CHAIN_VERSION
