@@ -177,6 +177,13 @@ def main(argv=None) -> int:
   print(f"\nchain / tokenization = {ratio:.2f} (target <= 1.0: "
         f"{'met' if ratio <= 1.0 else 'NOT met'}); with MinHash lsh=balanced: "
         f"{rows[-2][1] / t_tok:.2f}")
+  print_minhash_and_splitting(corpus, pairs, t_tok)
+  return 0
+
+
+def print_minhash_and_splitting(corpus, pairs, t_tok: float) -> None:
+  """MinHash recall vs seconds under both bandings, and the rules' word splitting alone."""
+  from data_pipeline import curation
   print(f"\nMinHash at threshold 0.8 alone ({len(pairs)} planted near copies):")
   for lsh in ("balanced", "recall"):
     sec, dropped, recall, n_near = minhash_recall(corpus, pairs, lsh)
@@ -184,10 +191,9 @@ def main(argv=None) -> int:
     print(f"  lsh={lsh:8s} {bands[0]:3d} bands x {bands[1]:2d} rows: {sec:7.2f} s "
           f"({sec / t_tok:.2f} x tokenize), {dropped} dropped, recall {recall:.3f} of "
           f"{n_near} pairs at Jaccard >= 0.8")
-  t_spacy, t_regex = split_seconds(texts)
+  t_spacy, t_regex = split_seconds(corpus.texts)
   print(f"\nword splitting of all documents, one process: datatrove spaCy English "
         f"{t_spacy:.1f} s ({t_spacy / t_tok:.2f} x tokenize), regex {t_regex:.1f} s")
-  return 0
 
 
 if __name__ == "__main__":
