@@ -310,3 +310,16 @@ def test_files_curated_by_an_earlier_version_are_refused_not_reused(tmp_path):
     tokenize.run([str(raw)], str(out), progress=False, chain=chain)
   again = tokenize.run([str(raw)], str(out), progress=False, chain=chain, overwrite=True)
   assert again["chain_version"] == curation.CHAIN_VERSION
+
+
+def test_no_words_is_our_reason_only_where_datatrove_cannot_decide():
+  docs = ["", "   \n ", "!!! ???", " ".join(["the cat and the dog"] * 20) + "."]
+  corpus = curation.Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
+  _, why = curation.GopherQuality().apply(corpus, np.arange(len(docs)))
+  assert [r for r, _ in why] == ["gopher_short_doc"] * 3  # datatrove's own reason
+  from datatrove.data import Document
+  from datatrove.pipeline.filters import GopherQualityFilter
+  with pytest.raises(ZeroDivisionError):  # datatrove itself fails on these documents
+    GopherQualityFilter(min_doc_words=None).filter(Document(text="", id="0"))
+  keep, why = curation.GopherQuality(min_doc_words=None).apply(corpus, np.arange(len(docs)))
+  assert keep[3] and [r for r, _ in why][:2] == ["no_words", "no_words"]
