@@ -4,11 +4,17 @@
 
 The text (~`--mb` MB) is made deterministically from the embedded corpus's prose (Python's help
 topics and docstrings): each document is a base document with its paragraphs reordered and a
-few words replaced, and 5% exact copies and 5% one-word edits are planted. Tokenization uses the
-OLMo tokenizer with `--workers` threads; per-document rules use `--workers` processes; exact and
-MinHash dedup are one process (they need the whole set). Each cost is given relative to
-tokenization (ratio = step seconds / tokenization seconds), and so is the chain exact dedup >
-MinHash > rules, run as the tokenizer runs it. Target: that chain's ratio <= 1.0.
+few words replaced, and 5% exact copies and 5% near copies (1-8 words replaced) are planted.
+Tokenization uses the OLMo tokenizer with `--workers` threads; per-document rules use
+`--workers` processes; exact and MinHash dedup are one process (they need the whole set). Each
+cost is given relative to tokenization (ratio = step seconds / tokenization seconds), and so is
+the chain exact dedup > MinHash > rules, run as the tokenizer runs it. Target: that chain's
+ratio <= 1.0.
+
+MinHash is run twice, with the LSH banded for recall (the default) and with datasketch's own
+balanced banding: seconds, and recall = the share of planted near-copy pairs at exact Jaccard
+>= 0.8 that end in one cluster (at most one of the two kept). The word splitter of the rules
+(datatrove's spaCy English tokenizer) is timed alone next to a regex split of the same text.
 """
 
 from __future__ import annotations
@@ -33,21 +39,25 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
-def make_corpus(mb: float, seed: int = 0) -> list[str]:
-  """~mb MB of varied prose documents with planted exact and near duplicates."""
+def make_corpus(mb: float, seed: int = 0) -> tuple[list[str], list[tuple[int, int]]]:
+  """~mb MB of varied prose documents with planted exact and near duplicates: (texts,
+  [(original, near copy)] positions)."""
   from data_pipeline import sample_corpus
   base = sample_corpus.prose_documents(sample_corpus.stdlib_modules())
   rng = np.random.default_rng(seed)
   vocab = sorted({w for d in base[:200] for w in d.split() if w.isalpha() and len(w) > 3})
-  docs, size, target = [], 0, int(mb * 1e6)
+  docs, pairs, size, target = [], [], 0, int(mb * 1e6)
   while size < target:
     r = rng.random()
     if docs and r < 0.05:
       doc = docs[int(rng.integers(len(docs)))]  # exact copy
     elif docs and r < 0.10:
-      words = docs[int(rng.integers(len(docs)))].split(" ")
-      words[int(rng.integers(len(words)))] = vocab[int(rng.integers(len(vocab)))]
-      doc = " ".join(words)  # near copy: one word changed
+      src = int(rng.integers(len(docs)))
+      words = docs[src].split(" ")
+      for k in rng.integers(0, len(words), size=int(rng.integers(1, 9))):
+        words[k] = vocab[int(rng.integers(len(vocab)))]
+      doc = " ".join(words)  # near copy: 1-8 words changed
+      pairs.append((src, len(docs)))
     else:
       paras = base[int(rng.integers(len(base)))].split("\n\n")
       paras = [paras[k] for k in rng.permutation(len(paras))]
@@ -57,7 +67,48 @@ def make_corpus(mb: float, seed: int = 0) -> list[str]:
       doc = " ".join(words)
     docs.append(doc)
     size += len(doc.encode())
-  return docs
+  return docs, pairs
+
+
+def minhash_recall(corpus, pairs, lsh: str, threshold: float = 0.8):
+  """(seconds, documents dropped, recall over planted pairs at exact Jaccard >= threshold,
+  number of such pairs) of minhash_dedup alone."""
+  from data_pipeline import curation
+  step = curation.MinHashDedup(threshold=threshold, lsh=lsh)
+  t0 = time.time()
+  keep, _ = step.apply(corpus, np.arange(len(corpus)))
+  sec = time.time() - t0
+  sets = {}
+
+  def jac(i, j):
+    for k in (i, j):
+      if k not in sets:
+        sets[k] = curation.shingles(corpus.texts[k], step.params["ngram"])
+    inter = np.intersect1d(sets[i], sets[j]).size
+    return inter / (sets[i].size + sets[j].size - inter)
+
+  near = [(i, j) for i, j in pairs if jac(i, j) >= threshold]
+  found = sum(not (keep[i] and keep[j]) for i, j in near)
+  return sec, int((~keep).sum()), found / max(len(near), 1), len(near)
+
+
+def split_seconds(texts: list[str]) -> tuple[float, float]:
+  """Seconds to split every text into words: datatrove's default English splitter (spaCy),
+  and a regex of word and punctuation runs; one process."""
+  import re
+
+  from datatrove.utils.word_tokenizers import load_word_tokenizer
+  spacy_en = load_word_tokenizer("en")
+  spacy_en.word_tokenize("warm up")
+  t0 = time.time()
+  for t in texts:
+    spacy_en.word_tokenize(t)
+  t_spacy = time.time() - t0
+  runs = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]+")
+  t0 = time.time()
+  for t in texts:
+    runs.findall(t)
+  return t_spacy, time.time() - t0
 
 
 def main(argv=None) -> int:
@@ -72,7 +123,7 @@ def main(argv=None) -> int:
   from data_pipeline import tokenizer as tokenizer_lib
 
   t0 = time.time()
-  texts = make_corpus(args.mb)
+  texts, pairs = make_corpus(args.mb)
   mb = sum(len(t.encode()) for t in texts) / 1e6
   print(f"CPU: {cpu_model()} ({os.cpu_count()} visible cores, {args.workers} used)")
   print(f"text: {len(texts)} documents, {mb:.1f} MB (made in {time.time() - t0:.1f}s)")
@@ -102,11 +153,14 @@ def main(argv=None) -> int:
                                          "tokens": budget, "features": "hashed",
                                          "clusters": 16}]),
   ]
-  chain = [{"step": "exact_dedup"}, {"step": "minhash_dedup"}, {"step": "gopher_quality"},
-           {"step": "gopher_repetition"}, {"step": "fineweb_quality"}]
+  rules = [{"step": "gopher_quality"}, {"step": "gopher_repetition"},
+           {"step": "fineweb_quality"}]
+  chain = [{"step": "exact_dedup"}, {"step": "minhash_dedup"}] + rules
+  balanced = [{"step": "exact_dedup"}, {"step": "minhash_dedup", "lsh": "balanced"}] + rules
   if args.workers > 1:  # start the rule workers outside the timings (once per tokenize run)
     curation._pool(args.workers).map(abs, range(args.workers * 4))
-  for name, ch in single + [("CHAIN exact > minhash > rules", chain)]:
+  chains = [("CHAIN minhash lsh=balanced", balanced), ("CHAIN exact > minhash > rules", chain)]
+  for name, ch in single + chains:
     steps = curation.parse_chain(ch)
     for s in steps:
       s.check(corpus)
@@ -121,8 +175,25 @@ def main(argv=None) -> int:
   print(f"\nthe chain's steps each on all documents: {alone / t_tok:.2f} x tokenize; in a "
         "chain each step sees only what the previous ones kept")
   print(f"\nchain / tokenization = {ratio:.2f} (target <= 1.0: "
-        f"{'met' if ratio <= 1.0 else 'NOT met'})")
+        f"{'met' if ratio <= 1.0 else 'NOT met'}); with MinHash lsh=balanced: "
+        f"{rows[-2][1] / t_tok:.2f}")
+  print_minhash_and_splitting(corpus, pairs, t_tok)
   return 0
+
+
+def print_minhash_and_splitting(corpus, pairs, t_tok: float) -> None:
+  """MinHash recall vs seconds under both bandings, and the rules' word splitting alone."""
+  from data_pipeline import curation
+  print(f"\nMinHash at threshold 0.8 alone ({len(pairs)} planted near copies):")
+  for lsh in ("balanced", "recall"):
+    sec, dropped, recall, n_near = minhash_recall(corpus, pairs, lsh)
+    bands = curation.lsh_bands(0.8, 128, lsh)
+    print(f"  lsh={lsh:8s} {bands[0]:3d} bands x {bands[1]:2d} rows: {sec:7.2f} s "
+          f"({sec / t_tok:.2f} x tokenize), {dropped} dropped, recall {recall:.3f} of "
+          f"{n_near} pairs at Jaccard >= 0.8")
+  t_spacy, t_regex = split_seconds(corpus.texts)
+  print(f"\nword splitting of all documents, one process: datatrove spaCy English "
+        f"{t_spacy:.1f} s ({t_spacy / t_tok:.2f} x tokenize), regex {t_regex:.1f} s")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ same bytes.
 
 Steps (and the library underneath each):
   exact_dedup        normalised-text hash (case and whitespace folded), first copy kept (hashlib)
-  minhash_dedup      near duplicates: MinHash LSH over word n-grams (datasketch), candidates
-                     confirmed by the exact Jaccard of their n-gram sets >= threshold
+  minhash_dedup      near duplicates: MinHash LSH over word n-grams (datasketch, banded for
+                     recall), candidates confirmed by the exact Jaccard of their n-gram sets
+                     >= threshold; the earliest document of each connected component is kept
   gopher_quality     Gopher rules: length, mean word length, symbol/word ratio, bullets,
                      ellipses, alphabetic words, stop words (datatrove GopherQualityFilter)
   gopher_repetition  Gopher repetition: duplicate lines/paragraphs, top and duplicated n-gram
@@ -20,9 +21,13 @@ Steps (and the library underneath each):
   top_p              keep the top `fraction` of documents by a score from a metadata field, a
                      Dolma-style attributes file, or a fastText classifier (fasttext); ties
                      go to the earlier document
-  subsample          uniform or length-weighted sampling to a token budget or fraction, or
-                     diversity sampling round-robin over k-means clusters of TF-IDF / hashed
+  subsample          uniform or length-weighted sampling to a token budget (filled: a document
+                     that does not fit is skipped) or fraction, or diversity sampling
+                     round-robin over k-means clusters (several starts) of TF-IDF / hashed
                      n-gram features (scikit-learn)
+
+The three rule steps are datatrove's filters with datatrove's default English word splitter
+(spaCy's rule-based tokenizer), so their decisions are datatrove's, document by document.
 
 User errors (unknown step or parameter, threshold out of range, missing score field, attributes
 misaligned with the documents, a classifier that does not load) raise `CurationError` naming
@@ -41,7 +46,10 @@ import zlib
 
 import numpy as np
 
-CHAIN_VERSION = 1
+# Bumped whenever a step's decisions change for the same parameters (2: MinHash clusters and
+# recall banding, datatrove's own word splitter, budget filling, k-means starts), so curated
+# files made before are rebuilt, not reused.
+CHAIN_VERSION = 2
 EXAMPLES_PER_STEP = 3
 SNIPPET_CHARS = 160
 
@@ -256,23 +264,104 @@ def shingles(text: str, ngram: int) -> np.ndarray:
   return np.unique(((h >> np.uint64(32)) ^ h).astype(np.uint32))
 
 
+LSH_MISS = 1e-6  # recall tuning: the most a pair exactly at the threshold may be missed
+LSH_TUNINGS = ("recall", "balanced")
+
+
+def lsh_bands(threshold: float, num_perm: int, tuning: str = "recall") -> tuple[int, int]:
+  """(bands, rows per band) of the MinHash LSH index.
+
+  recall: the most rows per band (fewest false candidates) for which a pair at exactly the
+  threshold is a candidate with probability >= 1 - LSH_MISS (1 - (1 - t^r)^b); balanced:
+  datasketch's own choice (equal weights on false positives and false negatives).
+  """
+  if tuning == "balanced":
+    from datasketch import MinHashLSH  # deferred: only this step needs it
+    try:
+      index = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    except ValueError as e:  # datasketch needs at least 2 bands
+      raise CurationError(f"curation step 'minhash_dedup': lsh 'balanced' cannot index "
+                          f"threshold {threshold} with {num_perm} permutations ({e}); "
+                          "use lsh 'recall'") from e
+    return index.b, index.r
+  best = (num_perm, 1)
+  for r in range(1, num_perm // 2 + 1):  # datasketch needs at least 2 bands
+    b = num_perm // r
+    if (1.0 - threshold ** r) ** b <= LSH_MISS:
+      best = (b, r)
+  return best
+
+
+class _Components:
+  """Union-find over document positions whose root is always the earliest member."""
+
+  def __init__(self, n: int):
+    self.parent = np.arange(n)
+
+  def find(self, i: int) -> int:
+    root = i
+    while self.parent[root] != root:
+      root = self.parent[root]
+    while self.parent[i] != root:  # path compression
+      self.parent[i], i = root, self.parent[i]
+    return int(root)
+
+  def union(self, a: int, b: int) -> None:
+    ra, rb = self.find(a), self.find(b)
+    if ra != rb:
+      self.parent[max(ra, rb)] = min(ra, rb)
+
+
 class MinHashDedup(Step):
   name = "minhash_dedup"
   PARAMS = {"threshold": ("unit", 0.8), "ngram": ("pos", 5), "num_perm": ("pos", 128),
-            "seed": ("count", 1)}
+            "seed": ("count", 1), "lsh": ("str", "recall")}
 
   def validate(self):
     if self.params["num_perm"] < 2:
       raise CurationError(f"curation step {self.name!r}: num_perm must be >= 2")
+    if self.params["lsh"] not in LSH_TUNINGS:
+      raise CurationError(f"curation step {self.name!r}: lsh must be one of {LSH_TUNINGS}, "
+                          f"got {self.params['lsh']!r}")
+    if self.params["lsh"] == "balanced":
+      lsh_bands(self.params["threshold"], self.params["num_perm"], "balanced")
 
   def apply(self, corpus, alive, workers=1):
+    """Drops every document but the earliest of each connected component of near-duplicates.
+
+    Two documents are linked when the exact Jaccard of their n-gram sets is >= threshold
+    (LSH only proposes candidates); a chain A~B~C is one component even when A~C is below
+    the threshold, so which documents survive depends on the set, not on the order of pairs.
+    """
+    p = self.params
+    comp = _Components(len(alive))
+    edge: dict[int, tuple[int, float]] = {}  # position -> (first linked position, Jaccard)
+    for j, k, jac in self._links(corpus, alive, comp):
+      comp.union(j, k)
+      edge.setdefault(j, (k, jac))
+      edge.setdefault(k, (j, jac))
+    roots = np.array([comp.find(j) for j in range(len(alive))], dtype=np.int64)
+    keep = roots == np.arange(len(alive))
+    why = []
+    for j in np.flatnonzero(~keep).tolist():
+      k, jac = edge[j]
+      why.append(("near_duplicate", f"Jaccard {jac:.3f} with {corpus.origin(int(alive[k]))}; "
+                  f"kept {corpus.origin(int(alive[roots[j]]))} (threshold {p['threshold']})"))
+    return keep, why
+
+  def _links(self, corpus, alive, comp):
+    """Yields (earlier position, later position, Jaccard) for confirmed near-duplicate pairs.
+
+    The caller joins each pair before the next is looked for, so a candidate already in the
+    document's component is skipped unconfirmed (it would change nothing): a cluster of n
+    copies costs about n confirmations, not n^2 / 2.
+    """
     from datasketch import MinHash, MinHashLSH  # deferred: only this step needs it
     p = self.params
-    lsh = MinHashLSH(threshold=p["threshold"], num_perm=p["num_perm"])
+    lsh = MinHashLSH(num_perm=p["num_perm"],
+                     params=lsh_bands(p["threshold"], p["num_perm"], p["lsh"]))
     proto = MinHash(num_perm=p["num_perm"], seed=p["seed"], hashfunc=_identity)
-    kept_sets: dict[int, np.ndarray] = {}
-    keep = np.ones(len(alive), dtype=bool)
-    why = []
+    sets: dict[int, np.ndarray] = {}
     for j, i in enumerate(alive.tolist()):
       sh = shingles(corpus.texts[i], p["ngram"])
       if not sh.size:
@@ -280,54 +369,17 @@ class MinHashDedup(Step):
       m = MinHash(num_perm=p["num_perm"], seed=p["seed"], hashfunc=_identity,
                   permutations=proto.permutations, scheme=proto.scheme)
       m.update_batch(sh.tolist())
-      match = None
-      # Candidates are confirmed by the exact Jaccard of the n-gram sets, so only pairs at or
-      # above the threshold are ever removed; the earliest kept match is named.
       for c in sorted(lsh.query(m)):
-        other = kept_sets[c]
+        if comp.find(c) == comp.find(j):
+          continue
+        other = sets[c]
         inter = np.intersect1d(sh, other, assume_unique=True).size
         jac = inter / (sh.size + other.size - inter)
         if jac >= p["threshold"]:
-          match = (c, jac)
-          break
-      if match is None:
-        lsh.insert(i, m, check_duplication=False)
-        kept_sets[i] = sh
-      else:
-        keep[j] = False
-        why.append(("near_duplicate",
-                    f"Jaccard {match[1]:.3f} with {corpus.origin(match[0])}"))
-    return keep, why
+          yield c, j, jac
+      lsh.insert(j, m, check_duplication=False)
+      sets[j] = sh
 
-
-class WordSplitter:
-  """Words for datatrove's rules: runs of word characters, and runs of punctuation.
-
-  datatrove's default English splitter needs spaCy; this regex splitter is deterministic, fast
-  and dependency-free, and splits punctuation off words as spaCy does.
-  """
-
-  _words = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]+", re.UNICODE)
-  _sents = re.compile(r"[^.!?\n]+(?:[.!?]+[\"'”]?|\n|$)")
-
-  @functools.cached_property
-  def _impl(self):
-    from datatrove.utils.word_tokenizers import WordTokenizer  # deferred: heavy import
-
-    class _Impl(WordTokenizer):
-      def word_tokenize(_, text):
-        return self._words.findall(text)
-
-      def sent_tokenize(_, text):
-        return [s.strip() for s in self._sents.findall(text) if s.strip()]
-
-      def span_tokenize(_, text):
-        return [m.span() for m in self._sents.finditer(text) if m.group().strip()]
-
-    return _Impl()
-
-
-_SPLITTER = WordSplitter()
 
 # Rule parameters: (kind, default). Defaults are datatrove's (the papers' thresholds).
 _GOPHER_QUALITY = {
@@ -355,7 +407,11 @@ _FINEWEB_QUALITY = {
 
 @functools.lru_cache(maxsize=16)
 def _datatrove_filter(step: str, params_json: str):
-  """The datatrove filter object of a rule step (cached per process)."""
+  """The datatrove filter object of a rule step (cached per process).
+
+  No `language` is passed: each filter splits words with datatrove's default for English
+  (its own spaCy English tokenizer, `spacy.blank("en")`: rules only, no model to download).
+  """
   from datatrove.pipeline.filters import (  # deferred: heavy import
       FineWebQualityFilter,
       GopherQualityFilter,
@@ -363,45 +419,93 @@ def _datatrove_filter(step: str, params_json: str):
   )
   params = json.loads(params_json)
   if step == "gopher_quality":
-    return GopherQualityFilter(language=_SPLITTER._impl, **params)
+    return GopherQualityFilter(**params)
   if step == "gopher_repetition":
     params = {k: (tuple(tuple(x) for x in v) if k.endswith("n_grams") else v)
               for k, v in params.items()}
-    return GopherRepetitionFilter(language=_SPLITTER._impl, **params)
+    return GopherRepetitionFilter(**params)
   if params["stop_chars"] is not None:
     params["stop_chars"] = tuple(params["stop_chars"])
   else:
     del params["stop_chars"]
-  return FineWebQualityFilter(language=_SPLITTER._impl, **params)
+  return FineWebQualityFilter(**params)
 
 
-def _rule_results(job) -> list[str | None]:
-  """Drop reason (or None to keep) of each text under one datatrove rule; runs in workers."""
-  step, params_json, texts = job
+def _rule_reason(step: str, filt, doc) -> str | None:
+  """datatrove's drop reason of one document under one rule (None: kept)."""
+  try:
+    res = filt.filter(doc)
+  except ZeroDivisionError:
+    # Ours: datatrove's ratios divide by the word count and raise on a document without
+    # words once its length guards are switched off.
+    return "no_words"
+  if res is True:
+    return None
+  return res[1] if isinstance(res, tuple) and len(res) > 1 and res[1] else step
+
+
+def _rule_results(job) -> list[list[str | None]]:
+  """For each text, its result under each rule in turn up to the first drop (reason, or None
+  to keep); runs in workers.
+
+  The rules of one text run back to back on the same string, so datatrove's own cache of the
+  last word splits serves every rule after the first: each document is split once.
+  """
+  rules, texts = job
   from datatrove.data import Document
-  filt = _datatrove_filter(step, params_json)
+  filters = [_datatrove_filter(step, params_json) for step, params_json in rules]
   out = []
   for k, text in enumerate(texts):
-    if not _WORD_RE.search(text):
-      out.append("no_words")  # datatrove's ratios divide by the word count
-      continue
-    res = filt.filter(Document(text=text, id=str(k)))
-    out.append(None if res is True else (res[1] if isinstance(res, tuple) else step))
+    doc, reasons = Document(text=text, id=str(k)), []
+    for (step, _), filt in zip(rules, filters):
+      reasons.append(_rule_reason(step, filt, doc))
+      if reasons[-1] is not None:
+        break
+    out.append(reasons)
   return out
 
 
 class _Rules(Step):
+  """A datatrove rule. Consecutive rule steps of a chain (run_chain links them through
+  `_next_rules`) are evaluated in one pass over the documents; each step still reports its
+  own drops."""
+
+  _next_rules: tuple = ()
+
   def apply(self, corpus, alive, workers=1):
-    texts = [corpus.texts[i] for i in alive.tolist()]
-    params_json = json.dumps(self.params, sort_keys=True)
-    if workers > 1 and len(texts) > 64:
-      chunk = -(-len(texts) // (workers * 4))
-      jobs = [(self.name, params_json, texts[k:k + chunk]) for k in range(0, len(texts), chunk)]
-      results = [r for part in _pool(workers).map(_rule_results, jobs) for r in part]
+    given = self.__dict__.pop("_given", None)  # results the first rule of the run computed
+    if given is not None:
+      results = [given[i] for i in alive.tolist()]
     else:
-      results = _rule_results((self.name, params_json, texts))
+      rules = [self, *self._next_rules]
+      per_doc = self._evaluate(rules, [corpus.texts[i] for i in alive.tolist()], workers)
+      for n, step in enumerate(rules[1:], 1):
+        step._given = {i: r[n] for i, r in zip(alive.tolist(), per_doc) if len(r) > n}
+      results = [r[0] for r in per_doc]
     keep = np.array([r is None for r in results], dtype=bool)
     return keep, [(r, r) for r in results if r is not None]
+
+  @staticmethod
+  def _evaluate(rules, texts, workers) -> list[list[str | None]]:
+    specs = [(s.name, json.dumps(s.params, sort_keys=True)) for s in rules]
+    if workers > 1 and len(texts) > 64:
+      chunk = -(-len(texts) // (workers * 4))
+      jobs = [(specs, texts[k:k + chunk]) for k in range(0, len(texts), chunk)]
+      return [r for part in _pool(workers).map(_rule_results, jobs) for r in part]
+    return _rule_results((specs, texts))
+
+
+def link_rule_runs(steps: list[Step]) -> None:
+  """Lets each rule step evaluate the rule steps right after it in the same pass."""
+  for k, step in enumerate(steps):
+    if isinstance(step, _Rules):
+      step.__dict__.pop("_given", None)
+      after = []
+      for nxt in steps[k + 1:]:
+        if not isinstance(nxt, _Rules):
+          break
+        after.append(nxt)
+      step._next_rules = tuple(after)
 
 
 class GopherQuality(_Rules):
@@ -566,11 +670,31 @@ def top_count(n: int, fraction: float) -> int:
   return min(n, max(1 if n else 0, math.ceil(fraction * n - 1e-9)))
 
 
+def fill_budget(tokens: np.ndarray, budget: int, order: np.ndarray) -> np.ndarray:
+  """The positions `order` keeps when documents are taken in that order while they fit:
+  one that would pass the budget is skipped and drawing goes on. int64[K].
+
+  tokens: int64[N], the documents' tokens in draw order; the kept tokens sum to <= budget
+  and no skipped document fits in what is left.
+  """
+  taken = np.zeros(len(tokens), dtype=bool)
+  left = int(budget)
+  smallest_after = np.minimum.accumulate(tokens[::-1])[::-1] if len(tokens) else tokens
+  for k, t in enumerate(tokens.tolist()):
+    if smallest_after[k] > left:
+      break  # nothing later fits
+    if t <= left:
+      taken[k] = True
+      left -= t
+  return order[taken]
+
+
 class Subsample(Step):
   name = "subsample"
   PARAMS = {"mode": ("str", "uniform"), "tokens": ("count?", None), "fraction": ("unit?", None),
             "seed": ("count", 0), "alpha": ("num", 1.0), "features": ("str", "tfidf"),
-            "clusters": ("pos", 8), "ngram": ("pos", 1), "max_features": ("pos", 1 << 16)}
+            "clusters": ("pos", 8), "ngram": ("pos", 1), "max_features": ("pos", 1 << 16),
+            "n_init": ("pos", 10)}
   MODES = ("uniform", "length_weighted", "diversity")
   FEATURES = ("tfidf", "hashed")
 
@@ -625,19 +749,18 @@ class Subsample(Step):
       raise CurationError(f"curation step 'subsample': cannot build {p['features']} features "
                           f"({e})") from e
     k = min(p["clusters"], len(texts))
-    km = KMeans(n_clusters=k, n_init=1, random_state=p["seed"], algorithm="lloyd")
+    # Several k-means++ starts, the lowest inertia kept: one start can merge planted topics.
+    km = KMeans(n_clusters=k, n_init=p["n_init"], random_state=p["seed"], algorithm="lloyd")
     return km.fit_predict(x).astype(np.int64)
 
   def apply(self, corpus, alive, workers=1):
     p = self.params
     order = self.priority(corpus, alive)
-    if p["tokens"] is not None:
-      csum = np.cumsum(corpus.tokens[alive][order])
-      n_take = int(np.searchsorted(csum, p["tokens"], side="right"))
-    else:
-      n_take = top_count(len(alive), p["fraction"])
     keep = np.zeros(len(alive), dtype=bool)
-    keep[order[:n_take]] = True
+    if p["tokens"] is not None:
+      keep[fill_budget(corpus.tokens[alive][order], p["tokens"], order)] = True
+    else:
+      keep[order[:top_count(len(alive), p["fraction"])]] = True
     why = [("not_sampled", f"{p['mode']} sample") for _ in range(int((~keep).sum()))]
     return keep, why
 
@@ -740,6 +863,7 @@ def run_chain(steps: list[Step], corpus: Corpus, workers: int = 1,
   import time
   alive = np.arange(len(corpus), dtype=np.int64)
   rows = []
+  link_rule_runs(steps)
   for step in steps:
     t0 = time.time()
     keep, why = step.apply(corpus, alive, workers)

@@ -229,6 +229,9 @@ def _mismatch(old: dict, plan: dict) -> str:
   if old.get("chain") != plan["chain"] or old.get("field", "text") != plan["field"]:
     return (f"it was curated with another chain "
             f"({curation.describe_chain(old.get('chain') or [])})")
+  if old.get("chain_version") != plan.get("chain_version"):
+    return (f"it was curated by version {old.get('chain_version', 1)} of the curation steps "
+            f"(now {plan['chain_version']})")
   old_inputs = {i["path"]: i["sha256"] for i in old["inputs"]}
   new_inputs = {i["path"]: i["sha256"] for i in plan["inputs"]}
   if list(old_inputs) != list(new_inputs):
@@ -277,9 +280,12 @@ def check_output(output: str, plan: dict, overwrite: bool) -> dict | None:
 
 def make_plan(files: list[str], tokenizer: str, chain_spec, field: str = "text") -> dict:
   """What an output is made of: inputs (path + SHA-256), tokenizer, chain (None: no curation)."""
-  return {"inputs": [{"path": os.path.abspath(p), "sha256": file_sha256(p)} for p in files],
+  plan = {"inputs": [{"path": os.path.abspath(p), "sha256": file_sha256(p)} for p in files],
           "tokenizer": tokenizer, "tokenizer_hash": tokenizer_lib.tokenizer_hash(tokenizer),
           "chain": chain_spec, "field": field}
+  if chain_spec is not None:  # the same chain may decide differently in another version
+    plan["chain_version"] = curation.CHAIN_VERSION
+  return plan
 
 
 def _index(plan: dict, shards: list[dict], dtype: str, complete: bool, **extra) -> dict:

@@ -230,7 +230,9 @@ def test_subsampling_modes_meet_the_budget_and_are_seeded():
 
 
 def test_diversity_sampling_draws_across_clusters():
-  topics = [VOCAB[0:40], VOCAB[100:140], VOCAB[200:240], VOCAB[300:340]]
+  # 12 words a topic: tight enough that the planted topics are k-means' best clustering (with
+  # 40 a topic, splitting the big one and merging two small ones has the lower inertia)
+  topics = [VOCAB[0:12], VOCAB[100:112], VOCAB[200:212], VOCAB[300:312]]
   rng = np.random.default_rng(0)
   docs, topic_of = [], []
   for t, n in zip(range(4), (40, 4, 4, 4)):  # one big cluster, three small ones
