@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from olmo_jax import checkpoint, cli
@@ -115,7 +116,9 @@ def test_all_damaged_checkpoints_are_never_started_over_or_deleted_unasked(env, 
   assert "resumed from" not in out and "step 1/4" in out
   for step in (2, 4):
     aside = os.path.join(ckpt_dir, checkpoint.DAMAGED, str(step))
-    assert f"moved damaged step {step} " in out and aside in out
+    # Reported once, as a warning line on stderr (it once came on stdout and stderr both).
+    assert (out + err).count(f"moved damaged step {step} ") == 1
+    assert f"warning: checkpoint: moved damaged step {step} " in err and aside in err
     # Every byte is still there, under the new name.
     assert {k.replace(f"checkpoints/{checkpoint.DAMAGED}/{step}/", f"checkpoints/{step}/"): v
             for k, v in snapshot(tmp_path).items()
@@ -151,3 +154,17 @@ def test_bad_config_leaves_a_new_workdir_absent_and_an_existing_one_untouched(en
   # An existing directory keeps its (now released) lock file and the log with the traceback.
   assert "bad input" in (existing / cli.LOG_FILE).read_text()
   assert (existing / workdir_lib.LOCK_NAME).read_text() == ""
+
+
+def test_bad_token_ids_at_the_first_batch_leave_a_new_workdir_absent(env, tmp_path):
+  data = tmp_path / "data" / "web"
+  data.mkdir(parents=True)
+  np.save(data / "part-00000.npy", np.full(4_000, 5_000, np.uint16))  # ids >= vocab_size 500
+  new = tmp_path / "new" / "run"
+  # Fails at the first batch, after config.json, metrics, TensorBoard and checkpoints/ exist.
+  rc, out, err = train(new, env, "--config.data.mixture=all",
+                       f"--config.data.data_dir={tmp_path / 'data'}")
+  assert rc == 2, out[-2000:] + err[-3000:]
+  assert err.startswith("error: source 'web': token id 5000 >= vocab_size 500")
+  assert "Traceback" not in err
+  assert not new.exists()
