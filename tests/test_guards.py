@@ -6,6 +6,7 @@ Every run is a real `python -m olmo_jax.train` subprocess on a tiny model, as a 
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -168,3 +169,34 @@ def test_bad_token_ids_at_the_first_batch_leave_a_new_workdir_absent(env, tmp_pa
   assert err.startswith("error: source 'web': token id 5000 >= vocab_size 500")
   assert "Traceback" not in err
   assert not new.exists()
+
+
+def test_loss_rise_rule_on_planted_curves():
+  from olmo_jax.trainer import LossRise
+
+  def said(losses):
+    rule = LossRise()
+    return [step for step, x in enumerate(losses, 1) if rule.update(step, {"ce": x})]
+
+  assert said([10.8, 9.0, 7.5, 6.0, 5.5, 5.0]) == []  # training
+  assert said([10.8, 13.0, 10.0, 14.0, 9.0, 12.0, 9.0]) == []  # spikes that come back
+  assert said([10.8, 11.7, 11.7, 11.7, 11.7]) == []  # within 1 nat of the start
+  assert said([10.8, 12.0, float("nan"), 20.0, 108.0, 108.0, 108.0]) == [5]  # once
+  assert said([3.0, 2.9, 4.5, 4.6, 4.7]) == [5]  # a resumed run: its own first value
+
+
+def test_diverging_run_is_warned_once_and_a_normal_run_not(env, tmp_path):
+  off = ("--config.checkpoint.enabled=false",)
+  # lr 1e3 under a warmup longer than the run: the loss climbs from 6.2 into the thousands
+  # while every value stays finite, so only this rule says anything.
+  rc, out, err = train(tmp_path / "a", env, "--config.train.lr=1e3",
+                       "--config.train.warmup_steps=100", "--config.train.steps=6", *off)
+  assert rc == 0, err[-3000:]
+  warnings = [x for x in err.splitlines() if x.startswith("warning: ")]
+  assert len(warnings) == 1 and "the run is diverging; lower train.lr" in warnings[0], err
+  assert re.match(r"warning: loss \S+ at step 4 \(lr 40\) has stayed more than 1 nat above "
+                  r"its first logged value 6\.\d+ for 3 logged steps", warnings[0]), warnings
+  assert "diverging" not in out
+  rc, out, err = train(tmp_path / "b", env, "--config.train.steps=40", *off)
+  assert rc == 0, err[-3000:]
+  assert "warning" not in err and "diverging" not in out + err, err
