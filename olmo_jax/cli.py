@@ -214,6 +214,7 @@ def check_flag_path(c: ml_collections.ConfigDict, path: str) -> None:
   node = c
   parts = path.split(".")
   for i, key in enumerate(parts):
+    key, indexed, _ = key.partition("[")  # config_flags' `field[0]`: an element of a sequence
     if not isinstance(node, ml_collections.ConfigDict):
       raise ValueError(f"flag --config.{path}: config.{'.'.join(parts[:i])} is a single value, "
                        f"not a section")
@@ -222,6 +223,8 @@ def check_flag_path(c: ml_collections.ConfigDict, path: str) -> None:
       raise ValueError(f"flag --config.{path}: {section} has no field {key!r}"
                        f"{_did_you_mean(key, node.keys())} (its fields: "
                        f"{', '.join(sorted(node.keys()))})")
+    if indexed:
+      return  # the element and below: config_flags checks them
     node = node[key]
 
 
