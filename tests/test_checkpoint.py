@@ -216,7 +216,7 @@ def run_py(code: str, devices: int = 1, timeout: int = 120) -> str:
   proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  return proc.stdout
+  return proc.stdout + proc.stderr  # the checkpoint's warnings are logged to stderr
 
 
 FAILED_SAVE = """
