@@ -14,7 +14,7 @@ Layout of `<workdir>/checkpoints/`:
 
 A step counts as complete only with both markers and every file at its recorded size, so a
 truncated file, a deleted marker or a save cut short by kill -9 makes it invisible: it is
-reported (logging.warning and stdout) and the previous complete step is used instead. Before
+reported (a logged warning) and the previous complete step is used instead. Before
 a restore the CRC32s are checked too; a step that fails them (corrupt bytes of the right
 size) or fails to restore is reported and skipped the same way.
 
@@ -83,13 +83,16 @@ _REPORTED: set[str] = set()
 
 
 def report(msg: str, once: bool = False) -> None:
-  """A fault the user must see: logged as a warning and printed (once per process if once)."""
+  """A fault the user must see: one warning record (once per process if once).
+
+  Logged, not also printed: the training CLI shows it as one `warning:` line on stderr and
+  keeps it in train.log; elsewhere Python's logging shows it on stderr.
+  """
   if once:
     if msg in _REPORTED:
       return
     _REPORTED.add(msg)
   logging.warning(msg)
-  print(msg, flush=True)
 
 
 def _is_primary() -> bool:

@@ -13,6 +13,7 @@ stderr too, in absl's format.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import sys
@@ -194,7 +195,37 @@ def load_config(argv: Sequence[str], default: str) -> tuple[ml_collections.Confi
     if isinstance(tree, ml_collections.ConfigDict):
       tree = {section_of(tree, base, source): tree.to_dict()}
     apply_overrides(base, tree, source)
+  for a in rest:
+    if a.startswith("--config."):
+      check_flag_path(base, a.partition("=")[0][len("--config."):])
   return base, rest
+
+
+def _did_you_mean(key: str, known) -> str:
+  close = difflib.get_close_matches(key, [str(k) for k in known], n=1, cutoff=0.6)
+  return f"; Did you mean {close[0]}?" if close else ""
+
+
+def check_flag_path(c: ml_collections.ConfigDict, path: str) -> None:
+  """A ValueError unless `--config.<path>` names a field of `c`, with the closest name.
+
+  Checked before the flags are parsed: ml_collections would raise an AttributeError there.
+  """
+  node = c
+  parts = path.split(".")
+  for i, key in enumerate(parts):
+    key, indexed, _ = key.partition("[")  # config_flags' `field[0]`: an element of a sequence
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise ValueError(f"flag --config.{path}: config.{'.'.join(parts[:i])} is a single value, "
+                       f"not a section")
+    if key not in node:
+      section = f"config.{'.'.join(parts[:i])}" if i else "the config"
+      raise ValueError(f"flag --config.{path}: {section} has no field {key!r}"
+                       f"{_did_you_mean(key, node.keys())} (its fields: "
+                       f"{', '.join(sorted(node.keys()))})")
+    if indexed:
+      return  # the element and below: config_flags checks them
+    node = node[key]
 
 
 class _TerminalFilter(logging.Filter):

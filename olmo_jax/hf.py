@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 from typing import Any, Callable, Iterator
 
@@ -276,13 +277,51 @@ class _Entry:
   shape: tuple[int, ...]
 
 
+# How to turn a pickle torch will not load safely into safetensors, where its source is trusted.
+_TO_SAFETENSORS = ("python -c \"import torch; from safetensors.torch import save_file; "
+                   "sd = torch.load('{path}', weights_only=False); save_file({{k: v.contiguous()"
+                   ".clone() for k, v in sd.items() if isinstance(v, torch.Tensor)}}, "
+                   "'{dir}/model.safetensors')\"")
+
+
+def _importable(dotted: str) -> bool:
+  """Whether `module.name` (as a pickle names a global) resolves in this environment."""
+  import importlib
+  module, _, name = dotted.rpartition(".")
+  try:
+    obj = importlib.import_module(module)
+  except Exception:  # not installed, or a module that fails to import
+    return False
+  return hasattr(obj, name)
+
+
+def _unsafe_pickle_error(path: str, torch_message: str) -> ConversionError:
+  """The refusal of torch's weights_only unpickler, said as what it is: no tensors-only file."""
+  found = re.search(r"Unsupported global: GLOBAL (\S+)", torch_message)
+  what = f" ({found.group(1)})" if found else ""
+  if found and not _importable(found.group(1)):  # e.g. 'collections.Ordered' of a cut file
+    what = f" ({found.group(1)}, which does not exist here: the file may also be truncated)"
+  return ConversionError(
+      f"weights file {path} is a pickle holding objects other than tensors{what}: unsafe to "
+      f"load, since unpickling it can run arbitrary code, so it is not read. Convert it to "
+      f"safetensors where you trust its source, e.g. "
+      + _TO_SAFETENSORS.format(path=path, dir=os.path.dirname(path) or "."))
+
+
 @contextlib.contextmanager
 def _damaged_file_error(path: str):
   """Turns a reader's failure on a truncated or corrupt weights file into one that names it."""
+  import pickle
   try:
     yield
   except ConversionError:
     raise
+  except pickle.UnpicklingError as e:
+    if "weights only load failed" in str(e).lower():
+      raise _unsafe_pickle_error(path, str(e)) from None
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise ConversionError(f"weights file {path} cannot be read ({reason}): it is truncated or "
+                          "damaged; download or export it again") from None
   except Exception as e:  # SafetensorError, torch's unpickling / zip errors, OSError ...
     reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise ConversionError(f"weights file {path} cannot be read ({reason}): it is truncated or "
@@ -328,10 +367,14 @@ class TensorFiles:
   def _torch_state(self, path: str) -> dict:
     if path not in self._torch_cache:
       import torch  # only .bin checkpoints need torch
-      # mmap: shapes are known without reading the tensors into memory.
+      # mmap: shapes are known without reading the tensors into memory. torch's legacy
+      # (pre-1.6, non-zip) format cannot be mapped and is read whole; weights_only=True
+      # unpickles tensors and plain containers only, in either format.
+      with open(path, "rb") as f:
+        legacy = f.read(4) != b"PK\x03\x04"
       with _damaged_file_error(path):
         self._torch_cache[path] = torch.load(path, map_location="cpu", weights_only=True,
-                                             mmap=True)
+                                             mmap=not legacy)
     return self._torch_cache[path]
 
   def _shapes(self, path: str) -> dict[str, list[int]]:

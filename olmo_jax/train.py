@@ -391,6 +391,7 @@ def run_reporting_errors(config, workdir, dry_run, lock, log_file) -> int:
     logging.error("bad input", exc_info=True, extra={"file_only": True})
     print(f"error: {e}", file=sys.stderr)
     if lock:  # a workdir this run created, with nothing but its lock and log, goes again
+      _remove_unused_run_files(lock, workdir)
       lock.release_and_tidy((cli.LOG_FILE,))
     return 2
   except (NonFiniteLossError, CheckpointError, OSError) as e:
@@ -399,6 +400,32 @@ def run_reporting_errors(config, workdir, dry_run, lock, log_file) -> int:
     print(f"error: {e}{details}", file=sys.stderr)
     return 1
   return 0
+
+
+# What a run writes before its first logged step or checkpoint (see run()).
+RUN_FILES, RUN_DIRS = ("config.json", "metrics.jsonl"), ("checkpoints", "tensorboard")
+
+
+def _remove_unused_run_files(lock, workdir: str) -> None:
+  """Removes the run files of a workdir this run created when it stopped before logging or
+  saving anything (bad token ids at the first batch, say).
+
+  Only then: metrics or a checkpoint already written stay, with the workdir.
+  """
+  if not (workdir and lock.created):
+    return
+  names = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+  if not names <= {workdir_lib.LOCK_NAME, cli.LOG_FILE, *RUN_FILES, *RUN_DIRS}:
+    return  # something else is there: left as it is
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  ckpts = os.path.join(workdir, "checkpoints")
+  if (os.path.exists(metrics) and os.path.getsize(metrics)
+      or os.path.isdir(ckpts) and os.listdir(ckpts)):
+    return
+  import shutil
+  for name in names & {*RUN_FILES, *RUN_DIRS}:
+    path = os.path.join(workdir, name)
+    shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
@@ -508,6 +509,39 @@ class CallbackHook(Hook):
     loop.add_metrics(self.fn(loop.step, loop.state) or {})
 
 
+class LossRise:
+  """Flags a diverging run whose loss a long warmup still keeps finite (non-finite losses
+  stop the run on their own: UpdatePolicy).
+
+  Rule: the logged cross-entropy is above the run's first logged value by more than `margin`
+  nats at `patience` consecutive log points. One nat above the start means e times less
+  probability on the data than at the start (at initialisation: worse than a uniform guess
+  over the vocabulary), which steady training never gets back to; a lone spike does not count.
+  Said once per run.
+  """
+
+  def __init__(self, margin: float = 1.0, patience: int = 3):
+    self.margin, self.patience = margin, patience
+    self.start, self.count, self.said = None, 0, False
+
+  def update(self, step: int, m: dict[str, float]) -> str | None:
+    """The warning to give after this log point's metrics `m`, or None."""
+    loss = m.get("ce", m.get("loss"))
+    if self.said or loss is None or not math.isfinite(loss):
+      return None
+    if self.start is None:
+      self.start = loss
+      return None
+    self.count = self.count + 1 if loss > self.start + self.margin else 0
+    if self.count < self.patience:
+      return None
+    self.said = True
+    lr = f" (lr {m['lr']:.3g})" if "lr" in m else ""
+    return (f"loss {loss:.4g} at step {step}{lr} has stayed more than {self.margin:g} nat above "
+            f"its first logged value {self.start:.4g} for {self.patience} logged steps: the "
+            f"run is diverging; lower train.lr and start again")
+
+
 class LogHook(Hook):
   """Every `every` steps, at the end and with extra metrics: throughput and MFU added, the
   metrics written to the logger and a line to the console."""
@@ -517,6 +551,7 @@ class LogHook(Hook):
     self.log_every, self.tokens_per_step = every, tokens_per_step
     self.flops_per_token, self.peak_flops, self.logger = flops_per_token, peak_flops, logger
     self._t0, self._last = time.perf_counter(), 0
+    self.loss_rise = LossRise()
 
   def start(self, loop: Loop) -> None:
     self._t0, self._last = time.perf_counter(), loop.step
@@ -536,6 +571,9 @@ class LogHook(Hook):
     if self.logger:
       self.logger.write(step, host)
     loop.console.print(format_metrics(step, loop.total_steps, host))
+    rising = self.loss_rise.update(step, host)
+    if rising:
+      logging.warning(rising)
 
 
 class StopOnSignal(Hook):

@@ -10,7 +10,9 @@ Trains a ladder size (4M ... 1B) on NUM_DEVICES devices of this node, one JAX pr
 drives them all (the mesh is mesh.fsdp=-1 unless an override says otherwise).
   SIZE         ladder size, e.g. 150M (configs/train.py:SIZE)
   NUM_DEVICES  GPUs to use (CUDA_VISIBLE_DEVICES 0..N-1 unless already set)
-  DATA_DIR     config.data.data_dir (mixture 'sample' unless an override names one)
+  DATA_DIR     the data it trains on (config.data.data_dir, as --data_path): every token
+               file under it, one source per directory, unless an override names a recipe
+               (e.g. --config.data.mixture=sample builds the embedded corpus under DATA_DIR)
   OUTPUT_DIR   the run directory (checkpoints, metrics, config.json); rerun to resume
   overrides    any further flags, e.g. --config.train.steps=1000 --config.data.mixture=dolma17
 
@@ -52,6 +54,9 @@ case "$PLATFORM" in
   *) echo "error: OLMO_JAX_PLATFORM=$PLATFORM must be auto, gpu or cpu" >&2; exit 2 ;;
 esac
 
+# DATA_DIR and OUTPUT_DIR are relative to where the script is called, not the repository.
+[[ "$DATA" == /* ]] || DATA="$PWD/${DATA#./}"
+[[ "$OUT" == /* ]] || OUT="$PWD/${OUT#./}"
 cd "$HERE/.."
 exec "${PYTHON:-python}" -m olmo_jax.train --config "configs/train.py:$SIZE" --workdir "$OUT" \
-  --config.data.data_dir="$DATA" --config.data.mixture=sample --config.mesh.fsdp=-1 "$@"
+  --config.data.data_dir="$DATA" --config.mesh.fsdp=-1 "$@"

@@ -113,7 +113,7 @@ def test_garbage_collection_keeps_newest_k_plus_every_period(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "no_commit_marker", "no_manifest", "flip_bytes",
                                     "tmp_dir_only"])
-def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, capsys, damage):
+def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog, damage):
   d = str(tmp_path)
   ckpt, states = save_steps(d, [1, 2])
   step_dir = os.path.join(d, "2")
@@ -138,7 +138,7 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, capsys, dama
   state, data, step = ckpt.restore(abstract(states[1]))
   assert step == 1 and data == {"position": 10}
   assert_identical(state, states[1])
-  out = capsys.readouterr().out
+  out = caplog.text
   if damage != "tmp_dir_only":
     assert f"{step_dir}" in out and "step 1" in out
   # The next save of step 2 replaces the damaged directory and becomes the newest.
@@ -216,7 +216,7 @@ def run_py(code: str, devices: int = 1, timeout: int = 120) -> str:
   proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  return proc.stdout
+  return proc.stdout + proc.stderr  # the checkpoint's warnings are logged to stderr
 
 
 FAILED_SAVE = """
@@ -394,7 +394,7 @@ def test_two_processes_save_together_and_one_restores(tmp_path):
   np.testing.assert_array_equal(params["b"], ref["b"])
 
 
-def test_damaged_steps_are_moved_aside_never_deleted(tmp_path, capsys):
+def test_damaged_steps_are_moved_aside_never_deleted(tmp_path, caplog):
   d = str(tmp_path)
   ckpt, states = save_steps(d, [1, 2, 3])
   ckpt.close()
@@ -405,7 +405,7 @@ def test_damaged_steps_are_moved_aside_never_deleted(tmp_path, capsys):
   ckpt = checkpoint.Checkpointer(d, every=1, keep=10)
   _, _, step = ckpt.restore(abstract(states[2]))
   assert step == 2
-  assert "moved damaged step 3 " in capsys.readouterr().out
+  assert "moved damaged step 3 " in caplog.text
   ckpt.save(4, toy_state(seed=4, step=4), None)  # retention after the commit: 1 goes aside
   ckpt.wait()
   ckpt.close()

@@ -135,7 +135,12 @@ def test_bad_flags_are_one_line_errors(tmp_path):
   for args, message in [(["--model_size"], "--model_size needs a value"),
                         (["--config.train.steps=abc"], "config.train.steps"),
                         (["--no_such_flag=1"], "no_such_flag"),
-                        (["--config.train.progress_bar", "false"], "unexpected argument")]:
+                        (["--config.train.progress_bar", "false"], "unexpected argument"),
+                        # A mistyped field: once a raw AttributeError traceback with exit 1.
+                        (["--config.train.stepz=3"], "config.train has no field 'stepz'; "
+                         "Did you mean steps?"),
+                        (["--config.trian.steps=3"], "Did you mean train?"),
+                        (["--config.train.steps.x=3"], "config.train.steps is a single value")]:
     proc = _train(*args, "--output_dir", str(tmp_path / "run"))
     assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ")

@@ -255,3 +255,47 @@ def test_truncated_safetensors_is_one_error_line_naming_the_file(exported, tmp_p
   assert len(lines) == 1 and lines[0].startswith(f"error: weights file {weights} cannot be read")
   assert "truncated or damaged" in lines[0] and "Traceback" not in proc.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _as_bin(exported, directory, tensors, **save_kw):
+  """An HF directory like `exported` whose weights are `tensors` in a pytorch_model.bin."""
+  import torch
+  os.makedirs(directory)
+  for name in os.listdir(exported):
+    if not name.endswith(".safetensors"):
+      shutil.copy(os.path.join(exported, name), directory)
+  torch.save(tensors, os.path.join(directory, "pytorch_model.bin"), **save_kw)
+
+
+def test_legacy_bin_converts_and_an_unsafe_pickle_is_named(exported, tmp_path):
+  import argparse
+
+  import torch
+  from safetensors.numpy import load_file
+
+  from olmo_jax import hf
+  tensors = {k: torch.from_numpy(v)
+             for k, v in load_file(os.path.join(exported, "model.safetensors")).items()}
+  # torch's legacy (non-zip) format holds tensors only: safe to read, just not mmap-able.
+  legacy = tmp_path / "legacy"
+  _as_bin(exported, legacy, tensors, _use_new_zipfile_serialization=False)
+  proc = _run_script("scripts/convert_from_hf.py", "--hf", str(legacy), "--output",
+                     str(tmp_path / "run"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  params, _ = checkpoint.restore_params(str(tmp_path / "run"))
+  _, expected = hf.import_hf(exported)
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_array_equal(np.asarray(got), want)
+  # Training arguments pickled beside the weights: refused, and said to be what it is.
+  unsafe = tmp_path / "unsafe"
+  _as_bin(exported, unsafe, {**tensors, "args": argparse.Namespace(lr=1e-3)})
+  proc = _run_script("scripts/convert_from_hf.py", "--hf", str(unsafe), "--output",
+                     str(tmp_path / "run2"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert lines[0].startswith(f"error: weights file {unsafe}/pytorch_model.bin is a pickle "
+                             "holding objects other than tensors (argparse.Namespace): unsafe")
+  assert "safetensors" in lines[0] and f"{unsafe}/model.safetensors" in lines[0]
+  assert "truncated" not in lines[0] and "weights_only` set to `False`" not in lines[0]
+  assert not (tmp_path / "run2" / "checkpoints").exists()

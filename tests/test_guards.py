@@ -6,9 +6,11 @@ Every run is a real `python -m olmo_jax.train` subprocess on a tiny model, as a 
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from olmo_jax import checkpoint, cli
@@ -115,7 +117,9 @@ def test_all_damaged_checkpoints_are_never_started_over_or_deleted_unasked(env, 
   assert "resumed from" not in out and "step 1/4" in out
   for step in (2, 4):
     aside = os.path.join(ckpt_dir, checkpoint.DAMAGED, str(step))
-    assert f"moved damaged step {step} " in out and aside in out
+    # Reported once, as a warning line on stderr (it once came on stdout and stderr both).
+    assert (out + err).count(f"moved damaged step {step} ") == 1
+    assert f"warning: checkpoint: moved damaged step {step} " in err and aside in err
     # Every byte is still there, under the new name.
     assert {k.replace(f"checkpoints/{checkpoint.DAMAGED}/{step}/", f"checkpoints/{step}/"): v
             for k, v in snapshot(tmp_path).items()
@@ -151,3 +155,48 @@ def test_bad_config_leaves_a_new_workdir_absent_and_an_existing_one_untouched(en
   # An existing directory keeps its (now released) lock file and the log with the traceback.
   assert "bad input" in (existing / cli.LOG_FILE).read_text()
   assert (existing / workdir_lib.LOCK_NAME).read_text() == ""
+
+
+def test_bad_token_ids_at_the_first_batch_leave_a_new_workdir_absent(env, tmp_path):
+  data = tmp_path / "data" / "web"
+  data.mkdir(parents=True)
+  np.save(data / "part-00000.npy", np.full(4_000, 5_000, np.uint16))  # ids >= vocab_size 500
+  new = tmp_path / "new" / "run"
+  # Fails at the first batch, after config.json, metrics, TensorBoard and checkpoints/ exist.
+  rc, out, err = train(new, env, "--config.data.mixture=all",
+                       f"--config.data.data_dir={tmp_path / 'data'}")
+  assert rc == 2, out[-2000:] + err[-3000:]
+  assert err.startswith("error: source 'web': token id 5000 >= vocab_size 500")
+  assert "Traceback" not in err
+  assert not new.exists()
+
+
+def test_loss_rise_rule_on_planted_curves():
+  from olmo_jax.trainer import LossRise
+
+  def said(losses):
+    rule = LossRise()
+    return [step for step, x in enumerate(losses, 1) if rule.update(step, {"ce": x})]
+
+  assert said([10.8, 9.0, 7.5, 6.0, 5.5, 5.0]) == []  # training
+  assert said([10.8, 13.0, 10.0, 14.0, 9.0, 12.0, 9.0]) == []  # spikes that come back
+  assert said([10.8, 11.7, 11.7, 11.7, 11.7]) == []  # within 1 nat of the start
+  assert said([10.8, 12.0, float("nan"), 20.0, 108.0, 108.0, 108.0]) == [5]  # once
+  assert said([3.0, 2.9, 4.5, 4.6, 4.7]) == [5]  # a resumed run: its own first value
+
+
+def test_diverging_run_is_warned_once_and_a_normal_run_not(env, tmp_path):
+  off = ("--config.checkpoint.enabled=false",)
+  # lr 1e3 under a warmup longer than the run: the loss climbs from 6.2 into the thousands
+  # while every value stays finite, so only this rule says anything.
+  rc, out, err = train(tmp_path / "a", env, "--config.train.lr=1e3",
+                       "--config.train.warmup_steps=100", "--config.train.steps=6", *off)
+  assert rc == 0, err[-3000:]
+  warnings = [x for x in err.splitlines() if x.startswith("warning: ")]
+  assert len(warnings) == 1 and "the run is diverging; lower train.lr" in warnings[0], err
+  assert re.match(r"warning: loss \S+ at step 4 \(lr 40\) has stayed more than 1 nat above "
+                  r"its first logged value 6\.\d+ for 3 logged steps", warnings[0]), warnings
+  assert "diverging" not in out
+  rc, out, err = train(tmp_path / "b", env, "--config.train.steps=40", *off)
+  assert rc == 0, err[-3000:]
+  assert "warning" not in err and "diverging" not in out + err, err

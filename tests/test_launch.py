@@ -1,12 +1,16 @@
-"""The launch scripts: --help, the one-node launcher on fake CPU devices, and the commands the
-SLURM and TPU-pod launchers hand to srun and gcloud (recorded by stand-ins on PATH)."""
+"""The launch scripts: --help, the one-node launcher on fake CPU devices, the commands the
+SLURM and TPU-pod launchers hand to srun and gcloud (recorded by stand-ins on PATH), and the
+original pipeline's entry points (scripts/olmo/) typed as its Quick Start prints them."""
 
 import json
 import os
+import re
+import shlex
 import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -85,9 +89,41 @@ def test_gpu_flags_are_known_to_xla():
   assert "2.0" in proc.stdout
 
 
+def _token_sources(data):
+  """DATA as a user has it: two sources of token files (.npy, uint16)."""
+  rng = np.random.default_rng(0)
+  for name in ("web", "code"):
+    os.makedirs(data / name)
+    np.save(data / name / "part-00000.npy", rng.integers(0, 50_000, 20_000).astype(np.uint16))
+
+
+def _trained_on_the_token_files(stdout, data):
+  """The run's data report names DATA's two sources and nothing else was built under DATA."""
+  assert re.search(r"^  code +tokens +1 +20,000", stdout, re.M), stdout
+  assert re.search(r"^  web +tokens +1 +20,000", stdout, re.M), stdout
+  assert sorted(os.listdir(data)) == ["code", "web"]  # no sample corpus written into DATA
+
+
+def test_launcher_trains_on_data_dir_without_naming_a_recipe(tmp_path):
+  """DATA is what the run trains on (as --data_path), relative to where the script is called."""
+  env, record = _recorder(tmp_path, "fake_python")
+  env.update(PYTHON="fake_python", OLMO_JAX_PLATFORM="cpu")
+  proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "launch_distributed.sh"), "4M",
+                         "2", "./mydata", "runs/4M", "--config.train.steps=5"], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=60, env=env)
+  assert proc.returncode == 0, proc.stderr
+  argv = json.load(open(record))["argv"]
+  assert argv[:5] == ["-m", "olmo_jax.train", "--config", "configs/train.py:4M", "--workdir"]
+  assert argv[5] == f"{tmp_path}/runs/4M"
+  assert f"--config.data.data_dir={tmp_path}/mydata" in argv
+  assert not [a for a in argv if a.startswith("--config.data.mixture")], argv
+  assert argv[-1] == "--config.train.steps=5"
+
+
 @pytest.mark.slow
 def test_launch_distributed_4m_on_2_fake_cpu_devices(tmp_path):
   data, out = tmp_path / "data", tmp_path / "out"
+  _token_sources(data)
   env = dict(os.environ, OLMO_JAX_PLATFORM="cpu", PYTHON=sys.executable, PYTHONPATH=REPO)
   env.pop("XLA_FLAGS", None)
   proc = bash("scripts/launch_distributed.sh", "4M", "2", str(data), str(out),
@@ -98,4 +134,64 @@ def test_launch_distributed_4m_on_2_fake_cpu_devices(tmp_path):
   assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}" in proc.stdout
   steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
   assert steps == [1, 2, 3]
-  assert os.listdir(data)  # the sample corpus was built under DATA_DIR
+  _trained_on_the_token_files(proc.stdout, data)
+
+
+# ----------------------------------------------------------------------------------------
+# The original pipeline's Quick Start, typed from the repository root as it prints it.
+
+ORIGINAL_TRAIN = ("python scripts/olmo/train.py --model_size 150M --data_path ./data "
+                  "--output_dir ./outputs --config_file "
+                  "configs/training_configs/default_training.yaml")
+ORIGINAL_LAUNCH = "./scripts/olmo/launch_distributed.sh 150M 8 ./data ./outputs"
+# Appended: the 150M recipe on a one-layer, 32-wide model for two steps.
+SMALL = ["--config.model.d_model=32", "--config.model.n_heads=2", "--config.model.n_layers=1",
+         "--config.train.steps=2", "--config.train.seq_len=32", "--config.train.warmup_steps=1",
+         "--config.train.log_every=1", "--config.train.progress_bar=false",
+         "--config.checkpoint.every=2"]
+
+
+def _repository_root(tmp_path):
+  """A repository root (links to this checkout's code, configs and scripts) with ./data of
+  token files, and the environment of a user's shell there: `python` on PATH, no PYTHONPATH."""
+  root = tmp_path / "repo"
+  root.mkdir()
+  for name in ("olmo_jax", "data_pipeline", "eval", "configs", "scripts"):
+    (root / name).symlink_to(os.path.join(REPO, name))
+  _token_sources(root / "data")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("PYTHONPATH", "XLA_FLAGS", "JAX_PLATFORMS", "OLMO_JAX_PLATFORM")}
+  env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+  return root, env
+
+
+def _check_run(proc, root, batch):
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = json.load(open(root / "outputs" / "config.json"))
+  assert (saved["model"]["size"], saved["train"]["steps"]) == ("150M", 2)
+  assert saved["train"]["batch_size"] == batch
+  steps = [json.loads(line)["step"] for line in open(root / "outputs" / "metrics.jsonl")]
+  assert steps == [1, 2]
+  assert os.listdir(root / "outputs" / "checkpoints") == ["2"]
+  _trained_on_the_token_files(proc.stdout, root / "data")
+  return saved
+
+
+def test_original_train_command_runs_as_printed(tmp_path):
+  root, env = _repository_root(tmp_path)
+  for path in ("scripts/olmo/train.py", "scripts/olmo/launch_distributed.sh"):
+    assert os.access(os.path.join(REPO, path), os.X_OK), path
+  proc = subprocess.run([*shlex.split(ORIGINAL_TRAIN), *SMALL, "--config.train.batch_size=2"],
+                        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+  saved = _check_run(proc, root, 2)
+  assert saved["data"]["data_dir"] == "./data"
+
+
+@pytest.mark.slow
+def test_original_launcher_runs_as_printed_on_8_devices(tmp_path):
+  root, env = _repository_root(tmp_path)  # no GPU here: 8 fake CPU devices
+  proc = subprocess.run([*shlex.split(ORIGINAL_LAUNCH), *SMALL, "--config.train.batch_size=8"],
+                        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+  saved = _check_run(proc, root, 8)
+  assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" in proc.stdout
+  assert saved["data"]["data_dir"] == f"{root}/data"
