@@ -397,12 +397,26 @@ def _check_files(name: str, spec: SourceSpec, dc: DataConfig) -> list[str]:
   return files
 
 
+BUCKET_SCHEMES = ("gs://", "s3://")
+
+
+def refuse_bucket_paths(path: str, field: str) -> None:
+  """Token files are read by memory mapping, which needs a file system: a bucket URL is
+  refused with the way to mount it."""
+  if str(path).startswith(BUCKET_SCHEMES):
+    bucket = str(path).split("://", 1)[1].split("/", 1)[0]
+    raise ValueError(f"{field}={path}: token files are read from a file system, not from a "
+                     f"bucket URL; mount the bucket (e.g. `gcsfuse --implicit-dirs {bucket} "
+                     f"/mnt/{bucket}`) and pass the mounted path")
+
+
 def validate_config(cfg, vocab_size: int) -> None:
   """Raises ValueError/FileNotFoundError naming the field or file on a bad data config.
 
   Cheap (stats files, reads .npy headers); runs before any expensive work.
   """
   dc = data_config(cfg)
+  refuse_bucket_paths(dc.data_dir, "data.data_dir")
   if not 0 <= dc.heldout_fraction < 1:
     raise ValueError(f"data.heldout_fraction={dc.heldout_fraction} must be in [0, 1)")
   if mixture_name(dc) == "synthetic":
