@@ -53,6 +53,7 @@ def fs():
   """The gcsfs file system (no listing cache: Orbax and other hosts write the same bucket)."""
   global _FS
   if _FS is None:
+    _configure_emulator()  # the variable may have been set after this module was imported
     import gcsfs
     token = "anon" if os.environ.get("STORAGE_EMULATOR_HOST") else None
     _FS = gcsfs.GCSFileSystem(token=token, use_listings_cache=False)
