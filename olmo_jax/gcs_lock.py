@@ -94,10 +94,13 @@ class BucketWorkdirLock:
 
   def _take_over_if_stale(self) -> str | None:
     from google.api_core import exceptions as gexc
-    blob = self._blob()
+    bucket, name = self._blob_args
     try:
-      raw = blob.download_as_bytes()  # also loads generation and update time
-    except gexc.NotFound:  # released meanwhile: try once more from scratch
+      blob = _client().bucket(bucket).get_blob(name)  # generation and update time
+      raw = blob.download_as_bytes(if_generation_match=blob.generation) if blob else None
+    except (gexc.NotFound, gexc.PreconditionFailed):  # released or rewritten meanwhile
+      blob = None
+    if blob is None:  # try once more from scratch
       return self._retry_create()
     previous = _parse(raw)
     age = time.time() - blob.updated.timestamp()
