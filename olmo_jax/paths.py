@@ -236,12 +236,18 @@ class _Mirror:
     return out
 
   def sync(self) -> None:
-    """Uploads the files that changed since the last sync (each as one whole object)."""
+    """Uploads the files that changed since the last sync (each as one whole object) and
+    deletes the objects of files removed since (e.g. checkpoints dropped by retention)."""
     with self._lock:
       now = self._stamps()
       for rel, stamp in sorted(now.items()):
         if self._sent.get(rel) != stamp:
           fs().put_file(os.path.join(self.local, rel), _key(f"{self.remote}/{rel}"))
+      for rel in sorted(set(self._sent) - set(now)):
+        try:
+          fs().rm_file(_key(f"{self.remote}/{rel}"))
+        except FileNotFoundError:
+          pass
       self._sent = now
 
   def start(self) -> None:
@@ -264,16 +270,19 @@ _MIRRORS: dict[str, _Mirror] = {}
 MIRRORED = ("metrics.jsonl", "train.log", "tensorboard")
 
 
-def mirror(directory: str) -> str:
+def mirror(directory: str, names: tuple[str, ...] | None = MIRRORED) -> str:
   """The local directory to write growing files of `directory` to: itself when local; for a
-  gs:// directory a local copy (holding its metrics.jsonl, train.log and tensorboard/ so a
-  resumed run appends) that is uploaded every MIRROR_EVERY_S seconds and at exit."""
+  gs:// directory a local copy that is uploaded every MIRROR_EVERY_S seconds and at exit.
+
+  names: what is downloaded first, so that a resumed run appends to it (default: the
+  trainer's metrics.jsonl, train.log and tensorboard/; None: everything there).
+  """
   if not is_remote(directory):
     return directory
   directory = abspath(directory)
   if directory not in _MIRRORS:
     m = _Mirror(directory)
-    m.download(MIRRORED)
+    m.download(tuple(listdir(directory)) if names is None else names)
     m.start()
     _MIRRORS[directory] = m
     if len(_MIRRORS) == 1:
