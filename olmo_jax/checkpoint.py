@@ -628,6 +628,8 @@ class Checkpointer:
           raise CheckpointError(f"Orbax finished step {step} but {path} is not committed")
         write_manifest(path)
         apply_retention(self.directory, self._retention)
+        if paths.is_remote(self.directory):  # the metrics and log up to here, with it
+          paths.sync_mirrors()
     except BaseException as e:  # surfaced on the main thread at the next save()/wait()
       self._on_failure(step, e)
 
