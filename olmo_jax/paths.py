@@ -262,8 +262,10 @@ class _Mirror:
     threading.Thread(target=loop, name="olmo_mirror", daemon=True).start()
 
   def close(self) -> None:
+    """The last upload; the local copy goes (the bucket holds it all now)."""
     self._stop.set()
     self.sync()
+    shutil.rmtree(self.local, ignore_errors=True)
 
 
 _MIRRORS: dict[str, _Mirror] = {}

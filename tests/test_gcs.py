@@ -274,3 +274,11 @@ def test_train_kill9_resume_convert_evaluate_in_a_bucket(bucket, env, tmp_path):
   assert metrics["step"] == 60 and metrics["checkpoint"] == bucket
   assert metrics["tasks"]["boolq:rc_5shot"]["acc_raw"] in (0.0, 0.5, 1.0)
   assert len(paths.read_text(f"{bucket}/eval/predictions.jsonl").splitlines()) == 2
+
+
+def test_tpu_pod_launcher_help_names_the_bucket_and_gcsfuse():
+  out = subprocess.run(["bash", "scripts/launch_tpu_pod.sh", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 0
+  assert "gs://my-bucket/runs/1B" in out.stdout and "gcsfuse --implicit-dirs" in out.stdout
+  assert "a gs:// DATA_DIR is refused" in out.stdout
