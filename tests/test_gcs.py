@@ -218,6 +218,7 @@ def losses_of(text: str) -> dict[int, float]:
 @pytest.mark.slow
 def test_train_kill9_resume_convert_evaluate_in_a_bucket(bucket, env, tmp_path):
   from olmo_jax import paths
+  env = dict(env, TMPDIR=str(tmp_path))  # where the runs' local mirrors go
   local = tmp_path / "local"
   straight = subprocess.run(train_cmd(local), env=env, cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
@@ -282,3 +283,17 @@ def test_tpu_pod_launcher_help_names_the_bucket_and_gcsfuse():
   assert out.returncode == 0
   assert "gs://my-bucket/runs/1B" in out.stdout and "gcsfuse --implicit-dirs" in out.stdout
   assert "a gs:// DATA_DIR is refused" in out.stdout
+
+
+def test_datadecide_study_with_a_bucket_workdir_writes_there(bucket, env, tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  from test_datadecide_study import FAKE, write_config
+
+  from olmo_jax import paths
+  cfg = write_config(tmp_path / "s.py", FAKE)
+  r = subprocess.run([sys.executable, "-m", "olmo_jax.datadecide", "--config", cfg,
+                      "--workdir", f"{bucket}/dd", "--plan"], env=dict(env, TMPDIR=str(tmp_path)),
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert len(paths.read_text(f"{bucket}/dd/plan.txt").splitlines()) == 3  # one per cell
+  assert not os.listdir(tmp_path / "olmo_jax_mirror")  # the local copy went after upload
