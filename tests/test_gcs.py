@@ -297,3 +297,25 @@ def test_datadecide_study_with_a_bucket_workdir_writes_there(bucket, env, tmp_pa
   assert r.returncode == 0, r.stderr[-3000:]
   assert len(paths.read_text(f"{bucket}/dd/plan.txt").splitlines()) == 3  # one per cell
   assert not os.listdir(tmp_path / "olmo_jax_mirror")  # the local copy went after upload
+
+
+@pytest.mark.slow
+def test_datadecide_study_in_a_bucket_trains_scores_reports_and_resumes(bucket, env, tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  from test_datadecide_study import FAKE, write_config
+
+  from olmo_jax import paths
+  cfg = write_config(tmp_path / "s.py", FAKE.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "t2"]'))
+  env = dict(env, TMPDIR=str(tmp_path), DD_FAKE_STEP_S="0.01",
+             PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+  cmd = [sys.executable, "-m", "olmo_jax.datadecide", "--config", cfg, "--workdir",
+         f"{bucket}/dd"]
+  r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  names = set(paths.listdir(f"{bucket}/dd"))
+  assert {"cells", "results.parquet", "report"} <= names, (names, r.stdout[-2000:])
+  assert paths.isfile(f"{bucket}/dd/report/report.md")
+  assert paths.isfile(f"{bucket}/dd/cells/a/t1/seed1/DONE.json")
+  again = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  assert "6 already done, 0 to train" in again.stdout, again.stdout[-3000:]
