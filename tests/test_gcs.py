@@ -319,3 +319,23 @@ def test_datadecide_study_in_a_bucket_trains_scores_reports_and_resumes(bucket, 
   again = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
   assert "6 already done, 0 to train" in again.stdout, again.stdout[-3000:]
+
+
+def test_mirror_downloads_appends_and_uploads(bucket):
+  from olmo_jax import paths
+  paths.write_atomic(f"{bucket}/metrics.jsonl", '{"step": 1}\n')
+  paths.write_atomic(f"{bucket}/tensorboard/events.1", b"ev")
+  local = paths.mirror(bucket)
+  assert open(os.path.join(local, "tensorboard", "events.1"), "rb").read() == b"ev"
+  with open(os.path.join(local, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 2}\n')
+  os.makedirs(os.path.join(local, "tensorboard"), exist_ok=True)
+  with open(os.path.join(local, "train.log"), "w") as f:
+    f.write("log\n")
+  paths.sync_mirrors()
+  assert paths.read_text(f"{bucket}/metrics.jsonl") == '{"step": 1}\n{"step": 2}\n'
+  assert paths.read_text(f"{bucket}/train.log") == "log\n"
+  assert sorted(paths.file_table(bucket)) == ["metrics.jsonl", "tensorboard/events.1",
+                                              "train.log"]
+  paths.discard_mirror(bucket)
+  assert not os.path.exists(local)
