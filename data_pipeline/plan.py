@@ -127,10 +127,24 @@ class DataPlan:
                                 progress=False)
 
 
+BUCKET_SCHEMES = ("gs://", "s3://")
+
+
+def refuse_bucket_paths(path: str, field: str) -> None:
+  """Token files are read by memory mapping, which needs a file system: a bucket URL is
+  refused with the way to mount it."""
+  if str(path).startswith(BUCKET_SCHEMES):
+    bucket = str(path).split("://", 1)[1].split("/", 1)[0]
+    raise ValueError(f"{field}={path}: token files are read from a file system, not from a "
+                     f"bucket URL; mount the bucket (e.g. `gcsfuse --implicit-dirs {bucket} "
+                     f"/mnt/{bucket}`) and pass the mounted path")
+
+
 def resolve(data) -> DataPlan:
   """The plan of `config.data` (a ConfigDict, dict, None or DataConfig), drop_sources
   applied. Raises ValueError naming the field on an unknown recipe or source."""
   dc = data_config(data)
+  refuse_bucket_paths(dc.data_dir, "data.data_dir")
   name = mixture_name(dc)
   if name != "custom" and dc.sources:
     raise ValueError(f"data.sources is only read when data.mixture='custom' (mixture is "
@@ -170,6 +184,7 @@ def validate_config(data, vocab_size: int) -> None:
   """Raises ValueError/FileNotFoundError naming the field or file on a bad data config or
   plan. Cheap (stats files, reads .npy headers); runs before any expensive work."""
   dc = data_config(data.config if isinstance(data, DataPlan) else data)
+  refuse_bucket_paths(dc.data_dir, "data.data_dir")
   if not 0 <= dc.heldout_fraction < 1:
     raise ValueError(f"data.heldout_fraction={dc.heldout_fraction} must be in [0, 1)")
   if mixture_name(dc) == "synthetic":

@@ -25,16 +25,16 @@ from typing import Any, Callable, Sequence
 from data_pipeline.tokenizer import EOS_TOKEN_ID
 from eval import metrics as metrics_lib
 from eval import tasks as tasks_lib
+from olmo_jax import paths
 
 # ------------------------------------------------------------------------------ loading
 
 def is_hf_dir(path: str) -> bool:
   cfg = os.path.join(path, "config.json")
-  if not os.path.isfile(cfg):
+  if not paths.isfile(cfg):
     return False
   try:
-    with open(cfg) as f:
-      c = json.load(f)
+    c = json.loads(paths.read_text(cfg))
   except (OSError, json.JSONDecodeError):
     return False
   return isinstance(c, dict) and ("model_type" in c or "architectures" in c)
@@ -73,7 +73,7 @@ def load_model(path: str, dtype: str | None = None, max_length: int | None = Non
 
   from olmo_jax import checkpoint, hf
   from olmo_jax import config as config_lib
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist; pass a run directory, a "
                             "checkpoint step directory or an HF directory")
   if is_hf_dir(path):
@@ -337,15 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Parse every request file before the model loads: a bad file fails in a second.
     instances = {t.name: tasks_lib.load_instances(t, a.limit) for t in tasks
                  if t.source != "lm_eval"}
-    if not os.path.exists(a.checkpoint):
+    if not paths.exists(a.checkpoint):
       raise FileNotFoundError(f"checkpoint {a.checkpoint} does not exist; pass a run "
                               "directory, a checkpoint step directory or an HF directory")
     if a.compile_cache and os.path.exists(a.compile_cache) and not os.path.isdir(
         a.compile_cache):
       raise UsageError(f"--compile_cache {a.compile_cache} is a file; pass a directory")
-    if os.path.isfile(a.output):
+    if paths.isfile(a.output):
       raise UsageError(f"--output {a.output} is a file; pass a directory")
-    if os.path.exists(os.path.join(a.output, "metrics.json")) and not a.overwrite:
+    if paths.exists(os.path.join(a.output, "metrics.json")) and not a.overwrite:
       raise UsageError(f"--output {a.output} already holds metrics.json; pass --overwrite "
                        "to replace it or choose another directory")
     lm_eval_names = [t.family for t in tasks if t.source == "lm_eval"]
@@ -407,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   elapsed = time.time() - t0
   out = {"tasks": agg["tasks"], "macro": agg["macro"], "subtasks": agg["subtasks"],
          "counts": agg["counts"], "primary_metrics": agg["primary_metrics"],
-         "lm": lm_res, "errors": errors, "checkpoint": os.path.abspath(a.checkpoint),
+         "lm": lm_res, "errors": errors, "checkpoint": paths.abspath(a.checkpoint),
          "step": model.step,
          "config": {"eval": {"tasks": a.tasks, "limit": a.limit, "max_length": model.max_length,
                              "dtype": model.cfg.dtype, "tokenizer": model.tokenizer,
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "lm_stride": a.lm_stride or model.max_length,
                              "seconds": round(elapsed, 2)},
                     "model": model.config}}
-  os.makedirs(a.output, exist_ok=True)
+  paths.makedirs(a.output)
   _write_json(os.path.join(a.output, "metrics.json"), out)
   _write_jsonl(os.path.join(a.output, "predictions.jsonl"), preds)
   if agg["tasks"]:
@@ -436,18 +436,11 @@ def _records_from(preds: list[dict]) -> dict[str, list[dict]]:
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
+  paths.write_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in rows:
-      f.write(json.dumps(r, default=str) + "\n")
-  os.replace(tmp, path)
+  paths.write_atomic(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
 if __name__ == "__main__":

@@ -49,14 +49,11 @@ from __future__ import annotations
 
 import collections
 import datetime
-import glob
 import json
 import logging
 import os
-import shutil
 import threading
 import time
-import zlib
 from typing import Any, Callable
 
 import jax
@@ -64,6 +61,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+from olmo_jax import paths
 
 COMMIT_MARKER = "commit_success.txt"
 MANIFEST = "olmo_manifest.json"
@@ -146,48 +145,44 @@ def _own_json(obj, where: str) -> Any:
 
 def step_dirs(directory: str) -> dict[int, str]:
   """{step: path} of the integer-named entries of a checkpoints directory (complete or not)."""
-  if not os.path.isdir(directory):
-    return {}
   out = {}
-  for name in os.listdir(directory):
-    if name.isdigit() and os.path.isdir(os.path.join(directory, name)):
+  for name in paths.listdir(directory):
+    if name.isdigit() and paths.isdir(os.path.join(directory, name)):
       out[int(name)] = os.path.join(directory, name)
   return out
 
 
-def _crc32(path: str) -> int:
-  crc = 0
-  with open(path, "rb") as f:
-    while chunk := f.read(1 << 24):
-      crc = zlib.crc32(chunk, crc)  # releases the GIL: the training thread keeps running
-  return crc
+# The checksum a manifest records: zlib CRC32 of the bytes (local disks, read back once), or
+# in a bucket the CRC32C that GCS computed on upload (object metadata: no download).
+CRC32, CRC32C = "crc32", "crc32c"
 
 
-def _files(step_dir: str) -> list[str]:
-  out = []
-  for root, _, files in os.walk(step_dir):
-    for f in files:
-      rel = os.path.relpath(os.path.join(root, f), step_dir)
-      if not rel.startswith(MANIFEST):  # itself and its temporary file
-        out.append(rel)
-  return sorted(out)
+def _files(step_dir: str) -> dict[str, tuple[int, int | None]]:
+  """{relative path: (size, CRC32C in a bucket, else None)} without the manifest itself."""
+  return {rel: v for rel, v in paths.file_table(step_dir).items()
+          if not rel.startswith(MANIFEST)}  # itself and its temporary file
 
 
 def write_manifest(step_dir: str) -> None:
-  """Records every file's size and CRC32 in the step directory (atomically)."""
-  files = {rel: [os.path.getsize(os.path.join(step_dir, rel)), _crc32(os.path.join(step_dir, rel))]
-           for rel in _files(step_dir)}
-  tmp = os.path.join(step_dir, MANIFEST + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump({"files": files, "time": time.time()}, f, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(step_dir, MANIFEST))
+  """Records every file's size and checksum in the step directory (atomically)."""
+  remote = paths.is_remote(step_dir)
+  files = {rel: [size, crc if remote else paths.crc32(os.path.join(step_dir, rel))]
+           for rel, (size, crc) in sorted(_files(step_dir).items())}
+  manifest = {"files": files, "time": time.time()}
+  if remote:
+    manifest["checksum"] = CRC32C
+  paths.write_atomic(os.path.join(step_dir, MANIFEST), json.dumps(manifest, sort_keys=True))
 
 
 def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
+
+
+def _checksum_ok(path: str, algo: str, crc: int, stored: int | None) -> bool:
+  """Whether a file's bytes match the manifest's checksum `crc` of kind `algo`."""
+  if algo == CRC32C:
+    return (stored if stored is not None else paths.crc32c(path)) == crc
+  return paths.crc32(path) == crc
 
 
 def incomplete_reason(step_dir: str, checksums: bool = False) -> str | None:
@@ -196,32 +191,33 @@ def incomplete_reason(step_dir: str, checksums: bool = False) -> str | None:
   Sizes are always checked (cheap: catches truncation); checksums=True also reads every
   file and compares CRC32s (catches corrupt bytes, costs one read of the checkpoint).
   """
-  if not os.path.isfile(os.path.join(step_dir, COMMIT_MARKER)):
+  present = _files(step_dir)  # one listing (in a bucket: sizes and CRC32Cs included)
+  if COMMIT_MARKER not in present:
     return f"commit marker {COMMIT_MARKER} is missing"
   manifest_path = os.path.join(step_dir, MANIFEST)
-  if not os.path.isfile(manifest_path):
+  if not paths.isfile(manifest_path):
     return f"{MANIFEST} is missing (the run stopped while committing)"
   try:
-    files = _read_json(manifest_path)["files"]
+    manifest = _read_json(manifest_path)
+    files, algo = manifest["files"], manifest.get("checksum", CRC32)
   except (OSError, ValueError, KeyError) as e:
     return f"{MANIFEST} is unreadable ({e})"
   for rel, (size, crc) in sorted(files.items()):
-    path = os.path.join(step_dir, rel)
-    if not os.path.isfile(path):
+    if rel not in present:
       return f"file {rel} is missing"
-    actual = os.path.getsize(path)
+    actual, stored = present[rel]
     if actual != size:
       return f"file {rel} has {actual} bytes, {size} were written (truncated?)"
-    if checksums and _crc32(path) != crc:
-      return f"file {rel} fails its CRC32 check (corrupt bytes)"
-  if not any(os.path.isdir(os.path.join(step_dir, i)) for i in ("state", "params")):
+    if checksums and not _checksum_ok(os.path.join(step_dir, rel), algo, crc, stored):
+      return f"file {rel} fails its {algo.upper()} check (corrupt bytes)"
+  if not any(rel.startswith(("state/", "params/")) for rel in present):
     return "it holds neither a state/ nor a params/ item"
   return None
 
 
 def checkpoint_kind(step_dir: str) -> str:
   """'train_state' or 'params' (a checkpoint written by write_params_checkpoint)."""
-  return KIND_STATE if os.path.isdir(os.path.join(step_dir, "state")) else KIND_PARAMS
+  return KIND_STATE if paths.isdir(os.path.join(step_dir, "state")) else KIND_PARAMS
 
 
 def complete_steps(directory: str, *, kind: str | None = None, quiet: bool = False) -> list[int]:
@@ -251,13 +247,13 @@ def complete_steps(directory: str, *, kind: str | None = None, quiet: bool = Fal
 
 def resolve_path(path: str, step: int | None = None) -> tuple[str, int | None]:
   """(checkpoints dir, step) from a workdir, a checkpoints dir or a step dir."""
-  path = os.path.abspath(path.rstrip("/"))
-  if not os.path.exists(path):
+  path = paths.abspath(path.rstrip("/"))
+  if not paths.exists(path):
     raise CheckpointError(f"checkpoint path {path} does not exist")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if paths.isdir(os.path.join(path, "checkpoints")):
     return os.path.join(path, "checkpoints"), step
   base = os.path.basename(path)
-  if base.isdigit() and any(os.path.isdir(os.path.join(path, i)) for i in ITEMS):
+  if base.isdigit() and any(paths.isdir(os.path.join(path, i)) for i in ITEMS):
     if step is not None and step != int(base):
       raise CheckpointError(f"{path} is step {base} but step={step} was asked for")
     return os.path.dirname(path), int(base)
@@ -276,7 +272,7 @@ def select_steps(directory: str, step: int | None = None, kind: str | None = Non
   if step is not None:
     path = os.path.join(directory, str(step))
     if step not in steps:
-      why = incomplete_reason(path) if os.path.isdir(path) else "it does not exist"
+      why = incomplete_reason(path) if paths.isdir(path) else "it does not exist"
       raise CheckpointError(f"checkpoint step {step} in {directory} is unusable: {why}")
     if kind == KIND_STATE and checkpoint_kind(path) != KIND_STATE:
       raise CheckpointError(f"{path} holds parameters only (no optimizer state); start "
@@ -322,7 +318,7 @@ def restore_newest(directory: str, candidates: list[int], load: Callable[[int], 
 
 def interrupted_save(step_dir: str) -> bool:
   """True for a save cut short (kill -9) before its manifest: not damage, just unfinished."""
-  return not os.path.isfile(os.path.join(step_dir, MANIFEST))
+  return not paths.isfile(os.path.join(step_dir, MANIFEST))
 
 
 def damaged_steps(directory: str) -> dict[int, str]:
@@ -345,11 +341,11 @@ def set_aside(directory: str, step: int, reason: str) -> str | None:
   src = os.path.join(directory, str(step))
   dst = os.path.join(directory, DAMAGED, str(step))
   n = 0
-  while os.path.exists(dst if n == 0 else f"{dst}.{n}"):
+  while paths.exists(dst if n == 0 else f"{dst}.{n}"):
     n += 1
   dst = dst if n == 0 else f"{dst}.{n}"
-  os.makedirs(os.path.dirname(dst), exist_ok=True)
-  os.rename(src, dst)
+  paths.makedirs(os.path.dirname(dst))
+  paths.rename(src, dst)
   report(f"checkpoint: moved damaged step {step} ({reason}) aside to {dst}")
   return dst
 
@@ -385,7 +381,7 @@ def apply_retention(directory: str, policy: ocp_managers.PreservationPolicy) -> 
                                                   context=ocp_managers.PreservationContext())):
     if not keep:
       logging.info("checkpoint: deleting step %d (retention policy)", s)
-      shutil.rmtree(os.path.join(directory, str(s)), ignore_errors=True)
+      paths.rmtree(os.path.join(directory, str(s)))
   for s, reason in damaged_steps(directory).items():
     if s < good[-1]:
       set_aside(directory, s, reason)
@@ -393,11 +389,11 @@ def apply_retention(directory: str, policy: ocp_managers.PreservationPolicy) -> 
 
 def remove_failed_save(directory: str, step: int) -> None:
   """Gives back the space our own failed save of `step` holds (disk full); nothing else."""
-  for tmp in glob.glob(os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")):
-    shutil.rmtree(tmp, ignore_errors=True)
+  for tmp in paths.glob(os.path.join(directory, f"{step}.orbax-checkpoint-tmp*")):
+    paths.rmtree(tmp)
   path = os.path.join(directory, str(step))
-  if os.path.isdir(path) and interrupted_save(path):
-    shutil.rmtree(path, ignore_errors=True)
+  if paths.isdir(path) and interrupted_save(path):
+    paths.rmtree(path)
 
 
 # ---------------------------------------------------------------- the train-state manager
@@ -492,7 +488,7 @@ class Checkpointer:
     if every <= 0 or keep <= 0 or keep_period < 0:
       raise ValueError(f"checkpoint every={every} and keep={keep} must be positive and "
                        f"keep_period={keep_period} >= 0")
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.abspath(directory)
     self.every, self.keep, self.keep_period = every, keep, keep_period
     self.async_save = async_save
     self.metadata = dict(metadata or {})
@@ -576,7 +572,7 @@ class Checkpointer:
   def _restore_step(self, step: int, abstract_state):
     path = os.path.join(self.directory, str(step))
     items = dict(state=ocp.args.StandardRestore(abstract_state))
-    if os.path.isdir(os.path.join(path, "data")):
+    if paths.isdir(os.path.join(path, "data")):
       items["data"] = ocp.args.JsonRestore()
     out = self._mngr.restore(step, args=ocp.args.Composite(**items))
     state = out["state"]
@@ -597,7 +593,7 @@ class Checkpointer:
     self._raise_pending_error()
     path = os.path.join(self.directory, str(step))
     exists = None  # process 0 decides for all: 1 complete, 0 damaged (moved aside)
-    if _is_primary() and os.path.isdir(path):
+    if _is_primary() and paths.isdir(path):
       reason = incomplete_reason(path)
       exists = int(reason is None)
       if reason is not None:
@@ -631,10 +627,12 @@ class Checkpointer:
       self._mngr.wait_until_finished()
       path = os.path.join(self.directory, str(step))
       if _is_primary():
-        if not os.path.isfile(os.path.join(path, COMMIT_MARKER)):
+        if not paths.isfile(os.path.join(path, COMMIT_MARKER)):
           raise CheckpointError(f"Orbax finished step {step} but {path} is not committed")
         write_manifest(path)
         apply_retention(self.directory, self._retention)
+        if paths.is_remote(self.directory):  # the metrics and log up to here, with it
+          paths.sync_mirrors()
     except BaseException as e:  # surfaced on the main thread at the next save()/wait()
       self._on_failure(step, e)
 
@@ -706,7 +704,7 @@ def _restore_params_item(step_dir: str, target_fn) -> Any:
 def read_metadata(step_dir: str) -> dict:
   """The meta item (config, tokenizer hash, kind, step) of a step directory."""
   path = os.path.join(step_dir, "meta", "metadata")
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise CheckpointError(f"{step_dir} has no meta/ item (not written by olmo_jax?)")
   return _read_json(path)
 
@@ -729,7 +727,7 @@ def write_params_checkpoint(directory: str, params, metadata: dict) -> str:
   directory: a workdir (the checkpoint goes to <directory>/checkpoints/0) — the trainer
   started on that workdir begins from these params with a fresh optimizer state.
   """
-  ckpt_dir = os.path.join(os.path.abspath(directory), "checkpoints")
+  ckpt_dir = os.path.join(paths.abspath(directory), "checkpoints")
   existing = step_dirs(ckpt_dir)
   if existing:
     raise CheckpointError(f"{ckpt_dir} already holds checkpoints (steps {sorted(existing)}); "

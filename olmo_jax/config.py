@@ -163,10 +163,8 @@ def validate(c: ml_collections.ConfigDict, num_processes: int = 1) -> None:
 
 def save_json(c: ml_collections.ConfigDict, path: str) -> None:
   """Writes the resolved config as JSON (atomically)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(c.to_dict(), f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
+  from olmo_jax import paths
+  paths.write_atomic(path, json.dumps(c.to_dict(), indent=2, sort_keys=True, default=str))
 
 
 def load_json(path: str) -> ml_collections.ConfigDict:

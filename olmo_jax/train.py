@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from olmo_jax import cli, distributed
+from olmo_jax import cli, distributed, paths
 from olmo_jax import config as config_lib
 from olmo_jax import workdir as workdir_lib
 from olmo_jax.cli import translate_aliases  # noqa: F401  (public name)
@@ -137,7 +137,7 @@ def check_workdir(cfg, workdir: str | None, say) -> None:
   if not (workdir and cfg.checkpoint.enabled):
     return
   from olmo_jax import checkpoint, resume
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  ckpt_dir = os.path.join(paths.abspath(workdir), "checkpoints")
   steps = checkpoint.complete_steps(ckpt_dir, kind=checkpoint.KIND_STATE, quiet=True)
   if steps:
     resume.check_same_run(ckpt_dir, steps[-1], config_lib.to_dict(cfg),
@@ -150,7 +150,7 @@ def write_run_config(cfg, workdir: str | None, mesh, say) -> None:
   """config.json in the workdir (process 0) and the one-line summary of the run."""
   import jax
   if workdir and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     config_lib.save_json(cfg, os.path.join(workdir, "config.json"))
   d, t = cfg.derived, cfg.train
   say(f"model {cfg.model.size} ({cfg.model.variant}): N={d.non_embedding_params:,} "
@@ -279,7 +279,10 @@ def build_logging(cfg, mesh, workdir):
 
   from olmo_jax import sizes, trainer
   t, d, mcfg = cfg.train, cfg.derived, config_lib.model_config(cfg)
-  logger = trainer.MetricsLogger(workdir, enabled=jax.process_index() == 0)
+  first = jax.process_index() == 0
+  # A bucket cannot append: metrics and TensorBoard events go to its local mirror.
+  logger = trainer.MetricsLogger(paths.mirror(workdir) if workdir and first else workdir,
+                                 enabled=first)
   hook = trainer.LogHook(
       t.log_every, tokens_per_step=d.tokens_per_step, logger=logger,
       flops_per_token=sizes.flops_per_token(mcfg.d_model, mcfg.n_layers, t.seq_len,
@@ -362,21 +365,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   workdir = FLAGS.workdir
   # One trainer per workdir: process 0 of a run holds the lock for all its processes.
-  lock = (workdir_lib.WorkdirLock(workdir)
-          if workdir and not FLAGS.dry_run and distributed.is_first_process(setup) else None)
+  first = distributed.is_first_process(setup)
+  lock = workdir_lib.lock_for(workdir) if workdir and not FLAGS.dry_run and first else None
   try:
     took_over = lock.acquire() if lock else None
   except (OSError, workdir_lib.WorkdirBusyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  # A dry run writes nothing, not even its log.
-  log_file = os.path.join(workdir, cli.LOG_FILE) if workdir and not FLAGS.dry_run else None
+  # A dry run writes nothing, not even its log; in a bucket process 0 writes it (mirrored).
+  log_file = (os.path.join(paths.mirror(workdir), cli.LOG_FILE)
+              if workdir and not FLAGS.dry_run and (first or not paths.is_remote(workdir))
+              else None)
   cli.setup_logging(FLAGS.verbosity if FLAGS["verbosity"].present else None, log_file)
   if took_over:
     logging.warning(took_over)
   try:
     return run_reporting_errors(FLAGS.config, workdir, FLAGS.dry_run, lock, log_file)
   finally:
+    paths.sync_mirrors()  # the log, metrics and events of a gs:// workdir, uploaded now
     if lock:
       lock.release()  # a no-op after release_and_tidy
 

@@ -61,6 +61,26 @@ def _pid_running(pid: int) -> bool:
   return True
 
 
+def busy_message(workdir: str, path: str, holder: Holder | None) -> str:
+  who = holder.describe() if holder else "a process that has not yet written its name"
+  return (f"workdir {workdir} is in use by another trainer ({who}); wait for it to finish, "
+          f"stop it, or choose another --workdir; lock file {path}")
+
+
+def takeover_message(workdir: str, previous: Holder, state: str) -> str:
+  return (f"workdir {workdir}: took over the lock left by a trainer that ended without "
+          f"releasing it ({previous.describe()}): {state}")
+
+
+def lock_for(workdir: str):
+  """The lock of a workdir: flock on a local disk, a leased lock object in a bucket (gs://)."""
+  from olmo_jax import paths
+  if paths.is_remote(workdir):
+    from olmo_jax import gcs_lock
+    return gcs_lock.BucketWorkdirLock(workdir)
+  return WorkdirLock(workdir)
+
+
 class WorkdirLock:
   """The exclusive lock of one workdir, held from `acquire` until `release` or process exit."""
 
@@ -83,10 +103,7 @@ class WorkdirLock:
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
         raise WorkdirBusyError(f"cannot lock {self.path} ({e.strerror}); the file system of "
                                f"--workdir must support flock") from None
-      who = holder.describe() if holder else "a process that has not yet written its name"
-      raise WorkdirBusyError(f"workdir {self.workdir} is in use by another trainer ({who}); "
-                             f"wait for it to finish, stop it, or choose another --workdir; "
-                             f"lock file {self.path}") from None
+      raise WorkdirBusyError(busy_message(self.workdir, self.path, holder)) from None
     self._fd = fd
     previous = _read_holder(fd)
     me = Holder(socket.gethostname(), os.getpid(), time.time(), " ".join(sys.argv))
@@ -101,8 +118,7 @@ class WorkdirLock:
       state = "it no longer holds the lock (its PID now belongs to another process)"
     else:
       state = "that process is no longer running"
-    return (f"workdir {self.workdir}: took over the lock left by a trainer that ended without "
-            f"releasing it ({previous.describe()}): {state}")
+    return takeover_message(self.workdir, previous, state)
 
   def release(self) -> None:
     """Empties the lock file and unlocks it (the kernel unlocks it anyway at exit)."""

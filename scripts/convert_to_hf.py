@@ -85,6 +85,10 @@ def compare_logits(cfg, params: dict, hf_dir: str, ids: np.ndarray) -> tuple[flo
 
 def check_output(output: str, overwrite: bool) -> None:
   """Refuses an --output that is a file, or a non-empty directory without --overwrite."""
+  from olmo_jax import paths
+  if paths.is_remote(output):  # transformers loads HF directories from a file system
+    raise ValueError(f"--output {output}: write the HF directory to a local path, then copy "
+                     "it to the bucket (gcloud storage cp -r DIR gs://...)")
   if os.path.exists(output) and not os.path.isdir(output):
     raise ValueError(f"--output {output} is a file, not a directory")
   if os.path.isdir(output) and os.listdir(output) and not overwrite:

@@ -9,9 +9,13 @@ usage: scripts/launch_tpu_pod.sh TPU_NAME ZONE SIZE DATA_DIR OUTPUT_DIR [overrid
 Runs `python -m olmo_jax.train` on every worker of the TPU VM slice TPU_NAME through
 `gcloud compute tpus tpu-vm ssh --worker=all`; jax.distributed finds the slice's hosts from
 the TPU metadata (olmo_jax/distributed.py), and the mesh spans all chips (FSDP by default).
-DATA_DIR and OUTPUT_DIR must be paths every worker sees (NFS/Filestore, or a bucket mounted
-with gcsfuse at the same path); the repository must be at the same path on every worker
-(OLMO_JAX_REMOTE_DIR, default ~/olmo-jax).
+OUTPUT_DIR is the run directory: a bucket (gs://BUCKET/PATH: checkpoints through Orbax,
+config.json, metrics, TensorBoard events and the log; process 0 holds the run's lock object)
+or a path every worker sees (NFS/Filestore). DATA_DIR holds token files, which are memory
+mapped: a file system path on every worker (NFS, or the bucket mounted with
+`gcsfuse --implicit-dirs BUCKET /mnt/BUCKET` at the same path); a gs:// DATA_DIR is refused
+at start-up. The repository must be at the same path on every worker (OLMO_JAX_REMOTE_DIR,
+default ~/olmo-jax).
   TPU_NAME, ZONE  the slice, e.g. my-v5p-64 us-east5-a
   SIZE            ladder size, e.g. 1B
 
@@ -19,7 +23,7 @@ Environment: OLMO_JAX_REMOTE_DIR, PYTHON (default python3 on the workers), GCLOU
 gcloud), GCLOUD_ARGS (extra ssh arguments, e.g. --project=P).
 
 Example:
-  scripts/launch_tpu_pod.sh my-v5p-64 us-east5-a 1B /mnt/shared/data /mnt/shared/runs/1B \
+  scripts/launch_tpu_pod.sh my-v5p-64 us-east5-a 1B /mnt/my-bucket/data gs://my-bucket/runs/1B \
     --config.data.mixture=dolma17
 USAGE
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -79,9 +80,37 @@ def report_main(argv) -> int:
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "report":
-    return report_main(argv[1:])
+    return report_main(_local_dirs(argv[1:], {"--output": (), "--results": None}))
   from olmo_jax.datadecide import study
-  return study.main(argv)
+  return study.main(_local_dirs(argv, {"--workdir": None}))
+
+
+def _local_dirs(argv: list[str], flags: dict[str, tuple | None]) -> list[str]:
+  """argv with each gs:// value of `flags` replaced by a local mirror of it, uploaded every
+  30 s and at exit (olmo_jax/paths.py). The study works on ordinary files (cells, cached
+  scores, results, report), so a bucket workdir is mirrored whole: flags[name] None
+  downloads everything there first (a resumed study skips its finished cells); () nothing.
+  --results gs://...: the table is downloaded next to its mirror."""
+  from olmo_jax import paths
+  out = list(argv)
+  for i, arg in enumerate(out):
+    name, eq, value = arg.partition("=")
+    if name not in flags:
+      continue
+    j = i if eq else i + 1
+    value = value if eq else (out[j] if j < len(out) else "")
+    if not paths.is_remote(value):
+      continue
+    if name == "--results":  # a file: fetched into its directory's mirror
+      local = os.path.join(paths.mirror(os.path.dirname(value), ()), os.path.basename(value))
+      if paths.isfile(value):  # else read_table names the missing file
+        paths.fs().get(paths._key(value), local)
+    else:
+      local = paths.mirror(value, flags[name])
+      print(f"{name} {value}: working in its local mirror {local} (uploaded every "
+            f"{paths.MIRROR_EVERY_S:.0f} s and at exit)", file=sys.stderr)
+    out[j] = f"{name}={local}" if eq else local
+  return out
 
 
 if __name__ == "__main__":
