@@ -65,12 +65,10 @@ class ScoreLog:
     self.saved: dict[str, dict[int, tuple[float, bool]]] = {}
     self.resumed = 0  # requests whose saved scores were reused
     self.scored = 0  # requests scored or reused so far
+    self.out_dir = out_dir
     self._read()
-    os.makedirs(out_dir, exist_ok=True)
-    fresh = not self.saved
-    self._f = open(self.path, "w" if fresh else "a")
-    if fresh:
-      self._write({"fingerprint": self.fingerprint})
+    self._f = None  # opened with the first scored batch: a run that fails first leaves nothing
+    self._made_dir = False
 
   def _read(self) -> None:
     try:
@@ -86,6 +84,14 @@ class ScoreLog:
         got[i] = (float(lp), bool(g))
 
   def _write(self, rec: dict) -> None:
+    if self._f is None:
+      if not os.path.isdir(self.out_dir):
+        os.makedirs(self.out_dir)
+        self._made_dir = True
+      fresh = not self.saved
+      self._f = open(self.path, "w" if fresh else "a")
+      if fresh:
+        self._f.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
     self._f.write(json.dumps(rec) + "\n")
     self._f.flush()
 
@@ -120,11 +126,16 @@ class ScoreLog:
       out[i] = s
     return out  # type: ignore[return-value]
 
-  def close(self, done: bool) -> None:
-    """Closes the file; removes it when the run finished (its scores are in metrics.json)."""
-    self._f.close()
-    if done and os.path.exists(self.path):
-      os.remove(self.path)
+  def close(self, keep: bool) -> None:
+    """Closes the file; keep=False removes it (the run finished, or its scores are unusable)
+    and the output directory too if this log made it and it is empty."""
+    if self._f is not None:
+      self._f.close()
+    if not keep:
+      if os.path.exists(self.path):
+        os.remove(self.path)
+      if self._made_dir and not os.listdir(self.out_dir):
+        os.rmdir(self.out_dir)
 
 
 class LoggedScorer:

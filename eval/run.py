@@ -462,12 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     agg, preds, lm_res, errors = _score(a, model, tasks, instances, suites, lm_sets,
                                         lm_eval_names, log)
   except resume.Interrupted:
-    log.close(done=False)
+    log.close(keep=True)
     print(f"interrupted: {log.scored} requests scored so far are kept in {log.path}; run the "
           "same command again to resume", file=sys.stderr)
     return 130
-  except ScoreError as e:
-    log.close(done=False)
+  except ScoreError as e:  # the scores so far are of no use (e.g. NaN weights): not kept
+    log.close(keep=False)
     print(f"error: {e}", file=sys.stderr)
     return 2
   elapsed = time.time() - t0
@@ -487,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   os.makedirs(a.output, exist_ok=True)
   _write_json(os.path.join(a.output, "metrics.json"), out)
   _write_jsonl(os.path.join(a.output, "predictions.jsonl"), preds)
-  log.close(done=True)
+  log.close(keep=False)  # its scores are in metrics.json now
   _print_summary(a, agg, lm_res, len(preds), log.resumed, model.max_length, elapsed)
   return 1 if errors else 0
 
