@@ -12,6 +12,7 @@ compiled call.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import os
@@ -47,12 +48,15 @@ def restore_sigint() -> None:
 
 
 def requests_hash(requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> str:
+  """A digest of the token ids of every request, in order (each shared context once)."""
   h = hashlib.sha1()
+  seen: dict[int, int] = {}
   for ctx, cont in requests:
-    h.update(b"%d|%d|" % (len(ctx), len(cont)))
-    h.update(",".join(map(str, ctx)).encode())
-    h.update(b";")
-    h.update(",".join(map(str, cont)).encode())
+    j = seen.get(id(ctx))
+    if j is None:  # a document's choices share one context list (eval.run.Encoder)
+      j = seen[id(ctx)] = len(seen)
+      h.update(b"C%d:" % len(ctx) + array.array("q", ctx).tobytes())
+    h.update(b"R%d,%d:" % (j, len(cont)) + array.array("q", cont).tobytes())
   return h.hexdigest()
 
 
