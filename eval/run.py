@@ -206,10 +206,12 @@ def check_finite(scores: Sequence[tuple[float, bool]], what: Callable[[int], str
 
 def score_tasks(scorer, encoder: Encoder, task_instances: dict[str, list[tasks_lib.Instance]],
                 progress: Callable[[int], None] | None = None,
-                log: resume.ScoreLog | None = None) -> dict[str, list[dict[str, Any]]]:
+                log: resume.ScoreLog | None = None, strict: bool = True
+                ) -> dict[str, list[dict[str, Any]]]:
   """Per task, one prediction record per instance (scores, sizes and every metric).
 
   log: keeps the scores as they come and reuses those of an interrupted run (resume.py).
+  strict: a non-finite score raises ScoreError (in-loop evaluation logs it instead).
   """
   flat = [inst for insts in task_instances.values() for inst in insts]
   texts = _requests(flat)
@@ -221,9 +223,10 @@ def score_tasks(scorer, encoder: Encoder, task_instances: dict[str, list[tasks_l
     scores = log.loglikelihood(scorer, encoded, progress)
   else:
     scores = scorer.loglikelihood(encoded, progress=progress)
-  owner = [inst for inst in flat
-           for _ in range(len(inst.continuations) * (2 if inst.uncond_contexts else 1))]
-  check_finite(scores, lambda i: f"task {owner[i].task} document {owner[i].doc_id}")
+  if strict:
+    owner = [inst for inst in flat
+             for _ in range(len(inst.continuations) * (1 + (inst.uncond_contexts is not None)))]
+    check_finite(scores, lambda i: f"task {owner[i].task} document {owner[i].doc_id}")
   window = scorer.max_length + 1
   out: dict[str, list[dict[str, Any]]] = {name: [] for name in task_instances}
   i = 0
@@ -317,7 +320,8 @@ def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | Non
              task_instances: dict[str, list[tasks_lib.Instance]] | None = None,
              suites: Sequence[str] = (), use_file_primary: bool = False,
              progress_bar: bool = False, eos_id: int = EOS_TOKEN_ID,
-             log: resume.ScoreLog | None = None) -> tuple[dict[str, Any], list[dict]]:
+             log: resume.ScoreLog | None = None, strict: bool = True
+             ) -> tuple[dict[str, Any], list[dict]]:
   """(aggregate metrics, prediction records) of the native (non lm-eval) tasks."""
   if task_instances is None:
     task_instances = {t.name: tasks_lib.load_instances(t, limit) for t in tasks
@@ -330,7 +334,8 @@ def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | Non
     bar = tqdm(total=total, desc="scoring requests", unit="req", file=sys.stderr)
   try:
     records = score_tasks(scorer, Encoder(tokenizer, eos_id), task_instances,
-                          progress=bar.update if bar is not None else None, log=log)
+                          progress=bar.update if bar is not None else None, log=log,
+                          strict=strict)
   finally:
     if bar is not None:
       bar.close()
@@ -388,7 +393,8 @@ def _list() -> None:
   for name in sorted(reg):
     print(f"{name:36s} {reg[name].primary_metric:14s} {reg[name].split_text}")
   for s, members in tasks_lib.SUITES.items():
-    parts = [f"{m} = {reg[m].name} ({reg[m].split_text})" if m in reg else m for m in members]
+    parts = [m if m not in reg else f"{m} ({reg[m].split_text})" if m == reg[m].name
+             else f"{m} = {reg[m].name} ({reg[m].split_text})" for m in members]
     print(f"suite {s}: {'; '.join(parts)}")
 
 

@@ -168,11 +168,17 @@ def registry() -> dict[str, Task]:
       vdir = os.path.join(fdir, variant)
       if not os.path.isfile(os.path.join(vdir, "requests.jsonl.gz")):
         continue
-      file_cfg = _read_config(vdir).get("task_config", {})
+      config = _read_config(vdir)
+      file_cfg = config.get("task_config", {})
+      # A file that holds exactly its `limit` documents is OLMES's sample of a larger split
+      # (its documents already drawn: sampling it again keeps them all, in order).
+      limit = file_cfg.get("limit")
+      sample = limit if isinstance(limit, int) and config.get("num_instances") == limit \
+          else None
       out[f"{family}:{variant}"] = Task(f"{family}:{variant}", family, variant, "requests",
                                         vdir, _primary(family, variant),
                                         file_cfg.get("primary_metric"),
-                                        str(file_cfg.get("split") or ""))
+                                        str(file_cfg.get("split") or ""), sample)
     default = f"{family}:{DEFAULT_VARIANT.get(family, 'rc_5shot')}"
     if family in OLMES_TEST:
       default = _olmes_test_tasks(out, family)

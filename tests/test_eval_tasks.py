@@ -166,3 +166,26 @@ def test_mmlu_prompt_literal():
   first_shot = inst.contexts[0].split("\n\n")[1]
   assert first_shot == ("Question: Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\n"
                         " A. 0\n B. 1\n C. 2\n D. 3\nAnswer: B")
+
+
+def test_list_says_which_split_each_suite_scores():
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  p = subprocess.run([sys.executable, "-m", "eval.run", "--list"], cwd=root, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  suites = {line.split(":", 1)[0][len("suite "):]: line for line in p.stdout.splitlines()
+            if line.startswith("suite ")}
+  for suite in ("olmes", "seed"):
+    assert ("arc_easy = arc_easy:olmes_rc_5shot (test, OLMES's 1000-document sample)"
+            in suites[suite])
+    assert "arc_challenge = arc_challenge:test_rc_5shot (test)" in suites[suite]
+    assert "openbookqa = openbookqa:test_rc_5shot (test)" in suites[suite]
+    assert "winogrande = winogrande:rc_5shot (validation)" in suites[suite]
+  assert "arc_easy:rc_5shot (validation)" in suites["core"]
+  rows = {line.split()[0]: line for line in p.stdout.splitlines() if line and
+          not line.startswith("suite ")}
+  assert rows["arc_easy:val_rc_5shot"].endswith("validation")
+  assert rows["openbookqa:test_rc_5shot"].endswith("test")
