@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from eval.run import EOS_TOKEN_ID, Encoder, load_model
+from eval.run import EOS_TOKEN_ID, Encoder, UsageError, load_model
 
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -188,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _input_error(e: Exception) -> str | None:
   """The one-line message of an unknown task or a dataset lm-eval cannot load, else None."""
   first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  if isinstance(e, UsageError):  # e.g. an HF directory whose tokenizer does not fit
+    return first
   if isinstance(e, ValueError) and first.startswith("Tasks not found"):
     return (f"lm-eval: {first}; list the known ones with `lm-eval ls tasks`, or add a task "
             "directory with --include_path DIR")
