@@ -3,7 +3,9 @@
     python -m eval.harness --checkpoint runs/150M --tasks truthfulqa_mc2,gsm8k [lm-eval flags]
 
 is `lm-eval run --model olmo_jax --model_args checkpoint=runs/150M --tasks ...` with the
-model registered in-process (every other flag goes to lm-eval unchanged). The LM scores with
+model registered in-process (every other flag goes to lm-eval unchanged). An unknown task or
+a dataset lm-eval cannot load (e.g. not in the HF datasets cache, offline) is one `error:`
+line and exit code 2, as in eval.run. The LM scores with
 eval/scorer.py (the training model's own forward, context shared among choices) and generates
 with its KV-cached greedy decoder. Requests are split into tokens as lm-eval's `hf` model
 splits them, so both give the same numbers on the same weights.
@@ -18,7 +20,7 @@ from typing import Any, Sequence
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from eval.run import EOS_TOKEN_ID, Encoder, load_model
+from eval.run import EOS_TOKEN_ID, Encoder, UsageError, load_model
 
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -172,9 +174,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.execute(args)
   except SystemExit as e:
     return int(e.code or 0)
+  except Exception as e:
+    message = _input_error(e)
+    if message is None:
+      raise
+    print(f"error: {message}", file=sys.stderr)
+    return 2
   finally:
     sys.argv = saved
   return 0
+
+
+def _input_error(e: Exception) -> str | None:
+  """The one-line message of an unknown task or a dataset lm-eval cannot load, else None."""
+  first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  if isinstance(e, UsageError):  # e.g. an HF directory whose tokenizer does not fit
+    return first
+  if isinstance(e, ValueError) and first.startswith("Tasks not found"):
+    return (f"lm-eval: {first}; list the known ones with `lm-eval ls tasks`, or add a task "
+            "directory with --include_path DIR")
+  dataset_errors: tuple[type, ...] = (ConnectionError, FileNotFoundError)
+  try:
+    from datasets.exceptions import DatasetNotFoundError
+    dataset_errors += (DatasetNotFoundError,)
+  except ImportError:
+    pass
+  if isinstance(e, dataset_errors):
+    return (f"lm-eval could not load a task's dataset ({type(e).__name__}: {first}); "
+            "offline, an lm-eval task needs its dataset in the HF datasets cache (load it "
+            "once with the network) or in local files named by a task under --include_path; "
+            "the OLMES tasks run offline with `python -m eval.run`")
+  return None
 
 
 if __name__ == "__main__":

@@ -7,8 +7,12 @@ OUT/metrics.json = {"tasks": {task: {metric: value}}, "macro": {name: {"value", 
 ...}}, "subtasks": {...}, "counts": {...}, "checkpoint", "step", "config"} and
 OUT/predictions.jsonl (one line per document), then prints a table. --lm_files / --lm_heldout
 add bits-per-byte and perplexity of validation sets under "lm" (eval/lm.py). Bad input (missing
-checkpoint, unknown task, a request file that does not parse, --limit 0) is one line on
-stderr and exit code 2, before the model is loaded.
+checkpoint, unknown task, a request file that does not parse, --limit 0, a tokenizer that is
+not the model's) is one line on stderr and exit code 2, before the model is loaded or, for
+token ids and non-finite scores, before anything is written. The context window is the
+model's own maximum length (max_seq_len / max_position_embeddings) whatever the entry point.
+Ctrl-C stops between batches with exit code 130; the scores so far are kept in
+OUT/scores.partial.jsonl and the same command resumes from them (eval/resume.py).
 """
 
 from __future__ import annotations
@@ -22,10 +26,19 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from data_pipeline.tokenizer import EOS_TOKEN_ID
+from data_pipeline.tokenizer import EOS_TOKEN_ID, VOCAB_SIZE
 from eval import metrics as metrics_lib
+from eval import resume
 from eval import tasks as tasks_lib
 from olmo_jax import paths
+
+
+class UsageError(ValueError):
+  pass
+
+
+class ScoreError(ValueError):
+  """Requests the model cannot score (token ids past its vocabulary), or non-finite scores."""
 
 # ------------------------------------------------------------------------------ loading
 
@@ -40,10 +53,28 @@ def is_hf_dir(path: str) -> bool:
   return isinstance(c, dict) and ("model_type" in c or "architectures" in c)
 
 
+def check_hf_tokenizer(path: str) -> None:
+  """UsageError when an HF directory has no tokenizer.json and a vocabulary not OLMo's.
+
+  Without tokenizer.json the OLMo tokenizer is used, which fits only a model whose
+  embedding has OLMo's VOCAB_SIZE rows (or that padded to a multiple of 128).
+  """
+  if paths.isfile(os.path.join(path, "tokenizer.json")):
+    return
+  rows = json.loads(paths.read_text(os.path.join(path, "config.json"))).get("vocab_size")
+  padded = -(-VOCAB_SIZE // 128) * 128
+  if isinstance(rows, int) and VOCAB_SIZE <= rows <= padded:
+    return
+  raise UsageError(f"{path} has no tokenizer.json and its vocabulary ({rows} rows) is not "
+                   f"OLMo's ({VOCAB_SIZE}), so the OLMo tokenizer does not fit it; save the "
+                   f"model's tokenizer there (tokenizer.save_pretrained('{path}') writes "
+                   "tokenizer.json)")
+
+
 def tokenizer_of(path: str) -> str:
   """The tokenizer a checkpoint is scored with: an HF directory's tokenizer.json, else OLMo's."""
   tok = os.path.join(path, "tokenizer.json")
-  return tok if is_hf_dir(path) and os.path.isfile(tok) else "olmo"
+  return tok if is_hf_dir(path) and paths.isfile(tok) else "olmo"
 
 
 @dataclasses.dataclass
@@ -69,21 +100,20 @@ def load_model(path: str, dtype: str | None = None, max_length: int | None = Non
                ) -> LoadedModel:
   """Params and ModelConfig of our checkpoint or an HF directory (CheckpointError /
   ConversionError / FileNotFoundError name the problem)."""
-  import jax
 
   from olmo_jax import checkpoint, hf
   from olmo_jax import config as config_lib
+  from olmo_jax.kernels import resolve_platform
   if not paths.exists(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist; pass a run directory, a "
                             "checkpoint step directory or an HF directory")
   if is_hf_dir(path):
+    check_hf_tokenizer(path)
     cfg, params = hf.import_hf(path)
-    with open(os.path.join(path, "config.json")) as f:
-      config = json.load(f)
+    config = json.loads(paths.read_text(os.path.join(path, "config.json")))
     step = None
     tokenizer = tokenizer_of(path)
     eos = eos_id_of(config)
-    default_len = cfg.max_seq_len
   else:
     import ml_collections
     params, meta = checkpoint.restore_params(path)
@@ -93,13 +123,13 @@ def load_model(path: str, dtype: str | None = None, max_length: int | None = Non
     cfg = config_lib.model_config(ml_collections.ConfigDict(config))
     step = meta.get("step")
     tokenizer, eos = "olmo", EOS_TOKEN_ID
-    default_len = int((config.get("train") or {}).get("seq_len") or cfg.max_seq_len)
   if dtype is None:  # exact float32 on CPU; the trained compute dtype on accelerators
-    dtype = "float32" if jax.default_backend() == "cpu" else cfg.dtype
+    dtype = "float32" if resolve_platform() == "cpu" else cfg.dtype
   cfg = dataclasses.replace(cfg, dtype=dtype, remat="none")
+  # The model's own position range, not the training seq_len: a run directory and its HF
+  # export (max_position_embeddings) then score the same weights with the same window.
   return LoadedModel(cfg, params, step, config, tokenizer,
-                     min(max_length or default_len, cfg.max_seq_len),
-                     eos)
+                     min(max_length or cfg.max_seq_len, cfg.max_seq_len), eos)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -147,14 +177,55 @@ def _requests(instances: list[tasks_lib.Instance]) -> list[tuple[str, str]]:
   return out
 
 
+def check_token_ids(requests: Sequence[tuple[Sequence[int], Sequence[int]]], vocab_size: int,
+                    fix: str) -> None:
+  """ScoreError when a token id is at or past the model's vocabulary (its embedding would
+  read a padding row or nothing: NaN log-probs)."""
+  seen: set[int] = set()
+  top = -1
+  for ctx, cont in requests:
+    if id(ctx) not in seen:  # contexts are shared by a document's choices
+      seen.add(id(ctx))
+      top = max(top, max(ctx, default=-1))
+    top = max(top, max(cont, default=-1))
+  if top >= vocab_size:
+    raise ScoreError(f"token id {top} is past the model's vocabulary of {vocab_size}: {fix}")
+
+
+def check_finite(scores: Sequence[tuple[float, bool]], what: Callable[[int], str]) -> None:
+  """ScoreError naming the first non-finite log-prob (and how many there are)."""
+  bad = [i for i, (lp, _) in enumerate(scores) if not math.isfinite(lp)]
+  if bad:
+    raise ScoreError(f"{len(bad)} of {len(scores)} log-probabilities are not finite (first: "
+                     f"{what(bad[0])}): the weights hold NaN/inf (a diverged run?) or the "
+                     "compute dtype overflows; score with --dtype float32 or an earlier "
+                     "checkpoint")
+
+
 def score_tasks(scorer, encoder: Encoder, task_instances: dict[str, list[tasks_lib.Instance]],
-                progress: Callable[[int], None] | None = None
+                progress: Callable[[int], None] | None = None,
+                log: resume.ScoreLog | None = None, strict: bool = True
                 ) -> dict[str, list[dict[str, Any]]]:
-  """Per task, one prediction record per instance (scores, sizes and every metric)."""
+  """Per task, one prediction record per instance (scores, sizes and every metric).
+
+  log: keeps the scores as they come and reuses those of an interrupted run (resume.py).
+  strict: a non-finite score raises ScoreError (in-loop evaluation logs it instead).
+  """
   flat = [inst for insts in task_instances.values() for inst in insts]
   texts = _requests(flat)
   encoded = encoder.pairs(texts)
-  scores = scorer.loglikelihood(encoded, progress=progress)
+  check_token_ids(encoded, scorer.cfg.vocab_size,
+                  "the tokenizer is not this model's; put the model's own tokenizer.json "
+                  "in its HF directory")
+  if log is not None:
+    scores = log.loglikelihood(scorer, encoded, progress)
+  else:
+    scores = scorer.loglikelihood(encoded, progress=progress)
+  if strict:
+    owner = [inst for inst in flat
+             for _ in range(len(inst.continuations) * (1 + (inst.uncond_contexts is not None)))]
+    check_finite(scores, lambda i: f"task {owner[i].task} document {owner[i].doc_id}")
+  window = scorer.max_length + 1
   out: dict[str, list[dict[str, Any]]] = {name: [] for name in task_instances}
   i = 0
   for name, insts in task_instances.items():
@@ -167,6 +238,7 @@ def score_tasks(scorer, encoder: Encoder, task_instances: dict[str, list[tasks_l
       if inst.uncond_contexts is not None:
         ulp = [scores[i + j][0] for j in range(n)]
         i += n
+      cut = sum(len(c) + len(k) > window for c, k in encoded[i - n * (1 + (ulp is not None)):i])
       nchar = [len(c) for c in inst.continuations]
       nbytes = [len(c.encode("utf-8")) for c in inst.continuations]
       if n == 1:
@@ -176,7 +248,7 @@ def score_tasks(scorer, encoder: Encoder, task_instances: dict[str, list[tasks_l
       rec = {"task": name, "doc_id": inst.doc_id, "native_id": inst.native_id,
              "subtask": inst.subtask, "label": inst.label, "logprobs": lp, "num_tokens": ntok,
              "num_chars": nchar, "uncond_logprobs": ulp,
-             "pred": metrics_lib.argmax_first(lp), "metrics": m}
+             "pred": metrics_lib.argmax_first(lp), "truncated": cut, "metrics": m}
       out[name].append(rec)
   return out
 
@@ -187,8 +259,10 @@ def aggregate(tasks: list[tasks_lib.Task], records: dict[str, list[dict]],
   """metrics.json's tasks / subtasks / counts / primary_metrics / macro parts."""
   by_name = {t.name: t for t in tasks}
   out: dict[str, Any] = {"tasks": {}, "subtasks": {}, "counts": {}, "primary_metrics": {},
-                         "macro": {}}
+                         "macro": {}, "truncated": {}, "splits": {}}
   for name, recs in records.items():
+    out["truncated"][name] = sum(r.get("truncated", 0) for r in recs)
+    out["splits"][name] = by_name[name].split_text
     task_m, per_sub = metrics_lib.task_metrics([r["metrics"] for r in recs],
                                                [r["subtask"] for r in recs])
     out["tasks"][name] = task_m
@@ -243,7 +317,8 @@ def format_table(agg: dict[str, Any]) -> str:
 def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | None = None,
              task_instances: dict[str, list[tasks_lib.Instance]] | None = None,
              suites: Sequence[str] = (), use_file_primary: bool = False,
-             progress_bar: bool = False, eos_id: int = EOS_TOKEN_ID
+             progress_bar: bool = False, eos_id: int = EOS_TOKEN_ID,
+             log: resume.ScoreLog | None = None, strict: bool = True
              ) -> tuple[dict[str, Any], list[dict]]:
   """(aggregate metrics, prediction records) of the native (non lm-eval) tasks."""
   if task_instances is None:
@@ -255,10 +330,13 @@ def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | Non
     total = sum(len(i.continuations) * (2 if i.uncond_contexts else 1)
                 for insts in task_instances.values() for i in insts)
     bar = tqdm(total=total, desc="scoring requests", unit="req", file=sys.stderr)
-  records = score_tasks(scorer, Encoder(tokenizer, eos_id), task_instances,
-                        progress=bar.update if bar is not None else None)
-  if bar is not None:
-    bar.close()
+  try:
+    records = score_tasks(scorer, Encoder(tokenizer, eos_id), task_instances,
+                          progress=bar.update if bar is not None else None, log=log,
+                          strict=strict)
+  finally:
+    if bar is not None:
+      bar.close()
   native = [t for t in tasks if t.name in task_instances]
   agg = aggregate(native, records, suites, use_file_primary)
   return agg, [r for recs in records.values() for r in recs]
@@ -286,7 +364,8 @@ def _parse(argv):
                       "and of each lm set")
   p.add_argument("--output", help="directory for metrics.json and predictions.jsonl")
   p.add_argument("--max_length", type=int, default=None,
-                 help="context window (default: the training seq_len)")
+                 help="context window (default: the model's maximum length, its "
+                      "max_seq_len / max_position_embeddings; never more)")
   p.add_argument("--batch_tokens", type=int, default=8192,
                  help="context tokens per scoring batch")
   p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
@@ -306,18 +385,21 @@ def _parse(argv):
   return p.parse_args(argv)
 
 
-class UsageError(ValueError):
-  pass
+def _list() -> None:
+  """Every task with its primary metric and split, then each suite's members and splits."""
+  reg = tasks_lib.registry()
+  for name in sorted(reg):
+    print(f"{name:36s} {reg[name].primary_metric:14s} {reg[name].split_text}")
+  for s, members in tasks_lib.SUITES.items():
+    parts = [m if m not in reg else f"{m} ({reg[m].split_text})" if m == reg[m].name
+             else f"{m} = {reg[m].name} ({reg[m].split_text})" for m in members]
+    print(f"suite {s}: {'; '.join(parts)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   a = _parse(argv)
   if a.list:
-    reg = tasks_lib.registry()
-    for name in sorted(reg):
-      print(f"{name:32s} {reg[name].primary_metric}")
-    for s, members in tasks_lib.SUITES.items():
-      print(f"suite {s}: {', '.join(members)}")
+    _list()
     return 0
   from olmo_jax.checkpoint import CheckpointError
   from olmo_jax.hf import ConversionError
@@ -377,25 +459,75 @@ def main(argv: Sequence[str] | None = None) -> int:
           FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  t0 = time.time()
+  log = resume.ScoreLog(a.output, _fingerprint(a, model))
+  resume.install_sigint()
+  try:
+    agg, preds, lm_res, errors = _score(a, model, tasks, instances, suites, lm_sets,
+                                        lm_eval_names, log)
+  except resume.Interrupted:
+    log.close(keep=True)
+    print(f"interrupted: {log.scored} requests scored so far are kept in {log.path}; run the "
+          "same command again to resume", file=sys.stderr)
+    return 130
+  except ScoreError as e:  # the scores so far are of no use (e.g. NaN weights): not kept
+    log.close(keep=False)
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  elapsed = time.time() - t0
+  out = {"tasks": agg["tasks"], "macro": agg["macro"], "subtasks": agg["subtasks"],
+         "counts": agg["counts"], "primary_metrics": agg["primary_metrics"],
+         "truncated": agg["truncated"], "splits": agg["splits"],
+         "lm": lm_res, "errors": errors, "checkpoint": paths.abspath(a.checkpoint),
+         "step": model.step,
+         "config": {"eval": {"tasks": a.tasks, "limit": a.limit, "max_length": model.max_length,
+                             "dtype": model.cfg.dtype, "tokenizer": model.tokenizer,
+                             "file_primary_metric": a.file_primary_metric,
+                             "lm_files": a.lm_files, "lm_heldout": a.lm_heldout,
+                             "lm_stride": a.lm_stride or model.max_length,
+                             "resumed_requests": log.resumed,
+                             "seconds": round(elapsed, 2)},
+                    "model": model.config}}
+  paths.makedirs(a.output)
+  _write_json(os.path.join(a.output, "metrics.json"), out)
+  _write_jsonl(os.path.join(a.output, "predictions.jsonl"), preds)
+  log.close(keep=False)  # its scores are in metrics.json now
+  _print_summary(a, agg, lm_res, len(preds), log.resumed, model.max_length, elapsed)
+  return 1 if errors else 0
+
+
+def _fingerprint(a, model: LoadedModel) -> dict[str, Any]:
+  """What the saved scores depend on: a partial run resumes only when all of it matches."""
+  path = paths.abspath(a.checkpoint)
+  files = {}
+  if is_hf_dir(path) and not paths.is_remote(path):  # weights replaced in place: new stamp
+    files = {f: [os.path.getsize(os.path.join(path, f)), os.path.getmtime(os.path.join(path, f))]
+             for f in sorted(os.listdir(path)) if os.path.isfile(os.path.join(path, f))}
+  return {"checkpoint": path, "step": model.step, "files": files,
+          "max_length": model.max_length, "dtype": model.cfg.dtype,
+          "tokenizer": model.tokenizer, "eos_id": model.eos_id}
+
+
+def _score(a, model: LoadedModel, tasks, instances, suites, lm_sets, lm_eval_names,
+           log: resume.ScoreLog):
+  """(aggregate, prediction records, lm results, errors) of everything asked for."""
   from data_pipeline.tokenizer import load_tokenizer
   from eval.scorer import Scorer
-  t0 = time.time()
   scorer = Scorer(model.cfg, model.params, max_length=model.max_length,
                   batch_tokens=a.batch_tokens)
   tokenizer = load_tokenizer(model.tokenizer)
   agg, preds = evaluate(scorer, tokenizer, tasks, task_instances=instances, suites=suites,
                         use_file_primary=a.file_primary_metric,
-                        progress_bar=not a.no_progress, eos_id=model.eos_id)
-  lm_res = {}
-  if lm_sets:
-    lm_res = lm_lib.evaluate_sets(scorer, lm_sets, tokenizer, a.lm_stride)
+                        progress_bar=not a.no_progress, eos_id=model.eos_id, log=log)
+  lm_res = _score_lm(scorer, lm_sets, tokenizer, a.lm_stride, log) if lm_sets else {}
   errors = {}
   if lm_eval_names:
     from eval import harness
+    resume.restore_sigint()  # lm-eval's own loop: Ctrl-C stops it at once
     lm = harness.OlmoJaxLM.from_scorer(scorer, tokenizer)
     try:
       harness_res = harness.run_lm_eval(lm, lm_eval_names, limit=a.limit,
-                                   include_path=a.include_path)
+                                        include_path=a.include_path)
     except Exception as e:  # e.g. its dataset is not available offline: keep the rest
       harness_res = {}
       errors["lm_eval"] = f"{type(e).__name__}: {e}"
@@ -404,28 +536,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     agg = aggregate([t for t in tasks if t.name in instances],
                     _records_from(preds), suites, a.file_primary_metric,
                     {f"lm_eval:{k}": v for k, v in harness_res.items()})
-  elapsed = time.time() - t0
-  out = {"tasks": agg["tasks"], "macro": agg["macro"], "subtasks": agg["subtasks"],
-         "counts": agg["counts"], "primary_metrics": agg["primary_metrics"],
-         "lm": lm_res, "errors": errors, "checkpoint": paths.abspath(a.checkpoint),
-         "step": model.step,
-         "config": {"eval": {"tasks": a.tasks, "limit": a.limit, "max_length": model.max_length,
-                             "dtype": model.cfg.dtype, "tokenizer": model.tokenizer,
-                             "file_primary_metric": a.file_primary_metric,
-                             "lm_files": a.lm_files, "lm_heldout": a.lm_heldout,
-                             "lm_stride": a.lm_stride or model.max_length,
-                             "seconds": round(elapsed, 2)},
-                    "model": model.config}}
-  paths.makedirs(a.output)
-  _write_json(os.path.join(a.output, "metrics.json"), out)
-  _write_jsonl(os.path.join(a.output, "predictions.jsonl"), preds)
+  return agg, preds, lm_res, errors
+
+
+def _score_lm(scorer, lm_sets, tokenizer, stride, log: resume.ScoreLog):
+  """eval/lm.py's set metrics, token ids checked first and every value checked finite."""
+  import numpy as np
+
+  from eval import lm as lm_lib
+  vocab = scorer.cfg.vocab_size
+  for name, docs in lm_sets.items():
+    top = max((int(np.max(d.tokens)) for d in docs if len(d.tokens)), default=-1)
+    if top >= vocab:
+      raise ScoreError(f"token id {top} in lm set {name} is past the model's vocabulary of "
+                       f"{vocab}: the set was tokenized for another model; tokenize it with "
+                       "the model's tokenizer (or pass text files)")
+  res = lm_lib.evaluate_sets(resume.LoggedScorer(scorer, log), lm_sets, tokenizer, stride)
+  for name, m in res.items():
+    if m["bytes"] and not math.isfinite(m["bits_per_byte"]):
+      raise ScoreError(f"lm set {name}: bits per byte is not finite: the weights hold NaN/inf "
+                       "(a diverged run?) or the compute dtype overflows; score with --dtype "
+                       "float32 or an earlier checkpoint")
+  return res
+
+
+def _print_summary(a, agg, lm_res, n_docs: int, resumed: int, window: int,
+                   elapsed: float) -> None:
+  from eval import lm as lm_lib
   if agg["tasks"]:
     print(format_table(agg))
   if lm_res:
     print(lm_lib.format_table(lm_res))
-  print(f"wrote {a.output}/metrics.json and predictions.jsonl ({len(preds)} documents, "
+  cut = sum(agg["truncated"].values())
+  if cut:
+    print(f"{cut} requests were longer than the {window}-token window and were "
+          "left-truncated (per task in metrics.json 'truncated')")
+  if resumed:
+    print(f"resumed: {resumed} requests' scores came from the interrupted run")
+  print(f"wrote {a.output}/metrics.json and predictions.jsonl ({n_docs} documents, "
         f"{elapsed:.1f} s)")
-  return 1 if errors else 0
 
 
 def _records_from(preds: list[dict]) -> dict[str, list[dict]]:
@@ -435,13 +584,35 @@ def _records_from(preds: list[dict]) -> dict[str, list[dict]]:
   return out
 
 
+def _finite(obj):
+  """obj with every NaN / inf float as None (JSON has no NaN; json.dump writes a bare NaN)."""
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  if isinstance(obj, dict):
+    return {k: _finite(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_finite(v) for v in obj]
+  return obj
+
+
 def _write_json(path: str, obj) -> None:
-  paths.write_atomic(path, json.dumps(obj, indent=2, default=str))
+  paths.write_atomic(path, json.dumps(_finite(obj), indent=2, default=str, allow_nan=False))
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-  paths.write_atomic(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+  paths.write_atomic(path, "".join(json.dumps(_finite(r), default=str, allow_nan=False) + "\n"
+                                   for r in rows))
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+  """main() with Ctrl-C before scoring starts (loading, compiling) as one line, exit 130."""
+  try:
+    return main(argv)
+  except KeyboardInterrupt:
+    print("interrupted; metrics.json was not written (batches already scored, if any, are "
+          "kept in OUT/scores.partial.jsonl: the same command resumes)", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli())

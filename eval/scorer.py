@@ -120,9 +120,14 @@ class Scorer:
   # ------------------------------------------------------------------ log-likelihood
 
   def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-                    progress: Callable[[int], None] | None = None
+                    progress: Callable[[int], None] | None = None,
+                    on_batch: Callable[[list[tuple[int, float, bool]]], None] | None = None
                     ) -> list[tuple[float, bool]]:
-    """(summed log-prob, is_greedy) of each (context ids, continuation ids) request."""
+    """(summed log-prob, is_greedy) of each (context ids, continuation ids) request.
+
+    on_batch: called after each batch with its (request index, log-prob, is_greedy) triples
+    (eval/resume.py saves them; it may raise to stop between batches).
+    """
     out: list[tuple[float, bool] | None] = [None] * len(requests)
     groups: dict[tuple[int, ...], _Group] = {}
     for i, (ctx, cont) in enumerate(requests):
@@ -143,8 +148,11 @@ class Scorer:
         # A short last batch is padded to a power of two rows, not to `rows`: at most a
         # few more compiled shapes instead of up to rows - 1 dummy rows of compute.
         n = rows if len(batch) == rows else min(rows, self._pow2_rows(len(batch)))
-        for (i, _), lp, greedy in self._score_batch(shape, n, batch):
+        done = [(i, lp, greedy) for (i, _), lp, greedy in self._score_batch(shape, n, batch)]
+        for i, lp, greedy in done:
           out[i] = (lp, greedy)
+        if on_batch is not None:
+          on_batch(done)
         if progress is not None:
           progress(sum(len(g.members) for g in batch))
     return out  # type: ignore[return-value]

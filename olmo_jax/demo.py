@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import subprocess
 import sys
 
@@ -31,6 +32,13 @@ def demo_config(steps: int, batch: int, seq_len: int, data_dir: str):
   c.data.heldout_fraction = 0.05  # documents kept out of training for the held-out loss
   c.checkpoint.every = max(steps // 2, 1)
   return c
+
+
+def offline_eval_command(hf_dir: str, out_dir: str) -> str:
+  """The command the demo suggests for its HF export: OLMES PIQA from the shipped request
+  files, so it runs without the network (lm-eval's own piqa downloads its dataset)."""
+  return (f"python -m eval.run --checkpoint {shlex.quote(hf_dir)} --tasks piqa --limit 100 "
+          f"--output {shlex.quote(out_dir)} --overwrite")
 
 
 def greedy_continue(mcfg, params, tokenizer, prompt: str, n_tokens: int) -> str:
@@ -90,8 +98,8 @@ def main(argv=None) -> int:
   if rc:
     print("export failed", file=sys.stderr)
     return rc
-  print(f"== done. Evaluate with: lm-eval run --model hf --model_args pretrained={hf_dir} "
-        f"--tasks piqa")
+  print("== done. Score the HF export offline (OLMES PIQA) with: "
+        + offline_eval_command(hf_dir, os.path.join(a.workdir, "eval-hf")))
   return 0
 
 

@@ -175,3 +175,20 @@ def test_harness_cli_runs_lm_eval_with_our_model(setup):
   m = json.loads((root / "mixed" / "metrics.json").read_text())
   assert set(m["tasks"]) == {"boolq:rc_5shot", "lm_eval:local_mc"} and not m["errors"]
   assert 0.0 <= m["tasks"]["lm_eval:local_mc"]["acc,none"] <= 1.0
+
+
+@pytest.mark.slow
+def test_harness_unknown_task_or_dataset_not_offline_is_one_error_line(setup, tmp_path):
+  _, workdir, _, _ = setup
+  # An empty HF cache and no network: lm-eval's piqa cannot load its dataset.
+  env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+             HF_HOME=str(tmp_path / "hf_home"))
+  for task, needle in (("nosuchtask", "Tasks not found: nosuchtask"),
+                       ("piqa", "could not load a task's dataset")):
+    p = subprocess.run([sys.executable, "-m", "eval.harness", "--checkpoint", workdir,
+                        "--tasks", task, "--limit", "2"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=900)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr and lines[-1].startswith("error: ") and needle in lines[-1]
+    assert sum(line.startswith("error:") for line in lines) == 1

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from eval_fixtures import ROOT, export_hf, write_tiny_checkpoint
+from eval_fixtures import ROOT, export_hf, tiny_eval_config, write_tiny_checkpoint
 
 
 def run_cli(*args, timeout=900):
@@ -139,3 +139,170 @@ def test_compile_cache_serves_a_second_call_without_new_programs(tiny_run, tmp_p
   p = run_cli("--checkpoint", workdir, "--tasks", "winogrande", "--compile_cache",
               str(tmp_path / "file"), "--output", str(tmp_path / "out3"))
   assert p.returncode == 2 and p.stderr.startswith("error: --compile_cache ")
+
+
+def _train_tiny_run(workdir: str, seq_len: int, max_seq_len: int):
+  """`python -m olmo_jax.train`: 2 steps of a d=64, 2-layer model with the real vocabulary."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  p = subprocess.run(
+      [sys.executable, "-m", "olmo_jax.train", "--config", "configs/train.py:4M", "--workdir",
+       workdir, "--config.data.mixture=synthetic", "--config.train.steps=2",
+       "--config.train.batch_size=2", f"--config.train.seq_len={seq_len}",
+       "--config.train.warmup_steps=1", "--config.train.progress_bar=false",
+       "--config.model.size=custom", "--config.model.d_model=64", "--config.model.n_heads=4",
+       "--config.model.n_layers=2", f"--config.model.max_seq_len={max_seq_len}",
+       "--config.checkpoint.every=2"], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_run_dir_and_its_hf_export_score_alike_with_default_arguments(tmp_path):
+  # Trained at seq_len 32 with a 512-position model: both entry points score with the
+  # model's 512-token window (not the training 32), so the same weights give the same values.
+  run = str(tmp_path / "run")
+  _train_tiny_run(run, seq_len=32, max_seq_len=512)
+  hf_dir = str(tmp_path / "hf")
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  p = subprocess.run([sys.executable, "scripts/convert_to_hf.py", "--checkpoint", run,
+                      "--output", hf_dir], cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  results = []
+  for ckpt in (run, hf_dir):
+    out = tmp_path / f"out-{os.path.basename(ckpt)}"
+    p = run_cli("--checkpoint", ckpt, "--tasks", "arc_challenge,hellaswag,boolq", "--limit",
+                "3", "--output", str(out), "--no_progress")
+    assert p.returncode == 0, p.stderr[-3000:]
+    results.append(json.loads((out / "metrics.json").read_text()))
+  a, b = results
+  assert a["tasks"] == b["tasks"]
+  assert a["config"]["eval"]["max_length"] == b["config"]["eval"]["max_length"] == 512
+  # 5-shot BoolQ passages run past 512 tokens: both cut the same requests, and say so.
+  assert a["truncated"] == b["truncated"] and a["truncated"]["boolq:rc_5shot"] > 0
+  assert a["truncated"]["hellaswag:rc_5shot"] == 0  # ~400-token contexts fit 512, not 32
+  assert "left-truncated" in p.stdout
+
+
+def _hf_dir_with_vocab(path: str, rows: int) -> str:
+  """An HF export, without tokenizer files, of a tiny random model with `rows` embeddings."""
+  from hf_fixtures import random_params
+
+  from olmo_jax import hf
+  from olmo_jax.model import ModelConfig
+  cfg = ModelConfig(d_model=32, n_heads=4, n_layers=1, vocab_size=rows, embedding_size=rows,
+                    max_seq_len=256)
+  hf.export_hf(cfg, random_params(cfg), path, tokenizer=None, dtype="float32")
+  return path
+
+
+def test_a_tokenizer_that_does_not_fit_the_vocabulary_is_an_error(tmp_path):
+  import shutil
+
+  from data_pipeline.tokenizer import tokenizer_path
+  hf_dir = _hf_dir_with_vocab(str(tmp_path / "hf32k"), 32000)
+  out = str(tmp_path / "out")
+  p = run_cli("--checkpoint", hf_dir, "--tasks", "piqa", "--limit", "2", "--output", out,
+              timeout=300)
+  lines = p.stderr.strip().splitlines()
+  assert p.returncode == 2 and len(lines) == 1, p.stderr[-2000:]
+  assert lines[0].startswith("error: ") and "no tokenizer.json" in lines[0]
+  assert "32000" in lines[0] and "save_pretrained" in lines[0]
+  # With a tokenizer.json of another (larger) vocabulary: its ids run past the 32,000 rows.
+  shutil.copyfile(tokenizer_path("olmo"), os.path.join(hf_dir, "tokenizer.json"))
+  p = run_cli("--checkpoint", hf_dir, "--tasks", "piqa", "--limit", "2", "--output", out,
+              "--no_progress", timeout=300)
+  lines = p.stderr.strip().splitlines()
+  assert p.returncode == 2 and lines[-1].startswith("error: token id "), p.stderr[-2000:]
+  assert "vocabulary of 32000" in lines[-1] and "tokenizer.json" in lines[-1]
+  assert not os.path.exists(out)
+
+
+@pytest.mark.slow
+def test_non_finite_scores_are_an_error_and_nothing_is_written(tmp_path):
+  import jax
+  import numpy as np
+
+  from olmo_jax import checkpoint
+  from olmo_jax import config as config_lib
+  workdir = str(tmp_path / "nan")
+  _, params = write_tiny_checkpoint(str(tmp_path / "src"))  # a diverged run's weights:
+  params = jax.tree.map(lambda x: np.full_like(np.asarray(x), np.nan), params)
+  checkpoint.write_params_checkpoint(
+      workdir, params, {"config": config_lib.to_dict(tiny_eval_config())})
+  out = str(tmp_path / "out")
+  p = run_cli("--checkpoint", workdir, "--tasks", "winogrande", "--limit", "2", "--output",
+              out, "--no_progress")
+  lines = p.stderr.strip().splitlines()
+  assert p.returncode == 2 and lines[-1].startswith("error: "), p.stderr[-2000:]
+  assert "not finite" in lines[-1] and "--dtype float32" in lines[-1]
+  assert not os.path.exists(out)
+
+
+def test_metrics_json_has_no_bare_nan(tmp_path):
+  from eval.run import _write_json, _write_jsonl
+  _write_json(str(tmp_path / "m.json"), {"a": float("nan"), "b": [1.5, float("inf")]})
+  _write_jsonl(str(tmp_path / "p.jsonl"), [{"lp": [float("-inf"), -1.0]}])
+  assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [1.5, None]}
+  assert "NaN" not in (tmp_path / "m.json").read_text()
+  assert json.loads((tmp_path / "p.jsonl").read_text()) == {"lp": [None, -1.0]}
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_scored_batches_and_the_same_command_resumes(tiny_run, tmp_path):
+  import signal
+  import time
+  workdir, _, _ = tiny_run
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  # One document per batch: many small batches, so Ctrl-C lands mid-scoring.
+  args = ["--checkpoint", workdir, "--tasks", "hellaswag", "--limit", "40", "--batch_tokens",
+          "256", "--no_progress"]
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "eval.run", *args, "--output", str(out)]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  partial = out / "scores.partial.jsonl"
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if partial.exists() and len(partial.read_text().splitlines()) >= 3:
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 130, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith("interrupted: ") and "Traceback" not in err
+  assert partial.exists() and not (out / "metrics.json").exists()
+  kept = sum(len(json.loads(line)["i"]) for line in partial.read_text().splitlines()[1:])
+  assert 0 < kept < 160  # 40 documents x 4 endings
+  p = run_cli(*args, "--output", str(out))  # the same command again
+  assert p.returncode == 0, p.stderr[-3000:]
+  resumed = json.loads((out / "metrics.json").read_text())
+  assert resumed["config"]["eval"]["resumed_requests"] == kept
+  assert f"resumed: {kept} requests" in p.stdout and not partial.exists()
+  p = run_cli(*args, "--output", str(tmp_path / "whole"))  # uninterrupted
+  assert p.returncode == 0, p.stderr[-3000:]
+  whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+  assert resumed["tasks"] == whole["tasks"]
+  preds = [(tmp_path / d / "predictions.jsonl").read_text() for d in ("out", "whole")]
+  assert preds[0] == preds[1]
+
+
+@pytest.mark.slow
+def test_the_demo_hint_runs_offline(tiny_run, tmp_path):
+  import shlex
+
+  from olmo_jax.demo import offline_eval_command
+  _, mcfg, params = tiny_run
+  hf_dir = export_hf(mcfg, params, str(tmp_path / "hf dir"))  # a path that needs quoting
+  argv = shlex.split(offline_eval_command(hf_dir, str(tmp_path / "eval-hf")))
+  assert argv[:3] == ["python", "-m", "eval.run"]
+  # No network: offline flags, and every proxied request would go to a closed local port.
+  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+             HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9",
+             PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  p = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  m = json.loads((tmp_path / "eval-hf" / "metrics.json").read_text())
+  assert m["counts"] == {"piqa:rc_5shot": 100}

@@ -15,7 +15,9 @@ OLMES = ("arc_easy", "arc_challenge", "boolq", "csqa", "hellaswag", "openbookqa"
 def test_suites_and_registry():
   olmes = tasks.resolve_tasks("olmes")
   assert [t.family for t in olmes] == list(OLMES)
-  assert all(t.variant == "rc_5shot" for t in olmes)
+  assert [t.variant for t in olmes] == ["olmes_rc_5shot", "test_rc_5shot", "rc_5shot",
+                                        "rc_5shot", "rc_5shot", "test_rc_5shot", "rc_5shot",
+                                        "rc_5shot", "rc_5shot", "rc_5shot"]
   reg = tasks.registry()
   for family in tasks.REQUEST_FAMILIES[:-1]:
     for variant in ("rc_5shot", "mc_5shot", "rc_0shot", "val_rc_5shot", "val_mc_5shot"):
@@ -31,7 +33,48 @@ def test_suites_and_registry():
   assert "mmlu:rc_5shot" in seed and "lm_eval:truthfulqa_mc2" in seed
   assert "lm_eval:gsm8k" in seed
   assert len(tasks.resolve_tasks("core")) == 4
-  assert len(tasks.resolve_tasks("olmes,arc_easy,core")) == 10  # each task once
+  # each task once; core's ARC-Easy is the validation one, olmes's the test one
+  assert len(tasks.resolve_tasks("olmes,arc_easy,core")) == 11
+
+
+def _docs(name, limit=None):
+  return tasks.load_instances(tasks.registry()[name], limit)
+
+
+def test_olmes_sample_is_the_one_olmes_draws():
+  # The shipped PIQA and SocialIQA rc_5shot files are OLMES's 1000-document samples of the
+  # validation split that val_rc_5shot holds whole: drawing with olmes_sample gives them back.
+  for family in ("piqa", "socialiqa"):
+    full, shipped = _docs(f"{family}:val_rc_5shot"), _docs(f"{family}:rc_5shot")
+    drawn = [full[i] for i in tasks.olmes_sample(len(full), 1000)]
+    assert len(full) > 1000 and len(shipped) == 1000
+    assert [d.continuations for d in drawn] == [d.continuations for d in shipped]
+    assert [d.contexts[0][-200:] for d in drawn] == [d.contexts[0][-200:] for d in shipped]
+  assert tasks.olmes_sample(570, 1000) == list(range(570))  # a smaller split: all, in order
+
+
+def test_olmes_and_seed_score_arc_and_openbookqa_on_the_test_split():
+  reg = tasks.registry()
+  for suite in ("olmes", "seed"):
+    by_family = {t.family: t for t in tasks.resolve_tasks(suite)}
+    for family in ("arc_easy", "arc_challenge", "openbookqa"):
+      assert by_family[family].split == "test", (suite, family)
+    for family in ("boolq", "hellaswag", "piqa", "winogrande"):
+      assert by_family[family].split == "validation", (suite, family)
+    assert by_family["mmlu"].split == "test"
+  assert {t.split for t in tasks.resolve_tasks("core")} == {"validation"}  # in-loop
+  # ARC-Easy: OLMES's 1000 of the 2376 test questions, numbered 0..999 in draw order, each
+  # with its unconditional requests; ARC-Challenge (1172) and OBQA (500): all of them.
+  arc_e, full = _docs("arc_easy"), _docs("arc_easy:test_rc_5shot")
+  order = tasks.olmes_sample(len(full), 1000)
+  assert len(full) == 2376 and [d.doc_id for d in arc_e] == list(range(1000))
+  assert [d.native_id for d in arc_e] == [full[i].native_id for i in order]
+  assert all(d.uncond_contexts for d in arc_e)
+  assert len(_docs("arc_challenge")) == 1172 and len(_docs("openbookqa")) == 500
+  val = {d.native_id for d in _docs("arc_easy:rc_5shot")}
+  assert not val & {d.native_id for d in full}  # the validation and test questions differ
+  assert reg["arc_easy"].split_text == "test, OLMES's 1000-document sample"
+  assert [d.native_id for d in _docs("arc_easy", 5)] == [d.native_id for d in arc_e[:5]]
 
 
 def test_unknown_names_fail_listing_the_known_ones():
@@ -60,10 +103,11 @@ def test_request_files_give_documents_with_their_choices(name):
 
 
 def test_full_request_file_matches_its_config():
-  t = tasks.registry()["arc_challenge"]
-  insts = tasks.load_instances(t)
-  with open(os.path.join(t.path, "config.json")) as f:
-    assert len(insts) == json.load(f)["num_instances"] == 299
+  for name, n in (("arc_challenge:rc_5shot", 299), ("arc_challenge", 1172)):
+    t = tasks.registry()[name]
+    insts = tasks.load_instances(t)
+    with open(os.path.join(t.path, "config.json")) as f:
+      assert len(insts) == json.load(f)["num_instances"] == n
 
 
 def test_bad_request_file_is_one_clear_error(tmp_path):
@@ -122,3 +166,26 @@ def test_mmlu_prompt_literal():
   first_shot = inst.contexts[0].split("\n\n")[1]
   assert first_shot == ("Question: Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\n"
                         " A. 0\n B. 1\n C. 2\n D. 3\nAnswer: B")
+
+
+def test_list_says_which_split_each_suite_scores():
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  p = subprocess.run([sys.executable, "-m", "eval.run", "--list"], cwd=root, env=env,
+                     capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  suites = {line.split(":", 1)[0][len("suite "):]: line for line in p.stdout.splitlines()
+            if line.startswith("suite ")}
+  for suite in ("olmes", "seed"):
+    assert ("arc_easy = arc_easy:olmes_rc_5shot (test, OLMES's 1000-document sample)"
+            in suites[suite])
+    assert "arc_challenge = arc_challenge:test_rc_5shot (test)" in suites[suite]
+    assert "openbookqa = openbookqa:test_rc_5shot (test)" in suites[suite]
+    assert "winogrande = winogrande:rc_5shot (validation)" in suites[suite]
+  assert "arc_easy:rc_5shot (validation)" in suites["core"]
+  rows = {line.split()[0]: line for line in p.stdout.splitlines() if line and
+          not line.startswith("suite ")}
+  assert rows["arc_easy:val_rc_5shot"].endswith("validation")
+  assert rows["openbookqa:test_rc_5shot"].endswith("test")
