@@ -170,6 +170,67 @@ def pairwise_agreement(pred: pd.Series, target: pd.Series, ties: str = "half",
 
 
 # ---------------------------------------------------------------------------------------------
+# Macro average and recommendation confidence
+
+MACRO_TASK, MACRO_METRIC = "macro", "primary"
+
+
+def macro_table(table: pd.DataFrame) -> pd.DataFrame:
+  """Rows of the macro average: per (recipe, size, seed, step), the mean over tasks of each
+  task's primary metric (task 'macro', metric 'primary'); only checkpoints with every task.
+
+  Tasks without a primary metric (primary_metric is None) are left out; empty when none has.
+  """
+  prim = {t: primary_metric(t, g["metric"].unique()) for t, g in table.groupby("task")}
+  keep = [(t, m) for t, m in prim.items() if m is not None]
+  if not keep:
+    return table.iloc[0:0]
+  sel = pd.concat([table[(table["task"] == t) & (table["metric"] == m)] for t, m in keep])
+  g = sel.groupby(RUN + ["step"], as_index=False).agg(
+      value=("value", "mean"), n=("task", "nunique"), tokens=("tokens", "max"),
+      compute=("compute", "max"))
+  g = g[g["n"] == len(keep)].drop(columns="n")
+  return g.assign(task=MACRO_TASK, metric=MACRO_METRIC)[list(table.columns)]
+
+
+def bootstrap_best(scores: pd.DataFrame, best: str, higher: bool, n_boot: int = 1000,
+                   seed: int = 0) -> dict:
+  """How often `best` stays best when seeds and tasks are resampled (a bootstrap).
+
+  scores: run scores with recipe, seed, task, value (one size, each task's headline metric).
+  Each draw resamples the tasks with replacement, then each recipe's seeds with replacement
+  (per task), and ranks recipes by the mean over drawn tasks of their drawn seeds' mean.
+  Returns {confidence (share of draws where `best` wins, ties shared), n_boot, n_tasks,
+  n_seeds (most per recipe), method}.
+  """
+  rng = np.random.default_rng(seed)
+  tasks = sorted(scores["task"].unique())
+  recipes = sorted(scores["recipe"].unique())
+  vals = {(t, r): g["value"].to_numpy(np.float64)
+          for (t, r), g in scores.groupby(["task", "recipe"])}
+  n_seeds = max(len(v) for v in vals.values())
+  wins = 0.0
+  for _ in range(n_boot):
+    drawn = rng.choice(len(tasks), len(tasks), replace=True)
+    total = {r: 0.0 for r in recipes}
+    for i in drawn:
+      for r in recipes:
+        v = vals.get((tasks[i], r))
+        total[r] += np.nan if v is None else float(rng.choice(v, len(v)).mean())
+    key = {r: (total[r] if higher else -total[r]) for r in recipes}
+    top = max(key.values())
+    winners = [r for r, k in key.items() if k == top]
+    wins += (1.0 / len(winners)) if best in winners else 0.0
+  return {"confidence": wins / n_boot, "n_boot": n_boot, "n_tasks": len(tasks),
+          "n_seeds": n_seeds,
+          "method": (f"bootstrap over tasks and seeds: {n_boot} draws; each resamples the "
+                     f"{len(tasks)} task(s) with replacement, then each recipe's seeds with "
+                     f"replacement, and ranks recipes by the mean over drawn tasks of their "
+                     f"drawn seeds' mean; confidence = share of draws where the recommended "
+                     f"recipe is best (ties shared)")}
+
+
+# ---------------------------------------------------------------------------------------------
 # Rankings
 
 
@@ -389,9 +450,12 @@ def _sorted(df: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
     return df
   order = {s: i for i, s in enumerate(size_order(table))}
   df = df.assign(_o=df["size"].map(order))
-  keys = ["task", "metric"] + (["target_metric"] if "target_metric" in df else [])
-  return df.sort_values(keys + ["protocol", "compute_fraction", "_o"],
-                        kind="stable").drop(columns="_o").reset_index(drop=True)
+  keys = ["task", "metric"]
+  if "target_metric" in df:  # the same-metric rows first, then the other targets
+    df = df.assign(_cross=df["target_metric"] != df["metric"])
+    keys += ["_cross", "target_metric"]
+  return df.sort_values(keys + ["protocol", "compute_fraction", "_o"], kind="stable").drop(
+      columns=["_o", "_cross"], errors="ignore").reset_index(drop=True)
 
 
 def frontier(points: pd.DataFrame) -> pd.DataFrame:
