@@ -566,8 +566,9 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
   if len(sl):
     lines += ["## Two-step scaling-law prediction", ""]
     h = sl[(sl["task"] == task)]
-    lines += [markdown_table(h[["task", "metric", "method", "decision_accuracy",
-                                "mean_abs_error", "mean_rel_error", "compute_fraction"]]), ""]
+    lines += [markdown_table(h[["task", "metric", "target_metric", "setup", "decision_accuracy",
+                                "missing", "mean_abs_error", "mean_rel_error",
+                                "compute_fraction"]]), ""]
     p = res["scaling_law"]
     p = p[(p["task"] == task) & (p["metric"] == metric)]
     if len(p):
