@@ -459,11 +459,13 @@ def primary_tables(res: dict, protocol: str) -> dict[str, pd.DataFrame]:
   order = [z for z in res["proxies"] if z in set(fin["size"])]
   out = {}
   for t, g in fin.groupby("task"):
-    out[f"{t} (vs {prim[t]})"] = g.pivot_table(index="metric", columns="size",
-                                                values="decision_accuracy")[order]
+    out[f"{t} (vs {prim[t]})"] = g.pivot_table(
+        index="metric", columns="size", values="decision_accuracy",
+        dropna=False).reindex(columns=order)
   if fin["task"].nunique() > 1:
     out["macro average"] = fin.pivot_table(index="metric", columns="size",
-                                           values="decision_accuracy", aggfunc="mean")[order]
+                                           values="decision_accuracy", aggfunc="mean",
+                                           dropna=False).reindex(columns=order)
   return out
 
 
