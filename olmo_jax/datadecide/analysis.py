@@ -758,7 +758,7 @@ SETUPS = {
     "3_param-1_step": {"law": "3p", "one_step": True, "helper": False, "step2": 0.9},
     "2_param-default": {"law": "2p", "one_step": False, "helper": False, "step2": 0.9},
 }
-FORM_ALIASES = {"3p": "3_param-default", "5p": "5_param-ai2"}  # `form` keeps the short names
+FORM_ALIASES = {"3p": "3_param-default", "5p": "5_param-ai2", "2p": "2_param-default"}
 LAW_PARAMS = {"2p": 2, "3p": 3, "5p": 5}
 SIGMOID_PARAMS = 4
 HELPER_POINT = (0.0, 1.0)  # (loss, metric): a perfect model scores 1 (DataDecide's default max)
