@@ -11,9 +11,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from datadecide_planted import planted_table
 from scipy import stats
 
-from datadecide_planted import planted_table
 from olmo_jax.datadecide import analysis as A
 from olmo_jax.datadecide import results as R
 
