@@ -9,10 +9,15 @@ Definitions (REFERENCE.md section 5), with the choices this module makes explici
 - Target scores: at the target size, each recipe's mean over the target seeds of the value at
   each seed's final step.
 - Decision accuracy: over every pair of recipes present both in the prediction and at the
-  target, the fraction ordered as at the target. Ties: a pair tied at the target has no order
-  to recover and is left out of the count (reported as `n_target_ties`); a pair tied in the
-  prediction but not at the target counts 1/2 (the expected score of breaking the tie at
-  random). Ordering is direction-free, so lower-is-better metrics need no special case.
+  target, the fraction ordered as at the target. The prediction ranks by a proxy metric; the
+  target by a target metric: the task's OLMES primary metric ('primary'), the proxy metric
+  itself ('same'), or any named metric (DataDecide's cross-metric view: e.g. correct_prob at
+  60M against acc_per_char at 1B). Scores are oriented so that higher is better first.
+  Ties, `ties='half'` (default): a pair tied at the target has no order to recover and is
+  left out (`n_target_ties`); a pair tied in the prediction counts 1/2 (the expected score of
+  breaking the tie at random). `ties='datadecide'` (DataDecide's single_scale evaluator,
+  binary_accuracy): every pair counts; a tied (abstaining) prediction scores 0 and a pair
+  tied at the target scores 1 whenever the prediction decides.
 - Protocols: `per_seed` treats each proxy seed as one prediction attempt (mean, population
   std, min, max over seeds; a recipe lacking that seed drops out of that attempt, reported);
   `seed_mean` ranks recipes by their mean over the proxy seeds.
@@ -21,20 +26,28 @@ Definitions (REFERENCE.md section 5), with the choices this module makes explici
 - Recipes present at some sizes but missing at another, or missing for a (task, metric), are
   never dropped silently: every function appends a line to `warnings` (a list) when given one,
   and the tables carry `n_recipes` and `missing`.
-- compute_fraction: one proxy run's compute (6 N tokens) up to the scored step over one target
-  run's compute at its final step. For a scaling-law prediction it is the sum over the proxy
-  sizes used (one run each).
-- Two-step scaling law: step 1 fits each recipe's loss (a lower-is-better metric) against
-  compute, 3-parameter L(C) = A / C^alpha + E or 5-parameter L(N, D) = A / N^alpha + B / D^beta
-  + E, on one point per proxy size: the mean over seeds and over the last 10% of checkpoints
-  (steps >= 0.9 x the final step). Step 2 maps loss to the metric with a sigmoid
-  Acc(L) = a / (1 + exp(-k (L - L0))) + b, fitted on every proxy checkpoint (seed means) of all
-  recipes pooled (one curve per task and metric). Both minimise a Huber loss (delta 1e-3) on
-  log residuals with L-BFGS-B from a grid of starts (plain residuals where a value is <= 0).
-  When the predicted metric is the loss itself, step 2 is the identity.
-- Signal-to-noise at (size, task, metric): signal = (max - min) / |mean| of the recipes'
-  seed-mean final scores; noise = the mean over runs of std / |mean| of a run's last
-  `noise_checkpoints` checkpoints; SNR = signal / noise.
+- compute: the FLOPs (6 N tokens, up to the scored step) one prediction of the protocol
+  spent: one run for `per_seed`, every seed's run for `seed_mean` (n_runs x one run), every
+  proxy run a scaling law was fitted on (all seeds of all proxy sizes of a recipe).
+  compute_fraction = compute / one target run's compute at its final step.
+- Scaling laws, as DataDecide fits them (SETUPS: its 8 setup names): step 1 fits each
+  recipe's loss (a lower-is-better metric, bpb first) against compute, 3-parameter
+  L(C) = A / C^alpha + E, 2-parameter A / C^alpha, or 5-parameter A / N^alpha + B / D^beta + E,
+  on one point per proxy size: each run's mean over its last 10% of checkpoints by count
+  (index min(n-1, ceil(0.9 n)) on), then the mean over seeds (DataDecide used one seed), at
+  the final step's compute; Huber loss (delta 1e-3) on log residuals, L-BFGS-B. Step 2 fits
+  each recipe's sigmoid Acc(L) = a / (1 + exp(-k (L - L0))) + b by least squares on its runs'
+  last 90% (or 50%) of checkpoints by count (index ceil(0.1 n) on, seed means), with the
+  helper point (L = 0, Acc = 1) when asked. 1-step setups fit sigmoid(law) to the metric
+  directly. A fit with fewer points than parameters is not made: status 'under-determined',
+  left out of decision accuracy. Predictions within TIE_RTOL (relative) are a tie.
+- Signal-to-noise at (size, task, metric) (Heineman et al. 2025, without the trend):
+  signal = (max - min) / |mean| of the recipes' seed-mean final scores; noise = run-to-run
+  variation over the same |mean|: the pooled std of the final scores over seeds where recipes
+  have >= 2 seeds, else the late checkpoints' jitter once the learning curve all runs share
+  (the mean over runs at each step) and each run's offset are removed; SNR = signal / noise.
+- The macro task ('macro', metric 'primary'): per run and step, the mean over tasks of each
+  task's primary metric; the report's default headline.
 """
 
 from __future__ import annotations

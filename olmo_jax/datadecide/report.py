@@ -2,11 +2,15 @@
 
 `write_report(table, target, output)` runs the analysis (analysis.py) on a results table and
 writes, under `output/`:
-  report.md              tables (rankings, decision accuracy, scaling-law errors, SNR), the
-                         figures, the recommendation and every warning of the analysis
-  recommendation.json    best recipe, margin over the runner-up, supporting metrics, confidence
+  report.md              tables (rankings, decision accuracy of each proxy metric against the
+                         target's primary metric, scaling-law errors, SNR), the figures, the
+                         recommendation and every warning of the analysis
+  recommendation.json    best recipe on the headline (default: macro of the tasks' primary
+                         metrics), margin over the runner-up, supporting metrics, a bootstrap
+                         confidence over tasks and seeds with its method
   decision_accuracy.csv  size, task, metric, method, protocol, decision_accuracy,
-                         compute_fraction (+ step, std, n_seeds, n_pairs, missing)
+                         compute_fraction (+ step, std, n_seeds, n_pairs, missing,
+                         target_metric, compute, n_runs, n_target_ties, setup, errors)
   scaling_law.csv, rankings.csv, snr.csv, frontier.csv
   fig_scaling.png, fig_decision_accuracy.png, fig_rank_agreement.png
 No JAX; matplotlib with the Agg backend.
