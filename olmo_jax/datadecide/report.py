@@ -88,7 +88,9 @@ def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str 
   """Every analysis of the report, as DataFrames, plus the warnings list.
 
   `decision_accuracy` holds the rows whose target metric is the proxy metric itself (what the
-  figures draw); `decision_accuracy_all` every row (decision_accuracy.csv).
+  figures draw); `decision_accuracy_all` every row (decision_accuracy.csv). `scaling_law`
+  holds the fitted predictions, `scaling_law_all` under-determined ones too (the CSV).
+  `table` is the input plus the macro task's rows.
   """
   w: list[str] = []
   if table["recipe"].nunique() < 2:
@@ -117,7 +119,9 @@ def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str 
   return {"target": target, "sizes": sizes_, "proxies": proxies, "headline": (task, metric),
           "decision_accuracy": same.reset_index(drop=True), "decision_accuracy_all": da,
           "frontier": A.frontier(da[da["method"] == "single_scale"]),
-          "frontier_same": A.frontier(single_same), "scaling_law": preds,
+          "frontier_same": A.frontier(single_same),
+          "scaling_law": preds[preds["status"] == "ok"] if len(preds) else preds,
+          "scaling_law_all": preds,
           "scaling_law_da": sl, "snr": snr, "rankings": ranks,
           "rank_agreement": A.rank_agreement(full, task, metric, last_k), "warnings": w,
           "last_k": last_k, "ties": ties, "table": full}
@@ -406,9 +410,10 @@ def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int =
   rec = recommend(res, table, n_boot)
   os.makedirs(output, exist_ok=True)
   _atomic_csv(res["decision_accuracy_all"], os.path.join(output, "decision_accuracy.csv"))
-  for name in ("scaling_law", "rankings", "snr", "frontier"):
-    _atomic_csv(res[name], os.path.join(output, f"{name}.csv"))
-  figs = {"scaling": fig_scaling(table, res, os.path.join(output, "fig_scaling.png")),
+  for name, key in (("scaling_law", "scaling_law_all"), ("rankings", "rankings"),
+                    ("snr", "snr"), ("frontier", "frontier")):
+    _atomic_csv(res[key], os.path.join(output, f"{name}.csv"))
+  figs = {"scaling": fig_scaling(res["table"], res, os.path.join(output, "fig_scaling.png")),
           "da": fig_decision_accuracy(res, os.path.join(output, "fig_decision_accuracy.png")),
           "rank": fig_rank_agreement(res, os.path.join(output, "fig_rank_agreement.png"))}
   rec["warnings"] = res["warnings"]
