@@ -176,3 +176,53 @@ def test_cli_one_recipe_warns_that_nothing_was_compared(tmp_path):
   assert rec["compared"] is False and rec["confidence"] is None
   assert any("only one recipe" in w for w in rec["warnings"])
   assert "nothing was compared" in (out / "report.md").read_text()
+
+
+STUDY = """import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.name = "fake"
+  c.recipes = ml_collections.ConfigDict({r: {"mixture": "custom", "sources": f"t={r}/*.npy"}
+                                        for r in ("a", "b", "c")})
+  c.custom_sizes = ml_collections.ConfigDict({"t1": {"d_model": 8, "n_heads": 1, "n_layers": 1},
+                                             "t2": {"d_model": 16, "n_heads": 1, "n_layers": 1}})
+  c.sizes = ["t1", "t2"]
+  c.target = "t2"
+  c.seeds = [1]
+  c.seq_len = 16
+  c.batch_size = 2
+  c.steps = ml_collections.ConfigDict({"t1": 8, "t2": 8})
+  c.checkpoint_every = 4
+  c.train_module = "datadecide_fakes"
+  c.eval = ml_collections.ConfigDict({"scorer": "datadecide_fakes:make_scorer",
+                                      "target_metrics": TARGETS, "ties": TIES})
+  return c
+"""
+
+
+def study(tmp_path, targets, ties):
+  cfg = tmp_path / "study.py"
+  cfg.write_text(STUDY.replace("TARGETS", repr(targets)).replace("TIES", repr(ties)))
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
+         "DD_FAKE_STEP_S": "0"}
+  return subprocess.run([sys.executable, "-m", "olmo_jax.datadecide", "--config", str(cfg),
+                         "--workdir", str(tmp_path / "w")], cwd=REPO, capture_output=True,
+                        text=True, env=env)
+
+
+def test_study_config_target_metrics_and_ties_reach_the_report(tmp_path):
+  r = study(tmp_path, ["loss"], "datadecide")
+  assert r.returncode == 0, r.stdout + r.stderr
+  da = pd.read_csv(tmp_path / "w" / "report" / "decision_accuracy.csv")
+  assert set(da["target_metric"]) == {"loss"}
+  assert "Ties: `datadecide`" in (tmp_path / "w" / "report" / "report.md").read_text()
+
+
+def test_study_config_bad_ties_fails_before_training(tmp_path):
+  r = study(tmp_path, ["primary"], "coin")
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+      "error: study config: eval.ties='coin'; use 'half' or 'datadecide'"]
+  assert not (tmp_path / "w" / "cells").exists()

@@ -304,13 +304,19 @@ def primary_metric(task: str, metrics: Iterable[str] = ()) -> str | None:
   return None
 
 
-def resolve_target_metrics(table: pd.DataFrame, target_metrics=DEFAULT_TARGET_METRICS
-                           ) -> dict[tuple[str, str], list[str]]:
-  """{(task, proxy metric): [target metrics]}: 'primary' and 'same' resolved, names kept."""
+def resolve_target_metrics(table: pd.DataFrame, target_metrics=DEFAULT_TARGET_METRICS,
+                           warnings: list | None = None) -> dict[tuple[str, str], list[str]]:
+  """{(task, proxy metric): [target metrics]}: 'primary' and 'same' resolved, names kept.
+
+  A named target metric a task lacks is skipped for that task (with a warning).
+  """
   out = {}
   for task, g in table.groupby("task"):
     have = sorted(g["metric"].unique())
     prim = primary_metric(task, have)
+    for tm in target_metrics:
+      if tm not in (TARGET_PRIMARY, TARGET_SAME) and tm not in have:
+        _warn(warnings, f"{task} has no {tm}: not a target metric there")
     for m in have:
       tms = []
       for tm in target_metrics:
@@ -423,7 +429,7 @@ def decision_accuracy(table: pd.DataFrame, target: str, *, protocols=PROTOCOLS,
   c_target = _target_compute(table, target)
   proxy = table[table["size"] != target]
   scores = run_scores(proxy, last_k, warnings)
-  tms = resolve_target_metrics(table, target_metrics)
+  tms = resolve_target_metrics(table, target_metrics, warnings)
   targets = _target_map(tgt)
   rows = []
   for (size, task, metric), cell in scores.groupby(CELL):

@@ -75,7 +75,10 @@ def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
   if unknown:
     raise InputError(f"--target_metric {', '.join(unknown)}: no such metric in the table; it "
                      f"has {', '.join(sorted(have))} (or use 'primary' / 'same')")
-  if headline and not headline.startswith(A.MACRO_TASK + "/"):
+  if headline == f"{A.MACRO_TASK}/{A.MACRO_METRIC}" and table["task"].nunique() < 2:
+    raise InputError(f"--headline {headline}: the macro average needs two or more tasks; "
+                     f"name a TASK/METRIC")
+  if headline and headline != f"{A.MACRO_TASK}/{A.MACRO_METRIC}":
     task, _, metric = headline.partition("/")
     if not ((table["task"] == task) & (table["metric"] == metric)).any():
       raise InputError(f"--headline {headline}: no rows with task {task!r} and metric "
