@@ -640,8 +640,8 @@ def _fit_least_squares(model, y: np.ndarray, starts: list[np.ndarray], bounds
     for x0 in starts:
       res = optimize.least_squares(lambda th: model(th)[0] - y, np.clip(x0, lo, hi),
                                    jac=lambda th: model(th)[1], bounds=(lo, hi),
-                                   method="trf", xtol=1e-12, ftol=1e-12, gtol=1e-12,
-                                   max_nfev=2000)
+                                   method="trf", xtol=1e-10, ftol=1e-12, gtol=1e-10,
+                                   max_nfev=500)
       f = 0.5 * float(res.fun @ res.fun)
       if np.isfinite(f) and f < best_f - 1e-15:
         best, best_f = res.x, f
@@ -669,7 +669,7 @@ def fit_power_law_3p(c: np.ndarray, loss: np.ndarray, delta: float = HUBER_DELTA
   lo = float(loss.min())
   starts = [np.array([math.log(max(float(loss.mean()) - f * lo, 1e-12)), al,
                       math.log(max(f * lo, 1e-12))])
-            for al in (0.05, 0.2, 0.5, 1.0) for f in (0.01, 0.5, 0.9)]
+            for al in (0.05, 0.2, 0.5) for f in (0.5, 0.9)]
   bounds = [(-60.0, 60.0), (0.0, 5.0), (math.log(lo * 1e-6), math.log(float(loss.max())))]
   th, f = _fit(model, loss, starts, bounds, delta, log_residuals=bool(lo > 0))
   la, al, le = th
@@ -767,7 +767,8 @@ def fit_sigmoid(loss: np.ndarray, acc: np.ndarray, delta: float = HUBER_DELTA,
                                                           float(x.max()) + 5 * span),
             ((1e-9 if positive else -10 * top), 10 * top)]
   if least_squares:  # a trust-region solver needs fewer starts than the Huber fit's grid
-    few = [st for st in starts if st[0] == yr and abs(st[2] - np.quantile(x, 0.5)) < 1e-12]
+    few = [st for st in starts if st[0] == yr and abs(st[2] - np.quantile(x, 0.5)) < 1e-12
+           and st[3] == max(lo * 0.5, 1e-9)]
     th, f = _fit_least_squares(model, y, few, bounds)
   else:
     th, f = _fit(model, y, starts, bounds, delta, log_residuals=positive)
