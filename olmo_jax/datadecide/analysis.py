@@ -719,7 +719,7 @@ def fit_power_law_5p(n: np.ndarray, d: np.ndarray, loss: np.ndarray,
 
   lo, mean = float(loss.min()), float(loss.mean())
   starts = []
-  for al, be, f in itertools.product((0.1, 0.3, 0.7), (0.1, 0.3, 0.7), (0.01, 0.5, 0.9)):
+  for al, be, f in itertools.product((0.1, 0.5), (0.1, 0.5), (0.5, 0.9)):
     part = math.log(max((mean - f * lo) / 2, 1e-12))
     starts.append(np.array([part, al, part, be, math.log(max(f * lo, 1e-12))]))
   bounds = [(-60.0, 60.0), (0.0, 5.0), (-60.0, 60.0), (0.0, 5.0),
