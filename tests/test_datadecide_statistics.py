@@ -212,6 +212,7 @@ def study(tmp_path, targets, ties):
                         text=True, env=env)
 
 
+@pytest.mark.slow  # a fake study of 6 cells and its report: about 20 s on 2 cores
 def test_study_config_target_metrics_and_ties_reach_the_report(tmp_path):
   r = study(tmp_path, ["loss"], "datadecide")
   assert r.returncode == 0, r.stdout + r.stderr
