@@ -103,9 +103,11 @@ def test_decision_accuracy_matches_brute_force(seeds):
     assert row["missing"] == "e"
   else:
     assert any("seed 1" in w and "e" in w for w in warnings)
-  # compute fraction: one proxy run's final compute over one target run's
-  row = da[(da["size"] == "S") & (da["protocol"] == "seed_mean")].iloc[0]
-  assert row["compute_fraction"] == pytest.approx((1 * 30) / (100 * 30))
+  # compute: per_seed spends one proxy run, seed_mean every seed's run (issue 18, item 5)
+  for proto, runs in (("per_seed", 1), ("seed_mean", len(seeds))):
+    row = da[(da["size"] == "S") & (da["protocol"] == proto)].iloc[0]
+    assert row["compute"] == pytest.approx(runs * 1 * 30)
+    assert row["compute_fraction"] == pytest.approx(runs * (1 * 30) / (100 * 30))
 
 
 def test_recipe_missing_at_one_size_is_reported():
@@ -173,20 +175,32 @@ def test_frontier_and_checkpoints_match_brute_force():
 
 
 def test_snr_matches_brute_force():
+  """Signal over recipes; noise from the seeds, or (one seed) detrended late checkpoints."""
   vals = random_study(np.random.default_rng(6), rounding=3)
   vals = {k: v + 10 for k, v in vals.items()}
   table = table_from(vals)
   out = A.snr(table, noise_checkpoints=2)
+  one = A.snr(table[table["seed"] == 1], noise_checkpoints=2)
   for size in ("S", "M", "L"):
     means = [np.mean([vals[(r, size, s, 30)] for s in (1, 2, 3)]) for r in "abcde"]
     signal = (max(means) - min(means)) / abs(np.mean(means))
-    noises = [np.std([vals[(r, size, s, st)] for st in (20, 30)])
-              / abs(np.mean([vals[(r, size, s, st)] for st in (20, 30)]))
-              for r in "abcde" for s in (1, 2, 3)]
+    pooled = np.sqrt(np.mean([np.var([vals[(r, size, s, 30)] for s in (1, 2, 3)], ddof=1)
+                              for r in "abcde"]))
     got = out[out["size"] == size].iloc[0]
     assert got["signal"] == pytest.approx(signal)
-    assert got["noise"] == pytest.approx(np.mean(noises))
-    assert got["snr"] == pytest.approx(signal / np.mean(noises))
+    assert got["noise_source"] == "seeds"
+    assert got["noise"] == pytest.approx(pooled / abs(np.mean(means)))
+    assert got["snr"] == pytest.approx(signal * abs(np.mean(means)) / pooled)
+    # one seed: residual from the step's mean over recipes, minus each run's mean residual
+    curve = {st: np.mean([vals[(r, size, 1, st)] for r in "abcde"]) for st in (20, 30)}
+    ss = 0.0
+    for r in "abcde":
+      res = [vals[(r, size, 1, st)] - curve[st] for st in (20, 30)]
+      ss += sum((x - np.mean(res)) ** 2 for x in res)
+    m1 = [vals[(r, size, 1, 30)] for r in "abcde"]
+    got = one[one["size"] == size].iloc[0]
+    assert got["noise_source"] == "checkpoints" and np.isnan(got["noise_seed"])
+    assert got["noise"] == pytest.approx(np.sqrt(ss / 5) / abs(np.mean(m1)))
 
 
 def test_power_law_3p_recovers_parameters():

@@ -4,6 +4,7 @@
       [--plan] [--launch] [--workers N] [--no-report]
   python -m olmo_jax.datadecide report --results TABLE --target SIZE --output DIR
       [--headline TASK/METRIC] [--last-k K] [--recipe-map JSON] [--recipes recipes.json]
+      [--target_metric NAME ...] [--ties half|datadecide] [--forms SETUPS] [--bootstrap N]
 
 Bad input (a missing file or column, an unknown size or recipe, a target absent from the
 table) is reported in one line with exit code 2, before anything is computed or written.
@@ -16,6 +17,8 @@ import json
 import os
 import sys
 
+A_TIES = ("half", "datadecide")  # analysis.TIES (kept here so --help needs no pandas import)
+
 
 def report_main(argv) -> int:
   p = argparse.ArgumentParser(prog="python -m olmo_jax.datadecide report",
@@ -25,8 +28,18 @@ def report_main(argv) -> int:
   p.add_argument("--target", required=True, help="the size whose ranking is predicted, e.g. 1B")
   p.add_argument("--output", required=True, help="directory for report.md and the files")
   p.add_argument("--headline", default=None,
-                 help="TASK/METRIC of the recommendation (default: highest SNR at the largest "
-                      "proxy size)")
+                 help="TASK/METRIC of the recommendation (default: the mean over tasks of "
+                      "each task's OLMES primary metric, task 'macro', metric 'primary')")
+  p.add_argument("--target_metric", "--target-metric", action="append", default=None,
+                 dest="target_metric",
+                 help="metric at the target that each proxy metric is scored against "
+                      "(repeatable): a metric name, 'primary' (the task's OLMES primary "
+                      "metric) or 'same' (the proxy metric itself); default: primary and same")
+  p.add_argument("--ties", default="half", choices=A_TIES,
+                 help="half: a target-tied pair is not counted, a tied prediction scores 1/2; "
+                      "datadecide: every pair counts, a tied prediction scores 0")
+  p.add_argument("--bootstrap", type=int, default=1000,
+                 help="draws of the recommendation's bootstrap over tasks and seeds")
   p.add_argument("--last-k", type=int, default=1,
                  help="score each run by the mean of its last K checkpoints (default 1: final)")
   p.add_argument("--recipes", action="append", default=[],
@@ -36,17 +49,27 @@ def report_main(argv) -> int:
   p.add_argument("--sizes", default=None, help="comma-separated sizes to keep (target included)")
   p.add_argument("--recipe-map", default=None,
                  help='JSON {"display name": "recipe"} for published tables')
-  p.add_argument("--forms", default="3p,5p", help="scaling-law forms to fit (3p, 5p)")
+  p.add_argument("--forms", default="3p,5p",
+                 help="scaling-law setups, comma-separated: DataDecide's names (3_param-default, "
+                      "3_param-helper_points, 3_param-step2=0.5, 3_param-helper_points-step2=0.5, "
+                      "5_param-ai2, 5_param-1_step-ai2, 3_param-1_step, 2_param-default), the "
+                      "aliases 3p and 5p, or 'all'")
   a = p.parse_args(argv)
+  from olmo_jax.datadecide import analysis, report, results
   from olmo_jax.datadecide import recipes as recipes_lib
-  from olmo_jax.datadecide import report, results
   try:
     if a.last_k < 1:
       raise results.InputError(f"--last-k {a.last_k} must be >= 1")
+    if a.bootstrap < 1:
+      raise results.InputError(f"--bootstrap {a.bootstrap} must be >= 1")
     forms = tuple(f for f in a.forms.split(",") if f)
-    bad = [f for f in forms if f not in ("3p", "5p")]
+    forms = tuple(analysis.SETUPS) if forms == ("all",) else forms
+    bad = [f for f in forms if f not in analysis.SETUPS and f not in analysis.FORM_ALIASES]
     if bad:
-      raise results.InputError(f"--forms: unknown form(s) {', '.join(bad)}; use 3p and/or 5p")
+      raise results.InputError(f"--forms: unknown setup(s) {', '.join(bad)}; use "
+                               f"{', '.join(list(analysis.FORM_ALIASES) + list(analysis.SETUPS))}"
+                               f" or all")
+    target_metrics = tuple(a.target_metric or analysis.DEFAULT_TARGET_METRICS)
     try:
       rmap = json.loads(a.recipe_map) if a.recipe_map else None
     except json.JSONDecodeError as e:
@@ -59,18 +82,22 @@ def report_main(argv) -> int:
     described = recipes_lib.read(files[0]) if files else None
     recipes = lists[0].split(",") if lists else None
     sizes_ = a.sizes.split(",") if a.sizes else None
-    report.check_inputs(table, a.target, a.headline, recipes, sizes_)
+    report.check_inputs(table, a.target, a.headline, recipes, sizes_, target_metrics)
     if recipes:
       table = table[table["recipe"].isin(recipes)]
     if sizes_:
       table = table[table["size"].isin(sizes_)]
     report.check_inputs(table, a.target, a.headline)
     out = report.write_report(table, a.target, a.output, last_k=a.last_k,
-                              headline=a.headline, forms=forms, recipes=described)
+                              headline=a.headline, forms=forms, recipes=described,
+                              target_metrics=target_metrics, ties=a.ties, n_boot=a.bootstrap)
   except (results.InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   rec = out["recommendation"]
+  if not rec.get("compared", True):
+    print(f"warning: only one recipe ({rec['best_recipe']}) in the table: nothing was compared; "
+          f"the recommendation is not a decision", file=sys.stderr)
   print(f"best recipe at {rec['decided_at_size']}: {rec['best_recipe']}"
         + (f" (margin {rec['margin']:.4g} over {rec['runner_up']})" if "runner_up" in rec else ""))
   print(f"report written to {a.output}/report.md ({len(rec['warnings'])} warning(s))")

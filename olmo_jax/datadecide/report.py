@@ -2,11 +2,15 @@
 
 `write_report(table, target, output)` runs the analysis (analysis.py) on a results table and
 writes, under `output/`:
-  report.md              tables (rankings, decision accuracy, scaling-law errors, SNR), the
-                         figures, the recommendation and every warning of the analysis
-  recommendation.json    best recipe, margin over the runner-up, supporting metrics, confidence
+  report.md              tables (rankings, decision accuracy of each proxy metric against the
+                         target's primary metric, scaling-law errors, SNR), the figures, the
+                         recommendation and every warning of the analysis
+  recommendation.json    best recipe on the headline (default: macro of the tasks' primary
+                         metrics), margin over the runner-up, supporting metrics, a bootstrap
+                         confidence over tasks and seeds with its method
   decision_accuracy.csv  size, task, metric, method, protocol, decision_accuracy,
-                         compute_fraction (+ step, std, n_seeds, n_pairs, missing)
+                         compute_fraction (+ step, std, n_seeds, n_pairs, missing,
+                         target_metric, compute, n_runs, n_target_ties, setup, errors)
   scaling_law.csv, rankings.csv, snr.csv, frontier.csv
   fig_scaling.png, fig_decision_accuracy.png, fig_rank_agreement.png
 No JAX; matplotlib with the Agg backend.
@@ -25,7 +29,9 @@ from olmo_jax.datadecide import analysis as A
 from olmo_jax.datadecide.results import InputError
 
 DA_COLUMNS = ["size", "task", "metric", "method", "protocol", "decision_accuracy",
-              "compute_fraction", "step", "std", "n_seeds", "n_pairs", "missing"]
+              "compute_fraction", "step", "std", "n_seeds", "n_pairs", "missing",
+              "target_metric", "compute", "n_runs", "n_target_ties", "setup",
+              "mean_abs_error", "mean_rel_error"]
 
 
 def _fmt(v, digits=3) -> str:
@@ -48,8 +54,9 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
-                 recipes=None, sizes_=None) -> None:
-  """Rejects a target size, recipe, size or headline the table does not hold (InputError)."""
+                 recipes=None, sizes_=None, target_metrics=()) -> None:
+  """Rejects a target size, recipe, size, headline or target metric the table does not hold
+  (InputError)."""
   present = A.size_order(table)
   if target not in present:
     raise InputError(f"--target {target}: size absent from the results table; sizes present: "
@@ -62,7 +69,16 @@ def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
     if unknown:
       raise InputError(f"unknown {name}(s) {', '.join(unknown)}: the table has "
                        f"{', '.join(sorted(have))}")
-  if headline:
+  have = set(table["metric"])
+  unknown = [m for m in target_metrics
+             if m not in (A.TARGET_PRIMARY, A.TARGET_SAME) and m not in have]
+  if unknown:
+    raise InputError(f"--target_metric {', '.join(unknown)}: no such metric in the table; it "
+                     f"has {', '.join(sorted(have))} (or use 'primary' / 'same')")
+  if headline == f"{A.MACRO_TASK}/{A.MACRO_METRIC}" and table["task"].nunique() < 2:
+    raise InputError(f"--headline {headline}: the macro average needs two or more tasks; "
+                     f"name a TASK/METRIC")
+  if headline and headline != f"{A.MACRO_TASK}/{A.MACRO_METRIC}":
     task, _, metric = headline.partition("/")
     if not ((table["task"] == task) & (table["metric"] == metric)).any():
       raise InputError(f"--headline {headline}: no rows with task {task!r} and metric "
@@ -70,43 +86,64 @@ def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
 
 
 def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str | None = None,
-            forms=("3p", "5p"), noise_checkpoints: int = 5) -> dict:
-  """Every analysis of the report, as DataFrames, plus the warnings list."""
+            forms=("3p", "5p"), noise_checkpoints: int = 5,
+            target_metrics=A.DEFAULT_TARGET_METRICS, ties: str = "half") -> dict:
+  """Every analysis of the report, as DataFrames, plus the warnings list.
+
+  `decision_accuracy` holds the rows whose target metric is the proxy metric itself (what the
+  figures draw); `decision_accuracy_all` every row (decision_accuracy.csv). `scaling_law`
+  holds the fitted predictions, `scaling_law_all` under-determined ones too (the CSV).
+  `table` is the input plus the macro task's rows.
+  """
   w: list[str] = []
+  if table["recipe"].nunique() < 2:
+    w.append(f"only one recipe ({table['recipe'].iloc[0]}): nothing was compared; the "
+             f"'recommendation' is that recipe by default, not a decision")
+  macro = A.macro_table(table) if table["task"].nunique() > 1 else table.iloc[0:0]
+  full = pd.concat([table, macro], ignore_index=True) if len(macro) else table
   sizes_ = A.size_order(table)
   proxies = [s for s in sizes_ if s != target]
-  proxies = proxies[:proxies.index(proxies[-1]) + 1]
-  single = A.decision_accuracy(table, target, last_k=last_k, warnings=w)
-  ckpt = A.checkpoint_decision_accuracy(table, target)
+  single = A.decision_accuracy(full, target, last_k=last_k, warnings=w,
+                               target_metrics=target_metrics, ties=ties)
+  ckpt = A.checkpoint_decision_accuracy(full, target, target_metrics=target_metrics, ties=ties)
   finals = (table[table["size"] != target].groupby("size")["step"].max())
   ckpt = ckpt[ckpt["step"] < ckpt["size"].map(finals)] if len(ckpt) else ckpt
   preds = A.scaling_law_predictions(table, target, forms=forms, warnings=w)
-  sl = (A.scaling_law_decision_accuracy(preds, table, target, warnings=w) if len(preds)
-        else pd.DataFrame())
+  sl = (A.scaling_law_decision_accuracy(preds, table, target, warnings=w,
+                                        target_metrics=target_metrics, ties=ties)
+        if len(preds) else pd.DataFrame())
   da = pd.concat([single, ckpt, sl], ignore_index=True)
   da = da[[c for c in DA_COLUMNS if c in da.columns]]
-  snr = A.snr(table, noise_checkpoints=noise_checkpoints, warnings=w)
-  if headline is None:
-    headline = _default_headline(snr, proxies[-1])
-  task, _, metric = headline.partition("/")
-  ranks = A.rankings(table, last_k=last_k, warnings=w)
+  snr = A.snr(full, noise_checkpoints=noise_checkpoints, warnings=w)
+  task, metric = _headline(full, headline)
+  ranks = A.rankings(full, last_k=last_k, warnings=w)
+  same = da[da["target_metric"] == da["metric"]] if "target_metric" in da else da
+  single_same = same[same["method"] == "single_scale"]
   return {"target": target, "sizes": sizes_, "proxies": proxies, "headline": (task, metric),
-          "decision_accuracy": da, "frontier": A.frontier(da[da["method"] == "single_scale"]),
-          "scaling_law": preds, "scaling_law_da": sl, "snr": snr, "rankings": ranks,
-          "rank_agreement": A.rank_agreement(table, task, metric, last_k), "warnings": w,
-          "last_k": last_k}
+          "decision_accuracy": same.reset_index(drop=True), "decision_accuracy_all": da,
+          "frontier": A.frontier(da[da["method"] == "single_scale"]),
+          "frontier_same": A.frontier(single_same),
+          "scaling_law": preds[preds["status"] == "ok"] if len(preds) else preds,
+          "scaling_law_all": preds,
+          "scaling_law_da": sl, "snr": snr, "rankings": ranks,
+          "rank_agreement": A.rank_agreement(full, task, metric, last_k), "warnings": w,
+          "last_k": last_k, "ties": ties, "table": full}
 
 
-def _default_headline(snr: pd.DataFrame, size: str) -> str:
-  """The (task, metric) with the highest SNR at the largest proxy size (no target data)."""
-  s = snr[snr["size"] == size].copy()
-  s["_k"] = s["snr"].fillna(-np.inf)
-  s = s.sort_values(["_k", "task", "metric"], ascending=[False, True, True])
-  r = s.iloc[0]
-  return f"{r['task']}/{r['metric']}"
+def _headline(full: pd.DataFrame, headline: str | None) -> tuple[str, str]:
+  """(task, metric) of the recommendation: the user's, else the macro average of the tasks'
+  primary metrics, else the only task's primary metric (never chosen by SNR)."""
+  if headline:
+    task, _, metric = headline.partition("/")
+    return task, metric
+  if (full["task"] == A.MACRO_TASK).any():
+    return A.MACRO_TASK, A.MACRO_METRIC
+  task = sorted(full["task"].unique())[0]
+  metrics = sorted(full.loc[full["task"] == task, "metric"].unique())
+  return task, A.primary_metric(task, metrics) or metrics[0]
 
 
-def recommend(res: dict, table: pd.DataFrame) -> dict:
+def recommend(res: dict, table: pd.DataFrame, n_boot: int = 1000) -> dict:
   """Best recipe at the largest proxy size on the headline metric, with its evidence."""
   task, metric = res["headline"]
   size = res["proxies"][-1]
@@ -121,51 +158,72 @@ def recommend(res: dict, table: pd.DataFrame) -> dict:
          "ranking": [{"recipe": r["recipe"], "rank": int(r["rank"]), "mean": float(r["mean"]),
                       "std": float(r["std"]), "n_seeds": int(r["n_seeds"])}
                      for _, r in cell.iterrows()]}
-  if len(cell) > 1:
+  if len(cell) < 2:
+    out.update({"confidence": None, "compared": False,
+                "confidence_note": "one recipe: nothing was compared"})
+  else:
     second = cell.iloc[1]
-    margin = abs(float(best["mean"]) - float(second["mean"]))
-    out.update({"runner_up": second["recipe"], "margin": margin})
-    se = [_stderr(r) for r in (best, second)]
-    if any(s is None for s in se):
-      out["confidence"] = None
-      out["confidence_note"] = "a single seed: no seed spread to judge the margin by"
-    else:
-      z = margin / math.sqrt(se[0] ** 2 + se[1] ** 2) if (se[0] or se[1]) else math.inf
-      out["confidence"] = float(0.5 * (1 + math.erf(z / math.sqrt(2))))
-      out["confidence_note"] = ("P(best beats runner-up) under a normal model of the seed "
-                                "means: Phi(margin / sqrt(se_best^2 + se_runner_up^2))")
+    out.update({"compared": True, "runner_up": second["recipe"],
+                "margin": abs(float(best["mean"]) - float(second["mean"]))})
+    out.update(_confidence(res, size, task, metric, best["recipe"], n_boot))
+  out.update(_support(res, rk, size, best["recipe"]))
+  out.update(_scaling_and_target(res, table, task, metric, out["best_recipe"]))
+  return out
+
+
+def _confidence(res, size, task, metric, best, n_boot) -> dict:
+  """The bootstrap confidence (analysis.bootstrap_best) over the headline's tasks and seeds."""
+  full = res["table"]
+  if task == A.MACRO_TASK:  # the macro: resample the tasks it averages and their seeds
+    prim = {t: A.primary_metric(t, g["metric"].unique())
+            for t, g in full[full["task"] != A.MACRO_TASK].groupby("task")}
+    parts = [(t, m) for t, m in prim.items() if m is not None]
+  else:
+    parts = [(task, metric)]
+  sub = full[full["size"] == size]
+  s = A.run_scores(pd.concat([sub[(sub["task"] == t) & (sub["metric"] == m)]
+                              for t, m in parts]))
+  if s["task"].nunique() < 2 and s.groupby("recipe")["seed"].nunique().max() < 2:
+    return {"confidence": None,
+            "confidence_note": "one task and one seed: nothing to resample the margin by"}
+  b = A.bootstrap_best(s, best, A.higher_is_better(metric), n_boot)
+  return {"confidence": b["confidence"], "confidence_note": b["method"],
+          "confidence_method": {k: b[k] for k in ("n_boot", "n_tasks", "n_seeds")}}
+
+
+def _support(res, rk, size, best) -> dict:
+  """Which (task, metric) cells at `size` pick the same best recipe, with their SNR."""
   support = []
+  snr = res["snr"]
   for (t, m), g in rk[rk["size"] == size].groupby(["task", "metric"]):
     g = g.sort_values(["rank", "recipe"])
-    snr = res["snr"]
     s = snr[(snr["size"] == size) & (snr["task"] == t) & (snr["metric"] == m)]["snr"]
     support.append({"task": t, "metric": m, "best_recipe": g.iloc[0]["recipe"],
-                    "agrees": bool(g.iloc[0]["recipe"] == best["recipe"]),
+                    "agrees": bool(g.iloc[0]["recipe"] == best),
                     "snr": float(s.iloc[0]) if len(s) else None})
-  out["supporting_metrics"] = support
-  out["agreeing_metrics"] = f"{sum(s['agrees'] for s in support)} of {len(support)}"
+  return {"supporting_metrics": support,
+          "agreeing_metrics": f"{sum(s['agrees'] for s in support)} of {len(support)}"}
+
+
+def _scaling_and_target(res, table, task, metric, best) -> dict:
+  """The scaling laws' picks and, when the target was trained, its measured best."""
+  out = {}
   sl = res["scaling_law"]
   if len(sl):
-    h = sl[(sl["task"] == task) & (sl["metric"] == metric)]
+    h = sl[(sl["task"] == task) & (sl["metric"] == metric) & sl["predicted"].notna()]
     for form, g in h.groupby("form"):
       asc = not A.higher_is_better(metric)
       out[f"scaling_law_{form}_best"] = g.sort_values("predicted", ascending=asc).iloc[0][
           "recipe"]
-  if (table["size"] == res["target"]).any():
-    tg = A.target_scores(table, res["target"])
+  full = res["table"]
+  if (full["size"] == res["target"]).any():
+    tg = A.target_scores(full, res["target"])
     tg = tg[(tg["task"] == task) & (tg["metric"] == metric)]
     if len(tg):
       asc = not A.higher_is_better(metric)
       out["target_best_recipe"] = tg.sort_values("value", ascending=asc).iloc[0]["recipe"]
-      out["matches_target"] = bool(out["target_best_recipe"] == out["best_recipe"])
+      out["matches_target"] = bool(out["target_best_recipe"] == best)
   return out
-
-
-def _stderr(row) -> float | None:
-  n = int(row["n_seeds"])
-  if n < 2:
-    return None
-  return float(row["std"]) * math.sqrt(n / (n - 1)) / math.sqrt(n)  # sample std / sqrt(n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,21 +399,24 @@ def fig_rank_agreement(res: dict, path: str) -> str:
 def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int = 1,
                  headline: str | None = None, forms=("3p", "5p"),
                  noise_checkpoints: int = 5, title: str = "DataDecide report",
-                 recipes: dict | None = None) -> dict:
+                 recipes: dict | None = None, target_metrics=A.DEFAULT_TARGET_METRICS,
+                 ties: str = "half", n_boot: int = 1000) -> dict:
   """Analyses `table` against `target` and writes the report files into `output`.
 
   recipes: {recipe: {"data": str, "curation": str}} (a study's recipes.json, recipes.py):
-  the report's Recipes table; None: no table.
+  the report's Recipes table; None: no table. target_metrics: 'primary', 'same' or metric
+  names (analysis.decision_accuracy); ties: 'half' or 'datadecide'.
   """
-  check_inputs(table, target, headline)
+  check_inputs(table, target, headline, target_metrics=target_metrics)
   res = analyse(table, target, last_k=last_k, headline=headline, forms=forms,
-                noise_checkpoints=noise_checkpoints)
-  rec = recommend(res, table)
+                noise_checkpoints=noise_checkpoints, target_metrics=target_metrics, ties=ties)
+  rec = recommend(res, table, n_boot)
   os.makedirs(output, exist_ok=True)
-  _atomic_csv(res["decision_accuracy"], os.path.join(output, "decision_accuracy.csv"))
-  for name in ("scaling_law", "rankings", "snr", "frontier"):
-    _atomic_csv(res[name], os.path.join(output, f"{name}.csv"))
-  figs = {"scaling": fig_scaling(table, res, os.path.join(output, "fig_scaling.png")),
+  _atomic_csv(res["decision_accuracy_all"], os.path.join(output, "decision_accuracy.csv"))
+  for name, key in (("scaling_law", "scaling_law_all"), ("rankings", "rankings"),
+                    ("snr", "snr"), ("frontier", "frontier")):
+    _atomic_csv(res[key], os.path.join(output, f"{name}.csv"))
+  figs = {"scaling": fig_scaling(res["table"], res, os.path.join(output, "fig_scaling.png")),
           "da": fig_decision_accuracy(res, os.path.join(output, "fig_decision_accuracy.png")),
           "rank": fig_rank_agreement(res, os.path.join(output, "fig_rank_agreement.png"))}
   rec["warnings"] = res["warnings"]
@@ -398,6 +459,52 @@ def recipes_markdown(table: pd.DataFrame, recipes: dict) -> list[str]:
   return lines + [""]
 
 
+def primary_tables(res: dict, protocol: str) -> dict[str, pd.DataFrame]:
+  """{task: metric x proxy size table} of decision accuracy against each task's primary
+  metric (single scale, final checkpoints), plus 'macro average' (mean over the tasks)."""
+  da = res["decision_accuracy_all"]
+  fin = da[(da["method"] == "single_scale") & (da["step"] == "final")
+           & (da["protocol"] == protocol) & (da["task"] != A.MACRO_TASK)]
+  full = res["table"]
+  prim = {t: A.primary_metric(t, g["metric"].unique()) for t, g in full.groupby("task")}
+  fin = fin[fin["target_metric"] == fin["task"].map(prim)]
+  order = [z for z in res["proxies"] if z in set(fin["size"])]
+  out = {}
+  for t, g in fin.groupby("task"):
+    out[f"{t} (vs {prim[t]})"] = g.pivot_table(
+        index="metric", columns="size", values="decision_accuracy",
+        dropna=False).reindex(columns=order)
+  if fin["task"].nunique() > 1:
+    out["macro average"] = fin.pivot_table(index="metric", columns="size",
+                                           values="decision_accuracy", aggfunc="mean",
+                                           dropna=False).reindex(columns=order)
+  return out
+
+
+def primary_markdown(res: dict) -> list[str]:
+  """The paper's view: proxy metric x proxy size -> decision accuracy vs the primary metric."""
+  lines = [f"## Decision accuracy against the target's primary metric ({res['target']})", "",
+           "Each proxy metric at each proxy size ranks the recipes; the score is the share of "
+           "recipe pairs ordered as the target's primary metric orders them. The macro average "
+           "is the mean over tasks.", ""]
+  for protocol in A.PROTOCOLS:
+    for name, piv in primary_tables(res, protocol).items():
+      if name != "macro average" and protocol != "per_seed":
+        continue  # per task: per_seed only (the paper's protocol), to keep the report short
+      lines += [f"{name}, {protocol}:", "", markdown_table(piv.reset_index()), ""]
+  snr = res["snr"]
+  da = res["decision_accuracy_all"]
+  size = res["proxies"][-1]
+  fin = da[(da["method"] == "single_scale") & (da["step"] == "final") & (da["size"] == size)
+           & (da["protocol"] == "per_seed")]
+  side = fin.merge(snr[snr["size"] == size][["task", "metric", "snr"]], on=["task", "metric"])
+  if len(side):
+    lines += [f"Decision accuracy (per_seed) and SNR at {size}:", "",
+              markdown_table(side[["task", "metric", "target_metric", "decision_accuracy",
+                                   "snr"]]), ""]
+  return lines
+
+
 def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title: str,
                     recipes: dict | None = None) -> str:
   task, metric = res["headline"]
@@ -410,18 +517,22 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
             f"{table['seed'].nunique()} seed(s), {table['task'].nunique()} task(s), "
             f"{table['metric'].nunique()} metric(s), {len(table)} rows. Target size: "
             f"**{target}**. Headline: **{task} / {metric}** "
-            f"({'higher' if A.higher_is_better(metric) else 'lower'} is better). Scores are "
-            f"each run's {scored}.", ""]
+            f"({'higher' if A.higher_is_better(metric) else 'lower'} is better"
+            + ("; the mean over tasks of each task's primary metric" if task == A.MACRO_TASK
+               else "") + f"). Scores are each run's {scored}. Ties: `{res['ties']}`.", ""]
   if recipes is not None:
     lines += recipes_markdown(table, recipes)
   lines += ["## Recommendation", ""]
+  if not rec.get("compared", True):
+    lines += [f"**Warning: only one recipe ({rec['best_recipe']}) is in the table: nothing "
+              f"was compared, so this is not a decision.**", ""]
   lines.append(f"- Best recipe at {rec['decided_at_size']}: **{rec['best_recipe']}** "
                f"({metric} {_fmt(rec['best_score'], 4)})")
   if "runner_up" in rec:
     conf = rec.get("confidence")
     lines.append(f"- Runner-up: {rec['runner_up']}, margin {_fmt(rec['margin'], 4)}; "
-                 f"confidence {('%.3f' % conf) if conf is not None else 'n/a'} "
-                 f"({rec['confidence_note']})")
+                 f"confidence {('%.3f' % conf) if conf is not None else 'n/a'}")
+    lines.append(f"- Confidence method: {rec['confidence_note']}")
   lines.append(f"- Metrics at {rec['decided_at_size']} that pick the same recipe: "
                f"{rec['agreeing_metrics']}")
   for form in ("3p", "5p"):
@@ -444,7 +555,8 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
   wt = pd.DataFrame([{"recipe": k, **{s: v.get(s, "missing") for s in order}}
                      for k, v in sorted(wide.items())])
   lines += [markdown_table(wt), ""]
-  lines += [f"## Decision accuracy against {target}", ""]
+  lines += primary_markdown(res)
+  lines += [f"## Decision accuracy against {target} (same metric)", ""]
   fin = da[(da["step"] == "final") & (da["task"] == task) & (da["metric"] == metric)]
   if len(fin):
     show = fin[["size", "method", "protocol", "decision_accuracy", "std", "n_seeds",
@@ -468,8 +580,9 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
   if len(sl):
     lines += ["## Two-step scaling-law prediction", ""]
     h = sl[(sl["task"] == task)]
-    lines += [markdown_table(h[["task", "metric", "method", "decision_accuracy",
-                                "mean_abs_error", "mean_rel_error", "compute_fraction"]]), ""]
+    lines += [markdown_table(h[["task", "metric", "target_metric", "setup", "decision_accuracy",
+                                "missing", "mean_abs_error", "mean_rel_error",
+                                "compute_fraction"]]), ""]
     p = res["scaling_law"]
     p = p[(p["task"] == task) & (p["metric"] == metric)]
     if len(p):

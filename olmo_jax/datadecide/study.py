@@ -70,7 +70,11 @@ def default_config() -> ml_collections.ConfigDict:
       "limit": 0,  # eval_run --limit (0: none)
       "heldout": "",  # held-out token files (glob, relative to data_dir) for `heldout`
       "heldout_windows": 32,
-      "headline": "",  # TASK/METRIC of the recommendation ('' : highest SNR)
+      "headline": "",  # TASK/METRIC of the recommendation ('': macro of primary metrics)
+      # report: metrics at the target each proxy metric is scored against ('primary': the
+      # task's OLMES primary metric, 'same': the proxy metric itself, or a metric name)
+      "target_metrics": ["primary", "same"],
+      "ties": "half",  # report: half | datadecide (analysis.pairwise_agreement)
   })
   return c
 
@@ -106,6 +110,8 @@ class Study:
     self.c, self.workdir = c, os.path.abspath(workdir)
     if not c.recipes:
       raise InputError("study config: `recipes` is empty; name at least two recipes")
+    if c.eval.ties not in ("half", "datadecide"):
+      raise InputError(f"study config: eval.ties={c.eval.ties!r}; use 'half' or 'datadecide'")
     if not c.sizes:
       raise InputError("study config: `sizes` is empty; list the proxy sizes")
     for name in list(c.sizes) + ([c.target] if c.target else []):
@@ -526,6 +532,8 @@ def main(argv) -> int:
     target, note = report_target(study, table)
     out = report.write_report(table, target, os.path.join(study.workdir, "report"),
                               headline=study.c.eval.headline or None,
+                              target_metrics=tuple(study.c.eval.target_metrics),
+                              ties=study.c.eval.ties,
                               title=f"DataDecide study {study.c.name!r}",
                               recipes=recipes.read(os.path.join(study.workdir,
                                                                 recipes.FILENAME)))
