@@ -132,3 +132,31 @@ def test_report_bad_input_exit_2(table_path, tmp_path, case):
   assert expect in msg[0]
   assert sorted(os.listdir(out)) == ["keep.txt"]
   assert (out / "keep.txt").read_text() == "earlier work"
+
+
+def test_truncated_runs_are_named_and_left_out(table_path, tmp_path):
+  """A run that stopped short of its final step is named in the warnings and left out of the
+  analysis; `--allow-truncated` keeps it (with a warning); a study's planned_step column finds
+  truncation even when every run of a size stopped at the same step."""
+  t = pd.read_parquet(table_path)
+  short = (t["recipe"] == "c4") & (t["size"] == "20M") & (t["seed"] == 14)
+  t = t[~(short & (t["step"] == t.loc[short, "step"].max()))]
+  path = str(tmp_path / "short.csv")
+  t.to_csv(path, index=False)
+  name = "c4/20M/seed14 (step 10938 of 14584)"
+  for extra, n_seeds, word in (([], 1, "left out"), (["--allow-truncated"], 2, "kept")):
+    out = tmp_path / f"rep{len(extra)}"
+    r = run_cli("report", "--results", path, "--target", "150M", "--output", str(out), *extra)
+    assert r.returncode == 0, r.stderr
+    warnings = json.loads((out / "recommendation.json").read_text())["warnings"]
+    assert name in warnings[0] and word in warnings[0]
+    rk = pd.read_csv(out / "rankings.csv")
+    assert set(rk[(rk["size"] == "20M") & (rk["recipe"] == "c4")]["n_seeds"]) == {n_seeds}
+    assert set(rk[(rk["size"] == "20M") & (rk["recipe"] == "falcon")]["n_seeds"]) == {2}
+  planned = pd.DataFrame({"recipe": ["a", "b", "a", "b"], "size": ["x", "x", "y", "y"],
+                          "seed": 1, "step": [5, 5, 9, 10], "planned_step": [8, 8, 10, 10]})
+  bad = R.truncated_runs(planned)
+  assert list(zip(bad["recipe"], bad["size"], bad["last_step"])) == [
+      ("a", "x", 5), ("a", "y", 9), ("b", "x", 5)]
+  kept, w = R.drop_truncated(planned.assign(task="t", metric="m"))
+  assert list(kept["recipe"] + kept["size"]) == ["by"] and "planned_step" not in kept

@@ -4,6 +4,7 @@
       [--plan] [--launch] [--workers N] [--no-report]
   python -m olmo_jax.datadecide report --results TABLE --target SIZE --output DIR
       [--headline TASK/METRIC] [--last-k K] [--recipe-map JSON] [--recipes recipes.json]
+      [--allow-truncated]
 
 Bad input (a missing file or column, an unknown size or recipe, a target absent from the
 table) is reported in one line with exit code 2, before anything is computed or written.
@@ -36,6 +37,9 @@ def report_main(argv) -> int:
   p.add_argument("--recipe-map", default=None,
                  help='JSON {"display name": "recipe"} for published tables')
   p.add_argument("--forms", default="3p,5p", help="scaling-law forms to fit (3p, 5p)")
+  p.add_argument("--allow-truncated", action="store_true",
+                 help="keep runs whose last step is short of their planned final step "
+                      "(default: named in the warnings and left out)")
   a = p.parse_args(argv)
   from olmo_jax.datadecide import recipes as recipes_lib
   from olmo_jax.datadecide import report, results
@@ -63,9 +67,11 @@ def report_main(argv) -> int:
       table = table[table["recipe"].isin(recipes)]
     if sizes_:
       table = table[table["size"].isin(sizes_)]
+    table, warned = results.drop_truncated(table, a.allow_truncated)
     report.check_inputs(table, a.target, a.headline)
     out = report.write_report(table, a.target, a.output, last_k=a.last_k,
-                              headline=a.headline, forms=forms, recipes=described)
+                              headline=a.headline, forms=forms, recipes=described,
+                              warnings=warned)
   except (results.InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

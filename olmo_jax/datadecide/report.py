@@ -341,15 +341,18 @@ def fig_rank_agreement(res: dict, path: str) -> str:
 def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int = 1,
                  headline: str | None = None, forms=("3p", "5p"),
                  noise_checkpoints: int = 5, title: str = "DataDecide report",
-                 recipes: dict | None = None) -> dict:
+                 recipes: dict | None = None, warnings: list[str] | None = None) -> dict:
   """Analyses `table` against `target` and writes the report files into `output`.
 
+  warnings: found before the analysis (e.g. truncated runs, results.drop_truncated), listed
+  first among the report's warnings.
   recipes: {recipe: {"data": str, "curation": str}} (a study's recipes.json, recipes.py):
   the report's Recipes table; None: no table.
   """
   check_inputs(table, target, headline)
   res = analyse(table, target, last_k=last_k, headline=headline, forms=forms,
                 noise_checkpoints=noise_checkpoints)
+  res["warnings"][:0] = list(warnings or ())
   rec = recommend(res, table)
   os.makedirs(output, exist_ok=True)
   _atomic_csv(res["decision_accuracy"], os.path.join(output, "decision_accuracy.csv"))

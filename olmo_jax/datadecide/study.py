@@ -401,8 +401,10 @@ def collect_results(study: Study):
       step = int(name)
       rows += results.make_rows(cell.recipe, cell.size, cell.seed, step,
                                 step * study.tokens_per_step(cell.size),
-                                study.n_params(cell.size), scores)
-  return results.validate_table(pd.DataFrame(rows, columns=list(results.COLUMNS)))
+                                study.n_params(cell.size), scores,
+                                planned_step=study.steps(cell.size))
+  columns = list(results.COLUMNS) + list(results.OPTIONAL_COLUMNS)
+  return results.validate_table(pd.DataFrame(rows, columns=columns))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -696,6 +698,9 @@ def main(argv) -> int:
                       "the resolver's full budget, each difference listed in the file header")
   p.add_argument("--workers", type=int, default=1, help="cells trained at the same time")
   p.add_argument("--no-report", action="store_true")
+  p.add_argument("--allow-truncated", action="store_true",
+                 help="report on runs short of their final step too (default: named in the "
+                      "warnings and left out)")
   a = p.parse_args(argv)
   try:
     if a.workers < 1:
@@ -720,6 +725,10 @@ def main(argv) -> int:
   rc = 1 if summary["failed"] else 0
   table = summary["table"]
   rec = None
+  from olmo_jax.datadecide import results
+  table, warned = results.drop_truncated(table, a.allow_truncated) if len(table) else (table, [])
+  for w in warned:
+    print(f"[study] warning: {w}")
   if not a.no_report and len(table) and table["size"].nunique() >= 2:
     from olmo_jax.datadecide import recipes, report
     target, note = report_target(study, table)
@@ -727,7 +736,8 @@ def main(argv) -> int:
                               headline=study.c.eval.headline or None,
                               title=f"DataDecide study {study.c.name!r}",
                               recipes=recipes.read(os.path.join(study.workdir,
-                                                                recipes.FILENAME)))
+                                                                recipes.FILENAME)),
+                              warnings=warned)
     rec = out["recommendation"]
     if note:
       print(f"[study] note: {note}")
