@@ -1,7 +1,7 @@
 """`make datadecide-demo`: a small real study on the embedded corpus that can get it wrong (CPU).
 
 Three recipes that differ subtly, built from the embedded corpus (olmo_jax/datadecide/synthetic.py):
-clean text, and the same text with 3% or 6% of its tokens replaced by random ones. Token ids
+clean text, and the same text with 2% or 4% of its tokens replaced by random ones. Token ids
 are re-coded into a 1,024-id vocabulary so the models stay small. Two proxy sizes and a target
 size (tiny custom shapes) trained at the same number of tokens per parameter, so the proxies
 see the data the way the target does, only less of it; two seeds each. Scores: held-out loss
@@ -13,7 +13,7 @@ differences are within the seed noise, so the smallest proxy may pick the wrong 
 
 import ml_collections
 
-NOISE = {"clean": 0.0, "noisy3": 0.03, "noisy6": 0.06}
+NOISE = {"clean": 0.0, "noisy2": 0.02, "noisy4": 0.04}
 VOCAB = 1024
 
 

@@ -506,6 +506,7 @@ class Progress:
     self.total = sum(study.compute(c.size) for c in self.todo)
     self.n_cells = len(cells)
     self.done: list[tuple[float, float]] = []  # (FLOPs, seconds) of cells finished here
+    self.steps: dict[str, int] = {}  # newest step seen in each running cell's log
 
   def finished(self, cell: Cell, seconds: float) -> None:
     self.done.append((self.study.compute(cell.size), seconds))
@@ -527,6 +528,7 @@ class Progress:
     done_flops, parts = sum(f for f, _ in self.done), []
     for cell in running:
       step = _log_step(os.path.join(st.cell_dir(cell), "train.log"))
+      step = self.steps[cell.name] = step if step is not None else self.steps.get(cell.name)
       n = st.steps(cell.size)
       parts.append(f"{cell.name} step {step}/{n}" if step is not None else
                    f"{cell.name} starting")
@@ -552,7 +554,7 @@ def _log_step(path: str) -> int | None:
   import re
   try:
     with open(path, "rb") as f:
-      f.seek(max(0, os.path.getsize(path) - 4096))
+      f.seek(max(0, os.path.getsize(path) - 65536))
       tail = f.read().decode(errors="replace")
   except OSError:
     return None
