@@ -495,9 +495,11 @@ def _finish_cell(study: Study, cell: Cell, rc: int, t0: float, failed: list, pri
 class Progress:
   """The progress line: cells, the running cells' steps, FLOPs done, ETA by compute.
 
-  The ETA models a cell's wall time (training, start-up and scoring) as a + b * FLOPs,
-  least squares over the cells finished in this run (b alone, a = 0, while they all have
-  one size), and sums it over the FLOPs left: small and large cells are not counted alike.
+  The ETA models a cell's wall time as a + b * FLOPs: b, seconds per training FLOP, from the
+  tokens/s the finished cells' trainers logged; a, the rest of their wall time (start-up,
+  compilation, checkpoints, scoring) per cell. It sums that over the cells and FLOPs left, so
+  a large cell counts for more than a small one. A trainer that logs no tokens/s counts all
+  its time as b.
   """
 
   def __init__(self, study: Study, cells: list[Cell], workers: int):
@@ -505,23 +507,23 @@ class Progress:
     self.todo = [c for c in cells if not study.is_done(c)]
     self.total = sum(study.compute(c.size) for c in self.todo)
     self.n_cells = len(cells)
-    self.done: list[tuple[float, float]] = []  # (FLOPs, seconds) of cells finished here
+    self.done: list[tuple[float, float, float]] = []  # (FLOPs, wall s, training s) per cell
     self.steps: dict[str, int] = {}  # newest step seen in each running cell's log
 
   def finished(self, cell: Cell, seconds: float) -> None:
-    self.done.append((self.study.compute(cell.size), seconds))
+    st = self.study
+    rate = _log_tokens_per_s(os.path.join(st.cell_dir(cell), "train.log"))
+    tokens = st.steps(cell.size) * st.tokens_per_step(cell.size)
+    train_s = min(seconds, tokens / rate) if rate else seconds
+    self.done.append((st.compute(cell.size), seconds, train_s))
 
   def _model(self) -> tuple[float, float] | None:
     if not self.done:
       return None
-    f = [x for x, _ in self.done]
-    t = [y for _, y in self.done]
-    if len(set(f)) < 2:
-      return 0.0, sum(t) / sum(f)
-    mf, mt = sum(f) / len(f), sum(t) / len(t)
-    b = sum((x - mf) * (y - mt) for x, y in self.done) / sum((x - mf) ** 2 for x in f)
-    b = max(b, 0.0)
-    return max(mt - b * mf, 0.0), b
+    flops = sum(f for f, _, _ in self.done)
+    b = sum(t for _, _, t in self.done) / flops
+    a = sum(w - t for _, w, t in self.done) / len(self.done)
+    return a, b
 
   def line(self, running: dict, n_left: int, n_failed: int) -> str:
     st = self.study
@@ -547,6 +549,18 @@ class Progress:
     left_cells = n_left + len(running)
     eta = (a * left_cells + b * max(self.total - done_flops, 0.0)) / self.workers
     return line + f"; ETA {_hms(eta)} (by FLOPs)"
+
+
+def _log_tokens_per_s(path: str) -> float | None:
+  """Mean of the `tok/s N` values a trainer logged (None when it logged none)."""
+  import re
+  try:
+    with open(path, errors="replace") as f:
+      hits = re.findall(r"tok/s ([\d,]+)", f.read())
+  except OSError:
+    return None
+  vals = [float(h.replace(",", "")) for h in hits]
+  return sum(vals) / len(vals) if vals else None
 
 
 def _log_step(path: str) -> int | None:
