@@ -527,7 +527,7 @@ class Progress:
 
   def line(self, running: dict, n_left: int, n_failed: int) -> str:
     st = self.study
-    done_flops, parts = sum(f for f, _ in self.done), []
+    done_flops, parts = sum(f for f, _, _ in self.done), []
     for cell in running:
       step = _log_step(os.path.join(st.cell_dir(cell), "train.log"))
       step = self.steps[cell.name] = step if step is not None else self.steps.get(cell.name)
