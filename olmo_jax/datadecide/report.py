@@ -255,58 +255,79 @@ def _scaling_panels(table: pd.DataFrame, res: dict) -> list[str]:
 def fig_scaling(table: pd.DataFrame, res: dict, path: str) -> str:
   """Loss and headline metric vs compute per recipe, with the fitted 3-parameter curves.
 
-  Up to 10 recipes: a colour and marker each; more: the top 8 at the largest proxy in colour,
-  the others grey. y-limits follow the measured points (curves may leave the frame).
+  Top row: the values; bottom row: each recipe's difference from the mean of all recipes at
+  the same checkpoint, where a large grid's recipes can be told apart. Up to 10 recipes: a
+  colour and marker each; more: the best 8 at the largest proxy in colour (legend in rank
+  order), the others grey. y-limits follow the measured points (curves may leave the frame).
   """
   plt = _plt()
   table = res.get("table", table)  # with the macro task where the analysis adds one
   task = res["headline"][0]
   panels = _scaling_panels(table, res)
   recipes = sorted(table["recipe"].unique())
-  styles = recipe_styles(recipes, _headline_order(res))
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels) + 2.2, 4.6),
-                           squeeze=False)
-  sl = res["scaling_law"]
-  t_compute = table[table["size"] == res["target"]]["compute"].max()
+  order = _headline_order(res)
+  styles = recipe_styles(recipes, order)
+  fig, axes = plt.subplots(2, len(panels), figsize=(5.6 * len(panels) + 2.4, 7.6),
+                           squeeze=False, sharex=True, layout="constrained",
+                           height_ratios=(3, 2))
   handles = {}
-  for ax, m in zip(axes[0], panels):
-    sub = table[(table["task"] == task) & (table["metric"] == m)]
-    pts = sub.groupby(["recipe", "size", "step"], as_index=False).agg(
-        value=("value", "mean"), compute=("compute", "mean"))
-    proxy = pts[pts["size"] != res["target"]]
-    cs = np.logspace(np.log10(proxy["compute"][proxy["compute"] > 0].min()),
-                     np.log10(t_compute), 60) if len(proxy) else None
-    for r in sorted(recipes, key=lambda r: styles[r]["zorder"]):
-      st = styles[r]
-      p = proxy[proxy["recipe"] == r]
-      h = ax.scatter(p["compute"], p["value"], s=12, color=st["color"], marker=st["marker"],
-                     alpha=st["alpha"], zorder=st["zorder"], linewidths=0)
-      if st["label"]:
-        handles[r] = h
-      q = pts[(pts["recipe"] == r) & (pts["size"] == res["target"])]
-      if len(q):
-        q = q[q["step"] == q["step"].max()]
-        ax.scatter(q["compute"], q["value"], s=80 if st["label"] else 30, marker="*",
-                   color=st["color"], edgecolor="black", linewidth=0.5, zorder=6)
-      y = _fit_curve(sl, task, m, r, cs) if cs is not None else None
-      if y is not None:
-        ax.plot(cs, y, color=st["color"], lw=st["lw"], alpha=min(1.0, st["alpha"] + 0.1),
-                zorder=st["zorder"])
-    _fitted_ylim(ax, pts["value"])
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute of one run (FLOPs, 6ND)")
-    ax.set_ylabel(m)
-    ax.set_title(f"{task}: {m}" + (" (fit: 3-param L(C))" if not A.higher_is_better(m) else
-                                    " (fit: L(C) then sigmoid)"), fontsize=10)
-    ax.grid(alpha=0.3)
+  for j, m in enumerate(panels):
+    handles.update(_scaling_panel(axes[0][j], axes[1][j], table, res, task, m, recipes,
+                                  styles))
+  ranked = [r for r in order if r in handles] + sorted(set(handles) - set(order))
   n_grey = sum(1 for r in recipes if not styles[r]["label"])
-  title = "recipe (star = target)" + (f"\nbest {len(handles)} at {res['proxies'][-1]} "
-                                      f"in colour" if n_grey else "")
-  _legend_outside(fig, axes[0][-1], handles.values(), handles.keys(), title, n_grey)
-  fig.tight_layout()
+  title = "recipe (star = target)" + (f"\nbest {len(handles)} at {res['proxies'][-1]} in "
+                                      f"colour, by rank" if n_grey else "")
+  _legend_outside(fig, axes[0][-1], [handles[r] for r in ranked],
+                  [f"{i + 1}. {r}" if n_grey else r for i, r in enumerate(ranked)], title,
+                  n_grey)
   fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
   return path
+
+
+def _scaling_panel(ax, dax, table, res, task, m, recipes, styles) -> dict:
+  """One metric: values (ax) and differences from the recipes' mean (dax); legend handles."""
+  sub = table[(table["task"] == task) & (table["metric"] == m)]
+  pts = sub.groupby(["recipe", "size", "step"], as_index=False).agg(
+      value=("value", "mean"), compute=("compute", "mean"))
+  pts["diff"] = pts["value"] - pts.groupby(["size", "step"])["value"].transform("mean")
+  proxy = pts[pts["size"] != res["target"]]
+  t_compute = table[table["size"] == res["target"]]["compute"].max()
+  cs = np.logspace(np.log10(proxy["compute"][proxy["compute"] > 0].min()),
+                   np.log10(t_compute), 60) if len(proxy) else None
+  handles = {}
+  for r in sorted(recipes, key=lambda r: styles[r]["zorder"]):
+    st = styles[r]
+    kw = {"color": st["color"], "marker": st["marker"], "alpha": st["alpha"],
+          "zorder": st["zorder"], "linewidths": 0}
+    p = proxy[proxy["recipe"] == r]
+    h = ax.scatter(p["compute"], p["value"], s=12, **kw)
+    dax.scatter(p["compute"], p["diff"], s=10, **kw)
+    if st["label"]:
+      handles[r] = h
+    q = pts[(pts["recipe"] == r) & (pts["size"] == res["target"])]
+    if len(q):
+      q = q[q["step"] == q["step"].max()]
+      for a, col in ((ax, "value"), (dax, "diff")):
+        a.scatter(q["compute"], q[col], s=80 if st["label"] else 30, marker="*",
+                  color=st["color"], edgecolor="black", linewidth=0.5, zorder=6)
+    y = _fit_curve(res["scaling_law"], task, m, r, cs) if cs is not None else None
+    if y is not None:
+      ax.plot(cs, y, color=st["color"], lw=st["lw"], alpha=min(1.0, st["alpha"] + 0.1),
+              zorder=st["zorder"])
+  _fitted_ylim(ax, pts["value"])
+  _fitted_ylim(dax, pts["diff"])
+  ax.set_xscale("log")
+  ax.set_ylabel(m)
+  dax.set_ylabel(f"{m} - mean of recipes", fontsize=8)
+  dax.axhline(0, color="black", lw=0.6)
+  dax.set_xlabel("training compute of one run (FLOPs, 6ND)")
+  ax.set_title(f"{task}: {m}" + (" (fit: 3-param L(C))" if not A.higher_is_better(m) else
+                                  " (fit: L(C) then sigmoid)"), fontsize=10)
+  for a in (ax, dax):
+    a.grid(alpha=0.3)
+  return handles
 
 
 def spent_fraction(da: pd.DataFrame) -> pd.Series:
@@ -332,7 +353,7 @@ def _da_cells(res: dict, ok: pd.DataFrame, da: pd.DataFrame):
   return [c for c in every if c in have], [c for c in every if c not in have]
 
 
-def thin_labels(pos: dict[str, float], min_gap_decades: float = 0.12) -> list[tuple]:
+def thin_labels(pos: dict[str, float], min_gap_decades: float = 0.2) -> list[tuple]:
   """[(x, name)] left to right, skipping a name closer than `min_gap_decades` (log10 x) to the
   previous one kept, so labels on a log axis never collide."""
   keep, last = [], -np.inf
@@ -343,13 +364,17 @@ def thin_labels(pos: dict[str, float], min_gap_decades: float = 0.12) -> list[tu
   return keep
 
 
-def _size_axis(ax, fin: pd.DataFrame) -> None:
-  """Names the sizes on a top axis at their final checkpoints' compute (thinned)."""
-  keep = thin_labels(fin.groupby("size")["x"].min().to_dict())
+def _size_axis(ax, fin: pd.DataFrame, names: bool) -> None:
+  """Marks the sizes' final checkpoints on a top axis, named (thinned) when `names`."""
+  from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+  pos = fin.groupby("size")["x"].min().to_dict()
+  keep = thin_labels(pos)
   top = ax.secondary_xaxis("top")
-  top.set_xticks([x for x, _ in keep], [s for _, s in keep], fontsize=6, rotation=90)
-  top.minorticks_off()
-  top.tick_params(length=2, pad=1)
+  top.set_xscale("log")
+  top.xaxis.set_major_locator(FixedLocator([x for x, _ in keep]))
+  top.xaxis.set_major_formatter(FixedFormatter([s if names else "" for _, s in keep]))
+  top.xaxis.set_minor_locator(NullLocator())
+  top.tick_params(length=3, pad=1, labelsize=6, labelrotation=90)
 
 
 DA_MARKS = {"per_seed": ("o", "tab:blue"), "seed_mean": ("s", "tab:orange")}
@@ -357,8 +382,10 @@ LAW_STYLES = [("*", "tab:green"), ("P", "tab:red"), ("X", "tab:purple"), ("D", "
               ("v", "tab:pink"), ("^", "tab:olive"), ("<", "tab:cyan"), (">", "0.3")]
 
 
-def _da_panel(ax, d: pd.DataFrame, laws: list[str], task: str, metric: str) -> list[float]:
+def _da_panel(ax, d: pd.DataFrame, laws: list[str], task: str, metric: str,
+              size_names: bool) -> list[float]:
   """One task x metric: single-scale points, frontier, scaling laws; returns the y values."""
+  ax.set_xscale("log")
   ys = []
   for proto, (mk, col) in DA_MARKS.items():
     p = d[(d["method"] == "single_scale") & (d["protocol"] == proto)]
@@ -384,10 +411,9 @@ def _da_panel(ax, d: pd.DataFrame, laws: list[str], task: str, metric: str) -> l
     ys += list(p["decision_accuracy"])
   single = d[(d["method"] == "single_scale") & (d["step"] == "final")]
   if len(single):
-    _size_axis(ax, single)
-  ax.set_xscale("log")
+    _size_axis(ax, single[single["protocol"] == "per_seed"], size_names)
   ax.axhline(0.5, color="grey", lw=0.7, ls=":")
-  ax.set_title(f"{task} / {metric}", fontsize=8, pad=18)
+  ax.set_title(f"{task} / {metric}", fontsize=8)
   ax.tick_params(labelsize=7)
   ax.grid(alpha=0.3)
   return ys
@@ -410,11 +436,12 @@ def fig_decision_accuracy(res: dict, path: str, cols: int = 6) -> str:
   laws = sorted(m for m in ok["method"].unique() if m != "single_scale")
   cols = min(cols, len(cells))
   rows = math.ceil(len(cells) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 1.8, 2.9 * rows + 0.9),
-                           squeeze=False)
-  for ax, (task, metric) in zip(axes.flat, cells):
+  fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 1.8, 2.7 * rows + 1.2),
+                           squeeze=False, layout="constrained")
+  for i, (ax, (task, metric)) in enumerate(zip(axes.flat, cells)):
     d = ok[(ok["task"] == task) & (ok["metric"] == metric)]
-    _fitted_ylim(ax, _da_panel(ax, d, laws, task, metric) + [0.5, 1.0], pad=0.05)
+    ys = _da_panel(ax, d, laws, task, metric, size_names=i < cols)
+    _fitted_ylim(ax, ys + [0.5, 1.0], pad=0.05)
   for ax in list(axes.flat)[len(cells):]:
     ax.axis("off")
   for ax in axes[:, 0]:
@@ -432,8 +459,7 @@ def fig_decision_accuracy(res: dict, path: str, cols: int = 6) -> str:
            f"panels)")
   if omitted:
     title += "\nnot drawn (no untied target pair): " + ", ".join(f"{t}/{m}" for t, m in omitted)
-  fig.suptitle(title, fontsize=11)
-  fig.tight_layout()
+  fig.suptitle(title + "\nsizes (final checkpoints, per_seed) on the top axes", fontsize=11)
   fig.savefig(path, dpi=100, bbox_inches="tight")
   plt.close(fig)
   return path
