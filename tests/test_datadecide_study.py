@@ -332,3 +332,35 @@ def test_cells_resolve_through_the_training_config(tmp_path):
   with pytest.raises(S.InputError, match="train.nope"):
     S.Study(ml_collections.ConfigDict({**base, "overrides": {"train": {"nope": 1}}}),
             str(tmp_path / "d"))
+
+
+def test_progress_line_names_cells_and_estimates_by_flops(tmp_path):
+  """The line names each running cell with its logged step; the ETA is a + b x FLOPs, b from
+  the finished cells' logged tokens/s, a their remaining wall time per cell."""
+  import ml_collections
+
+  from olmo_jax.datadecide import study as S
+  cfg = ml_collections.ConfigDict(
+      {"recipes": {"a": {}, "b": {}}, "sizes": ["t1", "t2"], "seq_len": 16, "batch_size": 4,
+       "custom_sizes": {"t1": {"d_model": 16, "n_heads": 2, "n_layers": 1},
+                        "t2": {"d_model": 32, "n_heads": 2, "n_layers": 2}},
+       "steps": {"t1": 100, "t2": 50}})
+  st = S.Study(cfg, str(tmp_path / "w"))
+  cells = st.cells()
+  prog = S.Progress(st, cells, workers=1)
+  assert prog.total == 2 * st.compute("t1") + 2 * st.compute("t2")
+  done, running = cells[0], cells[1]
+  for cell, log in ((done, "step 50/100 | tok/s 3,200\nstep 100/100 | tok/s 6,400\n"),
+                    (running, "step 40/100 | loss 3.0 | tok/s 6,400\n" + "noise\n" * 5000)):
+    os.makedirs(st.cell_dir(cell))
+    with open(os.path.join(st.cell_dir(cell), "train.log"), "w") as f:
+      f.write(log)
+  train_s = 100 * 64 / 4800  # tokens / mean tok/s
+  prog.finished(done, seconds=train_s + 30.0)
+  a, b = prog._model()
+  assert a == pytest.approx(30.0) and b == pytest.approx(train_s / st.compute("t1"))
+  line = prog.line({running: None}, n_left=2, n_failed=0)
+  assert f"training {running.name} step 40/100" in line
+  left = prog.total - st.compute("t1") * 1.4  # one cell done, the running one 40%
+  eta = a * 3 + b * left
+  assert line.endswith(f"ETA {S._hms(eta)} (by FLOPs)"), line
