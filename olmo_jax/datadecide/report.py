@@ -385,7 +385,9 @@ LAW_STYLES = [("*", "tab:green"), ("P", "tab:red"), ("X", "tab:purple"), ("D", "
 def _da_panel(ax, d: pd.DataFrame, laws: list[str], task: str, metric: str,
               size_names: bool) -> list[float]:
   """One task x metric: single-scale points, frontier, scaling laws; returns the y values."""
+  from matplotlib.ticker import NullFormatter
   ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow log range labels its minor ticks
   ys = []
   for proto, (mk, col) in DA_MARKS.items():
     p = d[(d["method"] == "single_scale") & (d["protocol"] == proto)]
