@@ -133,3 +133,73 @@ def test_report_bad_input_exit_2(table_path, tmp_path, case):
   assert expect in msg[0]
   assert sorted(os.listdir(out)) == ["keep.txt"]
   assert (out / "keep.txt").read_text() == "earlier work"
+
+
+def test_truncated_runs_are_named_and_left_out(table_path, tmp_path):
+  """A run that stopped short of its final step is named in the warnings and left out of the
+  analysis; `--allow-truncated` keeps it (with a warning); a study's planned_step column finds
+  truncation even when every run of a size stopped at the same step."""
+  t = pd.read_parquet(table_path)
+  short = (t["recipe"] == "c4") & (t["size"] == "20M") & (t["seed"] == 14)
+  t = t[~(short & (t["step"] == t.loc[short, "step"].max()))]
+  path = str(tmp_path / "short.csv")
+  t.to_csv(path, index=False)
+  name = "c4/20M/seed14 (step 10938 of 14584)"
+  for extra, n_seeds, word in (([], 1, "left out"), (["--allow-truncated"], 2, "kept")):
+    out = tmp_path / f"rep{len(extra)}"
+    r = run_cli("report", "--results", path, "--target", "150M", "--output", str(out), *extra)
+    assert r.returncode == 0, r.stderr
+    warnings = json.loads((out / "recommendation.json").read_text())["warnings"]
+    assert name in warnings[0] and word in warnings[0]
+    rk = pd.read_csv(out / "rankings.csv")
+    assert set(rk[(rk["size"] == "20M") & (rk["recipe"] == "c4")]["n_seeds"]) == {n_seeds}
+    assert set(rk[(rk["size"] == "20M") & (rk["recipe"] == "falcon")]["n_seeds"]) == {2}
+  planned = pd.DataFrame({"recipe": ["a", "b", "a", "b"], "size": ["x", "x", "y", "y"],
+                          "seed": 1, "step": [5, 5, 9, 10], "planned_step": [8, 8, 10, 10]})
+  bad = R.truncated_runs(planned)
+  assert list(zip(bad["recipe"], bad["size"], bad["last_step"])) == [
+      ("a", "x", 5), ("a", "y", 9), ("b", "x", 5)]
+  kept, w = R.drop_truncated(planned.assign(task="t", metric="m"))
+  assert list(kept["recipe"] + kept["size"]) == ["by"] and "planned_step" not in kept
+
+
+def test_figure_helpers_scale_to_the_published_grid():
+  """25 recipes: the best 8 each get a colour and marker of their own, the rest grey; up to 10
+  recipes all do. Size labels on a log axis keep a minimum gap; seed_mean is plotted at the
+  compute of all its seeds' runs."""
+  from olmo_jax.datadecide import report
+  names = R.recipe_names()
+  st = report.recipe_styles(names, order=names[::-1])
+  shown = [r for r in names[::-1] if st[r]["label"]]
+  assert shown == names[::-1][:8]
+  assert len({(st[r]["color"], st[r]["marker"]) for r in shown}) == 8
+  assert all(st[r]["color"] == "0.65" for r in names if r not in shown)
+  few = report.recipe_styles(names[:10])
+  assert len({(v["color"], v["marker"]) for v in few.values()}) == 10
+  pos = {z: R.ladder_compute(z, sizes.get_size(z).final_step) / R.ladder_compute("1B", 69369)
+         for z in list(sizes.LADDER)[:-1]}
+  kept = report.thin_labels(pos, 0.12)
+  gaps = np.diff(np.log10([x for x, _ in kept]))
+  assert kept[0][1] == "4M" and (gaps >= 0.12).all() and len(kept) < len(pos)
+  da = pd.DataFrame({"protocol": ["per_seed", "seed_mean"], "n_seeds": [3, 3],
+                     "compute_fraction": [0.01, 0.01]})
+  assert list(report.spent_fraction(da)) == [0.01, pytest.approx(0.03)]
+  assert list(report.spent_fraction(da.assign(n_runs=[1, 3]))) == [0.01, 0.01]
+
+
+def test_decision_accuracy_figure_draws_or_names_every_panel(tmp_path):
+  """Every task x metric is drawn, or named as omitted when its target pairs all tie."""
+  from olmo_jax.datadecide import report, synthetic
+  t, _ = synthetic.results_table(n_recipes=12, sizes_=["4M", "20M", "60M"], n_tasks=3,
+                                 seeds=(1, 2), n_ckpt=3)
+  flat = (t["task"] == "arc_easy") & (t["metric"] == "acc_raw")
+  t.loc[flat, "value"] = 0.5  # every recipe tied everywhere: nothing to decide
+  res = report.analyse(t, "60M", forms=("3p",))
+  ok = res["decision_accuracy"][res["decision_accuracy"]["decision_accuracy"].notna()]
+  cells, omitted = report._da_cells(res, ok, res["decision_accuracy"])
+  assert len(cells) + len(omitted) == 9 and omitted == [("arc_easy", "acc_raw")]
+  assert cells[0] == res["headline"]
+  for fig in (report.fig_decision_accuracy(res, str(tmp_path / "da.png")),
+              report.fig_scaling(t, res, str(tmp_path / "sc.png")),
+              report.fig_rank_agreement(res, str(tmp_path / "ra.png"))):
+    assert os.path.getsize(fig) > 10_000

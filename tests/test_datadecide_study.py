@@ -245,6 +245,122 @@ def test_budgets_and_results_compute(tmp_path):
   compact = S.Study(ml_collections.ConfigDict(
       {"recipes": {"a": {}}, "sizes": ["t"], "custom_sizes": {"t": {"d_model": 16, "n_heads": 2,
                                                                       "n_layers": 1}},
-       "synthetic_vocab": 200, "steps": {"t": 10}}), str(tmp_path / "v"))
+       "synthetic_vocab": 200, "steps": {"t": 10}, "batch_size": 2}), str(tmp_path / "v"))
   assert compact.n_params("t") == sizes.non_embedding_params(16, 1, embedding_size=256)
   assert "--config.model.embedding_size=256" in compact.overrides(S.Cell("a", "t", 1))
+
+
+RESOLVE_PLAN_LINE = """\
+import json, shlex, sys
+from olmo_jax import config as config_lib
+from olmo_jax import train
+line = shlex.split(open(sys.argv[1]).read().splitlines()[int(sys.argv[2])])
+flags = train.parse_flags(["olmo_jax.train", *line[3:]])  # exactly as the trainer parses it
+print(json.dumps(config_lib.resolve(flags.config).to_dict(), sort_keys=True, default=str))
+"""
+
+RESOLVE_FILE = """\
+import json, sys
+from olmo_jax import config as config_lib
+c = config_lib.load_config_file(sys.argv[1])  # a plain ml_collections config file
+print(json.dumps(config_lib.resolve(c).to_dict(), sort_keys=True, default=str))
+"""
+
+
+def test_launch_config_is_the_validated_target_run(tmp_path):
+  """`--plan --launch --recipe R` writes the target's config; resolved, it equals, field by
+  field, the resolved config of the target cell's own command in plan.txt (variant, budget,
+  warmup, lr and every override included); `--launch-budget full` lists each difference."""
+  body = FAKE.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "t2"]') + (
+      '  c.overrides = ml_collections.ConfigDict({"train": {"lr": 0.003, "b2": 0.9},\n'
+      '                                           "model": {"variant": "olmo2"}})\n'
+      '  c.warmup_fraction = 0.25\n')
+  cfg = write_config(tmp_path / "s.py", body)
+  wd = tmp_path / "w"
+  r = subprocess.run(study_cmd(cfg, wd, "--plan", "--launch", "--recipe", "b"), env=ENV,
+                     cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 0, r.stdout + r.stderr
+  launch = wd / "launch_t2_b.py"
+  plan = wd / "plan.txt"
+  cells = json.loads((wd / "plan.json").read_text())
+  line = [i for i, c in enumerate(cells) if c["cell"] == "b/t2/seed1"][0]
+  got = json.loads(subprocess.run([sys.executable, "-c", RESOLVE_FILE, str(launch)], env=ENV,
+                                  cwd=REPO, capture_output=True, text=True, check=True).stdout)
+  want = json.loads(subprocess.run([sys.executable, "-c", RESOLVE_PLAN_LINE, str(plan),
+                                    str(line)], env=ENV, cwd=REPO, capture_output=True,
+                                   text=True, check=True).stdout)
+  assert got == want
+  assert (got["train"]["steps"], got["train"]["batch_size"], got["train"]["seq_len"]) == \
+      (20, 2, 16)
+  assert (got["train"]["warmup_steps"], got["train"]["lr"], got["train"]["b2"]) == (5, 0.003, 0.9)
+  assert got["model"]["variant"] == "olmo2" and got["data"]["sources"] == "t=b/*.npy"
+  text = launch.read_text()
+  assert "20 steps x 2 x 16 tokens" in text and "warmup 5" in text
+  # The full budget of a ladder target: every difference named in the header.
+  body = body.replace('c.target = "t2"', 'c.target = "4M"')
+  cfg = write_config(tmp_path / "l.py", body)
+  r = subprocess.run(study_cmd(cfg, wd, "--plan", "--launch", "--recipe", "a",
+                               "--launch-budget", "full"), env=ENV, cwd=REPO,
+                     capture_output=True, text=True)
+  assert r.returncode == 0, r.stdout + r.stderr
+  head = (wd / "launch_4M_a_full.py").read_text().split('"""')[1]
+  from olmo_jax import sizes
+  assert f"train.steps: 0 -> {sizes.get_size('4M').final_step}" not in head
+  assert f"-> {sizes.get_size('4M').final_step}" in head and "train.seq_len: 16 -> 2048" in head
+  assert "train.batch_size: 2 -> 32" in head and "train.lr" not in head  # the override stays
+
+
+def test_cells_resolve_through_the_training_config(tmp_path):
+  """N, batch, steps and checkpoint cadence come from olmo_jax.config.resolve: the variant
+  counts (olmo2's extra norms), and an override of train.steps is what the study schedules."""
+  import ml_collections
+
+  from olmo_jax import sizes
+  from olmo_jax.datadecide import study as S
+  base = {"recipes": {"a": {}}, "sizes": ["t"], "seq_len": 16, "batch_size": 4,
+          "custom_sizes": {"t": {"d_model": 16, "n_heads": 2, "n_layers": 2}},
+          "tokens_per_param": 1.0, "checkpoints_per_run": 3}
+  lad = S.Study(ml_collections.ConfigDict(base), str(tmp_path / "a"))
+  o2 = S.Study(ml_collections.ConfigDict(
+      {**base, "overrides": {"model": {"variant": "olmo2"}}}), str(tmp_path / "b"))
+  n2 = sizes.non_embedding_params(16, 2, "olmo2")
+  assert lad.n_params("t") == sizes.non_embedding_params(16, 2) != n2 == o2.n_params("t")
+  assert o2.steps("t") == -(-n2 // 64) and o2.compute("t") == 6.0 * n2 * o2.steps("t") * 64
+  fixed = S.Study(ml_collections.ConfigDict(
+      {**base, "overrides": {"train": {"steps": 30}}}), str(tmp_path / "c"))
+  assert fixed.steps("t") == 30 and fixed.grid_steps("t") == [10, 20, 30]
+  with pytest.raises(S.InputError, match="train.nope"):
+    S.Study(ml_collections.ConfigDict({**base, "overrides": {"train": {"nope": 1}}}),
+            str(tmp_path / "d"))
+
+
+def test_progress_line_names_cells_and_estimates_by_flops(tmp_path):
+  """The line names each running cell with its logged step; the ETA is a + b x FLOPs, b from
+  the finished cells' logged tokens/s, a their remaining wall time per cell."""
+  import ml_collections
+
+  from olmo_jax.datadecide import study as S
+  cfg = ml_collections.ConfigDict(
+      {"recipes": {"a": {}, "b": {}}, "sizes": ["t1", "t2"], "seq_len": 16, "batch_size": 4,
+       "custom_sizes": {"t1": {"d_model": 16, "n_heads": 2, "n_layers": 1},
+                        "t2": {"d_model": 32, "n_heads": 2, "n_layers": 2}},
+       "steps": {"t1": 100, "t2": 50}})
+  st = S.Study(cfg, str(tmp_path / "w"))
+  cells = st.cells()
+  prog = S.Progress(st, cells, workers=1)
+  assert prog.total == 2 * st.compute("t1") + 2 * st.compute("t2")
+  done, running = cells[0], cells[1]
+  for cell, log in ((done, "step 50/100 | tok/s 3,200\nstep 100/100 | tok/s 6,400\n"),
+                    (running, "step 40/100 | loss 3.0 | tok/s 6,400\n" + "noise\n" * 5000)):
+    os.makedirs(st.cell_dir(cell))
+    with open(os.path.join(st.cell_dir(cell), "train.log"), "w") as f:
+      f.write(log)
+  train_s = 100 * 64 / 4800  # tokens / mean tok/s
+  prog.finished(done, seconds=train_s + 30.0)
+  a, b = prog._model()
+  assert a == pytest.approx(30.0) and b == pytest.approx(train_s / st.compute("t1"))
+  line = prog.line({running: None}, n_left=2, n_failed=0)
+  assert f"training {running.name} step 40/100" in line
+  left = prog.total - st.compute("t1") * 1.4  # one cell done, the running one 40%
+  eta = a * 3 + b * left
+  assert line.endswith(f"ETA {S._hms(eta)} (by FLOPs)"), line

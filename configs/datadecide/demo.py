@@ -1,17 +1,19 @@
-"""`make datadecide-demo`: a small real study on the embedded corpus (CPU, minutes).
+"""`make datadecide-demo`: a small real study on the embedded corpus that can get it wrong (CPU).
 
-Three recipes of known quality built from the embedded corpus (olmo_jax/datadecide/synthetic.py):
-clean text, and the same text with 15% or 40% of its tokens replaced by random ones. Token ids
+Three recipes that differ subtly, built from the embedded corpus (olmo_jax/datadecide/synthetic.py):
+clean text, and the same text with 2% or 4% of its tokens replaced by random ones. Token ids
 are re-coded into a 1,024-id vocabulary so the models stay small. Two proxy sizes and a target
-size (tiny custom shapes), two seeds each, budgets scaled down. Scores: held-out loss and
-next-token accuracy on clean documents never trained on.
+size (tiny custom shapes) trained at the same number of tokens per parameter, so the proxies
+see the data the way the target does, only less of it; two seeds each. Scores: held-out loss
+and next-token accuracy on clean documents never trained on. At the smallest size the recipes'
+differences are within the seed noise, so the smallest proxy may pick the wrong order.
 
   python -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir runs/datadecide-demo
 """
 
 import ml_collections
 
-NOISE = {"clean": 0.0, "noisy15": 0.15, "noisy40": 0.40}
+NOISE = {"clean": 0.0, "noisy2": 0.02, "noisy4": 0.04}
 VOCAB = 1024
 
 
@@ -27,15 +29,16 @@ def get_config() -> ml_collections.ConfigDict:
       for name, p in NOISE.items()})
   c.custom_sizes = ml_collections.ConfigDict({
       "xs": {"d_model": 32, "n_heads": 2, "n_layers": 2},
-      "s": {"d_model": 64, "n_heads": 4, "n_layers": 2},
-      "m": {"d_model": 96, "n_heads": 4, "n_layers": 4},
+      "s": {"d_model": 48, "n_heads": 2, "n_layers": 2},
+      "m": {"d_model": 64, "n_heads": 4, "n_layers": 2},
   })
   c.sizes = ["xs", "s", "m"]
   c.target = "m"
   c.seeds = [1, 2]
+  # Steps follow from the budget: tokens_per_param x N / (batch x seq_len) for every size.
+  c.tokens_per_param = 5.0
   c.seq_len = 64
-  c.batch_size = 16
-  c.steps = ml_collections.ConfigDict({"xs": 100, "s": 150, "m": 200})
+  c.batch_size = 32
   c.checkpoints_per_run = 5
   c.warmup_fraction = 0.1
   c.overrides = ml_collections.ConfigDict({"train": {"lr": 0.004, "log_every": 25}})

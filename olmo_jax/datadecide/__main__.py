@@ -5,6 +5,7 @@
   python -m olmo_jax.datadecide report --results TABLE --target SIZE --output DIR
       [--headline TASK/METRIC] [--last-k K] [--recipe-map JSON] [--recipes recipes.json]
       [--target_metric NAME ...] [--ties half|datadecide] [--forms SETUPS] [--bootstrap N]
+      [--allow-truncated]
 
 Bad input (a missing file or column, an unknown size or recipe, a target absent from the
 table) is reported in one line with exit code 2, before anything is computed or written.
@@ -54,6 +55,9 @@ def report_main(argv) -> int:
                       "3_param-helper_points, 3_param-step2=0.5, 3_param-helper_points-step2=0.5, "
                       "5_param-ai2, 5_param-1_step-ai2, 3_param-1_step, 2_param-default), the "
                       "aliases 3p and 5p, or 'all'")
+  p.add_argument("--allow-truncated", action="store_true",
+                 help="keep runs whose last step is short of their planned final step "
+                      "(default: named in the warnings and left out)")
   a = p.parse_args(argv)
   from olmo_jax.datadecide import analysis, report, results
   from olmo_jax.datadecide import recipes as recipes_lib
@@ -87,10 +91,12 @@ def report_main(argv) -> int:
       table = table[table["recipe"].isin(recipes)]
     if sizes_:
       table = table[table["size"].isin(sizes_)]
+    table, warned = results.drop_truncated(table, a.allow_truncated)
     report.check_inputs(table, a.target, a.headline)
     out = report.write_report(table, a.target, a.output, last_k=a.last_k,
                               headline=a.headline, forms=forms, recipes=described,
-                              target_metrics=target_metrics, ties=a.ties, n_boot=a.bootstrap)
+                              target_metrics=target_metrics, ties=a.ties, n_boot=a.bootstrap,
+                              warnings=warned)
   except (results.InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

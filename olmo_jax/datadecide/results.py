@@ -1,6 +1,7 @@
 """The results table of a study: one tidy row per (run, checkpoint, task, metric).
 
-Columns (`COLUMNS`): recipe, size, seed, step, tokens, compute, task, metric, value.
+Columns (`COLUMNS`): recipe, size, seed, step, tokens, compute, task, metric, value, and
+optionally `planned_step` (the final step the run was planned to reach; a study writes it).
 `tokens` is the number of training tokens seen at `step`; `compute` is 6 * N * tokens in
 FLOPs, with N the non-embedding parameter count of the size (DataDecide's accounting). It is
 stored as float64 (the 1B figures exceed int64); `ladder_compute` gives the exact integers.
@@ -23,6 +24,7 @@ import pandas as pd
 from olmo_jax import sizes
 
 COLUMNS = ("recipe", "size", "seed", "step", "tokens", "compute", "task", "metric", "value")
+OPTIONAL_COLUMNS = ("planned_step",)
 PUBLISHED_COLUMNS = ("params", "data", "task", "step", "seed", "metrics")
 
 # DataDecide display names -> our recipe names (configs/data_configs/datadecide.py).
@@ -116,10 +118,10 @@ def validate_table(df: pd.DataFrame, where: str = "results table") -> pd.DataFra
   if missing:
     raise InputError(f"{where} is missing column(s) {', '.join(missing)}; a results table has "
                      f"columns {', '.join(COLUMNS)}")
-  out = df.loc[:, list(COLUMNS)].copy()
+  out = df.loc[:, list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in df.columns]].copy()
   for c in ("recipe", "size", "task", "metric"):
     out[c] = out[c].astype(str)
-  for c in ("seed", "step"):
+  for c in ("seed", "step") + tuple(c for c in OPTIONAL_COLUMNS if c in out.columns):
     try:
       out[c] = pd.to_numeric(out[c], errors="raise").astype(np.int64)
     except (ValueError, TypeError) as e:
@@ -139,17 +141,57 @@ def validate_table(df: pd.DataFrame, where: str = "results table") -> pd.DataFra
 
 
 def make_rows(recipe: str, size: str, seed: int, step: int, tokens: int, n_params: int,
-              scores: dict[str, dict[str, float]]) -> list[dict]:
+              scores: dict[str, dict[str, float]], planned_step: int | None = None
+              ) -> list[dict]:
   """Table rows of one checkpoint's scores {task: {metric: value}}."""
   compute = float(sizes.training_flops(n_params, tokens))
+  extra = {} if planned_step is None else {"planned_step": int(planned_step)}
   rows = []
   for task, metrics in sorted(scores.items()):
     for metric, value in sorted(metrics.items()):
       if isinstance(value, (int, float)) and not isinstance(value, bool):
         rows.append({"recipe": recipe, "size": size, "seed": int(seed), "step": int(step),
                      "tokens": float(tokens), "compute": compute, "task": task,
-                     "metric": metric, "value": float(value)})
+                     "metric": metric, "value": float(value), **extra})
   return rows
+
+
+RUN = ["recipe", "size", "seed"]
+
+
+def truncated_runs(df: pd.DataFrame) -> pd.DataFrame:
+  """Runs whose last step is short of their planned final step.
+
+  Columns recipe, size, seed, last_step, planned_step. The plan is the table's
+  `planned_step` where it has one, else the largest step any run of that size reached (a
+  published table: the size's other recipes and seeds).
+  """
+  last = df.groupby(RUN, as_index=False)["step"].max().rename(columns={"step": "last_step"})
+  if "planned_step" in df.columns:
+    plan = df.groupby(RUN, as_index=False)["planned_step"].max()
+    last = last.merge(plan, on=RUN)
+  else:
+    last["planned_step"] = last["size"].map(df.groupby("size")["step"].max())
+  out = last[last["last_step"] < last["planned_step"]]
+  return out.sort_values(RUN).reset_index(drop=True)
+
+
+def drop_truncated(df: pd.DataFrame, allow: bool = False) -> tuple[pd.DataFrame, list[str]]:
+  """(the table for the analysis, warnings): truncated runs named, and left out unless
+  `allow`; the `planned_step` column is dropped either way."""
+  bad = truncated_runs(df)
+  out = df.drop(columns=[c for c in OPTIONAL_COLUMNS if c in df.columns])
+  if not len(bad):
+    return out, []
+  names = ", ".join(f"{r.recipe}/{r.size}/seed{r.seed} (step {r.last_step} of "
+                    f"{r.planned_step})" for r in bad.itertuples())
+  if allow:
+    return out, [f"{len(bad)} truncated run(s) kept (--allow-truncated): their last checkpoint "
+                 f"is scored as if final: {names}"]
+  keep = ~out.set_index(RUN).index.isin(bad.set_index(RUN).index)
+  return out[keep].reset_index(drop=True), [
+      f"{len(bad)} truncated run(s) left out of the analysis (last step short of the planned "
+      f"final step; --allow-truncated keeps them): {names}"]
 
 
 def convert_published(df: pd.DataFrame, recipe_map: dict[str, str] | None = None

@@ -123,8 +123,11 @@ class Study:
       raise InputError("study config: `seeds` is empty")
     if not 0 < c.budget_fraction <= 1:
       raise InputError(f"budget_fraction={c.budget_fraction} must be in (0, 1]")
+    self._base, self._flags, self._resolved = {}, {}, {}
+    for name in self.trained_sizes() + ([c.target] if c.target else []):
+      self.resolved(name)  # a field the training config lacks fails here
 
-  # ---- sizes and budgets
+  # ---- sizes and budgets: every number comes from the cell's resolved training config
   def shape(self, size: str) -> tuple[int, int, int]:
     """(d_model, n_heads, n_layers) of a ladder or custom size."""
     if size in self.c.custom_sizes:
@@ -140,43 +143,112 @@ class Study:
     v = int(self.c.synthetic_vocab)
     return -(-v // 128) * 128 if v else sizes.EMBEDDING_SIZE
 
-  def n_params(self, size: str) -> int:
-    d, _, l = self.shape(size)
-    return sizes.non_embedding_params(d, l, embedding_size=self.embedding_size())
-
-  def batch_size(self, size: str) -> int:
-    if self.c.batch_size > 0:
-      return int(self.c.batch_size)
-    lad = sizes.LADDER.get(size)
-    return lad.batch_seqs if lad else sizes.batch_size_formula(self.n_params(size))
-
-  def tokens_per_step(self, size: str) -> int:
-    return self.batch_size(size) * int(self.c.seq_len)
+  def config_arg(self, size: str) -> str:
+    """The training config's argument for a size (custom shapes come as overrides)."""
+    return size if size in sizes.LADDER else "4M"
 
   def full_budget(self, size: str) -> bool:
+    """True when the cell trains the published ladder run (the resolver's own steps)."""
     lad = sizes.LADDER.get(size)
-    return bool(lad and self.c.budget_fraction == 1 and self.c.tokens_per_param == 100
-                and self.batch_size(size) == lad.batch_seqs and self.c.seq_len == sizes.SEQ_LEN)
+    return bool(lad and size not in self.c.steps and self.c.budget_fraction == 1
+                and self.c.tokens_per_param == 100 and self.c.seq_len == sizes.SEQ_LEN
+                and self.c.batch_size in (-1, lad.batch_seqs))
+
+  def size_flags(self, size: str) -> dict:
+    """{training-config field: value} of every cell of a size (no seed, no recipe), in order.
+
+    Resolved in two passes through olmo_jax.config.resolve: the first gives N (model.variant
+    honoured) and the batch, from which the budget's steps follow; the study's `overrides`
+    come last, so a `train.steps` written there is what trains and what the study counts.
+    """
+    if size not in self._flags:
+      c = self.c
+      out = {}
+      if size in c.custom_sizes:
+        d, h, l = self.shape(size)
+        out.update({"model.size": "custom", "model.d_model": d, "model.n_heads": h,
+                    "model.n_layers": l})
+      if c.synthetic_vocab:
+        out.update({"model.vocab_size": int(c.synthetic_vocab),
+                    "model.embedding_size": self.embedding_size()})
+      if not self.full_budget(size):
+        if c.batch_size > 0:
+          out["train.batch_size"] = int(c.batch_size)
+        out["train.seq_len"] = int(c.seq_len)
+        # steps and warmup are placeholders here (the study sets both from the budget)
+        first = self._resolve(size, {**out, "train.steps": 1, "train.warmup_steps": 0,
+                                     **_flatten(c.overrides)})
+        n, t = first.derived.non_embedding_params, first.train
+        if t.batch_size <= 0:
+          raise InputError(f"size {size}: the ladder batch formula gives {t.batch_size} "
+                           f"sequences for N={n:,}; set the study's batch_size")
+        steps = int(c.steps[size]) if size in c.steps else max(1, math.ceil(
+            c.tokens_per_param * c.budget_fraction * n / (t.batch_size * t.seq_len)))
+        out.update({"train.batch_size": int(t.batch_size), "train.steps": steps,
+                    "train.warmup_steps": max(1, round(c.warmup_fraction * steps))})
+      steps = self._resolve(size, {**out, **_flatten(c.overrides)}).train.steps
+      if c.checkpoints_per_run > 0:
+        out["checkpoint.every"] = max(1, math.ceil(steps / c.checkpoints_per_run))
+      elif c.checkpoint_every > 0:
+        out["checkpoint.every"] = int(c.checkpoint_every)
+      out.update({"train.progress_bar": False, "data.data_dir": c.data_dir})
+      every = self._resolve(size, {**out, **_flatten(c.overrides)}).checkpoint.every
+      out["checkpoint.every"] = int(every)
+      out["checkpoint.keep"] = len(_grid(steps, every)) + 2
+      self._flags[size] = out
+    return dict(self._flags[size])
+
+  def cell_flags(self, cell: Cell) -> dict:
+    """{training-config field: value} of one cell: size flags, seed, recipe, then overrides."""
+    out = self.size_flags(cell.size)
+    out["train.seed"] = cell.seed
+    for k, v in self.c.recipes[cell.recipe].items():
+      out[f"data.{k}"] = v
+    out.update(_flatten(self.c.overrides))
+    return out
+
+  def _resolve(self, size: str, flags: dict) -> ml_collections.ConfigDict:
+    from olmo_jax import config as config_lib
+    arg = self.config_arg(size)
+    if arg not in self._base:
+      try:
+        self._base[arg] = config_lib.load_config_file(self.c.train_config, arg)
+      except FileNotFoundError as e:
+        raise InputError(f"study config: train_config: {e}") from None
+    return config_lib.resolve(apply_flags(self._base[arg], flags))
+
+  def resolved(self, size: str) -> ml_collections.ConfigDict:
+    """The resolved training config of the size's cells (first seed, first recipe)."""
+    if size not in self._resolved:
+      cell = Cell(next(iter(self.c.recipes)), size, int(self.c.seeds[0]))
+      self._resolved[size] = self.resolved_cell(cell)
+    return self._resolved[size]
+
+  def resolved_cell(self, cell: Cell) -> ml_collections.ConfigDict:
+    return self._resolve(cell.size, self.cell_flags(cell))
+
+  def n_params(self, size: str) -> int:
+    return int(self.resolved(size).derived.non_embedding_params)
+
+  def batch_size(self, size: str) -> int:
+    return int(self.resolved(size).train.batch_size)
+
+  def tokens_per_step(self, size: str) -> int:
+    return int(self.resolved(size).derived.tokens_per_step)
 
   def steps(self, size: str) -> int:
-    if size in self.c.steps:
-      return int(self.c.steps[size])
-    if self.full_budget(size):
-      return sizes.LADDER[size].final_step
-    tokens = self.c.tokens_per_param * self.c.budget_fraction * self.n_params(size)
-    return max(1, math.ceil(tokens / self.tokens_per_step(size)))
+    return int(self.resolved(size).train.steps)
+
+  def compute(self, size: str) -> float:
+    """FLOPs (6 N tokens) of one full cell of this size."""
+    return float(self.resolved(size).derived.compute_flops)
 
   def checkpoint_every(self, size: str) -> int:
-    if self.c.checkpoints_per_run > 0:
-      return max(1, math.ceil(self.steps(size) / self.c.checkpoints_per_run))
-    if self.c.checkpoint_every > 0:
-      return int(self.c.checkpoint_every)
-    return 2500 if size == "1B" else 1250
+    return int(self.resolved(size).checkpoint.every)
 
   def grid_steps(self, size: str) -> list[int]:
     """The checkpoint steps a cell of this size keeps and the study scores."""
-    n, e = self.steps(size), self.checkpoint_every(size)
-    return sorted(set(range(e, n + 1, e)) | {n})
+    return _grid(self.steps(size), self.checkpoint_every(size))
 
   # ---- cells
   def trained_sizes(self) -> list[str]:
@@ -192,32 +264,11 @@ class Study:
 
   def overrides(self, cell: Cell) -> list[str]:
     """The `--config.*` flags of a cell's training run."""
-    c, size = self.c, cell.size
-    out = {}
-    if size in c.custom_sizes:
-      d, h, l = self.shape(size)
-      out.update({"model.size": "custom", "model.d_model": d, "model.n_heads": h,
-                  "model.n_layers": l})
-    if not self.full_budget(size):
-      steps = self.steps(size)
-      out.update({"train.steps": steps, "train.batch_size": self.batch_size(size),
-                  "train.seq_len": c.seq_len,
-                  "train.warmup_steps": max(1, round(c.warmup_fraction * steps))})
-    if c.synthetic_vocab:
-      out.update({"model.vocab_size": int(c.synthetic_vocab),
-                  "model.embedding_size": self.embedding_size()})
-    n_ckpt = len(self.grid_steps(size))
-    out.update({"train.seed": cell.seed, "checkpoint.every": self.checkpoint_every(size),
-                "checkpoint.keep": n_ckpt + 2, "train.progress_bar": False,
-                "data.data_dir": c.data_dir})
-    for k, v in c.recipes[cell.recipe].items():
-      out[f"data.{k}"] = v
-    out.update(_flatten(c.overrides))
-    return [f"--config.{k}={_flag_value(v)}" for k, v in out.items()]
+    return [f"--config.{k}={_flag_value(v)}" for k, v in self.cell_flags(cell).items()]
 
   def train_command(self, cell: Cell, python: str = sys.executable) -> list[str]:
-    arg = cell.size if cell.size in sizes.LADDER else "4M"  # custom shapes come as overrides
-    return [python, "-m", self.c.train_module, "--config", f"{self.c.train_config}:{arg}",
+    return [python, "-m", self.c.train_module, "--config",
+            f"{self.c.train_config}:{self.config_arg(cell.size)}",
             "--workdir", self.cell_dir(cell), *self.overrides(cell)]
 
   def describe_recipes(self) -> dict:
@@ -237,6 +288,28 @@ class Study:
 
   def is_done(self, cell: Cell) -> bool:
     return os.path.isfile(os.path.join(self.cell_dir(cell), "DONE.json"))
+
+
+def _grid(steps: int, every: int) -> list[int]:
+  return sorted(set(range(every, steps + 1, every)) | {steps})
+
+
+def apply_flags(config: ml_collections.ConfigDict, flags: dict) -> ml_collections.ConfigDict:
+  """A copy of `config` with {"train.lr": 0.004, ...} set, as `--config.train.lr=...` would."""
+  c = ml_collections.ConfigDict(config.to_dict())
+  for key, v in flags.items():
+    *path, leaf = key.split(".")
+    node = c
+    try:
+      for p in path:
+        node = node[p]
+      if leaf not in node:
+        raise KeyError(leaf)
+      node[leaf] = v
+    except (KeyError, TypeError, AttributeError) as e:
+      raise InputError(f"training config has no field {key} (or {v!r} does not fit it: {e}); "
+                       f"fix the study's overrides or recipes") from None
+  return c
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -294,27 +367,25 @@ def make_scorer(study: Study):
                      f"heldout or module:factory") from None
 
 
-def score_cell(study: Study, cell: Cell, scorer: Callable) -> int:
+def score_cell(study: Study, cell: Cell, scorer: Callable, print_fn=None) -> int:
   """Scores every not-yet-scored grid checkpoint of a cell; returns how many were scored."""
   d = study.cell_dir(cell)
   grid = set(study.grid_steps(cell.size))
-  done = 0
-  for step in complete_checkpoints(d):
-    if step not in grid:
-      continue  # e.g. a preemption save between grid points
+  todo = [s for s in complete_checkpoints(d) if s in grid  # not e.g. a preemption save
+          and not os.path.isfile(os.path.join(d, "eval", str(s), "scores.json"))]
+  for i, step in enumerate(todo):
     out = os.path.join(d, "eval", str(step))
     cache = os.path.join(out, "scores.json")
-    if os.path.isfile(cache):
-      continue
     os.makedirs(out, exist_ok=True)
+    if print_fn:
+      print_fn(f"[study] scoring {cell.name} step {step} ({i + 1}/{len(todo)})")
     ckpt = os.path.join(d, "checkpoints", str(step))
     scores = scorer(cell, step, ckpt, out)
     tmp = cache + ".tmp"
     with open(tmp, "w") as f:
       json.dump({"tasks": scores, "step": step, "checkpoint": ckpt, "cell": cell.name}, f)
     os.replace(tmp, cache)
-    done += 1
-  return done
+  return len(todo)
 
 
 def collect_results(study: Study):
@@ -336,8 +407,10 @@ def collect_results(study: Study):
       step = int(name)
       rows += results.make_rows(cell.recipe, cell.size, cell.seed, step,
                                 step * study.tokens_per_step(cell.size),
-                                study.n_params(cell.size), scores)
-  return results.validate_table(pd.DataFrame(rows, columns=list(results.COLUMNS)))
+                                study.n_params(cell.size), scores,
+                                planned_step=study.steps(cell.size))
+  columns = list(results.COLUMNS) + list(results.OPTIONAL_COLUMNS)
+  return results.validate_table(pd.DataFrame(rows, columns=columns))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,53 +436,30 @@ def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
   scorer = scorer or make_scorer(study)
   cells = study.cells()
   pending = [c for c in cells if not study.is_done(c)]
-  n_done0 = len(cells) - len(pending)
   scored = 0
   for c in cells:  # finish scoring cells completed earlier (e.g. before a crash)
     if study.is_done(c):
-      scored += score_cell(study, c, scorer)
+      scored += score_cell(study, c, scorer, print_fn)
+  prog = Progress(study, cells, workers)
+  print_fn(f"[study] {len(cells)} cells: {len(cells) - len(pending)} already done, "
+           f"{len(pending)} to train ({workers} worker(s)); {prog.total:.3g} FLOPs to train; "
+           f"workdir {study.workdir}")
   running: dict[Cell, tuple] = {}
-  failed, durations = [], []
-  t_start, last_line = time.time(), ""
-  print_fn(f"[study] {len(cells)} cells: {n_done0} already done, {len(pending)} to train "
-           f"({workers} worker(s)); workdir {study.workdir}")
+  failed, last_line = [], ""
   while pending or running:
     while pending and len(running) < workers:
       cell = pending.pop(0)
-      d = study.cell_dir(cell)
-      os.makedirs(d, exist_ok=True)
-      log = open(os.path.join(d, "train.log"), "a")
-      cmd = [sys.executable, "-m", "olmo_jax.datadecide.child", str(os.getpid()),
-             *study.train_command(cell)]
-      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-      running[cell] = (proc, time.time(), log)
+      running[cell] = _start_cell(study, cell)
     for cell, (proc, t0, log) in list(running.items()):
       rc = proc.poll()
       if rc is None:
         continue
       log.close()
       del running[cell]
-      d = study.cell_dir(cell)
-      final = study.steps(cell.size)
-      if rc == 0 and final in complete_checkpoints(d):
-        durations.append(time.time() - t0)
-        scored += score_cell(study, cell, scorer)
-        with open(os.path.join(d, "DONE.json"), "w") as f:
-          json.dump({"steps": final, "seconds": durations[-1]}, f)
-      else:
-        failed.append(cell)
-        tail = _tail(os.path.join(d, "train.log"))
-        print_fn(f"[study] cell {cell.name} failed (exit {rc}); last lines of "
-                 f"{d}/train.log:\n{tail}")
-    done = sum(study.is_done(c) for c in cells)
-    left = len(pending)
-    if durations:
-      eta = sum(durations) / len(durations) * (left + len(running)) / max(1, workers)
-      eta_s = _hms(eta)
-    else:
-      eta_s = "after the first cell"
-    line = (f"[study] cells: {done} done, {len(running)} running, {left} left, "
-            f"{len(failed)} failed; elapsed {_hms(time.time() - t_start)}; ETA {eta_s}")
+      if _finish_cell(study, cell, rc, t0, failed, print_fn):
+        scored += score_cell(study, cell, scorer, print_fn)
+        prog.finished(cell, time.time() - t0)
+    line = prog.line(running, len(pending), len(failed))
     if line.split("; elapsed")[0] != last_line.split("; elapsed")[0]:
       print_fn(line)
       last_line = line
@@ -422,6 +472,114 @@ def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
   print_fn(f"[study] {scored} checkpoint(s) scored this run; results: "
            f"{', '.join(paths) or 'none yet'}")
   return {"failed": failed, "table": table, "scored": scored, "paths": paths}
+
+
+def _start_cell(study: Study, cell: Cell) -> tuple:
+  d = study.cell_dir(cell)
+  os.makedirs(d, exist_ok=True)
+  log = open(os.path.join(d, "train.log"), "a")
+  cmd = [sys.executable, "-m", "olmo_jax.datadecide.child", str(os.getpid()),
+         *study.train_command(cell)]
+  proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+  return proc, time.time(), log
+
+
+def _finish_cell(study: Study, cell: Cell, rc: int, t0: float, failed: list, print_fn) -> bool:
+  """Marks a cell whose trainer exited: DONE.json when it reached its final step."""
+  d = study.cell_dir(cell)
+  final = study.steps(cell.size)
+  if rc == 0 and final in complete_checkpoints(d):
+    with open(os.path.join(d, "DONE.json"), "w") as f:
+      json.dump({"steps": final, "seconds": time.time() - t0}, f)
+    return True
+  failed.append(cell)
+  print_fn(f"[study] cell {cell.name} failed (exit {rc}); last lines of {d}/train.log:\n"
+           f"{_tail(os.path.join(d, 'train.log'))}")
+  return False
+
+
+class Progress:
+  """The progress line: cells, the running cells' steps, FLOPs done, ETA by compute.
+
+  The ETA models a cell's wall time as a + b * FLOPs: b, seconds per training FLOP, from the
+  tokens/s the finished cells' trainers logged; a, the rest of their wall time (start-up,
+  compilation, checkpoints, scoring) per cell. It sums that over the cells and FLOPs left, so
+  a large cell counts for more than a small one. A trainer that logs no tokens/s counts all
+  its time as b.
+  """
+
+  def __init__(self, study: Study, cells: list[Cell], workers: int):
+    self.study, self.workers, self.t0 = study, workers, time.time()
+    self.todo = [c for c in cells if not study.is_done(c)]
+    self.total = sum(study.compute(c.size) for c in self.todo)
+    self.n_cells = len(cells)
+    self.done: list[tuple[float, float, float]] = []  # (FLOPs, wall s, training s) per cell
+    self.steps: dict[str, int] = {}  # newest step seen in each running cell's log
+
+  def finished(self, cell: Cell, seconds: float) -> None:
+    st = self.study
+    rate = _log_tokens_per_s(os.path.join(st.cell_dir(cell), "train.log"))
+    tokens = st.steps(cell.size) * st.tokens_per_step(cell.size)
+    train_s = min(seconds, tokens / rate) if rate else seconds
+    self.done.append((st.compute(cell.size), seconds, train_s))
+
+  def _model(self) -> tuple[float, float] | None:
+    if not self.done:
+      return None
+    flops = sum(f for f, _, _ in self.done)
+    b = sum(t for _, _, t in self.done) / flops
+    a = sum(w - t for _, w, t in self.done) / len(self.done)
+    return a, b
+
+  def line(self, running: dict, n_left: int, n_failed: int) -> str:
+    st = self.study
+    done_flops, parts = sum(f for f, _, _ in self.done), []
+    for cell in running:
+      step = _log_step(os.path.join(st.cell_dir(cell), "train.log"))
+      step = self.steps[cell.name] = step if step is not None else self.steps.get(cell.name)
+      n = st.steps(cell.size)
+      parts.append(f"{cell.name} step {step}/{n}" if step is not None else
+                   f"{cell.name} starting")
+      done_flops += st.compute(cell.size) * (step or 0) / n
+    n_done = sum(st.is_done(c) for c in self.todo) + self.n_cells - len(self.todo)
+    line = (f"[study] cells: {n_done} done, {len(running)} running, {n_left} left, "
+            f"{n_failed} failed")
+    if parts:
+      line += "; training " + ", ".join(parts)
+    pct = 100.0 * done_flops / self.total if self.total else 100.0
+    line += f"; {pct:.0f}% of {self.total:.3g} FLOPs; elapsed {_hms(time.time() - self.t0)}"
+    model = self._model()
+    if model is None:
+      return line + "; ETA after the first cell"
+    a, b = model
+    left_cells = n_left + len(running)
+    eta = (a * left_cells + b * max(self.total - done_flops, 0.0)) / self.workers
+    return line + f"; ETA {_hms(eta)} (by FLOPs)"
+
+
+def _log_tokens_per_s(path: str) -> float | None:
+  """Mean of the `tok/s N` values a trainer logged (None when it logged none)."""
+  import re
+  try:
+    with open(path, errors="replace") as f:
+      hits = re.findall(r"tok/s ([\d,]+)", f.read())
+  except OSError:
+    return None
+  vals = [float(h.replace(",", "")) for h in hits]
+  return sum(vals) / len(vals) if vals else None
+
+
+def _log_step(path: str) -> int | None:
+  """The newest `step N/M` a trainer logged (None before its first log line)."""
+  import re
+  try:
+    with open(path, "rb") as f:
+      f.seek(max(0, os.path.getsize(path) - 65536))
+      tail = f.read().decode(errors="replace")
+  except OSError:
+    return None
+  hits = re.findall(r"step (\d+)/\d+", tail)
+  return int(hits[-1]) if hits else None
 
 
 def _tail(path: str, n: int = 15) -> str:
@@ -446,39 +604,90 @@ def write_plan(study: Study) -> str:
   return path
 
 
-def write_launch(study: Study, recipe: str, output: str | None = None) -> str:
-  """A training config file for the target size on `recipe` at the full budget."""
+# Fields that make a cell's budget; `--launch-budget full` leaves them to the resolver.
+BUDGET_FIELDS = ("train.steps", "train.batch_size", "train.seq_len", "train.warmup_steps",
+                 "checkpoint.every", "checkpoint.keep")
+
+
+def launch_flags(study: Study, recipe: str, budget: str = "validated") -> dict:
+  """{field: value} of the target's run: what its cells trained with, or the full budget."""
+  c = study.c
+  flags = study.cell_flags(Cell(recipe, c.target, int(c.seeds[0])))
+  if budget == "full":
+    flags = {k: v for k, v in flags.items() if k not in BUDGET_FIELDS}
+  return flags
+
+
+def _launch_header(study: Study, recipe: str, budget: str, output: str) -> list[str]:
+  c = study.c
+  r = study.resolved_cell(Cell(recipe, c.target, int(c.seeds[0])))
+  t = r.train
+  trained = c.target in c.sizes
+  lines = [f"Training run of {c.target} on recipe {recipe!r}, chosen by the DataDecide study "
+           f"{c.name!r}.", ""]
+  if budget == "validated":
+    lines += [("The settings its target cells trained with" if trained else
+               "The settings the study would have trained its target cells with (the target "
+               "was not trained)") + f" (seeds {list(c.seeds)}; this file: seed {c.seeds[0]}):",
+              f"  {t.steps} steps x {t.batch_size} x {t.seq_len} tokens "
+              f"({r.derived.total_tokens / r.derived.non_embedding_params:.3g} tokens per "
+              f"parameter, N={r.derived.non_embedding_params:,}), warmup {t.warmup_steps}, "
+              f"lr {t.lr}, every study override.",
+              "Resolved with olmo_jax.config.resolve it equals the target cells' config."]
+  else:
+    try:
+      full = study._resolve(c.target, launch_flags(study, recipe, "full"))
+      bad = full.train.batch_size <= 0
+    except (ZeroDivisionError, ValueError):
+      bad = True
+    if bad:
+      raise InputError(f"--launch-budget full: the ladder formulas give no batch for "
+                       f"{c.target} (N={r.derived.non_embedding_params:,}); use "
+                       f"--launch-budget validated or a ladder target")
+    diffs = _diff(r.to_dict(), full.to_dict())
+    lines += [f"The full budget, not what the study validated: {len(diffs)} setting(s) differ "
+              "from the target cells (field: validated -> this file):"]
+    lines += [f"  {k}: {a!r} -> {b!r}" for k, a, b in diffs]
+  return lines + ["", f"python -m olmo_jax.train --config {output} --workdir "
+                      f"runs/{c.target}-{recipe}"]
+
+
+def _diff(a: dict, b: dict, prefix: str = "") -> list[tuple]:
+  out = []
+  for k in sorted(set(a) | set(b)):
+    x, y = a.get(k), b.get(k)
+    if isinstance(x, dict) and isinstance(y, dict):
+      out += _diff(x, y, f"{prefix}{k}.")
+    elif x != y:
+      out.append((f"{prefix}{k}", x, y))
+  return out
+
+
+def write_launch(study: Study, recipe: str, output: str | None = None,
+                 budget: str = "validated") -> str:
+  """A training config file for the target size on `recipe` (see launch_flags)."""
   c = study.c
   if not c.target:
     raise InputError("study config has no `target` size: nothing to launch")
   if recipe not in c.recipes:
     raise InputError(f"unknown recipe {recipe!r}; the study has {', '.join(c.recipes)}")
-  study.shape(c.target)
-  lines = [f'"""Full training run of {c.target} on recipe {recipe}, chosen by the DataDecide '
-           f'study {c.name!r}.', "",
-           f"python -m olmo_jax.train --config {output or 'THIS_FILE'} --workdir "
-           f"runs/{c.target}-{recipe}", '"""', "",
+  if budget not in ("validated", "full"):
+    raise InputError(f"--launch-budget {budget!r}: use validated or full")
+  suffix = "" if budget == "validated" else "_full"
+  output = os.path.abspath(output or os.path.join(study.workdir,
+                                                  f"launch_{c.target}_{recipe}{suffix}.py"))
+  header = _launch_header(study, recipe, budget, output)
+  lines = ['"""' + header[0], *header[1:], '"""', "",
            "from olmo_jax.config import load_config_file", "", "",
            "def get_config():",
-           f"  c = load_config_file({c.train_config!r}, "
-           f"{c.target if c.target in sizes.LADDER else '4M'!r})"]
-  if c.target in c.custom_sizes:
-    d, h, l = study.shape(c.target)
-    lines += ['  c.model.size = "custom"', f"  c.model.d_model = {d}",
-              f"  c.model.n_heads = {h}", f"  c.model.n_layers = {l}"]
-  if c.synthetic_vocab:
-    lines += [f"  c.model.vocab_size = {int(c.synthetic_vocab)}",
-              f"  c.model.embedding_size = {study.embedding_size()}"]
-  lines.append(f"  c.data.data_dir = {c.data_dir!r}")
-  for k, v in c.recipes[recipe].items():
-    lines.append(f"  c.data.{k} = {v!r}")
-  for k, v in _flatten(c.overrides).items():
-    lines.append(f"  c.{k} = {v!r}")
+           f"  c = load_config_file({c.train_config!r}, {study.config_arg(c.target)!r})"]
+  lines += [f"  c.{k} = {v!r}" for k, v in launch_flags(study, recipe, budget).items()]
   lines += ["  return c", ""]
-  output = output or os.path.join(study.workdir, f"launch_{c.target}_{recipe}.py")
-  text = "\n".join(lines).replace("THIS_FILE", output)
-  with open(output, "w") as f:
-    f.write(text)
+  os.makedirs(os.path.dirname(output), exist_ok=True)
+  tmp = output + ".tmp"
+  with open(tmp, "w") as f:
+    f.write("\n".join(lines))
+  os.replace(tmp, output)
   return output
 
 
@@ -504,9 +713,16 @@ def main(argv) -> int:
   p.add_argument("--launch", action="store_true",
                  help="after the report, write the target's full-training config for the "
                       "recommended recipe (or --recipe)")
-  p.add_argument("--recipe", default=None, help="recipe for --launch (default: recommended)")
+  p.add_argument("--recipe", default=None, help="recipe for --launch (default: recommended; "
+                                                 "with --plan, required)")
+  p.add_argument("--launch-budget", choices=("validated", "full"), default="validated",
+                 help="validated (default): the settings the target cells trained with; full: "
+                      "the resolver's full budget, each difference listed in the file header")
   p.add_argument("--workers", type=int, default=1, help="cells trained at the same time")
   p.add_argument("--no-report", action="store_true")
+  p.add_argument("--allow-truncated", action="store_true",
+                 help="report on runs short of their final step too (default: named in the "
+                      "warnings and left out)")
   a = p.parse_args(argv)
   try:
     if a.workers < 1:
@@ -516,9 +732,13 @@ def main(argv) -> int:
     if a.recipe is not None and a.recipe not in study.c.recipes:
       raise InputError(f"--recipe {a.recipe}: unknown recipe; the study has "
                        f"{', '.join(study.c.recipes)}")
+    if a.plan and a.launch and a.recipe is None:
+      raise InputError("--plan --launch trains nothing, so it needs --recipe NAME")
     if a.plan:
       path = write_plan(study)
       print(f"wrote {len(study.cells())} commands to {path}")
+      if a.launch:
+        _print_launch(study, write_launch(study, a.recipe, budget=a.launch_budget), a.recipe)
       return 0
     summary = run_study(study, workers=a.workers)
   except InputError as e:
@@ -527,6 +747,10 @@ def main(argv) -> int:
   rc = 1 if summary["failed"] else 0
   table = summary["table"]
   rec = None
+  from olmo_jax.datadecide import results
+  table, warned = results.drop_truncated(table, a.allow_truncated) if len(table) else (table, [])
+  for w in warned:
+    print(f"[study] warning: {w}")
   if not a.no_report and len(table) and table["size"].nunique() >= 2:
     from olmo_jax.datadecide import recipes, report
     target, note = report_target(study, table)
@@ -536,7 +760,8 @@ def main(argv) -> int:
                               ties=study.c.eval.ties,
                               title=f"DataDecide study {study.c.name!r}",
                               recipes=recipes.read(os.path.join(study.workdir,
-                                                                recipes.FILENAME)))
+                                                                recipes.FILENAME)),
+                              warnings=warned)
     rec = out["recommendation"]
     if note:
       print(f"[study] note: {note}")
@@ -547,10 +772,13 @@ def main(argv) -> int:
     if recipe is None:
       print("error: --launch needs a report (two trained sizes) or --recipe", file=sys.stderr)
       return 2
-    path = write_launch(study, recipe)
-    print(f"[study] full-training config: {path}\n  python -m olmo_jax.train --config {path} "
-          f"--workdir runs/{study.c.target}-{recipe}")
+    _print_launch(study, write_launch(study, recipe, budget=a.launch_budget), recipe)
   return rc
+
+
+def _print_launch(study: Study, path: str, recipe: str) -> None:
+  print(f"[study] target training config: {path}\n  python -m olmo_jax.train --config {path} "
+        f"--workdir runs/{study.c.target}-{recipe}")
 
 
 def _load_study_config(path: str) -> ml_collections.ConfigDict:

@@ -121,3 +121,54 @@ def build(data_dir: str, noise_levels=(0.0, 0.1, 0.3), seed: int = 0, vocab: int
   shutil.rmtree(root, ignore_errors=True)
   os.replace(tmp, root)
   return root
+
+
+# ---------------------------------------------------------------------------------------------
+# A results table of known truth, for the report at the scale of the published grid
+
+OLMES_TASKS = ("arc_challenge", "arc_easy", "boolq", "csqa", "hellaswag", "mmlu", "openbookqa",
+               "piqa", "socialiqa", "winogrande")
+
+
+def results_table(n_recipes: int = 25, sizes_=None, n_tasks: int = 10, seeds=(6198, 14, 15),
+                  n_ckpt: int = 5, seed: int = 0, quality_spread: float = 0.12,
+                  noise=(0.002, 0.03)):
+  """A results table with planted truth: 25 recipes x the 14 ladder sizes x 10 OLMES tasks.
+
+  Recipe i has quality q_i = quality_spread * i / (n_recipes - 1) (recipe 0 best, in
+  results.recipe_names() order). Per task t, a size's bpb at compute C is
+  (3000 C^-0.2 + 1.9 + 0.3 t / n_tasks - q_i) * exp(e), e ~ N(0, sigma_t / 4), acc_raw the
+  task's sigmoid of bpb plus N(0, sigma_t) per checkpoint and seed, correct_prob a smoother
+  sigmoid plus N(0, sigma_t / 3); sigma_t spans `noise` geometrically (task 0 the quietest).
+  Returns (table, {"quality": {recipe: q}, "task_noise": {task: sigma}}).
+  """
+  import numpy as np
+  import pandas as pd
+
+  from olmo_jax import sizes
+  from olmo_jax.datadecide import results as R
+  rng = np.random.default_rng(seed)
+  recipes = R.recipe_names()[:n_recipes]
+  tasks = OLMES_TASKS[:n_tasks]
+  sigmas = np.geomspace(noise[0], noise[1], len(tasks))
+  quality = {r: quality_spread * i / max(1, n_recipes - 1) for i, r in enumerate(recipes)}
+  rows = []
+  for z in (sizes_ or list(sizes.LADDER)):
+    s = sizes.get_size(z)
+    steps = [s.final_step * k // n_ckpt for k in range(1, n_ckpt + 1)]
+    comp = np.array([R.ladder_compute(z, st) for st in steps], dtype=float)
+    for ti, (task, sig) in enumerate(zip(tasks, sigmas)):
+      base = 3000.0 * comp ** -0.2 + 1.9 + 0.3 * ti / len(tasks)
+      for r in recipes:
+        for sd in seeds:
+          bpb = (base - quality[r]) * np.exp(rng.normal(0, sig / 4, n_ckpt))
+          acc = 0.25 + 0.6 / (1 + np.exp(3.0 * (bpb - 3.0))) + rng.normal(0, sig, n_ckpt)
+          cp = 0.2 + 0.7 / (1 + np.exp(2.0 * (bpb - 2.8))) + rng.normal(0, sig / 3, n_ckpt)
+          for k, st in enumerate(steps):
+            rows.append((r, z, sd, st, float(st * s.tokens_per_step), comp[k], task, bpb[k],
+                         acc[k], cp[k]))
+  wide = pd.DataFrame(rows, columns=["recipe", "size", "seed", "step", "tokens", "compute",
+                                     "task", "bpb", "acc_raw", "correct_prob"])
+  long = wide.melt(id_vars=list(R.COLUMNS[:7]), value_vars=["acc_raw", "bpb", "correct_prob"],
+                   var_name="metric", value_name="value")
+  return R.validate_table(long), {"quality": quality, "task_noise": dict(zip(tasks, sigmas))}
