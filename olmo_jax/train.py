@@ -367,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   # A dry run writes nothing, not even its log.
-  log_file = os.path.join(workdir, cli.LOG_FILE) if workdir and not FLAGS.dry_run else None
+  log_file = process_log_file(workdir, setup) if workdir and not FLAGS.dry_run else None
   cli.setup_logging(FLAGS.verbosity if FLAGS["verbosity"].present else None, log_file)
   if took_over:
     logging.warning(took_over)
@@ -376,6 +376,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   finally:
     if lock:
       lock.release()  # a no-op after release_and_tidy
+
+
+def process_log_file(workdir: str, setup: distributed.Setup) -> str:
+  """This process's log: <workdir>/train.log for process 0, train.<i>.log for the others.
+
+  Processes start in any order and may not share a disk, so a process other than 0 makes the
+  workdir itself rather than wait for process 0 to make it.
+  """
+  if distributed.is_first_process(setup):
+    return os.path.join(workdir, cli.LOG_FILE)  # process 0's lock made the workdir
+  import jax
+  os.makedirs(workdir, exist_ok=True)
+  stem, ext = os.path.splitext(cli.LOG_FILE)
+  return os.path.join(workdir, f"{stem}.{jax.process_index()}{ext}")
 
 
 def run_reporting_errors(config, workdir, dry_run, lock, log_file) -> int:
