@@ -37,6 +37,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   called after every step (in-loop evaluation, orchestration).
   dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
   """
+  if dry_run:
+    from olmo_jax import plan
+    config = plan.for_target(config)
   cfg = build_config(config)
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
