@@ -20,7 +20,6 @@ node; that is why SLURM is read here.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import importlib.util
 import logging
 import os
@@ -66,8 +65,8 @@ def _int_env(env: Mapping[str, str], *names: str) -> int | None:
 
 
 def _tpu_present() -> bool:
-  return (importlib.util.find_spec("libtpu") is not None
-          and bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
+  from olmo_jax import targets
+  return importlib.util.find_spec("libtpu") is not None and targets.tpu_present()
 
 
 def detect(coordinator: str | None = None, num_processes: int | None = None,

@@ -39,6 +39,16 @@ _CUDA_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin")
 _CUDA_PJRT = "jax_plugins.xla_cuda12"
 
 
+def compiler_installed(platform: str) -> bool:
+  """Whether the compile-only compiler for `platform` (gpu | tpu) is installed."""
+  from importlib import metadata
+  try:
+    metadata.version({"gpu": "jax-cuda12-plugin", "tpu": "libtpu"}[platform])
+    return True
+  except metadata.PackageNotFoundError:
+    return False
+
+
 def tpu_present(env=None) -> bool:
   """TPU chips on this host: their device files, or a TPU VM's environment."""
   env = os.environ if env is None else env
