@@ -411,7 +411,10 @@ def candidates(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[Fix]:
     best = 0
     for remat in presets:
       mb = t.microbatch_size
-      while mb > best and mb % batch_shards == 0:
+      while mb > best:
+        if mb % batch_shards:  # only microbatches that split over the batch shards
+          mb = _smaller_microbatch(t.batch_size, mb, batch_shards)
+          continue
         fix = Fix(devices, mb, remat)
         c, mc, sc = fix.apply(cfg, mcfg, step_cfg, plan.num_devices)
         p = analytic_plan(c, mc, tx, sc, platform=plan.platform, num_devices=devices,
@@ -420,11 +423,16 @@ def candidates(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[Fix]:
           best = mb
           out.append(fix)
           break
-        nxt = mb // 2
-        while nxt and t.batch_size % nxt:
-          nxt -= 1
-        mb = nxt
+        mb = _smaller_microbatch(t.batch_size, mb, batch_shards)
   return out
+
+
+def _smaller_microbatch(batch: int, mb: int, shards: int) -> int:
+  """The largest divisor of `batch` at most mb // 2 that splits over `shards` (0: none)."""
+  nxt = mb // 2
+  while nxt and (batch % nxt or nxt % shards):
+    nxt -= 1
+  return nxt
 
 
 def suggestions(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[str]:
