@@ -78,7 +78,7 @@ class PlanError(ValueError):
 class Plan:
   """Per-device memory and speed figures of one train step."""
 
-  source: str  # compiled | deviceless | analytic
+  source: str  # compiled | analytic
   platform: str
   device_kind: str
   num_devices: int
@@ -505,11 +505,11 @@ def dry_run(cfg, mcfg, tx, step_cfg, *, print_fn=print) -> Plan:
     return _write(plan, opts)
   try:
     target = build_target(platform, opts, devices)
+    plan = target_plan(cfg, mcfg, tx, step_cfg, target)
   except (ImportError, NotImplementedError, RuntimeError) as e:  # no compiler for it here
     why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
     plan = _analytic_dry_run(cfg, mcfg, tx, step_cfg, platform, devices, opts, why, print_fn)
   else:
-    plan = target_plan(cfg, mcfg, tx, step_cfg, target)
     msg = plan.format()
     if not plan.fits:
       fixes = compiled_fixes(cfg, mcfg, tx, step_cfg, plan, target)
@@ -622,6 +622,9 @@ def target_plan(cfg, mcfg, tx, step_cfg, target) -> Plan:
   try:
     compiled, seconds = _timed_compile(step, abstract, mesh, cfg)
   except Exception as e:  # XLA:TPU refuses a step over the chip's HBM, as on the hardware
+    if "No PTX compilation provider" in str(e):
+      raise ImportError("XLA:GPU finds no ptxas (pip install nvidia-cuda-nvcc-cu12, as in "
+                        "requirements.txt, or a CUDA toolkit)") from e
     used = _TPU_USED.search(str(e))
     if "RESOURCE_EXHAUSTED" not in str(e) or not used:
       raise

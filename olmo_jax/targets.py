@@ -179,6 +179,8 @@ def tpu_target(topology: str, slices: int = 1) -> Target:
   if not topology:
     raise ValueError("plan.platform=tpu: set plan.topology, e.g. v5e:4x4 or v5p:2x2x2")
   from jax.experimental import topologies
+  if not tpu_present():  # no chips to guard: compile-only libtpu in any number of processes
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   kw = {"num_slices": slices} if slices > 1 else {}
   with _quiet_stderr():  # libtpu's notes on the missing TPU metadata of a CPU host
     topo = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kw)
