@@ -10,7 +10,7 @@ left alone: JAX picks its devices as always.
 Devices not at hand (`--dry_run` / the plan for plan.platform=gpu|tpu): the compilers are
 loaded on demand and give compile-only devices (jax.experimental.topologies) that the real
 train step is lowered and compiled for:
-  gpu  the CUDA PJRT plugin with an XLA GPU target description (targets/*.txtpb, written from
+  gpu  the CUDA PJRT plugin with an XLA GPU target description (gpu_targets/*.txtpb, written from
        the cards' published specifications) and a topology of hosts x devices per host;
   tpu  libtpu with a topology name such as v5p:2x2x2 and a number of slices.
 """
@@ -26,8 +26,8 @@ import importlib.machinery
 import os
 import sys
 
-TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets")
-# plan.device_kind -> target description file (targets/<name>.txtpb).
+TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets")
+# plan.device_kind -> target description file (gpu_targets/<name>.txtpb).
 GPU_TARGETS = {"a100": "a100_80gb", "a100_80gb": "a100_80gb", "a100_40gb": "a100_40gb",
                "h100": "h100_80gb", "h100_80gb": "h100_80gb", "h200": "h200_141gb",
                "h200_141gb": "h200_141gb"}
