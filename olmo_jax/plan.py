@@ -513,7 +513,8 @@ def dry_run(cfg, mcfg, tx, step_cfg, *, print_fn=print) -> Plan:
     msg = plan.format()
     if not plan.fits:
       fixes = compiled_fixes(cfg, mcfg, tx, step_cfg, plan, target)
-      msg += ("\n  would fit (each compiled for the target): " + "; or ".join(fixes) if fixes
+      msg += ("\n  would fit (compiled for the target unless marked analytic): "
+              + "; or ".join(fixes) if fixes
               else "\n  no microbatch size, remat preset or device count tried would fit")
       msg += "\nWARNING: the plan does not fit the device memory"
     if jax.process_index() == 0:
