@@ -60,7 +60,7 @@ def chosen(size: str, opts: dict) -> dict:
   if not p.fits:
     ana = plan.analytic_plan(c, mcfg, tx, sc, platform=p.platform, num_devices=p.num_devices,
                              kind=p.device_kind, device_memory=0, peak=0)
-    scale = 1.0 if p.oom_total else p.activations / max(ana.activations, 1)
+    scale = p.activations / max(ana.activations, 1)
     for fix in plan.candidates(c, mcfg, tx, sc, p, scale):
       if fix.devices != p.num_devices:
         break  # the matrix keeps each target's device count

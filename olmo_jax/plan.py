@@ -419,7 +419,9 @@ def candidates(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[Fix]:
         c, mc, sc = fix.apply(cfg, mcfg, step_cfg, plan.num_devices)
         p = analytic_plan(c, mc, tx, sc, platform=plan.platform, num_devices=devices,
                           kind=plan.device_kind, device_memory=0, peak=0)
-        if p.params + p.opt_state + p.other + p.activations * scale <= plan.device_memory:
+        same = fix == Fix(plan.num_devices, t.microbatch_size, mcfg.remat)  # known not to fit
+        if not same and (p.params + p.opt_state + p.other + p.activations * scale
+                         <= plan.device_memory):
           best = mb
           out.append(fix)
           break
@@ -658,7 +660,7 @@ def compiled_fixes(cfg, mcfg, tx, step_cfg, plan: Plan, target, *, limit: int = 
   ana = analytic_plan(cfg, mcfg, tx, step_cfg, platform=plan.platform,
                       num_devices=plan.num_devices, kind=plan.device_kind, device_memory=0,
                       peak=0)
-  scale = 1.0 if plan.oom_total else plan.activations / max(ana.activations, 1)
+  scale = plan.activations / max(ana.activations, 1)  # refused: XLA's total less the state
   out, compiles = [], 0
   for fix in candidates(cfg, mcfg, tx, step_cfg, plan, scale):
     if len(out) >= limit or compiles >= max_compiles:
