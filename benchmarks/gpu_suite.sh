@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one call (< 8 minutes on one H100/H200).
+# Every GPU check and benchmark in one call (< 10 minutes on one H100/H200).
 # Results land in $OUT (or ./gpu_results): env.txt, parity.log, train_gpu.jsonl (one row per
 # implementation and size, then ours / torch summaries), train_gpu.txt (the table, the peak
 # used, the ratios), train_gpu.err (its warnings and errors), plan.log, eval_olmes_1b.txt,
-# suite.log. Worst case by the timeouts: 60 + 250 + 40 + 120 s plus start-up (the bench's two
-# sides get 100 s and 140 s, so it writes its files before its own 250 s limit).
+# suite.log. Worst case by the timeouts: 60 + 250 + 40 + 2 x 60 + 120 s plus start-up (the
+# bench's two sides get 100 s and 140 s, so it writes its files before its own 250 s limit).
 # The GPU image has jax/flax/optax/orbax; the rest travels as wheels in .whl/ (see README).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +53,19 @@ echo "bench rc=$rc" | tee -a "$OUT/suite.log"
 timeout 40 python3 -m olmo_jax.train --config configs/train.py:1B --dry_run \
   --config.train.microbatch_size=8 > "$OUT/plan.log" 2>&1
 echo "plan rc=$?" | tee -a "$OUT/suite.log"
+# 7. The compiled plan (JSON, olmo_jax/plan.py) of each size the bench ran, at its per-device
+#    batch and remat, appended to plan.log: XLA's bytes per device beside the peak the bench
+#    measured (train_gpu.jsonl).
+for spec in 150M:16:none 1B:8:dots_saveable; do
+  IFS=: read -r size micro remat <<< "$spec"
+  timeout 60 python3 -m olmo_jax.train --config "configs/train.py:$size" --dry_run \
+    --config.model.dtype=bfloat16 --config.model.remat="$remat" --config.model.attention=xla \
+    --config.train.batch_size="$micro" --config.train.microbatch_size="$micro" \
+    --config.plan.output="/tmp/plan_$size.json" > /dev/null 2>> "$OUT/plan.log"
+  echo "compiled plan $size rc=$?" | tee -a "$OUT/suite.log"
+  { echo "== compiled plan $size (bench: micro $micro, remat $remat)"; cat "/tmp/plan_$size.json"; } \
+    >> "$OUT/plan.log" 2>&1
+done
 # 4. Evaluation speed: the `olmes` suite on a random-init 1B model in bfloat16 with our scorer,
 #    200 documents per task here (a bounded share of the 8 minutes); FULL_OLMES=1 scores every
 #    document (MMLU's 14k test questions included; target: under 10 minutes on one GPU,

@@ -41,9 +41,12 @@ def get_config(size: str = "4M") -> ml_collections.ConfigDict:
       "headroom": 0.9,  # fraction of device memory the plan may use
       "mfu": 0.5,  # the MFU at which the plan states tokens/s
       "devices": 0,  # --dry_run for another topology: number of devices (0: those at hand)
-      "platform": "auto",  # auto (the devices at hand) | cpu | gpu | tpu
-      "topology": "",  # deviceless compilation where JAX has the topology, e.g. TPU 'v5e:2x4'
-      "device_kind": "",  # e.g. h100, a100, tpu v5p; '' = h100 for gpu, tpu v5p for tpu
+      "platform": "auto",  # auto (the devices at hand) | cpu | gpu | tpu (compiled for it)
+      "topology": "",  # tpu: the slice, e.g. 'v5e:4x4', 'v5p:2x2x2' (compile-only chips)
+      "slices": 1,  # tpu: slices of that topology (multi-slice over DCN)
+      "device_kind": "",  # gpu: a100_40gb | a100 (80 GB) | h100 | h200; '' = h100
+      "hosts": 1,  # gpu: hosts the plan.devices GPUs are spread over
+      "output": "",  # also write the plan as JSON to this file
       "device_memory_gb": 0.0,  # 0: from the device (CPU: available RAM / local devices)
   })
   return c

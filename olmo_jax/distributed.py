@@ -20,14 +20,19 @@ node; that is why SLURM is read here.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import importlib.util
 import logging
 import os
 import re
+import sys
+import threading
 from typing import Mapping
 
 DEFAULT_SLURM_PORT_BASE = 61440  # ports 61440-65535, picked from the job id as JAX does
+DEFAULT_TIMEOUT_S = 300  # JAX's own default for joining the run
+# JAX aborts the process (a fatal log, no exception) when its own deadline passes, so its
+# deadline is set past ours and ours ends the process with an `error:` line instead.
+_JAX_GRACE_S = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +65,8 @@ def _int_env(env: Mapping[str, str], *names: str) -> int | None:
 
 
 def _tpu_present() -> bool:
-  return (importlib.util.find_spec("libtpu") is not None
-          and bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
+  from olmo_jax import targets
+  return importlib.util.find_spec("libtpu") is not None and targets.tpu_present()
 
 
 def detect(coordinator: str | None = None, num_processes: int | None = None,
@@ -105,24 +110,70 @@ def detect(coordinator: str | None = None, num_processes: int | None = None,
 _done: Setup | None = None
 
 
+def waiting_line(setup: Setup, timeout_s: int) -> str:
+  """What a process says while it joins the run: who waits for whom, for how long."""
+  if setup.kind == "tpu":
+    return f"waiting for the TPU slice's coordinator (from the TPU metadata), up to {timeout_s} s"
+  who = ("the other processes at" if setup.process_id == 0 else "the coordinator")
+  return (f"waiting for {who} {setup.coordinator}, process {setup.process_id} of "
+          f"{setup.num_processes}, up to {timeout_s} s")
+
+
+def timeout_line(setup: Setup, timeout_s: int) -> str:
+  """The `error:` line of a join that did not complete within `timeout_s`."""
+  if setup.kind == "tpu":
+    return (f"error: the TPU slice's coordinator did not answer within {timeout_s} s; check "
+            "that every worker of the slice runs the same command (--coordinator_timeout)")
+  if setup.process_id == 0:
+    return (f"error: not every one of the {setup.num_processes} processes joined the "
+            f"coordinator {setup.coordinator} (this process, 0) within {timeout_s} s; start "
+            "them all with the same --coordinator and --num_processes, or raise "
+            "--coordinator_timeout")
+  return (f"error: the coordinator {setup.coordinator} did not answer within {timeout_s} s "
+          f"(process {setup.process_id} of {setup.num_processes}); start process 0 on that "
+          "host and port, check that the port is reachable, or raise --coordinator_timeout")
+
+
+def _join(setup: Setup, timeout_s: int) -> None:
+  """jax.distributed.initialize under our deadline: on expiry, one `error:` line, exit 1."""
+  import jax
+  print(waiting_line(setup, timeout_s), file=sys.stderr, flush=True)
+
+  def expire():
+    print(timeout_line(setup, timeout_s), file=sys.stderr, flush=True)
+    os._exit(1)  # the join blocks inside JAX; nothing of the run exists yet
+
+  timer = threading.Timer(timeout_s, expire)
+  timer.daemon = True
+  timer.start()
+  try:
+    if setup.kind == "tpu":
+      jax.distributed.initialize(initialization_timeout=timeout_s + _JAX_GRACE_S)
+    else:
+      jax.distributed.initialize(setup.coordinator, num_processes=setup.num_processes,
+                                 process_id=setup.process_id,
+                                 local_device_ids=setup.local_device_ids,
+                                 initialization_timeout=timeout_s + _JAX_GRACE_S)
+  finally:
+    timer.cancel()
+
+
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> Setup:
+               process_id: int | None = None, timeout_s: int = DEFAULT_TIMEOUT_S) -> Setup:
   """Joins this process to the run (see the module docstring); a no-op on one host.
 
   Must run before the first JAX computation or device query. Safe to call twice.
+  timeout_s: how long to wait for the other processes (exit 1 with an `error:` line after).
   """
   global _done
   if _done is not None:
     return _done
+  if timeout_s <= 0:
+    raise ValueError(f"--coordinator_timeout={timeout_s} must be > 0 (seconds)")
   setup = detect(coordinator, num_processes, process_id)
   if setup.kind != "single":
     import jax
-    if setup.kind == "tpu":
-      jax.distributed.initialize()
-    else:
-      jax.distributed.initialize(setup.coordinator, num_processes=setup.num_processes,
-                                 process_id=setup.process_id,
-                                 local_device_ids=setup.local_device_ids)
+    _join(setup, timeout_s)
     logging.info("jax.distributed (%s): process %d of %d, %d local devices", setup.kind,
                  jax.process_index(), jax.process_count(), jax.local_device_count())
   _done = setup
@@ -146,7 +197,10 @@ def define_flags() -> None:
                       "coordinator (with --num_processes and --process_id).")
   flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+  flags.DEFINE_integer("coordinator_timeout", DEFAULT_TIMEOUT_S, "Multi-process: seconds to "
+                       "wait for the coordinator and the other processes before giving up.")
 
 
 def initialize_from_flags(flag_values) -> Setup:
-  return initialize(flag_values.coordinator, flag_values.num_processes, flag_values.process_id)
+  return initialize(flag_values.coordinator, flag_values.num_processes, flag_values.process_id,
+                    flag_values.coordinator_timeout)

@@ -4,19 +4,23 @@
 the same plan first and stops before allocating anything when it cannot fit, printing the plan
 and settings that would fit (instead of an allocator error halfway through the first step).
 
-Where the figures come from:
-  compiled   the train step is lowered and compiled over the abstract state (jax.eval_shape;
-             nothing is allocated) for the devices at hand, and XLA's memory analysis of the
-             compiled step gives the argument, output and temporary bytes per device. The normal
-             run then trains with that very executable (compiled once).
-  deviceless for another topology (`plan.devices`/`plan.platform`), JAX's deviceless
-             compilation where the installed JAX has a topology for that platform
-             (jax.experimental.topologies, e.g. TPU with libtpu).
-  analytic   otherwise: params and optimizer state exact from the sharding rules (on an
-             AbstractMesh), activations from the remat preset's saved tensors per layer; the
-             tests pin this estimate against the compiled figures on the devices at hand.
+Where the figures come from (the plan's `source`):
+  compiled   the real train step (same function, shardings, remat, dtype) is lowered and
+             compiled over the abstract state (nothing is allocated), and XLA's memory
+             analysis of the compiled step gives the argument, output and temporary bytes per
+             device. For the devices at hand, a normal run then trains with that very
+             executable. For a target not at hand (plan.platform=gpu with plan.device_kind,
+             plan.devices and plan.hosts; plan.platform=tpu with plan.topology and
+             plan.slices) it is compiled for compile-only devices (olmo_jax/targets.py).
+             XLA:TPU refuses a step that does not fit (RESOURCE_EXHAUSTED, as on the chips);
+             XLA:GPU compiles it anyway, so the plan compares the total with the card's memory.
+  analytic   only when no compiler for the target is installed: params and optimizer state
+             exact from the sharding rules (on an AbstractMesh), activations from the remat
+             preset's saved tensors per layer; the tests pin this estimate against the
+             compiled figures.
 
-All byte counts are per device.
+All byte counts are per device. With plan.output=FILE the plan is also written as JSON
+(Plan.to_json: source, target, fits, bytes_per_device, collectives, attention, FLOPs, ...).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
+import time
 
 import ml_collections
 
@@ -45,6 +51,10 @@ SAVED_PER_LAYER = {"none": 24.4, "dots_saveable": 15.5, "dots_with_no_batch_dims
 # Live temporaries outside the saved activations (one layer's recompute and gradients, the
 # loss's hidden-state gradient), same units.
 WORKING_SET = 28.0
+# The activation estimate against XLA:GPU's compiled figure (bfloat16, XLA attention), as
+# (low, high) ratios: 0.85 at 1B on 8 x H100, down to 0.41 on models of a few million
+# parameters (XLA:GPU's fixed work buffers); tests/test_targets.py pins it.
+GPU_TOLERANCE = (0.4, 1.15)
 # Share of a layer's saved activations as wide as d_model (not split by tensor parallelism).
 EMBED_SHARE = 0.2
 
@@ -53,7 +63,8 @@ def plan_options(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """cfg.plan with defaults (configs and checkpoints made before it existed have none)."""
   o = ml_collections.ConfigDict({"mfu": 0.5, "devices": 0, "platform": "auto",
                                  "topology": "", "device_kind": "", "device_memory_gb": 0.0,
-                                 "check": True, "headroom": 0.9})
+                                 "check": True, "headroom": 0.9, "hosts": 1, "slices": 1,
+                                 "output": ""})
   if "plan" in cfg:
     o.update(cfg.plan.to_dict())
   return o
@@ -67,7 +78,7 @@ class PlanError(ValueError):
 class Plan:
   """Per-device memory and speed figures of one train step."""
 
-  source: str  # compiled | deviceless | analytic
+  source: str  # compiled | analytic
   platform: str
   device_kind: str
   num_devices: int
@@ -82,10 +93,16 @@ class Plan:
   peak_flops: float  # per device, 0: unknown
   mfu: float
   note: str = ""
+  target: dict = dataclasses.field(default_factory=dict)  # platform, kind, devices, hosts/slices
+  collectives: dict = dataclasses.field(default_factory=dict)  # HLO op -> count in the step
+  attention: str = ""  # the attention kernel the step lowered to
+  xla_flops: float | None = None  # XLA's count for the step, all devices (None: not reported)
+  compile_seconds: float = 0.0
+  oom_total: int = 0  # XLA:TPU's figure for a step it refused (the breakdown is partial)
 
   @property
   def total(self) -> int:
-    return self.params + self.opt_state + self.activations + self.other
+    return self.oom_total or self.params + self.opt_state + self.activations + self.other
 
   @property
   def fits(self) -> bool:
@@ -119,9 +136,32 @@ class Plan:
     else:
       lines.append(f"  no peak FLOP/s known for {self.device_kind}: set "
                    "train.peak_flops_per_device for a tokens/s figure")
+    if self.collectives:
+      lines.append("  collectives     " + ", ".join(f"{k} x{v}" for k, v in
+                                                     sorted(self.collectives.items())))
+    if self.attention:
+      lines.append(f"  attention       {self.attention}")
+    if self.compile_seconds:
+      lines.append(f"  compiled in     {self.compile_seconds:.1f} s")
     if self.note:
       lines.append(f"  note: {self.note}")
     return "\n".join(lines)
+
+  def to_json(self) -> dict:
+    """The plan as a JSON-ready dict (bytes per device; FLOPs for the whole step)."""
+    target = self.target or {"platform": self.platform, "device_kind": self.device_kind,
+                             "devices": self.num_devices}
+    return {
+        "source": self.source, "target": {**target, "mesh": self.mesh},
+        "fits": self.fits,
+        "bytes_per_device": {"params": self.params, "optimizer": self.opt_state,
+                             "activations": self.activations, "temp": self.other,
+                             "total": self.total},
+        "device_memory_bytes": self.device_memory,
+        "collectives": self.collectives, "attention": self.attention,
+        "model_flops_per_step": self.flops_per_step * self.num_devices,
+        "xla_flops_per_step": self.xla_flops, "compile_seconds": self.compile_seconds,
+        "tokens_per_step": self.tokens_per_step, "note": self.note}
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -220,10 +260,51 @@ def compiled_plan(compiled, abstract, shard, cfg, mesh, *, source="compiled",
       - int(ma.alias_size_in_bytes)
   n = mesh.devices.size
   opts = plan_options(cfg)
-  return Plan(source, mesh.devices.flat[0].platform, kind, n, dict(mesh.shape), params, opt,
+  platform = mesh.devices.flat[0].platform
+  platform = "gpu" if platform in ("cuda", "rocm") else platform
+  hlo = compiled.as_text() or ""
+  return Plan(source, platform, kind, n, dict(mesh.shape), params, opt,
               temp, max(other, 0), device_memory,
               model_flops_per_token(cfg) * cfg.derived.tokens_per_step / n,
-              cfg.derived.tokens_per_step, peak, opts.mfu)
+              cfg.derived.tokens_per_step, peak, opts.mfu, collectives=collective_counts(hlo),
+              attention=attention_kernel(hlo, cfg.model.attention, platform),
+              xla_flops=_xla_flops(compiled, n))
+
+
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_COLLECTIVE_RE = re.compile(r"\s(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+
+
+def collective_counts(hlo_text: str) -> dict[str, int]:
+  """{HLO collective op: instructions of it in the compiled step} (an async pair counts once;
+  a loop body, e.g. the scan over layers, counts once however often it runs)."""
+  out: dict[str, int] = {}
+  for op in _COLLECTIVE_RE.findall(hlo_text):
+    out[op] = out.get(op, 0) + 1
+  return out
+
+
+def attention_kernel(hlo_text: str, impl: str, platform: str) -> str:
+  """Which attention the compiled step runs: a fused kernel found in the HLO, else ours/XLA's."""
+  if "__cudnn$fmha" in hlo_text:
+    return "cudnn flash (fused kernel)"
+  if "tpu_custom_call" in hlo_text and re.search(r"splash|flash", hlo_text):
+    return "pallas flash/splash (Mosaic kernel)"
+  if impl == "blocked" or (impl == "auto" and platform == "cpu"):
+    return "blocked (olmo_jax/kernels/cpu.py)"
+  return "xla (softmax(QK^T)V, fused by XLA)"
+
+
+def _xla_flops(compiled, devices: int) -> float | None:
+  """XLA's FLOP count of the step for all devices, or None where the backend reports none."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # some compile-only backends do not implement it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) * devices if flops else None
 
 
 @functools.lru_cache(maxsize=64)
@@ -277,51 +358,90 @@ def compile_step(train_step, abstract, mesh, cfg):
     return train_step.lower(abstract, batch).compile(), batch
 
 
-def suggestions(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[str]:
+def _timed_compile(train_step, abstract, mesh, cfg):
+  """(compiled step, seconds it took to lower and compile)."""
+  t0 = time.perf_counter()
+  compiled, _ = compile_step(train_step, abstract, mesh, cfg)
+  return compiled, time.perf_counter() - t0
+
+
+@dataclasses.dataclass(frozen=True)
+class Fix:
+  """Settings that change where a step fits: devices (mesh.fsdp=-1 when changed), microbatch
+  size and remat preset."""
+
+  devices: int
+  microbatch: int
+  remat: str
+
+  def flags(self, cfg, mcfg, num_devices: int) -> str:
+    out = [f"{self.devices} devices (mesh.fsdp=-1)"] if self.devices != num_devices else []
+    if self.microbatch != cfg.train.microbatch_size:
+      out.append(f"--config.train.microbatch_size={self.microbatch}")
+    if self.remat != mcfg.remat:
+      out.append(f"--config.model.remat={self.remat}")
+    return " ".join(out)
+
+  def apply(self, cfg, mcfg, step_cfg, num_devices: int):
+    """(config, model config, step config) with these settings."""
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    c.train.microbatch_size = self.microbatch
+    if self.devices != num_devices:
+      c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+    c.model.remat = self.remat
+    return (c, dataclasses.replace(mcfg, remat=self.remat),
+            dataclasses.replace(step_cfg, microbatches=cfg.train.batch_size // self.microbatch))
+
+
+def candidates(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[Fix]:
   """Settings under which the analytic plan (scaled to agree with `plan`) fits the device.
 
-  Searches the fewest devices first (these, then 2x, 4x, ... with mesh.fsdp=-1), and for each
-  the remat presets with the largest microbatch that fits; returns up to three options.
+  In search order: the fewest devices first (these, then 2x, 4x, ... with mesh.fsdp=-1), and
+  for each the remat presets with the largest microbatch that fits.
   """
   t = cfg.train
   if not plan.device_memory:
     return []
   presets = [mcfg.remat] + [r for r in ("dots_with_no_batch_dims_saveable", "save_qkv_proj",
                                         "full") if r != mcfg.remat]
-  counts = [plan.num_devices] + [plan.num_devices * 2 ** k for k in range(1, 11)]
-  for devices in counts:
-    c = ml_collections.ConfigDict(cfg.to_dict())
-    if devices != plan.num_devices:
-      c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-      m = {"data": 1, "fsdp": devices, "tensor": 1}
-    else:
-      m = plan.mesh
+  out = []
+  for devices in [plan.num_devices] + [plan.num_devices * 2 ** k for k in range(1, 11)]:
+    m = plan.mesh if devices == plan.num_devices else {"data": 1, "fsdp": devices, "tensor": 1}
     batch_shards = m["data"] * m["fsdp"]
-    out, best = [], 0
+    best = 0
     for remat in presets:
-      mc = dataclasses.replace(mcfg, remat=remat)
       mb = t.microbatch_size
-      while mb > best and mb % batch_shards == 0:
-        c.train.microbatch_size = mb
-        sc = dataclasses.replace(step_cfg, microbatches=t.batch_size // mb)
+      while mb > best:
+        if mb % batch_shards:  # only microbatches that split over the batch shards
+          mb = _smaller_microbatch(t.batch_size, mb, batch_shards)
+          continue
+        fix = Fix(devices, mb, remat)
+        c, mc, sc = fix.apply(cfg, mcfg, step_cfg, plan.num_devices)
         p = analytic_plan(c, mc, tx, sc, platform=plan.platform, num_devices=devices,
                           kind=plan.device_kind, device_memory=0, peak=0)
-        if p.params + p.opt_state + p.other + p.activations * scale <= plan.device_memory:
+        same = fix == Fix(plan.num_devices, t.microbatch_size, mcfg.remat)  # known not to fit
+        if not same and (p.params + p.opt_state + p.other + p.activations * scale
+                         <= plan.device_memory):
           best = mb
-          flags = ([f"{devices} devices (mesh.fsdp=-1)"] if devices != plan.num_devices else [])
-          if mb != t.microbatch_size:
-            flags.append(f"--config.train.microbatch_size={mb}")
-          if remat != mcfg.remat:
-            flags.append(f"--config.model.remat={remat}")
-          out.append(" ".join(flags))
+          out.append(fix)
           break
-        nxt = mb // 2
-        while nxt and t.batch_size % nxt:
-          nxt -= 1
-        mb = nxt
-    if out:
-      return out[:3]
-  return []
+        mb = _smaller_microbatch(t.batch_size, mb, batch_shards)
+  return out
+
+
+def _smaller_microbatch(batch: int, mb: int, shards: int) -> int:
+  """The largest divisor of `batch` at most mb // 2 that splits over `shards` (0: none)."""
+  nxt = mb // 2
+  while nxt and (batch % nxt or nxt % shards):
+    nxt -= 1
+  return nxt
+
+
+def suggestions(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[str]:
+  """Up to three analytic fixes, all on the fewest devices that fit (see `candidates`)."""
+  fixes = candidates(cfg, mcfg, tx, step_cfg, plan, scale)
+  fixes = [f for f in fixes if fixes and f.devices == fixes[0].devices][:3]
+  return [f.flags(cfg, mcfg, plan.num_devices) for f in fixes]
 
 
 def _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh):
@@ -340,11 +460,12 @@ def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_f
   """
   import jax
   opts = plan_options(cfg)
-  compiled, _ = compile_step(train_step, abstract, mesh, cfg)
+  compiled, seconds = _timed_compile(train_step, abstract, mesh, cfg)
   kind, mem = device or local_device_memory(opts)
   peak = cfg.train.peak_flops_per_device or _peak_and_memory(kind, opts)[0]
   plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind, source=source,
                        device_memory=int(mem * opts.headroom), peak=peak)
+  plan.compile_seconds = seconds
   is_main = jax.process_index() == 0
   if dry_run or not plan.fits:
     msg = plan.format()
@@ -371,34 +492,96 @@ def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_f
 
 
 def dry_run(cfg, mcfg, tx, step_cfg, *, print_fn=print) -> Plan:
-  """`--dry_run`: the plan for the devices at hand (compiled) or for plan.devices/platform."""
+  """`--dry_run`: the plan for the devices at hand, or compiled for the target in cfg.plan."""
   import jax
 
   from olmo_jax import sharding
   opts = plan_options(cfg)
+  platform, here = target_platform(opts)
+  devices = opts.devices or (jax.device_count() if platform == here else 0)
+  if platform == here and devices == jax.device_count():
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
+    plan = check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn,
+                 dry_run=True)[1]
+    return _write(plan, opts)
+  try:
+    target = build_target(platform, opts, devices)
+    plan = target_plan(cfg, mcfg, tx, step_cfg, target)
+  except (ImportError, NotImplementedError, RuntimeError) as e:  # no compiler for it here
+    why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    plan = _analytic_dry_run(cfg, mcfg, tx, step_cfg, platform, devices, opts, why, print_fn)
+  else:
+    msg = plan.format()
+    if not plan.fits:
+      fixes = compiled_fixes(cfg, mcfg, tx, step_cfg, plan, target)
+      msg += ("\n  would fit (compiled for the target unless marked analytic): "
+              + "; or ".join(fixes) if fixes
+              else "\n  no microbatch size, remat preset or device count tried would fit")
+      msg += "\nWARNING: the plan does not fit the device memory"
+    if jax.process_index() == 0:
+      print_fn(msg)
+  return _write(plan, opts)
+
+
+def for_target(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with model.platform = the plan's target platform where it is 'auto', so the
+  step is traced with the target's kernels and default dtype, not those of this host."""
+  opts = plan_options(config)
+  if opts.platform in ("gpu", "tpu") and config.model.get("platform", "auto") == "auto":
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.platform = opts.platform
+  return config
+
+
+def target_platform(opts) -> tuple[str, str]:
+  """(platform the plan is for, platform at hand); ValueError names a bad plan.* setting."""
+  import jax
   if opts.platform not in PLATFORMS:
     raise ValueError(f"plan.platform={opts.platform!r} must be one of {PLATFORMS}")
   here = jax.devices()[0].platform
   here = "gpu" if here in ("cuda", "rocm") else here
   platform = here if opts.platform == "auto" else opts.platform
-  devices = opts.devices or (jax.device_count() if platform == here else 0)
-  if devices <= 0:
-    raise ValueError(f"plan.platform={platform}: also set plan.devices (the devices to plan for)")
-  if platform == here and devices == jax.device_count():
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
-    return check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn,
-                 dry_run=True)[1]
-  mesh, note = deviceless_mesh(cfg, platform, devices, opts.topology)
-  if mesh is not None:
-    kind = mesh.devices.flat[0].device_kind.lower()
-    abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
-    return check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn,
-                 dry_run=True, device=(kind, _peak_and_memory(kind, opts)[1]),
-                 source="deviceless")[1]
+  if platform == "gpu" and platform != here and opts.devices <= 0:
+    raise ValueError("plan.platform=gpu: also set plan.devices (the GPUs to plan for, over "
+                     "plan.hosts hosts)")
+  if platform == "tpu" and platform != here and not opts.topology:
+    raise ValueError("plan.platform=tpu: also set plan.topology, e.g. v5e:4x4 or v5p:2x2x2 "
+                     "(and plan.slices for several slices)")
+  if platform == "cpu" and platform != here and opts.devices <= 0:
+    raise ValueError("plan.platform=cpu: also set plan.devices (the devices to plan for)")
+  return platform, here
+
+
+def build_target(platform: str, opts, devices: int):
+  """Compile-only devices for the plan's target (olmo_jax/targets.py)."""
+  from olmo_jax import targets
+  if platform == "gpu":
+    return targets.gpu_target(opts.device_kind or DEFAULT_KIND["gpu"], devices, opts.hosts)
+  if platform == "tpu":
+    target = targets.tpu_target(opts.topology, opts.slices)
+    if opts.devices and opts.devices != len(target.devices):
+      raise ValueError(f"plan.topology={opts.topology!r} x plan.slices={opts.slices} has "
+                       f"{len(target.devices)} chips, not plan.devices={opts.devices}")
+    return target
+  raise NotImplementedError(f"no compile-only {platform} devices")
+
+
+def _write(plan: Plan, opts) -> Plan:
+  import jax
+  if opts.output and jax.process_index() == 0:
+    from data_pipeline.tokenize import atomic_write_json
+    atomic_write_json(opts.output, plan.to_json())
+  return plan
+
+
+def _analytic_dry_run(cfg, mcfg, tx, step_cfg, platform, devices, opts, why, print_fn) -> Plan:
+  import jax
   kind = opts.device_kind or DEFAULT_KIND[platform]
   peak, mem = _peak_and_memory(kind, opts)
   peak = cfg.train.peak_flops_per_device or peak
+  note = (f"analytic estimate: no compiler for {platform} is installed here ({why}); "
+          "activations from the remat preset, checked against compiled figures")
   plan = analytic_plan(cfg, mcfg, tx, step_cfg, platform=platform, num_devices=devices,
                        kind=kind, device_memory=int(mem * opts.headroom), peak=peak, note=note)
   msg = plan.format()
@@ -411,23 +594,97 @@ def dry_run(cfg, mcfg, tx, step_cfg, *, print_fn=print) -> Plan:
   return plan
 
 
-def deviceless_mesh(cfg, platform: str, devices: int, topology: str):
-  """(mesh of compile-only devices, "") where this JAX can compile for the topology without
-  its devices (jax.experimental.topologies; e.g. TPU with libtpu, `plan.topology=v5e:2x4`),
-  else (None, why the plan is analytic)."""
-  from jax.experimental import topologies
+def target_mesh(cfg, target):
+  """The run's mesh over a target's compile-only devices (slices/hosts outermost)."""
+  import numpy as np
+  from jax.sharding import Mesh
 
   from olmo_jax import sharding
+  shape = sharding.mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
+                              len(target.devices))
+  batch_shards = shape[0] * shape[1]
+  if cfg.train.microbatch_size % batch_shards:
+    raise ValueError(f"train.microbatch_size={cfg.train.microbatch_size} must be divisible by "
+                     f"the {batch_shards} batch shards of the mesh (mesh.data * mesh.fsdp)")
+  return Mesh(np.array(target.devices, dtype=object).reshape(shape), sharding.MESH_AXES)
+
+
+# XLA:TPU's refusals: "Used 20.5G of 15.75G hbm" or "... HLO temporaries (1.99T) exceeds
+# available HBM (15.75G)"; the first figure is what the step needs.
+_TPU_USED = re.compile(r"(?:Used |required for [^(]*\()([\d.]+)([KMGT])?")
+
+
+def target_plan(cfg, mcfg, tx, step_cfg, target) -> Plan:
+  """The compiled plan of the train step for a target's compile-only devices."""
+  opts = plan_options(cfg)
+  mesh = target_mesh(cfg, target)
+  abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
+  peak = cfg.train.peak_flops_per_device or _peak_and_memory(target.device_kind, opts)[0]
+  mem = int((opts.device_memory_gb * 1e9 or target.device_memory) * opts.headroom)
+  t0 = time.perf_counter()
   try:
-    topo = topologies.get_topology_desc(topology_name=topology,
-                                        platform="cuda" if platform == "gpu" else platform)
-    if len(topo.devices) != devices:
-      raise ValueError(f"topology {topology!r} has {len(topo.devices)} devices, not "
-                       f"plan.devices={devices}")
-    shape = sharding.mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
-    return topologies.make_mesh(topo, shape, sharding.MESH_AXES), ""
-  except Exception as e:  # the reason is the message: no plugin/topology for the platform
-    why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-    return None, (f"analytic estimate: this JAX install cannot compile for {platform} without "
-                  f"its devices ({why}); activations from the remat preset, checked against "
-                  f"compiled figures on CPU")
+    compiled, seconds = _timed_compile(step, abstract, mesh, cfg)
+  except Exception as e:  # XLA:TPU refuses a step over the chip's HBM, as on the hardware
+    if "No PTX compilation provider" in str(e):
+      raise ImportError("XLA:GPU finds no ptxas (pip install nvidia-cuda-nvcc-cu12, as in "
+                        "requirements.txt, or a CUDA toolkit)") from e
+    used = _TPU_USED.search(str(e))
+    if "RESOURCE_EXHAUSTED" not in str(e) or not used:
+      raise
+    params = _shard_bytes(abstract["params"], shard["params"])
+    opt = _shard_bytes(abstract["opt_state"], shard["opt_state"])
+    scale = {None: 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    total = int(float(used.group(1)) * scale[used.group(2)])
+    plan = Plan("compiled", target.platform, target.device_kind, len(target.devices),
+                dict(mesh.shape), params, opt, max(total - params - opt, 0), 0, mem,
+                model_flops_per_token(cfg) * cfg.derived.tokens_per_step / len(target.devices),
+                cfg.derived.tokens_per_step, peak, opts.mfu, target=target.describe(),
+                compile_seconds=time.perf_counter() - t0, oom_total=max(total, mem + 1),
+                attention=attention_kernel("", cfg.model.attention, target.platform),
+                note="XLA refused the step: RESOURCE_EXHAUSTED (activations = the rest of "
+                     "XLA's total)")
+    return plan
+  plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=target.device_kind,
+                       device_memory=mem, peak=peak)
+  plan.compile_seconds, plan.target = seconds, target.describe()
+  return plan
+
+
+def compiled_fixes(cfg, mcfg, tx, step_cfg, plan: Plan, target, *, limit: int = 3,
+                   max_compiles: int = 6) -> list[str]:
+  """Up to `limit` settings that fit, each checked by compiling it for the target.
+
+  Candidates come from the analytic search (scaled to agree with the compiled plan); a change
+  of device count keeps the GPUs per host (TPU topologies are not derived: analytic only).
+  """
+  ana = analytic_plan(cfg, mcfg, tx, step_cfg, platform=plan.platform,
+                      num_devices=plan.num_devices, kind=plan.device_kind, device_memory=0,
+                      peak=0)
+  scale = plan.activations / max(ana.activations, 1)  # refused: XLA's total less the state
+  out, compiles = [], 0
+  for fix in candidates(cfg, mcfg, tx, step_cfg, plan, scale):
+    if len(out) >= limit or compiles >= max_compiles:
+      break
+    flags = fix.flags(cfg, mcfg, plan.num_devices)
+    t = _fix_target(fix, plan, target)
+    if t is None:
+      out.append(f"{flags} (analytic)")
+      continue
+    c, mc, sc = fix.apply(cfg, mcfg, step_cfg, plan.num_devices)
+    compiles += 1
+    p = target_plan(c, mc, tx, sc, t)
+    if p.fits:
+      out.append(f"{flags} ({p.total / GIB:,.1f} GiB)")
+  return out
+
+
+def _fix_target(fix: Fix, plan: Plan, target):
+  """The target for a fix's device count: the same one, more GPU hosts, or None (TPU)."""
+  if fix.devices == plan.num_devices:
+    return target
+  if target.platform != "gpu":
+    return None
+  from olmo_jax import targets
+  per_host = plan.num_devices // target.hosts
+  hosts = max(1, fix.devices // per_host)
+  return targets.gpu_target(target.device_kind, fix.devices, hosts)

@@ -37,6 +37,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   called after every step (in-loop evaluation, orchestration).
   dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
   """
+  if dry_run:
+    from olmo_jax import plan
+    config = plan.for_target(config)
   cfg, data = build_config(config)
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
@@ -372,10 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (OSError, workdir_lib.WorkdirBusyError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  # A dry run writes nothing, not even its log; in a bucket process 0 writes it (mirrored).
-  log_file = (os.path.join(paths.mirror(workdir), cli.LOG_FILE)
-              if workdir and not FLAGS.dry_run and (first or not paths.is_remote(workdir))
-              else None)
+  # A dry run writes nothing, not even its log.
+  log_file = process_log_file(workdir, setup) if workdir and not FLAGS.dry_run else None
   cli.setup_logging(FLAGS.verbosity if FLAGS["verbosity"].present else None, log_file)
   if took_over:
     logging.warning(took_over)
@@ -385,6 +386,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths.sync_mirrors()  # the log, metrics and events of a gs:// workdir, uploaded now
     if lock:
       lock.release()  # a no-op after release_and_tidy
+
+
+def process_log_file(workdir: str, setup: distributed.Setup) -> str | None:
+  """This process's log: <workdir>/train.log for process 0, train.<i>.log for the others.
+
+  Processes start in any order and may not share a disk, so a process other than 0 makes the
+  workdir itself rather than wait for process 0 to make it.
+  """
+  if distributed.is_first_process(setup):
+    # Process 0's lock made the workdir; in a bucket the log is written to its mirrored copy.
+    return os.path.join(paths.mirror(workdir), cli.LOG_FILE)
+  if paths.is_remote(workdir):
+    return None  # the other processes of a bucket run log to their terminal only
+  import jax
+  os.makedirs(workdir, exist_ok=True)
+  stem, ext = os.path.splitext(cli.LOG_FILE)
+  return os.path.join(workdir, f"{stem}.{jax.process_index()}{ext}")
 
 
 def run_reporting_errors(config, workdir, dry_run, lock, log_file) -> int:

@@ -214,3 +214,49 @@ def test_meshes_of_8_devices_match_one_device(token_dir, tmp_path):
     assert sorted(got) == sorted(one), mesh
     for step in one:
       assert got[step] == pytest.approx(one[step], rel=1e-5), (mesh, step)
+
+
+def test_coordinator_that_never_answers_ends_with_one_error_line(tmp_path):
+  port = free_port()  # nothing listens there
+  proc = subprocess.run(
+      train_cmd(tmp_path / "w", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+                "--process_id", "1", "--coordinator_timeout", "3"),
+      env=env_for(1), cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert (f"waiting for the coordinator 127.0.0.1:{port}, process 1 of 2, up to 3 s"
+          in lines)
+  assert lines[-1].startswith(f"error: the coordinator 127.0.0.1:{port} did not answer "
+                              "within 3 s (process 1 of 2)"), lines[-1]
+  assert sum(line.startswith("error:") for line in lines) == 1
+
+
+def test_coordinator_timeout_must_be_positive(tmp_path):
+  proc = subprocess.run(train_cmd(tmp_path / "w", "--coordinator_timeout", "0"),
+                        env=env_for(1), cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "--coordinator_timeout=0 must be > 0" in proc.stderr
+
+
+@pytest.mark.slow
+def test_process_1_may_start_first_on_a_workdir_that_does_not_exist_yet(tmp_path):
+  """Processes start in any order: process 1 starts 3 s before process 0 has made the
+  workdir, and each writes its own log."""
+  work = tmp_path / "not" / "yet"
+  port = free_port()
+
+  def launch(i):
+    return subprocess.Popen(
+        train_cmd(work, "--config.train.steps=3", "--config.checkpoint.enabled=False",
+                  "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+                  "--process_id", str(i)),
+        env=env_for(1), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+  first = launch(1)
+  time.sleep(3)
+  assert first.poll() is None, first.communicate()[0][-2000:]
+  second = launch(0)
+  outs = [p.communicate(timeout=300)[0] for p in (second, first)]
+  assert [second.returncode, first.returncode] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+  assert "waiting for the coordinator" in outs[1] and "waiting for the other" in outs[0]
+  assert sorted(losses(work)) == [1, 2, 3]
+  assert (work / "train.log").exists() and (work / "train.1.log").exists()

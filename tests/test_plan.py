@@ -2,6 +2,7 @@
 compiled figures, --dry_run for other topologies, and runs that cannot fit stop before training."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -130,26 +131,61 @@ def test_dry_run_cli_prints_plan_and_writes_nothing(tmp_path):
   assert "DOES NOT FIT" not in out and not work.exists()
 
 
-def test_dry_run_1b_on_8_gpus_of_80gb_fits():
-  proc = cli("--config=configs/train.py:1B", "--dry_run", "--config.plan.devices=8",
-             "--config.plan.platform=gpu", "--config.plan.device_memory_gb=80",
-             "--config.model.dtype=bfloat16",
-             "--config.model.remat=dots_with_no_batch_dims_saveable",
-             "--config.train.microbatch_size=64")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  out = proc.stdout
-  assert "plan (analytic) for 8 x h100 (gpu), mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" in out
-  assert "cannot compile for gpu without its devices" in out
-  assert "DOES NOT FIT" not in out and "WARNING" not in out
-  assert "tokens/s" in out
+def fsdp_bytes(size="1B", devices=8):
+  """(params, optimizer) bytes per device by the FSDP arithmetic: float32 params / devices,
+  and AdamW's two moments."""
+  c = config_lib.resolve(config_lib.load_config_file(os.path.join(REPO, "configs", "train.py"),
+                                                     size))
+  params = c.derived.total_params * 4 / devices
+  return params, 2 * params
 
 
-def test_dry_run_1b_defaults_on_8_gpus_warn_and_say_what_fits():
-  proc = cli("--config=configs/train.py:1B", "--dry_run", "--config.plan.devices=8",
-             "--config.plan.platform=gpu", "--config.model.dtype=bfloat16")
+def compiled_1b(tmp_path, *flags):
+  out = tmp_path / "plan.json"
+  proc = cli("--config=configs/train.py:1B", "--dry_run", "--config.model.dtype=bfloat16",
+             f"--config.plan.output={out}", *flags, timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "DOES NOT FIT" in proc.stdout and "WARNING: the plan does not fit" in proc.stdout
-  assert "would fit: --config.train.microbatch_size=" in proc.stdout
+  return proc.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_dry_run_1b_on_8_h100_is_compiled_and_fits(tmp_path):
+  out, got = compiled_1b(tmp_path, "--config.plan.platform=gpu", "--config.plan.devices=8",
+                         "--config.plan.device_kind=h100",
+                         "--config.model.remat=dots_with_no_batch_dims_saveable",
+                         "--config.train.microbatch_size=64")
+  assert "plan (compiled) for 8 x h100_80gb (gpu), mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" \
+      in out and "DOES NOT FIT" not in out
+  assert got["source"] == "compiled" and got["fits"]
+  params, opt = fsdp_bytes()
+  assert got["bytes_per_device"]["params"] == pytest.approx(params, rel=0.05)
+  assert got["bytes_per_device"]["optimizer"] == pytest.approx(opt, rel=0.05)
+  assert got["collectives"]["all-gather"] > 0 and got["collectives"]["reduce-scatter"] > 0
+
+
+@pytest.mark.slow
+def test_dry_run_1b_on_tpu_v5p_is_compiled_and_fits(tmp_path):
+  out, got = compiled_1b(tmp_path, "--config.plan.platform=tpu",
+                         "--config.plan.topology=v5p:2x2x2",
+                         "--config.model.remat=dots_with_no_batch_dims_saveable",
+                         "--config.train.microbatch_size=64")
+  assert got["source"] == "compiled" and got["fits"] and got["target"]["devices"] == 8
+  params, opt = fsdp_bytes()
+  assert got["bytes_per_device"]["params"] == pytest.approx(params, rel=0.05)
+  assert got["bytes_per_device"]["optimizer"] == pytest.approx(opt, rel=0.05)
+  assert got["collectives"]["all-gather"] > 0
+
+
+@pytest.mark.slow
+def test_dry_run_1b_defaults_on_tpu_v5e_do_not_fit_and_say_what_does(tmp_path):
+  out, got = compiled_1b(tmp_path, "--config.plan.platform=tpu",
+                         "--config.plan.topology=v5e:2x2")
+  assert got["source"] == "compiled" and not got["fits"]
+  assert "RESOURCE_EXHAUSTED" in got["note"]
+  assert "WARNING: the plan does not fit" in out
+  fixes = out.split("would fit (compiled for the target unless marked analytic): ")[1]
+  fixes = fixes.splitlines()[0]
+  assert "--config.train.microbatch_size=" in fixes and "GiB)" in fixes  # a compiled fit
 
 
 def test_run_that_cannot_fit_stops_before_training(tmp_path):

@@ -1,0 +1,143 @@
+"""Plans compiled for accelerators not at hand (GPU target descriptions, TPU topologies), and a
+CPU host with those compilers installed staying a plain CPU host."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from olmo_jax import config as config_lib
+from olmo_jax import optim, plan, targets, trainer
+
+needs_cuda = pytest.mark.skipif(not targets.compiler_installed("gpu"),
+                                reason="jax-cuda12-plugin not installed (requirements.txt)")
+needs_tpu = pytest.mark.skipif(not targets.compiler_installed("tpu"),
+                               reason="libtpu not installed (requirements.txt)")
+
+TINY = ["--config.model.size=custom", "--config.model.d_model=64", "--config.model.n_heads=4",
+        "--config.model.n_layers=2", "--config.model.vocab_size=1000",
+        "--config.model.embedding_size=1024", "--config.train.batch_size=16",
+        "--config.train.seq_len=128", "--config.model.dtype=bfloat16"]
+
+
+def parts(c, **plan_opts):
+  """(resolved config for the plan's target, model config, optimizer, step config)."""
+  c.plan.update(plan_opts)
+  c = config_lib.resolve(plan.for_target(c))
+  tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=1, total_steps=10, min_lr_ratio=0.1,
+                            b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
+  return c, config_lib.model_config(c), tx, trainer.StepConfig(loss_chunk_tokens=0)
+
+
+@pytest.fixture
+def tiny(tiny_train_config):
+  c = tiny_train_config
+  c.model.size, c.model.d_model, c.model.n_heads, c.model.n_layers = "custom", 64, 4, 2
+  c.model.vocab_size, c.model.embedding_size, c.model.dtype = 1000, 1024, "bfloat16"
+  c.train.batch_size, c.train.seq_len = 16, 128
+  return c
+
+
+@needs_cuda
+def test_step_compiles_for_two_gpu_hosts_and_matches_the_estimate(tiny):
+  c, mcfg, tx, sc = parts(tiny, platform="gpu", devices=4, hosts=2, device_kind="a100_40gb")
+  assert mcfg.platform == "gpu" and not mcfg.on_cpu  # traced with the accelerator kernels
+  target = targets.gpu_target("a100_40gb", 4, hosts=2)
+  assert target.describe()["topology"] == "1x2x2"
+  assert target.device_memory == 40 * 2**30
+  p = plan.target_plan(c, mcfg, tx, sc, target)
+  assert p.source == "compiled" and p.fits and p.num_devices == 4
+  assert p.device_kind == "a100_40gb" and p.target["hosts"] == 2
+  # FSDP over 4 devices: the parameter shards are gathered and the gradients scattered.
+  assert p.collectives.get("all-gather", 0) > 0
+  assert p.collectives.get("reduce-scatter", 0) + p.collectives.get("all-reduce", 0) > 0
+  est = plan.analytic_plan(c, mcfg, tx, sc, platform="gpu", num_devices=4, kind="a100_40gb",
+                           device_memory=0, peak=0)
+  assert (est.params, est.opt_state) == (p.params, p.opt_state)  # exact, from the rules
+  low, high = plan.GPU_TOLERANCE
+  assert low <= est.activations / p.activations <= high, (est.activations, p.activations)
+
+
+@needs_tpu
+def test_dry_run_for_two_tpu_slices_writes_every_key(tiny, tmp_path):
+  out = tmp_path / "plan.json"
+  c, mcfg, tx, sc = parts(tiny, platform="tpu", topology="v5e:2x2", slices=2, output=str(out))
+  lines = []
+  p = plan.dry_run(c, mcfg, tx, sc, print_fn=lines.append)
+  assert "plan (compiled) for 8 x tpu v5 lite (tpu)" in lines[0]
+  got = json.loads(out.read_text())
+  assert {"source", "target", "fits", "bytes_per_device", "device_memory_bytes", "collectives",
+          "attention", "model_flops_per_step", "xla_flops_per_step",
+          "compile_seconds"} <= set(got)
+  assert set(got["bytes_per_device"]) == {"params", "optimizer", "activations", "temp", "total"}
+  assert got["source"] == "compiled" and got["fits"] is True
+  assert got["target"] == {"platform": "tpu", "device_kind": "tpu v5 lite", "devices": 8,
+                           "slices": 2, "topology": "v5e:2x2",
+                           "mesh": {"data": 1, "fsdp": 8, "tensor": 1}}
+  assert got["device_memory_bytes"] == int(16 * 2**30 * 0.9)
+  assert got["bytes_per_device"]["total"] == p.total > got["bytes_per_device"]["params"] > 0
+  assert got["collectives"].get("all-gather", 0) > 0
+  assert got["xla_flops_per_step"] > 0 and got["compile_seconds"] > 0  # XLA:TPU counts FLOPs
+
+
+@needs_cuda
+@pytest.mark.slow
+def test_dry_run_cli_for_a_gpu_target(tmp_path):
+  out = tmp_path / "plan.json"
+  env = dict(os.environ, PYTHONPATH=REPO)
+  env.pop("JAX_PLATFORMS", None)  # the CPU default comes from olmo_jax itself
+  proc = subprocess.run(
+      [sys.executable, "-m", "olmo_jax.train", *TINY, "--dry_run", "--config.plan.platform=gpu",
+       "--config.plan.devices=2", "--config.plan.device_kind=h200",
+       f"--config.plan.output={out}"], env=env, cwd=REPO, capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "plan (compiled) for 2 x h200_141gb (gpu)" in proc.stdout
+  got = json.loads(out.read_text())
+  assert got["source"] == "compiled" and got["fits"] is True
+  assert got["target"]["devices"] == 2 and got["target"]["hosts"] == 1
+  assert got["device_memory_bytes"] == int(141 * 2**30 * 0.9)
+  assert got["attention"].startswith("xla") and got["xla_flops_per_step"] is None
+
+
+def test_cpu_host_defaults_to_cpu_without_a_word_on_stderr():
+  """No accelerator here: JAX_PLATFORMS=cpu is set for JAX, and neither libtpu nor the CUDA
+  plugin (both installed by requirements.txt) says anything."""
+  if targets.tpu_present() or targets.gpu_present():
+    pytest.skip("this host has an accelerator: JAX picks it as always")
+  env = dict(os.environ, PYTHONPATH=REPO)
+  env.pop("JAX_PLATFORMS", None)
+  code = ("import os, olmo_jax, jax; import jax.numpy as jnp; jnp.ones(2).block_until_ready();"
+          "print(os.environ['JAX_PLATFORMS'], jax.devices()[0].platform)")
+  proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.split() == ["cpu", "cpu"]
+  assert proc.stderr == ""
+
+
+def test_gpu_target_names_are_checked():
+  with pytest.raises(ValueError, match="plan.device_kind='v100' has no GPU target"):
+    targets.gpu_target_config("v100")
+  name, text = targets.gpu_target_config("H100")
+  assert name == "h100_80gb" and "core_count: 132" in text
+  with pytest.raises(ValueError, match="must split evenly over plan.hosts=3"):
+    targets.gpu_target("h100", 8, hosts=3)
+
+
+def test_plan_says_why_it_is_analytic(tiny, monkeypatch):
+  """Without a compiler for the target the plan is the analytic estimate, and says why."""
+  def missing(*a, **k):
+    raise ImportError("the CUDA plugin is not installed")
+  monkeypatch.setattr(targets, "gpu_target", missing)
+  tiny.plan.update({"platform": "gpu", "devices": 8})
+  c, mcfg, tx, sc = parts(tiny)
+  lines = []
+  p = plan.dry_run(c, mcfg, tx, sc, print_fn=lines.append)
+  assert p.source == "analytic" and "no compiler for gpu is installed here" in p.note
+  assert "plan (analytic) for 8 x h100 (gpu)" in lines[0]
+  assert dataclasses.asdict(p)["num_devices"] == 8
