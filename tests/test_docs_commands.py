@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 DOCS = ["README.md", *sorted(os.path.relpath(p, REPO)
