@@ -396,6 +396,101 @@ def _list() -> None:
     print(f"suite {s}: {'; '.join(parts)}")
 
 
+@dataclasses.dataclass
+class _Job:
+  """What one `eval.run` call scores, resolved and checked before scoring starts."""
+  tasks: list
+  suites: list[str]
+  instances: dict  # task name -> its documents (request files parsed before the model loads)
+  lm_sets: dict  # lm set name -> its documents
+  lm_eval_names: list[str]
+  model: LoadedModel
+
+
+def _check_outputs(a) -> None:
+  """UsageError / FileNotFoundError on a bad --checkpoint, --output or --compile_cache."""
+  if not paths.exists(a.checkpoint):
+    raise FileNotFoundError(f"checkpoint {a.checkpoint} does not exist; pass a run "
+                            "directory, a checkpoint step directory or an HF directory")
+  if a.compile_cache and os.path.exists(a.compile_cache) and not os.path.isdir(
+      a.compile_cache):
+    raise UsageError(f"--compile_cache {a.compile_cache} is a file; pass a directory")
+  if paths.isfile(a.output):
+    raise UsageError(f"--output {a.output} is a file; pass a directory")
+  if paths.exists(os.path.join(a.output, "metrics.json")) and not a.overwrite:
+    raise UsageError(f"--output {a.output} already holds metrics.json; pass --overwrite "
+                     "to replace it or choose another directory")
+
+
+def _resolve_tasks(a):
+  """(tasks, suites, instances) of --tasks; every request file is parsed here, before the
+  model loads, so a bad file fails in a second."""
+  if not a.checkpoint or not a.output:
+    raise UsageError("--checkpoint and --output are required")
+  if a.limit is not None and a.limit <= 0:
+    raise UsageError(f"--limit {a.limit} must be a positive number of documents per task")
+  lm_wanted = bool(a.lm_files) or a.lm_heldout
+  if a.tasks is None:
+    a.tasks = "" if lm_wanted else "olmes"
+  names = [n.strip() for n in a.tasks.split(",") if n.strip()]
+  if not names and not lm_wanted:
+    raise UsageError("--tasks names no task; pass tasks, --lm_files or --lm_heldout")
+  tasks = tasks_lib.resolve_tasks(names) if names else []
+  suites = [n for n in names if n in tasks_lib.SUITES]
+  instances = {t.name: tasks_lib.load_instances(t, a.limit) for t in tasks
+               if t.source != "lm_eval"}
+  return tasks, suites, instances
+
+
+def _prepare(a) -> _Job:
+  """Checks every argument and file, then loads the model (the expensive part comes last)."""
+  tasks, suites, instances = _resolve_tasks(a)
+  _check_outputs(a)
+  lm_eval_names = [t.family for t in tasks if t.source == "lm_eval"]
+  if lm_eval_names:
+    from eval import harness
+    harness.check_lm_eval_tasks(lm_eval_names, a.include_path)
+  from eval import lm as lm_lib
+  lm_sets = {}
+  if a.lm_files:  # every file is read before the model loads: a bad one fails fast
+    lm_sets = lm_lib.file_sets(lm_lib.resolve_files(a.lm_files), tokenizer_of(a.checkpoint),
+                               a.limit)
+  if a.compile_cache:
+    from olmo_jax import compile_cache
+    compile_cache.enable(a.compile_cache)
+  model = load_model(a.checkpoint, a.dtype, a.max_length)
+  if a.lm_heldout:
+    if is_hf_dir(a.checkpoint):
+      raise UsageError(f"--lm_heldout: {a.checkpoint} is an HF directory, which records no "
+                       "training data; pass a checkpoint of a training run")
+    held = lm_lib.heldout_sets(model.config, a.limit)
+    clash = sorted(set(held) & set(lm_sets))
+    if clash:
+      raise UsageError(f"--lm_files set {clash[0]!r} clashes with a held-out set; rename it")
+    lm_sets.update(held)
+  if lm_sets:
+    lm_lib.windows([], model.max_length, a.lm_stride)  # checks --lm_stride
+  return _Job(tasks, suites, instances, lm_sets, lm_eval_names, model)
+
+
+def _metrics_record(a, model: LoadedModel, agg, lm_res, errors, resumed: int,
+                    elapsed: float) -> dict:
+  """metrics.json: the aggregates, the lm sets, and what produced them."""
+  return {"tasks": agg["tasks"], "macro": agg["macro"], "subtasks": agg["subtasks"],
+          "counts": agg["counts"], "primary_metrics": agg["primary_metrics"],
+          "truncated": agg["truncated"], "splits": agg["splits"],
+          "lm": lm_res, "errors": errors, "checkpoint": paths.abspath(a.checkpoint),
+          "step": model.step,
+          "config": {"eval": {"tasks": a.tasks, "limit": a.limit, "max_length": model.max_length,
+                              "dtype": model.cfg.dtype, "tokenizer": model.tokenizer,
+                              "file_primary_metric": a.file_primary_metric,
+                              "lm_files": a.lm_files, "lm_heldout": a.lm_heldout,
+                              "lm_stride": a.lm_stride or model.max_length,
+                              "resumed_requests": resumed,
+                              "seconds": round(elapsed, 2)},
+                     "model": model.config}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   a = _parse(argv)
   if a.list:
@@ -404,67 +499,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   from olmo_jax.checkpoint import CheckpointError
   from olmo_jax.hf import ConversionError
   try:
-    if not a.checkpoint or not a.output:
-      raise UsageError("--checkpoint and --output are required")
-    if a.limit is not None and a.limit <= 0:
-      raise UsageError(f"--limit {a.limit} must be a positive number of documents per task")
-    lm_wanted = bool(a.lm_files) or a.lm_heldout
-    if a.tasks is None:
-      a.tasks = "" if lm_wanted else "olmes"
-    names = [n.strip() for n in a.tasks.split(",") if n.strip()]
-    if not names and not lm_wanted:
-      raise UsageError("--tasks names no task; pass tasks, --lm_files or --lm_heldout")
-    tasks = tasks_lib.resolve_tasks(names) if names else []
-    suites = [n for n in names if n in tasks_lib.SUITES]
-    # Parse every request file before the model loads: a bad file fails in a second.
-    instances = {t.name: tasks_lib.load_instances(t, a.limit) for t in tasks
-                 if t.source != "lm_eval"}
-    if not paths.exists(a.checkpoint):
-      raise FileNotFoundError(f"checkpoint {a.checkpoint} does not exist; pass a run "
-                              "directory, a checkpoint step directory or an HF directory")
-    if a.compile_cache and os.path.exists(a.compile_cache) and not os.path.isdir(
-        a.compile_cache):
-      raise UsageError(f"--compile_cache {a.compile_cache} is a file; pass a directory")
-    if paths.isfile(a.output):
-      raise UsageError(f"--output {a.output} is a file; pass a directory")
-    if paths.exists(os.path.join(a.output, "metrics.json")) and not a.overwrite:
-      raise UsageError(f"--output {a.output} already holds metrics.json; pass --overwrite "
-                       "to replace it or choose another directory")
-    lm_eval_names = [t.family for t in tasks if t.source == "lm_eval"]
-    if lm_eval_names:
-      from eval import harness
-      harness.check_lm_eval_tasks(lm_eval_names, a.include_path)
-    lm_sets = {}
-    if a.lm_files:  # every file is read before the model loads: a bad one fails fast
-      from eval import lm as lm_lib
-      lm_sets = lm_lib.file_sets(lm_lib.resolve_files(a.lm_files), tokenizer_of(a.checkpoint),
-                                 a.limit)
-    if a.compile_cache:
-      from olmo_jax import compile_cache
-      compile_cache.enable(a.compile_cache)
-    model = load_model(a.checkpoint, a.dtype, a.max_length)
-    if a.lm_heldout:
-      from eval import lm as lm_lib
-      if is_hf_dir(a.checkpoint):
-        raise UsageError(f"--lm_heldout: {a.checkpoint} is an HF directory, which records no "
-                         "training data; pass a checkpoint of a training run")
-      held = lm_lib.heldout_sets(model.config, a.limit)
-      clash = sorted(set(held) & set(lm_sets))
-      if clash:
-        raise UsageError(f"--lm_files set {clash[0]!r} clashes with a held-out set; rename it")
-      lm_sets.update(held)
-    if lm_sets:
-      lm_lib.windows([], model.max_length, a.lm_stride)  # checks --lm_stride
+    job = _prepare(a)
   except (UsageError, tasks_lib.TaskError, CheckpointError, ConversionError,
           FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  t0 = time.time()
+  t0, model = time.time(), job.model
   log = resume.ScoreLog(a.output, _fingerprint(a, model))
   resume.install_sigint()
   try:
-    agg, preds, lm_res, errors = _score(a, model, tasks, instances, suites, lm_sets,
-                                        lm_eval_names, log)
+    agg, preds, lm_res, errors = _score(a, model, job.tasks, job.instances, job.suites,
+                                        job.lm_sets, job.lm_eval_names, log)
   except resume.Interrupted:
     log.close(keep=True)
     print(f"interrupted: {log.scored} requests scored so far are kept in {log.path}; run the "
@@ -475,21 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   elapsed = time.time() - t0
-  out = {"tasks": agg["tasks"], "macro": agg["macro"], "subtasks": agg["subtasks"],
-         "counts": agg["counts"], "primary_metrics": agg["primary_metrics"],
-         "truncated": agg["truncated"], "splits": agg["splits"],
-         "lm": lm_res, "errors": errors, "checkpoint": paths.abspath(a.checkpoint),
-         "step": model.step,
-         "config": {"eval": {"tasks": a.tasks, "limit": a.limit, "max_length": model.max_length,
-                             "dtype": model.cfg.dtype, "tokenizer": model.tokenizer,
-                             "file_primary_metric": a.file_primary_metric,
-                             "lm_files": a.lm_files, "lm_heldout": a.lm_heldout,
-                             "lm_stride": a.lm_stride or model.max_length,
-                             "resumed_requests": log.resumed,
-                             "seconds": round(elapsed, 2)},
-                    "model": model.config}}
   paths.makedirs(a.output)
-  _write_json(os.path.join(a.output, "metrics.json"), out)
+  _write_json(os.path.join(a.output, "metrics.json"),
+              _metrics_record(a, model, agg, lm_res, errors, log.resumed, elapsed))
   _write_jsonl(os.path.join(a.output, "predictions.jsonl"), preds)
   log.close(keep=False)  # its scores are in metrics.json now
   _print_summary(a, agg, lm_res, len(preds), log.resumed, model.max_length, elapsed)

@@ -21,7 +21,7 @@ import sys
 A_TIES = ("half", "datadecide")  # analysis.TIES (kept here so --help needs no pandas import)
 
 
-def report_main(argv) -> int:
+def _report_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m olmo_jax.datadecide report",
                               description="Analyse a results table and write the report.")
   p.add_argument("--results", required=True,
@@ -58,45 +58,63 @@ def report_main(argv) -> int:
   p.add_argument("--allow-truncated", action="store_true",
                  help="keep runs whose last step is short of their planned final step "
                       "(default: named in the warnings and left out)")
-  a = p.parse_args(argv)
+  return p
+
+
+def _forms(a, analysis) -> tuple[str, ...]:
+  """The scaling-law setups --forms names (InputError on an unknown one)."""
+  from olmo_jax.datadecide import results
+  forms = tuple(f for f in a.forms.split(",") if f)
+  forms = tuple(analysis.SETUPS) if forms == ("all",) else forms
+  bad = [f for f in forms if f not in analysis.SETUPS and f not in analysis.FORM_ALIASES]
+  if bad:
+    raise results.InputError(f"--forms: unknown setup(s) {', '.join(bad)}; use "
+                             f"{', '.join(list(analysis.FORM_ALIASES) + list(analysis.SETUPS))}"
+                             f" or all")
+  return forms
+
+
+def _write_report(a) -> dict:
+  """Reads, filters and checks the table, then writes the report (InputError / ValueError on
+  bad input, before anything is computed)."""
   from olmo_jax.datadecide import analysis, report, results
   from olmo_jax.datadecide import recipes as recipes_lib
+  if a.last_k < 1:
+    raise results.InputError(f"--last-k {a.last_k} must be >= 1")
+  if a.bootstrap < 1:
+    raise results.InputError(f"--bootstrap {a.bootstrap} must be >= 1")
+  forms = _forms(a, analysis)
+  target_metrics = tuple(a.target_metric or analysis.DEFAULT_TARGET_METRICS)
   try:
-    if a.last_k < 1:
-      raise results.InputError(f"--last-k {a.last_k} must be >= 1")
-    if a.bootstrap < 1:
-      raise results.InputError(f"--bootstrap {a.bootstrap} must be >= 1")
-    forms = tuple(f for f in a.forms.split(",") if f)
-    forms = tuple(analysis.SETUPS) if forms == ("all",) else forms
-    bad = [f for f in forms if f not in analysis.SETUPS and f not in analysis.FORM_ALIASES]
-    if bad:
-      raise results.InputError(f"--forms: unknown setup(s) {', '.join(bad)}; use "
-                               f"{', '.join(list(analysis.FORM_ALIASES) + list(analysis.SETUPS))}"
-                               f" or all")
-    target_metrics = tuple(a.target_metric or analysis.DEFAULT_TARGET_METRICS)
-    try:
-      rmap = json.loads(a.recipe_map) if a.recipe_map else None
-    except json.JSONDecodeError as e:
-      raise results.InputError(f"--recipe-map is not valid JSON ({e})") from None
-    table = results.read_table(a.results, rmap)
-    files = [v for v in a.recipes if v.endswith(".json")]
-    lists = [v for v in a.recipes if not v.endswith(".json")]
-    if len(files) > 1 or len(lists) > 1:
-      raise results.InputError("--recipes: give at most one recipe list and one recipes.json")
-    described = recipes_lib.read(files[0]) if files else None
-    recipes = lists[0].split(",") if lists else None
-    sizes_ = a.sizes.split(",") if a.sizes else None
-    report.check_inputs(table, a.target, a.headline, recipes, sizes_, target_metrics)
-    if recipes:
-      table = table[table["recipe"].isin(recipes)]
-    if sizes_:
-      table = table[table["size"].isin(sizes_)]
-    table, warned = results.drop_truncated(table, a.allow_truncated)
-    report.check_inputs(table, a.target, a.headline)
-    out = report.write_report(table, a.target, a.output, last_k=a.last_k,
-                              headline=a.headline, forms=forms, recipes=described,
-                              target_metrics=target_metrics, ties=a.ties, n_boot=a.bootstrap,
-                              warnings=warned)
+    rmap = json.loads(a.recipe_map) if a.recipe_map else None
+  except json.JSONDecodeError as e:
+    raise results.InputError(f"--recipe-map is not valid JSON ({e})") from None
+  table = results.read_table(a.results, rmap)
+  files = [v for v in a.recipes if v.endswith(".json")]
+  lists = [v for v in a.recipes if not v.endswith(".json")]
+  if len(files) > 1 or len(lists) > 1:
+    raise results.InputError("--recipes: give at most one recipe list and one recipes.json")
+  described = recipes_lib.read(files[0]) if files else None
+  recipes = lists[0].split(",") if lists else None
+  sizes_ = a.sizes.split(",") if a.sizes else None
+  report.check_inputs(table, a.target, a.headline, recipes, sizes_, target_metrics)
+  if recipes:
+    table = table[table["recipe"].isin(recipes)]
+  if sizes_:
+    table = table[table["size"].isin(sizes_)]
+  table, warned = results.drop_truncated(table, a.allow_truncated)
+  report.check_inputs(table, a.target, a.headline)
+  return report.write_report(table, a.target, a.output, last_k=a.last_k,
+                             headline=a.headline, forms=forms, recipes=described,
+                             target_metrics=target_metrics, ties=a.ties, n_boot=a.bootstrap,
+                             warnings=warned)
+
+
+def report_main(argv) -> int:
+  a = _report_parser().parse_args(argv)
+  from olmo_jax.datadecide import results
+  try:
+    out = _write_report(a)
   except (results.InputError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

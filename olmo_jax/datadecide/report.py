@@ -678,12 +678,12 @@ def primary_markdown(res: dict) -> list[str]:
   return lines
 
 
-def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title: str,
-                    recipes: dict | None = None) -> str:
+def _md_summary(table: pd.DataFrame, res: dict, title: str) -> list[str]:
+  """The title and what the table holds."""
   task, metric = res["headline"]
   target = res["target"]
-  da = res["decision_accuracy"]
-  lines = [f"# {title}", ""]
+  lines: list[str] = []
+  lines += [f"# {title}", ""]
   scored = ("final checkpoint" if res["last_k"] == 1
             else f"mean of its last {res['last_k']} checkpoints")
   lines += [f"Results: {table['recipe'].nunique()} recipes, sizes {', '.join(res['sizes'])}, "
@@ -693,8 +693,14 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
             f"({'higher' if A.higher_is_better(metric) else 'lower'} is better"
             + ("; the mean over tasks of each task's primary metric" if task == A.MACRO_TASK
                else "") + f"). Scores are each run's {scored}. Ties: `{res['ties']}`.", ""]
-  if recipes is not None:
-    lines += recipes_markdown(table, recipes)
+  return lines
+
+
+def _md_recommendation(res: dict, rec: dict) -> list[str]:
+  """The recommended recipe, its confidence and what agrees with it."""
+  task, metric = res["headline"]
+  target = res["target"]
+  lines: list[str] = []
   lines += ["## Recommendation", ""]
   if not rec.get("compared", True):
     lines += [f"**Warning: only one recipe ({rec['best_recipe']}) is in the table: nothing "
@@ -717,6 +723,13 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
                  f"({'matches' if rec['matches_target'] else 'does NOT match'} the "
                  f"recommendation)")
   lines.append("")
+  return lines
+
+
+def _md_rankings(res: dict) -> list[str]:
+  """The headline's ranking of the recipes at every size."""
+  task, metric = res["headline"]
+  lines: list[str] = []
   lines += [f"## Rankings ({task} / {metric}, seed mean +- population std)", ""]
   rk = res["rankings"]
   rk = rk[(rk["task"] == task) & (rk["metric"] == metric)]
@@ -728,7 +741,15 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
   wt = pd.DataFrame([{"recipe": k, **{s: v.get(s, "missing") for s in order}}
                      for k, v in sorted(wide.items())])
   lines += [markdown_table(wt), ""]
-  lines += primary_markdown(res)
+  return lines
+
+
+def _md_decision_accuracy(res: dict, figs: dict) -> list[str]:
+  """Decision accuracy of the headline and of every task and metric, with its figure."""
+  task, metric = res["headline"]
+  target = res["target"]
+  da = res["decision_accuracy"]
+  lines: list[str] = []
   lines += [f"## Decision accuracy against {target} (same metric)", ""]
   fin = da[(da["step"] == "final") & (da["task"] == task) & (da["metric"] == metric)]
   if len(fin):
@@ -751,6 +772,14 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
             "checkpoints, large points each size's final checkpoint (error bars: std over "
             "seeds), lines the frontier; the large markers of other shapes are the scaling-law "
             "predictions (compute of all proxy sizes together).", ""]
+  return lines
+
+
+def _md_scaling(res: dict, figs: dict) -> list[str]:
+  """The two-step scaling-law predictions and their figure."""
+  task, metric = res["headline"]
+  target = res["target"]
+  lines: list[str] = []
   sl = res["scaling_law_da"]
   if len(sl):
     lines += ["## Two-step scaling-law prediction", ""]
@@ -768,6 +797,12 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
             "Points: seed-mean scores of every checkpoint of the proxy runs; stars: the target "
             "runs; lines: the fitted 3-parameter law per recipe (step 2 through the sigmoid), "
             "extrapolated to the target's compute.", ""]
+  return lines
+
+
+def _md_agreement_snr_warnings(res: dict, figs: dict) -> list[str]:
+  """Rank agreement, signal to noise and the warnings."""
+  lines: list[str] = []
   lines += ["## Rank agreement between sizes", "",
             f"![rank agreement]({os.path.basename(figs['rank'])})", "",
             "Fraction of recipe pairs that two sizes order the same way (seed means, final "
@@ -779,4 +814,20 @@ def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title
   lines += ["## Warnings", ""]
   lines += [f"- {w}" for w in res["warnings"]] or ["- none"]
   lines.append("")
+  return lines
+
+
+def render_markdown(table: pd.DataFrame, res: dict, rec: dict, figs: dict, title: str,
+                    recipes: dict | None = None) -> str:
+  """report.md: summary, recipes, recommendation, rankings, decision accuracy, scaling laws,
+  rank agreement, SNR and warnings."""
+  lines = _md_summary(table, res, title)
+  if recipes is not None:
+    lines += recipes_markdown(table, recipes)
+  lines += _md_recommendation(res, rec)
+  lines += _md_rankings(res)
+  lines += primary_markdown(res)
+  lines += _md_decision_accuracy(res, figs)
+  lines += _md_scaling(res, figs)
+  lines += _md_agreement_snr_warnings(res, figs)
   return "\n".join(lines)

@@ -701,8 +701,7 @@ def report_target(study: Study, table) -> tuple[str, str | None]:
                    f"against the largest trained size, {largest}")
 
 
-def main(argv) -> int:
-  """`python -m olmo_jax.datadecide --config STUDY.py --workdir DIR [--plan] [--launch] ...`."""
+def _parser():
   import argparse
   p = argparse.ArgumentParser(prog="python -m olmo_jax.datadecide",
                               description="Run a DataDecide study (see olmo_jax/datadecide).")
@@ -723,7 +722,39 @@ def main(argv) -> int:
   p.add_argument("--allow-truncated", action="store_true",
                  help="report on runs short of their final step too (default: named in the "
                       "warnings and left out)")
-  a = p.parse_args(argv)
+  return p
+
+
+def _report(study: "Study", table, allow_truncated: bool, write: bool = True) -> dict | None:
+  """The study's report over its results (truncated runs named and left out unless allowed);
+  its recommendation, or None when not written or fewer than two sizes are trained."""
+  from olmo_jax.datadecide import results
+  table, warned = results.drop_truncated(table, allow_truncated) if len(table) else (table, [])
+  for w in warned:
+    print(f"[study] warning: {w}")
+  if not write or not len(table) or table["size"].nunique() < 2:
+    return None
+  from olmo_jax.datadecide import recipes, report
+  target, note = report_target(study, table)
+  out = report.write_report(table, target, os.path.join(study.workdir, "report"),
+                            headline=study.c.eval.headline or None,
+                            target_metrics=tuple(study.c.eval.target_metrics),
+                            ties=study.c.eval.ties,
+                            title=f"DataDecide study {study.c.name!r}",
+                            recipes=recipes.read(os.path.join(study.workdir,
+                                                              recipes.FILENAME)),
+                            warnings=warned)
+  rec = out["recommendation"]
+  if note:
+    print(f"[study] note: {note}")
+  print(f"[study] best recipe: {rec['best_recipe']} (at {rec['decided_at_size']}); report: "
+        f"{os.path.join(study.workdir, 'report', 'report.md')}")
+  return rec
+
+
+def main(argv) -> int:
+  """`python -m olmo_jax.datadecide --config STUDY.py --workdir DIR [--plan] [--launch] ...`."""
+  a = _parser().parse_args(argv)
   try:
     if a.workers < 1:
       raise InputError(f"--workers {a.workers} must be >= 1")
@@ -745,28 +776,7 @@ def main(argv) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   rc = 1 if summary["failed"] else 0
-  table = summary["table"]
-  rec = None
-  from olmo_jax.datadecide import results
-  table, warned = results.drop_truncated(table, a.allow_truncated) if len(table) else (table, [])
-  for w in warned:
-    print(f"[study] warning: {w}")
-  if not a.no_report and len(table) and table["size"].nunique() >= 2:
-    from olmo_jax.datadecide import recipes, report
-    target, note = report_target(study, table)
-    out = report.write_report(table, target, os.path.join(study.workdir, "report"),
-                              headline=study.c.eval.headline or None,
-                              target_metrics=tuple(study.c.eval.target_metrics),
-                              ties=study.c.eval.ties,
-                              title=f"DataDecide study {study.c.name!r}",
-                              recipes=recipes.read(os.path.join(study.workdir,
-                                                                recipes.FILENAME)),
-                              warnings=warned)
-    rec = out["recommendation"]
-    if note:
-      print(f"[study] note: {note}")
-    print(f"[study] best recipe: {rec['best_recipe']} (at {rec['decided_at_size']}); report: "
-          f"{os.path.join(study.workdir, 'report', 'report.md')}")
+  rec = _report(study, summary["table"], a.allow_truncated, write=not a.no_report)
   if a.launch:
     recipe = a.recipe or (rec["best_recipe"] if rec else None)
     if recipe is None:
