@@ -314,13 +314,28 @@ def setup(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation, step_cfg
   return state, make_train_step(cfg, tx, step_cfg, mesh, shard)
 
 
+def heldout_sums(cfg: model_lib.ModelConfig, params, ids_BxL1, vocab_size: int | None = None):
+  """(summed next-token NLL, number of correct argmax predictions) of windows [B, L+1]: the
+  held-out loss of the in-loop hook and of DataDecide studies. vocab_size: score over the
+  first vocab_size rows of the head only (the real tokens of a padded embedding)."""
+  logits_BxLxV = model_lib.forward(cfg, params, ids_BxL1[:, :-1])
+  if vocab_size:
+    logits_BxLxV = logits_BxLxV[..., :vocab_size]
+  targets_BxL = ids_BxL1[:, 1:]
+  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+  lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+  nll_BxL = lse_BxL - jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+  correct = (jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL).sum()
+  return nll_BxL.sum(), correct
+
+
 def make_eval_step(cfg: model_lib.ModelConfig):
   """Jitted mean next-token loss of a batch {"input_ids": [B, L+1]}."""
   @jax.jit
   def eval_step(params, batch):
     ids = batch["input_ids"]
-    logits = model_lib.forward(cfg, params, ids[:, :-1])
-    return model_lib.cross_entropy(logits, ids[:, 1:])[0]
+    nll, _ = heldout_sums(cfg, params, ids)
+    return nll / (ids.shape[0] * (ids.shape[1] - 1))
   return eval_step
 
 

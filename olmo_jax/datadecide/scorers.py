@@ -75,19 +75,12 @@ class HeldoutScorer:
 
   def _fn(self, mcfg):
     import jax
-    import jax.numpy as jnp
 
-    from olmo_jax import model as model_lib
-    if mcfg not in self._fns:
-      @jax.jit
-      def score(params, ids_BxL1):
-        logits = model_lib.forward(mcfg, params, ids_BxL1[:, :-1])[..., :mcfg.vocab_size]
-        targets = ids_BxL1[:, 1:]
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        correct = jnp.argmax(logits, axis=-1) == targets
-        return nll.sum(), correct.sum()
-      self._fns[mcfg] = score
+    from olmo_jax import trainer
+    if mcfg not in self._fns:  # the trainer's held-out loss, over the real vocabulary
+      self._fns[mcfg] = jax.jit(
+          lambda params, ids_BxL1: trainer.heldout_sums(mcfg, params, ids_BxL1,
+                                                        vocab_size=mcfg.vocab_size))
     return self._fns[mcfg]
 
   def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:
