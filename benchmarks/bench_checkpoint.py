@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import olmo_jax  # noqa: E402,F401  (first: on a CPU host it keeps JAX on the CPU, quietly)
 
 
 def build_state(size: str):
