@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 
+from olmo_jax import paths
 from olmo_jax.datadecide.results import InputError
 
 FILENAME = "recipes.json"
@@ -65,10 +66,7 @@ def describe(name: str, overrides: dict, common: dict | None = None) -> dict:
 
 def write(path: str, descriptions: dict) -> str:
   """Writes recipes.json atomically; returns its path."""
-  with open(path + ".tmp", "w") as f:
-    json.dump(descriptions, f, indent=1, default=str)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+  paths.write_atomic(path, json.dumps(descriptions, indent=1, default=str) + "\n")
   return path
 
 

@@ -25,6 +25,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from olmo_jax import paths
 from olmo_jax.datadecide import analysis as A
 from olmo_jax.datadecide.results import InputError
 
@@ -609,14 +610,11 @@ def _json_default(o):
 
 
 def _atomic_csv(df: pd.DataFrame, path: str) -> None:
-  df.to_csv(path + ".tmp", index=False)
-  os.replace(path + ".tmp", path)
+  paths.write_atomic(path, df.to_csv(index=False))
 
 
 def _atomic_text(text: str, path: str) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  paths.write_atomic(path, text)
 
 
 def recipes_markdown(table: pd.DataFrame, recipes: dict) -> list[str]:

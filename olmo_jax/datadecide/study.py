@@ -33,7 +33,7 @@ from typing import Callable
 
 import ml_collections
 
-from olmo_jax import sizes
+from olmo_jax import paths, sizes
 from olmo_jax.datadecide.results import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -684,10 +684,7 @@ def write_launch(study: Study, recipe: str, output: str | None = None,
   lines += [f"  c.{k} = {v!r}" for k, v in launch_flags(study, recipe, budget).items()]
   lines += ["  return c", ""]
   os.makedirs(os.path.dirname(output), exist_ok=True)
-  tmp = output + ".tmp"
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines))
-  os.replace(tmp, output)
+  paths.write_atomic(output, "\n".join(lines))
   return output
 
 
