@@ -182,8 +182,15 @@ def tpu_target(topology: str, slices: int = 1) -> Target:
   if not tpu_present():  # no chips to guard: compile-only libtpu in any number of processes
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   kw = {"num_slices": slices} if slices > 1 else {}
-  with _quiet_stderr():  # libtpu's notes on the missing TPU metadata of a CPU host
-    topo = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kw)
+  try:
+    with _quiet_stderr():  # libtpu's notes on the missing TPU metadata of a CPU host
+      topo = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kw)
+  except RuntimeError as e:
+    if "INVALID_ARGUMENT" not in str(e):
+      raise  # no TPU compiler here: the caller falls back to the analytic plan
+    raise ValueError(f"plan.topology={topology!r} is not a TPU topology ("
+                     f"{str(e).splitlines()[0][:120]}); use a name such as v4:2x2x2, "
+                     "v5e:4x4, v5p:2x2x2 or v6e:4x4") from None
   kind = topo.devices[0].device_kind.lower()
   memory = next((m for k, m in sorted(TPU_MEMORY.items(), key=lambda kv: -len(kv[0]))
                  if kind.startswith(k)), 0)

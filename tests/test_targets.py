@@ -141,3 +141,17 @@ def test_plan_says_why_it_is_analytic(tiny, monkeypatch):
   assert p.source == "analytic" and "no compiler for gpu is installed here" in p.note
   assert "plan (analytic) for 8 x h100 (gpu)" in lines[0]
   assert dataclasses.asdict(p)["num_devices"] == 8
+
+
+def test_unknown_tpu_topology_is_one_error_line(tmp_path):
+  env = dict(os.environ, PYTHONPATH=REPO)
+  env.pop("JAX_PLATFORMS", None)
+  proc = subprocess.run(
+      [sys.executable, "-m", "olmo_jax.train", *TINY, "--dry_run", "--config.plan.platform=tpu",
+       "--config.plan.topology=v9z:1x1"], env=env, cwd=REPO, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines() == [
+      line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
+  assert "plan.topology='v9z:1x1' is not a TPU topology" in proc.stderr
+  assert "Traceback" not in proc.stderr
