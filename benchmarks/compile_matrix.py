@@ -21,6 +21,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import olmo_jax  # noqa: E402,F401  (first: on a CPU host it keeps JAX on the CPU, quietly)
 
 # name -> plan options (olmo_jax/plan.py, configs/train.py: plan.*)
 TARGETS = {
@@ -70,7 +71,7 @@ def chosen(size: str, opts: dict) -> dict:
       if q.fits:
         p, micro, remat = q, fix.microbatch, fix.remat
         break
-  return {"size": size, "target": target.describe(), "fits": p.fits,
+  return {"size": size, "target": target.describe(), "source": p.source, "fits": p.fits,
           "gib_per_device": p.total / GIB, "microbatch": micro, "remat": remat,
           "collectives": p.collectives, "attention": p.attention,
           "compile_seconds": seconds}
@@ -102,8 +103,9 @@ def table(rows: list[dict]) -> str:
   out = ["| size | target | fits | GiB / device | microbatch | remat | collectives | "
          "compile s |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
+    src = "" if r.get("source", "compiled") == "compiled" else f" ({r['source']})"
     coll = ", ".join(f"{k} {v}" for k, v in sorted(r["collectives"].items())) or "-"
-    out.append(f"| {r['size']} | {r['name']} | {'yes' if r['fits'] else 'no'} | "
+    out.append(f"| {r['size']} | {r['name']} | {'yes' if r['fits'] else 'no'}{src} | "
                f"{r['gib_per_device']:.1f} | {r['microbatch']} | {r['remat']} | {coll} | "
                f"{r['compile_seconds']:.0f} |")
   return "\n".join(out)

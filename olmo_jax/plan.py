@@ -614,6 +614,36 @@ def target_mesh(cfg, target):
 _TPU_USED = re.compile(r"(?:Used |required for [^(]*\()([\d.]+)([KMGT])?")
 
 
+def _failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, target, mem,
+                         peak) -> Plan:
+  """The plan of a step the target's compiler did not compile.
+
+  XLA:TPU's RESOURCE_EXHAUSTED is the hardware's answer (compiled, does not fit, with XLA's
+  total); any other compiler error (e.g. XLA:GPU finding no GEMM tiling for a dot of a huge
+  microbatch) leaves the analytic estimate, its note naming the compiler's first line.
+  """
+  used = _TPU_USED.search(str(e))
+  opts = plan_options(cfg)
+  if "RESOURCE_EXHAUSTED" not in str(e) or not used:
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    return analytic_plan(cfg, mcfg, tx, step_cfg, platform=target.platform,
+                         num_devices=len(target.devices), kind=target.device_kind,
+                         device_memory=mem, peak=peak,
+                         note=f"analytic estimate: the {target.platform} compiler did not "
+                              f"compile this step ({first[:160]})")
+  params = _shard_bytes(abstract["params"], shard["params"])
+  opt = _shard_bytes(abstract["opt_state"], shard["opt_state"])
+  scale = {None: 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+  total = int(float(used.group(1)) * scale[used.group(2)])
+  return Plan("compiled", target.platform, target.device_kind, len(target.devices),
+              dict(mesh.shape), params, opt, max(total - params - opt, 0), 0, mem,
+              model_flops_per_token(cfg) * cfg.derived.tokens_per_step / len(target.devices),
+              cfg.derived.tokens_per_step, peak, opts.mfu, oom_total=max(total, mem + 1),
+              attention=attention_kernel("", cfg.model.attention, target.platform),
+              note="XLA refused the step: RESOURCE_EXHAUSTED (activations = the rest of "
+                   "XLA's total)")
+
+
 def target_plan(cfg, mcfg, tx, step_cfg, target) -> Plan:
   """The compiled plan of the train step for a target's compile-only devices."""
   opts = plan_options(cfg)
@@ -628,21 +658,9 @@ def target_plan(cfg, mcfg, tx, step_cfg, target) -> Plan:
     if "No PTX compilation provider" in str(e):
       raise ImportError("XLA:GPU finds no ptxas (pip install nvidia-cuda-nvcc-cu12, as in "
                         "requirements.txt, or a CUDA toolkit)") from e
-    used = _TPU_USED.search(str(e))
-    if "RESOURCE_EXHAUSTED" not in str(e) or not used:
-      raise
-    params = _shard_bytes(abstract["params"], shard["params"])
-    opt = _shard_bytes(abstract["opt_state"], shard["opt_state"])
-    scale = {None: 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    total = int(float(used.group(1)) * scale[used.group(2)])
-    plan = Plan("compiled", target.platform, target.device_kind, len(target.devices),
-                dict(mesh.shape), params, opt, max(total - params - opt, 0), 0, mem,
-                model_flops_per_token(cfg) * cfg.derived.tokens_per_step / len(target.devices),
-                cfg.derived.tokens_per_step, peak, opts.mfu, target=target.describe(),
-                compile_seconds=time.perf_counter() - t0, oom_total=max(total, mem + 1),
-                attention=attention_kernel("", cfg.model.attention, target.platform),
-                note="XLA refused the step: RESOURCE_EXHAUSTED (activations = the rest of "
-                     "XLA's total)")
+    plan = _failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, target,
+                                mem, peak)
+    plan.compile_seconds, plan.target = time.perf_counter() - t0, target.describe()
     return plan
   plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=target.device_kind,
                        device_memory=mem, peak=peak)

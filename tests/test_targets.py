@@ -143,6 +143,23 @@ def test_plan_says_why_it_is_analytic(tiny, monkeypatch):
   assert dataclasses.asdict(p)["num_devices"] == 8
 
 
+@needs_cuda
+def test_a_compiler_error_leaves_the_analytic_plan_naming_it(tiny, monkeypatch):
+  """XLA:GPU can fail on a step it cannot tile (seen at 530M, one microbatch of 448 x 2048
+  on 1 x H100): the plan is then the analytic estimate, and its note quotes the compiler."""
+  def refuse(*a, **k):
+    raise RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.96\n"
+                       "  Symbolic tile with ...")
+  monkeypatch.setattr(plan, "_timed_compile", refuse)
+  c, mcfg, tx, sc = parts(tiny, platform="gpu", devices=2, device_kind="h100")
+  p = plan.target_plan(c, mcfg, tx, sc, targets.gpu_target("h100", 2))
+  assert p.source == "analytic" and p.num_devices == 2 and p.target["devices"] == 2
+  assert "did not compile this step (INTERNAL: Couldn't find output tile sizes" in p.note
+  est = plan.analytic_plan(c, mcfg, tx, sc, platform="gpu", num_devices=2, kind="h100",
+                           device_memory=0, peak=0)
+  assert (p.params, p.opt_state, p.activations) == (est.params, est.opt_state, est.activations)
+
+
 def test_unknown_tpu_topology_is_one_error_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO)
   env.pop("JAX_PLATFORMS", None)
