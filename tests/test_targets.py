@@ -160,6 +160,24 @@ def test_a_compiler_error_leaves_the_analytic_plan_naming_it(tiny, monkeypatch):
   assert (p.params, p.opt_state, p.activations) == (est.params, est.opt_state, est.activations)
 
 
+@needs_cuda
+def test_gpu_step_without_a_triton_tiling_is_compiled_with_library_gemms(tiny, monkeypatch):
+  """Where XLA:GPU's default Triton GEMM tiling fails (no autotuning without a device), the
+  step is compiled again with library GEMMs, and the plan says so."""
+  real, seen = plan._timed_compile, []
+  def triton_fails(step, abstract, mesh, cfg, options=None):
+    seen.append(options)
+    if options is None:
+      raise RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.96")
+    return real(step, abstract, mesh, cfg, options)
+  monkeypatch.setattr(plan, "_timed_compile", triton_fails)
+  c, mcfg, tx, sc = parts(tiny, platform="gpu", devices=2, device_kind="h100")
+  p = plan.target_plan(c, mcfg, tx, sc, targets.gpu_target("h100", 2))
+  assert seen == [None, {"xla_gpu_enable_triton_gemm": False}]
+  assert p.source == "compiled" and p.fits and "library GEMMs" in p.note
+  assert p.collectives.get("all-gather", 0) > 0
+
+
 def test_unknown_tpu_topology_is_one_error_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=REPO)
   env.pop("JAX_PLATFORMS", None)
