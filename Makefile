@@ -28,9 +28,10 @@ demo: $(STAMP)
 	$(PY) -m eval.run --checkpoint runs/demo --tasks core --limit 25 --output runs/demo/eval \
 	  --overwrite
 
-# A small DataDecide study on the embedded corpus: 3 recipes x 3 sizes x 2 seeds, then the report.
+# A small DataDecide study on the embedded corpus: 5 recipes x 3 sizes x 2 seeds, then the report.
 datadecide-demo: $(STAMP)
-	$(PY) -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir runs/datadecide-demo --launch
+	$(PY) -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir runs/datadecide-demo \
+	  --workers 2 --launch
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

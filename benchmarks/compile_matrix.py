@@ -77,26 +77,70 @@ def chosen(size: str, opts: dict) -> dict:
           "compile_seconds": seconds}
 
 
-def max_batch(opts: dict, remat: str, tries: int = 4) -> dict:
-  """Largest global batch of 1B (sequences; microbatch = batch) that compiles within memory."""
+def _plan_at(opts: dict, seqs: int, remat: str):
+  """The compiled 1B plan of one microbatch of `seqs` sequences on a target."""
   from olmo_jax import plan
-  c, mcfg, tx, sc = parts("1B", opts, batch_size=64, microbatch_size=64)
+  c, mcfg, tx, sc = parts("1B", opts, batch_size=seqs, microbatch_size=seqs)
+  c.model.remat = remat
   target = plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 0))
-  n = len(target.devices)
-  lo, hi, best = n, 4096, 0
-  for _ in range(tries):  # bisection over multiples of the device count
-    mid = max(n, (lo + hi) // 2 // n * n)
-    c, mcfg, tx, sc = parts("1B", opts, batch_size=mid, microbatch_size=mid)
-    c.model.remat = remat
-    p = plan.target_plan(c, dataclasses.replace(mcfg, remat=remat), tx, sc, target)
-    if p.fits:
-      best, lo = mid, mid + n
-    else:
-      hi = mid - n
-    if lo > hi:
-      break
-  return {"target": target.describe(), "remat": remat, "max_batch_seqs": best,
-          "tokens_per_step": best * c.train.seq_len}
+  return plan.target_plan(c, dataclasses.replace(mcfg, remat=remat), tx, sc, target)
+
+
+def max_batch(opts: dict, remat: str, max_compiles: int = 6) -> dict:
+  """Largest global batch of 1B (sequences; microbatch = batch) that compiles within memory.
+
+  A step's bytes grow linearly with its batch: plans at n and 2n sequences (n = the devices,
+  each a batch shard) give the bytes per sequence; the predicted largest batch b is compiled,
+  then b + n (or b - n), until a batch that fits sits next to one that does not.
+  """
+  from olmo_jax import plan
+  c = parts("1B", opts)[0]
+  n = len(plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 0)).devices)
+  p1 = _plan_at(opts, n, remat)
+  seconds, compiles = p1.compile_seconds, 1
+  best, over = (n, None) if p1.fits else (0, n)
+  if p1.fits:
+    p2 = _plan_at(opts, 2 * n, remat)
+    seconds, compiles = seconds + p2.compile_seconds, 2
+    per_seq = max((p2.total - p1.total) / n, 1.0)
+    b = max(n, int((p1.device_memory - p1.total) / per_seq + n) // n * n)
+    while compiles < max_compiles and (over is None or over - best > n):
+      q = _plan_at(opts, b, remat)
+      seconds, compiles = seconds + q.compile_seconds, compiles + 1
+      if q.fits:
+        best = max(best, b)
+        b += n
+      else:
+        over = b if over is None else min(over, b)
+        b -= n
+      if b <= best or (over is not None and b >= over):
+        break
+  return {"target": p1.target, "remat": remat, "max_batch_seqs": best,
+          "tokens_per_step": best * c.train.seq_len,
+          "confirmed": over is not None and over - best == n, "compiles": compiles,
+          "compile_seconds": seconds}
+
+
+def _machine() -> str:
+  """The CPU model and core count (compile times depend on them)."""
+  model = platform.processor() or platform.machine()
+  if os.path.exists("/proc/cpuinfo"):
+    for line in open("/proc/cpuinfo"):
+      if line.startswith("model name"):
+        model = line.split(":", 1)[1].strip()
+        break
+  return f"{model}, {os.cpu_count()} cores"
+
+
+def _versions() -> str:
+  from importlib import metadata
+  out = []
+  for pkg in ("jax-cuda12-plugin", "nvidia-cuda-nvcc-cu12", "libtpu"):
+    try:
+      out.append(f"{pkg} {metadata.version(pkg)}")
+    except metadata.PackageNotFoundError:
+      out.append(f"{pkg} not installed")
+  return ", ".join(out)
 
 
 def table(rows: list[dict]) -> str:
@@ -111,9 +155,20 @@ def table(rows: list[dict]) -> str:
   return "\n".join(out)
 
 
+def batch_table(rows: list[dict]) -> str:
+  out = ["| target (1B, one microbatch) | remat | largest batch (sequences) | tokens per step | "
+         "compiles |", "|---|---|---|---|---|"]
+  for r in rows:
+    seqs = f"{r['max_batch_seqs']}" + ("" if r["confirmed"] else " (not bracketed)")
+    out.append(f"| {r['name']} | {r['remat']} | {seqs} | {r['tokens_per_step']:,} | "
+               f"{r['compiles']} |")
+  return "\n".join(out)
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--sizes", nargs="+", default=["150M", "530M", "1B"])
+  ap.add_argument("--sizes", nargs="*", default=["150M", "530M", "1B"],
+                  help="sizes of the table (none: only --max_batch)")
   ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
   ap.add_argument("--max_batch", action="store_true", help="also the largest 1B batch")
   ap.add_argument("--max_batch_remat", default="full")
@@ -122,7 +177,8 @@ def main(argv=None) -> int:
   import jax
   rows = []
   sink = open(a.out, "a") if a.out else None
-  print(f"# {platform.node()}, jax {jax.__version__}, {time.strftime('%Y-%m-%d')}", flush=True)
+  print(f"# {_machine()}, jax {jax.__version__}, {_versions()}, {time.strftime('%Y-%m-%d')}",
+        flush=True)
   for size in a.sizes:
     for name in a.targets:
       row = {"name": name, **chosen(size, TARGETS[name])}
@@ -131,14 +187,18 @@ def main(argv=None) -> int:
       if sink:
         sink.write(json.dumps(row) + "\n")
         sink.flush()
+  batches = []
   if a.max_batch:
     for name in a.targets:
       row = {"name": name, **max_batch(TARGETS[name], a.max_batch_remat)}
+      batches.append(row)
       print(json.dumps(row), flush=True)
       if sink:
         sink.write(json.dumps(row) + "\n")
         sink.flush()
   print(table(rows))
+  if batches:
+    print(batch_table(batches))
   return 0
 
 

@@ -1,19 +1,20 @@
 """`make datadecide-demo`: a small real study on the embedded corpus that can get it wrong (CPU).
 
-Three recipes that differ subtly, built from the embedded corpus (olmo_jax/datadecide/synthetic.py):
-clean text, and the same text with 2% or 4% of its tokens replaced by random ones. Token ids
+Five recipes that differ subtly, built from the embedded corpus (olmo_jax/datadecide/synthetic.py):
+clean text, and the same text with 1%, 2%, 3% or 4% of its tokens replaced by random ones. Token ids
 are re-coded into a 1,024-id vocabulary so the models stay small. Two proxy sizes and a target
 size (tiny custom shapes) trained at the same number of tokens per parameter, so the proxies
 see the data the way the target does, only less of it; two seeds each. Scores: held-out loss
 and next-token accuracy on clean documents never trained on. At the smallest size the recipes'
-differences are within the seed noise, so the smallest proxy may pick the wrong order.
+differences are within the seed noise, so the smallest proxy orders some pairs wrong; the larger
+proxy fewer (docs/datadecide.md has the measured decision accuracies).
 
   python -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir runs/datadecide-demo
 """
 
 import ml_collections
 
-NOISE = {"clean": 0.0, "noisy2": 0.02, "noisy4": 0.04}
+NOISE = {"clean": 0.0, "noisy1": 0.01, "noisy2": 0.02, "noisy3": 0.03, "noisy4": 0.04}
 VOCAB = 1024
 
 
