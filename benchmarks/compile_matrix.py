@@ -91,34 +91,34 @@ def max_batch(opts: dict, remat: str, max_compiles: int = 6) -> dict:
 
   A step's bytes grow linearly with its batch: plans at n and 2n sequences (n = the devices,
   each a batch shard) give the bytes per sequence; the predicted largest batch b is compiled,
-  then b + n (or b - n), until a batch that fits sits next to one that does not.
+  then the secant through the nearest plans that fit and do not, until a batch that fits
+  sits next to one that does not (or `max_compiles` plans were compiled).
   """
   from olmo_jax import plan
   c = parts("1B", opts)[0]
   n = len(plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 0)).devices)
   p1 = _plan_at(opts, n, remat)
-  seconds, compiles = p1.compile_seconds, 1
-  best, over = (n, None) if p1.fits else (0, n)
+  seen = {n: p1}
   if p1.fits:
-    p2 = _plan_at(opts, 2 * n, remat)
-    seconds, compiles = seconds + p2.compile_seconds, 2
-    per_seq = max((p2.total - p1.total) / n, 1.0)
-    b = max(n, int((p1.device_memory - p1.total) / per_seq + n) // n * n)
-    while compiles < max_compiles and (over is None or over - best > n):
-      q = _plan_at(opts, b, remat)
-      seconds, compiles = seconds + q.compile_seconds, compiles + 1
-      if q.fits:
-        best = max(best, b)
-        b += n
-      else:
-        over = b if over is None else min(over, b)
-        b -= n
-      if b <= best or (over is not None and b >= over):
-        break
+    seen[2 * n] = _plan_at(opts, 2 * n, remat)
+  while len(seen) < max_compiles:
+    fit = [b for b, p in seen.items() if p.fits]
+    over = [b for b, p in seen.items() if not p.fits]
+    lo, hi = max(fit, default=0), min(over, default=None)
+    if not lo or (hi is not None and hi - lo <= n):
+      break
+    a, b = (lo, hi) if hi is not None else sorted(seen)[-2:]  # the secant through two plans
+    per_seq = max((seen[b].total - seen[a].total) / (b - a), 1.0)
+    guess = int(lo + (seen[lo].device_memory - seen[lo].total) / per_seq) // n * n
+    guess = max(lo + n, guess if hi is None else min(guess, hi - n))
+    seen[guess] = _plan_at(opts, guess, remat)
+  fit = [b for b, p in seen.items() if p.fits]
+  over = [b for b, p in seen.items() if not p.fits]
+  best, hi = max(fit, default=0), min(over, default=None)
   return {"target": p1.target, "remat": remat, "max_batch_seqs": best,
           "tokens_per_step": best * c.train.seq_len,
-          "confirmed": over is not None and over - best == n, "compiles": compiles,
-          "compile_seconds": seconds}
+          "confirmed": hi is not None and hi - best == n, "compiles": len(seen),
+          "compile_seconds": sum(p.compile_seconds for p in seen.values())}
 
 
 def _machine() -> str:
