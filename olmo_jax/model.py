@@ -234,9 +234,9 @@ def _remat_policy(name: str):
 def attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, impl: str, on_cpu: bool | None = None):
   """Causal softmax attention.
 
-  'auto' is 'blocked' on CPU; elsewhere jax.nn.dot_product_attention picks cuDNN flash
-  attention where it supports the shapes and dtype (GPU, bf16/fp16) and XLA otherwise.
-  'cudnn' insists (and fails loudly) on cuDNN; 'xla' is XLA's fused attention.
+  'auto' is 'blocked' on CPU; elsewhere jax.nn.dot_product_attention's own default, which in
+  jax 0.10 is XLA's attention on GPUs too (the plan reports the kernel a step lowered to).
+  'cudnn' insists (and fails loudly) on cuDNN flash attention; 'xla' is XLA's attention.
   on_cpu: the platform choice (ModelConfig.on_cpu); None asks the devices in use.
   """
   if on_cpu is None:

@@ -52,9 +52,13 @@ SAVED_PER_LAYER = {"none": 24.4, "dots_saveable": 15.5, "dots_with_no_batch_dims
 # loss's hidden-state gradient), same units.
 WORKING_SET = 28.0
 # The activation estimate against XLA:GPU's compiled figure (bfloat16, XLA attention), as
-# (low, high) ratios: 0.85 at 1B on 8 x H100, down to 0.41 on models of a few million
-# parameters (XLA:GPU's fixed work buffers); tests/test_targets.py pins it.
+# (low, high) ratios: 0.98-1.06 of the compiled total from 150M to 1B (1, 8 and 16 GPUs;
+# docs/scaling.md), down to 0.41 on models of a few million parameters (XLA:GPU's fixed work
+# buffers); tests/test_targets.py pins it.
 GPU_TOLERANCE = (0.4, 1.15)
+# Bytes per attention score a layer keeps for the backward pass under XLA's attention without
+# remat: float32 scores and probabilities (measured 7.5-8.0 on XLA:GPU, 150M and 530M).
+XLA_SCORE_BYTES = 8
 # Share of a layer's saved activations as wide as d_model (not split by tensor parallelism).
 EMBED_SHARE = 0.2
 
@@ -227,11 +231,12 @@ def activation_estimate(mcfg, *, tokens: int, seq_len: int, micro_batch: int, pl
   work = WORKING_SET * unit * tp
   attn = 0
   impl = mcfg.attention
-  if impl == "auto":
-    impl = "blocked" if platform == "cpu" else "cudnn" if platform == "gpu" else "xla"
-  if impl == "xla":  # full [B, H, L, L] probabilities, kept per layer unless recomputed
-    probs = micro_batch * mcfg.n_heads * seq_len * seq_len * s // tensor
-    attn = probs * (2 + (mcfg.n_layers if mcfg.remat in ("none", "dots_saveable") else 0))
+  if impl == "auto":  # model.attention: jax.nn.dot_product_attention's default is XLA's
+    impl = "blocked" if platform == "cpu" else "xla"
+  if impl == "xla":  # full [B, H, L, L] scores, kept per layer unless recomputed
+    elems = micro_batch * mcfg.n_heads * seq_len * seq_len // tensor
+    kept = mcfg.n_layers if mcfg.remat in ("none", "dots_saveable") else 0
+    attn = elems * (2 * s + kept * XLA_SCORE_BYTES)
   elif impl == "blocked":  # one block of float32 scores at a time
     block = max(64, seq_len // 16)
     attn = 3 * micro_batch * mcfg.n_heads * block * seq_len * 4 // tensor
