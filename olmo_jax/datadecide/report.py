@@ -355,7 +355,7 @@ def _scaling_panel(ax, dax, table, res, task, m, recipes, styles) -> dict:
   t_compute = table[table["size"] == res["target"]]["compute"].max()
   cs = np.logspace(np.log10(proxy["compute"][proxy["compute"] > 0].min()),
                    np.log10(t_compute), 60) if len(proxy) else None
-  handles = {}
+  handles, drawn = {}, False
   for r in sorted(recipes, key=lambda r: styles[r]["zorder"]):
     st = styles[r]
     kw = {"color": st["color"], "marker": st["marker"], "alpha": st["alpha"],
@@ -373,6 +373,7 @@ def _scaling_panel(ax, dax, table, res, task, m, recipes, styles) -> dict:
                   color=st["color"], edgecolor="black", linewidth=0.5, zorder=6)
     y = _fit_curve(res["scaling_law"], task, m, r, cs) if cs is not None else None
     if y is not None:
+      drawn = True
       ax.plot(cs, y, color=st["color"], lw=st["lw"], alpha=min(1.0, st["alpha"] + 0.1),
               zorder=st["zorder"])
   _fitted_ylim(ax, pts["value"])
@@ -382,8 +383,9 @@ def _scaling_panel(ax, dax, table, res, task, m, recipes, styles) -> dict:
   dax.set_ylabel(f"{m} - mean of recipes", fontsize=8)
   dax.axhline(0, color="black", lw=0.6)
   dax.set_xlabel("training compute of one run (FLOPs, 6ND)")
-  ax.set_title(f"{task}: {m}" + (" (fit: 3-param L(C))" if not A.higher_is_better(m) else
-                                  " (fit: L(C) then sigmoid)"), fontsize=10)
+  fit = "3-param L(C)" if not A.higher_is_better(m) else "L(C) then sigmoid"
+  ax.set_title(f"{task}: {m} (" + (f"fit: {fit}" if drawn else "no fit drawn: under-determined")
+               + ")", fontsize=10)
   for a in (ax, dax):
     a.grid(alpha=0.3)
   return handles
