@@ -165,6 +165,27 @@ def batch_table(rows: list[dict]) -> str:
   return "\n".join(out)
 
 
+def summary_table(rows: list[dict], batches: list[dict]) -> str:
+  """One line per target: each size's fit, GiB per device and microbatch; the largest batch."""
+  sizes = list(dict.fromkeys(r["size"] for r in rows))
+  cells = {(r["name"], r["size"]): r for r in rows}
+  big = {b["name"]: b for b in batches}
+  out = ["| target | " + " | ".join(sizes) + " | largest 1B batch, one microbatch |",
+         "|---" * (len(sizes) + 2) + "|"]
+  for name in TARGETS:
+    line = []
+    for size in sizes:
+      r = cells.get((name, size))
+      line.append("-" if r is None else
+                  f"{'fits' if r['fits'] else 'does not fit'}: {r['gib_per_device']:.1f} GiB, "
+                  f"microbatch {r['microbatch']}")
+    b = big.get(name)
+    line.append("-" if b is None else f"{b['max_batch_seqs']} x 2048 ({b['remat']} remat)")
+    if any(x != "-" for x in line):
+      out.append(f"| {name} | " + " | ".join(line) + " |")
+  return "\n".join(out)
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--sizes", nargs="*", default=["150M", "530M", "1B"],
@@ -173,7 +194,15 @@ def main(argv=None) -> int:
   ap.add_argument("--max_batch", action="store_true", help="also the largest 1B batch")
   ap.add_argument("--max_batch_remat", default="full")
   ap.add_argument("--out", default="", help="also write JSON lines here")
+  ap.add_argument("--tables", default="", help="print the tables of a JSON-lines file and stop")
   a = ap.parse_args(argv)
+  if a.tables:
+    saved = [json.loads(line) for line in open(a.tables) if line.strip()]
+    rows = [r for r in saved if "size" in r]
+    batches = [r for r in saved if "max_batch_seqs" in r]
+    print(table(rows) + "\n\n" + (batch_table(batches) + "\n\n" if batches else "")
+          + summary_table(rows, batches))
+    return 0
   import jax
   rows = []
   sink = open(a.out, "a") if a.out else None

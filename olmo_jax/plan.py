@@ -459,8 +459,12 @@ def candidates(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[Fix]:
 
 
 def _smaller_microbatch(batch: int, mb: int, shards: int) -> int:
-  """The largest divisor of `batch` at most mb // 2 that splits over `shards` (0: none)."""
-  nxt = mb // 2
+  """The largest divisor of `batch` below mb that splits over `shards` (0: none).
+
+  Every such divisor is tried, so the search finds the largest microbatch that fits (448
+  sequences: 224, 112, 64, 56, 32, 28, 16, 14, 8, 7, 4, 2, 1 on one device).
+  """
+  nxt = mb - 1
   while nxt and (batch % nxt or nxt % shards):
     nxt -= 1
   return nxt
