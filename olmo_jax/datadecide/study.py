@@ -381,10 +381,8 @@ def score_cell(study: Study, cell: Cell, scorer: Callable, print_fn=None) -> int
       print_fn(f"[study] scoring {cell.name} step {step} ({i + 1}/{len(todo)})")
     ckpt = os.path.join(d, "checkpoints", str(step))
     scores = scorer(cell, step, ckpt, out)
-    tmp = cache + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump({"tasks": scores, "step": step, "checkpoint": ckpt, "cell": cell.name}, f)
-    os.replace(tmp, cache)
+    paths.write_atomic(cache, json.dumps({"tasks": scores, "step": step, "checkpoint": ckpt,
+                                          "cell": cell.name}))
   return len(todo)
 
 
