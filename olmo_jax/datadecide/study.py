@@ -593,12 +593,10 @@ def write_plan(study: Study) -> str:
   recipes.json."""
   study.write_recipes()
   path = os.path.join(study.workdir, "plan.txt")
-  with open(path, "w") as f:
-    for cell in study.cells():
-      f.write(shlex.join(study.train_command(cell, python="python")) + "\n")
-  with open(os.path.join(study.workdir, "plan.json"), "w") as f:
-    json.dump([{"cell": c.name, "workdir": study.cell_dir(c)} for c in study.cells()], f,
-              indent=1)
+  paths.write_atomic(path, "".join(shlex.join(study.train_command(cell, python="python")) + "\n"
+                                   for cell in study.cells()))
+  cells = [{"cell": c.name, "workdir": study.cell_dir(c)} for c in study.cells()]
+  paths.write_atomic(os.path.join(study.workdir, "plan.json"), json.dumps(cells, indent=1))
   return path
 
 
