@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.budget_fraction = 1.0  # < 1 for quick studies
   c.steps = ml_collections.ConfigDict()  # size -> explicit step count (overrides the budget)
   c.batch_size = -1  # sequences; -1: the ladder's batch for the size
-  c.seq_len = 2048
+  c.seq_len = sizes.SEQ_LEN
   c.warmup_fraction = 0.01  # of the steps, when the budget is scaled (DataDecide: ~1%)
   c.checkpoint_every = -1  # steps; -1: 1250 (2500 for 1B) as DataDecide saved
   c.checkpoints_per_run = 0  # > 0: every = ceil(steps / this), overriding checkpoint_every
