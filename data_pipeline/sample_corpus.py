@@ -19,11 +19,11 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import sysconfig
 import time
 
+from data_pipeline import atomic
 from data_pipeline import tokenize as tokenize_lib
 
 CORPUS_DIR = "sample"
@@ -114,6 +114,26 @@ def _write_jsonl_gz(path: str, docs: list[str]) -> None:
       f.write((json.dumps({"text": d}) + "\n").encode())
 
 
+def _build_source(tmp: str, name: str, docs: list[str], tokenizer: str) -> dict:
+  """Writes text/<name>.jsonl.gz and <name>/ (token shard + index.json) under `tmp`;
+  returns the source's manifest entry."""
+  text_path = os.path.join(tmp, "text", f"{name}.jsonl.gz")
+  _write_jsonl_gz(text_path, docs)
+  index = tokenize_lib.run([text_path], os.path.join(tmp, name), tokenizer=tokenizer,
+                           workers=1, progress=sys.stderr.isatty())
+  for shard in index["shards"]:  # paths inside the corpus, not the temporary directory
+    shard["source"] = os.path.join("text", f"{name}.jsonl.gz")
+  atomic.write_json(os.path.join(tmp, name, tokenize_lib.INDEX_FILE), index)
+  for sidecar in os.listdir(os.path.join(tmp, name)):
+    if sidecar.startswith("part-") and sidecar.endswith(".json"):
+      os.remove(os.path.join(tmp, name, sidecar))
+  sha = hashlib.sha256()
+  for shard in index["shards"]:
+    with open(os.path.join(tmp, name, shard["file"]), "rb") as f:
+      sha.update(f.read())
+  return {"documents": index["documents"], "tokens": index["tokens"], "sha256": sha.hexdigest()}
+
+
 def build(data_dir: str, tokenizer: str = "olmo", force: bool = False) -> str:
   """Build the corpus under <data_dir>/sample unless already there; returns that directory.
 
@@ -126,34 +146,14 @@ def build(data_dir: str, tokenizer: str = "olmo", force: bool = False) -> str:
   t0 = time.time()
   logging.info("building the sample corpus from the Python %s standard library into %s ...",
                sys.version.split()[0], final)
-  os.makedirs(data_dir, exist_ok=True)
-  tmp = f"{final}.tmp-{os.getpid()}"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(os.path.join(tmp, "text"))
-  modules = stdlib_modules()
-  docs = {"sample_prose": prose_documents(modules), "sample_code": code_documents(modules)}
-  manifest = {"python": sys.version.split()[0], "tokenizer": tokenizer, "sources": {}}
-  for name in SOURCES:
-    text_path = os.path.join(tmp, "text", f"{name}.jsonl.gz")
-    _write_jsonl_gz(text_path, docs[name])
-    index = tokenize_lib.run([text_path], os.path.join(tmp, name), tokenizer=tokenizer,
-                             workers=1, progress=sys.stderr.isatty())
-    for shard in index["shards"]:  # paths inside the corpus, not the temporary directory
-      shard["source"] = os.path.join("text", f"{name}.jsonl.gz")
-    tokenize_lib.atomic_write_json(os.path.join(tmp, name, tokenize_lib.INDEX_FILE), index)
-    for sidecar in os.listdir(os.path.join(tmp, name)):
-      if sidecar.startswith("part-") and sidecar.endswith(".json"):
-        os.remove(os.path.join(tmp, name, sidecar))
-    sha = hashlib.sha256()
-    for shard in index["shards"]:
-      with open(os.path.join(tmp, name, shard["file"]), "rb") as f:
-        sha.update(f.read())
-    manifest["sources"][name] = {"documents": index["documents"], "tokens": index["tokens"],
-                                 "sha256": sha.hexdigest()}
-  tokenize_lib.atomic_write_json(os.path.join(tmp, MANIFEST), manifest)
-  if os.path.exists(final):
-    shutil.rmtree(final)
-  os.replace(tmp, final)
+  with atomic.replacing_directory(final) as tmp:
+    os.makedirs(os.path.join(tmp, "text"))
+    modules = stdlib_modules()
+    docs = {"sample_prose": prose_documents(modules), "sample_code": code_documents(modules)}
+    manifest = {"python": sys.version.split()[0], "tokenizer": tokenizer, "sources": {}}
+    for name in SOURCES:
+      manifest["sources"][name] = _build_source(tmp, name, docs[name], tokenizer)
+    atomic.write_json(os.path.join(tmp, MANIFEST), manifest)
   logging.info("sample corpus built in %.1fs: %s", time.time() - t0,
                ", ".join(f"{k} {v['documents']} docs / {v['tokens']} tokens"
                          for k, v in manifest["sources"].items()))

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from data_pipeline import curation
+from data_pipeline import atomic, curation
 from data_pipeline import sources as sources_lib
 from data_pipeline import tokenizer as tokenizer_lib
 
@@ -52,18 +52,6 @@ def shard_name(k: int) -> str:
 def token_dtype(vocab_size: int) -> str:
   """The smallest OLMo token dtype that holds ids < vocab_size."""
   return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
-def atomic_write_json(path: str, obj) -> None:
-  """Write JSON so that readers see the old file or the whole new one, never a part."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def file_sha256(path: str) -> str:
@@ -86,19 +74,17 @@ def encode_texts(tok, texts: list[str], dtype) -> list[np.ndarray]:
   return out
 
 
-def _write_atomic(path: str, arrays) -> int:
-  """Concatenate arrays into `path` (temporary name, then rename); returns the items written."""
-  tmp = f"{path}.tmp-{os.getpid()}"
+def _write_tokens(path: str, arrays) -> int:
+  """Concatenate arrays into `path` atomically; returns the items (tokens) written."""
   n = 0
-  try:
-    with open(tmp, "wb") as f:
-      for a in arrays:
-        f.write(a.tobytes())
-        n += a.size
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+
+  def counted():
+    nonlocal n
+    for a in arrays:
+      n += a.size
+      yield a
+
+  atomic.write_atomic(path, counted())
   return n
 
 
@@ -124,7 +110,7 @@ def tokenize_docs_to_file(docs, path: str, tokenizer_name: str = "olmo") -> tupl
       yield np.concatenate(encode_texts(tok, batch, dtype))
       n_docs += len(batch)
 
-  n_tokens = _write_atomic(path, arrays())
+  n_tokens = _write_tokens(path, arrays())
   return n_docs, n_tokens
 
 
@@ -164,7 +150,7 @@ def _tokenize_shard(job) -> dict:
           "documents": n_docs, "tokens": n_tokens,
           "dtype": token_dtype(tok.get_vocab_size()), "tokenizer_hash": tok_hash,
           "seconds": round(time.time() - t0, 3)}
-  atomic_write_json(_sidecar(output, k), meta)
+  atomic.write_json(_sidecar(output, k), meta)
   return meta
 
 
@@ -346,7 +332,7 @@ def _run_plain(files, output, plan, tokenizer, workers, progress) -> dict:
     logging.info("tokenize: %d of %d shards already done in %s, skipped", len(metas),
                  len(files), output)
   # The plan goes first, so an interrupted run is recognised (and resumed) by the next one.
-  atomic_write_json(index_path, _index(plan, [], dtype, complete=False))
+  atomic.write_json(index_path, _index(plan, [], dtype, complete=False))
   from tqdm import tqdm  # deferred: only the CLI path shows progress
   sizes = {inp["path"]: os.path.getsize(inp["path"]) for inp in plan["inputs"]}
   bar = tqdm(total=sum(sizes[j[0]["path"]] for j in jobs), unit="B", unit_scale=True,
@@ -372,7 +358,7 @@ def _run_plain(files, output, plan, tokenizer, workers, progress) -> dict:
       pool.join()
   shards = [metas[k] for k in range(len(files))]
   index = _index(plan, shards, dtype, complete=True)
-  atomic_write_json(index_path, index)
+  atomic.write_json(index_path, index)
   return index
 
 
@@ -391,14 +377,14 @@ def _run_curated(files, output, plan, steps, tokenizer, workers, base_dir, field
                                  f"kept none of the {len(corpus)} documents of {files[0]}...")
   os.makedirs(output, exist_ok=True)
   index_path = os.path.join(output, INDEX_FILE)
-  atomic_write_json(index_path, _index(plan, [], dtype, complete=False))
+  atomic.write_json(index_path, _index(plan, [], dtype, complete=False))
   shards = []
   kept_file = corpus.file_index[kept]
   for k, inp in enumerate(plan["inputs"]):
     mine = kept[kept_file == k]
     if not mine.size:
       continue  # an empty token file is not a valid shard
-    n = _write_atomic(os.path.join(output, shard_name(k)), (ids[i] for i in mine.tolist()))
+    n = _write_tokens(os.path.join(output, shard_name(k)), (ids[i] for i in mine.tolist()))
     shards.append({"file": shard_name(k), "source": inp["path"], "documents": int(mine.size),
                    "tokens": n})
   accounting = {"description": curation.describe_chain(plan["chain"]),
@@ -406,7 +392,7 @@ def _run_curated(files, output, plan, steps, tokenizer, workers, base_dir, field
                 "tokens_in": int(corpus.tokens.sum()), "seconds": round(time.time() - t0, 3),
                 "steps": rows}
   index = _index(plan, shards, dtype, complete=True, curation=accounting)
-  atomic_write_json(index_path, index)
+  atomic.write_json(index_path, index)
   return index
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from data_pipeline import atomic
 from data_pipeline.tokenizer import EOS_TOKEN, EOS_TOKEN_ID, PAD_TOKEN, PAD_TOKEN_ID, VOCAB_SIZE
 from olmo_jax import params as params_lib
 from olmo_jax import sizes
@@ -201,9 +202,7 @@ def _write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], out_dir: str,
 
 
 def _write_json(path: str, obj: dict) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
+  atomic.write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _special_token_ids(tokenizer_file: str) -> tuple[int, int]:

@@ -23,6 +23,8 @@ import tempfile
 import threading
 import zlib
 
+from data_pipeline import atomic
+
 SCHEMES = ("gs://",)
 MIRROR_EVERY_S = 30.0
 
@@ -118,12 +120,7 @@ def write_atomic(path: str, data: str | bytes) -> None:
   if is_remote(path):
     fs().pipe_file(_key(path), raw)  # one object upload is atomic
     return
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(raw)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  atomic.write_atomic(path, raw)
 
 
 def remove(path: str) -> None:

@@ -603,8 +603,8 @@ def build_target(platform: str, opts, devices: int):
 def _write(plan: Plan, opts) -> Plan:
   import jax
   if opts.output and jax.process_index() == 0:
-    from data_pipeline.tokenize import atomic_write_json
-    atomic_write_json(opts.output, plan.to_json())
+    from data_pipeline import atomic
+    atomic.write_json(opts.output, plan.to_json())
   return plan
 
 

@@ -12,16 +12,15 @@ and runs under `lm-eval run --model hf --model_args pretrained=HF_DIR`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
-import shutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+
+from data_pipeline import atomic  # noqa: E402
 
 VERIFY_TEXTS = (
     "The DataDecide suite trains many small models to predict which data recipe wins at scale.",
@@ -95,34 +94,6 @@ def check_output(output: str, overwrite: bool) -> None:
     raise ValueError(f"--output {output} is not empty; pass --overwrite to replace it")
 
 
-@contextlib.contextmanager
-def replacing_directory(output: str):
-  """Yields a fresh temporary directory beside `output`; on success it becomes `output`.
-
-  The old `output` (if any) is moved aside and removed only after the new one is in place;
-  on failure the temporary directory is removed and `output` is untouched.
-  """
-  output = os.path.abspath(output)
-  parent, name = os.path.split(output)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
-  try:
-    yield tmp
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary dir
-  old = tmp + ".old"
-  if os.path.exists(output):
-    os.rename(output, old)
-  os.rename(tmp, output)
-  shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
 
 
 def convert(checkpoint_path: str, output: str, *, step: int | None = None,
@@ -135,7 +106,7 @@ def convert(checkpoint_path: str, output: str, *, step: int | None = None,
   cfg = model_config_of(meta)
   print_fn(f"restored params of step {meta.get('step')} from {checkpoint_path} "
            f"({cfg.variant}, d_model={cfg.d_model}, {cfg.n_layers} layers)")
-  with replacing_directory(output) as tmp:
+  with atomic.replacing_directory(output) as tmp:
     hf.export_hf(cfg, params, tmp, tokenizer=tokenizer, dtype=dtype)
     diff = None
     if verify:

@@ -15,6 +15,31 @@ import os
 import sys
 import time
 
+# The body of a study config for these fakes: three recipes, two tiny custom sizes, one seed.
+STUDY_BODY = """\
+  c.name = "fake"
+  c.recipes = ml_collections.ConfigDict({r: {"mixture": "custom", "sources": f"t={r}/*.npy"}
+                                        for r in ("a", "b", "c")})
+  c.custom_sizes = ml_collections.ConfigDict({"t1": {"d_model": 8, "n_heads": 1, "n_layers": 1},
+                                             "t2": {"d_model": 16, "n_heads": 1, "n_layers": 1}})
+  c.sizes = ["t1"]
+  c.target = "t2"
+  c.seeds = [1]
+  c.seq_len = 16
+  c.batch_size = 2
+  c.steps = ml_collections.ConfigDict({"t1": 12, "t2": 20})
+  c.checkpoint_every = 4
+  c.train_module = "datadecide_fakes"
+  c.eval = ml_collections.ConfigDict({"scorer": "datadecide_fakes:make_scorer"})
+"""
+
+
+def write_study_config(path, body: str = STUDY_BODY) -> str:
+  """Writes a study config file whose get_config() runs `body`; returns its path."""
+  path.write_text("import ml_collections\n\n\ndef get_config():\n"
+                  "  c = ml_collections.ConfigDict()\n" + body + "  return c\n")
+  return str(path)
+
 
 def _flags(argv):
   out = {}

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from datadecide_fakes import STUDY_BODY, write_study_config
 from datadecide_planted import planted_table
 from scipy import stats
 
@@ -178,33 +179,12 @@ def test_cli_one_recipe_warns_that_nothing_was_compared(tmp_path):
   assert "nothing was compared" in (out / "report.md").read_text()
 
 
-STUDY = """import ml_collections
-
-
-def get_config():
-  c = ml_collections.ConfigDict()
-  c.name = "fake"
-  c.recipes = ml_collections.ConfigDict({r: {"mixture": "custom", "sources": f"t={r}/*.npy"}
-                                        for r in ("a", "b", "c")})
-  c.custom_sizes = ml_collections.ConfigDict({"t1": {"d_model": 8, "n_heads": 1, "n_layers": 1},
-                                             "t2": {"d_model": 16, "n_heads": 1, "n_layers": 1}})
-  c.sizes = ["t1", "t2"]
-  c.target = "t2"
-  c.seeds = [1]
-  c.seq_len = 16
-  c.batch_size = 2
-  c.steps = ml_collections.ConfigDict({"t1": 8, "t2": 8})
-  c.checkpoint_every = 4
-  c.train_module = "datadecide_fakes"
-  c.eval = ml_collections.ConfigDict({"scorer": "datadecide_fakes:make_scorer",
-                                      "target_metrics": TARGETS, "ties": TIES})
-  return c
-"""
-
-
 def study(tmp_path, targets, ties):
-  cfg = tmp_path / "study.py"
-  cfg.write_text(STUDY.replace("TARGETS", repr(targets)).replace("TIES", repr(ties)))
+  body = STUDY_BODY.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "t2"]').replace(
+      '{"t1": 12, "t2": 20}', '{"t1": 8, "t2": 8}').replace(
+      '"datadecide_fakes:make_scorer"', '"datadecide_fakes:make_scorer",\n'
+      f'  "target_metrics": {targets!r}, "ties": {ties!r}')
+  cfg = write_study_config(tmp_path / "study.py", body)
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
          "DD_FAKE_STEP_S": "0"}
   return subprocess.run([sys.executable, "-m", "olmo_jax.datadecide", "--config", str(cfg),

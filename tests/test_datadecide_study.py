@@ -12,34 +12,11 @@ import time
 
 import pandas as pd
 import pytest
+from datadecide_fakes import STUDY_BODY, write_study_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS])}
-
-
-def write_config(path, body: str) -> str:
-  path.write_text("import ml_collections\n\n\ndef get_config():\n"
-                  "  c = ml_collections.ConfigDict()\n" + body + "  return c\n")
-  return str(path)
-
-
-FAKE = """\
-  c.name = "fake"
-  c.recipes = ml_collections.ConfigDict({r: {"mixture": "custom", "sources": f"t={r}/*.npy"}
-                                        for r in ("a", "b", "c")})
-  c.custom_sizes = ml_collections.ConfigDict({"t1": {"d_model": 8, "n_heads": 1, "n_layers": 1},
-                                             "t2": {"d_model": 16, "n_heads": 1, "n_layers": 1}})
-  c.sizes = ["t1"]
-  c.target = "t2"
-  c.seeds = [1]
-  c.seq_len = 16
-  c.batch_size = 2
-  c.steps = ml_collections.ConfigDict({"t1": 12, "t2": 20})
-  c.checkpoint_every = 4
-  c.train_module = "datadecide_fakes"
-  c.eval = ml_collections.ConfigDict({"scorer": "datadecide_fakes:make_scorer"})
-"""
 
 
 def study_cmd(config, workdir, *extra):
@@ -48,7 +25,8 @@ def study_cmd(config, workdir, *extra):
 
 
 def test_plan_writes_one_command_per_cell(tmp_path):
-  cfg = write_config(tmp_path / "s.py", FAKE.replace('c.seeds = [1]', 'c.seeds = [1, 2]'))
+  body = STUDY_BODY.replace('c.seeds = [1]', 'c.seeds = [1, 2]')
+  cfg = write_study_config(tmp_path / "s.py", body)
   r = subprocess.run(study_cmd(cfg, tmp_path / "w", "--plan"), capture_output=True, text=True,
                      env=ENV, cwd=REPO)
   assert r.returncode == 0, r.stderr
@@ -62,7 +40,7 @@ def test_plan_writes_one_command_per_cell(tmp_path):
 
 
 def test_kill_and_restart_redoes_nothing(tmp_path):
-  cfg = write_config(tmp_path / "s.py", FAKE)
+  cfg = write_study_config(tmp_path / "s.py", STUDY_BODY)
   wd = tmp_path / "w"
   env = {**ENV, "DD_FAKE_STEP_S": "0.25"}
   proc = subprocess.Popen(study_cmd(cfg, wd, "--no-report"), env=env, cwd=REPO,
@@ -110,15 +88,15 @@ def test_kill_and_restart_redoes_nothing(tmp_path):
 @pytest.mark.parametrize("case", ["unknown_size", "unknown_field", "unknown_recipe",
                                   "missing_config"])
 def test_study_bad_input_exit_2(tmp_path, case):
-  body = FAKE
+  body = STUDY_BODY
   extra = []
   if case == "unknown_size":
-    body = FAKE.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "5M"]')
+    body = STUDY_BODY.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "5M"]')
   elif case == "unknown_field":
-    body = FAKE + "  c.sede = [3]\n"
+    body = STUDY_BODY + "  c.sede = [3]\n"
   elif case == "unknown_recipe":
     extra = ["--launch", "--recipe", "zzz"]
-  cfg = write_config(tmp_path / "s.py", body)
+  cfg = write_study_config(tmp_path / "s.py", body)
   if case == "missing_config":
     cfg = str(tmp_path / "nope.py")
   wd = tmp_path / "w"
@@ -162,7 +140,7 @@ E2E = """\
 def test_end_to_end_cleaner_recipes_win(tmp_path):
   """Real training at two tiny sizes: the cleaner recipe is better at both, accuracy 1.0."""
   data_dir = os.path.join(REPO, "data")  # the embedded corpus is built there once
-  cfg = write_config(tmp_path / "s.py", E2E.format(data_dir=data_dir))
+  cfg = write_study_config(tmp_path / "s.py", E2E.format(data_dir=data_dir))
   wd = tmp_path / "w"
   r = subprocess.run(study_cmd(cfg, wd, "--launch"), env=ENV, cwd=REPO, capture_output=True,
                      text=True)
@@ -271,11 +249,11 @@ def test_launch_config_is_the_validated_target_run(tmp_path):
   """`--plan --launch --recipe R` writes the target's config; resolved, it equals, field by
   field, the resolved config of the target cell's own command in plan.txt (variant, budget,
   warmup, lr and every override included); `--launch-budget full` lists each difference."""
-  body = FAKE.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "t2"]') + (
+  body = STUDY_BODY.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "t2"]') + (
       '  c.overrides = ml_collections.ConfigDict({"train": {"lr": 0.003, "b2": 0.9},\n'
       '                                           "model": {"variant": "olmo2"}})\n'
       '  c.warmup_fraction = 0.25\n')
-  cfg = write_config(tmp_path / "s.py", body)
+  cfg = write_study_config(tmp_path / "s.py", body)
   wd = tmp_path / "w"
   r = subprocess.run(study_cmd(cfg, wd, "--plan", "--launch", "--recipe", "b"), env=ENV,
                      cwd=REPO, capture_output=True, text=True)
@@ -298,7 +276,7 @@ def test_launch_config_is_the_validated_target_run(tmp_path):
   assert "20 steps x 2 x 16 tokens" in text and "warmup 5" in text
   # The full budget of a ladder target: every difference named in the header.
   body = body.replace('c.target = "t2"', 'c.target = "4M"')
-  cfg = write_config(tmp_path / "l.py", body)
+  cfg = write_study_config(tmp_path / "l.py", body)
   r = subprocess.run(study_cmd(cfg, wd, "--plan", "--launch", "--recipe", "a",
                                "--launch-budget", "full"), env=ENV, cwd=REPO,
                      capture_output=True, text=True)

@@ -287,10 +287,10 @@ def test_tpu_pod_launcher_help_names_the_bucket_and_gcsfuse():
 
 def test_datadecide_study_with_a_bucket_workdir_writes_there(bucket, env, tmp_path):
   sys.path.insert(0, os.path.join(ROOT, "tests"))
-  from test_datadecide_study import FAKE, write_config
+  from datadecide_fakes import write_study_config
 
   from olmo_jax import paths
-  cfg = write_config(tmp_path / "s.py", FAKE)
+  cfg = write_study_config(tmp_path / "s.py")
   r = subprocess.run([sys.executable, "-m", "olmo_jax.datadecide", "--config", cfg,
                       "--workdir", f"{bucket}/dd", "--plan"], env=dict(env, TMPDIR=str(tmp_path)),
                      cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -302,10 +302,11 @@ def test_datadecide_study_with_a_bucket_workdir_writes_there(bucket, env, tmp_pa
 @pytest.mark.slow
 def test_datadecide_study_in_a_bucket_trains_scores_reports_and_resumes(bucket, env, tmp_path):
   sys.path.insert(0, os.path.join(ROOT, "tests"))
-  from test_datadecide_study import FAKE, write_config
+  from datadecide_fakes import STUDY_BODY, write_study_config
 
   from olmo_jax import paths
-  cfg = write_config(tmp_path / "s.py", FAKE.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "t2"]'))
+  body = STUDY_BODY.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "t2"]')
+  cfg = write_study_config(tmp_path / "s.py", body)
   env = dict(env, TMPDIR=str(tmp_path), DD_FAKE_STEP_S="0.01",
              PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
   cmd = [sys.executable, "-m", "olmo_jax.datadecide", "--config", cfg, "--workdir",

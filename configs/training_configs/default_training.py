@@ -2,13 +2,15 @@
 
 import ml_collections
 
+from olmo_jax import sizes
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.steps = -1  # optimizer steps; -1: the published final step of the size
   c.batch_size = -1  # global batch in sequences; -1: round(160 (N/108e6)^(2/3) / 32) * 32
   c.microbatch_size = -1  # sequences per forward/backward; < batch_size accumulates gradients
-  c.seq_len = 2048
+  c.seq_len = sizes.SEQ_LEN
   c.lr = -1.0  # peak lr; -1: 0.0047 (N/108e6)^(-1/3)
   c.warmup_steps = -1  # -1: round(N / tokens per step)
   c.min_lr_ratio = 0.01  # cosine ends at this fraction of the peak at train.steps
@@ -21,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.z_loss = 0.0
   c.loss_impl = "fused"  # fused: head + softmax CE over token chunks, no [B, L, V] logits | dense
   c.loss_chunk_tokens = 0  # tokens per chunk of the fused loss; 0: 256 on CPU, 4096 elsewhere
-  c.seed = 6198
+  c.seed = sizes.DEFAULT_SEED
   c.log_every = 10
   c.nan_policy = "stop"  # stop: raise and keep the last good checkpoint | skip: skip the update
   c.loss_scale = 32768.0  # initial dynamic loss scale, used only with model.dtype=float16

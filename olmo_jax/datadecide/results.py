@@ -21,6 +21,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from data_pipeline import atomic
 from olmo_jax import sizes
 
 COLUMNS = ("recipe", "size", "seed", "step", "tokens", "compute", "task", "metric", "value")
@@ -257,11 +258,6 @@ def write_table(df: pd.DataFrame, stem: str) -> tuple[str, str]:
   df = validate_table(df)
   os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
   paths = (stem + ".parquet", stem + ".csv")
-  for path in paths:
-    tmp = path + ".tmp"
-    if path.endswith(".parquet"):
-      df.to_parquet(tmp, index=False)
-    else:
-      df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+  atomic.write_atomic(paths[0], df.to_parquet(index=False))
+  atomic.write_atomic(paths[1], df.to_csv(index=False))
   return paths

@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.budget_fraction = 1.0  # < 1 for quick studies
   c.steps = ml_collections.ConfigDict()  # size -> explicit step count (overrides the budget)
   c.batch_size = -1  # sequences; -1: the ladder's batch for the size
-  c.seq_len = 2048
+  c.seq_len = sizes.SEQ_LEN
   c.warmup_fraction = 0.01  # of the steps, when the budget is scaled (DataDecide: ~1%)
   c.checkpoint_every = -1  # steps; -1: 1250 (2500 for 1B) as DataDecide saved
   c.checkpoints_per_run = 0  # > 0: every = ceil(steps / this), overriding checkpoint_every
@@ -381,10 +381,8 @@ def score_cell(study: Study, cell: Cell, scorer: Callable, print_fn=None) -> int
       print_fn(f"[study] scoring {cell.name} step {step} ({i + 1}/{len(todo)})")
     ckpt = os.path.join(d, "checkpoints", str(step))
     scores = scorer(cell, step, ckpt, out)
-    tmp = cache + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump({"tasks": scores, "step": step, "checkpoint": ckpt, "cell": cell.name}, f)
-    os.replace(tmp, cache)
+    paths.write_atomic(cache, json.dumps({"tasks": scores, "step": step, "checkpoint": ckpt,
+                                          "cell": cell.name}))
   return len(todo)
 
 
@@ -595,12 +593,10 @@ def write_plan(study: Study) -> str:
   recipes.json."""
   study.write_recipes()
   path = os.path.join(study.workdir, "plan.txt")
-  with open(path, "w") as f:
-    for cell in study.cells():
-      f.write(shlex.join(study.train_command(cell, python="python")) + "\n")
-  with open(os.path.join(study.workdir, "plan.json"), "w") as f:
-    json.dump([{"cell": c.name, "workdir": study.cell_dir(c)} for c in study.cells()], f,
-              indent=1)
+  paths.write_atomic(path, "".join(shlex.join(study.train_command(cell, python="python")) + "\n"
+                                   for cell in study.cells()))
+  cells = [{"cell": c.name, "workdir": study.cell_dir(c)} for c in study.cells()]
+  paths.write_atomic(os.path.join(study.workdir, "plan.json"), json.dumps(cells, indent=1))
   return path
 
 

@@ -130,7 +130,7 @@ OLMES_TASKS = ("arc_challenge", "arc_easy", "boolq", "csqa", "hellaswag", "mmlu"
                "piqa", "socialiqa", "winogrande")
 
 
-def results_table(n_recipes: int = 25, sizes_=None, n_tasks: int = 10, seeds=(6198, 14, 15),
+def results_table(n_recipes: int = 25, sizes_=None, n_tasks: int = 10, seeds=None,
                   n_ckpt: int = 5, seed: int = 0, quality_spread: float = 0.12,
                   noise=(0.002, 0.03)):
   """A results table with planted truth: 25 recipes x the 14 ladder sizes x 10 OLMES tasks.
@@ -140,6 +140,7 @@ def results_table(n_recipes: int = 25, sizes_=None, n_tasks: int = 10, seeds=(61
   (3000 C^-0.2 + 1.9 + 0.3 t / n_tasks - q_i) * exp(e), e ~ N(0, sigma_t / 4), acc_raw the
   task's sigmoid of bpb plus N(0, sigma_t) per checkpoint and seed, correct_prob a smoother
   sigmoid plus N(0, sigma_t / 3); sigma_t spans `noise` geometrically (task 0 the quietest).
+  `seeds`: None = the published seeds of the small sizes (default, small aux 2, small aux 3).
   Returns (table, {"quality": {recipe: q}, "task_noise": {task: sigma}}).
   """
   import numpy as np
@@ -147,6 +148,8 @@ def results_table(n_recipes: int = 25, sizes_=None, n_tasks: int = 10, seeds=(61
 
   from olmo_jax import sizes
   from olmo_jax.datadecide import results as R
+  if seeds is None:
+    seeds = tuple(R.PUBLISHED_SEEDS[k] for k in ("default", "small aux 2", "small aux 3"))
   rng = np.random.default_rng(seed)
   recipes = R.recipe_names()[:n_recipes]
   tasks = OLMES_TASKS[:n_tasks]
