@@ -110,12 +110,17 @@ def max_batch(opts: dict, remat: str, max_compiles: int = 6) -> dict:
     a, b = (lo, hi) if hi is not None else sorted(seen)[-2:]  # the secant through two plans
     per_seq = max((seen[b].total - seen[a].total) / (b - a), 1.0)
     guess = int(lo + (seen[lo].device_memory - seen[lo].total) / per_seq) // n * n
+    if hi is not None:  # keep to the middle half of the bracket: it halves at worst
+      quarter = (hi - lo) // 4 // n * n
+      guess = min(max(guess, lo + quarter), hi - quarter)
+    elif len(seen) > 2:  # the last guess fitted: memory grows slower than linearly, overshoot
+      guess = max(guess, (lo + lo // 4) // n * n)
     guess = max(lo + n, guess if hi is None else min(guess, hi - n))
     seen[guess] = _plan_at(opts, guess, remat)
   fit = [b for b, p in seen.items() if p.fits]
   over = [b for b, p in seen.items() if not p.fits]
   best, hi = max(fit, default=0), min(over, default=None)
-  return {"target": p1.target, "remat": remat, "max_batch_seqs": best,
+  return {"target": p1.target, "remat": remat, "max_batch_seqs": best, "first_over": hi,
           "tokens_per_step": best * c.train.seq_len,
           "confirmed": hi is not None and hi - best == n, "compiles": len(seen),
           "compile_seconds": sum(p.compile_seconds for p in seen.values())}
@@ -159,7 +164,8 @@ def batch_table(rows: list[dict]) -> str:
   out = ["| target (1B, one microbatch) | remat | largest batch (sequences) | tokens per step | "
          "compiles |", "|---|---|---|---|---|"]
   for r in rows:
-    seqs = f"{r['max_batch_seqs']}" + ("" if r["confirmed"] else " (not bracketed)")
+    seqs = f"{r['max_batch_seqs']}" + ("" if r["confirmed"] else
+                                       f" ({r.get('first_over') or '-'} does not fit)")
     out.append(f"| {r['name']} | {r['remat']} | {seqs} | {r['tokens_per_step']:,} | "
                f"{r['compiles']} |")
   return "\n".join(out)
