@@ -13,6 +13,9 @@ token ids and non-finite scores, before anything is written. The context window 
 model's own maximum length (max_seq_len / max_position_embeddings) whatever the entry point.
 Ctrl-C stops between batches with exit code 130; the scores so far are kept in
 OUT/scores.partial.jsonl and the same command resumes from them (eval/resume.py).
+
+This module is the command line only (arguments, --list, printing, exit codes); loading,
+scoring, aggregation and writing the results are eval/evaluation.py's.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from eval import resume
 from eval import tasks as tasks_lib
 from olmo_jax import paths
 
+# ---------------------------------------------------------------------------------- CLI
 
 def format_table(agg: dict[str, Any]) -> str:
   """A readable table: task, primary metric and value, acc_raw, acc_per_char, bpb, count."""
@@ -47,8 +51,6 @@ def format_table(agg: dict[str, Any]) -> str:
   lines.insert(1, "-" * len(lines[0]))
   return "\n".join(lines)
 
-
-# ---------------------------------------------------------------------------------- CLI
 
 def _parse(argv):
   p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.splitlines()[0])

