@@ -43,16 +43,16 @@ def olmes_requests(limit: int | None) -> list[tuple[str, str]]:
   """(context, continuation) texts of the first `limit` documents of each olmes task
   (None: every document, MMLU's full test split)."""
   from eval import tasks
-  from eval.run import _requests
+  from eval.evaluation import requests_of
   out = []
   for t in tasks.resolve_tasks("olmes"):
-    if t.source == "mmlu" and limit is not None:
+    if t.kind is tasks.MMLU and limit is not None:
       per_subject = max(1, math.ceil(limit / len(tasks.MMLU_SUBJECTS)))
       insts = [i for s in tasks.MMLU_SUBJECTS
                for i in tasks.mmlu_subject_instances(s, t.variant, per_subject)][:max(limit, 1)]
     else:
       insts = tasks.load_instances(t, limit)
-    out += _requests(insts)
+    out += requests_of(insts)
   return out
 
 
@@ -62,7 +62,7 @@ def bench_size(size: str, limit: int | None, hf_batch: int, max_length: int,
   import numpy as np
 
   from data_pipeline.tokenizer import load_tokenizer
-  from eval.run import Encoder
+  from eval.evaluation import Encoder
   from eval.scorer import Scorer
   from olmo_jax import hf, sizes, trainer
   from olmo_jax.model import ModelConfig

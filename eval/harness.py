@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from eval.run import EOS_TOKEN_ID, Encoder, UsageError, load_model
+from eval.evaluation import EOS_TOKEN_ID, Encoder, UsageError, load_model
 
 DEFAULT_MAX_GEN_TOKS = 256
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from eval import run as run_lib
+from eval import evaluation
 from eval import tasks as tasks_lib
 
 
@@ -31,7 +31,7 @@ def make_eval_callback(tasks: str | list[str], every: int, mcfg, *, limit: int |
   if every <= 0:
     raise ValueError(f"eval.every={every} must be positive for task evaluation")
   names = [n.strip() for n in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
-  resolved = [t for t in tasks_lib.resolve_tasks(names) if t.source != "lm_eval"]
+  resolved = [t for t in tasks_lib.resolve_tasks(names) if t.scored_here]
   suites = [n for n in names if n in tasks_lib.SUITES]
   instances = {t.name: tasks_lib.load_instances(t, limit) for t in resolved}
   tok = load_tokenizer(tokenizer)
@@ -48,9 +48,9 @@ def make_eval_callback(tasks: str | list[str], every: int, mcfg, *, limit: int |
     else:
       scorer.set_params(state["params"])
     # strict=False: a diverging run logs NaN here; stopping it is the trainer's decision.
-    agg, _ = run_lib.evaluate(scorer, tok, resolved, task_instances=instances,
-                              suites=[s for s in suites if s in tasks_lib.SUITES],
-                              strict=False)
+    agg, _ = evaluation.evaluate(scorer, tok, resolved, task_instances=instances,
+                                 suites=[s for s in suites if s in tasks_lib.SUITES],
+                                 strict=False)
     out = {}
     for task, metric in agg["primary_metrics"].items():
       out[f"{prefix}{task}/{metric}"] = float(agg["tasks"][task][metric])

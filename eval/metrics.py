@@ -19,6 +19,7 @@ wrong. Results are deterministic for the same scores.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -32,6 +33,34 @@ ALL_METRICS = ACC_METRICS + PROB_METRICS + ("bits_per_byte",)
 # The headline metric of lm-evaluation-harness tasks in a suite macro (lm-eval result keys).
 LM_EVAL_PRIMARY = {"truthfulqa_mc1": "acc,none", "truthfulqa_mc2": "acc,none",
                    "gsm8k": "exact_match,flexible-extract"}
+
+# Whether a higher or a lower value is better ("higher" | "lower") of every name this project
+# emits: the task metrics above, the lm-eval tasks' headline keys, eval/lm.py's set metrics,
+# DataDecide's held-out scorer (olmo_jax/datadecide/scorers.py: loss, accuracy) and its
+# synthetic tables (bpb). None: a count, not a score (ranked like a score, higher first).
+DIRECTION: dict[str, str | None] = {
+    **{m: "higher" for m in ACC_METRICS + PROB_METRICS}, "accuracy": "higher",
+    "bits_per_byte": "lower", "bpb": "lower", "perplexity": "lower", "loss": "lower",
+    "num_subtasks": None, "tokens": None, "documents": None, "bytes": None,
+    **{key: "higher" for key in LM_EVAL_PRIMARY.values()},
+}
+# Names from elsewhere (DataDecide's published table, lm-eval result keys, a user's results):
+# lower is better when the name says loss, bits per byte, perplexity, NLL, CE or error.
+_LOWER_BETTER_NAME = re.compile(r"(loss|bpb|bits_per_byte|perplexity|ppl|nll|\bce\b|error)",
+                                re.I)
+
+
+def direction(metric: str) -> str | None:
+  """"higher" or "lower" (is better) for a metric name; None for a count."""
+  m = str(metric)
+  if m in DIRECTION:
+    return DIRECTION[m]
+  return "lower" if _LOWER_BETTER_NAME.search(m) else "higher"
+
+
+def higher_is_better(metric: str) -> bool:
+  """False for losses, bits per byte, perplexities and error rates."""
+  return direction(metric) != "lower"
 
 
 def argmax_first(x: Sequence[float]) -> int:

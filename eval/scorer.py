@@ -14,8 +14,9 @@ How a batch of requests is scored:
    only a handful of shapes ever compile. Rows are sharded over all devices (batch axis);
    parameters are replicated.
 
-Per-token log-probabilities are float32 (the model's log-softmax), summed per request in
-float64 on the host; `is_greedy` says whether every continuation token was the argmax, as
+Per-token log-probabilities are float32 (olmo_jax.model.token_logprobs: logit minus
+logsumexp, as the training run's held-out loss computes them), summed per request in float64
+on the host; `is_greedy` says whether every continuation token was the argmax, as
 lm-eval's API wants.
 """
 
@@ -33,6 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from olmo_jax import decode, sharding
+from olmo_jax import model as model_lib
 from olmo_jax.model import ModelConfig
 
 CONTEXT_BUCKETS = (128, 256, 512, 1024, 2048, 4096)
@@ -229,10 +231,7 @@ def _score_fn(cfg: ModelConfig, extend: bool):
     hidden, k_N, v_N = decode.prefill(cfg, params, ids_GxP)
     last_GxD = jnp.take_along_axis(hidden, (ctx_len_G - 1)[:, None, None], axis=1)[:, 0]
     # The last context position predicts every continuation's first token.
-    logits_GxV = decode.logits(cfg, params, last_GxD)
-    lsm = jax.nn.log_softmax(logits_GxV, axis=-1)
-    lp = jnp.take_along_axis(lsm, first_GxM, axis=-1)
-    greedy = jnp.argmax(logits_GxV, axis=-1)[:, None] == first_GxM
+    lp, greedy = model_lib.token_logprobs(decode.logits(cfg, params, last_GxD), first_GxM)
     if not extend:
       return lp, greedy
     positions = ctx_len_G[:, None] + step_GxW
@@ -244,10 +243,9 @@ def _score_fn(cfg: ModelConfig, extend: bool):
 
     def head(args):  # one row at a time: never a [G, W, V] logits tensor
       h_WxD, tgt_W = args
-      logits = decode.logits(cfg, params, h_WxD)
-      tok_lp = (jnp.take_along_axis(logits, tgt_W[:, None], axis=-1)[:, 0]
-                - jax.nn.logsumexp(logits, axis=-1))
-      return tok_lp, jnp.argmax(logits, axis=-1) == tgt_W
+      tok_lp, tok_greedy = model_lib.token_logprobs(decode.logits(cfg, params, h_WxD),
+                                                    tgt_W[:, None])
+      return tok_lp[:, 0], tok_greedy[:, 0]
 
     tok_lp, tok_greedy = jax.lax.map(head, (h, tgt_GxW))
     return lp, greedy, tok_lp, tok_greedy

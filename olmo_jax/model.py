@@ -453,6 +453,20 @@ def count_params(params, exclude_input_embedding: bool = False) -> int:
   return total
 
 
+def token_logprobs(logits_xV, targets_xK):
+  """(log-probability, is-argmax) of target ids under logits: the one next-token
+  log-likelihood of held-out losses (trainer.heldout_sums) and of eval's scorer.
+
+  logits_xV: [..., V] (any float dtype; computed in float32); targets_xK: int [..., K] ids
+  scored against the same row of logits. Returns float32 [..., K] = logit[target] -
+  logsumexp(logits) (natural log) and bool [..., K] (the target is the row's argmax).
+  """
+  logits = logits_xV.astype(jnp.float32)
+  lse_x1 = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  lp_xK = jnp.take_along_axis(logits, targets_xK, axis=-1) - lse_x1
+  return lp_xK, jnp.argmax(logits, axis=-1)[..., None] == targets_xK
+
+
 def cross_entropy(logits_BxLxV, targets_BxL, z_loss: float = 0.0, mask_BxL=None):
   """Mean next-token cross entropy in float32 (+ z_loss * mean(logsumexp^2)).
 

@@ -321,12 +321,8 @@ def heldout_sums(cfg: model_lib.ModelConfig, params, ids_BxL1, vocab_size: int |
   logits_BxLxV = model_lib.forward(cfg, params, ids_BxL1[:, :-1])
   if vocab_size:
     logits_BxLxV = logits_BxLxV[..., :vocab_size]
-  targets_BxL = ids_BxL1[:, 1:]
-  logits_BxLxV = logits_BxLxV.astype(jnp.float32)
-  lse_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-  nll_BxL = lse_BxL - jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-  correct = (jnp.argmax(logits_BxLxV, axis=-1) == targets_BxL).sum()
-  return nll_BxL.sum(), correct
+  lp_BxLx1, greedy_BxLx1 = model_lib.token_logprobs(logits_BxLxV, ids_BxL1[:, 1:, None])
+  return -lp_BxLx1.sum(), greedy_BxLx1.sum()
 
 
 def make_eval_step(cfg: model_lib.ModelConfig):

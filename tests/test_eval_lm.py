@@ -18,7 +18,7 @@ from data_pipeline import heldout
 from data_pipeline.tokenizer import EOS_TOKEN_ID as EOS
 from data_pipeline.tokenizer import load_tokenizer
 from eval import lm
-from eval.run import load_model
+from eval.evaluation import load_model
 from eval.scorer import Scorer
 from olmo_jax import checkpoint
 from olmo_jax import config as config_lib

@@ -62,3 +62,40 @@ def test_macro_over_subtasks_and_suite_records_metrics():
   assert macro["metrics"] == {"x": "acc_per_char", "y": "acc_uncond"}
   with pytest.raises(KeyError):
     metrics.suite_macro(results, {"y": "acc_raw"})
+
+
+def test_every_emitted_metric_has_a_direction(tmp_path):
+  """Each metric name the task scorer, eval/lm.py, lm-eval's headline keys and DataDecide's
+  held-out scorer emit has its direction in eval/metrics.DIRECTION (the one home analysis
+  reads), and losses, bits per byte and perplexity are lower-is-better."""
+  import numpy as np
+  from eval_fixtures import write_tiny_checkpoint
+
+  from data_pipeline.heldout import EvalDocument
+  from eval import lm
+  from olmo_jax.datadecide import analysis, scorers
+  emitted = set(metrics.instance_metrics([-1.0, -2.0], [1, 2], [3, 4], [3, 4], 0, [-1.5, -1.0]))
+  olmes = set(metrics.ACC_METRICS + metrics.PROB_METRICS)
+  assert len(olmes) == 16 and olmes <= emitted
+  emitted |= set(metrics.bpb_metrics(-1.0, 3))
+  macro, _ = metrics.task_metrics([{"acc_raw": 1.0}, {"acc_raw": 0.0}], ["a", "b"])
+  emitted |= set(macro)
+  emitted |= set(lm.set_metrics([EvalDocument("s", np.array([5, 6]), "ab")], [-2.0]))
+  emitted |= set(metrics.LM_EVAL_PRIMARY.values())
+  write_tiny_checkpoint(str(tmp_path / "run"), seq_len=16)
+  ids = np.arange(4 * 17, dtype="<u2") % 500
+  ids.tofile(tmp_path / "held.bin")
+  heldout = scorers.HeldoutScorer(str(tmp_path / "held.bin"), seq_len=16, windows=4, batch=4)
+  held = heldout(None, 0, str(tmp_path / "run"), str(tmp_path / "out"))
+  assert set(held) == {"heldout"} and math.isfinite(held["heldout"]["loss"])
+  emitted |= set(held["heldout"])
+  emitted.add("bpb")  # the synthetic DataDecide tables' loss-like metric
+  assert emitted - set(metrics.DIRECTION) == set()
+  for m in ("bits_per_byte", "bpb", "loss", "perplexity"):
+    assert metrics.direction(m) == "lower" and not analysis.higher_is_better(m)
+  for m in olmes | {"accuracy", "acc,none"}:
+    assert metrics.direction(m) == "higher" and analysis.higher_is_better(m)
+  assert analysis.higher_is_better is metrics.higher_is_better
+  # Names from elsewhere (DataDecide's published table) follow the name rule.
+  assert not metrics.higher_is_better("bits_per_byte_corr")
+  assert metrics.higher_is_better("primary_score")

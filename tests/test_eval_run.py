@@ -103,7 +103,7 @@ def test_datadecide_study_scores_checkpoints_through_eval_run(tiny_run, tmp_path
 
 def test_end_of_text_id_comes_from_the_hf_config_for_empty_contexts(tiny_run, tmp_path):
   from data_pipeline.tokenizer import EOS_TOKEN_ID, load_tokenizer
-  from eval.run import Encoder, load_model
+  from eval.evaluation import Encoder, load_model
   workdir, mcfg, params = tiny_run
   assert load_model(workdir).eos_id == EOS_TOKEN_ID
   hf_dir = export_hf(mcfg, params, str(tmp_path / "hf"))
@@ -241,7 +241,7 @@ def test_non_finite_scores_are_an_error_and_nothing_is_written(tmp_path):
 
 
 def test_metrics_json_has_no_bare_nan(tmp_path):
-  from eval.run import _write_json, _write_jsonl
+  from eval.evaluation import _write_json, _write_jsonl
   _write_json(str(tmp_path / "m.json"), {"a": float("nan"), "b": [1.5, float("inf")]})
   _write_jsonl(str(tmp_path / "p.jsonl"), [{"lp": [float("-inf"), -1.0]}])
   assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [1.5, None]}

@@ -9,7 +9,7 @@ from hf_fixtures import random_params, tiny_config
 
 from data_pipeline.tokenizer import load_tokenizer
 from eval import tasks
-from eval.run import Encoder, _requests
+from eval.evaluation import Encoder, requests_of
 from eval.scorer import Scorer, greedy_generate, truncate
 from olmo_jax import decode
 from olmo_jax.model import forward
@@ -27,7 +27,7 @@ def reference_loglikelihood(cfg, params, ctx, cont, max_length):
   return float(logp[rows, k].sum()), bool((logits[rows].argmax(-1) == np.array(k)).all())
 
 
-def random_requests(seed=0, n_ctx=4, max_len=96):
+def randomrequests_of(seed=0, n_ctx=4, max_len=96):
   rng = np.random.default_rng(seed)
   reqs = []
   for _ in range(n_ctx):
@@ -44,7 +44,7 @@ def random_requests(seed=0, n_ctx=4, max_len=96):
 def test_scorer_equals_plain_forward_per_request(variant):
   cfg = tiny_config(variant, max_seq_len=128)
   params = random_params(cfg)
-  reqs = random_requests()
+  reqs = randomrequests_of()
   scorer = Scorer(cfg, params, max_length=96, batch_tokens=512)
   got = scorer.loglikelihood(reqs)
   for (ctx, cont), (lp, greedy) in zip(reqs, got):
@@ -83,7 +83,7 @@ def test_greedy_decoder_equals_argmax_loop():
   assert greedy_generate(scorer, prompts[:1], 6, stop=lambda t: len(t) >= 2) == [out[0][:2]]
 
 
-def real_requests(per_task=2):
+def realrequests_of(per_task=2):
   """Requests (context, continuation text) of the first documents of every task family."""
   names = [f"{f}:{v}" for f in tasks.REQUEST_FAMILIES[:-1] for v in ("rc_5shot", "mc_5shot")]
   names += ["gsm8k", "mmlu:rc_5shot", "mmlu:mc_5shot"]
@@ -91,12 +91,12 @@ def real_requests(per_task=2):
   reg = tasks.registry()
   for name in names:
     t = reg[name]
-    if t.source == "mmlu":
+    if t.kind is tasks.MMLU:
       insts = [i for s in ("anatomy", "college_physics", "world_religions")
                for i in tasks.mmlu_subject_instances(s, t.variant, limit=1)]
     else:
       insts = tasks.load_instances(t, limit=per_task)
-    out[name] = _requests(insts)
+    out[name] = requests_of(insts)
   return out
 
 
@@ -113,7 +113,7 @@ def test_summed_logprobs_equal_transformers_on_real_requests_of_every_task(tmp_p
   model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
   enc = Encoder(load_tokenizer("olmo"))
   scorer = Scorer(mcfg, params, max_length=1024, batch_tokens=4096)
-  per_task = real_requests()
+  per_task = realrequests_of()
   checked = 0
   for name, texts in per_task.items():
     pairs = enc.pairs(texts)

@@ -189,3 +189,33 @@ def test_list_says_which_split_each_suite_scores():
           not line.startswith("suite ")}
   assert rows["arc_easy:val_rc_5shot"].endswith("validation")
   assert rows["openbookqa:test_rc_5shot"].endswith("test")
+
+
+def test_task_kinds_load_their_documents_and_compute_their_metrics(tmp_path):
+  """Each task's kind loads it and scores its documents: a single-continuation request
+  document is gold-only (bits_per_byte alone), a multiple-choice one gets every metric, and
+  lm-eval tasks are not scored here."""
+  from eval import metrics
+  reg = tasks.registry()
+  assert reg["arc_challenge"].kind is tasks.REQUESTS and reg["mmlu"].kind is tasks.MMLU
+  assert sorted(n for n, t in reg.items() if not t.scored_here) == sorted(tasks.LM_EVAL_SEED)
+  assert all(reg[n].kind is tasks.LM_EVAL for n in tasks.LM_EVAL_SEED)
+  gsm = tasks.load_instances(reg["gsm8k"], 2)
+  assert len(gsm) == 2 and all(i.gold_only and len(i.continuations) == 1 for i in gsm)
+  assert reg["gsm8k"].kind.metrics(gsm[0], [-3.0], [2], [5], [5], None) == {
+      "bits_per_byte": 3.0 * metrics.LOG2_E / 5}
+  arc = tasks.load_instances(reg["arc_challenge"], 1)[0]
+  n = len(arc.continuations)
+  m = reg["arc_challenge"].kind.metrics(arc, [-1.0] * n, [1] * n, [2] * n, [2] * n, [-1.0] * n)
+  assert not arc.gold_only and set(m) == set(metrics.ALL_METRICS)
+  rows = [{"doc_id": 0, "idx": i, "label": 1, "request": {"context": "Q:", "continuation": c}}
+          for i, c in enumerate((" a", " b"))]
+  (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (t,) = tasks.resolve_tasks([str(tmp_path)])
+  assert t.kind is tasks.FILE and t.scored_here
+  (doc,) = tasks.load_instances(t)
+  assert doc.continuations == [" a", " b"] and doc.label == 1 and not doc.gold_only
+  (lm_task,) = tasks.resolve_tasks(["lm_eval:piqa"])
+  assert lm_task.kind is tasks.LM_EVAL and not lm_task.scored_here
+  with pytest.raises(tasks.TaskError, match="lm-evaluation-harness"):
+    tasks.load_instances(lm_task)

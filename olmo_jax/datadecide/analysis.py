@@ -55,7 +55,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 from typing import Iterable
 
 import numpy as np
@@ -63,15 +62,11 @@ import pandas as pd
 import threadpoolctl
 from scipy import optimize
 
+from eval.metrics import higher_is_better  # the one home of each metric's direction
+
 RUN = ["recipe", "size", "seed"]
 CELL = ["size", "task", "metric"]
-_LOWER_BETTER = re.compile(r"(loss|bpb|bits_per_byte|perplexity|ppl|nll|\bce\b|error)", re.I)
 HUBER_DELTA = 1e-3
-
-
-def higher_is_better(metric: str) -> bool:
-  """False for losses, bits per byte, perplexities and error rates."""
-  return _LOWER_BETTER.search(str(metric)) is None
 
 
 def _warn(warnings: list | None, msg: str) -> None:
