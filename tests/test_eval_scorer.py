@@ -27,7 +27,7 @@ def reference_loglikelihood(cfg, params, ctx, cont, max_length):
   return float(logp[rows, k].sum()), bool((logits[rows].argmax(-1) == np.array(k)).all())
 
 
-def randomrequests_of(seed=0, n_ctx=4, max_len=96):
+def random_requests(seed=0, n_ctx=4, max_len=96):
   rng = np.random.default_rng(seed)
   reqs = []
   for _ in range(n_ctx):
@@ -44,7 +44,7 @@ def randomrequests_of(seed=0, n_ctx=4, max_len=96):
 def test_scorer_equals_plain_forward_per_request(variant):
   cfg = tiny_config(variant, max_seq_len=128)
   params = random_params(cfg)
-  reqs = randomrequests_of()
+  reqs = random_requests()
   scorer = Scorer(cfg, params, max_length=96, batch_tokens=512)
   got = scorer.loglikelihood(reqs)
   for (ctx, cont), (lp, greedy) in zip(reqs, got):
@@ -83,7 +83,7 @@ def test_greedy_decoder_equals_argmax_loop():
   assert greedy_generate(scorer, prompts[:1], 6, stop=lambda t: len(t) >= 2) == [out[0][:2]]
 
 
-def realrequests_of(per_task=2):
+def real_requests(per_task=2):
   """Requests (context, continuation text) of the first documents of every task family."""
   names = [f"{f}:{v}" for f in tasks.REQUEST_FAMILIES[:-1] for v in ("rc_5shot", "mc_5shot")]
   names += ["gsm8k", "mmlu:rc_5shot", "mmlu:mc_5shot"]
@@ -113,7 +113,7 @@ def test_summed_logprobs_equal_transformers_on_real_requests_of_every_task(tmp_p
   model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
   enc = Encoder(load_tokenizer("olmo"))
   scorer = Scorer(mcfg, params, max_length=1024, batch_tokens=4096)
-  per_task = realrequests_of()
+  per_task = real_requests()
   checked = 0
   for name, texts in per_task.items():
     pairs = enc.pairs(texts)
