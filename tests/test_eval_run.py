@@ -30,20 +30,20 @@ def test_run_writes_metrics_predictions_and_a_table(tiny_run, tmp_path):
               "--limit", "2", "--output", str(out))
   assert p.returncode == 0, p.stderr[-3000:]
   m = json.loads((out / "metrics.json").read_text())
-  assert set(m["tasks"]) == {"arc_challenge:rc_5shot", "winogrande:rc_5shot",
+  assert set(m["tasks"]) == {"arc_challenge:test_rc_5shot", "winogrande:rc_5shot",
                              "gsm8k:gold_bpb_5shot"}
-  arc = m["tasks"]["arc_challenge:rc_5shot"]
+  arc = m["tasks"]["arc_challenge:test_rc_5shot"]
   for k in ("acc_raw", "acc_per_token", "acc_per_char", "acc_uncond", "correct_prob",
             "margin_per_char", "total_prob_per_token", "norm_correct_prob", "bits_per_byte"):
     assert k in arc
-  assert m["primary_metrics"]["arc_challenge:rc_5shot"] == "acc_uncond"
+  assert m["primary_metrics"]["arc_challenge:test_rc_5shot"] == "acc_uncond"
   assert m["tasks"]["gsm8k:gold_bpb_5shot"]["bits_per_byte"] > 0
   assert m["step"] == 0 and m["checkpoint"] == os.path.abspath(workdir)
   assert m["config"]["model"]["model"]["d_model"] == 64
   preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
   assert len(preds) == 6
   assert {len(r["logprobs"]) for r in preds if r["task"].startswith("arc")} == {4}
-  assert "acc_uncond" in p.stdout and "arc_challenge:rc_5shot" in p.stdout
+  assert "acc_uncond" in p.stdout and "arc_challenge:test_rc_5shot" in p.stdout
   assert "scoring requests" in p.stderr  # the progress bar
   # The same weights exported to HF score the same.
   hf_dir = export_hf(mcfg, params, str(tmp_path / "hf"))
