@@ -59,14 +59,8 @@ def chosen(size: str, opts: dict) -> dict:
   p = plan.target_plan(c, mcfg, tx, sc, target)
   seconds, micro, remat = p.compile_seconds, c.train.microbatch_size, mcfg.remat
   if not p.fits:
-    ana = plan.analytic_plan(c, mcfg, tx, sc, platform=p.platform, num_devices=p.num_devices,
-                             kind=p.device_kind, device_memory=0, peak=0)
-    scale = p.activations / max(ana.activations, 1)
-    for fix in plan.candidates(c, mcfg, tx, sc, p, scale):
-      if fix.devices != p.num_devices:
-        break  # the matrix keeps each target's device count
-      c2, m2, s2 = fix.apply(c, mcfg, sc, p.num_devices)
-      q = plan.target_plan(c2, m2, tx, s2, target)
+    # the matrix keeps each target's device count
+    for fix, q in plan.compiled_candidates(c, mcfg, tx, sc, p, target, same_devices=True):
       seconds += q.compile_seconds
       if q.fits:
         p, micro, remat = q, fix.microbatch, fix.remat
@@ -202,6 +196,8 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default="", help="also write JSON lines here")
   ap.add_argument("--tables", default="", help="print the tables of a JSON-lines file and stop")
   a = ap.parse_args(argv)
+  if a.tables and not os.path.isfile(a.tables):
+    ap.error(f"--tables {a.tables}: no such file (JSON lines written by --out)")
   if a.tables:
     saved = [json.loads(line) for line in open(a.tables) if line.strip()]
     rows = [r for r in saved if "size" in r]

@@ -379,19 +379,18 @@ _NO_TRITON = {"xla_gpu_enable_triton_gemm": False}
 
 
 def _target_compile(step, abstract, mesh, cfg, target) -> tuple:
-  """(compiled step, seconds, note) for a target; raises the compiler's error."""
+  """(compiled step, note) for a target; raises the compiler's error."""
   try:
-    compiled, seconds = _timed_compile(step, abstract, mesh, cfg)
-    return compiled, seconds, ""
+    return _timed_compile(step, abstract, mesh, cfg)[0], ""
   except Exception as e:
     if "No PTX compilation provider" in str(e):
       raise ImportError("XLA:GPU finds no ptxas (pip install nvidia-cuda-nvcc-cu12, as in "
                         "requirements.txt, or a CUDA toolkit)") from e
     if target.platform != "gpu" or "tile sizes" not in str(e):
       raise
-  compiled, seconds = _timed_compile(step, abstract, mesh, cfg, _NO_TRITON)
-  return compiled, seconds, ("compiled with XLA's library GEMMs (xla_gpu_enable_triton_gemm="
-                             "false): without a device XLA's default Triton GEMM tiling failed")
+  note = ("compiled with XLA's library GEMMs (xla_gpu_enable_triton_gemm=false): without a "
+          "device XLA's default Triton GEMM tiling failed")
+  return _timed_compile(step, abstract, mesh, cfg, _NO_TRITON)[0], note
 
 
 @dataclasses.dataclass(frozen=True)
@@ -652,8 +651,8 @@ def _failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, targ
   """The plan of a step the target's compiler did not compile.
 
   XLA:TPU's RESOURCE_EXHAUSTED is the hardware's answer (compiled, does not fit, with XLA's
-  total); any other compiler error (e.g. XLA:GPU finding no GEMM tiling for a dot of a huge
-  microbatch) leaves the analytic estimate, its note naming the compiler's first line.
+  total); any other compiler error leaves the analytic estimate, its note naming the
+  compiler's first line.
   """
   used = _TPU_USED.search(str(e))
   opts = plan_options(cfg)
@@ -686,7 +685,7 @@ def target_plan(cfg, mcfg, tx, step_cfg, target) -> Plan:
   mem = int((opts.device_memory_gb * 1e9 or target.device_memory) * opts.headroom)
   t0 = time.perf_counter()
   try:
-    compiled, _, note = _target_compile(step, abstract, mesh, cfg, target)
+    compiled, note = _target_compile(step, abstract, mesh, cfg, target)
   except ImportError:
     raise
   except Exception as e:  # XLA:TPU refuses a step over the chip's HBM, as on the hardware
@@ -701,31 +700,44 @@ def target_plan(cfg, mcfg, tx, step_cfg, target) -> Plan:
   return plan
 
 
-def compiled_fixes(cfg, mcfg, tx, step_cfg, plan: Plan, target, *, limit: int = 3,
-                   max_compiles: int = 6) -> list[str]:
-  """Up to `limit` settings that fit, each checked by compiling it for the target.
+def compiled_candidates(cfg, mcfg, tx, step_cfg, plan: Plan, target, *,
+                        same_devices: bool = False):
+  """(Fix, its compiled plan for the target or None) in the analytic search's order.
 
-  Candidates come from the analytic search (scaled to agree with the compiled plan); a change
-  of device count keeps the GPUs per host (TPU topologies are not derived: analytic only).
+  Candidates come from the analytic search, scaled to agree with `plan` (for a step XLA
+  refused: XLA's total less the state); a change of device count keeps the GPUs per host;
+  TPU topologies are not derived, so such a fix comes with None (analytic only).
+  same_devices: stop at the first fix that changes the device count.
   """
   ana = analytic_plan(cfg, mcfg, tx, step_cfg, platform=plan.platform,
                       num_devices=plan.num_devices, kind=plan.device_kind, device_memory=0,
                       peak=0)
-  scale = plan.activations / max(ana.activations, 1)  # refused: XLA's total less the state
-  out, compiles = [], 0
+  scale = plan.activations / max(ana.activations, 1)
   for fix in candidates(cfg, mcfg, tx, step_cfg, plan, scale):
-    if len(out) >= limit or compiles >= max_compiles:
-      break
-    flags = fix.flags(cfg, mcfg, plan.num_devices)
+    if same_devices and fix.devices != plan.num_devices:
+      return
     t = _fix_target(fix, plan, target)
     if t is None:
-      out.append(f"{flags} (analytic)")
+      yield fix, None
       continue
     c, mc, sc = fix.apply(cfg, mcfg, step_cfg, plan.num_devices)
-    compiles += 1
-    p = target_plan(c, mc, tx, sc, t)
-    if p.fits:
-      out.append(f"{flags} ({p.total / GIB:,.1f} GiB)")
+    yield fix, target_plan(c, mc, tx, sc, t)
+
+
+def compiled_fixes(cfg, mcfg, tx, step_cfg, plan: Plan, target, *, limit: int = 3,
+                   max_compiles: int = 6) -> list[str]:
+  """Up to `limit` settings that fit, each checked by compiling it for the target."""
+  out, compiles = [], 0
+  for fix, p in compiled_candidates(cfg, mcfg, tx, step_cfg, plan, target):
+    flags = fix.flags(cfg, mcfg, plan.num_devices)
+    if p is None:
+      out.append(f"{flags} (analytic)")
+    else:
+      compiles += 1
+      if p.fits:
+        out.append(f"{flags} ({p.total / GIB:,.1f} GiB)")
+    if len(out) >= limit or compiles >= max_compiles:
+      break
   return out
 
 
