@@ -2,7 +2,7 @@
 
 Per instance, with s_i the summed log-probability of choice i's continuation, n_i its number
 of tokens, c_i its number of characters (leading space included, as OLMES counts them) and c
-the gold choice (REFERENCE.md section 4):
+the gold choice (as defined by OLMES, Gu et al. 2024, and DataDecide, Magnusson et al. 2025):
 
 - acc_raw / acc_per_token / acc_per_char: argmax of s_i, s_i / n_i, s_i / c_i is c;
 - acc_uncond: argmax of s_i - u_i, u_i scored under the bare unconditional prompt;

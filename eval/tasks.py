@@ -36,7 +36,7 @@ from eval import metrics as metrics_lib
 
 UNCOND_DOC_OFFSET = 1_000_000  # OLMES: doc_id >= this marks an unconditional request
 
-# OLMES paper normalisation of each task's rc formulation (REFERENCE.md section 4); the mc
+# OLMES paper normalisation of each task's rc formulation (Gu et al. 2024); the mc
 # formulation scores answer letters and uses acc_raw.
 OLMES_PRIMARY = {
     "arc_easy": "acc_per_char", "arc_challenge": "acc_uncond", "boolq": "acc_raw",
