@@ -28,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
+import tempfile
 import time
 
 import ml_collections
@@ -72,6 +74,91 @@ def plan_options(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if "plan" in cfg:
     o.update(cfg.plan.to_dict())
   return o
+
+
+# XLA's GPU allocator takes this fraction of each GPU (JAX's default without it: 0.75).
+MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+
+
+def check_options(cfg: ml_collections.ConfigDict) -> None:
+  """ValueError naming a bad plan.* setting, before anything compiles or is written."""
+  o = plan_options(cfg)
+  for f in ("hosts", "slices"):
+    if o[f] < 1:
+      raise ValueError(f"plan.{f}={o[f]} must be >= 1; set --config.plan.{f}=N with N >= 1")
+  if o.devices < 0:
+    raise ValueError(f"plan.devices={o.devices} must be >= 0 (0: the devices at hand)")
+  if not 0 < o.headroom <= 1:
+    raise ValueError(f"plan.headroom={o.headroom} must be in (0, 1]: the fraction of device "
+                     "memory the run may use")
+  if o.device_memory_gb < 0:
+    raise ValueError(f"plan.device_memory_gb={o.device_memory_gb} must be >= 0")
+  memory_fraction(o)  # a bad XLA_PYTHON_CLIENT_MEM_FRACTION is named here too
+  if o.output:
+    check_output_path(o.output)
+
+
+def check_output_path(path: str) -> None:
+  """ValueError unless plan.output names a file that can be written (its directory exists
+  and is writable), checked before the compile rather than after it."""
+  if os.path.isdir(path):
+    raise ValueError(f"plan.output={path} is a directory; name a file, e.g. {path}/plan.json")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise ValueError(f"plan.output={path}: directory {parent} does not exist; create it "
+                     "(mkdir -p) or name a file in an existing directory")
+  try:  # a probe file, removed at once: permissions, read-only mounts, /proc alike
+    fd, probe = tempfile.mkstemp(prefix=".plan-probe-", dir=parent)
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise ValueError(f"plan.output={path}: cannot write in {parent} ({e.strerror}); name a "
+                     "file in a writable directory") from None
+
+
+def memory_fraction(opts, environ=os.environ) -> tuple[float, str]:
+  """(fraction of each GPU's memory the run's allocator has, where that number comes from).
+
+  One fact for the plan and the run: XLA_PYTHON_CLIENT_MEM_FRACTION when the environment sets
+  it, else plan.headroom, which the trainer exports as XLA_PYTHON_CLIENT_MEM_FRACTION before
+  JAX starts (`export_memory_fraction`)."""
+  raw = environ.get(MEM_FRACTION_ENV, "")
+  if not raw:
+    return float(opts.headroom), "plan.headroom"
+  try:
+    value = float(raw)
+  except ValueError:
+    value = -1.0
+  if not 0 < value <= 1:
+    raise ValueError(f"{MEM_FRACTION_ENV}={raw!r} must be a number in (0, 1]; unset it to use "
+                     f"plan.headroom={opts.headroom}")
+  return value, MEM_FRACTION_ENV
+
+
+def export_memory_fraction(config: ml_collections.ConfigDict, environ=os.environ) -> float:
+  """Sets XLA_PYTHON_CLIENT_MEM_FRACTION to plan.headroom unless the environment sets it;
+  returns the fraction in force. Call before JAX creates its GPU client (it reads it then)."""
+  fraction, source = memory_fraction(plan_options(config), environ)
+  if source == "plan.headroom":
+    environ[MEM_FRACTION_ENV] = f"{fraction:g}"
+  return fraction
+
+
+def usable_fraction(opts, platform: str) -> float:
+  """The share of a device's memory a plan counts: on GPUs what XLA's allocator is given
+  (memory_fraction), elsewhere plan.headroom."""
+  return memory_fraction(opts)[0] if platform == "gpu" else float(opts.headroom)
+
+
+# `--dry_run`'s exit code when the plan does not fit (2 is bad input, 1 a failed run).
+EXIT_DOES_NOT_FIT = 3
+
+
+def does_not_fit_line(plan: "Plan") -> str:
+  """The last line of a `--dry_run` whose plan does not fit."""
+  return (f"does not fit: {_size(plan.total)} per device > {_size(plan.device_memory)} usable "
+          f"on {plan.num_devices} x {plan.device_kind}; exit code "
+          f"{EXIT_DOES_NOT_FIT} (the plan above)")
 
 
 class PlanError(ValueError):
@@ -119,7 +206,7 @@ class Plan:
     return self.mfu * self.peak_flops * self.tokens_per_step / self.flops_per_step
 
   def format(self) -> str:
-    g = lambda b: f"{b / GIB:,.2f} GiB" if b >= GIB else f"{b / 2**20:,.1f} MiB"
+    g = _size
     lines = [
         f"plan ({self.source}) for {self.num_devices} x {self.device_kind} ({self.platform}), "
         f"mesh {self.mesh}:",
@@ -171,6 +258,10 @@ class Plan:
 # ----------------------------------------------------------------------------- pieces
 
 
+def _size(b: int) -> str:
+  return f"{b / GIB:,.2f} GiB" if b >= GIB else f"{b / 2**20:,.1f} MiB"
+
+
 def _shard_bytes(abstract_tree, shard_tree) -> int:
   import jax
   total = 0
@@ -207,15 +298,21 @@ def host_memory_per_device() -> int:
 
 
 def local_device_memory(opts) -> tuple[str, int]:
-  """(device kind, usable bytes per device) of the devices at hand."""
+  """(device kind, usable bytes per device) of the devices at hand.
+
+  On a GPU that is the allocator's own limit (`bytes_limit`: the memory fraction the run set,
+  see memory_fraction), counted once; elsewhere the memory times plan.headroom."""
   import jax
   d = jax.local_devices()[0]
+  platform = "gpu" if d.platform in ("gpu", "cuda", "rocm") else d.platform
   if opts.device_memory_gb:
-    return d.device_kind.lower(), int(opts.device_memory_gb * 1e9)
+    return d.device_kind.lower(), int(opts.device_memory_gb * 1e9
+                                      * usable_fraction(opts, platform))
   if d.platform == "cpu":
-    return "cpu", host_memory_per_device()
+    return "cpu", int(host_memory_per_device() * opts.headroom)
   stats = d.memory_stats() or {}
-  return d.device_kind.lower(), int(stats.get("bytes_limit", 0))
+  limit = int(stats.get("bytes_limit", 0))
+  return d.device_kind.lower(), limit if platform == "gpu" else int(limit * opts.headroom)
 
 
 def activation_estimate(mcfg, *, tokens: int, seq_len: int, micro_batch: int, platform: str,
@@ -493,10 +590,13 @@ def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_f
   import jax
   opts = plan_options(cfg)
   compiled, seconds = _timed_compile(train_step, abstract, mesh, cfg)
-  kind, mem = device or local_device_memory(opts)
+  if device is None:  # the devices at hand
+    kind, mem = local_device_memory(opts)
+  else:
+    kind, mem = device[0], int(device[1] * opts.headroom)
   peak = cfg.train.peak_flops_per_device or _peak_and_memory(kind, opts)[0]
   plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind, source=source,
-                       device_memory=int(mem * opts.headroom), peak=peak)
+                       device_memory=mem, peak=peak)
   plan.compile_seconds = seconds
   is_main = jax.process_index() == 0
   if dry_run or not plan.fits:
@@ -615,7 +715,8 @@ def _analytic_dry_run(cfg, mcfg, tx, step_cfg, platform, devices, opts, why, pri
   note = (f"analytic estimate: no compiler for {platform} is installed here ({why}); "
           "activations from the remat preset, checked against compiled figures")
   plan = analytic_plan(cfg, mcfg, tx, step_cfg, platform=platform, num_devices=devices,
-                       kind=kind, device_memory=int(mem * opts.headroom), peak=peak, note=note)
+                       kind=kind, device_memory=int(mem * usable_fraction(opts, platform)),
+                       peak=peak, note=note)
   msg = plan.format()
   if not plan.fits:
     fixes = suggestions(cfg, mcfg, tx, step_cfg, plan, 1.0)
@@ -682,7 +783,8 @@ def target_plan(cfg, mcfg, tx, step_cfg, target) -> Plan:
   mesh = target_mesh(cfg, target)
   abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
   peak = cfg.train.peak_flops_per_device or _peak_and_memory(target.device_kind, opts)[0]
-  mem = int((opts.device_memory_gb * 1e9 or target.device_memory) * opts.headroom)
+  mem = int((opts.device_memory_gb * 1e9 or target.device_memory)
+            * usable_fraction(opts, target.platform))
   t0 = time.perf_counter()
   try:
     compiled, note = _target_compile(step, abstract, mesh, cfg, target)

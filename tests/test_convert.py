@@ -234,7 +234,9 @@ def test_convert_to_hf_refuses_a_non_empty_output_unless_overwrite(trained, expo
   assert sorted(p.name for p in out.iterdir()) == sorted(os.listdir(exported))
   for name in ("model.safetensors", "config.json", "tokenizer.json"):
     assert (out / name).read_bytes() == open(os.path.join(exported, name), "rb").read()
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary left beside it
+  # No temporary left beside it; only the (released, empty) lock of the output.
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".hf.lock", "hf"]
+  assert (tmp_path / ".hf.lock").read_text() == ""
 
 
 def test_truncated_safetensors_is_one_error_line_naming_the_file(exported, tmp_path):
