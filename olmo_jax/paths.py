@@ -90,7 +90,7 @@ def storage_client():
 CHECK_TIMEOUT_S = 4.0
 # GCS bucket names: 3-63 characters (up to 222 with dots), lowercase letters, digits, - _ .
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
-_CHECKED: set[tuple[str, bool]] = set()
+_CHECKED: set[tuple[str, str, bool]] = set()  # (endpoint, bucket, write) checked
 
 
 def split_bucket_path(path: str, flag: str) -> tuple[str, str]:
@@ -118,7 +118,8 @@ def check_bucket(path: str | None, flag: str, *, write: bool = True) -> None:
   if not is_remote(path):
     return
   bucket, prefix = split_bucket_path(path, flag)
-  if (bucket, write) in _CHECKED:
+  key = (_endpoint(), bucket, write)
+  if key in _CHECKED:
     return
   from google.api_core import exceptions as gexc
   t = CHECK_TIMEOUT_S
@@ -141,7 +142,7 @@ def check_bucket(path: str | None, flag: str, *, write: bool = True) -> None:
     raise ValueError(f"{flag} {path}: bucket {bucket} does not exist (or is not visible to "
                      f"this account); create it (gcloud storage buckets create gs://{bucket}) "
                      "or correct the name")
-  _CHECKED.add((bucket, write))
+  _CHECKED.add(key)
 
 
 def _first_line(e: BaseException) -> str:
