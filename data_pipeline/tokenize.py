@@ -300,6 +300,11 @@ def run(inputs: list[str], output: str, tokenizer: str = "olmo", workers: int = 
   `chain`: curation steps (list of dicts or JSON) applied to all inputs together first;
   relative paths inside it (classifier, attributes) are under `base_dir`.
   """
+  for flag, value in [("--output", output), *(("--inputs", i) for i in inputs)]:
+    if "://" in value:  # a bucket or other URL: os would make a local directory "gs:"
+      raise ValueError(f"{flag} {value}: tokenize reads and writes local files; copy the "
+                       "inputs here (gcloud storage cp) or mount the bucket (gcsfuse "
+                       "--implicit-dirs), and copy the output up afterwards")
   files = resolve_inputs(inputs)
   steps = curation.parse_chain(chain) if chain is not None else None
   if steps is None and field != "text":

@@ -150,7 +150,8 @@ def usable_fraction(opts, platform: str) -> float:
   return memory_fraction(opts)[0] if platform == "gpu" else float(opts.headroom)
 
 
-# `--dry_run`'s exit code when the plan does not fit (2 is bad input, 1 a failed run).
+# The trainer's exit code when the step does not fit the devices, for a run (stopped before
+# allocating) and a `--dry_run` alike (2 is bad input, 1 a failed run).
 EXIT_DOES_NOT_FIT = 3
 
 

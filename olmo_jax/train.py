@@ -9,7 +9,8 @@ Flags of the PyTorch pipeline work too: --model_size 150M (= --config.model.size
 configs/training_configs/default_training.yaml, or a one-section file such as
 configs/training_configs/default_training.py. --verbosity=0 shows library INFO logs.
 One trainer per workdir (a lock); exit 0 done, 2 bad input or busy workdir, 1 failed run,
-3 a --dry_run whose plan does not fit the devices (the plan is still printed and written).
+3 a step that does not fit the devices (a run stops before allocating; a --dry_run still
+prints and writes its plan).
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
   """
   if dry_run:
-    from olmo_jax import plan
-    config = plan.for_target(config)
+    config = plan_lib.for_target(config)
   cfg, data = build_config(config)
   plan_lib.check_options(cfg)  # plan.output, hosts, ... named before anything compiles
   import jax
@@ -50,8 +50,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   schedule, tx = build_optimizer(cfg)
   step_cfg = build_step_config(cfg, schedule)
   if dry_run:
-    from olmo_jax import plan
-    return plan.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
+    return plan_lib.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
   say(mixture.describe(data))  # the sources and tokens this run trains on
   check_workdir(cfg, workdir, say)  # before anything is compiled or written
   mesh = build_mesh(cfg)
@@ -366,7 +365,7 @@ def parse_flags(argv: list[str]):
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line: exit 0 done, 2 bad input or a busy workdir, 1 a failure of the run,
-  3 a --dry_run whose plan does not fit (plan.EXIT_DOES_NOT_FIT)."""
+  3 a train step that does not fit the devices (plan.EXIT_DOES_NOT_FIT), --dry_run too."""
   from absl import flags
   try:
     FLAGS = parse_flags(list(sys.argv if argv is None else argv))
@@ -429,7 +428,7 @@ def run_reporting_errors(config, workdir, dry_run, lock, log_file) -> int:
     if lock:  # a workdir this run created, with nothing but its lock and log, goes again
       _remove_unused_run_files(lock, workdir)
       lock.release_and_tidy((cli.LOG_FILE,))
-    return 2
+    return plan_lib.EXIT_DOES_NOT_FIT if isinstance(e, plan_lib.PlanError) else 2
   except (NonFiniteLossError, CheckpointError, OSError) as e:
     logging.error("the run failed", exc_info=True, extra={"file_only": True})
     details = f" (details: {log_file})" if log_file else ""

@@ -87,7 +87,8 @@ def busy_message(workdir: str, path: str, holder: Holder | None, role: Role = TR
 
 
 def takeover_message(workdir: str, previous: Holder, state: str, role: Role = TRAINER) -> str:
-  return (f"{role.noun} {workdir}: took over the lock left by a {role.writer} that ended "
+  article = "an" if role.writer[0] in "aeiou" else "a"
+  return (f"{role.noun} {workdir}: took over the lock left by {article} {role.writer} that ended "
           f"without releasing it ({previous.describe()}): {state}")
 
 
