@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from olmo_jax import cli, distributed, paths
+from olmo_jax import cli, distributed, paths, plan_options
 from olmo_jax import config as config_lib
 from olmo_jax import plan as plan_lib
 from olmo_jax import workdir as workdir_lib
@@ -43,7 +43,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   if dry_run:
     config = plan_lib.for_target(config)
   cfg, data = build_config(config)
-  plan_lib.check_options(cfg)  # plan.output, hosts, ... named before anything compiles
+  plan_options.check_options(cfg)  # plan.output, hosts, ... named before anything compiles
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
   from data_pipeline import mixture
@@ -370,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     FLAGS = parse_flags(list(sys.argv if argv is None else argv))
     # The GPU memory the plan counts is the memory the allocator gets: one number.
-    plan_lib.export_memory_fraction(FLAGS.config)
+    plan_options.export_memory_fraction(FLAGS.config)
     # A gs:// workdir: its shape, bucket and endpoint, in seconds, before anything else.
     paths.check_bucket(FLAGS.workdir, "--workdir", write=not FLAGS.dry_run)
     setup = distributed.initialize_from_flags(FLAGS)  # before anything touches a device

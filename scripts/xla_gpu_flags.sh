@@ -15,7 +15,7 @@ olmo_gpu_env() {
   export XLA_FLAGS="${XLA_FLAGS:-} $(echo $flags)"
   # XLA's allocator share of each GPU is not set here: the trainer sets
   # XLA_PYTHON_CLIENT_MEM_FRACTION from plan.headroom (the share its plan counts) unless the
-  # caller exported one, which the plan then counts instead (olmo_jax/plan.py memory_fraction).
+  # caller exported one, which the plan then counts instead (olmo_jax/plan_options.py).
   export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
   export NCCL_CROSS_NIC=${NCCL_CROSS_NIC:-0}
   export NCCL_PROTO=${NCCL_PROTO:-Simple}

@@ -85,15 +85,17 @@ def test_dry_run_that_does_not_fit_exits_3_and_writes_the_plan(cli_env, tmp_path
 
 
 def test_trainer_gives_the_gpu_allocator_the_memory_its_plan_counts(cli_env):
-  from olmo_jax import plan
+  import ml_collections
+
+  from olmo_jax import plan_options as plan
   opts = plan.plan_options({})
   assert plan.memory_fraction(opts, {}) == (0.9, "plan.headroom")
   env = {}
-  assert plan.export_memory_fraction(plan.ml_collections.ConfigDict(
+  assert plan.export_memory_fraction(ml_collections.ConfigDict(
       {"plan": {"headroom": 0.8}}), env) == 0.8 and env == {plan.MEM_FRACTION_ENV: "0.8"}
   # A fraction the environment sets is kept, and the plan counts that one instead.
   env = {plan.MEM_FRACTION_ENV: "0.7"}
-  assert plan.export_memory_fraction(plan.ml_collections.ConfigDict(
+  assert plan.export_memory_fraction(ml_collections.ConfigDict(
       {"plan": {"headroom": 0.8}}), env) == 0.7 and env[plan.MEM_FRACTION_ENV] == "0.7"
   assert plan.usable_fraction(opts, "tpu") == 0.9  # TPU and CPU: headroom as a margin
   with pytest.raises(ValueError, match="XLA_PYTHON_CLIENT_MEM_FRACTION='1.5' must be"):
