@@ -219,12 +219,14 @@ def losses_of(text: str) -> dict[int, float]:
 def test_train_kill9_resume_convert_evaluate_in_a_bucket(bucket, env, tmp_path):
   from olmo_jax import paths
   env = dict(env, TMPDIR=str(tmp_path))  # where the runs' local mirrors go
+  # The OLMo vocabulary: eval.run scores OLMo-tokenized tasks and refuses a smaller one.
+  olmo_vocab = ("--config.model.vocab_size=50280", "--config.model.embedding_size=50304")
   local = tmp_path / "local"
-  straight = subprocess.run(train_cmd(local), env=env, cwd=ROOT, capture_output=True,
+  straight = subprocess.run(train_cmd(local, *olmo_vocab), env=env, cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
   assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
 
-  proc = subprocess.Popen(train_cmd(bucket), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+  proc = subprocess.Popen(train_cmd(bucket, *olmo_vocab), env=env, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   lines = []
   for line in proc.stdout:
@@ -234,14 +236,14 @@ def test_train_kill9_resume_convert_evaluate_in_a_bucket(bucket, env, tmp_path):
   proc.send_signal(signal.SIGSTOP)  # frozen mid-run, holding the lock
   assert proc.poll() is None, "".join(lines[-20:])
   # A second trainer on the same run is refused while the first holds the lock.
-  second = subprocess.run(train_cmd(bucket), env=env, cwd=ROOT, capture_output=True,
+  second = subprocess.run(train_cmd(bucket, *olmo_vocab), env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
   assert second.returncode == 2, second.stdout[-3000:] + second.stderr[-3000:]
   assert re.search(rf"error: workdir {bucket} is in use by another trainer \(PID {proc.pid} ",
                    second.stderr), second.stderr[-2000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  resumed = subprocess.run(train_cmd(bucket), env=env, cwd=ROOT, capture_output=True,
+  resumed = subprocess.run(train_cmd(bucket, *olmo_vocab), env=env, cwd=ROOT, capture_output=True,
                            text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
   at = re.search(r"resumed from .* at step (\d+)", resumed.stdout)
