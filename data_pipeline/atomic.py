@@ -52,12 +52,34 @@ def write_json(path: str, obj, **dumps_kwargs) -> None:
   write_atomic(path, json.dumps(obj, **dumps_kwargs))
 
 
+def leftover_dirs(output: str) -> list[str]:
+  """Temporary directories beside `output` that `replacing_directory` leaves only when its
+  process is killed (kill -9, power loss): `.NAME.tmp-*`, sorted."""
+  parent, name = os.path.split(os.path.abspath(output))
+  if not os.path.isdir(parent):
+    return []
+  prefix = f".{name}.tmp-"
+  return sorted(os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(prefix))
+
+
+def remove_leftovers(output: str) -> list[tuple[str, int]]:
+  """Removes `leftover_dirs(output)`; returns (path, bytes) of each. Call it only while
+  holding the output's lock: a live writer's temporary directory looks the same."""
+  removed = []
+  for path in leftover_dirs(output):
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+    shutil.rmtree(path, ignore_errors=True)
+    removed.append((path, size))
+  return removed
+
+
 @contextlib.contextmanager
 def replacing_directory(output: str):
   """Yields a fresh temporary directory beside `output`; on success it becomes `output`.
 
   The old `output` (if any) is moved aside and removed only after the new one is in place;
-  on failure the temporary directory is removed and `output` is untouched.
+  on failure the temporary directory is removed and `output` is untouched. A killed process
+  leaves `.NAME.tmp-*` beside `output` (see leftover_dirs / remove_leftovers).
   """
   output = os.path.abspath(output)
   parent, name = os.path.split(output)
@@ -74,6 +96,11 @@ def replacing_directory(output: str):
     os.rename(output, old)
   os.rename(tmp, output)
   shutil.rmtree(old, ignore_errors=True)
+
+
+def default_file_mode() -> int:
+  """The mode open() gives a new file: 0666 less the umask (0644 under the usual 022)."""
+  return 0o666 & ~_umask()
 
 
 def _umask() -> int:

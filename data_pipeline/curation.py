@@ -245,14 +245,33 @@ def _identity(x):
 _GRAM_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the n-gram hash
 
 
-def shingles(text: str, ngram: int) -> np.ndarray:
-  """Sorted unique 32-bit hashes of the word n-grams of the lowercased text: uint32[k].
+# Scripts written without spaces: each character is a word of its own (Han, Hiragana,
+# Katakana incl. the half-width forms, Hangul syllables).
+_CJK = ("\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+        "\uff66-\uff9f")
+_UNIT_RE = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+", re.UNICODE)
 
-  Each word is hashed once (crc32); an n-gram's hash is a polynomial of its words' hashes mod
-  2^64, folded to 32 bits (vectorised: no string per n-gram). A text shorter than `ngram` words
+
+def shingle_units(text: str, ngram: int) -> list[str]:
+  """The units a document's shingles are n-grams of (lowercased): its words, where a Chinese,
+  Japanese or Korean character counts as one word; when that gives fewer than `ngram` words
+  (a text in another script without spaces, e.g. Thai), its characters (whitespace dropped)."""
+  text = text.lower()
+  words = _UNIT_RE.findall(text)
+  if len(words) >= ngram or not words:
+    return words
+  chars = [c for c in text if not c.isspace()]
+  return chars if len(chars) > len(words) else words
+
+
+def shingles(text: str, ngram: int) -> np.ndarray:
+  """Sorted unique 32-bit hashes of the n-grams of `shingle_units(text)`: uint32[k].
+
+  Each unit is hashed once (crc32); an n-gram's hash is a polynomial of its units' hashes mod
+  2^64, folded to 32 bits (vectorised: no string per n-gram). A text shorter than `ngram` units
   is one shingle; a text without words has none.
   """
-  words = _WORD_RE.findall(text.lower())
+  words = shingle_units(text, ngram)
   if not words:
     return np.zeros(0, dtype=np.uint32)
   w = np.fromiter(map(zlib.crc32, map(str.encode, words)), dtype=np.uint64, count=len(words))

@@ -280,6 +280,10 @@ def iter_json_lines(path: str, field: str | None = "text"):
       continue
     try:
       doc = json.loads(line)
+    except UnicodeDecodeError as e:  # json.loads decodes bytes as UTF-8 first
+      raise ValueError(
+          f"{path}:{lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at byte {e.start + 1} "
+          "of the line); re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}:{lineno}: not a JSON line ({e})") from e
     if not isinstance(doc, dict) or (field is not None and not isinstance(doc.get(field), str)):

@@ -254,6 +254,11 @@ def check_output(output: str, plan: dict, overwrite: bool) -> dict | None:
     old, why = None, "its index.json is corrupt"
   if not why:
     return old
+  if old is not None and not old.get("complete") and why.startswith("input "):
+    # A run of these inputs that stopped (bad input, kill): not another tokenization. The
+    # sidecars decide which of its shards are reused.
+    logging.info("tokenize: %s: resuming a run that stopped (%s)", output, why)
+    return None
   if not overwrite:
     raise ValueError(f"--output {output} holds another tokenization: {why}; use a new --output "
                      "or pass --overwrite to replace it")
@@ -295,12 +300,18 @@ def run(inputs: list[str], output: str, tokenizer: str = "olmo", workers: int = 
   `chain`: curation steps (list of dicts or JSON) applied to all inputs together first;
   relative paths inside it (classifier, attributes) are under `base_dir`.
   """
+  for flag, value in [("--output", output), *(("--inputs", i) for i in inputs)]:
+    if "://" in value:  # a bucket or other URL: os would make a local directory "gs:"
+      raise ValueError(f"{flag} {value}: tokenize reads and writes local files; copy the "
+                       "inputs here (gcloud storage cp) or mount the bucket (gcsfuse "
+                       "--implicit-dirs), and copy the output up afterwards")
   files = resolve_inputs(inputs)
   steps = curation.parse_chain(chain) if chain is not None else None
   if steps is None and field != "text":
     raise ValueError("--field is only read with --chain")
   plan = make_plan(files, tokenizer, curation.chain_spec(steps) if steps is not None else None,
                    field)
+  created = not os.path.exists(output)
   old = check_output(output, plan, overwrite)
   try:
     if steps is None:
@@ -310,9 +321,28 @@ def run(inputs: list[str], output: str, tokenizer: str = "olmo", workers: int = 
                    curation.describe_chain(plan["chain"]))
       return old
     return _run_curated(files, output, plan, steps, tokenizer, workers, base_dir, field)
+  except BaseException:
+    _remove_unfinished(output, created)
+    raise
   finally:
     if os.path.isdir(output):
       _remove_temporaries(output)  # a worker killed mid-shard leaves its temporary behind
+
+
+def _remove_unfinished(output: str, created: bool) -> None:
+  """After a failed run: an incomplete index with no finished shard goes (nothing of it is
+  reusable), and so does the output directory when this run made it and it is empty now."""
+  if not os.path.isdir(output):
+    return
+  _remove_temporaries(output)
+  if not any(n.startswith("part-") for n in os.listdir(output)):
+    try:
+      if not (read_index(output) or {}).get("complete", True):
+        os.remove(os.path.join(output, INDEX_FILE))
+    except (ValueError, OSError):
+      pass
+  if created and not os.listdir(output):
+    os.rmdir(output)
 
 
 def _run_plain(files, output, plan, tokenizer, workers, progress) -> dict:

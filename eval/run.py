@@ -13,6 +13,10 @@ token ids and non-finite scores, before anything is written. The context window 
 model's own maximum length (max_seq_len / max_position_embeddings) whatever the entry point.
 Ctrl-C stops between batches with exit code 130; the scores so far are kept in
 OUT/scores.partial.jsonl and the same command resumes from them (eval/resume.py).
+One writer per output: the run holds OUT/eval.lock (olmo_jax/workdir.py) from before the model
+loads to the end, so a second `eval.run` on the same --output fails at once (exit 2) naming
+the first; a gs:// --checkpoint or --output is checked (bucket exists, writable, endpoint
+answering) before anything else.
 
 This module is the command line only (arguments, --list, printing, exit codes); loading,
 scoring, aggregation and writing the results are eval/evaluation.py's.
@@ -32,6 +36,7 @@ from eval import evaluation as ev
 from eval import resume
 from eval import tasks as tasks_lib
 from olmo_jax import paths
+from olmo_jax import workdir as workdir_lib
 
 # ---------------------------------------------------------------------------------- CLI
 
@@ -112,10 +117,13 @@ class _Job:
   instances: dict  # task name -> its documents (request files parsed before the model loads)
   lm_sets: dict  # lm set name -> its documents
   model: ev.LoadedModel
+  lock: object  # the output's lock (workdir_lib.WorkdirLock or gcs_lock.BucketWorkdirLock)
 
 
 def _check_outputs(a) -> None:
   """UsageError / FileNotFoundError on a bad --checkpoint, --output or --compile_cache."""
+  paths.check_bucket(a.checkpoint, "--checkpoint", write=False)
+  paths.check_bucket(a.output, "--output")
   if not paths.exists(a.checkpoint):
     raise FileNotFoundError(f"checkpoint {a.checkpoint} does not exist; pass a run "
                             "directory, a checkpoint step directory or an HF directory")
@@ -124,9 +132,23 @@ def _check_outputs(a) -> None:
     raise ev.UsageError(f"--compile_cache {a.compile_cache} is a file; pass a directory")
   if paths.isfile(a.output):
     raise ev.UsageError(f"--output {a.output} is a file; pass a directory")
+
+
+def _own_output(a):
+  """Takes the lock of --output (a second writer fails here), then checks, under it, that
+  no earlier result would be replaced without --overwrite. Returns the lock."""
+  lock = workdir_lib.lock_for(a.output, workdir_lib.EVALUATION)
+  try:
+    took_over = lock.acquire()
+  except workdir_lib.WorkdirBusyError as e:
+    raise ev.UsageError(str(e)) from None
+  if took_over:
+    print(f"warning: {took_over}", file=sys.stderr)
   if paths.exists(os.path.join(a.output, "metrics.json")) and not a.overwrite:
+    lock.release_and_tidy()
     raise ev.UsageError(f"--output {a.output} already holds metrics.json; pass --overwrite "
-                     "to replace it or choose another directory")
+                        "to replace it or choose another directory")
+  return lock
 
 
 def _resolve_tasks(a):
@@ -150,9 +172,20 @@ def _resolve_tasks(a):
 
 
 def _prepare(a) -> _Job:
-  """Checks every argument and file, then loads the model (the expensive part comes last)."""
+  """Checks every argument and file, takes the output's lock, then loads the model (the
+  expensive part comes last). A failure after the lock leaves --output as it was found."""
   tasks, suites, instances = _resolve_tasks(a)
   _check_outputs(a)
+  lock = _own_output(a)
+  try:
+    return _Job(tasks, suites, instances, *_load(a, tasks), lock)
+  except BaseException:
+    lock.release_and_tidy()
+    raise
+
+
+def _load(a, tasks) -> tuple[dict, ev.LoadedModel]:
+  """(lm sets, the loaded model): the lm-eval tasks and lm files are checked first."""
   lm_eval_names = [t.family for t in tasks if not t.scored_here]
   if lm_eval_names:
     from eval import harness
@@ -177,7 +210,7 @@ def _prepare(a) -> _Job:
     lm_sets.update(held)
   if lm_sets:
     lm_lib.windows([], model.max_length, a.lm_stride)  # checks --lm_stride
-  return _Job(tasks, suites, instances, lm_sets, model)
+  return lm_sets, model
 
 
 def _metrics_record(a, model: ev.LoadedModel, agg, lm_res, errors, resumed: int,
@@ -211,6 +244,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  try:
+    return _score_and_write(a, job)
+  finally:
+    job.lock.release()  # a no-op after release_and_tidy
+
+
+def _score_and_write(a, job: _Job) -> int:
+  """Scores the job (resuming from OUT/scores.partial.jsonl), writes the results; exit code."""
   t0, model = time.time(), job.model
   log = resume.ScoreLog(a.output, ev.fingerprint(a.checkpoint, model))
   resume.install_sigint()
@@ -227,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 130
   except ev.ScoreError as e:  # the scores so far are of no use (e.g. NaN weights): not kept
     log.close(keep=False)
+    job.lock.release_and_tidy()
     print(f"error: {e}", file=sys.stderr)
     return 2
   elapsed = time.time() - t0

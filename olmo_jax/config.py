@@ -85,6 +85,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if m.dtype == "auto":
     m.dtype = default_dtype(m.platform)
   ladder = sizes.LADDER.get(m.size)
+  _check_formula_inputs(t)
   if t.batch_size == -1:
     t.batch_size = ladder.batch_seqs if ladder else sizes.batch_size_formula(n_formula)
   if t.microbatch_size == -1:
@@ -109,6 +110,17 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       "compute_flops": float(sizes.training_flops(n, tokens)),
   })
   return c
+
+
+def _check_formula_inputs(t) -> None:
+  """The fields the ladder formulas divide by: positive, or -1 (from the ladder) where allowed.
+
+  Checked before the formulas run, so that 0 is a named error, not a division by zero."""
+  for f, auto in (("seq_len", False), ("batch_size", True), ("microbatch_size", True)):
+    if t[f] <= 0 and not (auto and t[f] == -1):
+      hint = " or -1 (from the ladder)" if auto else ""
+      raise ValueError(f"train.{f}={t[f]} must be positive{hint}; set "
+                       f"--config.train.{f}=N with N >= 1")
 
 
 def model_config(c: ml_collections.ConfigDict) -> ModelConfig:

@@ -20,10 +20,12 @@ node; that is why SLURM is read here.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 from typing import Mapping
@@ -134,6 +136,29 @@ def timeout_line(setup: Setup, timeout_s: int) -> str:
           "host and port, check that the port is reachable, or raise --coordinator_timeout")
 
 
+def port_in_use_message(setup: Setup) -> str:
+  port = setup.coordinator.rsplit(":", 1)[1]
+  flag = ("JAX_COORDINATOR_PORT (or the job id's default port)" if setup.kind == "slurm"
+          else "--coordinator HOST:PORT")
+  return (f"coordinator {setup.coordinator}: port {port} is already in use on this host "
+          f"(another run's coordinator?); stop that process or choose another port with {flag}")
+
+
+def check_port_free(setup: Setup) -> None:
+  """ValueError when process 0 cannot listen on the coordinator's port (checked before JAX
+  tries, which fails with a long RPC-server traceback)."""
+  port = int(setup.coordinator.rsplit(":", 1)[1])
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+    try:
+      s.bind(("", port))
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        raise ValueError(port_in_use_message(setup)) from None
+      raise ValueError(f"coordinator {setup.coordinator}: cannot listen on port {port} "
+                       f"({e.strerror}); choose another port") from None
+
+
 def _join(setup: Setup, timeout_s: int) -> None:
   """jax.distributed.initialize under our deadline: on expiry, one `error:` line, exit 1."""
   import jax
@@ -154,6 +179,10 @@ def _join(setup: Setup, timeout_s: int) -> None:
                                  process_id=setup.process_id,
                                  local_device_ids=setup.local_device_ids,
                                  initialization_timeout=timeout_s + _JAX_GRACE_S)
+  except Exception as e:  # taken between our check and JAX's bind
+    if "Failed to start RPC server" in str(e) or "ddress already in use" in str(e):
+      raise ValueError(port_in_use_message(setup)) from None
+    raise
   finally:
     timer.cancel()
 
@@ -171,6 +200,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   if timeout_s <= 0:
     raise ValueError(f"--coordinator_timeout={timeout_s} must be > 0 (seconds)")
   setup = detect(coordinator, num_processes, process_id)
+  if setup.kind in ("explicit", "slurm") and setup.process_id == 0:
+    check_port_free(setup)
   if setup.kind != "single":
     import jax
     _join(setup, timeout_s)

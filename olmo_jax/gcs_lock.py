@@ -28,17 +28,13 @@ import time
 
 from olmo_jax import paths
 from olmo_jax import workdir as workdir_lib
-from olmo_jax.workdir import LOCK_NAME, Holder, WorkdirBusyError
+from olmo_jax.workdir import Holder, WorkdirBusyError
 
 DEFAULT_LEASE_S = 120.0
 
 
 def _client():
-  from google.cloud import storage
-  if os.environ.get("STORAGE_EMULATOR_HOST"):
-    from google.auth.credentials import AnonymousCredentials
-    return storage.Client(project="emulator", credentials=AnonymousCredentials())
-  return storage.Client()
+  return paths.storage_client()
 
 
 def _parse(raw: bytes) -> Holder | None:
@@ -53,9 +49,11 @@ class BucketWorkdirLock:
   """The exclusive lock of one gs:// workdir, held from `acquire` until `release` or its lease
   runs out after the process ends."""
 
-  def __init__(self, workdir: str, lease_s: float | None = None):
+  def __init__(self, workdir: str, lease_s: float | None = None,
+               role: workdir_lib.Role = workdir_lib.TRAINER):
     self.workdir = paths.abspath(workdir)
-    self.path = f"{self.workdir}/{LOCK_NAME}"
+    self.role = role
+    self.path = f"{self.workdir}/{role.lock_name}"
     self.lease_s = float(lease_s or os.environ.get("OLMO_JAX_LOCK_LEASE_S", DEFAULT_LEASE_S))
     self.created = False  # whether the workdir was empty before acquire()
     bucket, _, name = self.path[len("gs://"):].partition("/")
@@ -106,19 +104,23 @@ class BucketWorkdirLock:
     age = time.time() - blob.updated.timestamp()
     state = self._stale_state(previous, age)
     if state is None:
-      raise WorkdirBusyError(workdir_lib.busy_message(self.workdir, self.path, previous))
+      raise WorkdirBusyError(workdir_lib.busy_message(self.workdir, self.path, previous,
+                                                        self.role))
     try:
       self._gen = self._write(int(blob.generation))
     except gexc.PreconditionFailed:  # another trainer took it first
-      raise WorkdirBusyError(workdir_lib.busy_message(self.workdir, self.path, None)) from None
-    return workdir_lib.takeover_message(self.workdir, previous, state) if previous else None
+      raise WorkdirBusyError(workdir_lib.busy_message(self.workdir, self.path, None,
+                                                      self.role)) from None
+    return (workdir_lib.takeover_message(self.workdir, previous, state, self.role)
+            if previous else None)
 
   def _retry_create(self) -> None:
     from google.api_core import exceptions as gexc
     try:
       self._gen = self._write(0)
     except gexc.PreconditionFailed:
-      raise WorkdirBusyError(workdir_lib.busy_message(self.workdir, self.path, None)) from None
+      raise WorkdirBusyError(workdir_lib.busy_message(self.workdir, self.path, None,
+                                                      self.role)) from None
 
   def _stale_state(self, previous: Holder | None, age: float) -> str | None:
     """Why the recorded holder no longer runs, or None when it may still be running."""
@@ -166,9 +168,9 @@ class BucketWorkdirLock:
       return False
     names = set(paths.listdir(self.workdir))
     removed = False
-    if self.created and names <= {LOCK_NAME, *own_files}:
+    if self.created and names <= {self.role.lock_name, *own_files}:
       paths.discard_mirror(self.workdir)  # its log must not be uploaded at exit
-      for name in names - {LOCK_NAME}:
+      for name in names - {self.role.lock_name}:
         paths.remove(f"{self.workdir}/{name}")
       removed = True
     self.release()

@@ -177,6 +177,7 @@ def _write_safetensors(tensors: Iterator[tuple[str, np.ndarray]], out_dir: str,
   def flush():
     tmp = os.path.join(out_dir, f".shard-{len(written):05d}.tmp")
     save_file(shard, tmp, metadata=metadata)
+    os.chmod(tmp, atomic.default_file_mode())  # safetensors creates its files private (0600)
     written.append((tmp, list(shard)))
 
   for name, arr in tensors:

@@ -9,7 +9,14 @@ events) are therefore written to a local mirror (`mirror`) and uploaded every
 `MIRROR_EVERY_S` seconds and at exit.
 
 `STORAGE_EMULATOR_HOST=http://HOST:PORT` (the variable google-cloud-storage reads) points
-every client at a GCS emulator; tensorstore, under Orbax, gets the same address.
+every client at a GCS emulator; tensorstore, under Orbax, gets the same address (and a
+placeholder token, so that it does not look for credentials the emulator does not need).
+
+`check_bucket` is what every command runs on a gs:// argument before any other work: the
+shape gs://BUCKET/PATH, the bucket exists, and (for an output) a probe object can be written
+and deleted there; each request is made once, without retries, with a deadline of
+`CHECK_TIMEOUT_S`, so a wrong name or an endpoint that refuses connections is one `error:`
+line within seconds instead of minutes of library retries.
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ from __future__ import annotations
 import atexit
 import base64
 import hashlib
+import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
+import uuid
 import zlib
 
 from data_pipeline import atomic
@@ -39,6 +49,9 @@ def _configure_emulator() -> None:
   os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
   os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
   os.environ.setdefault("NO_GCE_CHECK", "true")
+  # tensorstore's fixed-token hook: without it, it searches for gcloud credentials and logs
+  # an error on stderr for each run, though the emulator checks none.
+  os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
 
 
 _configure_emulator()  # before gcsfs is first imported: it reads these at import
@@ -60,6 +73,93 @@ def fs():
     token = "anon" if os.environ.get("STORAGE_EMULATOR_HOST") else None
     _FS = gcsfs.GCSFileSystem(token=token, use_listings_cache=False)
   return _FS
+
+
+def storage_client():
+  """A google-cloud-storage client (anonymous against an emulator)."""
+  _configure_emulator()
+  from google.cloud import storage
+  if os.environ.get("STORAGE_EMULATOR_HOST"):
+    from google.auth.credentials import AnonymousCredentials
+    return storage.Client(project="emulator", credentials=AnonymousCredentials())
+  return storage.Client()
+
+
+# ---------------------------------------------------------------- up-front checks of gs:// paths
+
+CHECK_TIMEOUT_S = 4.0
+# GCS bucket names: 3-63 characters (up to 222 with dots), lowercase letters, digits, - _ .
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+_CHECKED: set[tuple[str, str, bool]] = set()  # (endpoint, bucket, write) checked
+
+
+def split_bucket_path(path: str, flag: str) -> tuple[str, str]:
+  """(bucket, object prefix) of gs://BUCKET/PATH; ValueError naming `flag` for another shape."""
+  rest = path.split("://", 1)[1]
+  bucket, _, prefix = rest.partition("/")
+  prefix = prefix.strip("/")
+  if not bucket or not prefix:
+    raise ValueError(f"{flag} {path!r}: a bucket path must be gs://BUCKET/PATH (a bucket and a "
+                     "directory in it), e.g. gs://my-bucket/runs/150M")
+  if not _BUCKET_RE.fullmatch(bucket):
+    raise ValueError(f"{flag} {path!r}: {bucket!r} is not a valid bucket name (lowercase "
+                     "letters, digits, '-', '_' and '.', 3 to 63 characters)")
+  return bucket, prefix
+
+
+def _endpoint() -> str:
+  return os.environ.get("STORAGE_EMULATOR_HOST") or "https://storage.googleapis.com"
+
+
+def check_bucket(path: str | None, flag: str, *, write: bool = True) -> None:
+  """ValueError (one line naming `flag` and the fix) unless a gs:// `path` has the shape
+  gs://BUCKET/PATH, its bucket answers within CHECK_TIMEOUT_S and exists, and, with `write`,
+  takes a new object. A local path (or None) passes untouched. Each bucket is checked once."""
+  if not is_remote(path):
+    return
+  bucket, prefix = split_bucket_path(path, flag)
+  key = (_endpoint(), bucket, write)
+  if key in _CHECKED:
+    return
+  from google.api_core import exceptions as gexc
+  t = CHECK_TIMEOUT_S
+  try:
+    b = storage_client().lookup_bucket(bucket, timeout=t, retry=None)
+    if b is not None and write:
+      probe = b.blob(f"{prefix}/.olmo_jax-write-check-{uuid.uuid4().hex[:12]}")
+      probe.upload_from_string(b"", timeout=t, retry=None)
+      probe.delete(timeout=t, retry=None)
+  except gexc.Forbidden as e:
+    raise ValueError(f"{flag} {path}: this account may not {'write to' if write else 'read'} "
+                     f"bucket {bucket} ({_first_line(e)}); grant it access (roles/storage."
+                     f"{'objectAdmin' if write else 'objectViewer'}) or choose another "
+                     "bucket") from None
+  except gexc.GoogleAPICallError as e:
+    raise ValueError(f"{flag} {path}: bucket {bucket}: {_first_line(e)}") from None
+  except Exception as e:  # no connection, a timeout, no credentials: library-specific types
+    raise ValueError(_unreachable_message(path, flag, e)) from None
+  if b is None:
+    raise ValueError(f"{flag} {path}: bucket {bucket} does not exist (or is not visible to "
+                     f"this account); create it (gcloud storage buckets create gs://{bucket}) "
+                     "or correct the name")
+  _CHECKED.add(key)
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return text[0][:200] if text else type(e).__name__
+
+
+def _unreachable_message(path: str, flag: str, e: BaseException) -> str:
+  logging.debug("bucket check of %s failed", path, exc_info=True)
+  name = type(e).__name__
+  if "Credentials" in name or "credentials" in str(e)[:200]:
+    return (f"{flag} {path}: no Google Cloud credentials found ({_first_line(e)}); run "
+            "`gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS")
+  why = "timed out" if "imeout" in name or "timed out" in str(e) else "connection failed"
+  return (f"{flag} {path}: the storage endpoint {_endpoint()} did not answer ({why} within "
+          f"{CHECK_TIMEOUT_S:.0f} s); check the network, or STORAGE_EMULATOR_HOST when using "
+          "an emulator")
 
 
 def _key(path: str) -> str:
@@ -280,6 +380,7 @@ def mirror(directory: str, names: tuple[str, ...] | None = MIRRORED) -> str:
     return directory
   directory = abspath(directory)
   if directory not in _MIRRORS:
+    check_bucket(directory, "directory")  # (once per bucket; the commands check theirs first)
     m = _Mirror(directory)
     m.download(tuple(listdir(directory)) if names is None else names)
     m.start()

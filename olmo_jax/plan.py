@@ -33,6 +33,8 @@ import time
 
 import ml_collections
 
+from olmo_jax.plan_options import plan_options, usable_fraction
+
 GIB = 1024 ** 3
 
 # Device memory (GB) and dense bf16 peak FLOP/s by device kind, for topologies not at hand.
@@ -63,15 +65,16 @@ XLA_SCORE_BYTES = 8
 EMBED_SHARE = 0.2
 
 
-def plan_options(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """cfg.plan with defaults (configs and checkpoints made before it existed have none)."""
-  o = ml_collections.ConfigDict({"mfu": 0.5, "devices": 0, "platform": "auto",
-                                 "topology": "", "device_kind": "", "device_memory_gb": 0.0,
-                                 "check": True, "headroom": 0.9, "hosts": 1, "slices": 1,
-                                 "output": ""})
-  if "plan" in cfg:
-    o.update(cfg.plan.to_dict())
-  return o
+# The trainer's exit code when the step does not fit the devices, for a run (stopped before
+# allocating) and a `--dry_run` alike (2 is bad input, 1 a failed run).
+EXIT_DOES_NOT_FIT = 3
+
+
+def does_not_fit_line(plan: "Plan") -> str:
+  """The last line of a `--dry_run` whose plan does not fit."""
+  return (f"does not fit: {_size(plan.total)} per device > {_size(plan.device_memory)} usable "
+          f"on {plan.num_devices} x {plan.device_kind}; exit code "
+          f"{EXIT_DOES_NOT_FIT} (the plan above)")
 
 
 class PlanError(ValueError):
@@ -119,7 +122,7 @@ class Plan:
     return self.mfu * self.peak_flops * self.tokens_per_step / self.flops_per_step
 
   def format(self) -> str:
-    g = lambda b: f"{b / GIB:,.2f} GiB" if b >= GIB else f"{b / 2**20:,.1f} MiB"
+    g = _size
     lines = [
         f"plan ({self.source}) for {self.num_devices} x {self.device_kind} ({self.platform}), "
         f"mesh {self.mesh}:",
@@ -171,6 +174,10 @@ class Plan:
 # ----------------------------------------------------------------------------- pieces
 
 
+def _size(b: int) -> str:
+  return f"{b / GIB:,.2f} GiB" if b >= GIB else f"{b / 2**20:,.1f} MiB"
+
+
 def _shard_bytes(abstract_tree, shard_tree) -> int:
   import jax
   total = 0
@@ -207,15 +214,21 @@ def host_memory_per_device() -> int:
 
 
 def local_device_memory(opts) -> tuple[str, int]:
-  """(device kind, usable bytes per device) of the devices at hand."""
+  """(device kind, usable bytes per device) of the devices at hand.
+
+  On a GPU that is the allocator's own limit (`bytes_limit`: the memory fraction the run set,
+  see memory_fraction), counted once; elsewhere the memory times plan.headroom."""
   import jax
   d = jax.local_devices()[0]
+  platform = "gpu" if d.platform in ("gpu", "cuda", "rocm") else d.platform
   if opts.device_memory_gb:
-    return d.device_kind.lower(), int(opts.device_memory_gb * 1e9)
+    return d.device_kind.lower(), int(opts.device_memory_gb * 1e9
+                                      * usable_fraction(opts, platform))
   if d.platform == "cpu":
-    return "cpu", host_memory_per_device()
+    return "cpu", int(host_memory_per_device() * opts.headroom)
   stats = d.memory_stats() or {}
-  return d.device_kind.lower(), int(stats.get("bytes_limit", 0))
+  limit = int(stats.get("bytes_limit", 0))
+  return d.device_kind.lower(), limit if platform == "gpu" else int(limit * opts.headroom)
 
 
 def activation_estimate(mcfg, *, tokens: int, seq_len: int, micro_batch: int, platform: str,
@@ -493,10 +506,13 @@ def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_f
   import jax
   opts = plan_options(cfg)
   compiled, seconds = _timed_compile(train_step, abstract, mesh, cfg)
-  kind, mem = device or local_device_memory(opts)
+  if device is None:  # the devices at hand
+    kind, mem = local_device_memory(opts)
+  else:
+    kind, mem = device[0], int(device[1] * opts.headroom)
   peak = cfg.train.peak_flops_per_device or _peak_and_memory(kind, opts)[0]
   plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind, source=source,
-                       device_memory=int(mem * opts.headroom), peak=peak)
+                       device_memory=mem, peak=peak)
   plan.compile_seconds = seconds
   is_main = jax.process_index() == 0
   if dry_run or not plan.fits:
@@ -615,7 +631,8 @@ def _analytic_dry_run(cfg, mcfg, tx, step_cfg, platform, devices, opts, why, pri
   note = (f"analytic estimate: no compiler for {platform} is installed here ({why}); "
           "activations from the remat preset, checked against compiled figures")
   plan = analytic_plan(cfg, mcfg, tx, step_cfg, platform=platform, num_devices=devices,
-                       kind=kind, device_memory=int(mem * opts.headroom), peak=peak, note=note)
+                       kind=kind, device_memory=int(mem * usable_fraction(opts, platform)),
+                       peak=peak, note=note)
   msg = plan.format()
   if not plan.fits:
     fixes = suggestions(cfg, mcfg, tx, step_cfg, plan, 1.0)
@@ -682,7 +699,8 @@ def target_plan(cfg, mcfg, tx, step_cfg, target) -> Plan:
   mesh = target_mesh(cfg, target)
   abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
   peak = cfg.train.peak_flops_per_device or _peak_and_memory(target.device_kind, opts)[0]
-  mem = int((opts.device_memory_gb * 1e9 or target.device_memory) * opts.headroom)
+  mem = int((opts.device_memory_gb * 1e9 or target.device_memory)
+            * usable_fraction(opts, target.platform))
   t0 = time.perf_counter()
   try:
     compiled, note = _target_compile(step, abstract, mesh, cfg, target)

@@ -7,7 +7,10 @@ implementation choices in FREE, every data field but the prefetch depth, and tra
 train.batch_size, train.seq_len. Everything else (steps, logging and checkpoint cadence, eval,
 mesh, optimizer settings) is allowed and logged. `derived` follows from the rest and is not
 compared; a field the checkpoint's config lacks (written by an older version) is logged.
-checkpoint.allow_config_change=true turns the refusal into log lines.
+checkpoint.allow_config_change=true turns the refusal into log lines, except for a change of
+the parameter shapes (model.n_layers, d_model, ...): no checkpoint of the run can be restored
+into those, so that is refused whatever the flag, naming the parameters (the checkpoints are
+intact, not damaged).
 
 `check_not_all_damaged` refuses to start at step 0 in a workdir whose checkpoints are all
 damaged (DamagedCheckpointsError, exit 2) unless checkpoint.start_fresh_if_damaged=true; the
@@ -20,7 +23,11 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+import ml_collections
+
 from olmo_jax import checkpoint
+from olmo_jax import config as config_lib
+from olmo_jax import params as params_lib
 
 REFUSED = ("model.", "data.", "train.seed", "train.batch_size", "train.seq_len")
 FREE = ("model.remat", "model.attention", "data.prefetch")  # same numbers, other speed/memory
@@ -62,6 +69,18 @@ def config_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
           if not k.startswith(NOT_COMPARED) and a.get(k, MISSING) != b.get(k, MISSING)]
 
 
+def shape_changes(saved: dict, new: dict) -> list[tuple[str, Any, Any]]:
+  """(parameter, saved shape, new shape) of every parameter whose shape differs between the
+  model of the saved config and that of the new one ([] when either cannot be read)."""
+  try:
+    a, b = (config_lib.model_config(ml_collections.ConfigDict(c)) for c in (saved, new))
+    sa, sb = (flatten(params_lib.shapes(m.variant, params_lib.Dims.of(m))) for m in (a, b))
+  except (ValueError, KeyError, TypeError, AttributeError):
+    return []
+  return [(k, sa.get(k, MISSING), sb.get(k, MISSING)) for k in sorted(set(sa) | set(sb))
+          if sa.get(k, MISSING) != sb.get(k, MISSING)]
+
+
 def _show(v) -> str:
   return "(absent)" if v is MISSING else repr(v)
 
@@ -78,6 +97,17 @@ def check_same_run(ckpt_dir: str, step: int, new: dict, *, allow: bool,
   if not saved:
     return
   changes = config_changes(saved, new)
+  reshaped = shape_changes(saved, new)
+  if reshaped:
+    fields = ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, a, b in changes
+                       if k.startswith("model.") and is_refused(k))
+    k, a, b = reshaped[0]
+    more = f" and {len(reshaped) - 1} more" if len(reshaped) > 1 else ""
+    raise ConfigChangeError(
+        f"refusing to resume {step_dir}: the new config ({fields}) changes the parameter "
+        f"shapes ({k}: {_show(a)} -> {_show(b)}{more}), so no checkpoint of this run can be "
+        "restored into it (they are intact); use a new --workdir for the new model, or drop "
+        "these overrides to resume this one")
   refused = [c for c in changes if is_refused(c[0])
              and c[1] is not MISSING and c[2] is not MISSING]
   if refused and not allow:

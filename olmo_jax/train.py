@@ -8,7 +8,9 @@ Flags of the PyTorch pipeline work too: --model_size 150M (= --config.model.size
 --config_file FILE: a full config (as --config), a YAML file of overrides such as
 configs/training_configs/default_training.yaml, or a one-section file such as
 configs/training_configs/default_training.py. --verbosity=0 shows library INFO logs.
-One trainer per workdir (a lock); exit 0 done, 2 bad input or busy workdir, 1 failed run.
+One trainer per workdir (a lock); exit 0 done, 2 bad input or busy workdir, 1 failed run,
+3 a step that does not fit the devices (a run stops before allocating; a --dry_run still
+prints and writes its plan).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from olmo_jax import cli, distributed, paths
+from olmo_jax import cli, distributed, paths, plan_options
 from olmo_jax import config as config_lib
+from olmo_jax import plan as plan_lib
 from olmo_jax import workdir as workdir_lib
 from olmo_jax.cli import translate_aliases  # noqa: F401  (public name)
 
@@ -38,23 +41,22 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
   """
   if dry_run:
-    from olmo_jax import plan
-    config = plan.for_target(config)
+    config = plan_lib.for_target(config)
   cfg, data = build_config(config)
+  plan_options.check_options(cfg)  # plan.output, hosts, ... named before anything compiles
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
   from data_pipeline import mixture
   schedule, tx = build_optimizer(cfg)
   step_cfg = build_step_config(cfg, schedule)
   if dry_run:
-    from olmo_jax import plan
-    return plan.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
+    return plan_lib.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
   say(mixture.describe(data))  # the sources and tokens this run trains on
+  check_workdir(cfg, workdir, say)  # before anything is compiled or written
   mesh = build_mesh(cfg)
   abstract, shard = build_layout(cfg, mesh, tx)
   # Compiled once, before anything is allocated or written: stops here when it cannot fit.
   train_step = build_step(cfg, mesh, tx, step_cfg, abstract, shard, print_fn)
-  check_workdir(cfg, workdir, say)  # before anything is written
   write_run_config(cfg, workdir, mesh, say)
   checkpointer = build_checkpointer(cfg, workdir)
   state, data_state = build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say)
@@ -115,8 +117,12 @@ def build_mesh(cfg):
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if t.microbatch_size % batch_shards:
-    raise ValueError(f"train.microbatch_size={t.microbatch_size} must be divisible by the "
-                     f"{batch_shards} batch shards of the mesh (mesh.data * mesh.fsdp)")
+    # The microbatch is the batch unless train.microbatch_size was set: name what was set.
+    field, n = (("batch_size", t.batch_size) if t.microbatch_size == t.batch_size
+                else ("microbatch_size", t.microbatch_size))
+    raise ValueError(f"train.{field}={n} must be divisible by the {batch_shards} batch shards "
+                     f"of the mesh (mesh.data * mesh.fsdp over {mesh.devices.size} devices); "
+                     f"set --config.train.{field} to a multiple of {batch_shards}")
   return mesh
 
 
@@ -358,10 +364,15 @@ def parse_flags(argv: list[str]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """The command line: exit 0 done, 2 bad input or a busy workdir, 1 a failure of the run."""
+  """The command line: exit 0 done, 2 bad input or a busy workdir, 1 a failure of the run,
+  3 a train step that does not fit the devices (plan.EXIT_DOES_NOT_FIT), --dry_run too."""
   from absl import flags
   try:
     FLAGS = parse_flags(list(sys.argv if argv is None else argv))
+    # The GPU memory the plan counts is the memory the allocator gets: one number.
+    plan_options.export_memory_fraction(FLAGS.config)
+    # A gs:// workdir: its shape, bucket and endpoint, in seconds, before anything else.
+    paths.check_bucket(FLAGS.workdir, "--workdir", write=not FLAGS.dry_run)
     setup = distributed.initialize_from_flags(FLAGS)  # before anything touches a device
   except (ValueError, FileNotFoundError, flags.Error) as e:
     print(f"error: {e}", file=sys.stderr)
@@ -410,19 +421,22 @@ def run_reporting_errors(config, workdir, dry_run, lock, log_file) -> int:
   from olmo_jax.checkpoint import CheckpointError  # after the lock: a busy workdir fails fast
   from olmo_jax.trainer import NonFiniteLossError
   try:
-    run(config, workdir, dry_run=dry_run)
+    result = run(config, workdir, dry_run=dry_run)
   except (ValueError, FileNotFoundError, KeyError) as e:  # user-caused: no traceback
     logging.error("bad input", exc_info=True, extra={"file_only": True})
     print(f"error: {e}", file=sys.stderr)
     if lock:  # a workdir this run created, with nothing but its lock and log, goes again
       _remove_unused_run_files(lock, workdir)
       lock.release_and_tidy((cli.LOG_FILE,))
-    return 2
+    return plan_lib.EXIT_DOES_NOT_FIT if isinstance(e, plan_lib.PlanError) else 2
   except (NonFiniteLossError, CheckpointError, OSError) as e:
     logging.error("the run failed", exc_info=True, extra={"file_only": True})
     details = f" (details: {log_file})" if log_file else ""
     print(f"error: {e}{details}", file=sys.stderr)
     return 1
+  if dry_run and not result.fits:  # `--dry_run && launch` must not go ahead
+    print(plan_lib.does_not_fit_line(result), file=sys.stderr)
+    return plan_lib.EXIT_DOES_NOT_FIT
   return 0
 
 

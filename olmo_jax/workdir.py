@@ -1,5 +1,9 @@
 """One trainer per workdir: an exclusive lock on `<workdir>/trainer.lock` naming its holder.
 
+The same lock owns any result directory: `eval.run` holds `<output>/eval.lock` and
+`scripts/convert_to_hf.py` holds `.<name>.lock` beside its output (a `Role` names the writer
+and the flag in the messages).
+
 Guarantees:
 - A second trainer on a workdir fails at once, before it writes anything there, with an
   error naming the holder (host, PID, start time).
@@ -27,6 +31,21 @@ LOCK_NAME = "trainer.lock"
 
 class WorkdirBusyError(RuntimeError):
   """Another trainer holds the workdir; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+  """Who owns a directory, as the messages name it: `<noun> DIR is in use by another
+  <writer> (...); ... choose another <flag>`."""
+  noun: str = "workdir"
+  writer: str = "trainer"
+  flag: str = "--workdir"
+  lock_name: str = LOCK_NAME
+
+
+TRAINER = Role()
+EVALUATION = Role("output", "evaluation", "--output", "eval.lock")
+CONVERSION = Role("output", "conversion", "--output", "")  # lock beside: see lock_beside
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,39 +80,48 @@ def _pid_running(pid: int) -> bool:
   return True
 
 
-def busy_message(workdir: str, path: str, holder: Holder | None) -> str:
+def busy_message(workdir: str, path: str, holder: Holder | None, role: Role = TRAINER) -> str:
   who = holder.describe() if holder else "a process that has not yet written its name"
-  return (f"workdir {workdir} is in use by another trainer ({who}); wait for it to finish, "
-          f"stop it, or choose another --workdir; lock file {path}")
+  return (f"{role.noun} {workdir} is in use by another {role.writer} ({who}); wait for it to "
+          f"finish, stop it, or choose another {role.flag}; lock file {path}")
 
 
-def takeover_message(workdir: str, previous: Holder, state: str) -> str:
-  return (f"workdir {workdir}: took over the lock left by a trainer that ended without "
-          f"releasing it ({previous.describe()}): {state}")
+def takeover_message(workdir: str, previous: Holder, state: str, role: Role = TRAINER) -> str:
+  article = "an" if role.writer[0] in "aeiou" else "a"
+  return (f"{role.noun} {workdir}: took over the lock left by {article} {role.writer} that ended "
+          f"without releasing it ({previous.describe()}): {state}")
 
 
-def lock_for(workdir: str):
+def lock_for(workdir: str, role: Role = TRAINER):
   """The lock of a workdir: flock on a local disk, a leased lock object in a bucket (gs://)."""
   from olmo_jax import paths
   if paths.is_remote(workdir):
     from olmo_jax import gcs_lock
-    return gcs_lock.BucketWorkdirLock(workdir)
-  return WorkdirLock(workdir)
+    return gcs_lock.BucketWorkdirLock(workdir, role=role)
+  return WorkdirLock(workdir, role)
+
+
+def lock_beside(directory: str, role: Role = CONVERSION) -> WorkdirLock:
+  """The lock of a directory that is replaced as a whole (written beside it, then renamed):
+  `.<name>.lock` in its parent, which the rename does not move."""
+  parent, name = os.path.split(os.path.abspath(directory))
+  return WorkdirLock(directory, role, lock_path=os.path.join(parent, f".{name}.lock"))
 
 
 class WorkdirLock:
   """The exclusive lock of one workdir, held from `acquire` until `release` or process exit."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, role: Role = TRAINER, lock_path: str | None = None):
     self.workdir = workdir
-    self.path = os.path.join(workdir, LOCK_NAME)
+    self.role = role
+    self.path = lock_path or os.path.join(workdir, role.lock_name)
     self._fd: int | None = None
     self.created = False  # whether acquire() made the workdir
 
   def acquire(self) -> str | None:
     """Takes the lock or raises WorkdirBusyError; returns a warning if a stale lock was taken."""
     self.created = not os.path.exists(self.workdir)
-    os.makedirs(self.workdir, exist_ok=True)
+    os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -102,8 +130,8 @@ class WorkdirLock:
       os.close(fd)
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
         raise WorkdirBusyError(f"cannot lock {self.path} ({e.strerror}); the file system of "
-                               f"--workdir must support flock") from None
-      raise WorkdirBusyError(busy_message(self.workdir, self.path, holder)) from None
+                               f"{self.role.flag} must support flock") from None
+      raise WorkdirBusyError(busy_message(self.workdir, self.path, holder, self.role)) from None
     self._fd = fd
     previous = _read_holder(fd)
     me = Holder(socket.gethostname(), os.getpid(), time.time(), " ".join(sys.argv))
@@ -118,7 +146,7 @@ class WorkdirLock:
       state = "it no longer holds the lock (its PID now belongs to another process)"
     else:
       state = "that process is no longer running"
-    return takeover_message(self.workdir, previous, state)
+    return takeover_message(self.workdir, previous, state, self.role)
 
   def release(self) -> None:
     """Empties the lock file and unlocks it (the kernel unlocks it anyway at exit)."""
@@ -143,9 +171,11 @@ class WorkdirLock:
       return False
     names = set(os.listdir(self.workdir)) if os.path.isdir(self.workdir) else set()
     removed = False
-    if self.created and names <= {LOCK_NAME, *own_files}:
+    lock_name = os.path.basename(self.path)
+    inside = os.path.dirname(self.path) == self.workdir.rstrip(os.sep)
+    if self.created and inside and names <= {lock_name, *own_files}:
       for name in names:  # the lock file last: unlinked while still locked
-        if name != LOCK_NAME:
+        if name != lock_name:
           os.unlink(os.path.join(self.workdir, name))
       os.unlink(self.path)
       try:

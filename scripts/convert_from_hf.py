@@ -83,8 +83,12 @@ def main(argv=None) -> int:
   p.add_argument("--hf", required=True, help="HF model directory (config.json + weights)")
   p.add_argument("--output", required=True, help="workdir to create (must hold no checkpoints)")
   a = p.parse_args(argv)
-  from olmo_jax import checkpoint, hf
+  from olmo_jax import checkpoint, hf, paths
   try:
+    if paths.is_remote(a.hf):
+      raise ValueError(f"--hf {a.hf}: read the HF directory from a local path (gcloud storage "
+                       "cp -r gs://... DIR first)")
+    paths.check_bucket(a.output, "--output")  # a gs:// workdir: bucket and endpoint, at once
     convert(a.hf, a.output)
   except (checkpoint.CheckpointError, hf.ConversionError, ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

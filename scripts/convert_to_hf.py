@@ -5,8 +5,11 @@ the optimizer state is never read), writes an HF directory through olmo_jax/hf.p
 the export: the transformers model's logits on a few sequences must equal ours. A non-empty
 --output is refused unless --overwrite; the export is written and verified in a temporary
 directory beside it and only then swapped in, so a failed or interrupted conversion leaves the
-old output as it was. The result loads with `AutoModelForCausalLM.from_pretrained(HF_DIR)`
-and runs under `lm-eval run --model hf --model_args pretrained=HF_DIR`.
+old output as it was. One conversion per output: it holds `.NAME.lock` beside --output
+(olmo_jax/workdir.py), so a second one fails at once; under that lock, the `.NAME.tmp-*`
+directories a killed conversion (kill -9) left beside --output are removed and reported.
+The result loads with `AutoModelForCausalLM.from_pretrained(HF_DIR)` and runs under
+`lm-eval run --model hf --model_args pretrained=HF_DIR`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from data_pipeline import atomic  # noqa: E402
+from olmo_jax import paths  # noqa: E402
+from olmo_jax import workdir as workdir_lib  # noqa: E402
 
 VERIFY_TEXTS = (
     "The DataDecide suite trains many small models to predict which data recipe wins at scale.",
@@ -84,7 +89,6 @@ def compare_logits(cfg, params: dict, hf_dir: str, ids: np.ndarray) -> tuple[flo
 
 def check_output(output: str, overwrite: bool) -> None:
   """Refuses an --output that is a file, or a non-empty directory without --overwrite."""
-  from olmo_jax import paths
   if paths.is_remote(output):  # transformers loads HF directories from a file system
     raise ValueError(f"--output {output}: write the HF directory to a local path, then copy "
                      "it to the bucket (gcloud storage cp -r DIR gs://...)")
@@ -100,8 +104,25 @@ def convert(checkpoint_path: str, output: str, *, step: int | None = None,
             dtype: str = "float32", tokenizer: str | None = "olmo", verify: bool = True,
             tol: float = 1e-4, overwrite: bool = False, print_fn=print) -> float | None:
   """Exports a checkpoint's params to an HF directory; returns the verified max logit diff."""
-  from olmo_jax import checkpoint, hf
   check_output(output, overwrite)
+  paths.check_bucket(checkpoint_path, "--checkpoint", write=False)
+  lock = workdir_lib.lock_beside(output)
+  try:
+    lock.acquire()
+  except workdir_lib.WorkdirBusyError as e:
+    raise ValueError(str(e)) from None
+  try:
+    check_output(output, overwrite)  # again under the lock: another may have just finished
+    for path, size in atomic.remove_leftovers(output):
+      print_fn(f"removed {path} ({size / 2**20:,.1f} MiB), left by a conversion that was "
+               "killed before it finished")
+    return _convert(checkpoint_path, output, step, dtype, tokenizer, verify, tol, print_fn)
+  finally:
+    lock.release()
+
+
+def _convert(checkpoint_path, output, step, dtype, tokenizer, verify, tol, print_fn):
+  from olmo_jax import checkpoint, hf
   params, meta = checkpoint.restore_params(checkpoint_path, step)
   cfg = model_config_of(meta)
   print_fn(f"restored params of step {meta.get('step')} from {checkpoint_path} "

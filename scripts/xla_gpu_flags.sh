@@ -13,8 +13,9 @@ olmo_gpu_env() {
     --xla_gpu_enable_pipelined_all_reduce=true
     --xla_gpu_enable_while_loop_double_buffering=true"
   export XLA_FLAGS="${XLA_FLAGS:-} $(echo $flags)"
-  # The whole GPU for XLA's allocator (the plan checks what fits); no host-side preallocation.
-  export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
+  # XLA's allocator share of each GPU is not set here: the trainer sets
+  # XLA_PYTHON_CLIENT_MEM_FRACTION from plan.headroom (the share its plan counts) unless the
+  # caller exported one, which the plan then counts instead (olmo_jax/plan_options.py).
   export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
   export NCCL_CROSS_NIC=${NCCL_CROSS_NIC:-0}
   export NCCL_PROTO=${NCCL_PROTO:-Simple}

@@ -227,14 +227,29 @@ def test_convert_to_hf_refuses_a_non_empty_output_unless_overwrite(trained, expo
   assert proc.stderr.strip().splitlines() == [
       f"error: --output {out} is not empty; pass --overwrite to replace it"]
   assert {p.name: p.read_text() for p in out.iterdir()} == stale
+  # What kill -9 during an export leaves beside the output: its temporary directories. The
+  # next conversion (holding the output's lock, so no live one can own them) removes them.
+  junk = tmp_path / ".hf.tmp-k1ll3d"
+  junk.mkdir()
+  (junk / "model.safetensors").write_bytes(b"\0" * (1 << 20))
+  (tmp_path / ".hf.tmp-k1ll3d.old").mkdir()
   # (The `exported` fixture ran the verification through the same temporary directory.)
   proc = _run_script("scripts/convert_to_hf.py", "--checkpoint", workdir, "--output", str(out),
                      "--overwrite", "--no-verify")
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"removed {junk} (1.0 MiB), left by a conversion that was killed" in proc.stdout
+  assert f"removed {junk}.old (0.0 MiB)" in proc.stdout
+  # Every file of the export has the mode of an ordinary new file (0644 under umask 022).
+  mask = os.umask(0)
+  os.umask(mask)
+  assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {
+      p.name: oct(0o666 & ~mask) for p in out.iterdir()}
   assert sorted(p.name for p in out.iterdir()) == sorted(os.listdir(exported))
   for name in ("model.safetensors", "config.json", "tokenizer.json"):
     assert (out / name).read_bytes() == open(os.path.join(exported, name), "rb").read()
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no temporary left beside it
+  # No temporary left beside it; only the (released, empty) lock of the output.
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".hf.lock", "hf"]
+  assert (tmp_path / ".hf.lock").read_text() == ""
 
 
 def test_truncated_safetensors_is_one_error_line_naming_the_file(exported, tmp_path):
@@ -299,3 +314,23 @@ def test_legacy_bin_converts_and_an_unsafe_pickle_is_named(exported, tmp_path):
   assert "safetensors" in lines[0] and f"{unsafe}/model.safetensors" in lines[0]
   assert "truncated" not in lines[0] and "weights_only` set to `False`" not in lines[0]
   assert not (tmp_path / "run2" / "checkpoints").exists()
+
+
+
+def test_a_second_convert_to_hf_on_a_held_output_is_refused_at_once(trained, tmp_path):
+  from olmo_jax import workdir as workdir_lib
+  workdir, _, _ = trained
+  out = tmp_path / "hf"
+  lock = workdir_lib.lock_beside(str(out))  # as a running conversion holds it
+  lock.acquire()
+  try:
+    proc = _run_script("scripts/convert_to_hf.py", "--checkpoint", workdir, "--output",
+                       str(out), "--no-verify")
+  finally:
+    lock.release()
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f"error: output {out} is in use by another conversion (PID {os.getpid()} on host ")
+  assert lines[0].endswith(f"choose another --output; lock file {tmp_path}/.hf.lock")
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".hf.lock"]  # nothing written

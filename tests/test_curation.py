@@ -71,6 +71,35 @@ def kept_set(chain, texts, metas=None, workers=1):
 # ------------------------------------------------------------------------------------------
 # Each strategy keeps exactly the expected set.
 
+ZH = ("数据决定是一种通过小规模代理实验来选择预训练数据的方法。研究者在多个模型规模上训练模型，"
+      "比较不同数据配方的下游表现，并据此预测在更大规模上哪种配方更好。")
+JA = ("データ選択は事前学習の重要な部分です。小さなモデルで複数のデータ配合を比較し、"
+      "大きなモデルでどの配合が最も良い結果を出すかを予測します。")
+
+
+@pytest.mark.parametrize("base", [ZH * 6, JA * 6], ids=["chinese", "japanese"])
+def test_minhash_finds_near_duplicates_in_text_without_spaces(base):
+  # 20 copies, each with one character changed (99.8% identical), and 5 other texts.
+  copies = [base[:40 + i] + "。" + base[41 + i:] for i in range(20)]
+  others = [base[::-1], ZH[::3] * 5, JA[::2] * 5, good_doc(0), good_doc(1)]
+  sh = curation.shingles(copies[0], 5)
+  assert sh.size > 50  # characters are the units: many shingles, not one
+  assert curation.shingle_units("a日本b", 5) == ["a", "日", "本", "b"]
+  kept, rows = kept_set([{"step": "minhash_dedup", "threshold": 0.8, "ngram": 5}],
+                        copies + others)
+  assert kept == {0, *range(20, 25)}
+  assert rows[0]["reasons"]["near_duplicate"]["documents"] == 19
+
+
+def test_texts_with_fewer_words_than_the_ngram_are_compared_by_characters():
+  a = "internationalization localization globalization"  # 3 words < ngram 5
+  b = "internationalisation localization globalization"
+  assert curation.shingle_units(a, 5) == list(a.replace(" ", ""))
+  sa, sb = curation.shingles(a, 5), curation.shingles(b, 5)
+  inter = np.intersect1d(sa, sb).size
+  assert inter / (sa.size + sb.size - inter) > 0.8  # one shingle each before: Jaccard 0
+
+
 
 def test_exact_dedup_removes_planted_copies_only():
   docs = [good_doc(i) for i in range(12)]

@@ -306,3 +306,49 @@ def test_the_demo_hint_runs_offline(tiny_run, tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   m = json.loads((tmp_path / "eval-hf" / "metrics.json").read_text())
   assert m["counts"] == {"piqa:rc_5shot": 100}
+
+
+def test_a_second_eval_run_on_a_held_output_is_refused_at_once(tiny_run, tmp_path):
+  from olmo_jax import workdir as workdir_lib
+  workdir, _, _ = tiny_run
+  out = tmp_path / "out"
+  lock = workdir_lib.lock_for(str(out), workdir_lib.EVALUATION)  # as a running eval.run holds it
+  lock.acquire()
+  try:
+    p = run_cli("--checkpoint", workdir, "--tasks", "boolq", "--limit", "1", "--output",
+                str(out), timeout=300)
+  finally:
+    lock.release()
+  assert p.returncode == 2, p.stderr[-3000:]
+  lines = p.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f"error: output {out} is in use by another evaluation (PID {os.getpid()} on host "), lines
+  assert lines[0].endswith(f"choose another --output; lock file {out}/eval.lock")
+  assert os.listdir(out) == ["eval.lock"]  # the holder's lock only: nothing written
+
+
+@pytest.mark.slow
+def test_two_concurrent_eval_runs_on_one_output_the_second_is_refused(tiny_run, tmp_path):
+  import time
+  workdir, mcfg, _ = tiny_run
+  other = str(tmp_path / "other")
+  write_tiny_checkpoint(other)
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  first = subprocess.Popen([sys.executable, "-m", "eval.run", "--checkpoint", workdir, "--tasks",
+                            "boolq", "--limit", "4", "--no_progress", "--output", str(out)],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+  lock_file = out / "eval.lock"
+  while not (lock_file.exists() and lock_file.read_text()):  # the first holds the output
+    assert first.poll() is None, first.communicate()
+    time.sleep(0.1)
+  second = run_cli("--checkpoint", other, "--tasks", "boolq", "--limit", "4", "--output",
+                   str(out), timeout=300)
+  f_out, f_err = first.communicate(timeout=600)
+  assert second.returncode == 2 and second.stderr.startswith(
+      f"error: output {out} is in use by another evaluation (PID {first.pid} "), second.stderr
+  assert first.returncode == 0, f_err[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  assert m["checkpoint"] == os.path.abspath(workdir) and m["counts"] == {"boolq:rc_5shot": 4}
+  assert sorted(os.listdir(out)) == ["eval.lock", "metrics.json", "predictions.jsonl"]

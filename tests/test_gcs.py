@@ -219,12 +219,14 @@ def losses_of(text: str) -> dict[int, float]:
 def test_train_kill9_resume_convert_evaluate_in_a_bucket(bucket, env, tmp_path):
   from olmo_jax import paths
   env = dict(env, TMPDIR=str(tmp_path))  # where the runs' local mirrors go
+  # The OLMo vocabulary: eval.run scores OLMo-tokenized tasks and refuses a smaller one.
+  olmo_vocab = ("--config.model.vocab_size=50280", "--config.model.embedding_size=50304")
   local = tmp_path / "local"
-  straight = subprocess.run(train_cmd(local), env=env, cwd=ROOT, capture_output=True,
+  straight = subprocess.run(train_cmd(local, *olmo_vocab), env=env, cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
   assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
 
-  proc = subprocess.Popen(train_cmd(bucket), env=env, cwd=ROOT, stdout=subprocess.PIPE,
+  proc = subprocess.Popen(train_cmd(bucket, *olmo_vocab), env=env, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   lines = []
   for line in proc.stdout:
@@ -234,14 +236,14 @@ def test_train_kill9_resume_convert_evaluate_in_a_bucket(bucket, env, tmp_path):
   proc.send_signal(signal.SIGSTOP)  # frozen mid-run, holding the lock
   assert proc.poll() is None, "".join(lines[-20:])
   # A second trainer on the same run is refused while the first holds the lock.
-  second = subprocess.run(train_cmd(bucket), env=env, cwd=ROOT, capture_output=True,
+  second = subprocess.run(train_cmd(bucket, *olmo_vocab), env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
   assert second.returncode == 2, second.stdout[-3000:] + second.stderr[-3000:]
   assert re.search(rf"error: workdir {bucket} is in use by another trainer \(PID {proc.pid} ",
                    second.stderr), second.stderr[-2000:]
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  resumed = subprocess.run(train_cmd(bucket), env=env, cwd=ROOT, capture_output=True,
+  resumed = subprocess.run(train_cmd(bucket, *olmo_vocab), env=env, cwd=ROOT, capture_output=True,
                            text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
   at = re.search(r"resumed from .* at step (\d+)", resumed.stdout)
@@ -340,3 +342,50 @@ def test_mirror_downloads_appends_and_uploads(bucket):
                                               "train.log"]
   paths.discard_mirror(bucket)
   assert not os.path.exists(local)
+
+
+# ---------------------------------------------------------------- bucket paths checked up front
+
+
+def test_bucket_paths_are_checked_in_seconds(emulator, bucket, monkeypatch):
+  from olmo_jax import paths
+  paths.check_bucket(bucket, "--workdir")  # exists, writable
+  assert paths.listdir(bucket) == []  # the write probe is gone again
+  paths.check_bucket("runs/local", "--workdir")  # local paths pass untouched
+  for bad in ("gs://", "gs:///x", f"gs://{BUCKET}", f"gs://{BUCKET}/"):
+    with pytest.raises(ValueError, match=r"must be gs://BUCKET/PATH"):
+      paths.check_bucket(bad, "--workdir")
+  with pytest.raises(ValueError, match=r"'Bad_Name' is not a valid bucket name"):
+    paths.check_bucket("gs://Bad_Name/x", "--output")
+  with pytest.raises(ValueError, match=r"^--workdir gs://nosuchbucket/run: bucket nosuchbucket "
+                                       r"does not exist .*gcloud storage buckets create"):
+    paths.check_bucket("gs://nosuchbucket/run", "--workdir")
+  # An endpoint that refuses connections: one line within seconds, no library retries.
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{_free_port()}")
+  t0 = time.perf_counter()
+  with pytest.raises(ValueError, match=r"did not answer \(connection failed within 4 s\)"):
+    paths.check_bucket(bucket, "--workdir")
+  assert time.perf_counter() - t0 < 5
+
+
+def test_bucket_errors_on_the_command_lines_come_first_and_write_nothing(bucket, env, tmp_path):
+  # (The other shapes and a missing bucket: test_bucket_paths_are_checked_in_seconds.)
+  closed = f"http://127.0.0.1:{_free_port()}"
+  cases = {
+      "refused": (train_cmd(f"{bucket}/run"), dict(env, STORAGE_EMULATOR_HOST=closed),
+                  f"error: --workdir {bucket}/run: the storage endpoint {closed} did not "
+                  "answer (connection failed within 4 s)"),
+      "eval output": ([sys.executable, "-m", "eval.run", "--checkpoint", str(tmp_path),
+                       "--tasks", "boolq", "--output", "gs://nosuchbucket/eval"], env,
+                      "error: --output gs://nosuchbucket/eval: bucket nosuchbucket does not "
+                      "exist"),
+  }
+  procs = {k: subprocess.Popen(cmd, env=e, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE) for k, (cmd, e, _) in cases.items()}
+  for name, proc in procs.items():
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, (name, err[-3000:])
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(cases[name][2]), (name, err[-3000:])
+  from olmo_jax import paths
+  assert paths.listdir(bucket) == []

@@ -140,11 +140,11 @@ def fsdp_bytes(size="1B", devices=8):
   return params, 2 * params
 
 
-def compiled_1b(tmp_path, *flags):
+def compiled_1b(tmp_path, *flags, code=0):
   out = tmp_path / "plan.json"
   proc = cli("--config=configs/train.py:1B", "--dry_run", "--config.model.dtype=bfloat16",
              f"--config.plan.output={out}", *flags, timeout=1800)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.returncode == code, proc.stderr[-3000:]  # 3: does not fit
   return proc.stdout, json.loads(out.read_text())
 
 
@@ -179,7 +179,7 @@ def test_dry_run_1b_on_tpu_v5p_is_compiled_and_fits(tmp_path):
 @pytest.mark.slow
 def test_dry_run_1b_defaults_on_tpu_v5e_do_not_fit_and_say_what_does(tmp_path):
   out, got = compiled_1b(tmp_path, "--config.plan.platform=tpu",
-                         "--config.plan.topology=v5e:2x2")
+                         "--config.plan.topology=v5e:2x2", code=3)
   assert got["source"] == "compiled" and not got["fits"]
   assert "RESOURCE_EXHAUSTED" in got["note"]
   assert "WARNING: the plan does not fit" in out
@@ -192,7 +192,7 @@ def test_run_that_cannot_fit_stops_before_training(tmp_path):
   work = tmp_path / "w"
   proc = cli("--workdir", str(work), *SMALL, "--config.plan.device_memory_gb=0.05",
              "--config.train.steps=2")
-  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.returncode == 3, proc.stderr[-3000:]
   err = proc.stderr
   assert "does not fit the device memory" in err and "nothing was allocated" in err
   assert "plan (compiled)" in err and "would fit: " in err

@@ -240,3 +240,24 @@ def test_twenty_random_sigkills_then_same_final_loss(env, tmp_path):
   assert all(s % 2 == 0 for s in resumed_at) and resumed_at
   assert losses(workdir)[steps] == losses(reference)[steps]
   assert_same_run(reference, workdir, steps)
+
+
+@pytest.mark.slow
+def test_a_shape_change_on_resume_is_refused_as_such_not_as_damage(env, tmp_path):
+  train(tmp_path, env, "--config.train.steps=5")
+  for extra in ((), ("--config.checkpoint.allow_config_change=true",)):
+    proc = subprocess.run(cli(tmp_path, "--config.train.steps=10", "--config.model.n_layers=3",
+                              *extra), env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: refusing to resume {tmp_path}/checkpoints/5: the new config (model.n_layers "
+        "2 -> 3) changes the parameter shapes (blocks.attn_norm: (2, 32) -> (3, 32) and 8 "
+        "more), so no checkpoint of this run can be restored into it (they are intact)"), (
+            proc.stderr)
+    assert "use a new --workdir for the new model" in lines[0]
+    assert "damaged" not in proc.stderr and "allow_config_change" not in lines[0]
+    assert "compiled" not in proc.stdout  # refused before the compile
+  assert newest_committed(tmp_path) == 5 and not os.path.exists(
+      os.path.join(tmp_path, "checkpoints", checkpoint.DAMAGED))
