@@ -1,7 +1,9 @@
 """`python -m olmo_jax.datadecide`: run a DataDecide study, or report on a results table.
 
   python -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir runs/dd
-      [--plan] [--launch] [--workers N] [--no-report]
+      [--plan] [--launch] [--workers N] [--no-report] [--collect]
+      [--executor slurm [--partition P] [--time T] [--gpus-per-task N] ...]
+  python -m olmo_jax.datadecide status --config STUDY.py --workdir DIR
   python -m olmo_jax.datadecide report --results TABLE --target SIZE --output DIR
       [--headline TASK/METRIC] [--last-k K] [--recipe-map JSON] [--recipes recipes.json]
       [--target_metric NAME ...] [--ties half|datadecide] [--forms SETUPS] [--bootstrap N]
@@ -132,6 +134,9 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "report":
     return report_main(_local_dirs(argv[1:], {"--output": (), "--results": None}))
+  if argv and argv[0] == "status":
+    from olmo_jax.datadecide import status
+    return status.main(argv[1:])
   from olmo_jax.datadecide import cli
   return cli.main(_local_dirs(argv, {"--workdir": None}))
 

@@ -45,6 +45,29 @@ def mark_done(study: Study, cell: Cell, returncode: int, seconds: float) -> bool
   return True
 
 
+def recognise_done(study: Study, cells: list[Cell]) -> list[Cell]:
+  """Marks done every cell among `cells` with a complete checkpoint at its final step but no
+  DONE.json (trained by any other means: a job array, `plan.txt` run by hand, a killed study
+  whose trainer finished); returns those cells."""
+  found = []
+  for cell in cells:
+    d = study.cell_dir(cell)
+    final = study.steps(cell.size)
+    if not study.is_done(cell) and final in complete_checkpoints(d):
+      atomic.write_json(os.path.join(d, DONE), {"steps": final, "seconds": None,
+                                                "recognised": "final checkpoint"})
+      found.append(cell)
+  return found
+
+
+def unscored_steps(study: Study, cell: Cell) -> list[int]:
+  """The cell's complete checkpoints on the study's grid that have no scores.json yet."""
+  d = study.cell_dir(cell)
+  grid = set(study.grid_steps(cell.size))
+  return [s for s in complete_checkpoints(d) if s in grid  # not e.g. a preemption save
+          and not os.path.isfile(os.path.join(d, "eval", str(s), "scores.json"))]
+
+
 def _records(path: str, tail_bytes: int | None = None) -> list[dict]:
   """The JSON objects of a metrics.jsonl (its last `tail_bytes` only, when given); a
   partial or foreign line is skipped."""
@@ -115,9 +138,7 @@ def make_scorer(study: Study):
 def score_cell(study: Study, cell: Cell, scorer: Callable, print_fn=None) -> int:
   """Scores every not-yet-scored grid checkpoint of a cell; returns how many were scored."""
   d = study.cell_dir(cell)
-  grid = set(study.grid_steps(cell.size))
-  todo = [s for s in complete_checkpoints(d) if s in grid  # not e.g. a preemption save
-          and not os.path.isfile(os.path.join(d, "eval", str(s), "scores.json"))]
+  todo = unscored_steps(study, cell)
   for i, step in enumerate(todo):
     out = os.path.join(d, "eval", str(step))
     os.makedirs(out, exist_ok=True)

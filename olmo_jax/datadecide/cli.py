@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import runpy
 import sys
 
-import ml_collections
-
-from olmo_jax.datadecide import launch, recipes, report, results, runner
+from olmo_jax.datadecide import launch, recipes, report, results, runner, slurm
 from olmo_jax.datadecide.results import InputError
-from olmo_jax.datadecide.study import Study
+from olmo_jax.datadecide.study import Study, load_study_config
 
 
 def report_target(study: Study, table) -> tuple[str, str | None]:
@@ -41,10 +38,18 @@ def _parser():
                  help="validated (default): the settings the target cells trained with; full: "
                       "the resolver's full budget, each difference listed in the file header")
   p.add_argument("--workers", type=int, default=1, help="cells trained at the same time")
+  p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                 help="local (default): train the cells here; slurm: submit them as a job "
+                      "array and a collect job that writes the report, then return")
+  p.add_argument("--collect", action="store_true",
+                 help="train nothing: score the cells that are done (trained here, by a job "
+                      "array or by hand from plan.txt), write the results and the report; "
+                      "exit 1 when cells are missing")
   p.add_argument("--no-report", action="store_true")
   p.add_argument("--allow-truncated", action="store_true",
                  help="report on runs short of their final step too (default: named in the "
                       "warnings and left out)")
+  slurm.add_arguments(p)
   return p
 
 
@@ -73,26 +78,46 @@ def _report(study: Study, table, allow_truncated: bool, write: bool = True) -> d
   return rec
 
 
+def _study(a) -> Study:
+  """The validated study of the command line (InputError on bad input, nothing written)."""
+  if a.workers < 1:
+    raise InputError(f"--workers {a.workers} must be >= 1")
+  study = Study(load_study_config(a.config), a.workdir)
+  if a.recipe is not None and a.recipe not in study.c.recipes:
+    raise InputError(f"--recipe {a.recipe}: unknown recipe; the study has "
+                     f"{', '.join(study.c.recipes)}")
+  if a.plan and a.launch and a.recipe is None:
+    raise InputError("--plan --launch trains nothing, so it needs --recipe NAME")
+  if a.executor == "slurm" and (a.plan or a.collect):
+    raise InputError("--executor slurm submits the grid; it goes without --plan and --collect")
+  return study
+
+
+def _collect_flags(a) -> list[str]:
+  """The flags of this command that the SLURM collect job repeats."""
+  out = ["--launch"] if a.launch else []
+  out += ["--recipe", a.recipe] if a.recipe else []
+  out += ["--launch-budget", a.launch_budget, *(["--no-report"] if a.no_report else []),
+          *(["--allow-truncated"] if a.allow_truncated else [])]
+  return out
+
+
 def main(argv) -> int:
   """`python -m olmo_jax.datadecide --config STUDY.py --workdir DIR [--plan] [--launch] ...`."""
   a = _parser().parse_args(argv)
   try:
-    if a.workers < 1:
-      raise InputError(f"--workers {a.workers} must be >= 1")
-    config = _load_study_config(a.config)
-    study = Study(config, a.workdir)
-    if a.recipe is not None and a.recipe not in study.c.recipes:
-      raise InputError(f"--recipe {a.recipe}: unknown recipe; the study has "
-                       f"{', '.join(study.c.recipes)}")
-    if a.plan and a.launch and a.recipe is None:
-      raise InputError("--plan --launch trains nothing, so it needs --recipe NAME")
+    study = _study(a)
     if a.plan:
       path = launch.write_plan(study)
       print(f"wrote {len(study.cells())} commands to {path}")
       if a.launch:
         _print_launch(study, launch.write_launch(study, a.recipe, budget=a.launch_budget), a.recipe)
       return 0
-    summary = runner.run_study(study, workers=a.workers)
+    if a.executor == "slurm":
+      slurm.submit(study, a.config, slurm.options_from(a), _collect_flags(a))
+      return 0
+    executor = runner.NoTraining() if a.collect else None
+    summary = runner.run_study(study, workers=a.workers, executor=executor)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -110,12 +135,3 @@ def main(argv) -> int:
 def _print_launch(study: Study, path: str, recipe: str) -> None:
   print(f"[study] target training config: {path}\n  python -m olmo_jax.train --config {path} "
         f"--workdir runs/{study.c.target}-{recipe}")
-
-
-def _load_study_config(path: str) -> ml_collections.ConfigDict:
-  """Runs `get_config([arg])` of a study config file `path[:arg]`."""
-  path, _, arg = path.partition(":")
-  if not os.path.isfile(path):
-    raise InputError(f"study config not found: {path}")
-  get_config = runpy.run_path(path)["get_config"]
-  return get_config(arg) if arg else get_config()

@@ -43,21 +43,24 @@ class Executor(Protocol):
     failed ones."""
 
 
-def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
-              print_fn=print, poll_s: float = 0.5, executor: Executor | None = None) -> dict:
-  """Trains every cell not done, scores every checkpoint not scored; returns a summary
-  {"failed": cells, "table": results, "scored": checkpoints scored, "paths": table files}.
-  executor: default LocalExecutor(workers, poll_s, print_fn)."""
-  study.write_recipes()  # also fails early on a recipe that does not load
+def prepare(study: Study) -> None:
+  """The workdir's study files (recipes.json, study.json) and the synthetic data, if any;
+  InputError for a recipe that does not load (before anything trains)."""
+  study.write_recipes()
   atomic.write_json(os.path.join(study.workdir, "study.json"), study.c.to_dict(), default=str)
   if study.c.synthetic_noise_levels:
     synthetic.build(study.c.data_dir, tuple(study.c.synthetic_noise_levels),
                     vocab=int(study.c.synthetic_vocab))
-  scorer = scorer or cells_lib.make_scorer(study)
-  all_cells = study.cells()
-  pending = [c for c in all_cells if not study.is_done(c)]
+
+
+def train_and_score(study: Study, cells: list[Cell], executor: Executor, scorer: Callable,
+                    print_fn=print) -> tuple[list[Cell], int]:
+  """Scores `cells` already done (e.g. trained before a crash, or elsewhere), trains the rest
+  with `executor`, scoring each as it completes; returns (failed cells, checkpoints scored)."""
+  cells_lib.recognise_done(study, cells)
+  pending = [c for c in cells if not study.is_done(c)]
   scored = 0
-  for c in all_cells:  # finish scoring cells completed earlier (e.g. before a crash)
+  for c in cells:
     if study.is_done(c):
       scored += cells_lib.score_cell(study, c, scorer, print_fn)
 
@@ -65,8 +68,18 @@ def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
     nonlocal scored
     scored += cells_lib.score_cell(study, cell, scorer, print_fn)
 
+  return executor.run(study, pending, on_done), scored
+
+
+def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
+              print_fn=print, poll_s: float = 0.5, executor: Executor | None = None) -> dict:
+  """Trains every cell not done, scores every checkpoint not scored; returns a summary
+  {"failed": cells, "table": results, "scored": checkpoints scored, "paths": table files}.
+  executor: default LocalExecutor(workers, poll_s, print_fn)."""
+  prepare(study)
+  scorer = scorer or cells_lib.make_scorer(study)
   executor = executor or LocalExecutor(workers=workers, poll_s=poll_s, print_fn=print_fn)
-  failed = executor.run(study, pending, on_done)
+  failed, scored = train_and_score(study, study.cells(), executor, scorer, print_fn)
   table = cells_lib.collect_results(study)
   paths = results.write_table(table, os.path.join(study.workdir, "results")) if len(table) \
       else ()
@@ -75,17 +88,37 @@ def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
   return {"failed": failed, "table": table, "scored": scored, "paths": paths}
 
 
+class NoTraining:
+  """Trains nothing: the cells not done come back as failed. `--collect` runs the study with
+  it, to score and report what other machines trained (the SLURM collect job)."""
+
+  def __init__(self, print_fn=print):
+    self.print = print_fn
+
+  def run(self, study: Study, cells: list[Cell],
+          on_done: Callable[[Cell, float], None]) -> list[Cell]:
+    if cells:
+      names = ", ".join(c.name for c in cells[:10]) + (", ..." if len(cells) > 10 else "")
+      self.print(f"[study] {len(cells)} of {len(study.cells())} cells not done (not trained "
+                 f"here, --collect): {names}")
+    return list(cells)
+
+
 class LocalExecutor:
   """Trains cells as subprocesses of this process, `workers` at a time, smallest first, with
   a progress line (cells, running steps, FLOPs done, ETA) whenever something changes."""
 
-  def __init__(self, workers: int = 1, poll_s: float = 0.5, print_fn=print):
+  def __init__(self, workers: int = 1, poll_s: float = 0.5, print_fn=print,
+               scope: list[Cell] | None = None):
+    """scope: the cells the progress line counts (default: the whole study; an array task
+    gives its own)."""
     self.workers, self.poll_s, self.print = workers, poll_s, print_fn
+    self.scope = scope
 
   def run(self, study: Study, cells: list[Cell],
           on_done: Callable[[Cell, float], None]) -> list[Cell]:
     pending = list(cells)
-    prog = Progress(study, study.cells(), self.workers)
+    prog = Progress(study, self.scope or study.cells(), self.workers)
     self.print(f"[study] {prog.n_cells} cells: {prog.n_cells - len(pending)} already done, "
                f"{len(pending)} to train ({self.workers} worker(s)); {prog.total:.3g} FLOPs "
                f"to train; workdir {study.workdir}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import runpy
 import sys
 
 import ml_collections
@@ -317,3 +318,12 @@ def _flag_value(v) -> str:
   if isinstance(v, bool):
     return "true" if v else "false"
   return str(v)
+
+
+def load_study_config(path: str) -> ml_collections.ConfigDict:
+  """Runs `get_config([arg])` of a study config file `path[:arg]`."""
+  path, _, arg = path.partition(":")
+  if not os.path.isfile(path):
+    raise InputError(f"study config not found: {path}")
+  get_config = runpy.run_path(path)["get_config"]
+  return get_config(arg) if arg else get_config()
