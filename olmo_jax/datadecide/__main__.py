@@ -137,8 +137,25 @@ def main(argv=None) -> int:
   if argv and argv[0] == "status":
     from olmo_jax.datadecide import status
     return status.main(argv[1:])
+  from olmo_jax import paths
+  if _flag(argv, "--executor") == "slurm" and paths.is_remote(_flag(argv, "--workdir") or ""):
+    print(f"error: --executor slurm: --workdir {_flag(argv, '--workdir')} is a bucket, which a "
+          "study mirrors on the submitting machine only; give a directory every node sees (a "
+          "shared filesystem, or the bucket mounted with gcsfuse on every node)", file=sys.stderr)
+    return 2
   from olmo_jax.datadecide import cli
   return cli.main(_local_dirs(argv, {"--workdir": None}))
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+  """The value of `name VALUE` or `name=VALUE` in argv (the last one), else None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg == name and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif arg.startswith(name + "="):
+      value = arg.split("=", 1)[1]
+  return value
 
 
 def _local_dirs(argv: list[str], flags: dict[str, tuple | None]) -> list[str]:

@@ -53,7 +53,7 @@ def recognise_done(study: Study, cells: list[Cell]) -> list[Cell]:
   for cell in cells:
     d = study.cell_dir(cell)
     final = study.steps(cell.size)
-    if not study.is_done(cell) and final in complete_checkpoints(d):
+    if os.path.isdir(d) and not study.is_done(cell) and final in complete_checkpoints(d):
       atomic.write_json(os.path.join(d, DONE), {"steps": final, "seconds": None,
                                                 "recognised": "final checkpoint"})
       found.append(cell)

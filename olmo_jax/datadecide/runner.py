@@ -8,12 +8,15 @@ An executor trains a list of cells. It is any object with
 that trains each cell with `study.train_command(cell)` (or an equivalent run of the trainer in
 `study.cell_dir(cell)`), calls `cells.mark_done(study, cell, returncode, seconds)` when a
 trainer exits, and `on_done(cell, seconds)` for each cell it marked done (the study scores it
-there). `LocalExecutor` runs the trainers as subprocesses on this machine; other executors (a
-cluster's job queue, several cells packed into one process) plug in beside it.
+there). `LocalExecutor` runs the trainers as subprocesses on this machine, `NoTraining` trains
+nothing (`--collect`); other executors (several cells packed into one process) plug in beside
+them. A SLURM array task (slurm.py) runs `train_and_score` over its own cells with a
+LocalExecutor, and the collect job runs `run_study` with NoTraining.
 
 Guarantees of a run, kept by files in the workdir (cells.py):
-- a cell is complete once its trainer exited 0 with a checkpoint at its final step; then
-  `DONE.json` is written and the cell is never trained again;
+- a cell is complete once its trainer exited 0 with a checkpoint at its final step, or once
+  a complete checkpoint at its final step is found however it was trained
+  (cells.recognise_done); then `DONE.json` is written and the cell is never trained again;
 - an interrupted cell is started again with the same command, and the trainer resumes from
   its newest complete checkpoint (a LocalExecutor's trainers get SIGTERM if the study process
   dies, so a killed study leaves no orphan trainer behind);

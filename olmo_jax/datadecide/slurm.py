@@ -172,17 +172,18 @@ def _script(lines: list[str], argv: list[str]) -> str:
                     f"cd {shlex.quote(REPO)}", "exec " + shlex.join(argv), ""])
 
 
-def _check_cluster(opts: Options, n_tasks: int) -> None:
+def _check_cluster(opts: Options, todo: list[Cell]) -> None:
   """Fails (InputError) before anything is written when sbatch is missing, the array is
   larger than the cluster allows, or sbatch rejects the options (sbatch --test-only)."""
   if shutil.which("sbatch") is None:
     raise InputError("--executor slurm: sbatch not found on PATH; submit from a SLURM login "
                      "node, or write plan.txt with --plan for another scheduler")
-  limit = max_array_size()
+  n_tasks, limit = len(packs(todo, opts.cells_per_task)), max_array_size()
   if limit is not None and n_tasks > limit:
+    fits = next(k for k in range(opts.cells_per_task, len(todo) + 1)
+                if len(packs(todo, k)) <= limit)
     raise InputError(f"--executor slurm: {n_tasks} array tasks exceed this cluster's "
-                     f"MaxArraySize {limit}; pass --cells-per-task "
-                     f"{-(-n_tasks // limit)} or more")
+                     f"MaxArraySize {limit}; pass --cells-per-task {fits} or more")
   if n_tasks:
     _sbatch(["--test-only", *opts.common_flags(), *opts.task_flags(), "--wrap", "true"])
 
@@ -196,7 +197,7 @@ def submit(study: Study, config_path: str, opts: Options, collect_flags: list[st
   done = [c for c in all_cells if finished(study, c)]
   todo = [c for c in all_cells if c not in done and c.name not in in_queue]
   groups = packs(todo, opts.cells_per_task)
-  _check_cluster(opts, len(groups))
+  _check_cluster(opts, todo)
   runner.prepare(study)
   cells_lib.recognise_done(study, all_cells)
   d = os.path.join(study.workdir, "slurm")

@@ -9,6 +9,8 @@ can run anywhere. The rest of the study lives beside this module:
 - runner.py: `run_study` and the executors that train a list of cells (`LocalExecutor`:
   subprocesses on this machine);
 - launch.py: `plan.txt` (one command per cell) and the target's training config file;
+- slurm.py: the grid as a SLURM job array and a collect job (`--executor slurm`);
+- status.py: `python -m olmo_jax.datadecide status` (where each cell stands);
 - cli.py: `python -m olmo_jax.datadecide --config STUDY --workdir DIR`.
 """
 
