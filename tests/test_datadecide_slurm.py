@@ -46,7 +46,7 @@ def test_grid_as_job_array_cancel_resubmit_and_collect(slurm, tmp_path):
                                                                       "c.seeds = [1, 2]")
   cfg = write_study_config(tmp_path / "s.py", body)
   wd = tmp_path / "w"
-  env = dict(slurm.env, PYTHONPATH=os.pathsep.join([REPO, TESTS]), DD_FAKE_STEP_S="0.1")
+  env = dict(slurm.env, PYTHONPATH=os.pathsep.join([REPO, TESTS]), DD_FAKE_STEP_S="0.02")
   # One cell trained by other means (its command from the study, run by hand).
   st = study_lib.Study(study_lib.load_study_config(cfg), str(wd))
   by_hand = st.cells()[0]
