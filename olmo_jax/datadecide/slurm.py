@@ -16,7 +16,7 @@ submits, from a login node with W on a filesystem every node sees:
 Submitting again submits only the cells that are neither done (final checkpoint, every grid
 checkpoint scored) nor in a task still queued or running (W/slurm/jobs.jsonl and squeue).
 Files: W/slurm/array-N.json (task i -> its cells), array-N.sh and collect-N.sh (the batch
-scripts, resubmittable by hand), jobs.jsonl (one line per submission), logs/ (job logs).
+scripts, resubmittable by hand), jobs.jsonl (one line per submitted job), logs/ (job logs).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -132,7 +133,8 @@ def queued(study: Study) -> dict[str, str]:
   path = os.path.join(study.workdir, "slurm", JOBS)
   if not os.path.isfile(path):
     return {}
-  subs = [json.loads(line) for line in open(path) if line.strip()]
+  with open(path) as f:
+    subs = [r for r in map(json.loads, filter(str.strip, f)) if r.get("array")]
   ids = ",".join(str(s["array"]) for s in subs)
   has_squeue = shutil.which("squeue") is not None
   proc = _run(["squeue", "-h", "-r", "-j", ids, "-o", "%i %T"]) if ids and has_squeue else None
@@ -167,11 +169,6 @@ def _sbatch(argv: list[str]) -> str:
   return proc.stdout.strip().split(";")[0]
 
 
-def _script(lines: list[str], argv: list[str]) -> str:
-  return "\n".join(["#!/bin/bash", *lines, "set -euo pipefail",
-                    f"cd {shlex.quote(REPO)}", "exec " + shlex.join(argv), ""])
-
-
 def _check_cluster(opts: Options, todo: list[Cell]) -> None:
   """Fails (InputError) before anything is written when sbatch is missing, the array is
   larger than the cluster allows, or sbatch rejects the options (sbatch --test-only)."""
@@ -204,35 +201,45 @@ def submit(study: Study, config_path: str, opts: Options, collect_flags: list[st
   os.makedirs(os.path.join(d, "logs"), exist_ok=True)
   n = sum(1 for name in os.listdir(d) if name.startswith("collect-"))
   config_path = os.path.abspath(config_path)
+  name = "dd-" + re.sub(r"[^\w.-]", "_", study.c.name)
   after = sorted({v.split("_")[0] for v in in_queue.values()})
-  array = None
+  record = {"array": None, "packs": [[c.name for c in g] for g in groups]}
   if groups:
     manifest = os.path.join(d, f"array-{n}.json")
-    atomic.write_json(manifest, {"packs": [[c.name for c in g] for g in groups]})
+    atomic.write_json(manifest, {"packs": record["packs"]})
     throttle = f"%{opts.max_parallel}" if opts.max_parallel else ""
-    script = os.path.join(d, f"array-{n}.sh")
-    atomic.write_atomic(script, _script(
-        [f"#SBATCH --job-name=dd-{study.c.name}", f"#SBATCH --array=0-{len(groups) - 1}{throttle}",
-         f"#SBATCH --output={d}/logs/%A_%a.out"],
+    script = _write_script(os.path.join(d, f"array-{n}.sh"), [
+        f"--job-name={name}", f"--array=0-{len(groups) - 1}{throttle}",
+        f"--output={d}/logs/%A_%a.out"],
         [opts.python, "-m", "olmo_jax.datadecide.slurm", "task", "--config", config_path,
-         "--workdir", study.workdir, "--manifest", manifest]))
-    array = _sbatch([*opts.common_flags(), *opts.task_flags(), script])
-    after.append(array)
-  script = os.path.join(d, f"collect-{n}.sh")
-  atomic.write_atomic(script, _script(
-      [f"#SBATCH --job-name=dd-{study.c.name}-collect", "#SBATCH --ntasks=1",
-       f"#SBATCH --output={d}/logs/collect-%j.out"],
+         "--workdir", study.workdir, "--manifest", manifest])
+    record["array"] = _sbatch([*opts.common_flags(), *opts.task_flags(), script])
+    after.append(record["array"])
+    _append(d, record)  # recorded at once: a rerun must see these tasks even if what follows fails
+  script = _write_script(os.path.join(d, f"collect-{n}.sh"), [
+      f"--job-name={name}-collect", "--ntasks=1", f"--output={d}/logs/collect-%j.out"],
       [opts.python, "-m", "olmo_jax.datadecide", "--config", config_path, "--workdir",
-       study.workdir, "--collect", *collect_flags]))
+       study.workdir, "--collect", *collect_flags])
   dep = [f"--dependency=afterany:{':'.join(after)}"] if after else []
-  collect = _sbatch([*opts.common_flags(), *dep, script])
-  record = {"array": array, "collect": collect, "packs": [[c.name for c in g] for g in groups]}
-  with open(os.path.join(d, JOBS), "a") as f:
-    f.write(json.dumps(record) + "\n")
+  record["collect"] = _sbatch([*opts.common_flags(), *dep, script])
+  _append(d, {"collect": record["collect"], "after": after})
   n_trained = sum(trained(study, c) for c in todo)
   _print_submitted(study, config_path, print_fn, (len(all_cells), len(done), len(in_queue),
                                                   len(todo), n_trained), record)
   return record
+
+
+def _write_script(path: str, sbatch_lines: list[str], argv: list[str]) -> str:
+  """A batch script: its #SBATCH lines, then `cd REPO && exec ARGV`; returns its path."""
+  atomic.write_atomic(path, "\n".join(
+      ["#!/bin/bash", *(f"#SBATCH {line}" for line in sbatch_lines), "set -euo pipefail",
+       f"cd {shlex.quote(REPO)}", "exec " + shlex.join(argv), ""]))
+  return path
+
+
+def _append(d: str, record: dict) -> None:
+  with open(os.path.join(d, JOBS), "a") as f:
+    f.write(json.dumps(record) + "\n")
 
 
 def _print_submitted(study, config_path, print_fn, counts, record) -> None:
