@@ -9,7 +9,8 @@ submits, from a login node with W on a filesystem every node sees:
 - an array job of one task per pack of cells not done (a pack: `--cells-per-task` cells of one
   size, 1 by default); task i runs `python -m olmo_jax.datadecide.slurm task ...`, which
   trains its cells in turn (the trainer resumes a cell from its newest checkpoint) and scores
-  each cell's checkpoints as it completes (runner.train_and_score with a LocalExecutor);
+  each cell's checkpoints as it completes (runner.train_and_score with a LocalExecutor; an
+  executor that trains a pack's cells together in one process drops in there);
 - a collect job, `--dependency=afterany` on the array: `python -m olmo_jax.datadecide --collect`
   scores what is left, writes the results table, the report and recommendation.json, and
   exits 1 when cells are missing (a cancelled or failed task).
