@@ -71,6 +71,6 @@ def slurm(tmp_path_factory):
   reason = slurm_cluster.unavailable_reason()
   if reason:
     pytest.skip(reason)
-  cluster = slurm_cluster.start(str(tmp_path_factory.mktemp("slurm")))
+  cluster = slurm_cluster.start(str(tmp_path_factory.mktemp("slurm")), owner=os.getpid())
   yield cluster
   cluster.stop()

@@ -32,6 +32,9 @@ BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scance
 CPUS = 4  # CPU slots of the node: a 2-task launcher job plus array tasks beside it
 START_TIMEOUT_S = 60
 _POLICY_RC = "/usr/sbin/policy-rc.d"
+# Clusters started for a process (a test session): OWNER_PID-N files holding the directory, so
+# that a later start stops those whose owner died without stopping them (a killed session).
+REGISTRY = "/tmp/olmo-jax-slurm-clusters"
 
 
 def missing_binaries() -> list[str]:
@@ -208,6 +211,10 @@ class Cluster:
     for name in ("slurmd", "slurmctld", "munged"):
       with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(self.dir, f"{name}.pid"))
+    for entry in os.listdir(REGISTRY) if os.path.isdir(REGISTRY) else ():
+      with contextlib.suppress(OSError), open(os.path.join(REGISTRY, entry)) as f:
+        if f.read().strip() == self.dir:
+          os.remove(os.path.join(REGISTRY, entry))
 
 
 def _alive(pid: int) -> bool:
@@ -236,15 +243,32 @@ def _start_daemons(c: Cluster) -> None:
                    capture_output=True)
 
 
-def start(d: str) -> Cluster:
-  """Installs (if needed) and starts a cluster under directory `d`; returns once it is idle."""
+def _sweep() -> None:
+  """Stops the clusters whose owning process is gone."""
+  for entry in os.listdir(REGISTRY) if os.path.isdir(REGISTRY) else ():
+    path = os.path.join(REGISTRY, entry)
+    if not _alive(int(entry.split("-")[0])):
+      with contextlib.suppress(OSError), open(path) as f:
+        Cluster(f.read().strip()).stop()
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def start(d: str, owner: int | None = None) -> Cluster:
+  """Installs (if needed) and starts a cluster under directory `d`; returns once it is idle.
+  With `owner` (a pid), a later start stops this cluster if that process died first."""
   reason = unavailable_reason()
   if reason:
     raise RuntimeError(reason)
   install()
+  _sweep()
   d = os.path.abspath(d)
   c = Cluster(d)
   c.stop()  # a cluster left in `d` by an interrupted run
+  if owner is not None:
+    os.makedirs(REGISTRY, exist_ok=True)
+    with open(os.path.join(REGISTRY, f"{owner}-{abs(hash(d))}"), "w") as f:
+      f.write(d)
   os.makedirs(d, exist_ok=True)
   os.chmod(d, 0o755)
   for sub in ("state", "spool"):
