@@ -59,7 +59,12 @@ def test_report_cli_writes_everything(table_path, tmp_path):
   da = pd.read_csv(out / "decision_accuracy.csv")
   assert list(da.columns[:7]) == ["size", "task", "metric", "method", "protocol",
                                   "decision_accuracy", "compute_fraction"]
-  assert set(da["method"]) == {"single_scale", "scaling_law_3p", "scaling_law_5p"}
+  # DataDecide's scaling-law setups by default: the default seed, on the proxy sizes (none of
+  # 150M-750M lies below this target) and without the largest one or two
+  assert set(da["method"]) == {"single_scale", "scaling_law_3p", "scaling_law_3p-no_60M",
+                               "scaling_law_3p-no_60M_no_20M"}
+  assert set(da["setup"].dropna()) == {"3_param-default", "3_param-no_60M",
+                                       "3_param-no_60M_no_20M"}
   assert set(da["protocol"]) == {"per_seed", "seed_mean"}
   final = da[(da["step"] == "final") & (da["method"] == "single_scale")]
   inter = da[(da["step"] != "final") & (da["method"] == "single_scale")]
@@ -187,21 +192,39 @@ def test_figure_helpers_scale_to_the_published_grid():
   assert list(figures.spent_fraction(da.assign(n_runs=[1, 3]))) == [0.01, 0.01]
 
 
-def test_decision_accuracy_figure_draws_or_names_every_panel(tmp_path):
-  """Every task x metric is drawn, or named as omitted when its target pairs all tie."""
-  from olmo_jax.datadecide import figures, report, synthetic
-  t, _ = synthetic.results_table(n_recipes=12, sizes_=["4M", "20M", "60M"], n_tasks=3,
-                                 seeds=(1, 2), n_ckpt=3)
-  flat = (t["task"] == "arc_easy") & (t["metric"] == "acc_raw")
-  t.loc[flat, "value"] = 0.5  # every recipe tied everywhere: nothing to decide
-  res = report.analyse(t, "60M", forms=("3p",))
-  ok = res.decision_accuracy[res.decision_accuracy["decision_accuracy"].notna()]
-  cells, omitted = figures._da_cells(res, ok, res.decision_accuracy)
-  # 3 tasks x 3 metrics, plus the headline when it is the macro over tasks (drawn first).
-  extra = int(res.headline[0] == "macro")
-  assert len(cells) + len(omitted) == 9 + extra and omitted == [("arc_easy", "acc_raw")]
-  assert cells[0] == res.headline
-  for fig in (figures.fig_decision_accuracy(res, str(tmp_path / "da.png")),
-              figures.fig_scaling(t, res, str(tmp_path / "sc.png")),
-              figures.fig_rank_agreement(res, str(tmp_path / "ra.png"))):
-    assert os.path.getsize(fig) > 10_000
+@pytest.mark.slow  # a full report: ~20 s of CPU
+def test_decision_accuracy_figure_plots_the_csv_rows(tmp_path):
+  """The main figure draws each proxy metric against the target's PRIMARY metric, one panel
+  per task (macro first), its points read back from the axes equal to decision_accuracy.csv's
+  rows; the same-metric figure draws the same-metric rows; the title says which."""
+  from olmo_jax.datadecide import figures, figures_scaling, report, synthetic
+  t, _ = synthetic.results_table(n_recipes=8, sizes_=["4M", "20M", "60M", "150M"],
+                                 n_tasks=3, seeds=(6198, 14), n_ckpt=3)
+  out = report.write_report(t, "150M", str(tmp_path / "rep"), n_boot=50)
+  res = out["result"]
+  csv = pd.read_csv(tmp_path / "rep" / "decision_accuracy.csv")
+  prim = {k: A.primary_metric(k, g["metric"].unique()) for k, g in res.table.groupby("task")}
+  assert prim["macro"] == "primary" and set(prim.values()) == {"primary", "acc_raw"}
+  assert any("'primary' means acc_raw there" in w for w in res.warnings)  # not silent
+  for against, want in (("primary", csv["task"].map(prim)), ("same", csv["metric"])):
+    path, drawn = figures.fig_decision_accuracy(res, str(tmp_path / f"{against}.png"),
+                                                against=against)
+    assert os.path.getsize(path) > 10_000
+    rows = csv[(csv["target_metric"] == want) & (csv["step"] == "final")
+               & ((csv["method"] != "single_scale") | (csv["protocol"] == "per_seed"))
+               & csv["decision_accuracy"].notna()]
+    assert set(drawn["task"]) == set(rows["task"]) and "macro" in set(drawn["task"])
+    # macro rows carry every metric averaged over tasks, and the macro of the primaries
+    assert set(drawn["metric"]) == {"acc_raw", "bpb", "correct_prob", "primary"}
+    key = ["task", "metric", "method", "size"]
+    got = drawn.sort_values(["task", "metric", "method", "x"]).reset_index(drop=True)
+    rows = rows.assign(x=figures.spent_fraction(rows)).sort_values(
+        ["task", "metric", "method", "x"]).reset_index(drop=True)
+    assert len(got) == len(rows) > 0, key
+    assert np.allclose(got["decision_accuracy"], rows["decision_accuracy"])
+    assert np.allclose(got["x"], rows["x"])
+    assert list(got["method"]) == list(rows["method"])
+  md = (tmp_path / "rep" / "report.md").read_text()
+  assert "fig_decision_accuracy_same.png" in md
+  assert figures_scaling.drawn_setup(res, "macro") == "3_param-default"
+  assert os.path.getsize(figures.fig_rank_agreement(res, str(tmp_path / "ra.png"))) > 10_000

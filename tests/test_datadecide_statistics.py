@@ -146,23 +146,34 @@ def test_cli_cross_metric_rows_equal_brute_force(tmp_path, ties):
     assert rows.loc["seed_mean", "compute"] == pytest.approx(3 * one_run)
 
 
-def test_bootstrap_confidence_separates_clear_from_tied_winners():
+def test_confidence_resamples_whole_runs_at_proxy_and_target():
+  """A clear winner at both sizes: confidence 1; two recipes alike in distribution: neither
+  certain; no target runs: no confidence, only the proxy's own bootstrap. The macro headline's
+  runs are whole runs: one value per (recipe, seed), the mean over that seed's tasks."""
+  from olmo_jax.datadecide import confidence
   rng = np.random.default_rng(0)
-  rows = []
-  for task, r, sd in itertools.product(("t0", "t1", "t2"), ("a", "b", "c"), (1, 2, 3)):
-    mean = {"a": 0.5, "b": 0.5, "c": 0.3}[r]
-    rows.append({"recipe": r, "seed": sd, "task": task, "value": mean + rng.normal(0, 0.01)})
-  s = pd.DataFrame(rows)
-  tied = A.bootstrap_best(s, "a", higher=True, n_boot=400)
-  other = A.bootstrap_best(s, "b", higher=True, n_boot=400)
-  # a and b are one recipe in distribution: neither is certain, and c never wins
-  assert tied["confidence"] < 0.95 and other["confidence"] < 0.95
-  assert tied["confidence"] + other["confidence"] == pytest.approx(1.0)
-  clear = A.bootstrap_best(s[s["recipe"] != "b"], "a", higher=True, n_boot=400)
-  assert clear["confidence"] == 1.0
-  assert A.bootstrap_best(s[s["recipe"] != "b"], "c", higher=True, n_boot=400)[
-      "confidence"] == 0.0
-  assert "tasks" in tied["method"] and "seeds" in tied["method"] and tied["n_seeds"] == 3
+
+  def runs(means):
+    return pd.DataFrame([{"recipe": r, "seed": sd, "value": m + rng.normal(0, 0.01)}
+                         for r, m in means.items() for sd in (1, 2, 3)])
+
+  clear = confidence.pick_confidence(runs({"a": 0.5, "c": 0.3}), "a", True,
+                                     runs({"a": 0.6, "c": 0.4}), n_boot=400)
+  assert clear["confidence"] == 1.0 and clear["proxy_bootstrap"] == 1.0
+  tied = confidence.pick_confidence(runs({"a": 0.5, "b": 0.5, "c": 0.3}), "a", True,
+                                    runs({"a": 0.6, "b": 0.6, "c": 0.4}), n_boot=400)
+  assert 0.2 < tied["confidence"] < 0.8 and "target" in tied["method"]
+  alone = confidence.pick_confidence(runs({"a": 0.5, "b": 0.5}), "a", True, None, n_boot=400)
+  assert alone["confidence"] is None and 0.1 < alone["proxy_bootstrap"] < 0.9
+  assert "not the chance that the target agrees" in alone["method"]
+  table = planted_table(n_recipes=3, n_sizes=2, task_noise=(0.01, 0.02), seeds=(1, 2, 3),
+                        metric="acc_raw")
+  full = pd.concat([table, A.macro_table(table)], ignore_index=True)
+  got = confidence.headline_runs(full, "s00", A.MACRO_TASK, A.MACRO_METRIC)
+  final = table[(table["size"] == "s00") & (table["step"] == table["step"].max())]
+  want = final.groupby(["recipe", "seed"])["value"].mean()
+  assert len(got) == 9 and np.allclose(got.set_index(["recipe", "seed"])["value"].sort_index(),
+                                       want.sort_index())
 
 
 def test_cli_one_recipe_warns_that_nothing_was_compared(tmp_path):

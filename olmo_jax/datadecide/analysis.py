@@ -60,12 +60,12 @@ from __future__ import annotations
 from eval.metrics import higher_is_better  # noqa: F401  (re-exported)
 from olmo_jax.datadecide.decisions import (  # noqa: F401  (re-exported)
     TIES,
-    bootstrap_best,
     checkpoint_decision_accuracy,
     decision_accuracy,
     frontier,
     pairwise_agreement,
     rank_agreement,
+    target_ceiling,
 )
 from olmo_jax.datadecide.fits import (  # noqa: F401  (re-exported)
     HUBER_DELTA,
@@ -80,6 +80,8 @@ from olmo_jax.datadecide.fits import (  # noqa: F401  (re-exported)
 )
 from olmo_jax.datadecide.noise import snr  # noqa: F401  (re-exported)
 from olmo_jax.datadecide.scaling import (  # noqa: F401  (re-exported)
+    DATADECIDE_FIT_SIZES,
+    FIT_RUNS,
     FORM_ALIASES,
     HELPER_POINT,
     LAW_PARAMS,
@@ -90,8 +92,10 @@ from olmo_jax.datadecide.scaling import (  # noqa: F401  (re-exported)
     _step2_points,
     default_loss_metric,
     fit_one_step,
+    fit_variants,
     scaling_law_decision_accuracy,
     scaling_law_predictions,
+    setup_label,
     setup_name,
 )
 from olmo_jax.datadecide.scores import (  # noqa: F401  (re-exported)

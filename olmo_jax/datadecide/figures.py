@@ -3,7 +3,6 @@ decision accuracy vs compute, rank agreement between sizes."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -42,14 +41,6 @@ def recipe_styles(recipes: list[str], order: list[str] | None = None, top_k: int
   return out
 
 
-def _headline_order(res: Analysis) -> list[str]:
-  """Recipes best first on the headline metric at the largest proxy size."""
-  task, metric = res.headline
-  rk = res.rankings
-  cell = rk[(rk["size"] == res.proxies[-1]) & (rk["task"] == task) & (rk["metric"] == metric)]
-  return list(cell.sort_values(["rank", "recipe"])["recipe"])
-
-
 def _legend_outside(fig, ax_or_fig, handles, labels, title: str, n_grey: int) -> None:
   import matplotlib.lines as mlines
   if n_grey:
@@ -67,112 +58,6 @@ def _fitted_ylim(ax, values, pad: float = 0.06) -> None:
     ax.set_ylim(lo - pad * span, hi + pad * span)
 
 
-def _fit_curve(sl: pd.DataFrame, task: str, metric: str, recipe: str, cs: np.ndarray):
-  """The recipe's 3p law (through its sigmoid for a metric), or None when it was not fitted."""
-  if not len(sl):
-    return None
-  f = sl[(sl["task"] == task) & (sl["form"] == "3p") & (sl["recipe"] == recipe)
-         & (sl["metric"] == metric)]
-  fit = json.loads(f.iloc[0]["fit"]) if len(f) else None
-  if not fit:
-    return None
-  y = A.power_law_3p(cs, fit)
-  step2 = json.loads(f.iloc[0]["step2"])
-  return y if step2 is None else A.sigmoid(y, step2)
-
-
-def _scaling_panels(table: pd.DataFrame, res: Analysis) -> list[str]:
-  task, metric = res.headline
-  lm = A.default_loss_metric(table, task)
-  panels = [m for m in dict.fromkeys([lm, metric]) if m]
-  if len(panels) == 1:  # the headline is the loss: show the task's best-SNR accuracy too
-    snr = res.snr
-    other = snr[(snr["task"] == task) & (snr["size"] == res.proxies[-1])
-                & snr["metric"].map(A.higher_is_better)].sort_values("snr", ascending=False)
-    panels += list(other["metric"].head(1))
-  return panels
-
-
-def fig_scaling(table: pd.DataFrame, res: Analysis, path: str) -> str:
-  """Loss and headline metric vs compute per recipe, with the fitted 3-parameter curves.
-
-  Top row: the values; bottom row: each recipe's difference from the mean of all recipes at
-  the same checkpoint, where a large grid's recipes can be told apart. Up to 10 recipes: a
-  colour and marker each; more: the best 8 at the largest proxy in colour (legend in rank
-  order), the others grey. y-limits follow the measured points (curves may leave the frame).
-  """
-  plt = _plt()
-  table = res.table  # with the macro task where the analysis adds one
-  task = res.headline[0]
-  panels = _scaling_panels(table, res)
-  recipes = sorted(table["recipe"].unique())
-  order = _headline_order(res)
-  styles = recipe_styles(recipes, order)
-  fig, axes = plt.subplots(2, len(panels), figsize=(5.6 * len(panels) + 2.4, 7.6),
-                           squeeze=False, sharex=True, layout="constrained",
-                           height_ratios=(3, 2))
-  handles = {}
-  for j, m in enumerate(panels):
-    handles.update(_scaling_panel(axes[0][j], axes[1][j], table, res, task, m, recipes,
-                                  styles))
-  ranked = [r for r in order if r in handles] + sorted(set(handles) - set(order))
-  n_grey = sum(1 for r in recipes if not styles[r]["label"])
-  title = "recipe (star = target)" + (f"\nbest {len(handles)} at {res.proxies[-1]} in "
-                                      f"colour, by rank" if n_grey else "")
-  _legend_outside(fig, axes[0][-1], [handles[r] for r in ranked],
-                  [f"{i + 1}. {r}" if n_grey else r for i, r in enumerate(ranked)], title,
-                  n_grey)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  return path
-
-
-def _scaling_panel(ax, dax, table, res, task, m, recipes, styles) -> dict:
-  """One metric: values (ax) and differences from the recipes' mean (dax); legend handles."""
-  sub = table[(table["task"] == task) & (table["metric"] == m)]
-  pts = sub.groupby(["recipe", "size", "step"], as_index=False).agg(
-      value=("value", "mean"), compute=("compute", "mean"))
-  pts["diff"] = pts["value"] - pts.groupby(["size", "step"])["value"].transform("mean")
-  proxy = pts[pts["size"] != res.target]
-  t_compute = table[table["size"] == res.target]["compute"].max()
-  cs = np.logspace(np.log10(proxy["compute"][proxy["compute"] > 0].min()),
-                   np.log10(t_compute), 60) if len(proxy) else None
-  handles, drawn = {}, False
-  for r in sorted(recipes, key=lambda r: styles[r]["zorder"]):
-    st = styles[r]
-    kw = {"color": st["color"], "marker": st["marker"], "alpha": st["alpha"],
-          "zorder": st["zorder"], "linewidths": 0}
-    p = proxy[proxy["recipe"] == r]
-    h = ax.scatter(p["compute"], p["value"], s=12, **kw)
-    dax.scatter(p["compute"], p["diff"], s=10, **kw)
-    if st["label"]:
-      handles[r] = h
-    q = pts[(pts["recipe"] == r) & (pts["size"] == res.target)]
-    if len(q):
-      q = q[q["step"] == q["step"].max()]
-      for a, col in ((ax, "value"), (dax, "diff")):
-        a.scatter(q["compute"], q[col], s=80 if st["label"] else 30, marker="*",
-                  color=st["color"], edgecolor="black", linewidth=0.5, zorder=6)
-    y = _fit_curve(res.scaling_law, task, m, r, cs) if cs is not None else None
-    if y is not None:
-      drawn = True
-      ax.plot(cs, y, color=st["color"], lw=st["lw"], alpha=min(1.0, st["alpha"] + 0.1),
-              zorder=st["zorder"])
-  _fitted_ylim(ax, pts["value"])
-  _fitted_ylim(dax, pts["diff"])
-  ax.set_xscale("log")
-  ax.set_ylabel(m)
-  dax.set_ylabel(f"{m} - mean of recipes", fontsize=8)
-  dax.axhline(0, color="black", lw=0.6)
-  dax.set_xlabel("training compute of one run (FLOPs, 6ND)")
-  fit = "3-param L(C)" if not A.higher_is_better(m) else "L(C) then sigmoid"
-  ax.set_title(f"{task}: {m} (" + (f"fit: {fit}" if drawn else "no fit drawn: under-determined")
-               + ")", fontsize=10)
-  for a in (ax, dax):
-    a.grid(alpha=0.3)
-  return handles
-
-
 def spent_fraction(da: pd.DataFrame) -> pd.Series:
   """Compute each row's protocol spent, as a fraction of one target run.
 
@@ -184,16 +69,6 @@ def spent_fraction(da: pd.DataFrame) -> pd.Series:
   mult = np.where((da["protocol"] == "seed_mean") & da["n_seeds"].notna(),
                   da["n_seeds"].fillna(1).astype(float), 1.0)
   return da["compute_fraction"].astype(float) * mult
-
-
-def _da_cells(res: Analysis, ok: pd.DataFrame, da: pd.DataFrame):
-  """(task, metric) panels to draw (headline first), and those omitted (nothing defined)."""
-  h = res.headline
-  snr = res.snr  # every task x metric of the table, decided or not
-  every = sorted(set(zip(da["task"], da["metric"])) | set(zip(snr["task"], snr["metric"])))
-  every = [h] * (h in every) + [c for c in every if c != h]
-  have = set(zip(ok["task"], ok["metric"]))
-  return [c for c in every if c in have], [c for c in every if c not in have]
 
 
 def thin_labels(pos: dict[str, float], min_gap_decades: float = 0.2) -> list[tuple]:
@@ -220,94 +95,142 @@ def _size_axis(ax, fin: pd.DataFrame, names: bool) -> None:
   top.tick_params(length=3, pad=1, labelsize=6, labelrotation=90)
 
 
-DA_MARKS = {"per_seed": ("o", "tab:blue"), "seed_mean": ("s", "tab:orange")}
-LAW_STYLES = [("*", "tab:green"), ("P", "tab:red"), ("X", "tab:purple"), ("D", "tab:brown"),
-              ("v", "tab:pink"), ("^", "tab:olive"), ("<", "tab:cyan"), (">", "0.3")]
+# The decision-accuracy figure: one panel per task, every proxy metric of the task in it.
+METRIC_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                 "tab:pink", "tab:olive", "tab:cyan")
+LAW_MARKERS = ("*", "P", "X", "D", "v", "^", "<", ">")
 
 
-def _da_panel(ax, d: pd.DataFrame, laws: list[str], task: str, metric: str,
-              size_names: bool) -> list[float]:
-  """One task x metric: single-scale points, frontier, scaling laws; returns the y values."""
+def da_rows(res: Analysis, against: str = A.TARGET_PRIMARY) -> pd.DataFrame:
+  """The decision_accuracy.csv rows the figure draws: final checkpoints, per_seed for single
+  scale (the mean over seeds) and every scaling-law setup, each proxy metric scored against
+  the target's primary metric of its task (against='primary') or against itself ('same');
+  x = the compute the prediction spent / one target run (spent_fraction)."""
+  da = res.decision_accuracy_all
+  if not len(da):
+    return da.assign(x=[])
+  prim = {t: A.primary_metric(t, g["metric"].unique()) for t, g in res.table.groupby("task")}
+  want = da["task"].map(prim) if against == A.TARGET_PRIMARY else da["metric"]
+  keep = ((da["target_metric"] == want) & (da["step"] == "final")
+          & ((da["method"] != "single_scale") | (da["protocol"] == "per_seed"))
+          & da["decision_accuracy"].notna() & (da["compute_fraction"] > 0))
+  out = da[keep].copy()
+  out["x"] = spent_fraction(out)
+  return out.reset_index(drop=True)
+
+
+def _task_order(res: Analysis, rows: pd.DataFrame) -> list[str]:
+  tasks = sorted(rows["task"].unique())
+  return [t for t in (A.MACRO_TASK,) if t in tasks] + [t for t in tasks if t != A.MACRO_TASK]
+
+
+def _da_task_panel(ax, d: pd.DataFrame, colors: dict, laws: list[str], task: str,
+                   names: bool) -> list[float]:
+  """One task: a line per proxy metric over the sizes, the scaling-law setups as markers, the
+  target's own seed agreement as the dashed ceiling; returns the y values drawn."""
   from matplotlib.ticker import NullFormatter
   ax.set_xscale("log")
-  ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow log range labels its minor ticks
+  ax.xaxis.set_minor_formatter(NullFormatter())
   ys = []
-  for proto, (mk, col) in DA_MARKS.items():
-    p = d[(d["method"] == "single_scale") & (d["protocol"] == proto)]
-    inter, fin = p[p["step"] != "final"], p[p["step"] == "final"]
-    ax.scatter(inter["x"], inter["decision_accuracy"], s=6, color=col, alpha=0.25, marker=mk,
-               linewidths=0)
-    ax.scatter(fin["x"], fin["decision_accuracy"], s=22, color=col, marker=mk,
-               edgecolor="black", linewidth=0.4, zorder=4, label=f"single scale, {proto}")
-    ys += list(p["decision_accuracy"])
-    if proto == "per_seed" and "std" in fin and fin["std"].notna().any():
-      ax.errorbar(fin["x"], fin["decision_accuracy"], yerr=fin["std"], fmt="none", ecolor=col,
-                  alpha=0.5, lw=0.8)
-      ys += list(fin["decision_accuracy"] - fin["std"].fillna(0))
-    front = A.frontier(p.assign(compute_fraction=p["x"]))
-    if len(front):
-      front = front.sort_values("compute_fraction")
-      ax.step(front["compute_fraction"], front["decision_accuracy"], where="post", color=col,
-              lw=0.9, alpha=0.8)
-  for method, (mk, col) in zip(laws, LAW_STYLES):
-    p = d[d["method"] == method]
-    ax.scatter(p["x"], p["decision_accuracy"], s=60, marker=mk, color=col, edgecolor="black",
-               linewidth=0.4, zorder=5, label=method)
-    ys += list(p["decision_accuracy"])
-  single = d[(d["method"] == "single_scale") & (d["step"] == "final")]
+  for metric, g in d.groupby("metric", sort=True):
+    col = colors[metric]
+    single = g[g["method"] == "single_scale"].sort_values("x")
+    ax.plot(single["x"], single["decision_accuracy"], "-o", color=col, ms=3.5, lw=1.2,
+            label=metric, gid=f"{task}\t{metric}\tsingle_scale")
+    ys += list(single["decision_accuracy"])
+    for method, mk in zip(laws, LAW_MARKERS):
+      p = g[g["method"] == method]
+      if len(p):
+        ax.plot(p["x"], p["decision_accuracy"], linestyle="none", marker=mk, ms=9, color=col,
+                markeredgecolor="black", markeredgewidth=0.5, zorder=5,
+                gid=f"{task}\t{metric}\t{method}")
+        ys += list(p["decision_accuracy"])
+  ceil = d["target_ceiling"].dropna().unique() if "target_ceiling" in d else []
+  for c in ceil[:1] if len(set(np.round(ceil, 9))) == 1 else []:
+    ax.axhline(c, color="black", ls="--", lw=0.9, label="target's own seeds (ceiling)")
+    ys.append(float(c))
+  single = d[(d["method"] == "single_scale")]
   if len(single):
-    _size_axis(ax, single[single["protocol"] == "per_seed"], size_names)
+    _size_axis(ax, single, names)
   ax.axhline(0.5, color="grey", lw=0.7, ls=":")
-  ax.set_title(f"{task} / {metric}", fontsize=8)
   ax.tick_params(labelsize=7)
   ax.grid(alpha=0.3)
   return ys
 
 
-def fig_decision_accuracy(res: Analysis, path: str, cols: int = 6) -> str:
-  """Decision accuracy vs the compute each protocol spent, one panel per task and metric.
+def fig_decision_accuracy(res: Analysis, path: str, against: str = A.TARGET_PRIMARY,
+                          cols: int = 4) -> tuple[str, pd.DataFrame]:
+  """Decision accuracy of every proxy metric vs the compute spent, one panel per task.
 
-  Every task x metric with a defined decision accuracy is drawn; the others are named in the
-  title. x: compute spent / one target run (seed_mean pays for every seed's run), sizes named
-  on the top axis; y-limits fitted to the points.
+  against 'primary': each proxy metric is scored against the target's primary metric of its
+  task (the paper's question: which proxy metric predicts the target's accuracy); 'same':
+  against itself at the target. Lines: single scale (final checkpoints, mean over seeds) over
+  the sizes, named on the top axes; markers: the scaling-law setups; dashed: the target's own
+  seed agreement (no proxy can be expected above it). Returns (path, the plotted points read
+  back from the figure: task, metric, method, x, decision_accuracy).
   """
   plt = _plt()
-  da = res.decision_accuracy
-  ok = da[da["decision_accuracy"].notna() & (da["compute_fraction"] > 0)].copy()
-  ok["x"] = spent_fraction(ok)
-  cells, omitted = _da_cells(res, ok, da)
-  if not cells:  # e.g. every recipe tied at the target: nothing to draw
-    return _empty_figure(path, "no decision accuracy is defined (all target pairs tied?)")
-  laws = sorted(m for m in ok["method"].unique() if m != "single_scale")
-  cols = min(cols, len(cells))
-  rows = math.ceil(len(cells) / cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols + 1.8, 2.7 * rows + 1.2),
+  rows = da_rows(res, against)
+  if not len(rows):
+    return _empty_figure(path, "no decision accuracy is defined (all target pairs tied?)"), \
+        pd.DataFrame(columns=["task", "metric", "method", "x", "decision_accuracy"])
+  tasks = _task_order(res, rows)
+  metrics = sorted(rows["metric"].unique())
+  colors = {m: METRIC_COLORS[i % len(METRIC_COLORS)] for i, m in enumerate(metrics)}
+  laws = sorted(m for m in rows["method"].unique() if m != "single_scale")
+  cols = min(cols, len(tasks))
+  nrows = math.ceil(len(tasks) / cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols + 2.2, 2.9 * nrows + 1.4),
                            squeeze=False, layout="constrained")
-  for i, (ax, (task, metric)) in enumerate(zip(axes.flat, cells)):
-    d = ok[(ok["task"] == task) & (ok["metric"] == metric)]
-    ys = _da_panel(ax, d, laws, task, metric, size_names=i < cols)
+  prim = {t: A.primary_metric(t, g["metric"].unique()) for t, g in res.table.groupby("task")}
+  for i, (ax, task) in enumerate(zip(axes.flat, tasks)):
+    ys = _da_task_panel(ax, rows[rows["task"] == task], colors, laws, task, names=i < cols)
     _fitted_ylim(ax, ys + [0.5, 1.0], pad=0.05)
-  for ax in list(axes.flat)[len(cells):]:
+    ax.set_title(f"{task} (target: {prim.get(task) if against == A.TARGET_PRIMARY else 'same'})",
+                 fontsize=8)
+  for ax in list(axes.flat)[len(tasks):]:
     ax.axis("off")
   for ax in axes[:, 0]:
     ax.set_ylabel("decision accuracy", fontsize=8)
   for ax in axes[-1, :]:
     ax.set_xlabel("compute spent / one target run", fontsize=8)
-  handles, labels = axes.flat[0].get_legend_handles_labels()
-  for ax in list(axes.flat)[1:len(cells)]:
-    for h, lab in zip(*ax.get_legend_handles_labels()):
-      if lab not in labels:
-        handles.append(h)
-        labels.append(lab)
-  _legend_outside(fig, axes[0][-1], handles, labels, "prediction", 0)
-  title = (f"Decision accuracy vs compute (target {res.target}; {len(cells)} task x metric "
-           f"panels)")
-  if omitted:
-    title += "\nnot drawn (no untied target pair): " + ", ".join(f"{t}/{m}" for t, m in omitted)
-  fig.suptitle(title + "\nsizes (final checkpoints, per_seed) on the top axes", fontsize=11)
+  _da_legend(axes, colors, laws)
+  what = ("the target's PRIMARY metric" if against == A.TARGET_PRIMARY
+          else "the SAME metric at the target")
+  fig.suptitle(f"Decision accuracy: each proxy metric (colour) at each proxy size, scored "
+               f"against {what} at {res.target}\nsingle scale: final checkpoints, per_seed "
+               f"(mean over seeds); sizes on the top axes", fontsize=10)
   fig.savefig(path, dpi=100, bbox_inches="tight")
+  plotted = _read_back(axes)
   plt.close(fig)
-  return path
+  return path, plotted
+
+
+def _da_legend(axes, colors: dict, laws: list[str]) -> None:
+  import matplotlib.lines as mlines
+  handles = [mlines.Line2D([], [], color=c, marker="o", ms=4, label=m) for m, c in colors.items()]
+  handles += [mlines.Line2D([], [], color="0.4", marker=mk, ls="none", ms=8,
+                            markeredgecolor="black", label=law)
+              for law, mk in zip(laws, LAW_MARKERS)]
+  handles.append(mlines.Line2D([], [], color="black", ls="--",
+                               label="target's own seeds (ceiling)"))
+  axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
+                     title="proxy metric / prediction", title_fontsize=7, frameon=False)
+
+
+def _read_back(axes) -> pd.DataFrame:
+  """Every point of the decision-accuracy lines and markers, as drawn."""
+  rows = []
+  for ax in axes.flat:
+    for line in ax.get_lines():
+      gid = line.get_gid()
+      if not gid:
+        continue
+      task, metric, method = gid.split("\t")
+      for x, y in zip(*line.get_data()):
+        rows.append({"task": task, "metric": metric, "method": method, "x": float(x),
+                     "decision_accuracy": float(y)})
+  return pd.DataFrame(rows, columns=["task", "metric", "method", "x", "decision_accuracy"])
 
 
 def _empty_figure(path: str, text: str) -> str:

@@ -46,23 +46,25 @@ def recipes_markdown(table: pd.DataFrame, recipes: dict) -> list[str]:
 
 def primary_tables(res: Analysis, protocol: str) -> dict[str, pd.DataFrame]:
   """{task: metric x proxy size table} of decision accuracy against each task's primary
-  metric (single scale, final checkpoints), plus 'macro average' (mean over the tasks)."""
+  metric (single scale, final checkpoints), the macro task first (every metric averaged over
+  tasks before ranking, against the macro of the primaries), with the target's ceiling."""
   da = res.decision_accuracy_all
   fin = da[(da["method"] == "single_scale") & (da["step"] == "final")
-           & (da["protocol"] == protocol) & (da["task"] != A.MACRO_TASK)]
-  full = res.table
-  prim = {t: A.primary_metric(t, g["metric"].unique()) for t, g in full.groupby("task")}
+           & (da["protocol"] == protocol)]
+  prim = {t: A.primary_metric(t, g["metric"].unique()) for t, g in res.table.groupby("task")}
   fin = fin[fin["target_metric"] == fin["task"].map(prim)]
   order = [z for z in res.proxies if z in set(fin["size"])]
+  tasks = sorted(fin["task"].unique(), key=lambda t: (t != A.MACRO_TASK, t))
   out = {}
-  for t, g in fin.groupby("task"):
-    out[f"{t} (vs {prim[t]})"] = g.pivot_table(
-        index="metric", columns="size", values="decision_accuracy",
-        dropna=False).reindex(columns=order)
-  if fin["task"].nunique() > 1:
-    out["macro average"] = fin.pivot_table(index="metric", columns="size",
-                                           values="decision_accuracy", aggfunc="mean",
-                                           dropna=False).reindex(columns=order)
+  for t in tasks:
+    g = fin[fin["task"] == t]
+    piv = g.pivot_table(index="metric", columns="size", values="decision_accuracy",
+                        dropna=False).reindex(columns=order)
+    ceil = g["target_ceiling"].dropna()
+    piv["target ceiling"] = float(ceil.iloc[0]) if len(ceil) else np.nan
+    name = ("macro: every metric averaged over tasks, vs the macro of the primaries"
+            if t == A.MACRO_TASK else f"{t} (vs {prim[t]})")
+    out[name] = piv
   return out
 
 
@@ -70,13 +72,13 @@ def primary_markdown(res: Analysis) -> list[str]:
   """The paper's view: proxy metric x proxy size -> decision accuracy vs the primary metric."""
   lines = [f"## Decision accuracy against the target's primary metric ({res.target})", "",
            "Each proxy metric at each proxy size ranks the recipes; the score is the share of "
-           "recipe pairs ordered as the target's primary metric orders them. The macro average "
-           "is the mean over tasks.", ""]
-  for protocol in A.PROTOCOLS:
-    for name, piv in primary_tables(res, protocol).items():
-      if name != "macro average" and protocol != "per_seed":
-        continue  # per task: per_seed only (the paper's protocol), to keep the report short
-      lines += [f"{name}, {protocol}:", "", markdown_table(piv.reset_index()), ""]
+           "recipe pairs ordered as the target's primary metric orders them (per_seed: the "
+           "mean over proxy seeds). The macro rows average every metric over the tasks before "
+           "ranking (DataDecide's aggregate). `target ceiling`: how often one target seed "
+           "orders a pair as the other target seeds' mean does; no proxy can be expected to "
+           "do better.", ""]
+  for name, piv in primary_tables(res, "per_seed").items():
+    lines += [f"{name}, per_seed:", "", markdown_table(piv.reset_index()), ""]
   snr = res.snr
   da = res.decision_accuracy_all
   size = res.proxies[-1]
@@ -86,7 +88,7 @@ def primary_markdown(res: Analysis) -> list[str]:
   if len(side):
     lines += [f"Decision accuracy (per_seed) and SNR at {size}:", "",
               markdown_table(side[["task", "metric", "target_metric", "decision_accuracy",
-                                   "snr"]]), ""]
+                                   "target_ceiling", "snr"]]), ""]
   return lines
 
 
@@ -121,15 +123,19 @@ def _md_recommendation(res: Analysis, rec: dict) -> list[str]:
                f"({metric} {_fmt(rec['best_score'], 4)})")
   if "runner_up" in rec:
     conf = rec.get("confidence")
-    lines.append(f"- Runner-up: {rec['runner_up']}, margin {_fmt(rec['margin'], 4)}; "
-                 f"confidence {('%.3f' % conf) if conf is not None else 'n/a'}")
+    lines.append(f"- Runner-up: {rec['runner_up']}, margin {_fmt(rec['margin'], 4)}")
+    lines.append(f"- Confidence that the pick is the target's best: "
+                 f"{('%.3f' % conf) if conf is not None else 'n/a (no target runs)'}; proxy "
+                 f"seed noise alone: {_fmt(rec.get('proxy_bootstrap', float('nan')))}")
     lines.append(f"- Confidence method: {rec['confidence_note']}")
+    if "decision_accuracy_at_decided_size" in rec:
+      lines.append(f"- Measured decision accuracy of {task}/{metric} at "
+                   f"{rec['decided_at_size']} against the target (seed mean): "
+                   f"{rec['decision_accuracy_at_decided_size']:.3f} of recipe pairs")
   lines.append(f"- Metrics at {rec['decided_at_size']} that pick the same recipe: "
                f"{rec['agreeing_metrics']}")
-  for form in ("3p", "5p"):
-    if f"scaling_law_{form}_best" in rec:
-      lines.append(f"- Scaling law ({form}) predicts best at {target}: "
-                   f"{rec[f'scaling_law_{form}_best']}")
+  for setup, best in rec.get("scaling_law_best", {}).items():
+    lines.append(f"- Scaling law {setup} predicts best at {target}: {best}")
   if "target_best_recipe" in rec:
     lines.append(f"- Best at the target {target} (measured): {rec['target_best_recipe']} "
                  f"({'matches' if rec['matches_target'] else 'does NOT match'} the "
@@ -157,58 +163,64 @@ def _md_rankings(res: Analysis) -> list[str]:
 
 
 def _md_decision_accuracy(res: Analysis, figs: dict) -> list[str]:
-  """Decision accuracy of the headline and of every task and metric, with its figure."""
+  """Decision accuracy of the headline (single scale and scaling laws), with the figures."""
   task, metric = res.headline
-  target = res.target
-  da = res.decision_accuracy
-  lines: list[str] = []
-  lines += [f"## Decision accuracy against {target} (same metric)", ""]
-  fin = da[(da["step"] == "final") & (da["task"] == task) & (da["metric"] == metric)]
+  da = res.decision_accuracy_all
+  tm = A.primary_metric(task, [metric])
+  lines = [f"## Decision accuracy of the headline ({task} / {metric} vs {tm} at "
+           f"{res.target})", ""]
+  fin = da[(da["step"] == "final") & (da["task"] == task) & (da["metric"] == metric)
+           & (da["target_metric"] == tm)]
   if len(fin):
-    show = fin[["size", "method", "protocol", "decision_accuracy", "std", "n_seeds",
-                "n_pairs", "compute_fraction"]]
-    lines += [f"{task} / {metric} (per_seed: mean and population std over seeds):", "",
+    show = fin[["size", "method", "protocol", "decision_accuracy", "target_ceiling", "std",
+                "n_seeds", "n_pairs", "compute_fraction"]]
+    lines += ["per_seed: mean and population std over the proxy seeds; seed_mean: the "
+              "recipes' means over n_seeds seeds; scaling_law_*: the fits' predictions. "
+              "compute_fraction: the compute the prediction spent / one target run.", "",
               markdown_table(show), ""]
-  big = da[(da["step"] == "final") & (da["method"] == "single_scale")
-           & (da["size"] == res.proxies[-1])]
-  if len(big):
-    piv = big.pivot_table(index=["task", "metric"], columns="protocol",
-                          values="decision_accuracy").reset_index()
-    lines += [f"Every task and metric at {res.proxies[-1]} (single scale):", "",
-              markdown_table(piv), ""]
   lines += [f"![decision accuracy vs compute]({os.path.basename(figs['da'])})", "",
-            "Each panel (every task and metric; any without a defined decision accuracy is "
-            "named in the title): decision accuracy against the compute the prediction spent, "
-            "as a fraction of one target run: one proxy run for per_seed, every seed's run for "
-            "seed_mean. Sizes are named on the top axis. Small faint points are intermediate "
-            "checkpoints, large points each size's final checkpoint (error bars: std over "
-            "seeds), lines the frontier; the large markers of other shapes are the scaling-law "
-            "predictions (compute of all proxy sizes together).", ""]
+            "One panel per task (the macro first): each proxy metric (one colour each) at each "
+            "proxy size (named on the top axis), scored against the target's primary metric "
+            "of that task, against the compute the prediction spent (one run per seed: "
+            "per_seed); large markers: the scaling-law setups at the compute of the runs they "
+            "were fitted on; dashed: the target's own seed agreement, the ceiling.", "",
+            f"The same, each proxy metric against itself at the target: "
+            f"![same metric]({os.path.basename(figs['da_same'])})", ""]
   return lines
 
 
 def _md_scaling(res: Analysis, figs: dict) -> list[str]:
-  """The two-step scaling-law predictions and their figure."""
+  """DataDecide's scaling-law setups: decision accuracy, errors, compute; predicted vs
+  measured per recipe for the headline; the figure."""
   task, metric = res.headline
   target = res.target
-  lines: list[str] = []
+  lines: list[str] = ["## Scaling-law prediction", ""]
   sl = res.scaling_law_da
+  how = ("DataDecide's setups: the default seed's runs of its fit sizes, and the variants "
+         "without the largest one or two" if res.fit_runs == "datadecide"
+         else "every proxy size and seed in one fit")
   if len(sl):
-    lines += ["## Two-step scaling-law prediction", ""]
-    h = sl[(sl["task"] == task)]
-    lines += [markdown_table(h[["task", "metric", "target_metric", "setup", "decision_accuracy",
-                                "missing", "mean_abs_error", "mean_rel_error",
-                                "compute_fraction"]]), ""]
+    h = sl[(sl["task"] == task) & (sl["metric"] == metric)]
+    lines += [f"Fits on {how}. Headline, against the target's primary metric; every task and "
+              f"metric is in decision_accuracy.csv:", "",
+              markdown_table(h[["task", "metric", "target_metric", "setup", "fit_sizes",
+                                "decision_accuracy", "missing", "mean_abs_error",
+                                "mean_rel_error", "compute_fraction"]]), ""]
     p = res.scaling_law
     p = p[(p["task"] == task) & (p["metric"] == metric)]
     if len(p):
-      lines += [f"Predicted vs measured {metric} at {target}:", "",
-                markdown_table(p[["recipe", "form", "predicted_loss", "predicted", "actual",
-                                  "rel_error"]], 4), ""]
+      wide = p.pivot_table(index="recipe", columns="setup", values="predicted")
+      wide.insert(0, "measured", p.groupby("recipe")["actual"].first())
+      lines += [f"Predicted vs measured {metric} at {target} (seed mean):", "",
+                markdown_table(wide.reset_index(), 4), ""]
+  else:
+    lines += ["No scaling-law prediction was made (see the warnings).", ""]
   lines += [f"![metric vs compute]({os.path.basename(figs['scaling'])})", "",
-            "Points: seed-mean scores of every checkpoint of the proxy runs; stars: the target "
-            "runs; lines: the fitted 3-parameter law per recipe (step 2 through the sigmoid), "
-            "extrapolated to the target's compute.", ""]
+            "Points: seed-mean scores of every checkpoint of the proxy runs (the fit sizes "
+            "shaded); stars: the target runs; lines: each recipe's fitted law under the setup "
+            "in the title, through its sigmoid for a metric, to the target's compute, where "
+            "the diamond is its prediction. Right: predicted vs measured at the target for "
+            "every setup.", ""]
   return lines
 
 

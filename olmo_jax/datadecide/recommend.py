@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from olmo_jax.datadecide import analysis as A
+from olmo_jax.datadecide import confidence
 from olmo_jax.datadecide.result import Analysis
 
 
@@ -37,24 +38,21 @@ def recommend(res: Analysis, table: pd.DataFrame, n_boot: int = 1000) -> dict:
   return out
 
 
-def _confidence(res, size, task, metric, best, n_boot) -> dict:
-  """The bootstrap confidence (analysis.bootstrap_best) over the headline's tasks and seeds."""
-  full = res.table
-  if task == A.MACRO_TASK:  # the macro: resample the tasks it averages and their seeds
-    prim = {t: A.primary_metric(t, g["metric"].unique())
-            for t, g in full[full["task"] != A.MACRO_TASK].groupby("task")}
-    parts = [(t, m) for t, m in prim.items() if m is not None]
-  else:
-    parts = [(task, metric)]
-  sub = full[full["size"] == size]
-  s = A.run_scores(pd.concat([sub[(sub["task"] == t) & (sub["metric"] == m)]
-                              for t, m in parts]))
-  if s["task"].nunique() < 2 and s.groupby("recipe")["seed"].nunique().max() < 2:
-    return {"confidence": None,
-            "confidence_note": "one task and one seed: nothing to resample the margin by"}
-  b = A.bootstrap_best(s, best, A.higher_is_better(metric), n_boot)
-  return {"confidence": b["confidence"], "confidence_note": b["method"],
-          "confidence_method": {k: b[k] for k in ("n_boot", "n_tasks", "n_seeds")}}
+def _confidence(res: Analysis, size, task, metric, best, n_boot) -> dict:
+  """The chance that the pick is the target's best (confidence.headline_confidence), and the
+  measured decision accuracy of the headline at `size` against the target's primary."""
+  c = confidence.headline_confidence(res.table, size, res.target, task, metric, best, n_boot)
+  out = {"confidence": c["confidence"], "confidence_note": c["method"],
+         "proxy_bootstrap": c["proxy_bootstrap"],
+         "confidence_method": {k: c[k] for k in ("n_boot", "n_recipes")}}
+  da = res.decision_accuracy_all
+  row = da[(da["size"] == size) & (da["task"] == task) & (da["metric"] == metric)
+           & (da["method"] == "single_scale") & (da["step"] == "final")
+           & (da["protocol"] == "seed_mean")
+           & (da["target_metric"] == A.primary_metric(task, [metric]))]
+  if len(row):
+    out["decision_accuracy_at_decided_size"] = float(row["decision_accuracy"].iloc[0])
+  return out
 
 
 def _support(res, rk, size, best) -> dict:
@@ -77,10 +75,9 @@ def _scaling_and_target(res, table, task, metric, best) -> dict:
   sl = res.scaling_law
   if len(sl):
     h = sl[(sl["task"] == task) & (sl["metric"] == metric) & sl["predicted"].notna()]
-    for form, g in h.groupby("form"):
-      asc = not A.higher_is_better(metric)
-      out[f"scaling_law_{form}_best"] = g.sort_values("predicted", ascending=asc).iloc[0][
-          "recipe"]
+    asc = not A.higher_is_better(metric)
+    out["scaling_law_best"] = {setup: g.sort_values("predicted", ascending=asc).iloc[0][
+        "recipe"] for setup, g in h.groupby("setup", sort=False)}
   full = res.table
   if (full["size"] == res.target).any():
     tg = A.target_scores(full, res.target)

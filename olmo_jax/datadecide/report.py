@@ -26,14 +26,15 @@ import pandas as pd
 
 from olmo_jax import paths
 from olmo_jax.datadecide import analysis as A
-from olmo_jax.datadecide import figures, markdown, recommend
+from olmo_jax.datadecide import figures, figures_scaling, markdown, recommend
 from olmo_jax.datadecide.result import Analysis
 from olmo_jax.datadecide.results import InputError
 
 DA_COLUMNS = ["size", "task", "metric", "method", "protocol", "decision_accuracy",
               "compute_fraction", "step", "std", "n_seeds", "n_pairs", "missing",
-              "target_metric", "compute", "n_runs", "n_target_ties", "setup",
-              "mean_abs_error", "mean_rel_error"]
+              "target_metric", "target_ceiling", "compute", "n_runs", "n_target_ties", "setup",
+              "fit_sizes", "mean_abs_error", "mean_rel_error"]
+DEFAULT_FORMS = ("3p",)  # DataDecide's 3_param setup, in its three size variants
 
 
 def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
@@ -69,20 +70,20 @@ def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
 
 
 def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str | None = None,
-            forms=("3p", "5p"), noise_checkpoints: int = 5,
-            target_metrics=A.DEFAULT_TARGET_METRICS, ties: str = "half") -> Analysis:
+            forms=DEFAULT_FORMS, noise_checkpoints: int = 5,
+            target_metrics=A.DEFAULT_TARGET_METRICS, ties: str = "half",
+            fit_runs: str = "datadecide") -> Analysis:
   """Every analysis of the report (an Analysis: DataFrames plus the warnings list).
 
-  `decision_accuracy` holds the rows whose target metric is the proxy metric itself (what the
-  figures draw); `decision_accuracy_all` every row (decision_accuracy.csv). `scaling_law`
-  holds the fitted predictions, `scaling_law_all` under-determined ones too (the CSV).
-  `table` is the input plus the macro task's rows.
+  `table` of the result is the input plus the macro task's rows (every metric averaged over
+  tasks); decision accuracy, rankings, SNR and the scaling laws all see the macro task.
+  fit_runs: the runs the scaling laws fit on (analysis.fit_variants: 'datadecide' or 'all').
   """
   w: list[str] = []
   if table["recipe"].nunique() < 2:
     w.append(f"only one recipe ({table['recipe'].iloc[0]}): nothing was compared; the "
              f"'recommendation' is that recipe by default, not a decision")
-  macro = A.macro_table(table) if table["task"].nunique() > 1 else table.iloc[0:0]
+  macro = A.macro_table(table, w) if table["task"].nunique() > 1 else table.iloc[0:0]
   full = pd.concat([table, macro], ignore_index=True) if len(macro) else table
   sizes_ = A.size_order(table)
   proxies = [s for s in sizes_ if s != target]
@@ -91,11 +92,15 @@ def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str 
   ckpt = A.checkpoint_decision_accuracy(full, target, target_metrics=target_metrics, ties=ties)
   finals = (table[table["size"] != target].groupby("size")["step"].max())
   ckpt = ckpt[ckpt["step"] < ckpt["size"].map(finals)] if len(ckpt) else ckpt
-  preds = A.scaling_law_predictions(table, target, forms=forms, warnings=w)
-  sl = (A.scaling_law_decision_accuracy(preds, table, target, warnings=w,
+  preds = A.scaling_law_predictions(full, target, forms=forms, warnings=w, fit_runs=fit_runs)
+  sl = (A.scaling_law_decision_accuracy(preds, full, target, warnings=w,
                                         target_metrics=target_metrics, ties=ties)
         if len(preds) else pd.DataFrame())
+  ceiling = A.target_ceiling(full, target, target_metrics, ties)
   da = pd.concat([single, ckpt, sl], ignore_index=True)
+  if len(da):
+    da = da.merge(ceiling[["task", "target_metric", "target_ceiling"]],
+                  on=["task", "target_metric"], how="left")
   da = da[[c for c in DA_COLUMNS if c in da.columns]]
   snr = A.snr(full, noise_checkpoints=noise_checkpoints, warnings=w)
   task, metric = _headline(full, headline)
@@ -110,7 +115,7 @@ def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str 
       scaling_law=preds[preds["status"] == "ok"] if len(preds) else preds,
       scaling_law_all=preds, scaling_law_da=sl, snr=snr, rankings=ranks,
       rank_agreement=A.rank_agreement(full, task, metric, last_k), warnings=w, last_k=last_k,
-      ties=ties, table=full)
+      ties=ties, table=full, ceiling=ceiling, fit_runs=fit_runs)
 
 
 def _headline(full: pd.DataFrame, headline: str | None) -> tuple[str, str]:
@@ -127,7 +132,7 @@ def _headline(full: pd.DataFrame, headline: str | None) -> tuple[str, str]:
 
 
 def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int = 1,
-                 headline: str | None = None, forms=("3p", "5p"),
+                 headline: str | None = None, forms=DEFAULT_FORMS, fit_runs: str = "datadecide",
                  noise_checkpoints: int = 5, title: str = "DataDecide report",
                  recipes: dict | None = None, target_metrics=A.DEFAULT_TARGET_METRICS,
                  ties: str = "half", n_boot: int = 1000,
@@ -141,7 +146,7 @@ def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int =
   names (analysis.decision_accuracy); ties: 'half' or 'datadecide'.
   """
   check_inputs(table, target, headline, target_metrics=target_metrics)
-  res = analyse(table, target, last_k=last_k, headline=headline, forms=forms,
+  res = analyse(table, target, last_k=last_k, headline=headline, forms=forms, fit_runs=fit_runs,
                 noise_checkpoints=noise_checkpoints, target_metrics=target_metrics, ties=ties)
   res.warnings[:0] = list(warnings or ())
   rec = recommend.recommend(res, table, n_boot)
@@ -151,8 +156,10 @@ def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int =
                     ("snr", "snr"), ("frontier", "frontier")):
     _atomic_csv(getattr(res, key), os.path.join(output, f"{name}.csv"))
   out = lambda name: os.path.join(output, name)  # noqa: E731
-  figs = {"scaling": figures.fig_scaling(res.table, res, out("fig_scaling.png")),
-          "da": figures.fig_decision_accuracy(res, out("fig_decision_accuracy.png")),
+  figs = {"scaling": figures_scaling.fig_scaling(res.table, res, out("fig_scaling.png")),
+          "da": figures.fig_decision_accuracy(res, out("fig_decision_accuracy.png"))[0],
+          "da_same": figures.fig_decision_accuracy(res, out("fig_decision_accuracy_same.png"),
+                                                   against=A.TARGET_SAME)[0],
           "rank": figures.fig_rank_agreement(res, out("fig_rank_agreement.png"))}
   rec["warnings"] = res.warnings
   _atomic_text(json.dumps(rec, indent=2, default=_json_default) + "\n",

@@ -29,3 +29,5 @@ class Analysis:
   last_k: int
   ties: str
   table: pd.DataFrame  # the input plus the macro task's rows
+  ceiling: pd.DataFrame  # the target's agreement with itself (analysis.target_ceiling)
+  fit_runs: str  # the runs the scaling laws fit on (analysis.fit_variants)

@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import optimize
 
 from eval.metrics import higher_is_better
+from olmo_jax import sizes
 from olmo_jax.datadecide.decisions import _accuracy_row, _target_map
 from olmo_jax.datadecide.fits import (
   HUBER_DELTA,
@@ -243,55 +244,126 @@ def _predict(fits: _RecipeFits, setup: str, metric: str) -> dict:
           "fit": json.dumps(f), "step2": json.dumps(curve)}
 
 
+# DataDecide's fits (scaling_laws/fit_scaling_laws.py in allenai/DataDecide) use the default
+# seed's runs of 150M, 300M, 530M and 750M to predict 1B, and two variants without the largest
+# one or two sizes; FIT_RUNS 'all' fits every proxy size and seed instead.
+DATADECIDE_FIT_SIZES = ("150M", "300M", "530M", "750M")
+FIT_RUNS = ("datadecide", "all")
+
+
+def fit_variants(proxy: pd.DataFrame, fit_runs: str = "all", warnings: list | None = None
+                 ) -> list[tuple[str, list[str], list[int]]]:
+  """[(variant, sizes, seeds)] of the runs each scaling-law fit uses.
+
+  fit_runs 'all': one variant, 'all', every proxy size and seed. 'datadecide': DataDecide's
+  sizes (150M-750M when the table has at least two of them, else every proxy size) and the
+  default seed (olmo_jax.sizes.DEFAULT_SEED, else the table's smallest seed, named in a
+  warning): 'default' on all of them, 'no_<largest>' without the largest, and
+  'no_<largest>_no_<next>' without the two largest (DataDecide's no_750M, no_750M_no_530M).
+  """
+  if fit_runs not in FIT_RUNS:
+    raise ValueError(f"fit_runs={fit_runs!r}; choose one of {', '.join(FIT_RUNS)}")
+  order = size_order(proxy)
+  if fit_runs == "all":
+    return [("all", order, sorted(int(x) for x in proxy["seed"].unique()))]
+  base = [z for z in order if z in DATADECIDE_FIT_SIZES]
+  base = base if len(base) >= 2 else order
+  seeds = set(int(x) for x in proxy.loc[proxy["size"].isin(base), "seed"].unique())
+  seed = sizes.DEFAULT_SEED if sizes.DEFAULT_SEED in seeds else min(seeds)
+  if seed != sizes.DEFAULT_SEED:
+    _warn(warnings, f"scaling laws: the default seed {sizes.DEFAULT_SEED} is not in the table; "
+                    f"the fits use seed {seed} (DataDecide fits one seed)")
+  out = [("default", base, [seed])]
+  if len(base) >= 2:
+    out.append((f"no_{base[-1]}", base[:-1], [seed]))
+  if len(base) >= 3:
+    out.append((f"no_{base[-1]}_no_{base[-2]}", base[:-2], [seed]))
+  return out
+
+
+def setup_label(setup: str, variant: str) -> str:
+  """DataDecide's name of a setup fitted on a variant's sizes: 3_param-default + no_750M ->
+  3_param-no_750M, 3_param-helper_points -> 3_param-no_750M-helper_points, 5_param-ai2 ->
+  5_param-ai2-no_750M; variants 'default' and 'all' keep the setup's name."""
+  if variant in ("default", "all"):
+    return setup
+  if "-default" in setup:
+    return setup.replace("-default", f"-{variant}")
+  law, _, rest = setup.partition("-")
+  if law in ("3_param", "2_param") and "1_step" not in rest:
+    return f"{law}-{variant}-{rest}"
+  return f"{setup}-{variant}"
+
+
 def scaling_law_predictions(table: pd.DataFrame, target: str, *, target_compute=None,
                             target_tokens=None, forms=("3p", "5p"), loss_metric=None,
-                            tasks=None, warnings: list | None = None) -> pd.DataFrame:
+                            tasks=None, warnings: list | None = None,
+                            fit_runs: str = "all") -> pd.DataFrame:
   """Every recipe's predicted target score per (task, metric) and setup, as DataDecide fits.
 
-  forms: DataDecide setup names (SETUPS) or the aliases 3p, 5p. Step 1 fits each recipe's
-  loss on one point per proxy size (its runs' mean over their last 10% of checkpoints, then
-  over seeds); step 2 fits each recipe's sigmoid (least squares) on its runs' last 90% (or
-  50%) of checkpoints, optionally with the helper point; a fit with fewer points than
-  parameters is not made (status 'under-determined ...', predicted NaN). The target size's
-  rows are never fitted on. Columns: task, metric, setup, form, recipe, loss_metric,
+  forms: DataDecide setup names (SETUPS) or the aliases 3p, 5p. fit_runs: which proxy runs
+  the fits use (fit_variants: 'all', or 'datadecide': its sizes and default seed, in three
+  variants). Step 1 fits each recipe's loss on one point per fit size (its runs' mean over
+  their last 10% of checkpoints, then over the fit seeds); step 2 fits each recipe's sigmoid
+  (least squares) on its runs' last 90% (or 50%) of checkpoints, optionally with the helper
+  point; a fit with fewer points than parameters is not made (status 'under-determined ...',
+  predicted NaN). The target size's rows are never fitted on. Columns: task, metric, setup
+  (DataDecide's name, setup_label), form, variant, fit_sizes, recipe, loss_metric,
   predicted_loss, predicted, actual, abs_error, rel_error, n_points, status, compute (FLOPs of
-  the recipe's proxy runs, every seed), compute_fraction, largest_size, fit, step2 (JSON).
+  the recipe's runs the fit used), compute_fraction, largest_size, fit, step2 (JSON).
   """
   setups = [setup_name(f) for f in forms]
   proxy = table[table["size"] != target]
   tgt = target_scores(table, target) if (table["size"] == target).any() else None
   point = _target_point(table, target, target_compute, target_tokens)
-  largest = size_order(proxy)[-1] if len(proxy) else ""
   rows = []
-  for task in sorted(proxy["task"].unique()) if tasks is None else tasks:
-    lm = loss_metric or default_loss_metric(proxy, task)
-    if lm is None:
-      _warn(warnings, f"{task}: no loss-like metric (loss, bpb, ...) to fit step 1 on: "
-                      f"no scaling-law prediction")
-      continue
-    trows = proxy[proxy["task"] == task]
-    pts = _fit_points(trows)
-    for recipe, rrows in trows.groupby("recipe"):
-      rp = pts[pts["recipe"] == recipe]
-      fits = _RecipeFits(rrows, rp, lm, point)
-      spent = rp[rp["metric"] == lm]
-      compute = float((spent["compute"] * spent["n_seeds"]).sum())
-      for setup, metric in itertools.product(setups, sorted(trows["metric"].unique())):
-        r = {"predicted_loss": np.nan, "predicted": np.nan, "n_points": 0, "fit": "null",
-             "step2": "null", **_predict(fits, setup, metric)}
-        actual = np.nan
-        if tgt is not None:
-          hit = tgt[(tgt["recipe"] == recipe) & (tgt["task"] == task) & (tgt["metric"] == metric)]
-          actual = float(hit["value"].iloc[0]) if len(hit) else np.nan
-        rows.append({"task": task, "metric": metric, "setup": setup, "form": _short(setup),
-                     "recipe": recipe, "loss_metric": lm, **r, "actual": actual,
-                     "abs_error": abs(r["predicted"] - actual),
-                     "rel_error": abs(r["predicted"] - actual) / abs(actual) if actual
-                     else np.nan, "compute": compute, "compute_fraction": compute / point[0],
-                     "largest_size": largest})
+  for variant, fit_sizes, seeds in fit_variants(proxy, fit_runs, warnings) if len(proxy) else []:
+    runs = proxy[proxy["size"].isin(fit_sizes) & proxy["seed"].isin(seeds)]
+    for task in sorted(runs["task"].unique()) if tasks is None else tasks:
+      lm = loss_metric or default_loss_metric(runs, task)
+      if lm is None:
+        _warn(warnings, f"{task}: no loss-like metric (loss, bpb, ...) to fit step 1 on: "
+                        f"no scaling-law prediction")
+        continue
+      rows += _task_predictions(runs[runs["task"] == task], task, lm, setups, variant,
+                                fit_sizes, point, tgt)
   out = pd.DataFrame(rows)
   _warn_under(out, warnings)
   return out
+
+
+def _task_predictions(trows, task, lm, setups, variant, fit_sizes, point, tgt) -> list[dict]:
+  """The prediction rows of one task and fit variant (scaling_law_predictions)."""
+  pts = _fit_points(trows)
+  rows = []
+  for recipe, rrows in trows.groupby("recipe"):
+    rp = pts[pts["recipe"] == recipe]
+    fits = _RecipeFits(rrows, rp, lm, point)
+    spent = rp[rp["metric"] == lm]
+    compute = float((spent["compute"] * spent["n_seeds"]).sum())
+    for setup, metric in itertools.product(setups, sorted(trows["metric"].unique())):
+      r = {"predicted_loss": np.nan, "predicted": np.nan, "n_points": 0, "fit": "null",
+           "step2": "null", **_predict(fits, setup, metric)}
+      actual = np.nan
+      if tgt is not None:
+        hit = tgt[(tgt["recipe"] == recipe) & (tgt["task"] == task) & (tgt["metric"] == metric)]
+        actual = float(hit["value"].iloc[0]) if len(hit) else np.nan
+      rows.append({"task": task, "metric": metric, "setup": setup_label(setup, variant),
+                   "form": _short(setup), "variant": variant, "fit_sizes": ",".join(fit_sizes),
+                   "recipe": recipe, "loss_metric": lm, **r, "actual": actual,
+                   "abs_error": abs(r["predicted"] - actual),
+                   "rel_error": abs(r["predicted"] - actual) / abs(actual) if actual
+                   else np.nan, "compute": compute, "compute_fraction": compute / point[0],
+                   "largest_size": fit_sizes[-1]})
+  return rows
+
+
+def _method(g: pd.DataFrame) -> str:
+  """The decision-accuracy method of one setup's predictions: scaling_law_<form>, plus
+  -<variant> for DataDecide's size variants other than the default."""
+  variant = g["variant"].iloc[0] if "variant" in g else "all"
+  return f"scaling_law_{g['form'].iloc[0]}" + ("" if variant in ("default", "all")
+                                               else f"-{variant}")
 
 
 def _warn_under(preds: pd.DataFrame, warnings: list | None) -> None:
@@ -333,8 +405,9 @@ def scaling_law_decision_accuracy(preds: pd.DataFrame, table: pd.DataFrame, targ
       row["missing"] = ",".join(sorted(set(g["recipe"]) - set(ok["recipe"])))
       compute = float(g["compute"].mean())
       rows.append({"size": g["largest_size"].iloc[0], "task": task, "metric": metric,
-                   "target_metric": tm, "method": f"scaling_law_{g['form'].iloc[0]}",
-                   "setup": setup, **row, "step": "final", "compute": compute,
+                   "target_metric": tm, "method": _method(g),
+                   "setup": setup, "fit_sizes": g["fit_sizes"].iloc[0] if "fit_sizes" in g
+                   else "", **row, "step": "final", "compute": compute,
                    "compute_fraction": compute / c_target,
                    "mean_abs_error": float(ok["abs_error"].mean()) if len(ok) else np.nan,
                    "mean_rel_error": float(ok["rel_error"].mean()) if len(ok) else np.nan})
