@@ -179,6 +179,7 @@ def test_figure_helpers_scale_to_the_published_grid():
   assert shown == names[::-1][:8]
   assert len({(st[r]["color"], st[r]["marker"]) for r in shown}) == 8
   assert all(st[r]["color"] == "0.65" for r in names if r not in shown)
+  assert "tab:gray" not in {st[r]["color"] for r in shown}  # the 8th is not the others' grey
   few = figures.recipe_styles(names[:10])
   assert len({(v["color"], v["marker"]) for v in few.values()}) == 10
   pos = {z: R.ladder_compute(z, sizes.get_size(z).final_step) / R.ladder_compute("1B", 69369)
@@ -228,3 +229,29 @@ def test_decision_accuracy_figure_plots_the_csv_rows(tmp_path):
   assert "fig_decision_accuracy_same.png" in md
   assert figures_scaling.drawn_setup(res, "macro") == "3_param-default"
   assert os.path.getsize(figures.fig_rank_agreement(res, str(tmp_path / "ra.png"))) > 10_000
+
+
+@pytest.mark.parametrize("case", ["empty", "nan_cell"])
+def test_report_on_empty_or_missing_values(tmp_path, case):
+  """An empty table: one `error:` line naming the file, exit 2, nothing written. A recipe
+  whose values at one size are all NaN: a report, the lost values named in its warnings."""
+  t = synthetic_ladder(recipes=RECIPES[:3], sizes_=("4M", "20M", "60M"), seeds=(6198,),
+                       n_ckpt=2)
+  if case == "empty":
+    t = t.iloc[0:0]
+  else:
+    t.loc[(t["recipe"] == RECIPES[0]) & (t["size"] == "20M"), "value"] = np.nan
+  path = tmp_path / "t.csv"
+  t.to_csv(path, index=False)
+  out = tmp_path / "rep"
+  r = run_cli("report", "--results", str(path), "--target", "60M", "--output", str(out),
+              "--fit-runs", "all", "--bootstrap", "20")
+  if case == "empty":
+    assert r.returncode == 2 and r.stderr.startswith("error: --results ")
+    assert len(r.stderr.strip().splitlines()) == 1 and "no rows" in r.stderr
+    assert not out.exists()
+  else:
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert any(f"recipe {RECIPES[0]} at size 20M: 4 of 4 values are missing" in w
+               for w in rec["warnings"]), rec["warnings"]

@@ -97,6 +97,9 @@ def _write_report(a) -> dict:
   except json.JSONDecodeError as e:
     raise results.InputError(f"--recipe-map is not valid JSON ({e})") from None
   table = results.read_table(a.results, rmap)
+  if not len(table):
+    raise results.InputError(f"--results {a.results}: the table has no rows; nothing to "
+                             f"analyse (did the study score any checkpoint?)")
   files = [v for v in a.recipes if v.endswith(".json")]
   lists = [v for v in a.recipes if not v.endswith(".json")]
   if len(files) > 1 or len(lists) > 1:

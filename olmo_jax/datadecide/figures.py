@@ -21,20 +21,22 @@ def _plt():
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 TOP_K = 8  # recipes drawn in colour when there are more than 10; the rest are grey
+# tab10 without its grey (the colour of "other recipes"), and black as a tenth colour
+RECIPE_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+                 "tab:pink", "tab:olive", "tab:cyan", "black")
 
 
 def recipe_styles(recipes: list[str], order: list[str] | None = None, top_k: int = TOP_K
                   ) -> dict[str, dict]:
   """{recipe: matplotlib style}: up to 10 recipes each get a colour and a marker of their
   own; beyond that the first `top_k` of `order` (the ranking) do, and the rest are grey."""
-  plt = _plt()
-  cmap = plt.get_cmap("tab10")
   order = [r for r in (order or []) if r in recipes] + sorted(set(recipes) - set(order or []))
   shown = order if len(recipes) <= 10 else order[:top_k]
   out = {}
   for i, r in enumerate(shown):
-    out[r] = {"color": cmap(i % 10), "marker": MARKERS[i % len(MARKERS)], "alpha": 0.85,
-              "lw": 1.4, "zorder": 4, "label": r}
+    out[r] = {"color": RECIPE_COLORS[i % len(RECIPE_COLORS)],
+              "marker": MARKERS[i % len(MARKERS)], "alpha": 0.85, "lw": 1.4, "zorder": 4,
+              "label": r}
   for r in order[len(shown):]:
     out[r] = {"color": "0.65", "marker": ".", "alpha": 0.35, "lw": 0.7, "zorder": 2,
               "label": None}
@@ -250,7 +252,12 @@ def fig_rank_agreement(res: Analysis, path: str) -> str:
   k = len(m)
   cell = 1.2 if k <= 6 else 0.62
   fig, ax = plt.subplots(figsize=(cell * k + 2.5, cell * k + 1.8))
-  im = ax.imshow(m.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
+  vals = m.to_numpy(dtype=float)
+  off = vals[~np.eye(k, dtype=bool)] if k > 1 else vals.ravel()
+  off = off[np.isfinite(off)]
+  lo = float(np.floor(off.min() * 20) / 20) if len(off) else 0.0  # colour spent on the data
+  lo = min(lo, 0.95)
+  im = ax.imshow(vals, vmin=lo, vmax=1, cmap="viridis")
   ax.set_xticks(range(k), m.columns, rotation=45 if k > 6 else 0, ha="right" if k > 6 else
                 "center", fontsize=8)
   ax.set_yticks(range(k), m.index, fontsize=8)
@@ -258,7 +265,7 @@ def fig_rank_agreement(res: Analysis, path: str) -> str:
     for j in range(k):
       v = m.iloc[i, j]
       ax.text(j, i, "-" if np.isnan(v) else f"{v:.2f}", ha="center", va="center",
-              color="white" if (not np.isnan(v) and v < 0.6) else "black",
+              color="white" if (not np.isnan(v) and v < lo + 0.6 * (1 - lo)) else "black",
               fontsize=9 if k <= 6 else 6.5)
   task, metric = res.headline
   ax.set_title(f"Rank agreement between sizes\n{task} / {metric}", fontsize=10)

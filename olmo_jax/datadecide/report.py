@@ -41,6 +41,11 @@ def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
                  recipes=None, sizes_=None, target_metrics=()) -> None:
   """Rejects a target size, recipe, size, headline or target metric the table does not hold
   (InputError)."""
+  if not len(table):
+    raise InputError("the results table has no rows (after --recipes / --sizes / truncated "
+                     "runs are left out): nothing to analyse; check --results and the filters")
+  if not np.isfinite(table["value"].to_numpy(np.float64)).any():
+    raise InputError("every value of the results table is missing (NaN): nothing to analyse")
   present = A.size_order(table)
   if target not in present:
     raise InputError(f"--target {target}: size absent from the results table; sizes present: "
@@ -67,6 +72,18 @@ def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
     if not ((table["task"] == task) & (table["metric"] == metric)).any():
       raise InputError(f"--headline {headline}: no rows with task {task!r} and metric "
                        f"{metric!r}; write it as TASK/METRIC")
+
+
+def drop_missing(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+  """The table without rows whose value is missing (NaN or infinite), and one warning per
+  (recipe, size) that lost rows, naming how many."""
+  bad = ~np.isfinite(table["value"].to_numpy(np.float64))
+  if not bad.any():
+    return table, []
+  lost = table[bad].groupby(["recipe", "size"]).size()
+  total = table.groupby(["recipe", "size"]).size()
+  return table[~bad], [f"recipe {r} at size {z}: {n} of {total[(r, z)]} values are missing "
+                       f"(NaN or infinite) and left out" for (r, z), n in lost.items()]
 
 
 def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str | None = None,
@@ -146,9 +163,11 @@ def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int =
   names (analysis.decision_accuracy); ties: 'half' or 'datadecide'.
   """
   check_inputs(table, target, headline, target_metrics=target_metrics)
+  table, missing = drop_missing(table)
+  check_inputs(table, target, headline, target_metrics=target_metrics)
   res = analyse(table, target, last_k=last_k, headline=headline, forms=forms, fit_runs=fit_runs,
                 noise_checkpoints=noise_checkpoints, target_metrics=target_metrics, ties=ties)
-  res.warnings[:0] = list(warnings or ())
+  res.warnings[:0] = list(warnings or ()) + missing
   rec = recommend.recommend(res, table, n_boot)
   os.makedirs(output, exist_ok=True)
   _atomic_csv(res.decision_accuracy_all, os.path.join(output, "decision_accuracy.csv"))
