@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 
 from eval.metrics import higher_is_better
 from olmo_jax import sizes
 from olmo_jax.datadecide.decisions import _accuracy_row, _target_map
 from olmo_jax.datadecide.fits import (
-  HUBER_DELTA,
+  LAW_PARAMS,
+  fit_one_step,
   fit_power_law_2p,
   fit_power_law_3p,
   fit_power_law_5p,
   fit_sigmoid,
-  huber,
   power_law_3p,
   power_law_5p,
   sigmoid,
@@ -48,7 +46,6 @@ SETUPS = {
     "2_param-default": {"law": "2p", "one_step": False, "helper": False, "step2": 0.9},
 }
 FORM_ALIASES = {"3p": "3_param-default", "5p": "5_param-ai2", "2p": "2_param-default"}
-LAW_PARAMS = {"2p": 2, "3p": 3, "5p": 5}
 SIGMOID_PARAMS = 4
 HELPER_POINT = (0.0, 1.0)  # (loss, metric): a perfect model scores 1 (DataDecide's default max)
 TIE_RTOL = 1e-6  # scaling-law predictions closer than this (relative) are a tie
@@ -119,44 +116,6 @@ def _law(law: str, pts: pd.DataFrame):
     return f, lambda cc, dd: power_law_3p(cc, f)
   f = fit_power_law_5p(c / (6.0 * d), d, y)
   return f, lambda cc, dd: power_law_5p(cc / (6.0 * dd), dd, f)
-
-
-def fit_one_step(c, d, y, law: str, delta: float = HUBER_DELTA) -> dict:
-  """DataDecide's 1-step law: metric = sigmoid(law(C or N, D)) fitted in one Huber fit.
-
-  c, d: compute and tokens [n]; y: the metric [n] (positive). 7 parameters with 3p or 5p ...
-  (p: law parameters then a, k, L0, b); L-BFGS-B with numerical gradients.
-  """
-  c, d, y = (np.asarray(v, np.float64) for v in (c, d, y))
-  nlaw = LAW_PARAMS[law]
-
-  def predict(th, cc, dd):
-    lp = dict(zip(("A", "alpha", "E"), np.exp([th[0]]).tolist() + [th[1], th[2]]))
-    if law == "5p":
-      lp = {"A": math.exp(th[0]), "alpha": th[1], "B": math.exp(th[2]), "beta": th[3],
-            "E": th[4]}
-      x = power_law_5p(cc / (6.0 * dd), dd, lp)
-    else:
-      x = power_law_3p(cc, lp)
-    return sigmoid(x, dict(zip(("a", "k", "L0", "b"), th[nlaw:])))
-
-  def loss(th):
-    p = predict(th, c, d)
-    if np.any(p <= 0) or not np.all(np.isfinite(p)):
-      return 1e30
-    return float(huber(np.log(p) - np.log(y), delta).sum())
-
-  lc = float(np.log(c).mean())
-  starts = []
-  for al, k in itertools.product((0.1, 0.3), (-2.0, -8.0)):
-    law0 = [math.log(max(float(y.mean()), 1e-6)) + al * lc, al, 1.0] if law != "5p" else [
-        5.0, al, 5.0, al, 1.0]
-    starts.append(np.array(law0 + [float(np.ptp(y)) * 2 or 0.5, k, 2.0, float(y.min()) / 2]))
-  best = min((optimize.minimize(loss, x0, method="L-BFGS-B", options={"maxiter": 2000})
-              for x0 in starts), key=lambda r: r.fun)
-  th = best.x
-  return {"theta": th.tolist(), "law": law, "objective": float(best.fun),
-          "n_points": int(len(y)), "_predict": lambda cc, dd: predict(th, cc, dd)}
 
 
 def _step2_points(rows: pd.DataFrame, lm: str, metric: str, share: float) -> pd.DataFrame:
