@@ -32,14 +32,15 @@ Definitions (REFERENCE.md section 5), with the choices this module makes explici
   never dropped silently: every function appends a line to `warnings` (a list) when given one,
   and the tables carry `n_recipes` and `missing`.
 - compute: the FLOPs (6 N tokens, up to the scored step) one prediction of the protocol
-  spent: one run for `per_seed`, every seed's run for `seed_mean` (n_runs x one run), every
-  proxy run a scaling law was fitted on (all seeds of all proxy sizes of a recipe).
+  spent: one run for `per_seed`, every seed's run for `seed_mean` (n_runs x one run), the runs
+  a scaling law was fitted on (fit_variants: DataDecide's default-seed runs of 150M-750M and
+  its no_750M / no_750M_no_530M variants, or every proxy run).
   compute_fraction = compute / one target run's compute at its final step.
 - Scaling laws, as DataDecide fits them (SETUPS: its 8 setup names): step 1 fits each
   recipe's loss (a lower-is-better metric, bpb first) against compute, 3-parameter
   L(C) = A / C^alpha + E, 2-parameter A / C^alpha, or 5-parameter A / N^alpha + B / D^beta + E,
   on one point per proxy size: each run's mean over its last 10% of checkpoints by count
-  (index min(n-1, ceil(0.9 n)) on), then the mean over seeds (DataDecide used one seed), at
+  (index min(n-1, ceil(0.9 n)) on), then the mean over the fit seeds (DataDecide: one), at
   the final step's compute; Huber loss (delta 1e-3) on log residuals, L-BFGS-B. Step 2 fits
   each recipe's sigmoid Acc(L) = a / (1 + exp(-k (L - L0))) + b by least squares on its runs'
   last 90% (or 50%) of checkpoints by count (index ceil(0.1 n) on, seed means), with the
@@ -51,8 +52,11 @@ Definitions (REFERENCE.md section 5), with the choices this module makes explici
   variation over the same |mean|: the pooled std of the final scores over seeds where recipes
   have >= 2 seeds, else the late checkpoints' jitter once the learning curve all runs share
   (the mean over runs at each step) and each run's offset are removed; SNR = signal / noise.
-- The macro task ('macro', metric 'primary'): per run and step, the mean over tasks of each
-  task's primary metric; the report's default headline.
+- The macro task ('macro'): per run and step, metric 'primary' is the mean over tasks of each
+  task's primary metric (the report's default headline), and every metric all tasks have is
+  averaged over tasks under its own name (DataDecide's aggregate: the mean before ranking).
+- The target's ceiling (target_ceiling): the mean over target seeds of one seed's decision
+  accuracy against the mean of the other seeds.
 """
 
 from __future__ import annotations
@@ -60,12 +64,12 @@ from __future__ import annotations
 from eval.metrics import higher_is_better  # noqa: F401  (re-exported)
 from olmo_jax.datadecide.decisions import (  # noqa: F401  (re-exported)
     TIES,
-    bootstrap_best,
     checkpoint_decision_accuracy,
     decision_accuracy,
     frontier,
     pairwise_agreement,
     rank_agreement,
+    target_ceiling,
 )
 from olmo_jax.datadecide.fits import (  # noqa: F401  (re-exported)
     HUBER_DELTA,
@@ -80,6 +84,8 @@ from olmo_jax.datadecide.fits import (  # noqa: F401  (re-exported)
 )
 from olmo_jax.datadecide.noise import snr  # noqa: F401  (re-exported)
 from olmo_jax.datadecide.scaling import (  # noqa: F401  (re-exported)
+    DATADECIDE_FIT_SIZES,
+    FIT_RUNS,
     FORM_ALIASES,
     HELPER_POINT,
     LAW_PARAMS,
@@ -90,8 +96,10 @@ from olmo_jax.datadecide.scaling import (  # noqa: F401  (re-exported)
     _step2_points,
     default_loss_metric,
     fit_one_step,
+    fit_variants,
     scaling_law_decision_accuracy,
     scaling_law_predictions,
+    setup_label,
     setup_name,
 )
 from olmo_jax.datadecide.scores import (  # noqa: F401  (re-exported)

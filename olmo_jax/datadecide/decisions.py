@@ -60,43 +60,6 @@ def pairwise_agreement(pred: pd.Series, target: pd.Series, ties: str = "half",
   return float(score / n), n, int(tied.sum())
 
 
-def bootstrap_best(scores: pd.DataFrame, best: str, higher: bool, n_boot: int = 1000,
-                   seed: int = 0) -> dict:
-  """How often `best` stays best when seeds and tasks are resampled (a bootstrap).
-
-  scores: run scores with recipe, seed, task, value (one size, each task's headline metric).
-  Each draw resamples the tasks with replacement, then each recipe's seeds with replacement
-  (per task), and ranks recipes by the mean over drawn tasks of their drawn seeds' mean.
-  Returns {confidence (share of draws where `best` wins, ties shared), n_boot, n_tasks,
-  n_seeds (most per recipe), method}.
-  """
-  rng = np.random.default_rng(seed)
-  tasks = sorted(scores["task"].unique())
-  recipes = sorted(scores["recipe"].unique())
-  vals = {(t, r): g["value"].to_numpy(np.float64)
-          for (t, r), g in scores.groupby(["task", "recipe"])}
-  n_seeds = max(len(v) for v in vals.values())
-  wins = 0.0
-  for _ in range(n_boot):
-    drawn = rng.choice(len(tasks), len(tasks), replace=True)
-    total = {r: 0.0 for r in recipes}
-    for i in drawn:
-      for r in recipes:
-        v = vals.get((tasks[i], r))
-        total[r] += np.nan if v is None else float(rng.choice(v, len(v)).mean())
-    key = {r: (total[r] if higher else -total[r]) for r in recipes}
-    top = max(key.values())
-    winners = [r for r, k in key.items() if k == top]
-    wins += (1.0 / len(winners)) if best in winners else 0.0
-  return {"confidence": wins / n_boot, "n_boot": n_boot, "n_tasks": len(tasks),
-          "n_seeds": n_seeds,
-          "method": (f"bootstrap over tasks and seeds: {n_boot} draws; each resamples the "
-                     f"{len(tasks)} task(s) with replacement, then each recipe's seeds with "
-                     f"replacement, and ranks recipes by the mean over drawn tasks of their "
-                     f"drawn seeds' mean; confidence = share of draws where the recommended "
-                     f"recipe is best (ties shared)")}
-
-
 def _predictions(scores: pd.DataFrame, protocol: str) -> Iterable[tuple[object, pd.Series]]:
   """(attempt label, recipe -> score) per prediction attempt of one cell's run scores."""
   if protocol == "seed_mean":
@@ -139,7 +102,10 @@ def _accuracy_row(scores: pd.DataFrame, tgt: pd.Series, protocol: str,
       "std": float(a.std()) if a.size else float("nan"),
       "min": float(a.min()) if a.size else float("nan"),
       "max": float(a.max()) if a.size else float("nan"),
-      "n_seeds": int(a.size), "n_pairs": int(max(pairs)) if pairs else 0,
+      # per_seed: the attempts; seed_mean: the seeds each recipe's mean averages (the most)
+      "n_seeds": int(a.size) if protocol == "per_seed" else int(
+          scores.groupby("recipe")["seed"].nunique().max()) if len(scores) else 0,
+      "n_pairs": int(max(pairs)) if pairs else 0,
       "n_target_ties": int(max(ties_n)) if ties_n else 0,
       "missing": ",".join(sorted(missing)),
   }
@@ -186,7 +152,8 @@ def decision_accuracy(table: pd.DataFrame, target: str, *, protocols=PROTOCOLS,
   Every proxy metric is scored against each of `target_metrics` ('primary': the task's OLMES
   primary metric; 'same': the proxy metric itself; or a metric name).
   Columns: size, task, metric, target_metric, method ('single_scale'), protocol,
-  decision_accuracy, std, min, max, n_seeds (prediction attempts), n_pairs, n_target_ties,
+  decision_accuracy, std, min, max, n_seeds (per_seed: the attempts; seed_mean: the seeds
+  averaged), n_pairs, n_target_ties,
   missing, step ('final'), n_runs (runs per attempt), compute (FLOPs the protocol spent per
   attempt), compute_fraction (compute / one target run).
   """
@@ -275,3 +242,31 @@ def rank_agreement(table: pd.DataFrame, task: str, metric: str, last_k: int = 1
     for b in order:
       m.loc[a, b] = pairwise_agreement(means.loc[a], means.loc[b])[0]
   return m
+
+
+def target_ceiling(table: pd.DataFrame, target: str, target_metrics=DEFAULT_TARGET_METRICS,
+                   ties: str = "half") -> pd.DataFrame:
+  """The target's agreement with itself: a ceiling for any proxy's decision accuracy.
+
+  Per (task, target metric): the mean over the target's seeds s of the decision accuracy of
+  seed s's final scores against the mean of the other seeds' (leave one seed out). A proxy
+  cannot be expected to order the recipes more reliably than another seed of the target
+  does. Columns: task, target_metric, target_ceiling (NaN with one target seed),
+  n_target_seeds.
+  """
+  s = run_scores(table[table["size"] == target])
+  tms = {tm for v in resolve_target_metrics(table, target_metrics).values() for tm in v}
+  rows = []
+  for (task, metric), g in s[s["metric"].isin(tms)].groupby(["task", "metric"]):
+    wide = g.pivot_table(index="recipe", columns="seed", values="value")
+    accs = []
+    for sd in wide.columns if wide.shape[1] > 1 else []:
+      rest = wide.drop(columns=sd).mean(axis=1)
+      acc, n, _ = pairwise_agreement(oriented(wide[sd], metric), oriented(rest, metric), ties)
+      if n:
+        accs.append(acc)
+    rows.append({"task": task, "target_metric": metric,
+                 "target_ceiling": float(np.mean(accs)) if accs else np.nan,
+                 "n_target_seeds": int(wide.shape[1])})
+  return pd.DataFrame(rows, columns=["task", "target_metric", "target_ceiling",
+                                     "n_target_seeds"])

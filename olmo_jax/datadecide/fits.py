@@ -205,3 +205,44 @@ def sigmoid(loss, p: dict) -> np.ndarray:
   """Acc(L) = a / (1 + exp(-k (L - L0))) + b."""
   x = np.asarray(loss, np.float64)
   return p["a"] / (1.0 + np.exp(np.clip(-p["k"] * (x - p["L0"]), -500, 500))) + p["b"]
+
+
+LAW_PARAMS = {"2p": 2, "3p": 3, "5p": 5}  # parameters of each step-1 law
+
+
+def fit_one_step(c, d, y, law: str, delta: float = HUBER_DELTA) -> dict:
+  """DataDecide's 1-step law: metric = sigmoid(law(C or N, D)) fitted in one Huber fit.
+
+  c, d: compute and tokens [n]; y: the metric [n] (positive). 7 parameters with 3p or 5p ...
+  (p: law parameters then a, k, L0, b); L-BFGS-B with numerical gradients.
+  """
+  c, d, y = (np.asarray(v, np.float64) for v in (c, d, y))
+  nlaw = LAW_PARAMS[law]
+
+  def predict(th, cc, dd):
+    lp = dict(zip(("A", "alpha", "E"), np.exp([th[0]]).tolist() + [th[1], th[2]]))
+    if law == "5p":
+      lp = {"A": math.exp(th[0]), "alpha": th[1], "B": math.exp(th[2]), "beta": th[3],
+            "E": th[4]}
+      x = power_law_5p(cc / (6.0 * dd), dd, lp)
+    else:
+      x = power_law_3p(cc, lp)
+    return sigmoid(x, dict(zip(("a", "k", "L0", "b"), th[nlaw:])))
+
+  def loss(th):
+    p = predict(th, c, d)
+    if np.any(p <= 0) or not np.all(np.isfinite(p)):
+      return 1e30
+    return float(huber(np.log(p) - np.log(y), delta).sum())
+
+  lc = float(np.log(c).mean())
+  starts = []
+  for al, k in itertools.product((0.1, 0.3), (-2.0, -8.0)):
+    law0 = [math.log(max(float(y.mean()), 1e-6)) + al * lc, al, 1.0] if law != "5p" else [
+        5.0, al, 5.0, al, 1.0]
+    starts.append(np.array(law0 + [float(np.ptp(y)) * 2 or 0.5, k, 2.0, float(y.min()) / 2]))
+  best = min((optimize.minimize(loss, x0, method="L-BFGS-B", options={"maxiter": 2000})
+              for x0 in starts), key=lambda r: r.fun)
+  th = best.x
+  return {"theta": th.tolist(), "law": law, "objective": float(best.fun),
+          "n_points": int(len(y)), "_predict": lambda cc, dd: predict(th, cc, dd)}

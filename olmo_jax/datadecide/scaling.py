@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 
 from eval.metrics import higher_is_better
+from olmo_jax import sizes
 from olmo_jax.datadecide.decisions import _accuracy_row, _target_map
 from olmo_jax.datadecide.fits import (
-  HUBER_DELTA,
+  LAW_PARAMS,
+  fit_one_step,
   fit_power_law_2p,
   fit_power_law_3p,
   fit_power_law_5p,
   fit_sigmoid,
-  huber,
   power_law_3p,
   power_law_5p,
   sigmoid,
@@ -47,7 +46,6 @@ SETUPS = {
     "2_param-default": {"law": "2p", "one_step": False, "helper": False, "step2": 0.9},
 }
 FORM_ALIASES = {"3p": "3_param-default", "5p": "5_param-ai2", "2p": "2_param-default"}
-LAW_PARAMS = {"2p": 2, "3p": 3, "5p": 5}
 SIGMOID_PARAMS = 4
 HELPER_POINT = (0.0, 1.0)  # (loss, metric): a perfect model scores 1 (DataDecide's default max)
 TIE_RTOL = 1e-6  # scaling-law predictions closer than this (relative) are a tie
@@ -118,44 +116,6 @@ def _law(law: str, pts: pd.DataFrame):
     return f, lambda cc, dd: power_law_3p(cc, f)
   f = fit_power_law_5p(c / (6.0 * d), d, y)
   return f, lambda cc, dd: power_law_5p(cc / (6.0 * dd), dd, f)
-
-
-def fit_one_step(c, d, y, law: str, delta: float = HUBER_DELTA) -> dict:
-  """DataDecide's 1-step law: metric = sigmoid(law(C or N, D)) fitted in one Huber fit.
-
-  c, d: compute and tokens [n]; y: the metric [n] (positive). 7 parameters with 3p or 5p ...
-  (p: law parameters then a, k, L0, b); L-BFGS-B with numerical gradients.
-  """
-  c, d, y = (np.asarray(v, np.float64) for v in (c, d, y))
-  nlaw = LAW_PARAMS[law]
-
-  def predict(th, cc, dd):
-    lp = dict(zip(("A", "alpha", "E"), np.exp([th[0]]).tolist() + [th[1], th[2]]))
-    if law == "5p":
-      lp = {"A": math.exp(th[0]), "alpha": th[1], "B": math.exp(th[2]), "beta": th[3],
-            "E": th[4]}
-      x = power_law_5p(cc / (6.0 * dd), dd, lp)
-    else:
-      x = power_law_3p(cc, lp)
-    return sigmoid(x, dict(zip(("a", "k", "L0", "b"), th[nlaw:])))
-
-  def loss(th):
-    p = predict(th, c, d)
-    if np.any(p <= 0) or not np.all(np.isfinite(p)):
-      return 1e30
-    return float(huber(np.log(p) - np.log(y), delta).sum())
-
-  lc = float(np.log(c).mean())
-  starts = []
-  for al, k in itertools.product((0.1, 0.3), (-2.0, -8.0)):
-    law0 = [math.log(max(float(y.mean()), 1e-6)) + al * lc, al, 1.0] if law != "5p" else [
-        5.0, al, 5.0, al, 1.0]
-    starts.append(np.array(law0 + [float(np.ptp(y)) * 2 or 0.5, k, 2.0, float(y.min()) / 2]))
-  best = min((optimize.minimize(loss, x0, method="L-BFGS-B", options={"maxiter": 2000})
-              for x0 in starts), key=lambda r: r.fun)
-  th = best.x
-  return {"theta": th.tolist(), "law": law, "objective": float(best.fun),
-          "n_points": int(len(y)), "_predict": lambda cc, dd: predict(th, cc, dd)}
 
 
 def _step2_points(rows: pd.DataFrame, lm: str, metric: str, share: float) -> pd.DataFrame:
@@ -243,55 +203,126 @@ def _predict(fits: _RecipeFits, setup: str, metric: str) -> dict:
           "fit": json.dumps(f), "step2": json.dumps(curve)}
 
 
+# DataDecide's fits (scaling_laws/fit_scaling_laws.py in allenai/DataDecide) use the default
+# seed's runs of 150M, 300M, 530M and 750M to predict 1B, and two variants without the largest
+# one or two sizes; FIT_RUNS 'all' fits every proxy size and seed instead.
+DATADECIDE_FIT_SIZES = ("150M", "300M", "530M", "750M")
+FIT_RUNS = ("datadecide", "all")
+
+
+def fit_variants(proxy: pd.DataFrame, fit_runs: str = "all", warnings: list | None = None
+                 ) -> list[tuple[str, list[str], list[int]]]:
+  """[(variant, sizes, seeds)] of the runs each scaling-law fit uses.
+
+  fit_runs 'all': one variant, 'all', every proxy size and seed. 'datadecide': DataDecide's
+  sizes (150M-750M when the table has at least two of them, else every proxy size) and the
+  default seed (olmo_jax.sizes.DEFAULT_SEED, else the table's smallest seed, named in a
+  warning): 'default' on all of them, 'no_<largest>' without the largest, and
+  'no_<largest>_no_<next>' without the two largest (DataDecide's no_750M, no_750M_no_530M).
+  """
+  if fit_runs not in FIT_RUNS:
+    raise ValueError(f"fit_runs={fit_runs!r}; choose one of {', '.join(FIT_RUNS)}")
+  order = size_order(proxy)
+  if fit_runs == "all":
+    return [("all", order, sorted(int(x) for x in proxy["seed"].unique()))]
+  base = [z for z in order if z in DATADECIDE_FIT_SIZES]
+  base = base if len(base) >= 2 else order
+  seeds = set(int(x) for x in proxy.loc[proxy["size"].isin(base), "seed"].unique())
+  seed = sizes.DEFAULT_SEED if sizes.DEFAULT_SEED in seeds else min(seeds)
+  if seed != sizes.DEFAULT_SEED:
+    _warn(warnings, f"scaling laws: the default seed {sizes.DEFAULT_SEED} is not in the table; "
+                    f"the fits use seed {seed} (DataDecide fits one seed)")
+  out = [("default", base, [seed])]
+  if len(base) >= 2:
+    out.append((f"no_{base[-1]}", base[:-1], [seed]))
+  if len(base) >= 3:
+    out.append((f"no_{base[-1]}_no_{base[-2]}", base[:-2], [seed]))
+  return out
+
+
+def setup_label(setup: str, variant: str) -> str:
+  """DataDecide's name of a setup fitted on a variant's sizes: 3_param-default + no_750M ->
+  3_param-no_750M, 3_param-helper_points -> 3_param-no_750M-helper_points, 5_param-ai2 ->
+  5_param-ai2-no_750M; variants 'default' and 'all' keep the setup's name."""
+  if variant in ("default", "all"):
+    return setup
+  if "-default" in setup:
+    return setup.replace("-default", f"-{variant}")
+  law, _, rest = setup.partition("-")
+  if law in ("3_param", "2_param") and "1_step" not in rest:
+    return f"{law}-{variant}-{rest}"
+  return f"{setup}-{variant}"
+
+
 def scaling_law_predictions(table: pd.DataFrame, target: str, *, target_compute=None,
                             target_tokens=None, forms=("3p", "5p"), loss_metric=None,
-                            tasks=None, warnings: list | None = None) -> pd.DataFrame:
+                            tasks=None, warnings: list | None = None,
+                            fit_runs: str = "all") -> pd.DataFrame:
   """Every recipe's predicted target score per (task, metric) and setup, as DataDecide fits.
 
-  forms: DataDecide setup names (SETUPS) or the aliases 3p, 5p. Step 1 fits each recipe's
-  loss on one point per proxy size (its runs' mean over their last 10% of checkpoints, then
-  over seeds); step 2 fits each recipe's sigmoid (least squares) on its runs' last 90% (or
-  50%) of checkpoints, optionally with the helper point; a fit with fewer points than
-  parameters is not made (status 'under-determined ...', predicted NaN). The target size's
-  rows are never fitted on. Columns: task, metric, setup, form, recipe, loss_metric,
+  forms: DataDecide setup names (SETUPS) or the aliases 3p, 5p. fit_runs: which proxy runs
+  the fits use (fit_variants: 'all', or 'datadecide': its sizes and default seed, in three
+  variants). Step 1 fits each recipe's loss on one point per fit size (its runs' mean over
+  their last 10% of checkpoints, then over the fit seeds); step 2 fits each recipe's sigmoid
+  (least squares) on its runs' last 90% (or 50%) of checkpoints, optionally with the helper
+  point; a fit with fewer points than parameters is not made (status 'under-determined ...',
+  predicted NaN). The target size's rows are never fitted on. Columns: task, metric, setup
+  (DataDecide's name, setup_label), form, variant, fit_sizes, recipe, loss_metric,
   predicted_loss, predicted, actual, abs_error, rel_error, n_points, status, compute (FLOPs of
-  the recipe's proxy runs, every seed), compute_fraction, largest_size, fit, step2 (JSON).
+  the recipe's runs the fit used), compute_fraction, largest_size, fit, step2 (JSON).
   """
   setups = [setup_name(f) for f in forms]
   proxy = table[table["size"] != target]
   tgt = target_scores(table, target) if (table["size"] == target).any() else None
   point = _target_point(table, target, target_compute, target_tokens)
-  largest = size_order(proxy)[-1] if len(proxy) else ""
   rows = []
-  for task in sorted(proxy["task"].unique()) if tasks is None else tasks:
-    lm = loss_metric or default_loss_metric(proxy, task)
-    if lm is None:
-      _warn(warnings, f"{task}: no loss-like metric (loss, bpb, ...) to fit step 1 on: "
-                      f"no scaling-law prediction")
-      continue
-    trows = proxy[proxy["task"] == task]
-    pts = _fit_points(trows)
-    for recipe, rrows in trows.groupby("recipe"):
-      rp = pts[pts["recipe"] == recipe]
-      fits = _RecipeFits(rrows, rp, lm, point)
-      spent = rp[rp["metric"] == lm]
-      compute = float((spent["compute"] * spent["n_seeds"]).sum())
-      for setup, metric in itertools.product(setups, sorted(trows["metric"].unique())):
-        r = {"predicted_loss": np.nan, "predicted": np.nan, "n_points": 0, "fit": "null",
-             "step2": "null", **_predict(fits, setup, metric)}
-        actual = np.nan
-        if tgt is not None:
-          hit = tgt[(tgt["recipe"] == recipe) & (tgt["task"] == task) & (tgt["metric"] == metric)]
-          actual = float(hit["value"].iloc[0]) if len(hit) else np.nan
-        rows.append({"task": task, "metric": metric, "setup": setup, "form": _short(setup),
-                     "recipe": recipe, "loss_metric": lm, **r, "actual": actual,
-                     "abs_error": abs(r["predicted"] - actual),
-                     "rel_error": abs(r["predicted"] - actual) / abs(actual) if actual
-                     else np.nan, "compute": compute, "compute_fraction": compute / point[0],
-                     "largest_size": largest})
+  for variant, fit_sizes, seeds in fit_variants(proxy, fit_runs, warnings) if len(proxy) else []:
+    runs = proxy[proxy["size"].isin(fit_sizes) & proxy["seed"].isin(seeds)]
+    for task in sorted(runs["task"].unique()) if tasks is None else tasks:
+      lm = loss_metric or default_loss_metric(runs, task)
+      if lm is None:
+        _warn(warnings, f"{task}: no loss-like metric (loss, bpb, ...) to fit step 1 on: "
+                        f"no scaling-law prediction")
+        continue
+      rows += _task_predictions(runs[runs["task"] == task], task, lm, setups, variant,
+                                fit_sizes, point, tgt)
   out = pd.DataFrame(rows)
   _warn_under(out, warnings)
   return out
+
+
+def _task_predictions(trows, task, lm, setups, variant, fit_sizes, point, tgt) -> list[dict]:
+  """The prediction rows of one task and fit variant (scaling_law_predictions)."""
+  pts = _fit_points(trows)
+  rows = []
+  for recipe, rrows in trows.groupby("recipe"):
+    rp = pts[pts["recipe"] == recipe]
+    fits = _RecipeFits(rrows, rp, lm, point)
+    spent = rp[rp["metric"] == lm]
+    compute = float((spent["compute"] * spent["n_seeds"]).sum())
+    for setup, metric in itertools.product(setups, sorted(trows["metric"].unique())):
+      r = {"predicted_loss": np.nan, "predicted": np.nan, "n_points": 0, "fit": "null",
+           "step2": "null", **_predict(fits, setup, metric)}
+      actual = np.nan
+      if tgt is not None:
+        hit = tgt[(tgt["recipe"] == recipe) & (tgt["task"] == task) & (tgt["metric"] == metric)]
+        actual = float(hit["value"].iloc[0]) if len(hit) else np.nan
+      rows.append({"task": task, "metric": metric, "setup": setup_label(setup, variant),
+                   "form": _short(setup), "variant": variant, "fit_sizes": ",".join(fit_sizes),
+                   "recipe": recipe, "loss_metric": lm, **r, "actual": actual,
+                   "abs_error": abs(r["predicted"] - actual),
+                   "rel_error": abs(r["predicted"] - actual) / abs(actual) if actual
+                   else np.nan, "compute": compute, "compute_fraction": compute / point[0],
+                   "largest_size": fit_sizes[-1]})
+  return rows
+
+
+def _method(g: pd.DataFrame) -> str:
+  """The decision-accuracy method of one setup's predictions: scaling_law_<form>, plus
+  -<variant> for DataDecide's size variants other than the default."""
+  variant = g["variant"].iloc[0] if "variant" in g else "all"
+  return f"scaling_law_{g['form'].iloc[0]}" + ("" if variant in ("default", "all")
+                                               else f"-{variant}")
 
 
 def _warn_under(preds: pd.DataFrame, warnings: list | None) -> None:
@@ -333,8 +364,9 @@ def scaling_law_decision_accuracy(preds: pd.DataFrame, table: pd.DataFrame, targ
       row["missing"] = ",".join(sorted(set(g["recipe"]) - set(ok["recipe"])))
       compute = float(g["compute"].mean())
       rows.append({"size": g["largest_size"].iloc[0], "task": task, "metric": metric,
-                   "target_metric": tm, "method": f"scaling_law_{g['form'].iloc[0]}",
-                   "setup": setup, **row, "step": "final", "compute": compute,
+                   "target_metric": tm, "method": _method(g),
+                   "setup": setup, "fit_sizes": g["fit_sizes"].iloc[0] if "fit_sizes" in g
+                   else "", **row, "step": "final", "compute": compute,
                    "compute_fraction": compute / c_target,
                    "mean_abs_error": float(ok["abs_error"].mean()) if len(ok) else np.nan,
                    "mean_rel_error": float(ok["rel_error"].mean()) if len(ok) else np.nan})

@@ -82,22 +82,35 @@ def _target_compute(table: pd.DataFrame, target: str) -> float:
 MACRO_TASK, MACRO_METRIC = "macro", "primary"
 
 
-def macro_table(table: pd.DataFrame) -> pd.DataFrame:
-  """Rows of the macro average: per (recipe, size, seed, step), the mean over tasks of each
-  task's primary metric (task 'macro', metric 'primary'); only checkpoints with every task.
+def macro_table(table: pd.DataFrame, warnings: list | None = None) -> pd.DataFrame:
+  """Rows of the macro task (DataDecide's aggregate: the mean over tasks before ranking).
 
-  Tasks without a primary metric (primary_metric is None) are left out; empty when none has.
+  Per (recipe, size, seed, step): metric 'primary', the mean over tasks of each task's primary
+  metric; and for every metric that every task has (bpb, correct_prob, ...), the mean over
+  tasks of that metric, under its own name. Only checkpoints with every task count. Tasks
+  without a primary metric are left out of 'primary'; empty when no task has one.
   """
-  prim = {t: primary_metric(t, g["metric"].unique()) for t, g in table.groupby("task")}
+  prim = {t: primary_metric(t, g["metric"].unique(), warnings)
+          for t, g in table.groupby("task")}
   keep = [(t, m) for t, m in prim.items() if m is not None]
   if not keep:
     return table.iloc[0:0]
-  sel = pd.concat([table[(table["task"] == t) & (table["metric"] == m)] for t, m in keep])
+  parts = [_task_mean(table, keep, MACRO_METRIC)]
+  n_tasks = table["task"].nunique()
+  per_metric = table.groupby("metric")["task"].nunique()
+  for m in sorted(per_metric[per_metric == n_tasks].index):
+    parts.append(_task_mean(table, [(t, m) for t in sorted(table["task"].unique())], m))
+  return pd.concat(parts, ignore_index=True)[list(table.columns)]
+
+
+def _task_mean(table: pd.DataFrame, cells: list[tuple[str, str]], name: str) -> pd.DataFrame:
+  """The mean over `cells` (task, metric) per run and step, as macro rows named `name`."""
+  sel = pd.concat([table[(table["task"] == t) & (table["metric"] == m)] for t, m in cells])
   g = sel.groupby(RUN + ["step"], as_index=False).agg(
       value=("value", "mean"), n=("task", "nunique"), tokens=("tokens", "max"),
       compute=("compute", "max"))
-  g = g[g["n"] == len(keep)].drop(columns="n")
-  return g.assign(task=MACRO_TASK, metric=MACRO_METRIC)[list(table.columns)]
+  g = g[g["n"] == len(cells)].drop(columns="n")
+  return g.assign(task=MACRO_TASK, metric=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,18 +153,26 @@ TARGET_PRIMARY, TARGET_SAME = "primary", "same"
 DEFAULT_TARGET_METRICS = (TARGET_PRIMARY, TARGET_SAME)
 
 
-def primary_metric(task: str, metrics: Iterable[str] = ()) -> str | None:
+def primary_metric(task: str, metrics: Iterable[str] = (), warnings: list | None = None
+                   ) -> str | None:
   """The task's OLMES primary metric (eval/tasks.py), else its accuracy-like metric, or None.
 
-  metrics: the metrics the table holds for the task; a primary it lacks is not returned.
+  metrics: the metrics the table holds for the task; a primary it lacks is not returned. The
+  macro task's primary is 'primary' (the mean of the tasks' primaries). A fallback to an
+  accuracy-like metric is named in `warnings`.
   """
   have = list(metrics)
+  if task == MACRO_TASK:
+    return MACRO_METRIC if not have or MACRO_METRIC in have else None
   family = str(task).split(":")[0]
   m = OLMES_PRIMARY.get(family)
   if m is not None and (not have or m in have):
     return m
   for cand in ("acc_raw", "accuracy", "acc"):
     if cand in have:
+      why = (f"its OLMES primary metric {m} is not in the table" if m else
+             "it has no OLMES primary metric")
+      _warn(warnings, f"{task}: {why}; 'primary' means {cand} there")
       return cand
   return None
 
@@ -165,7 +186,7 @@ def resolve_target_metrics(table: pd.DataFrame, target_metrics=DEFAULT_TARGET_ME
   out = {}
   for task, g in table.groupby("task"):
     have = sorted(g["metric"].unique())
-    prim = primary_metric(task, have)
+    prim = primary_metric(task, have, warnings)
     for tm in target_metrics:
       if tm not in (TARGET_PRIMARY, TARGET_SAME) and tm not in have:
         _warn(warnings, f"{task} has no {tm}: not a target metric there")
