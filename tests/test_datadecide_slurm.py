@@ -179,6 +179,11 @@ def test_study_on_slurm_equals_the_local_run_after_scancel_and_resubmit(slurm, t
   slurm.wait(collect, timeout_s=900)
   assert slurm.job_state(collect)[0] == "FAILED"
   assert slurm.job_state(f"{array}_2")[0] == "CANCELLED"
+  status = run([sys.executable, "-m", "olmo_jax.datadecide", "status", "--config", cfg,
+                "--workdir", str(wd)], env)
+  assert status.returncode == 0, status.stderr
+  assert status.stdout.startswith("study 'slurm-show': 8 cells: 5 done, "), status.stdout
+  assert f"{wd}/report/report.md: written " in status.stdout  # the first collect's, partial
 
   r = run(study_cmd(cfg, wd, "--executor", "slurm", "--cpus-per-task", "1", "--launch"), env)
   assert "8 cells: 5 done, 0 queued or running in earlier jobs, 3 submitted in 3 array " \
