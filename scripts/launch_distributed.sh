@@ -32,16 +32,9 @@ SIZE=$1; NUM=$2; DATA=$3; OUT=$4; shift 4
 if ! [[ "$NUM" =~ ^[1-9][0-9]*$ ]]; then
   echo "error: NUM_DEVICES=$NUM must be a positive integer" >&2; exit 2
 fi
-PLATFORM=${OLMO_JAX_PLATFORM:-auto}
-if [[ "$PLATFORM" == auto ]]; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then
-    PLATFORM=gpu
-  else
-    PLATFORM=cpu
-  fi
-fi
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-source "$HERE/xla_gpu_flags.sh"
+source "$HERE/launch_common.sh"
+PLATFORM=$(olmo_platform)
 case "$PLATFORM" in
   gpu)
     if [[ -z "${CUDA_VISIBLE_DEVICES:-}" ]]; then
@@ -51,12 +44,9 @@ case "$PLATFORM" in
   cpu)
     export JAX_PLATFORMS=cpu
     export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$NUM" ;;
-  *) echo "error: OLMO_JAX_PLATFORM=$PLATFORM must be auto, gpu or cpu" >&2; exit 2 ;;
 esac
 
 # DATA_DIR and OUTPUT_DIR are relative to where the script is called, not the repository.
-[[ "$DATA" == /* ]] || DATA="$PWD/${DATA#./}"
-[[ "$OUT" == /* ]] || OUT="$PWD/${OUT#./}"
+olmo_train_args "$SIZE" "$(olmo_abs "$DATA")" "$(olmo_abs "$OUT")" "$@"
 cd "$HERE/.."
-exec "${PYTHON:-python}" -m olmo_jax.train --config "configs/train.py:$SIZE" --workdir "$OUT" \
-  --config.data.data_dir="$DATA" --config.mesh.fsdp=-1 "$@"
+exec "${PYTHON:-python}" "${OLMO_TRAIN_ARGS[@]}"

@@ -7,6 +7,7 @@ os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest
+import slurm_cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIG = os.path.join(REPO, "configs", "train.py")
@@ -60,3 +61,16 @@ def cli_env(tmp_path_factory):
               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+  """A private one-node SLURM cluster (tests/slurm_cluster.py), installed as root where missing,
+  started once per session (per xdist worker) and stopped after it; a skip where it cannot be
+  had. Clients reach it through `slurm.env` (SLURM_CONF)."""
+  reason = slurm_cluster.unavailable_reason()
+  if reason:
+    pytest.skip(reason)
+  cluster = slurm_cluster.start(str(tmp_path_factory.mktemp("slurm")), owner=os.getpid())
+  yield cluster
+  cluster.stop()

@@ -59,7 +59,12 @@ def test_report_cli_writes_everything(table_path, tmp_path):
   da = pd.read_csv(out / "decision_accuracy.csv")
   assert list(da.columns[:7]) == ["size", "task", "metric", "method", "protocol",
                                   "decision_accuracy", "compute_fraction"]
-  assert set(da["method"]) == {"single_scale", "scaling_law_3p", "scaling_law_5p"}
+  # DataDecide's scaling-law setups by default: the default seed, on the proxy sizes (none of
+  # 150M-750M lies below this target) and without the largest one or two
+  assert set(da["method"]) == {"single_scale", "scaling_law_3p", "scaling_law_3p-no_60M",
+                               "scaling_law_3p-no_60M_no_20M"}
+  assert set(da["setup"].dropna()) == {"3_param-default", "3_param-no_60M",
+                                       "3_param-no_60M_no_20M"}
   assert set(da["protocol"]) == {"per_seed", "seed_mean"}
   final = da[(da["step"] == "final") & (da["method"] == "single_scale")]
   inter = da[(da["step"] != "final") & (da["method"] == "single_scale")]
@@ -167,41 +172,86 @@ def test_figure_helpers_scale_to_the_published_grid():
   """25 recipes: the best 8 each get a colour and marker of their own, the rest grey; up to 10
   recipes all do. Size labels on a log axis keep a minimum gap; seed_mean is plotted at the
   compute of all its seeds' runs."""
-  from olmo_jax.datadecide import report
+  from olmo_jax.datadecide import figures
   names = R.recipe_names()
-  st = report.recipe_styles(names, order=names[::-1])
+  st = figures.recipe_styles(names, order=names[::-1])
   shown = [r for r in names[::-1] if st[r]["label"]]
   assert shown == names[::-1][:8]
   assert len({(st[r]["color"], st[r]["marker"]) for r in shown}) == 8
   assert all(st[r]["color"] == "0.65" for r in names if r not in shown)
-  few = report.recipe_styles(names[:10])
+  assert "tab:gray" not in {st[r]["color"] for r in shown}  # the 8th is not the others' grey
+  few = figures.recipe_styles(names[:10])
   assert len({(v["color"], v["marker"]) for v in few.values()}) == 10
   pos = {z: R.ladder_compute(z, sizes.get_size(z).final_step) / R.ladder_compute("1B", 69369)
          for z in list(sizes.LADDER)[:-1]}
-  kept = report.thin_labels(pos, 0.12)
+  kept = figures.thin_labels(pos, 0.12)
   gaps = np.diff(np.log10([x for x, _ in kept]))
   assert kept[0][1] == "4M" and (gaps >= 0.12).all() and len(kept) < len(pos)
   da = pd.DataFrame({"protocol": ["per_seed", "seed_mean"], "n_seeds": [3, 3],
                      "compute_fraction": [0.01, 0.01]})
-  assert list(report.spent_fraction(da)) == [0.01, pytest.approx(0.03)]
-  assert list(report.spent_fraction(da.assign(n_runs=[1, 3]))) == [0.01, 0.01]
+  assert list(figures.spent_fraction(da)) == [0.01, pytest.approx(0.03)]
+  assert list(figures.spent_fraction(da.assign(n_runs=[1, 3]))) == [0.01, 0.01]
 
 
-def test_decision_accuracy_figure_draws_or_names_every_panel(tmp_path):
-  """Every task x metric is drawn, or named as omitted when its target pairs all tie."""
-  from olmo_jax.datadecide import report, synthetic
-  t, _ = synthetic.results_table(n_recipes=12, sizes_=["4M", "20M", "60M"], n_tasks=3,
-                                 seeds=(1, 2), n_ckpt=3)
-  flat = (t["task"] == "arc_easy") & (t["metric"] == "acc_raw")
-  t.loc[flat, "value"] = 0.5  # every recipe tied everywhere: nothing to decide
-  res = report.analyse(t, "60M", forms=("3p",))
-  ok = res["decision_accuracy"][res["decision_accuracy"]["decision_accuracy"].notna()]
-  cells, omitted = report._da_cells(res, ok, res["decision_accuracy"])
-  # 3 tasks x 3 metrics, plus the headline when it is the macro over tasks (drawn first).
-  extra = int(res["headline"][0] == "macro")
-  assert len(cells) + len(omitted) == 9 + extra and omitted == [("arc_easy", "acc_raw")]
-  assert cells[0] == res["headline"]
-  for fig in (report.fig_decision_accuracy(res, str(tmp_path / "da.png")),
-              report.fig_scaling(t, res, str(tmp_path / "sc.png")),
-              report.fig_rank_agreement(res, str(tmp_path / "ra.png"))):
-    assert os.path.getsize(fig) > 10_000
+@pytest.mark.slow  # a full report: ~20 s of CPU
+def test_decision_accuracy_figure_plots_the_csv_rows(tmp_path):
+  """The main figure draws each proxy metric against the target's PRIMARY metric, one panel
+  per task (macro first), its points read back from the axes equal to decision_accuracy.csv's
+  rows; the same-metric figure draws the same-metric rows; the title says which."""
+  from olmo_jax.datadecide import figures, figures_scaling, report, synthetic
+  t, _ = synthetic.results_table(n_recipes=8, sizes_=["4M", "20M", "60M", "150M"],
+                                 n_tasks=3, seeds=(6198, 14), n_ckpt=3)
+  out = report.write_report(t, "150M", str(tmp_path / "rep"), n_boot=50)
+  res = out["result"]
+  csv = pd.read_csv(tmp_path / "rep" / "decision_accuracy.csv")
+  prim = {k: A.primary_metric(k, g["metric"].unique()) for k, g in res.table.groupby("task")}
+  assert prim["macro"] == "primary" and set(prim.values()) == {"primary", "acc_raw"}
+  assert any("'primary' means acc_raw there" in w for w in res.warnings)  # not silent
+  for against, want in (("primary", csv["task"].map(prim)), ("same", csv["metric"])):
+    path, drawn = figures.fig_decision_accuracy(res, str(tmp_path / f"{against}.png"),
+                                                against=against)
+    assert os.path.getsize(path) > 10_000
+    rows = csv[(csv["target_metric"] == want) & (csv["step"] == "final")
+               & ((csv["method"] != "single_scale") | (csv["protocol"] == "per_seed"))
+               & csv["decision_accuracy"].notna()]
+    assert set(drawn["task"]) == set(rows["task"]) and "macro" in set(drawn["task"])
+    # macro rows carry every metric averaged over tasks, and the macro of the primaries
+    assert set(drawn["metric"]) == {"acc_raw", "bpb", "correct_prob", "primary"}
+    key = ["task", "metric", "method", "size"]
+    got = drawn.sort_values(["task", "metric", "method", "x"]).reset_index(drop=True)
+    rows = rows.assign(x=figures.spent_fraction(rows)).sort_values(
+        ["task", "metric", "method", "x"]).reset_index(drop=True)
+    assert len(got) == len(rows) > 0, key
+    assert np.allclose(got["decision_accuracy"], rows["decision_accuracy"])
+    assert np.allclose(got["x"], rows["x"])
+    assert list(got["method"]) == list(rows["method"])
+  md = (tmp_path / "rep" / "report.md").read_text()
+  assert "fig_decision_accuracy_same.png" in md
+  assert figures_scaling.drawn_setup(res, "macro") == "3_param-default"
+  assert os.path.getsize(figures.fig_rank_agreement(res, str(tmp_path / "ra.png"))) > 10_000
+
+
+@pytest.mark.parametrize("case", ["empty", "nan_cell"])
+def test_report_on_empty_or_missing_values(tmp_path, case):
+  """An empty table: one `error:` line naming the file, exit 2, nothing written. A recipe
+  whose values at one size are all NaN: a report, the lost values named in its warnings."""
+  t = synthetic_ladder(recipes=RECIPES[:3], sizes_=("4M", "20M", "60M"), seeds=(6198,),
+                       n_ckpt=2)
+  if case == "empty":
+    t = t.iloc[0:0]
+  else:
+    t.loc[(t["recipe"] == RECIPES[0]) & (t["size"] == "20M"), "value"] = np.nan
+  path = tmp_path / "t.csv"
+  t.to_csv(path, index=False)
+  out = tmp_path / "rep"
+  r = run_cli("report", "--results", str(path), "--target", "60M", "--output", str(out),
+              "--fit-runs", "all", "--bootstrap", "20")
+  if case == "empty":
+    assert r.returncode == 2 and r.stderr.startswith("error: --results ")
+    assert len(r.stderr.strip().splitlines()) == 1 and "no rows" in r.stderr
+    assert not out.exists()
+  else:
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((out / "recommendation.json").read_text())
+    assert any(f"recipe {RECIPES[0]} at size 20M: 4 of 4 values are missing" in w
+               for w in rec["warnings"]), rec["warnings"]

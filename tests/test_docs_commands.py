@@ -86,7 +86,12 @@ NOT_RUN = {
         "needs token files in ./data (test_launch)",
     "./scripts/olmo/launch_distributed.sh 150M 8 ./data ./outputs":
         "8 devices and a 150M run (test_launch runs it at a tiny size, slow)",
-    "sbatch ": "a SLURM cluster",
+    "python -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir /shared/dd "
+    "--executor slurm": "a SLURM cluster and GPUs (test_datadecide_slurm submits small studies)",
+    "python -m olmo_jax.datadecide status --config configs/datadecide/demo.py --workdir "
+    "/shared/dd": "a submitted study (test_datadecide_slurm reads the status of one)",
+    "sbatch ": "a SLURM cluster (tests/test_slurm.py submits the script to a private one)",
+    "python tests/slurm_cluster.py ": "starts SLURM daemons as root (test_slurm's fixture)",
     "scripts/launch_tpu_pod.sh ": "a TPU pod",
     "python -m olmo_jax.train --config configs/train.py:1B --dry_run --config.plan.platform=":
         "1B compiles take minutes on 2 cores (test_targets compiles small models, slow ones 1B)",

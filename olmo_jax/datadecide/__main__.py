@@ -1,10 +1,13 @@
 """`python -m olmo_jax.datadecide`: run a DataDecide study, or report on a results table.
 
   python -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir runs/dd
-      [--plan] [--launch] [--workers N] [--no-report]
+      [--plan] [--launch] [--workers N] [--no-report] [--collect]
+      [--executor slurm [--partition P] [--time T] [--gpus-per-task N] ...]
+  python -m olmo_jax.datadecide status --config STUDY.py --workdir DIR
   python -m olmo_jax.datadecide report --results TABLE --target SIZE --output DIR
       [--headline TASK/METRIC] [--last-k K] [--recipe-map JSON] [--recipes recipes.json]
-      [--target_metric NAME ...] [--ties half|datadecide] [--forms SETUPS] [--bootstrap N]
+      [--target_metric NAME ...] [--ties half|datadecide] [--forms SETUPS]
+      [--fit-runs datadecide|all] [--bootstrap N]
       [--allow-truncated]
 
 Bad input (a missing file or column, an unknown size or recipe, a target absent from the
@@ -40,7 +43,8 @@ def _report_parser() -> argparse.ArgumentParser:
                  help="half: a target-tied pair is not counted, a tied prediction scores 1/2; "
                       "datadecide: every pair counts, a tied prediction scores 0")
   p.add_argument("--bootstrap", type=int, default=1000,
-                 help="draws of the recommendation's bootstrap over tasks and seeds")
+                 help="draws of the recommendation's confidence (whole proxy runs resampled, "
+                      "plus the proxy-to-target error)")
   p.add_argument("--last-k", type=int, default=1,
                  help="score each run by the mean of its last K checkpoints (default 1: final)")
   p.add_argument("--recipes", action="append", default=[],
@@ -50,7 +54,12 @@ def _report_parser() -> argparse.ArgumentParser:
   p.add_argument("--sizes", default=None, help="comma-separated sizes to keep (target included)")
   p.add_argument("--recipe-map", default=None,
                  help='JSON {"display name": "recipe"} for published tables')
-  p.add_argument("--forms", default="3p,5p",
+  p.add_argument("--fit-runs", default="datadecide", choices=("datadecide", "all"),
+                 help="the runs the scaling laws fit on: datadecide (default): as DataDecide, "
+                      "the default seed's runs of 150M-750M (every proxy size when the table "
+                      "lacks them) and the variants without the largest one or two sizes "
+                      "(no_750M, no_750M_no_530M); all: every proxy size and seed in one fit")
+  p.add_argument("--forms", default="3p",
                  help="scaling-law setups, comma-separated: DataDecide's names (3_param-default, "
                       "3_param-helper_points, 3_param-step2=0.5, 3_param-helper_points-step2=0.5, "
                       "5_param-ai2, 5_param-1_step-ai2, 3_param-1_step, 2_param-default), the "
@@ -90,6 +99,9 @@ def _write_report(a) -> dict:
   except json.JSONDecodeError as e:
     raise results.InputError(f"--recipe-map is not valid JSON ({e})") from None
   table = results.read_table(a.results, rmap)
+  if not len(table):
+    raise results.InputError(f"--results {a.results}: the table has no rows; nothing to "
+                             f"analyse (did the study score any checkpoint?)")
   files = [v for v in a.recipes if v.endswith(".json")]
   lists = [v for v in a.recipes if not v.endswith(".json")]
   if len(files) > 1 or len(lists) > 1:
@@ -107,6 +119,7 @@ def _write_report(a) -> dict:
   return report.write_report(table, a.target, a.output, last_k=a.last_k,
                              headline=a.headline, forms=forms, recipes=described,
                              target_metrics=target_metrics, ties=a.ties, n_boot=a.bootstrap,
+                             fit_runs=a.fit_runs,
                              warnings=warned)
 
 
@@ -132,8 +145,28 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "report":
     return report_main(_local_dirs(argv[1:], {"--output": (), "--results": None}))
-  from olmo_jax.datadecide import study
-  return study.main(_local_dirs(argv, {"--workdir": None}))
+  if argv and argv[0] == "status":
+    from olmo_jax.datadecide import status
+    return status.main(argv[1:])
+  from olmo_jax import paths
+  if _flag(argv, "--executor") == "slurm" and paths.is_remote(_flag(argv, "--workdir") or ""):
+    print(f"error: --executor slurm: --workdir {_flag(argv, '--workdir')} is a bucket, which a "
+          "study mirrors on the submitting machine only; give a directory every node sees (a "
+          "shared filesystem, or the bucket mounted with gcsfuse on every node)", file=sys.stderr)
+    return 2
+  from olmo_jax.datadecide import cli
+  return cli.main(_local_dirs(argv, {"--workdir": None}))
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+  """The value of `name VALUE` or `name=VALUE` in argv (the last one), else None."""
+  value = None
+  for i, arg in enumerate(argv):
+    if arg == name and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif arg.startswith(name + "="):
+      value = arg.split("=", 1)[1]
+  return value
 
 
 def _local_dirs(argv: list[str], flags: dict[str, tuple | None]) -> list[str]:

@@ -132,16 +132,23 @@ OLMES_TASKS = ("arc_challenge", "arc_easy", "boolq", "csqa", "hellaswag", "mmlu"
 
 def results_table(n_recipes: int = 25, sizes_=None, n_tasks: int = 10, seeds=None,
                   n_ckpt: int = 5, seed: int = 0, quality_spread: float = 0.12,
-                  noise=(0.002, 0.03)):
+                  noise=(0.002, 0.03), growth: float = 1.0):
   """A results table with planted truth: 25 recipes x the 14 ladder sizes x 10 OLMES tasks.
 
-  Recipe i has quality q_i = quality_spread * i / (n_recipes - 1) (recipe 0 best, in
-  results.recipe_names() order). Per task t, a size's bpb at compute C is
-  (3000 C^-0.2 + 1.9 + 0.3 t / n_tasks - q_i) * exp(e), e ~ N(0, sigma_t / 4), acc_raw the
-  task's sigmoid of bpb plus N(0, sigma_t) per checkpoint and seed, correct_prob a smoother
-  sigmoid plus N(0, sigma_t / 3); sigma_t spans `noise` geometrically (task 0 the quietest).
-  `seeds`: None = the published seeds of the small sizes (default, small aux 2, small aux 3).
-  Returns (table, {"quality": {recipe: q}, "task_noise": {task: sigma}}).
+  Recipe i has quality q_i = quality_spread * i / (n_recipes - 1): the LAST recipe of
+  results.recipe_names() order is the best, recipe 0 the worst (the returned truth names
+  the order). A recipe's effect grows with scale, as the DataDecide paper's claim needs (its
+  proxies should get better at ranking as they grow): at compute C it is
+  q_i * g(C), g = (u^growth) with u = log(C / C_min) / log(C_max / C_min) mapped to
+  [0.05, 1] over the ladder (growth 0: the same effect at every size). Per task t, bpb at
+  compute C is (3000 C^-0.2 + 1.9 + 0.3 t / n_tasks - q_i g(C)) * exp(e), e ~ N(0, sigma_t /
+  4); acc_raw = 0.25 + 0.6 sigmoid(1.2 (2.6 - bpb)) + N(0, sigma_t), correct_prob = 0.2 + 0.7
+  sigmoid(1.0 (2.5 - bpb)) + N(0, sigma_t / 3) per checkpoint and seed; the sigmoids are
+  gentle over the ladder's bpb range (about 2.1 to 3.9), so a recipe's accuracy effect does not
+  saturate away at the large sizes. sigma_t spans `noise` geometrically (task 0 the
+  quietest). `seeds`: None = the published seeds of the small sizes (default, small aux 2,
+  small aux 3). Returns (table, {"quality": {recipe: q}, "task_noise": {task: sigma},
+  "best": the best recipe}).
   """
   import numpy as np
   import pandas as pd
@@ -155,18 +162,22 @@ def results_table(n_recipes: int = 25, sizes_=None, n_tasks: int = 10, seeds=Non
   tasks = OLMES_TASKS[:n_tasks]
   sigmas = np.geomspace(noise[0], noise[1], len(tasks))
   quality = {r: quality_spread * i / max(1, n_recipes - 1) for i, r in enumerate(recipes)}
+  lo, hi = (np.log(float(R.ladder_compute(z, sizes.get_size(z).final_step)))
+            for z in ("4M", "1B"))
   rows = []
   for z in (sizes_ or list(sizes.LADDER)):
     s = sizes.get_size(z)
     steps = [s.final_step * k // n_ckpt for k in range(1, n_ckpt + 1)]
     comp = np.array([R.ladder_compute(z, st) for st in steps], dtype=float)
+    u = np.clip((np.log(comp) - lo) / (hi - lo), 0.0, 1.0)
+    gain = 0.05 + 0.95 * u ** growth if growth > 0 else np.ones_like(u)
     for ti, (task, sig) in enumerate(zip(tasks, sigmas)):
       base = 3000.0 * comp ** -0.2 + 1.9 + 0.3 * ti / len(tasks)
       for r in recipes:
         for sd in seeds:
-          bpb = (base - quality[r]) * np.exp(rng.normal(0, sig / 4, n_ckpt))
-          acc = 0.25 + 0.6 / (1 + np.exp(3.0 * (bpb - 3.0))) + rng.normal(0, sig, n_ckpt)
-          cp = 0.2 + 0.7 / (1 + np.exp(2.0 * (bpb - 2.8))) + rng.normal(0, sig / 3, n_ckpt)
+          bpb = (base - quality[r] * gain) * np.exp(rng.normal(0, sig / 4, n_ckpt))
+          acc = 0.25 + 0.6 / (1 + np.exp(1.2 * (bpb - 2.6))) + rng.normal(0, sig, n_ckpt)
+          cp = 0.2 + 0.7 / (1 + np.exp(1.0 * (bpb - 2.5))) + rng.normal(0, sig / 3, n_ckpt)
           for k, st in enumerate(steps):
             rows.append((r, z, sd, st, float(st * s.tokens_per_step), comp[k], task, bpb[k],
                          acc[k], cp[k]))
@@ -174,4 +185,5 @@ def results_table(n_recipes: int = 25, sizes_=None, n_tasks: int = 10, seeds=Non
                                      "task", "bpb", "acc_raw", "correct_prob"])
   long = wide.melt(id_vars=list(R.COLUMNS[:7]), value_vars=["acc_raw", "bpb", "correct_prob"],
                    var_name="metric", value_name="value")
-  return R.validate_table(long), {"quality": quality, "task_noise": dict(zip(tasks, sigmas))}
+  return R.validate_table(long), {"quality": quality, "task_noise": dict(zip(tasks, sigmas)),
+                                  "best": max(quality, key=quality.get)}
