@@ -189,6 +189,12 @@ def _md_decision_accuracy(res: Analysis, figs: dict) -> list[str]:
   return lines
 
 
+def _short_list(names) -> str:
+  """A comma-separated list, as its count when long (the CSV keeps every name)."""
+  items = [x for x in str(names).split(",") if x and x != "nan"]
+  return ",".join(items) if len(items) <= 4 else f"{len(items)} recipes (see the CSV)"
+
+
 def _md_scaling(res: Analysis, figs: dict) -> list[str]:
   """DataDecide's scaling-law setups: decision accuracy, errors, compute; predicted vs
   measured per recipe for the headline; the figure."""
@@ -200,7 +206,8 @@ def _md_scaling(res: Analysis, figs: dict) -> list[str]:
          "without the largest one or two" if res.fit_runs == "datadecide"
          else "every proxy size and seed in one fit")
   if len(sl):
-    h = sl[(sl["task"] == task) & (sl["metric"] == metric)]
+    h = sl[(sl["task"] == task) & (sl["metric"] == metric)].copy()
+    h["missing"] = h["missing"].map(_short_list)
     lines += [f"Fits on {how}. Headline, against the target's primary metric; every task and "
               f"metric is in decision_accuracy.csv:", "",
               markdown_table(h[["task", "metric", "target_metric", "setup", "fit_sizes",
