@@ -55,8 +55,9 @@ Definitions (REFERENCE.md section 5), with the choices this module makes explici
 - The macro task ('macro'): per run and step, metric 'primary' is the mean over tasks of each
   task's primary metric (the report's default headline), and every metric all tasks have is
   averaged over tasks under its own name (DataDecide's aggregate: the mean before ranking).
-- The target's ceiling (target_ceiling): the mean over target seeds of one seed's decision
-  accuracy against the mean of the other seeds.
+- The target's noise ceiling (target_ceiling): the mean over recipe pairs of Phi(|d| / s), d
+  the difference of the target means and s its standard error from the target's seeds
+  (variance pooled over recipes).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from olmo_jax.datadecide.scores import (
   CELL,
@@ -246,27 +247,35 @@ def rank_agreement(table: pd.DataFrame, task: str, metric: str, last_k: int = 1
 
 def target_ceiling(table: pd.DataFrame, target: str, target_metrics=DEFAULT_TARGET_METRICS,
                    ties: str = "half") -> pd.DataFrame:
-  """The target's agreement with itself: a ceiling for any proxy's decision accuracy.
+  """The target's own noise as a ceiling on any proxy's decision accuracy.
 
-  Per (task, target metric): the mean over the target's seeds s of the decision accuracy of
-  seed s's final scores against the mean of the other seeds' (leave one seed out). A proxy
-  cannot be expected to order the recipes more reliably than another seed of the target
-  does. Columns: task, target_metric, target_ceiling (NaN with one target seed),
-  n_target_seeds.
+  The target's seed means are measured with noise, so even a perfect proxy (one that orders
+  the recipes by their true target quality) disagrees with them on close pairs. Per (task,
+  target metric): the mean over recipe pairs of Phi(|d| / s), d the difference of the two
+  recipes' target means and s its standard error (the seed variance pooled over recipes, over
+  each recipe's n): the chance that the measured target orders the pair as the truth does,
+  taking the measured differences as true (an estimate, which errs high where the recipes
+  differ by less than the noise). Pairs tied at the target count as `ties` does. Columns:
+  task, target_metric, target_ceiling (NaN without two seeds per recipe), n_target_seeds.
   """
   s = run_scores(table[table["size"] == target])
   tms = {tm for v in resolve_target_metrics(table, target_metrics).values() for tm in v}
   rows = []
   for (task, metric), g in s[s["metric"].isin(tms)].groupby(["task", "metric"]):
-    wide = g.pivot_table(index="recipe", columns="seed", values="value")
-    accs = []
-    for sd in wide.columns if wide.shape[1] > 1 else []:
-      rest = wide.drop(columns=sd).mean(axis=1)
-      acc, n, _ = pairwise_agreement(oriented(wide[sd], metric), oriented(rest, metric), ties)
-      if n:
-        accs.append(acc)
-    rows.append({"task": task, "target_metric": metric,
-                 "target_ceiling": float(np.mean(accs)) if accs else np.nan,
-                 "n_target_seeds": int(wide.shape[1])})
+    per = g.groupby("recipe")["value"]
+    mean, n = per.mean().to_numpy(), per.count().to_numpy()
+    dof = np.maximum(n - 1, 0)
+    pooled = float((per.var(ddof=1).fillna(0).to_numpy() * dof).sum() / max(dof.sum(), 1))
+    se2 = pooled / n  # the seed variance pooled over recipes: 3 seeds alone say little
+    iu = np.triu_indices(len(mean), 1)
+    d = np.abs(mean[:, None] - mean[None, :])[iu]
+    sd = np.sqrt(se2[:, None] + se2[None, :])[iu]
+    ok = (d > 0) if ties == "half" else np.ones_like(d, dtype=bool)
+    ceil = np.nan
+    if len(d) and n.min() >= 2 and ok.any():
+      z = np.divide(d, sd, out=np.full_like(d, np.inf), where=sd > 0)
+      ceil = float(special.ndtr(z[ok]).mean())
+    rows.append({"task": task, "target_metric": metric, "target_ceiling": ceil,
+                 "n_target_seeds": int(n.min()) if len(n) else 0})
   return pd.DataFrame(rows, columns=["task", "target_metric", "target_ceiling",
                                      "n_target_seeds"])

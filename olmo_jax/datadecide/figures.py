@@ -129,7 +129,7 @@ def _task_order(res: Analysis, rows: pd.DataFrame) -> list[str]:
 def _da_task_panel(ax, d: pd.DataFrame, colors: dict, laws: list[str], task: str,
                    names: bool) -> list[float]:
   """One task: a line per proxy metric over the sizes, the scaling-law setups as markers, the
-  target's own seed agreement as the dashed ceiling; returns the y values drawn."""
+  target's noise ceiling dashed (decisions.target_ceiling); returns the y values drawn."""
   from matplotlib.ticker import NullFormatter
   ax.set_xscale("log")
   ax.xaxis.set_minor_formatter(NullFormatter())
@@ -149,7 +149,7 @@ def _da_task_panel(ax, d: pd.DataFrame, colors: dict, laws: list[str], task: str
         ys += list(p["decision_accuracy"])
   ceil = d["target_ceiling"].dropna().unique() if "target_ceiling" in d else []
   for c in ceil[:1] if len(set(np.round(ceil, 9))) == 1 else []:
-    ax.axhline(c, color="black", ls="--", lw=0.9, label="target's own seeds (ceiling)")
+    ax.axhline(c, color="black", ls="--", lw=0.9, label="target noise ceiling")
     ys.append(float(c))
   single = d[(d["method"] == "single_scale")]
   if len(single):
@@ -167,8 +167,8 @@ def fig_decision_accuracy(res: Analysis, path: str, against: str = A.TARGET_PRIM
   against 'primary': each proxy metric is scored against the target's primary metric of its
   task (the paper's question: which proxy metric predicts the target's accuracy); 'same':
   against itself at the target. Lines: single scale (final checkpoints, mean over seeds) over
-  the sizes, named on the top axes; markers: the scaling-law setups; dashed: the target's own
-  seed agreement (no proxy can be expected above it). Returns (path, the plotted points read
+  the sizes, named on the top axes; markers: the scaling-law setups; dashed: the target's noise
+  ceiling (decisions.target_ceiling). Returns (path, the plotted points read
   back from the figure: task, metric, method, x, decision_accuracy).
   """
   plt = _plt()
@@ -215,7 +215,7 @@ def _da_legend(axes, colors: dict, laws: list[str]) -> None:
                             markeredgecolor="black", label=law)
               for law, mk in zip(laws, LAW_MARKERS)]
   handles.append(mlines.Line2D([], [], color="black", ls="--",
-                               label="target's own seeds (ceiling)"))
+                               label="target noise ceiling"))
   axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
                      title="proxy metric / prediction", title_fontsize=7, frameon=False)
 

@@ -146,8 +146,10 @@ def _scaling_panel(ax, dax, table, res, task, m, recipes, styles, setup) -> dict
   pts["diff"] = pts["value"] - pts.groupby(["size", "step"])["value"].transform("mean")
   proxy = pts[pts["size"] != res.target]
   t_compute = table[table["size"] == res.target]["compute"].max()
-  cs = np.logspace(np.log10(proxy["compute"][proxy["compute"] > 0].min()),
-                   np.log10(t_compute), 60) if len(proxy) else None
+  fit = _fit_sizes(res, task, setup)  # curves start at the sizes they were fitted on
+  start = proxy[proxy["size"].isin(fit)] if fit else proxy
+  cs = np.logspace(np.log10(start["compute"][start["compute"] > 0].min()),
+                   np.log10(t_compute), 60) if len(start) else None
   handles, drawn = {}, False
   for r in sorted(recipes, key=lambda r: styles[r]["zorder"]):
     st = styles[r]
@@ -189,13 +191,16 @@ def _scaling_panel(ax, dax, table, res, task, m, recipes, styles, setup) -> dict
 
 def _shade_fit_sizes(ax, res: Analysis, task: str, setup: str | None, pts) -> None:
   """Shades the compute range of the sizes the drawn setup was fitted on."""
-  sl = res.scaling_law_all
-  if setup is None or not len(sl):
-    return
-  g = sl[(sl["task"] == task) & (sl["setup"] == setup)]
-  if not len(g):
-    return
-  fit_sizes = g["fit_sizes"].iloc[0].split(",")
+  fit_sizes = _fit_sizes(res, task, setup)
   c = pts[pts["size"].isin(fit_sizes)]["compute"]
   if len(c):
     ax.axvspan(c.min(), c.max(), color="0.9", zorder=0, label="fit sizes")
+
+
+def _fit_sizes(res: Analysis, task: str, setup: str | None) -> list[str]:
+  """The sizes `setup` was fitted on for `task` ([] when none)."""
+  sl = res.scaling_law_all
+  if setup is None or not len(sl):
+    return []
+  g = sl[(sl["task"] == task) & (sl["setup"] == setup)]
+  return g["fit_sizes"].iloc[0].split(",") if len(g) else []

@@ -74,9 +74,9 @@ def primary_markdown(res: Analysis) -> list[str]:
            "Each proxy metric at each proxy size ranks the recipes; the score is the share of "
            "recipe pairs ordered as the target's primary metric orders them (per_seed: the "
            "mean over proxy seeds). The macro rows average every metric over the tasks before "
-           "ranking (DataDecide's aggregate). `target ceiling`: how often one target seed "
-           "orders a pair as the other target seeds' mean does; no proxy can be expected to "
-           "do better.", ""]
+           "ranking (DataDecide's aggregate). `target ceiling`: the share of pairs a perfect "
+           "proxy would order as the target's noisy seed means do (normal approximation from "
+           "the target's seeds; decisions.target_ceiling).", ""]
   for name, piv in primary_tables(res, "per_seed").items():
     lines += [f"{name}, per_seed:", "", markdown_table(piv.reset_index()), ""]
   snr = res.snr
@@ -183,10 +183,16 @@ def _md_decision_accuracy(res: Analysis, figs: dict) -> list[str]:
             "proxy size (named on the top axis), scored against the target's primary metric "
             "of that task, against the compute the prediction spent (one run per seed: "
             "per_seed); large markers: the scaling-law setups at the compute of the runs they "
-            "were fitted on; dashed: the target's own seed agreement, the ceiling.", "",
+            "were fitted on; dashed: the target's noise ceiling.", "",
             f"The same, each proxy metric against itself at the target: "
             f"![same metric]({os.path.basename(figs['da_same'])})", ""]
   return lines
+
+
+def _short_list(names) -> str:
+  """A comma-separated list, as its count when long (the CSV keeps every name)."""
+  items = [x for x in str(names).split(",") if x and x != "nan"]
+  return ",".join(items) if len(items) <= 4 else f"{len(items)} recipes (see the CSV)"
 
 
 def _md_scaling(res: Analysis, figs: dict) -> list[str]:
@@ -200,7 +206,8 @@ def _md_scaling(res: Analysis, figs: dict) -> list[str]:
          "without the largest one or two" if res.fit_runs == "datadecide"
          else "every proxy size and seed in one fit")
   if len(sl):
-    h = sl[(sl["task"] == task) & (sl["metric"] == metric)]
+    h = sl[(sl["task"] == task) & (sl["metric"] == metric)].copy()
+    h["missing"] = h["missing"].map(_short_list)
     lines += [f"Fits on {how}. Headline, against the target's primary metric; every task and "
               f"metric is in decision_accuracy.csv:", "",
               markdown_table(h[["task", "metric", "target_metric", "setup", "fit_sizes",
