@@ -379,6 +379,11 @@ def test_bucket_errors_on_the_command_lines_come_first_and_write_nothing(bucket,
                        "--tasks", "boolq", "--output", "gs://nosuchbucket/eval"], env,
                       "error: --output gs://nosuchbucket/eval: bucket nosuchbucket does not "
                       "exist"),
+      "study workdir": ([sys.executable, "-m", "olmo_jax.datadecide", "--config",
+                         os.path.join(ROOT, "configs", "datadecide", "demo.py"), "--workdir",
+                         "gs://nosuchbucket/dd"], env,
+                        "error: --workdir gs://nosuchbucket/dd: bucket nosuchbucket does not "
+                        "exist"),
   }
   procs = {k: subprocess.Popen(cmd, env=e, cwd=ROOT, text=True, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE) for k, (cmd, e, _) in cases.items()}

@@ -185,6 +185,11 @@ def _local_dirs(argv: list[str], flags: dict[str, tuple | None]) -> list[str]:
     value = value if eq else (out[j] if j < len(out) else "")
     if not paths.is_remote(value):
       continue
+    try:  # shape, bucket and endpoint named in one line before anything is mirrored
+      paths.check_bucket(value, name, write=name != "--results")
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      raise SystemExit(2) from None
     if name == "--results":  # a file: fetched into its directory's mirror
       local = os.path.join(paths.mirror(os.path.dirname(value), ()), os.path.basename(value))
       if paths.isfile(value):  # else read_table names the missing file
