@@ -17,6 +17,10 @@ import os
 import sys
 from typing import Any, Sequence
 
+from olmo_jax import runtime
+
+runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
+
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 

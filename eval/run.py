@@ -32,6 +32,10 @@ import sys
 import time
 from typing import Any, Sequence
 
+from olmo_jax import runtime
+
+runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
+
 from eval import evaluation as ev
 from eval import resume
 from eval import tasks as tasks_lib

@@ -1,5 +1,5 @@
-"""olmo-jax: OLMo training in JAX/Flax NNX with the DataDecide workflow."""
+"""olmo-jax: OLMo training in JAX/Flax NNX with the DataDecide workflow.
 
-from olmo_jax import targets as _targets
-
-_targets.default_to_cpu()  # before JAX picks a backend: a CPU host stays a plain CPU host
+Importing the package changes nothing in the process; the entry points call
+`olmo_jax.runtime.init()` (the CPU default on a host without accelerators) first.
+"""

@@ -17,8 +17,8 @@ import ml_collections
 
 from olmo_jax import params as params_lib
 from olmo_jax import sizes
-from olmo_jax.kernels import resolve_platform
 from olmo_jax.model import ModelConfig
+from olmo_jax.runtime import resolve_platform
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

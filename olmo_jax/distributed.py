@@ -30,6 +30,8 @@ import sys
 import threading
 from typing import Mapping
 
+from olmo_jax import runtime
+
 DEFAULT_SLURM_PORT_BASE = 61440  # ports 61440-65535, picked from the job id as JAX does
 DEFAULT_TIMEOUT_S = 300  # JAX's own default for joining the run
 # JAX aborts the process (a fatal log, no exception) when its own deadline passes, so its
@@ -67,8 +69,7 @@ def _int_env(env: Mapping[str, str], *names: str) -> int | None:
 
 
 def _tpu_present() -> bool:
-  from olmo_jax import targets
-  return importlib.util.find_spec("libtpu") is not None and targets.tpu_present()
+  return importlib.util.find_spec("libtpu") is not None and runtime.tpu_present()
 
 
 def detect(coordinator: str | None = None, num_processes: int | None = None,

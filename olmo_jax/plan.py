@@ -33,6 +33,7 @@ import time
 
 import ml_collections
 
+from olmo_jax import runtime
 from olmo_jax.plan_options import plan_options, usable_fraction
 
 GIB = 1024 ** 3
@@ -220,7 +221,7 @@ def local_device_memory(opts) -> tuple[str, int]:
   see memory_fraction), counted once; elsewhere the memory times plan.headroom."""
   import jax
   d = jax.local_devices()[0]
-  platform = "gpu" if d.platform in ("gpu", "cuda", "rocm") else d.platform
+  platform = runtime.device_platform(d)
   if opts.device_memory_gb:
     return d.device_kind.lower(), int(opts.device_memory_gb * 1e9
                                       * usable_fraction(opts, platform))
@@ -278,8 +279,7 @@ def compiled_plan(compiled, abstract, shard, cfg, mesh, *, source="compiled",
       - int(ma.alias_size_in_bytes)
   n = mesh.devices.size
   opts = plan_options(cfg)
-  platform = mesh.devices.flat[0].platform
-  platform = "gpu" if platform in ("cuda", "rocm") else platform
+  platform = runtime.device_platform(mesh.devices.flat[0])
   hlo = compiled.as_text() or ""
   return Plan(source, platform, kind, n, dict(mesh.shape), params, opt,
               temp, max(other, 0), device_memory,
@@ -584,11 +584,9 @@ def for_target(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def target_platform(opts) -> tuple[str, str]:
   """(platform the plan is for, platform at hand); ValueError names a bad plan.* setting."""
-  import jax
   if opts.platform not in PLATFORMS:
     raise ValueError(f"plan.platform={opts.platform!r} must be one of {PLATFORMS}")
-  here = jax.devices()[0].platform
-  here = "gpu" if here in ("cuda", "rocm") else here
+  here = runtime.resolve_platform()
   platform = here if opts.platform == "auto" else opts.platform
   if platform == "gpu" and platform != here and opts.devices <= 0:
     raise ValueError("plan.platform=gpu: also set plan.devices (the GPUs to plan for, over "

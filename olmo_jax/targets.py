@@ -1,11 +1,7 @@
 """Which devices JAX uses here, and compile-only devices of accelerators that are not here.
 
-Devices at hand: `olmo_jax` is imported before JAX initialises a backend, and on a host with
-no accelerator (no /dev/nvidia*, /dev/accel*, /dev/vfio/N, /dev/kfd, no TPU environment) it
-sets JAX_PLATFORMS=cpu unless the user set JAX_PLATFORMS, and keeps the CUDA plugin's modules
-from loading. A CPU host with libtpu and the CUDA compile plugin installed then starts exactly
-as one without them: no TPU initialisation, no CUDA driver messages. A TPU VM or GPU host is
-left alone: JAX picks its devices as always.
+Devices at hand: JAX picks them; on a host without accelerators the entry points'
+`runtime.init()` makes that a plain CPU host (olmo_jax/runtime.py).
 
 Devices not at hand (`--dry_run` / the plan for plan.platform=gpu|tpu): the compilers are
 loaded on demand and give compile-only devices (jax.experimental.topologies) that the real
@@ -19,12 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import importlib
-import importlib.abc
-import importlib.machinery
 import os
 import sys
+
+from olmo_jax import runtime
 
 TARGET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets")
 # plan.device_kind -> target description file (gpu_targets/<name>.txtpb).
@@ -35,8 +30,6 @@ GPU_TARGETS = {"a100": "a100_80gb", "a100_80gb": "a100_80gb", "a100_40gb": "a100
 TPU_MEMORY = {"tpu v4": 32 * 2**30, "tpu v5 lite": 16 * 2**30, "tpu v5e": 16 * 2**30,
               "tpu v5p": 95 * 2**30, "tpu v5": 95 * 2**30, "tpu v6 lite": 32 * 2**30,
               "tpu v6e": 32 * 2**30}
-_CUDA_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin")
-_CUDA_PJRT = "jax_plugins.xla_cuda12"
 
 
 def compiler_installed(platform: str) -> bool:
@@ -47,57 +40,6 @@ def compiler_installed(platform: str) -> bool:
     return True
   except metadata.PackageNotFoundError:
     return False
-
-
-def tpu_present(env=None) -> bool:
-  """TPU chips on this host: their device files, or a TPU VM's environment."""
-  env = os.environ if env is None else env
-  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
-              or env.get("TPU_ACCELERATOR_TYPE") or env.get("TPU_WORKER_HOSTNAMES"))
-
-
-def gpu_present() -> bool:
-  """NVIDIA (/dev/nvidia0...) or AMD (/dev/kfd) GPUs on this host."""
-  return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
-
-
-class _NoCuda(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-  """Keeps the CUDA plugin unloaded on a host without GPUs: its extension packages import as
-  missing (as when not installed) and its PJRT plugin module as one with nothing to register."""
-
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in _CUDA_MODULES:
-      raise ModuleNotFoundError(f"no GPU on this host: {name} is not loaded", name=name)
-    if name == _CUDA_PJRT:
-      return importlib.machinery.ModuleSpec(name, self)
-    return None
-
-  def create_module(self, spec):
-    return None
-
-  def exec_module(self, module):
-    module.initialize = lambda: None
-
-
-_NO_CUDA = _NoCuda()
-
-
-def default_to_cpu() -> None:
-  """On a host without accelerators: JAX_PLATFORMS=cpu (unless set) and no CUDA plugin.
-
-  Runs when olmo_jax is imported; effective when JAX has not initialised a backend yet.
-  """
-  if tpu_present() or gpu_present():
-    return
-  wanted = os.environ.get("JAX_PLATFORMS")
-  if wanted is None:
-    os.environ["JAX_PLATFORMS"] = "cpu"
-    if "jax" in sys.modules:  # imported first: its config read the environment already
-      sys.modules["jax"].config.update("jax_platforms", "cpu")
-  elif any(p.strip() in ("cuda", "gpu") for p in wanted.split(",")):
-    return  # asked for explicitly: let JAX say what is missing
-  if "jax" not in sys.modules and _NO_CUDA not in sys.meta_path:
-    sys.meta_path.insert(0, _NO_CUDA)
 
 
 @contextlib.contextmanager
@@ -119,13 +61,10 @@ def load_cuda_compiler() -> None:
   from jax._src import xla_bridge as xb
   if "cuda" in xb._topology_factories:
     return
-  if _NO_CUDA in sys.meta_path:
-    sys.meta_path.remove(_NO_CUDA)
-  for name in [n for n in sys.modules if n == _CUDA_PJRT or n.split(".")[0] in _CUDA_MODULES]:
-    del sys.modules[name]
+  runtime.allow_cuda()
   xb.backends()  # the devices at hand first (plugin discovery runs once)
   with _quiet_stderr():
-    plugin = importlib.import_module(_CUDA_PJRT)
+    plugin = importlib.import_module(runtime.CUDA_PJRT)
     if "cuda" not in xb._topology_factories:
       plugin.initialize()
   if "cuda" not in xb._topology_factories:
@@ -179,7 +118,7 @@ def tpu_target(topology: str, slices: int = 1) -> Target:
   if not topology:
     raise ValueError("plan.platform=tpu: set plan.topology, e.g. v5e:4x4 or v5p:2x2x2")
   from jax.experimental import topologies
-  if not tpu_present():  # no chips to guard: compile-only libtpu in any number of processes
+  if not runtime.tpu_present():  # no chips to guard: compile-only libtpu in any number of processes
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   kw = {"num_slices": slices} if slices > 1 else {}
   try:

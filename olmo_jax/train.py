@@ -22,6 +22,10 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from olmo_jax import runtime
+
+runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
+
 from olmo_jax import cli, distributed, paths, plan_options
 from olmo_jax import config as config_lib
 from olmo_jax import plan as plan_lib

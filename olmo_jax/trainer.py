@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from olmo_jax import model as model_lib
 from olmo_jax import sharding
-from olmo_jax.kernels import resolve_platform
+from olmo_jax.runtime import resolve_platform
 
 State = dict[str, Any]
 

@@ -16,6 +16,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from olmo_jax import runtime  # noqa: E402
+
 # The shape fields d_model, n_heads and n_layers come from the ladder size (or 'custom').
 SHAPE_FIELDS = ("d_model", "n_heads", "n_layers")
 
@@ -79,6 +81,7 @@ def convert(hf_dir: str, output: str, print_fn=print) -> str:
 
 
 def main(argv=None) -> int:
+  runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--hf", required=True, help="HF model directory (config.json + weights)")
   p.add_argument("--output", required=True, help="workdir to create (must hold no checkpoints)")

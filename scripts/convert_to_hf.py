@@ -21,6 +21,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from olmo_jax import runtime  # noqa: E402
+
+runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
+
 import numpy as np  # noqa: E402
 
 from data_pipeline import atomic  # noqa: E402

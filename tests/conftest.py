@@ -6,8 +6,12 @@ import os
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import pytest
-import slurm_cluster
+from olmo_jax import runtime  # noqa: E402
+
+runtime.init()  # as the entry points do: before JAX loads, a CPU host stays a CPU host
+
+import pytest  # noqa: E402
+import slurm_cluster  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIG = os.path.join(REPO, "configs", "train.py")

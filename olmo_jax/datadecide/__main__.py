@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+from olmo_jax import runtime
+
 A_TIES = ("half", "datadecide")  # analysis.TIES (kept here so --help needs no pandas import)
 
 
@@ -142,6 +144,7 @@ def report_main(argv) -> int:
 
 
 def main(argv=None) -> int:
+  runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "report":
     return report_main(_local_dirs(argv[1:], {"--output": (), "--results": None}))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from olmo_jax import runtime
+
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 
 
 def resolve_platform(platform: str = "auto") -> str:
-  """'auto': the platform of the devices in use (jax.devices()); any other name as given."""
-  if platform != "auto":
-    return platform
-  import jax
-  return jax.devices()[0].platform
+  """The kernels' platform: runtime.resolve_platform (the one place the platform is read)."""
+  return runtime.resolve_platform(platform)

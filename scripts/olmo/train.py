@@ -15,6 +15,10 @@ import sys
 # without PYTHONPATH and never picks up another installed copy of the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from olmo_jax import runtime  # noqa: E402
+
+runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
+
 from olmo_jax import train  # noqa: E402
 
 if __name__ == "__main__":
