@@ -24,7 +24,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import olmo_jax  # noqa: E402,F401  (first: on a CPU host it keeps JAX on the CPU, quietly)
+from olmo_jax import runtime  # noqa: E402
+
+runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
 
 
 def build_state(size: str):
@@ -69,14 +71,11 @@ def main(argv=None) -> int:
   a = p.parse_args(argv)
   import jax
 
-  from olmo_jax import checkpoint
-
   root = a.dir or tempfile.mkdtemp(prefix="bench_ckpt_")
   state, step_fn = build_state(a.size)
   gb = nbytes(state) / 1e9
   print(f"{a.size} train state: {gb:.2f} GB on {jax.device_count()} {jax.default_backend()} "
         f"device(s); writing under {root}")
-  data = {"position": 0}
 
   def run_step(st):
     st = step_fn(st)
@@ -87,6 +86,18 @@ def main(argv=None) -> int:
   state, t_step = timed(lambda: run_step(run_step(state)))
   t_step /= 2
 
+  times = time_saves(a, root, state, run_step, t_step)
+  print_summary(a, gb, t_step, *times)
+  if a.dir is None:
+    shutil.rmtree(root, ignore_errors=True)
+  return 0
+
+
+def time_saves(a, root: str, state, run_step, t_step: float):
+  """(sync, async-blocking, next-step, commit) seconds of saves 1..a.repeats (save 0 warms)."""
+  from olmo_jax import checkpoint
+
+  data = {"position": 0}
   # One manager of each kind for the whole run, as in training: the async one reuses its
   # host staging buffers from the second save on (the first save allocates them).
   sync_ckpt = checkpoint.Checkpointer(os.path.join(root, "sync"), every=1, keep=1,
@@ -115,7 +126,11 @@ def main(argv=None) -> int:
       commit_times.append(t_commit)
   sync_ckpt.close()
   async_ckpt.close()
+  return sync_times, block_times, next_steps, commit_times
 
+
+def print_summary(a, gb: float, t_step: float, sync_times, block_times, next_steps,
+                  commit_times) -> None:
   sync, block = float(np.median(sync_times)), float(np.median(block_times))
   stall = max(0.0, float(np.median(next_steps)) - t_step)
   print(f"synchronous save (median):   {sync:.2f} s ({gb / sync:.2f} GB/s, incl. the "
@@ -128,9 +143,6 @@ def main(argv=None) -> int:
   print(f"async blocking / synchronous save = {100 * ratio:.1f}% (target < 10%): "
         f"{'OK' if ratio < 0.1 else 'MISSED'}; counting the next step's slowdown from the "
         f"background write too: {100 * (block + stall) / sync:.1f}%")
-  if a.dir is None:
-    shutil.rmtree(root, ignore_errors=True)
-  return 0
 
 
 if __name__ == "__main__":

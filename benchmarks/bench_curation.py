@@ -136,8 +136,16 @@ def main(argv=None) -> int:
                                               range(len(texts))],
                            np.zeros(len(texts), dtype=np.int64))
   corpus.tokens = np.array([a.size for a in ids], dtype=np.int64)
-  n = len(texts)
-  rows = [("tokenize (OLMo BPE)", t_tok, n, n)]
+  rows = [("tokenize (OLMo BPE)", t_tok, len(texts), len(texts))]
+  rows += time_chains(curation, corpus, args.workers)
+  print_rows(rows, t_tok)
+  print_minhash_and_splitting(corpus, pairs, t_tok)
+  return 0
+
+
+def time_chains(curation, corpus, workers: int) -> list[tuple]:
+  """(name, seconds, documents in, kept) of each curation step alone, then of two chains."""
+  n, rows = len(corpus.texts), []
   budget = int(corpus.tokens.sum() // 2)
   single = [
       ("exact_dedup", [{"step": "exact_dedup"}]),
@@ -157,28 +165,32 @@ def main(argv=None) -> int:
            {"step": "fineweb_quality"}]
   chain = [{"step": "exact_dedup"}, {"step": "minhash_dedup"}] + rules
   balanced = [{"step": "exact_dedup"}, {"step": "minhash_dedup", "lsh": "balanced"}] + rules
-  if args.workers > 1:  # start the rule workers outside the timings (once per tokenize run)
-    curation._pool(args.workers).map(abs, range(args.workers * 4))
+  if workers > 1:  # start the rule workers outside the timings (once per tokenize run)
+    curation._pool(workers).map(abs, range(workers * 4))
   chains = [("CHAIN minhash lsh=balanced", balanced), ("CHAIN exact > minhash > rules", chain)]
   for name, ch in single + chains:
     steps = curation.parse_chain(ch)
     for s in steps:
       s.check(corpus)
     t0 = time.time()
-    kept, _ = curation.run_chain(steps, corpus, workers=args.workers)
+    kept, _ = curation.run_chain(steps, corpus, workers=workers)
     rows.append((name, time.time() - t0, n, len(kept)))
+  return rows
+
+
+def print_rows(rows: list[tuple], t_tok: float) -> None:
+  chain = {"exact_dedup", "minhash_dedup", "gopher_quality", "gopher_repetition",
+           "fineweb_quality"}
   print(f"\n{'step':32s} {'seconds':>8s} {'docs/s':>9s} {'kept':>7s} {'x tokenize':>10s}")
   for name, sec, docs_in, kept in rows:
     print(f"{name:32s} {sec:8.2f} {docs_in / sec:9.0f} {kept:7d} {sec / t_tok:10.2f}")
   ratio = rows[-1][1] / t_tok
-  alone = sum(sec for name, sec, _, _ in rows if name in {s["step"] for s in chain})
+  alone = sum(sec for name, sec, _, _ in rows if name in chain)
   print(f"\nthe chain's steps each on all documents: {alone / t_tok:.2f} x tokenize; in a "
         "chain each step sees only what the previous ones kept")
   print(f"\nchain / tokenization = {ratio:.2f} (target <= 1.0: "
         f"{'met' if ratio <= 1.0 else 'NOT met'}); with MinHash lsh=balanced: "
         f"{rows[-2][1] / t_tok:.2f}")
-  print_minhash_and_splitting(corpus, pairs, t_tok)
-  return 0
 
 
 def print_minhash_and_splitting(corpus, pairs, t_tok: float) -> None:

@@ -348,7 +348,7 @@ def report(rows: list[dict]) -> list[dict]:
   return summary
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--sizes", nargs="+", default=["150M", "1B"])
   p.add_argument("--attention", nargs="+", default=["cudnn", "xla"],
@@ -373,6 +373,11 @@ def main(argv=None) -> int:
   p.add_argument("--out", default="", help="JSON lines: every row, then one summary per size")
   p.add_argument("--side", choices=["ours", "torch"], help=argparse.SUPPRESS)
   p.add_argument("--rows", help=argparse.SUPPRESS)
+  return p
+
+
+def main(argv=None) -> int:
+  p = _parser()
   a = p.parse_args(argv)
   a.steps = (2 if a.tiny else 5) if a.steps is None else a.steps
   a.warmup = (0 if a.tiny else 2) if a.warmup is None else a.warmup

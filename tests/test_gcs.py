@@ -16,6 +16,8 @@ import uuid
 import numpy as np
 import pytest
 
+from olmo_jax import paths
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "olmo-test"
 
@@ -45,7 +47,6 @@ def emulator():
   names = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "NO_GCE_CHECK")
   saved = {k: os.environ.get(k) for k in names}
-  from olmo_jax import paths
   try:
     for _ in range(200):
       try:
@@ -73,7 +74,6 @@ def bucket(emulator):
 
 
 def test_paths_read_write_list_move_remove(bucket):
-  from olmo_jax import paths
   d = f"{bucket}/run"
   assert not paths.exists(d) and paths.listdir(d) == []
   paths.write_atomic(f"{d}/a/x.json", '{"v": 1}')
@@ -203,7 +203,6 @@ def test_token_data_in_a_bucket_is_refused_naming_gcsfuse(bucket, env):
   assert out.returncode == 2, out.stderr[-3000:]
   errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and "gcsfuse --implicit-dirs olmo-test /mnt/olmo-test" in errors[0]
-  from olmo_jax import paths
   assert paths.listdir(bucket) == []  # the run created nothing in the bucket
 
 
@@ -217,7 +216,6 @@ def losses_of(text: str) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_train_kill9_resume_convert_evaluate_in_a_bucket(bucket, env, tmp_path):
-  from olmo_jax import paths
   env = dict(env, TMPDIR=str(tmp_path))  # where the runs' local mirrors go
   # The OLMo vocabulary: eval.run scores OLMo-tokenized tasks and refuses a smaller one.
   olmo_vocab = ("--config.model.vocab_size=50280", "--config.model.embedding_size=50304")
@@ -261,7 +259,11 @@ def test_train_kill9_resume_convert_evaluate_in_a_bucket(bucket, env, tmp_path):
   assert paths.isfile(f"{bucket}/config.json") and paths.isfile(f"{bucket}/train.log")
   assert paths.listdir(f"{bucket}/tensorboard")
   assert not paths.exists(f"{bucket}/trainer.lock")  # released at the end
+  convert_and_evaluate(bucket, env, tmp_path)
 
+
+def convert_and_evaluate(bucket: str, env: dict, tmp_path) -> None:
+  """The finished run in the bucket converts to HF and is evaluated, its results written there."""
   hf = tmp_path / "hf"
   conv = subprocess.run([sys.executable, "scripts/convert_to_hf.py", "--checkpoint", bucket,
                          "--output", str(hf)], env=env, cwd=ROOT, capture_output=True,
@@ -291,7 +293,6 @@ def test_datadecide_study_with_a_bucket_workdir_writes_there(bucket, env, tmp_pa
   sys.path.insert(0, os.path.join(ROOT, "tests"))
   from datadecide_fakes import write_study_config
 
-  from olmo_jax import paths
   cfg = write_study_config(tmp_path / "s.py")
   r = subprocess.run([sys.executable, "-m", "olmo_jax.datadecide", "--config", cfg,
                       "--workdir", f"{bucket}/dd", "--plan"], env=dict(env, TMPDIR=str(tmp_path)),
@@ -306,7 +307,6 @@ def test_datadecide_study_in_a_bucket_trains_scores_reports_and_resumes(bucket, 
   sys.path.insert(0, os.path.join(ROOT, "tests"))
   from datadecide_fakes import STUDY_BODY, write_study_config
 
-  from olmo_jax import paths
   body = STUDY_BODY.replace('c.sizes = ["t1"]', 'c.sizes = ["t1", "t2"]')
   cfg = write_study_config(tmp_path / "s.py", body)
   env = dict(env, TMPDIR=str(tmp_path), DD_FAKE_STEP_S="0.01",
@@ -325,7 +325,6 @@ def test_datadecide_study_in_a_bucket_trains_scores_reports_and_resumes(bucket, 
 
 
 def test_mirror_downloads_appends_and_uploads(bucket):
-  from olmo_jax import paths
   paths.write_atomic(f"{bucket}/metrics.jsonl", '{"step": 1}\n')
   paths.write_atomic(f"{bucket}/tensorboard/events.1", b"ev")
   local = paths.mirror(bucket)
@@ -348,7 +347,6 @@ def test_mirror_downloads_appends_and_uploads(bucket):
 
 
 def test_bucket_paths_are_checked_in_seconds(emulator, bucket, monkeypatch):
-  from olmo_jax import paths
   paths.check_bucket(bucket, "--workdir")  # exists, writable
   assert paths.listdir(bucket) == []  # the write probe is gone again
   paths.check_bucket("runs/local", "--workdir")  # local paths pass untouched
@@ -392,5 +390,4 @@ def test_bucket_errors_on_the_command_lines_come_first_and_write_nothing(bucket,
     assert proc.returncode == 2, (name, err[-3000:])
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(cases[name][2]), (name, err[-3000:])
-  from olmo_jax import paths
   assert paths.listdir(bucket) == []
