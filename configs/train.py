@@ -23,7 +23,7 @@ def get_config(size: str = "4M") -> ml_collections.ConfigDict:
       "keep": 3,  # the newest K checkpoints are kept ...
       "keep_period": 0,  # ... plus every step divisible by this, for good (0: none)
       "async_save": True,
-      # Resume guards (olmo_jax/resume.py): a resume that changes the model or the data
+      # Resume guards (olmo_jax/restart_guard.py): a resume that changes the model or the data
       # stream is refused unless this is True ...
       "allow_config_change": False,
       # ... and a workdir whose checkpoints are all damaged is not started afresh unless this

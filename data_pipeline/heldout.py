@@ -208,7 +208,7 @@ def plan_document_masks(plan, name: str, docs, files: list[str]) -> list:
 
 def _source_documents(plan, name: str) -> Iterator[EvalDocument]:
   """The held-out documents of one source, file by file, in file order."""
-  from data_pipeline.plan import document_source
+  from data_pipeline.data_plan import document_source
 
   files = plan.files(name)
   if plan.specs[name].kind == "tokens":
@@ -226,7 +226,7 @@ def heldout_documents(data, start: int = 0):
   """The held-out documents of every source a run reads (EvalDocument), source by source in
   name order, file by file; the same on every call. `start` skips that many (resume).
   `data`: a DataPlan or a data config."""
-  from data_pipeline.plan import as_plan
+  from data_pipeline.data_plan import as_plan
 
   plan = as_plan(data)
   if plan.config.heldout_fraction <= 0 or plan.synthetic:
@@ -246,9 +246,9 @@ def heldout_batches(data, num_batches: int, *, seq_len: int, batch_size: int, se
   the same for every seed, and for any split of the batch over processes. The synthetic
   stream has no documents: it gives batches of another seed (`seed` is read only there).
   """
+  from data_pipeline.data_plan import as_plan
   from data_pipeline.mixing import largest_remainder
-  from data_pipeline.plan import as_plan
-  from data_pipeline.synthetic import SyntheticIterator
+  from data_pipeline.synthetic_stream import SyntheticIterator
 
   plan = as_plan(data)
   if plan.synthetic:

@@ -1,7 +1,7 @@
 """Weighted, deterministic, checkpointable Grain iterators of token batches from a data plan.
 
 A batch is {"input_ids": int32[B, L + 1]}: every source is cut into windows of L + 1 tokens.
-The data config is resolved once into a plan (data_pipeline/plan.py); which row reads which
+The data config is resolved once into a plan (data_pipeline/data_plan.py); which row reads which
 source and instance is the exact arithmetic of data_pipeline/mixing.py, the same for any
 number of processes, so the iterator state is just the step. Text sources
 (jsonl/parquet/ArrayRecord/TFDS documents) are packed on the fly by `sources.PackedStream`,
@@ -27,26 +27,26 @@ import numpy as np
 
 from data_pipeline import heldout
 from data_pipeline import sources as sources_lib
+from data_pipeline.data_plan import DataPlan, as_plan, describe, resolve, validate_config  # noqa: F401
 from data_pipeline.heldout import heldout_batches, heldout_documents  # noqa: F401
 from data_pipeline.mixing import BLOCK, PLAN_STEPS, Mixer, _is_stream, largest_remainder  # noqa: F401
-from data_pipeline.plan import DataPlan, as_plan, describe, resolve, validate_config  # noqa: F401
-from data_pipeline.recipes import (  # noqa: F401
-    SOURCE_KINDS,
-    DataConfig,
-    Recipe,
-    SourceSpec,
-    data_config,
-    default_config,
-    directory_sources,
-    flatten_recipe,
-    known_recipes,
-    load_recipe,
-    mixture_name,
-    parse_sources,
-    recipes_dir,
-    source_spec,
+from data_pipeline.recipe_config import (  # noqa: F401
+  SOURCE_KINDS,
+  DataConfig,
+  Recipe,
+  SourceSpec,
+  data_config,
+  default_config,
+  directory_sources,
+  flatten_recipe,
+  known_recipes,
+  load_recipe,
+  mixture_name,
+  parse_sources,
+  recipes_dir,
+  source_spec,
 )
-from data_pipeline.synthetic import SyntheticIterator
+from data_pipeline.synthetic_stream import SyntheticIterator
 
 STATE_VERSION = 1
 
@@ -112,7 +112,7 @@ def build_sources(plan: DataPlan, *, window: int, seed: int, vocab_size: int,
           exclude=(heldout.plan_token_spans(plan, name, files) if dc.heldout_fraction > 0
                    else None)))
       continue
-    from data_pipeline.plan import document_source
+    from data_pipeline.data_plan import document_source
     docs = document_source(plan, name, files)
     if dc.heldout_fraction > 0:
       masks = heldout.plan_document_masks(plan, name, docs, files)

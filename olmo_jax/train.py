@@ -26,8 +26,9 @@ from olmo_jax import runtime
 
 runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
 
-from olmo_jax import cli, distributed, paths, plan_options
+from olmo_jax import cli, console, distributed, paths, plan_options
 from olmo_jax import config as config_lib
+from olmo_jax import hooks as hooks_lib
 from olmo_jax import plan as plan_lib
 from olmo_jax import workdir as workdir_lib
 from olmo_jax.cli import translate_aliases  # noqa: F401  (public name)
@@ -40,7 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
         print_fn=print, extra_callbacks=(), dry_run: bool = False) -> Any:
   """Trains (or resumes) per `config` in `workdir`; returns the trainer's LoopResult.
 
-  extra_callbacks: trainer.Hook objects, or plain `fn(step, state) -> metrics | None`
+  extra_callbacks: olmo_jax.hooks.Hook objects, or plain `fn(step, state) -> metrics | None`
   called after every step (in-loop evaluation, orchestration).
   dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
   """
@@ -143,20 +144,20 @@ def build_optimizer(cfg):
 def check_workdir(cfg, workdir: str | None, say) -> None:
   """Guards run before anything is written to the workdir.
 
-  Resume only into the same run (resume.check_same_run against the newest complete
+  Resume only into the same run (restart_guard.check_same_run against the newest complete
   checkpoint's config), and never start fresh over damaged checkpoints unless
   checkpoint.start_fresh_if_damaged.
   """
   if not (workdir and cfg.checkpoint.enabled):
     return
-  from olmo_jax import checkpoint, resume
+  from olmo_jax import checkpoint, restart_guard
   ckpt_dir = os.path.join(paths.abspath(workdir), "checkpoints")
   steps = checkpoint.complete_steps(ckpt_dir, kind=checkpoint.KIND_STATE, quiet=True)
   if steps:
-    resume.check_same_run(ckpt_dir, steps[-1], config_lib.to_dict(cfg),
+    restart_guard.check_same_run(ckpt_dir, steps[-1], config_lib.to_dict(cfg),
                           allow=cfg.checkpoint.allow_config_change, say=say)
   else:
-    resume.check_not_all_damaged(ckpt_dir, cfg.checkpoint.start_fresh_if_damaged)
+    restart_guard.check_not_all_damaged(ckpt_dir, cfg.checkpoint.start_fresh_if_damaged)
 
 
 def write_run_config(cfg, workdir: str | None, mesh, say) -> None:
@@ -199,14 +200,15 @@ def build_layout(cfg, mesh, tx):
 def build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say):
   """(train state, data iterator state or None): resumed from the newest intact checkpoint,
   else started from a params-only checkpoint in the workdir, else freshly initialised."""
-  from olmo_jax import checkpoint, resume, trainer
+  from olmo_jax import checkpoint, restart_guard, trainer
   restored = None
   if checkpointer is not None and checkpointer.latest_step() is not None:
     try:
       restored = checkpointer.restore(abstract)
     except checkpoint.CheckpointError as e:  # every complete-looking step failed to restore
       why = "; ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
-      resume.refuse_fresh_start(checkpointer.directory, why, cfg.checkpoint.start_fresh_if_damaged)
+      restart_guard.refuse_fresh_start(checkpointer.directory, why,
+                                       cfg.checkpoint.start_fresh_if_damaged)
   if checkpointer is not None and restored is None:
     # Nothing to resume: damaged steps go aside, never away.
     checkpointer.set_aside_newer(-1, checkpointer.failed_restores)
@@ -273,16 +275,16 @@ def build_step(cfg, mesh, tx, step_cfg, abstract, shard, print_fn=print):
 
 def build_hooks(cfg, data, mesh, checkpointer, data_iter, extra_callbacks=()) -> list:
   """The loop's hooks in order: callbacks and evaluation, signals, checkpoints."""
-  from olmo_jax import sharding, trainer
-  hooks = [cb if isinstance(cb, trainer.Hook) else trainer.CallbackHook(cb)
+  from olmo_jax import sharding
+  hooks = [cb if isinstance(cb, hooks_lib.Hook) else hooks_lib.CallbackHook(cb)
            for cb in extra_callbacks]
   if cfg.eval.every > 0 and has_heldout_split(data):
     hooks.append(build_eval_hook(cfg, data, sharding.batch_sharding(mesh)))
   if cfg.eval.every > 0 and cfg.eval.tasks:
     hooks.append(build_task_eval_hook(cfg, mesh))
-  hooks.append(trainer.StopOnSignal())
+  hooks.append(hooks_lib.StopOnSignal())
   if checkpointer is not None:
-    hooks.append(trainer.CheckpointHook(checkpointer, data_iter.get_state))
+    hooks.append(hooks_lib.CheckpointHook(checkpointer, data_iter.get_state))
   return hooks
 
 
@@ -294,9 +296,9 @@ def build_logging(cfg, mesh, workdir):
   t, d, mcfg = cfg.train, cfg.derived, config_lib.model_config(cfg)
   first = jax.process_index() == 0
   # A bucket cannot append: metrics and TensorBoard events go to its local mirror.
-  logger = trainer.MetricsLogger(paths.mirror(workdir) if workdir and first else workdir,
+  logger = console.MetricsLogger(paths.mirror(workdir) if workdir and first else workdir,
                                  enabled=first)
-  hook = trainer.LogHook(
+  hook = hooks_lib.LogHook(
       t.log_every, tokens_per_step=d.tokens_per_step, logger=logger,
       flops_per_token=sizes.flops_per_token(mcfg.d_model, mcfg.n_layers, t.seq_len,
                                             d.non_embedding_params),
@@ -332,19 +334,18 @@ def build_eval_hook(cfg, data, batch_sh):
     losses = [eval_step(state["params"], b) for b in batches]
     return {"eval_loss": float(np.mean(jax.device_get(losses)))}
 
-  return trainer.CallbackHook(held_out_loss, every=cfg.eval.every)
+  return hooks_lib.CallbackHook(held_out_loss, every=cfg.eval.every)
 
 
 def build_task_eval_hook(cfg, mesh):
   """In-loop task evaluation (eval/inloop.py) every eval.every steps: the tasks' primary
   metrics and suite macro averages, logged as eval/<task>/<metric> and eval/<suite>."""
   from eval import inloop
-  from olmo_jax import trainer
   callback = inloop.make_eval_callback(
       cfg.eval.tasks, cfg.eval.every, config_lib.model_config(cfg),
       limit=cfg.eval.limit or None, max_length=cfg.train.seq_len,
       tokenizer=cfg.data.get("tokenizer", "olmo") or "olmo", mesh=mesh)
-  return trainer.CallbackHook(callback, every=cfg.eval.every)
+  return hooks_lib.CallbackHook(callback, every=cfg.eval.every)
 
 
 def parse_flags(argv: list[str]):

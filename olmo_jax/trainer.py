@@ -1,4 +1,4 @@
-"""The training library: sharded state init, the jitted step, the loop and its hooks.
+"""The training library: sharded state init, the jitted step and the loop.
 
 The hot loop is pure JAX: the NNX model is split once into params and a pure `forward`, and
 `train_step(state, batch) -> (state, metrics)` is a `jax.jit` over plain pytrees with the
@@ -6,20 +6,15 @@ state donated. The step is made of named parts: `make_gradient_fn` (loss and gra
 microbatches), an `UpdatePolicy` (fp16 loss scaling and the rule for non-finite updates) and
 the optax schedule, which reports the learning rate. The loop reads metrics one step late so
 the host never blocks the device; logging, checkpointing, evaluation and signal handling are
-`Hook`s with a period (the entry point chooses them), so nothing plugs into the loop's body.
+`Hook`s with a period (hooks.py; the entry point chooses them), so nothing plugs into the
+loop's body. The metrics log and the console are console.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import math
-import os
-import signal
-import sys
-import time
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +24,13 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from olmo_jax import loss as loss_lib
 from olmo_jax import model as model_lib
 from olmo_jax import sharding
+from olmo_jax.console import Console
+
+# Kept importable as trainer.* for code written against it; their home is olmo_jax/hooks.py.
+from olmo_jax.hooks import CheckpointHook, Hook, StopOnSignal  # noqa: F401
 from olmo_jax.runtime import resolve_platform
 
 State = dict[str, Any]
@@ -234,11 +234,11 @@ def make_loss_fn(cfg: model_lib.ModelConfig, step_cfg: StepConfig):
   def loss_fn(params, inputs, targets, scale):
     if step_cfg.loss_chunk_tokens > 0:
       hidden = model_lib.forward(cfg, params, inputs, return_hidden=True)
-      loss, aux = model_lib.fused_head_loss(hidden, params["lm_head"], targets, step_cfg.z_loss,
+      loss, aux = loss_lib.fused_head_loss(hidden, params["lm_head"], targets, step_cfg.z_loss,
                                             step_cfg.loss_chunk_tokens)
     else:
       logits = model_lib.forward(cfg, params, inputs)
-      loss, aux = model_lib.cross_entropy(logits, targets, step_cfg.z_loss)
+      loss, aux = loss_lib.cross_entropy(logits, targets, step_cfg.z_loss)
     return loss * scale, (loss, aux)
   return loss_fn
 
@@ -335,82 +335,6 @@ def make_eval_step(cfg: model_lib.ModelConfig):
   return eval_step
 
 
-# ----------------------------------------------------------------------------- logging
-
-
-class MetricsLogger:
-  """Writes metrics to workdir/metrics.jsonl, TensorBoard event files and stdout."""
-
-  def __init__(self, workdir: str | None, enabled: bool = True):
-    self._jsonl = None
-    self._tb = None
-    if workdir and enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      from tensorboard.summary.writer.event_file_writer import EventFileWriter
-      self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step: int, metrics: dict[str, float]) -> None:
-    if self._jsonl:
-      self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-      self._jsonl.flush()
-    if self._tb:
-      from tensorboard.compat.proto import event_pb2, summary_pb2
-      values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-                for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
-      self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=step,
-                                         summary=summary_pb2.Summary(value=values)))
-      self._tb.flush()
-
-  def close(self) -> None:
-    if self._jsonl:
-      self._jsonl.close()
-    if self._tb:
-      self._tb.close()
-
-
-def format_metrics(step: int, total: int, m: dict[str, float]) -> str:
-  parts = [f"step {step}/{total}", f"loss {m['loss']:.4f}"]
-  if "lr" in m:
-    parts.append(f"lr {m['lr']:.3e}")
-  parts.append(f"gnorm {m['grad_norm']:.3f}")
-  if "tokens_per_s" in m:
-    parts.append(f"tok/s {m['tokens_per_s']:,.0f}")
-  if m.get("mfu"):
-    parts.append(f"mfu {100 * m['mfu']:.1f}%")
-  if "eval_loss" in m:
-    parts.append(f"eval_loss {m['eval_loss']:.4f}")
-  return " | ".join(parts)
-
-
-class Console:
-  """Lines for the user: above a tqdm progress bar when there is one, else via print_fn."""
-
-  def __init__(self, start: int, total: int, *, progress_bar: bool = True,
-               print_fn: Callable[[str], None] = print):
-    self.is_main = jax.process_index() == 0
-    self._print = print_fn
-    self.bar = None
-    if progress_bar and self.is_main and start < total:
-      from tqdm import tqdm
-      self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                      file=sys.stdout, mininterval=1.0)
-
-  def progress(self, step: int, loss: float) -> None:
-    if self.bar is not None:
-      self.bar.update(step - self.bar.n)
-      self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-
-  def print(self, line: str, every_process: bool = False) -> None:
-    if not (self.is_main or every_process):
-      return
-    self.bar.write(line) if self.bar is not None else self._print(line)
-
-  def close(self) -> None:
-    if self.bar is not None:
-      self.bar.close()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -474,180 +398,6 @@ class Loop:
         hook.end(self)
     finally:
       self.console.close()
-
-
-class Hook:
-  """A periodic action of the loop (Levanter-style); subclasses override what they need.
-
-  `__call__(loop)` runs after each step where `due(loop)` holds (every `every` steps by
-  default), in the order the hooks were given, on the state just dispatched. `on_metrics`
-  sees each step's host metrics once they are read (one step late); `start` and `end`
-  bracket the loop (`end` also on errors).
-  """
-
-  every: int = 0
-
-  def due(self, loop: Loop) -> bool:
-    return self.every > 0 and loop.step % self.every == 0
-
-  def __call__(self, loop: Loop) -> None:
-    pass
-
-  def on_metrics(self, loop: Loop, step: int, host: dict[str, float], extra: dict[str, float],
-                 force: bool) -> None:
-    pass
-
-  def start(self, loop: Loop) -> None:
-    pass
-
-  def end(self, loop: Loop) -> None:
-    pass
-
-
-class Callback(Protocol):
-  """`fn(step, state)` after a step is dispatched; returns extra metrics to log (or None)."""
-
-  def __call__(self, step: int, state: State) -> dict[str, float] | None: ...
-
-
-class CallbackHook(Hook):
-  """A Callback every `every` steps (e.g. in-loop evaluation built by the entry point)."""
-
-  def __init__(self, fn: Callback, every: int = 1):
-    self.fn, self.every = fn, every
-
-  def __call__(self, loop: Loop) -> None:
-    loop.add_metrics(self.fn(loop.step, loop.state) or {})
-
-
-class LossRise:
-  """Flags a diverging run whose loss a long warmup still keeps finite (non-finite losses
-  stop the run on their own: UpdatePolicy).
-
-  Rule: the logged cross-entropy is above the run's first logged value by more than `margin`
-  nats at `patience` consecutive log points. One nat above the start means e times less
-  probability on the data than at the start (at initialisation: worse than a uniform guess
-  over the vocabulary), which steady training never gets back to; a lone spike does not count.
-  Said once per run.
-  """
-
-  def __init__(self, margin: float = 1.0, patience: int = 3):
-    self.margin, self.patience = margin, patience
-    self.start, self.count, self.said = None, 0, False
-
-  def update(self, step: int, m: dict[str, float]) -> str | None:
-    """The warning to give after this log point's metrics `m`, or None."""
-    loss = m.get("ce", m.get("loss"))
-    if self.said or loss is None or not math.isfinite(loss):
-      return None
-    if self.start is None:
-      self.start = loss
-      return None
-    self.count = self.count + 1 if loss > self.start + self.margin else 0
-    if self.count < self.patience:
-      return None
-    self.said = True
-    lr = f" (lr {m['lr']:.3g})" if "lr" in m else ""
-    return (f"loss {loss:.4g} at step {step}{lr} has stayed more than {self.margin:g} nat above "
-            f"its first logged value {self.start:.4g} for {self.patience} logged steps: the "
-            f"run is diverging; lower train.lr and start again")
-
-
-class LogHook(Hook):
-  """Every `every` steps, at the end and with extra metrics: throughput and MFU added, the
-  metrics written to the logger and a line to the console."""
-
-  def __init__(self, every: int, *, tokens_per_step: int, flops_per_token: float = 0.0,
-               peak_flops: float = 0.0, logger: MetricsLogger | None = None):
-    self.log_every, self.tokens_per_step = every, tokens_per_step
-    self.flops_per_token, self.peak_flops, self.logger = flops_per_token, peak_flops, logger
-    self._t0, self._last = time.perf_counter(), 0
-    self.loss_rise = LossRise()
-
-  def start(self, loop: Loop) -> None:
-    self._t0, self._last = time.perf_counter(), loop.step
-
-  def on_metrics(self, loop, step, host, extra, force) -> None:
-    if not (step % self.log_every == 0 or force or extra):
-      return
-    now = time.perf_counter()
-    if step > self._last:
-      tps = (step - self._last) * self.tokens_per_step / (now - self._t0)
-      host["tokens_per_s"] = tps
-      if self.peak_flops:
-        host["mfu"] = tps * self.flops_per_token / (self.peak_flops * jax.device_count())
-    self._t0, self._last = now, step
-    host.update(extra)
-    host["tokens"] = float(step * self.tokens_per_step)
-    if self.logger:
-      self.logger.write(step, host)
-    loop.console.print(format_metrics(step, loop.total_steps, host))
-    rising = self.loss_rise.update(step, host)
-    if rising:
-      logging.warning(rising)
-
-
-class StopOnSignal(Hook):
-  """SIGTERM/SIGINT stop the loop after the current step (which the checkpoint hook then
-  saves); a second Ctrl-C stops at once."""
-
-  every = 1
-
-  def __init__(self):
-    self.signum = None
-    self._old = {}
-
-  def start(self, loop: Loop) -> None:
-    for s in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._old[s] = signal.signal(s, self._handle)
-      except ValueError:  # not the main thread: no handlers
-        pass
-
-  def _handle(self, signum, frame):
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    self.signum = signum
-
-  def __call__(self, loop: Loop) -> None:
-    if self.signum is not None:
-      loop.stop(signal.Signals(self.signum).name)
-
-  def end(self, loop: Loop) -> None:
-    for s, h in self._old.items():
-      signal.signal(s, h)
-    self._old = {}
-
-
-class CheckpointerLike(Protocol):
-  def should_save(self, step: int) -> bool: ...
-  def save(self, step: int, state, data_state, *, force: bool = False) -> bool: ...
-  def reached_preemption(self, step: int) -> bool: ...
-  def wait(self) -> None: ...
-
-
-class CheckpointHook(Hook):
-  """Saves at the checkpointer's cadence, at the last step and when the loop stops; stops the
-  loop at a preemption notice (TPU, multi-host). A state is saved only after its step's
-  metrics are read, so a NaN step is never checkpointed."""
-
-  every = 1  # decides itself, every step
-
-  def __init__(self, checkpointer: CheckpointerLike,
-               data_state: Callable[[], Any] | None = None):
-    self.checkpointer, self.data_state = checkpointer, data_state
-
-  def __call__(self, loop: Loop) -> None:
-    ckpt = self.checkpointer
-    if loop.stop_reason is None and ckpt.reached_preemption(loop.step):
-      loop.stop("preemption notice")
-    if not (ckpt.should_save(loop.step) or loop.last or loop.stop_reason is not None):
-      return
-    loop.settle()
-    ckpt.save(loop.step, loop.state, self.data_state() if self.data_state else None, force=True)
-    if loop.stop_reason is not None:
-      ckpt.wait()
-      loop.stop_note = f"; checkpoint saved at step {loop.step}. Rerun the same command to resume."
 
 
 @dataclasses.dataclass

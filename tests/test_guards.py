@@ -172,7 +172,7 @@ def test_bad_token_ids_at_the_first_batch_leave_a_new_workdir_absent(env, tmp_pa
 
 
 def test_loss_rise_rule_on_planted_curves():
-  from olmo_jax.trainer import LossRise
+  from olmo_jax.hooks import LossRise
 
   def said(losses):
     rule = LossRise()

@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO
 from flax import nnx
 
+from olmo_jax import loss as loss_lib
 from olmo_jax import model as M
 from olmo_jax import sharding
 
@@ -20,7 +21,7 @@ SMALL = dict(d_model=32, n_heads=4, n_layers=3, embedding_size=256, vocab_size=2
 
 def _loss_and_grads(cfg, params, ids):
   def loss(p):
-    return M.cross_entropy(M.forward(cfg, p, ids[:, :-1]), ids[:, 1:])[0]
+    return loss_lib.cross_entropy(M.forward(cfg, p, ids[:, :-1]), ids[:, 1:])[0]
   return jax.jit(jax.value_and_grad(loss))(params)
 
 
@@ -139,18 +140,18 @@ def test_fused_chunked_loss_equals_dense_loss_and_gradients(z_loss, chunk):
   y = jax.random.randint(k3, (2, 24), 0, 250)
 
   def dense(h, w):
-    return M.cross_entropy(jnp.einsum("bld,dv->blv", h, w), y, z_loss)[0]
+    return loss_lib.cross_entropy(jnp.einsum("bld,dv->blv", h, w), y, z_loss)[0]
 
   def fused(h, w):
-    return M.fused_head_loss(h, w, y, z_loss, chunk)[0]
+    return loss_lib.fused_head_loss(h, w, y, z_loss, chunk)[0]
 
   (ld, gd), (lf, gf) = (jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(h, w)
                         for f in (dense, fused))
   assert float(lf) == pytest.approx(float(ld), rel=1e-6)
   for a, b in zip(gf, gd):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
-  loss, aux = M.fused_head_loss(h, w, y, z_loss, chunk)
-  dense_loss, dense_aux = M.cross_entropy(jnp.einsum("bld,dv->blv", h, w), y, z_loss)
+  loss, aux = loss_lib.fused_head_loss(h, w, y, z_loss, chunk)
+  dense_loss, dense_aux = loss_lib.cross_entropy(jnp.einsum("bld,dv->blv", h, w), y, z_loss)
   assert float(aux["ce"]) == pytest.approx(float(dense_aux["ce"]), rel=1e-6)
   assert float(aux["z_loss"]) == pytest.approx(float(dense_aux["z_loss"]), rel=1e-6)
 
@@ -213,7 +214,7 @@ def test_platform_field_chooses_the_kernels_once_not_the_host():
   texts = {}
   for platform in ("auto", "cpu", "gpu", "tpu"):
     cfg = M.ModelConfig(**SMALL, platform=platform)
-    loss = lambda p, cfg=cfg: M.fused_head_loss(
+    loss = lambda p, cfg=cfg: loss_lib.fused_head_loss(
         M.forward(cfg, p, ids[:, :-1], return_hidden=True), p["lm_head"], ids[:, 1:],
         platform=cfg.platform)[0]
     texts[platform] = jax.jit(jax.grad(loss)).lower(params).as_text()

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 
 from olmo_jax import config as config_lib
-from olmo_jax import optim, trainer
+from olmo_jax import hooks, optim, trainer
 from olmo_jax.train import run, translate_aliases
 
 
@@ -158,7 +158,7 @@ def test_hooks_plug_into_run_with_their_period(tiny_train_config, tmp_path):
     calls.append((step, int(state["step"])))
     return {"probe": float(step)}
 
-  hook = trainer.CallbackHook(probe, every=6)
+  hook = hooks.CallbackHook(probe, every=6)
   run(tiny_train_config, str(tmp_path), print_fn=lambda s: None,
       extra_callbacks=[hook, lambda step, state: every_step.append(step)])
   assert calls == [(6, 6), (12, 12), (18, 18)]

@@ -1,7 +1,7 @@
 """The `config.data` subtree and recipe files: their fields, defaults, loading and flattening.
 
 A recipe names weighted sources (token files, text, ArrayRecord, TFDS); recipes may build on
-a `base` recipe, drop sources and nest other recipes. `data_pipeline.plan.resolve` turns a
+a `base` recipe, drop sources and nest other recipes. `data_pipeline.data_plan.resolve` turns a
 data config into the immutable plan the rest of the pipeline reads.
 """
 

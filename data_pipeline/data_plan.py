@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from data_pipeline import sources as sources_lib
-from data_pipeline.recipes import (
+from data_pipeline.recipe_config import (
     DataConfig,
     Recipe,
     SourceSpec,
