@@ -26,6 +26,9 @@ import numpy as np
 from data_pipeline import index_shuffle
 from data_pipeline import sources as sources_lib
 from data_pipeline import tokenizer as tokenizer_lib
+from data_pipeline.data_plan import as_plan, document_source
+from data_pipeline.mixing import largest_remainder
+from data_pipeline.synthetic_stream import SyntheticIterator
 
 CHUNK_TOKENS = 4096  # held-out unit of token files, before widening to whole documents
 _SCAN = 4096  # tokens read per step when looking for a document boundary
@@ -208,8 +211,6 @@ def plan_document_masks(plan, name: str, docs, files: list[str]) -> list:
 
 def _source_documents(plan, name: str) -> Iterator[EvalDocument]:
   """The held-out documents of one source, file by file, in file order."""
-  from data_pipeline.data_plan import document_source
-
   files = plan.files(name)
   if plan.specs[name].kind == "tokens":
     for path, spans in zip(files, plan_token_spans(plan, name, files)):
@@ -226,8 +227,6 @@ def heldout_documents(data, start: int = 0):
   """The held-out documents of every source a run reads (EvalDocument), source by source in
   name order, file by file; the same on every call. `start` skips that many (resume).
   `data`: a DataPlan or a data config."""
-  from data_pipeline.data_plan import as_plan
-
   plan = as_plan(data)
   if plan.config.heldout_fraction <= 0 or plan.synthetic:
     raise ValueError("there is no held-out split: set data.heldout_fraction > 0 (e.g. 0.01) "
@@ -246,10 +245,6 @@ def heldout_batches(data, num_batches: int, *, seq_len: int, batch_size: int, se
   the same for every seed, and for any split of the batch over processes. The synthetic
   stream has no documents: it gives batches of another seed (`seed` is read only there).
   """
-  from data_pipeline.data_plan import as_plan
-  from data_pipeline.mixing import largest_remainder
-  from data_pipeline.synthetic_stream import SyntheticIterator
-
   plan = as_plan(data)
   if plan.synthetic:
     it = SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed + 1_000_003,

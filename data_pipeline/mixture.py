@@ -27,7 +27,14 @@ import numpy as np
 
 from data_pipeline import heldout
 from data_pipeline import sources as sources_lib
-from data_pipeline.data_plan import DataPlan, as_plan, describe, resolve, validate_config  # noqa: F401
+from data_pipeline.data_plan import (  # noqa: F401
+  DataPlan,
+  as_plan,
+  describe,
+  document_source,
+  resolve,
+  validate_config,
+)
 from data_pipeline.heldout import heldout_batches, heldout_documents  # noqa: F401
 from data_pipeline.mixing import BLOCK, PLAN_STEPS, Mixer, _is_stream, largest_remainder  # noqa: F401
 from data_pipeline.recipe_config import (  # noqa: F401
@@ -112,7 +119,6 @@ def build_sources(plan: DataPlan, *, window: int, seed: int, vocab_size: int,
           exclude=(heldout.plan_token_spans(plan, name, files) if dc.heldout_fraction > 0
                    else None)))
       continue
-    from data_pipeline.data_plan import document_source
     docs = document_source(plan, name, files)
     if dc.heldout_fraction > 0:
       masks = heldout.plan_document_masks(plan, name, docs, files)

@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from data_pipeline import atomic, curation
+from data_pipeline import recipe_config as recipes_lib
 from data_pipeline import sources as sources_lib
 from data_pipeline import tokenizer as tokenizer_lib
 
@@ -428,9 +429,8 @@ def _run_curated(files, output, plan, steps, tokenizer, workers, base_dir, field
 
 def curated_specs(recipe: str, data_dir: str, recipes_dir: str = "") -> dict:
   """{source name: spec} of the curated sources of a recipe (those with a `curation` field)."""
-  from data_pipeline import mixture  # deferred: mixture imports grain
-  directory = recipes_dir or mixture.recipes_dir(None)
-  specs = mixture.flatten_recipe(mixture.load_recipe(recipe, directory), directory)
+  directory = recipes_dir or recipes_lib.recipes_dir(None)
+  specs = recipes_lib.flatten_recipe(recipes_lib.load_recipe(recipe, directory), directory)
   return {n: s for n, s in sorted(specs.items()) if "curation" in s}
 
 
@@ -440,9 +440,8 @@ def materialize_recipe(recipe: str, data_dir: str, workers: int = 1, overwrite: 
 
   Returns {source name: (output directory, index)}.
   """
-  from data_pipeline import mixture
-  directory = recipes_dir or mixture.recipes_dir(None)
-  rec = mixture.load_recipe(recipe, directory)
+  directory = recipes_dir or recipes_lib.recipes_dir(None)
+  rec = recipes_lib.load_recipe(recipe, directory)
   specs = curated_specs(recipe, data_dir, directory)
   if not specs:
     raise ValueError(f"recipe {recipe!r} has no curated sources (sources made with "
