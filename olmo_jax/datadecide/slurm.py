@@ -32,8 +32,12 @@ import shutil
 import subprocess
 import sys
 
-from data_pipeline import atomic
 from olmo_jax import runtime
+
+# `python -m olmo_jax.datadecide.slurm task` is an entry point: before the imports load JAX.
+runtime.init()
+
+from data_pipeline import atomic
 from olmo_jax.datadecide import cells as cells_lib
 from olmo_jax.datadecide import runner
 from olmo_jax.datadecide.results import InputError
@@ -285,7 +289,6 @@ def task_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  runtime.init()
   if sys.argv[1:2] != ["task"]:
     sys.exit("usage: python -m olmo_jax.datadecide.slurm task --config C --workdir W "
              "--manifest M [--task I]")
