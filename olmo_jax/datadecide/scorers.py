@@ -83,19 +83,45 @@ class HeldoutScorer:
                                                         vocab_size=mcfg.vocab_size))
     return self._fns[mcfg]
 
-  def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:
-    import ml_collections
+  def _packed_fn(self, mcfg):
+    import jax
+    key = ("packed", mcfg)
+    if key not in self._fns:  # the same function, vmapped over a leading replica axis
+      self._fns[key] = jax.jit(jax.vmap(self._fn(mcfg), in_axes=(0, None)))
+    return self._fns[key]
 
-    from olmo_jax import checkpoint
-    from olmo_jax import config as config_lib
-    params, meta = checkpoint.restore_params(ckpt_dir)
-    mcfg = config_lib.model_config(ml_collections.ConfigDict(meta["config"]))
-    fn = self._fn(mcfg)
+  def _scores(self, fn, params) -> list[dict]:
+    """Per replica (a leading axis of fn's outputs, or none), {task: {loss, accuracy}}."""
+    import numpy as np
     toks = self.tokens()
     nll, correct = 0.0, 0
     for i in range(0, len(toks), self.batch):
       a, b = fn(params, toks[i:i + self.batch])
-      nll += float(a)
-      correct += int(b)
+      nll = nll + np.asarray(a, np.float64)
+      correct = correct + np.asarray(b, np.int64)
     n = toks.shape[0] * self.seq_len
-    return {self.task: {"loss": nll / n, "accuracy": correct / n}}
+    return [{self.task: {"loss": float(x) / n, "accuracy": int(c) / n}}
+            for x, c in zip(np.atleast_1d(nll), np.atleast_1d(correct))]
+
+  def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:
+    params, mcfg = _restore(ckpt_dir)
+    return self._scores(self._fn(mcfg), params)[0]
+
+  def score_pack(self, cells, step: int, ckpt_dirs, out_dirs) -> list[dict]:
+    """__call__ of K cells of one model shape at one step, in one pass over the windows."""
+    from olmo_jax import pack
+    restored = [_restore(d) for d in ckpt_dirs]
+    mcfg = restored[0][1]
+    if any(m != mcfg for _, m in restored):
+      return [self(c, step, d, o) for c, d, o in zip(cells, ckpt_dirs, out_dirs)]
+    return self._scores(self._packed_fn(mcfg), pack.stack([p for p, _ in restored]))
+
+
+def _restore(ckpt_dir: str):
+  """(params, ModelConfig) of a checkpoint."""
+  import ml_collections
+
+  from olmo_jax import checkpoint
+  from olmo_jax import config as config_lib
+  params, meta = checkpoint.restore_params(ckpt_dir)
+  return params, config_lib.model_config(ml_collections.ConfigDict(meta["config"]))
