@@ -2,10 +2,11 @@
 
 `python -m datadecide_fakes --config X --workdir W --config.train.steps=N
 --config.checkpoint.every=E ...` trains N "steps" of DD_FAKE_STEP_S seconds each, appends
-every step it runs to W/steps.log, and writes checkpoints in the layout of
-olmo_jax/checkpoint.py (state/, commit marker, manifest). It resumes from its newest complete
-checkpoint, like the real trainer. `make_scorer(study)` returns a scorer that appends every
-call to <study workdir>/evals.log and scores recipe r at step s as loss = index(r) + 10 / s.
+every step it runs to W/steps.log (and to W/metrics.jsonl, as the trainer logs), and writes
+checkpoints in the layout of olmo_jax/checkpoint.py (state/, commit marker, manifest). It
+resumes from its newest complete checkpoint, like the real trainer. `make_scorer(study)`
+returns a scorer that appends every call to <study workdir>/evals.log and scores recipe r at
+step s as loss = index(r) + 10 / s.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def main(argv):
     time.sleep(pause)
     with open(os.path.join(wd, "steps.log"), "a") as log:
       log.write(f"{step}\n")
+    with open(os.path.join(wd, "metrics.jsonl"), "a") as log:  # as the trainer logs
+      log.write(json.dumps({"step": step, "tokens_per_s": 32.0 / max(pause, 1e-3)}) + "\n")
     if step % every == 0 or step == steps:
       _save(ckdir, step)
   return 0

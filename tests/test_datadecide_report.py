@@ -167,41 +167,41 @@ def test_figure_helpers_scale_to_the_published_grid():
   """25 recipes: the best 8 each get a colour and marker of their own, the rest grey; up to 10
   recipes all do. Size labels on a log axis keep a minimum gap; seed_mean is plotted at the
   compute of all its seeds' runs."""
-  from olmo_jax.datadecide import report
+  from olmo_jax.datadecide import figures
   names = R.recipe_names()
-  st = report.recipe_styles(names, order=names[::-1])
+  st = figures.recipe_styles(names, order=names[::-1])
   shown = [r for r in names[::-1] if st[r]["label"]]
   assert shown == names[::-1][:8]
   assert len({(st[r]["color"], st[r]["marker"]) for r in shown}) == 8
   assert all(st[r]["color"] == "0.65" for r in names if r not in shown)
-  few = report.recipe_styles(names[:10])
+  few = figures.recipe_styles(names[:10])
   assert len({(v["color"], v["marker"]) for v in few.values()}) == 10
   pos = {z: R.ladder_compute(z, sizes.get_size(z).final_step) / R.ladder_compute("1B", 69369)
          for z in list(sizes.LADDER)[:-1]}
-  kept = report.thin_labels(pos, 0.12)
+  kept = figures.thin_labels(pos, 0.12)
   gaps = np.diff(np.log10([x for x, _ in kept]))
   assert kept[0][1] == "4M" and (gaps >= 0.12).all() and len(kept) < len(pos)
   da = pd.DataFrame({"protocol": ["per_seed", "seed_mean"], "n_seeds": [3, 3],
                      "compute_fraction": [0.01, 0.01]})
-  assert list(report.spent_fraction(da)) == [0.01, pytest.approx(0.03)]
-  assert list(report.spent_fraction(da.assign(n_runs=[1, 3]))) == [0.01, 0.01]
+  assert list(figures.spent_fraction(da)) == [0.01, pytest.approx(0.03)]
+  assert list(figures.spent_fraction(da.assign(n_runs=[1, 3]))) == [0.01, 0.01]
 
 
 def test_decision_accuracy_figure_draws_or_names_every_panel(tmp_path):
   """Every task x metric is drawn, or named as omitted when its target pairs all tie."""
-  from olmo_jax.datadecide import report, synthetic
+  from olmo_jax.datadecide import figures, report, synthetic
   t, _ = synthetic.results_table(n_recipes=12, sizes_=["4M", "20M", "60M"], n_tasks=3,
                                  seeds=(1, 2), n_ckpt=3)
   flat = (t["task"] == "arc_easy") & (t["metric"] == "acc_raw")
   t.loc[flat, "value"] = 0.5  # every recipe tied everywhere: nothing to decide
   res = report.analyse(t, "60M", forms=("3p",))
-  ok = res["decision_accuracy"][res["decision_accuracy"]["decision_accuracy"].notna()]
-  cells, omitted = report._da_cells(res, ok, res["decision_accuracy"])
+  ok = res.decision_accuracy[res.decision_accuracy["decision_accuracy"].notna()]
+  cells, omitted = figures._da_cells(res, ok, res.decision_accuracy)
   # 3 tasks x 3 metrics, plus the headline when it is the macro over tasks (drawn first).
-  extra = int(res["headline"][0] == "macro")
+  extra = int(res.headline[0] == "macro")
   assert len(cells) + len(omitted) == 9 + extra and omitted == [("arc_easy", "acc_raw")]
-  assert cells[0] == res["headline"]
-  for fig in (report.fig_decision_accuracy(res, str(tmp_path / "da.png")),
-              report.fig_scaling(t, res, str(tmp_path / "sc.png")),
-              report.fig_rank_agreement(res, str(tmp_path / "ra.png"))):
+  assert cells[0] == res.headline
+  for fig in (figures.fig_decision_accuracy(res, str(tmp_path / "da.png")),
+              figures.fig_scaling(t, res, str(tmp_path / "sc.png")),
+              figures.fig_rank_agreement(res, str(tmp_path / "ra.png"))):
     assert os.path.getsize(fig) > 10_000

@@ -195,6 +195,7 @@ def test_budgets_and_results_compute(tmp_path):
   import ml_collections
 
   from olmo_jax import sizes
+  from olmo_jax.datadecide import cells as C
   from olmo_jax.datadecide import results as R
   from olmo_jax.datadecide import study as S
   cfg = ml_collections.ConfigDict({"recipes": {"a": {"mixture": "c4"}, "b": {"mixture": "falcon"}},
@@ -217,7 +218,7 @@ def test_budgets_and_results_compute(tmp_path):
   d = tmp_path / "w" / "cells" / "a" / "20M" / "seed6198" / "eval" / "14584"
   d.mkdir(parents=True)
   (d / "scores.json").write_text(json.dumps({"tasks": {"arc_easy": {"acc_raw": 0.4}}}))
-  table = S.collect_results(st)
+  table = C.collect_results(st)
   assert len(table) == 1 and table.iloc[0]["recipe"] == cell.recipe
   assert table.iloc[0]["compute"] == float(R.ladder_compute("20M", 14584))
   compact = S.Study(ml_collections.ConfigDict(
@@ -313,10 +314,12 @@ def test_cells_resolve_through_the_training_config(tmp_path):
 
 
 def test_progress_line_names_cells_and_estimates_by_flops(tmp_path):
-  """The line names each running cell with its logged step; the ETA is a + b x FLOPs, b from
-  the finished cells' logged tokens/s, a their remaining wall time per cell."""
+  """The line names each running cell with the newest step in its metrics.jsonl (train.log
+  text is not read); the ETA is a + b x FLOPs, b from the finished cells' logged tokens/s, a
+  their remaining wall time per cell."""
   import ml_collections
 
+  from olmo_jax.datadecide import runner
   from olmo_jax.datadecide import study as S
   cfg = ml_collections.ConfigDict(
       {"recipes": {"a": {}, "b": {}}, "sizes": ["t1", "t2"], "seq_len": 16, "batch_size": 4,
@@ -325,14 +328,19 @@ def test_progress_line_names_cells_and_estimates_by_flops(tmp_path):
        "steps": {"t1": 100, "t2": 50}})
   st = S.Study(cfg, str(tmp_path / "w"))
   cells = st.cells()
-  prog = S.Progress(st, cells, workers=1)
+  prog = runner.Progress(st, cells, workers=1)
   assert prog.total == 2 * st.compute("t1") + 2 * st.compute("t2")
   done, running = cells[0], cells[1]
-  for cell, log in ((done, "step 50/100 | tok/s 3,200\nstep 100/100 | tok/s 6,400\n"),
-                    (running, "step 40/100 | loss 3.0 | tok/s 6,400\n" + "noise\n" * 5000)):
+  rec = lambda step, tps: json.dumps({"step": step, "loss": 3.0, "tokens_per_s": tps}) + "\n"
+  eval_rec = json.dumps({"step": 40, "eval/arc_easy/acc_raw": 0.3}) + "\n"
+  for cell, lines, log in (
+      (done, rec(50, 3200.0) + rec(100, 6400.0), ""),
+      (running, rec(30, 6400.0) + rec(40, 6400.0) + eval_rec + '{"step": 4', "step 99/100\n")):
     os.makedirs(st.cell_dir(cell))
+    with open(os.path.join(st.cell_dir(cell), "metrics.jsonl"), "w") as f:
+      f.write(lines)  # the running cell's last line is half-written
     with open(os.path.join(st.cell_dir(cell), "train.log"), "w") as f:
-      f.write(log)
+      f.write(log + "noise\n" * 5000)
   train_s = 100 * 64 / 4800  # tokens / mean tok/s
   prog.finished(done, seconds=train_s + 30.0)
   a, b = prog._model()
@@ -341,4 +349,40 @@ def test_progress_line_names_cells_and_estimates_by_flops(tmp_path):
   assert f"training {running.name} step 40/100" in line
   left = prog.total - st.compute("t1") * 1.4  # one cell done, the running one 40%
   eta = a * 3 + b * left
-  assert line.endswith(f"ETA {S._hms(eta)} (by FLOPs)"), line
+  assert line.endswith(f"ETA {runner.hms(eta)} (by FLOPs)"), line
+
+
+def test_marker_files_are_written_atomically(tmp_path, monkeypatch):
+  """DONE.json, study.json and scores.json go through data_pipeline.atomic (a crash mid-write
+  leaves the old file or none, never a torn one)."""
+  import ml_collections
+
+  from data_pipeline import atomic
+  from olmo_jax.datadecide import cells as C
+  from olmo_jax.datadecide import runner
+  from olmo_jax.datadecide import study as S
+  written = []
+  real = atomic.write_atomic
+  monkeypatch.setattr(atomic, "write_atomic", lambda p, d: (written.append(os.path.basename(p)),
+                                                            real(p, d))[1])
+  cfg = ml_collections.ConfigDict(
+      {"recipes": {"a": {}, "b": {}}, "sizes": ["t1"], "seq_len": 16, "batch_size": 4,
+       "custom_sizes": {"t1": {"d_model": 16, "n_heads": 2, "n_layers": 1}},
+       "steps": {"t1": 8}, "checkpoint_every": 8})
+  st = S.Study(cfg, str(tmp_path / "w"))
+  monkeypatch.setattr(C, "complete_checkpoints", lambda d: [8])  # the final checkpoint
+
+  class Instant:  # an executor whose trainers finish at once
+    def run(self, study, cells, on_done):
+      for cell in cells:
+        os.makedirs(study.cell_dir(cell))
+        assert C.mark_done(study, cell, 0, 1.0)
+        on_done(cell, 1.0)
+      return []
+
+  summary = runner.run_study(st, scorer=lambda cell, step, ck, out: {"t": {"loss": 1.0}},
+                             print_fn=lambda *_: None, executor=Instant())
+  assert summary["failed"] == [] and summary["scored"] == 2 and len(summary["table"]) == 2
+  assert written.count("DONE.json") == 2 and written.count("scores.json") == 2
+  assert "study.json" in written and all(st.is_done(c) for c in st.cells())
+  assert not C.mark_done(st, st.cells()[0], 1, 1.0)  # a failed trainer is not done

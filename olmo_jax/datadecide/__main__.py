@@ -132,8 +132,8 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   if argv and argv[0] == "report":
     return report_main(_local_dirs(argv[1:], {"--output": (), "--results": None}))
-  from olmo_jax.datadecide import study
-  return study.main(_local_dirs(argv, {"--workdir": None}))
+  from olmo_jax.datadecide import cli
+  return cli.main(_local_dirs(argv, {"--workdir": None}))
 
 
 def _local_dirs(argv: list[str], flags: dict[str, tuple | None]) -> list[str]:

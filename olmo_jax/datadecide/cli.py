@@ -1,0 +1,121 @@
+"""`python -m olmo_jax.datadecide --config STUDY.py --workdir DIR [--plan] [--launch] ...`:
+runs a study (runner.py), then writes its report and, with --launch, the target's config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+
+import ml_collections
+
+from olmo_jax.datadecide import launch, recipes, report, results, runner
+from olmo_jax.datadecide.results import InputError
+from olmo_jax.datadecide.study import Study
+
+
+def report_target(study: Study, table) -> tuple[str, str | None]:
+  """(size the report measures decision accuracy against, a note when it is not the target)."""
+  present = set(table["size"])
+  if study.c.target in present:
+    return study.c.target, None
+  largest = [s for s in study.trained_sizes() if s in present][-1]
+  return largest, (f"target {study.c.target} was not trained: decision accuracy is measured "
+                   f"against the largest trained size, {largest}")
+
+
+def _parser():
+  p = argparse.ArgumentParser(prog="python -m olmo_jax.datadecide",
+                              description="Run a DataDecide study (see olmo_jax/datadecide).")
+  p.add_argument("--config", required=True, help="study config file (configs/datadecide/*.py)")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--plan", action="store_true", help="write plan.txt (one command per cell) "
+                                                     "and stop")
+  p.add_argument("--launch", action="store_true",
+                 help="after the report, write the target's full-training config for the "
+                      "recommended recipe (or --recipe)")
+  p.add_argument("--recipe", default=None, help="recipe for --launch (default: recommended; "
+                                                 "with --plan, required)")
+  p.add_argument("--launch-budget", choices=("validated", "full"), default="validated",
+                 help="validated (default): the settings the target cells trained with; full: "
+                      "the resolver's full budget, each difference listed in the file header")
+  p.add_argument("--workers", type=int, default=1, help="cells trained at the same time")
+  p.add_argument("--no-report", action="store_true")
+  p.add_argument("--allow-truncated", action="store_true",
+                 help="report on runs short of their final step too (default: named in the "
+                      "warnings and left out)")
+  return p
+
+
+def _report(study: Study, table, allow_truncated: bool, write: bool = True) -> dict | None:
+  """The study's report over its results (truncated runs named and left out unless allowed);
+  its recommendation, or None when not written or fewer than two sizes are trained."""
+  table, warned = results.drop_truncated(table, allow_truncated) if len(table) else (table, [])
+  for w in warned:
+    print(f"[study] warning: {w}")
+  if not write or not len(table) or table["size"].nunique() < 2:
+    return None
+  target, note = report_target(study, table)
+  out = report.write_report(table, target, os.path.join(study.workdir, "report"),
+                            headline=study.c.eval.headline or None,
+                            target_metrics=tuple(study.c.eval.target_metrics),
+                            ties=study.c.eval.ties,
+                            title=f"DataDecide study {study.c.name!r}",
+                            recipes=recipes.read(os.path.join(study.workdir,
+                                                              recipes.FILENAME)),
+                            warnings=warned)
+  rec = out["recommendation"]
+  if note:
+    print(f"[study] note: {note}")
+  print(f"[study] best recipe: {rec['best_recipe']} (at {rec['decided_at_size']}); report: "
+        f"{os.path.join(study.workdir, 'report', 'report.md')}")
+  return rec
+
+
+def main(argv) -> int:
+  """`python -m olmo_jax.datadecide --config STUDY.py --workdir DIR [--plan] [--launch] ...`."""
+  a = _parser().parse_args(argv)
+  try:
+    if a.workers < 1:
+      raise InputError(f"--workers {a.workers} must be >= 1")
+    config = _load_study_config(a.config)
+    study = Study(config, a.workdir)
+    if a.recipe is not None and a.recipe not in study.c.recipes:
+      raise InputError(f"--recipe {a.recipe}: unknown recipe; the study has "
+                       f"{', '.join(study.c.recipes)}")
+    if a.plan and a.launch and a.recipe is None:
+      raise InputError("--plan --launch trains nothing, so it needs --recipe NAME")
+    if a.plan:
+      path = launch.write_plan(study)
+      print(f"wrote {len(study.cells())} commands to {path}")
+      if a.launch:
+        _print_launch(study, launch.write_launch(study, a.recipe, budget=a.launch_budget), a.recipe)
+      return 0
+    summary = runner.run_study(study, workers=a.workers)
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  rc = 1 if summary["failed"] else 0
+  rec = _report(study, summary["table"], a.allow_truncated, write=not a.no_report)
+  if a.launch:
+    recipe = a.recipe or (rec["best_recipe"] if rec else None)
+    if recipe is None:
+      print("error: --launch needs a report (two trained sizes) or --recipe", file=sys.stderr)
+      return 2
+    _print_launch(study, launch.write_launch(study, recipe, budget=a.launch_budget), recipe)
+  return rc
+
+
+def _print_launch(study: Study, path: str, recipe: str) -> None:
+  print(f"[study] target training config: {path}\n  python -m olmo_jax.train --config {path} "
+        f"--workdir runs/{study.c.target}-{recipe}")
+
+
+def _load_study_config(path: str) -> ml_collections.ConfigDict:
+  """Runs `get_config([arg])` of a study config file `path[:arg]`."""
+  path, _, arg = path.partition(":")
+  if not os.path.isfile(path):
+    raise InputError(f"study config not found: {path}")
+  get_config = runpy.run_path(path)["get_config"]
+  return get_config(arg) if arg else get_config()

@@ -1,0 +1,195 @@
+"""Running a study: `run_study` prepares the workdir, hands the cells not done to an executor,
+scores every checkpoint as its cell completes, and rebuilds the results table.
+
+An executor trains a list of cells. It is any object with
+
+    run(study, cells, on_done) -> list[Cell]   # the cells that failed
+
+that trains each cell with `study.train_command(cell)` (or an equivalent run of the trainer in
+`study.cell_dir(cell)`), calls `cells.mark_done(study, cell, returncode, seconds)` when a
+trainer exits, and `on_done(cell, seconds)` for each cell it marked done (the study scores it
+there). `LocalExecutor` runs the trainers as subprocesses on this machine; other executors (a
+cluster's job queue, several cells packed into one process) plug in beside it.
+
+Guarantees of a run, kept by files in the workdir (cells.py):
+- a cell is complete once its trainer exited 0 with a checkpoint at its final step; then
+  `DONE.json` is written and the cell is never trained again;
+- an interrupted cell is started again with the same command, and the trainer resumes from
+  its newest complete checkpoint (a LocalExecutor's trainers get SIGTERM if the study process
+  dies, so a killed study leaves no orphan trainer behind);
+- every kept checkpoint on the study's grid (multiples of the checkpoint interval, plus the
+  final step) is scored once, and its scores are read from `eval/<step>/scores.json` after;
+- adding a recipe, size or seed to the config adds cells; nothing done is redone.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Protocol
+
+from data_pipeline import atomic
+from olmo_jax.datadecide import cells as cells_lib
+from olmo_jax.datadecide import results, synthetic
+from olmo_jax.datadecide.study import REPO, Cell, Study
+
+
+class Executor(Protocol):
+  def run(self, study: Study, cells: list[Cell],
+          on_done: Callable[[Cell, float], None]) -> list[Cell]:
+    """Trains `cells`; calls on_done(cell, seconds) for each completed one; returns the
+    failed ones."""
+
+
+def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
+              print_fn=print, poll_s: float = 0.5, executor: Executor | None = None) -> dict:
+  """Trains every cell not done, scores every checkpoint not scored; returns a summary
+  {"failed": cells, "table": results, "scored": checkpoints scored, "paths": table files}.
+  executor: default LocalExecutor(workers, poll_s, print_fn)."""
+  study.write_recipes()  # also fails early on a recipe that does not load
+  atomic.write_json(os.path.join(study.workdir, "study.json"), study.c.to_dict(), default=str)
+  if study.c.synthetic_noise_levels:
+    synthetic.build(study.c.data_dir, tuple(study.c.synthetic_noise_levels),
+                    vocab=int(study.c.synthetic_vocab))
+  scorer = scorer or cells_lib.make_scorer(study)
+  all_cells = study.cells()
+  pending = [c for c in all_cells if not study.is_done(c)]
+  scored = 0
+  for c in all_cells:  # finish scoring cells completed earlier (e.g. before a crash)
+    if study.is_done(c):
+      scored += cells_lib.score_cell(study, c, scorer, print_fn)
+
+  def on_done(cell: Cell, seconds: float) -> None:
+    nonlocal scored
+    scored += cells_lib.score_cell(study, cell, scorer, print_fn)
+
+  executor = executor or LocalExecutor(workers=workers, poll_s=poll_s, print_fn=print_fn)
+  failed = executor.run(study, pending, on_done)
+  table = cells_lib.collect_results(study)
+  paths = results.write_table(table, os.path.join(study.workdir, "results")) if len(table) \
+      else ()
+  print_fn(f"[study] {scored} checkpoint(s) scored this run; results: "
+           f"{', '.join(paths) or 'none yet'}")
+  return {"failed": failed, "table": table, "scored": scored, "paths": paths}
+
+
+class LocalExecutor:
+  """Trains cells as subprocesses of this process, `workers` at a time, smallest first, with
+  a progress line (cells, running steps, FLOPs done, ETA) whenever something changes."""
+
+  def __init__(self, workers: int = 1, poll_s: float = 0.5, print_fn=print):
+    self.workers, self.poll_s, self.print = workers, poll_s, print_fn
+
+  def run(self, study: Study, cells: list[Cell],
+          on_done: Callable[[Cell, float], None]) -> list[Cell]:
+    pending = list(cells)
+    prog = Progress(study, study.cells(), self.workers)
+    self.print(f"[study] {prog.n_cells} cells: {prog.n_cells - len(pending)} already done, "
+               f"{len(pending)} to train ({self.workers} worker(s)); {prog.total:.3g} FLOPs "
+               f"to train; workdir {study.workdir}")
+    running: dict[Cell, tuple] = {}
+    failed, last = [], ""
+    while pending or running:
+      while pending and len(running) < self.workers:
+        cell = pending.pop(0)
+        running[cell] = _start(study, cell)
+      for cell, (proc, t0, log) in list(running.items()):
+        rc = proc.poll()
+        if rc is None:
+          continue
+        log.close()
+        del running[cell]
+        seconds = time.time() - t0
+        if cells_lib.mark_done(study, cell, rc, seconds):
+          on_done(cell, seconds)
+          prog.finished(cell, seconds)
+        else:
+          failed.append(cell)
+          self.print(f"[study] cell {cell.name} failed (exit {rc}); last lines of "
+                     f"{study.cell_dir(cell)}/train.log:\n{cells_lib.log_tail(study, cell)}")
+      line = prog.line(running, len(pending), len(failed))
+      if line.split("; elapsed")[0] != last.split("; elapsed")[0]:
+        self.print(line)
+        last = line
+      if running:
+        time.sleep(self.poll_s)
+    return failed
+
+
+def _start(study: Study, cell: Cell) -> tuple:
+  """(process, start time, log file) of the cell's trainer, started through child.py so that
+  it ends when this process does."""
+  d = study.cell_dir(cell)
+  os.makedirs(d, exist_ok=True)
+  log = open(os.path.join(d, "train.log"), "a")
+  cmd = [sys.executable, "-m", "olmo_jax.datadecide.child", str(os.getpid()),
+         *study.train_command(cell)]
+  proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+  return proc, time.time(), log
+
+
+def hms(seconds: float) -> str:
+  s = int(round(seconds))
+  return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else \
+      f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+  """The progress line: cells, the running cells' steps, FLOPs done, ETA by compute.
+
+  The ETA models a cell's wall time as a + b * FLOPs: b, seconds per training FLOP, from the
+  tokens/s the finished cells' trainers logged to metrics.jsonl; a, the rest of their wall
+  time (start-up, compilation, checkpoints, scoring) per cell. It sums that over the cells and
+  FLOPs left, so a large cell counts for more than a small one. A trainer that logs no
+  tokens/s counts all its time as b.
+  """
+
+  def __init__(self, study: Study, cells: list[Cell], workers: int):
+    self.study, self.workers, self.t0 = study, workers, time.time()
+    self.todo = [c for c in cells if not study.is_done(c)]
+    self.total = sum(study.compute(c.size) for c in self.todo)
+    self.n_cells = len(cells)
+    self.done: list[tuple[float, float, float]] = []  # (FLOPs, wall s, training s) per cell
+    self.steps: dict[str, int] = {}  # newest step seen in each running cell's metrics
+
+  def finished(self, cell: Cell, seconds: float) -> None:
+    st = self.study
+    rate = cells_lib.tokens_per_s(st, cell)
+    tokens = st.steps(cell.size) * st.tokens_per_step(cell.size)
+    train_s = min(seconds, tokens / rate) if rate else seconds
+    self.done.append((st.compute(cell.size), seconds, train_s))
+
+  def _model(self) -> tuple[float, float] | None:
+    if not self.done:
+      return None
+    flops = sum(f for f, _, _ in self.done)
+    b = sum(t for _, _, t in self.done) / flops
+    a = sum(w - t for _, w, t in self.done) / len(self.done)
+    return a, b
+
+  def line(self, running, n_left: int, n_failed: int) -> str:
+    st = self.study
+    done_flops, parts = sum(f for f, _, _ in self.done), []
+    for cell in running:
+      step = cells_lib.latest_step(st, cell)
+      step = self.steps[cell.name] = step if step is not None else self.steps.get(cell.name)
+      n = st.steps(cell.size)
+      parts.append(f"{cell.name} step {step}/{n}" if step is not None else
+                   f"{cell.name} starting")
+      done_flops += st.compute(cell.size) * (step or 0) / n
+    n_done = sum(st.is_done(c) for c in self.todo) + self.n_cells - len(self.todo)
+    line = (f"[study] cells: {n_done} done, {len(running)} running, {n_left} left, "
+            f"{n_failed} failed")
+    if parts:
+      line += "; training " + ", ".join(parts)
+    pct = 100.0 * done_flops / self.total if self.total else 100.0
+    line += f"; {pct:.0f}% of {self.total:.3g} FLOPs; elapsed {hms(time.time() - self.t0)}"
+    model = self._model()
+    if model is None:
+      return line + "; ETA after the first cell"
+    a, b = model
+    left_cells = n_left + len(running)
+    eta = (a * left_cells + b * max(self.total - done_flops, 0.0)) / self.workers
+    return line + f"; ETA {hms(eta)} (by FLOPs)"
