@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="one run's olmo_jax.train flags, quoted as one argument")
   p.add_argument("--replicas_from", default=None,
                  help="file with one replica's flags per line (e.g. a study's plan.txt)")
+  p.add_argument("--dry_run", action="store_true",
+                 help="compile the packed step for config.plan's target (default: the devices "
+                      "at hand) and print its plan: memory per device, fits or not")
   return p
 
 
@@ -249,13 +252,36 @@ def _close_checkpointers(loop, ckpts) -> None:
       ck.close()
 
 
+def dry_run(cfgs, print_fn=print):
+  """The compiled plan of the pack for config.plan's target (the local devices by default);
+  nothing is allocated or written."""
+  from olmo_jax import pack_plan, plan
+  cfg = cfgs[0]
+  schedule, tx = train.build_optimizer(cfg)
+  step_cfg = train.build_step_config(cfg, schedule)
+  opts = plan.plan_options(cfg)
+  platform, here = plan.target_platform(opts)
+  target = None
+  if platform != here:
+    target = plan.build_target(platform, opts, opts.devices or 1)
+  p = pack_plan.pack_plan(cfg, config_lib.model_config(cfg), tx, step_cfg, len(cfgs), target)
+  print_fn(p.format() + ("" if p.fits else "\nWARNING: the pack does not fit the device memory"))
+  return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line: exit 0 done, 1 a replica failed, 2 bad input or a busy workdir."""
   a = _parser().parse_args(sys.argv[1:] if argv is None else argv)
   cli.setup_logging(None, None)
   try:
     replicas = [parse_replica(r) for r in replica_args(a)]
+    if a.dry_run:
+      from olmo_jax import plan
+      replicas = [(plan.for_target(c), w) for c, w in replicas]
     cfgs, datas = resolve_replicas(replicas)  # nothing is written before this passes
+    if a.dry_run:
+      dry_run(cfgs)
+      return 0
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -115,20 +115,30 @@ def make_scorer(study: Study):
 def score_cell(study: Study, cell: Cell, scorer: Callable, print_fn=None) -> int:
   """Scores every not-yet-scored grid checkpoint of a cell; returns how many were scored."""
   d = study.cell_dir(cell)
-  grid = set(study.grid_steps(cell.size))
-  todo = [s for s in complete_checkpoints(d) if s in grid  # not e.g. a preemption save
-          and not os.path.isfile(os.path.join(d, "eval", str(s), "scores.json"))]
+  todo = unscored_steps(study, cell)
   for i, step in enumerate(todo):
     out = os.path.join(d, "eval", str(step))
     os.makedirs(out, exist_ok=True)
     if print_fn:
       print_fn(f"[study] scoring {cell.name} step {step} ({i + 1}/{len(todo)})")
     ckpt = os.path.join(d, "checkpoints", str(step))
-    scores = scorer(cell, step, ckpt, out)
-    atomic.write_json(os.path.join(out, "scores.json"),
-                      {"tasks": scores, "step": step, "checkpoint": ckpt, "cell": cell.name},
-                      indent=None)
+    write_scores(out, scorer(cell, step, ckpt, out), step, ckpt, cell)
   return len(todo)
+
+
+def unscored_steps(study: Study, cell: Cell) -> list[int]:
+  """The cell's complete grid checkpoints without scores.json (not e.g. a preemption save)."""
+  d = study.cell_dir(cell)
+  grid = set(study.grid_steps(cell.size))
+  return [s for s in complete_checkpoints(d) if s in grid
+          and not os.path.isfile(os.path.join(d, "eval", str(s), "scores.json"))]
+
+
+def write_scores(out_dir: str, scores: dict, step: int, ckpt: str, cell: Cell) -> None:
+  """`<out_dir>/scores.json` of one scored checkpoint, written atomically."""
+  atomic.write_json(os.path.join(out_dir, "scores.json"),
+                    {"tasks": scores, "step": step, "checkpoint": ckpt, "cell": cell.name},
+                    indent=None)
 
 
 def collect_results(study: Study):

@@ -10,7 +10,7 @@ import sys
 
 import ml_collections
 
-from olmo_jax.datadecide import launch, recipes, report, results, runner
+from olmo_jax.datadecide import cells, launch, packing, recipes, report, results, runner
 from olmo_jax.datadecide.results import InputError
 from olmo_jax.datadecide.study import Study
 
@@ -40,7 +40,13 @@ def _parser():
   p.add_argument("--launch-budget", choices=("validated", "full"), default="validated",
                  help="validated (default): the settings the target cells trained with; full: "
                       "the resolver's full budget, each difference listed in the file header")
-  p.add_argument("--workers", type=int, default=1, help="cells trained at the same time")
+  p.add_argument("--workers", type=int, default=1,
+                 help="cells (with --no-pack) or packs trained at the same time")
+  p.add_argument("--no-pack", action="store_true",
+                 help="train every cell in its own process (default: the cells of a size in "
+                      "packs, one program each; olmo_jax/datadecide/packing.py)")
+  p.add_argument("--pack-size", type=int, default=packing.DEFAULT_PACK_SIZE,
+                 help="most cells in one pack (default %(default)s)")
   p.add_argument("--no-report", action="store_true")
   p.add_argument("--allow-truncated", action="store_true",
                  help="report on runs short of their final step too (default: named in the "
@@ -79,6 +85,8 @@ def main(argv) -> int:
   try:
     if a.workers < 1:
       raise InputError(f"--workers {a.workers} must be >= 1")
+    if a.pack_size < 1:
+      raise InputError(f"--pack-size {a.pack_size} must be >= 1")
     config = _load_study_config(a.config)
     study = Study(config, a.workdir)
     if a.recipe is not None and a.recipe not in study.c.recipes:
@@ -92,7 +100,7 @@ def main(argv) -> int:
       if a.launch:
         _print_launch(study, launch.write_launch(study, a.recipe, budget=a.launch_budget), a.recipe)
       return 0
-    summary = runner.run_study(study, workers=a.workers)
+    summary = runner.run_study(study, workers=a.workers, executor=_executor(study, a))
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -105,6 +113,15 @@ def main(argv) -> int:
       return 2
     _print_launch(study, launch.write_launch(study, recipe, budget=a.launch_budget), recipe)
   return rc
+
+
+def _executor(study: Study, a):
+  """The packing executor, or None (runner's LocalExecutor) with --no-pack or a trainer
+  other than olmo_jax.train (a pack runs olmo_jax.train_pack)."""
+  if a.no_pack or study.c.train_module != "olmo_jax.train":
+    return None
+  return packing.PackingExecutor(cells.make_scorer(study), workers=a.workers,
+                                 pack_size=a.pack_size)
 
 
 def _print_launch(study: Study, path: str, recipe: str) -> None:

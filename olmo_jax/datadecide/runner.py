@@ -67,6 +67,7 @@ def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,
 
   executor = executor or LocalExecutor(workers=workers, poll_s=poll_s, print_fn=print_fn)
   failed = executor.run(study, pending, on_done)
+  scored += getattr(executor, "scored", 0)  # an executor that scores on its own (packing.py)
   table = cells_lib.collect_results(study)
   paths = results.write_table(table, os.path.join(study.workdir, "results")) if len(table) \
       else ()
