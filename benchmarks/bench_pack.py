@@ -129,9 +129,9 @@ def _fmt(row: dict, separate: dict) -> str:
           f"{row['tok_s']:12,.0f} tok/s in all{mfu}")
 
 
-def run_demo(workdir: str, no_pack: bool) -> dict:
+def run_demo(config: str, workdir: str, no_pack: bool) -> dict:
   """Wall and CPU seconds (this process's children) of the demo study in a fresh workdir."""
-  cmd = [sys.executable, "-m", "olmo_jax.datadecide", "--config", "configs/datadecide/demo.py",
+  cmd = [sys.executable, "-m", "olmo_jax.datadecide", "--config", config,
          "--workdir", workdir, "--workers", "2", *(["--no-pack"] if no_pack else [])]
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
   t0 = time.perf_counter()
@@ -146,14 +146,14 @@ def run_demo(workdir: str, no_pack: bool) -> dict:
   return {"wall_s": wall, "cpu_s": cpu, "best_recipe": rec["best_recipe"]}
 
 
-def demo() -> None:
+def demo(config: str) -> None:
   """The demo grid packed and unpacked, one after the other; tables compared."""
   import numpy as np
   import pandas as pd
   root = tempfile.mkdtemp(prefix="bench_pack_demo_")
   out = {}
   for name, no_pack in (("packed", False), ("--no-pack", True)):
-    out[name] = run_demo(os.path.join(root, name), no_pack)
+    out[name] = run_demo(config, os.path.join(root, name), no_pack)
     print(f"{name:>9}: {out[name]['wall_s']:7.1f} s wall, {out[name]['cpu_s']:7.1f} CPU s; best "
           f"recipe {out[name]['best_recipe']}; load average {os.getloadavg()[0]:.2f}", flush=True)
   keys = ["recipe", "size", "seed", "step", "task", "metric"]
@@ -178,10 +178,12 @@ def main() -> None:
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--until_oom", action="store_true")
   p.add_argument("--demo", action="store_true")
+  p.add_argument("--demo_config", default="configs/datadecide/demo.py",
+                 help="the study --demo trains (default: the datadecide-demo grid)")
   a = p.parse_args()
   print(machine())
   if a.demo:
-    demo()
+    demo(a.demo_config)
     return
   for size in a.sizes:
     sweep(size, a.ks, a.batch, a.seq_len, a.steps, a.until_oom)

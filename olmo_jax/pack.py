@@ -3,10 +3,11 @@
 A proxy ladder is hundreds of runs whose models are far too small to fill a device. Within one
 size of a DataDecide ladder the runs differ only in their seed and their data, so they can
 share one compiled step: the train state and the batches carry a leading replica axis and the
-step is `jax.vmap` over the trainer's pure `train_step` (trainer.train_step_fn). Each replica
-keeps its own init seed, its own data stream and its own hooks (checkpoints, metrics, log), so
-every replica is still an ordinary run; its numbers equal a separate run's within float
-rounding (a batched matmul may sum in another order than the unbatched one).
+step is `jax.vmap` over the trainer's pure `train_step` (trainer.train_step_fn) on GPU/TPU, or
+on CPU a `lax.map` of it (the plain step looped inside the one program; see default_mode).
+Each replica keeps its own init seed, its own data stream and its own hooks (checkpoints,
+metrics, log), so every replica is still an ordinary run; its numbers equal a separate run's
+within float rounding (bit-identical with 'map'; a batched matmul may sum in another order).
 
 The replica axis is the only axis a pack shards: its leading dimension is spread over a
 'replica' mesh axis (as many devices as divide K), and each replica's model sits whole on its
@@ -27,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from olmo_jax import model as model_lib
 from olmo_jax import trainer
+from olmo_jax.kernels import resolve_platform
 
 State = trainer.State
 REPLICA_AXIS = "replica"
@@ -54,13 +56,30 @@ def packed_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(REPLICA_AXIS))
 
 
+def default_mode(platform: str = "auto") -> str:
+  """How a pack runs its replicas on a platform: 'vmap' (one batched program: fills an
+  accelerator) or 'map' (a loop over the replicas inside the one compiled step: XLA:CPU's
+  batched matmuls are slower than its plain ones, and the CPU kernels of olmo_jax/kernels
+  are written for the plain ones)."""
+  return "map" if resolve_platform(platform) == "cpu" else "vmap"
+
+
 def make_packed_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
-                     step_cfg: trainer.StepConfig, sh: NamedSharding | None = None):
+                     step_cfg: trainer.StepConfig, sh: NamedSharding | None = None,
+                     mode: str = "auto"):
   """The jitted `step(packed_state, packed_batch) -> (packed_state, metrics [K])`, donated.
 
   packed_batch: {"input_ids": int32[K, B, L+1]}; every metric has shape [K].
+  mode: 'vmap', 'map' or 'auto' (default_mode of the model's platform).
   """
-  step = jax.vmap(trainer.train_step_fn(cfg, tx, step_cfg))
+  one = trainer.train_step_fn(cfg, tx, step_cfg)
+  mode = default_mode(cfg.platform) if mode == "auto" else mode
+  if mode == "vmap":
+    step = jax.vmap(one)
+  elif mode == "map":
+    step = lambda state, batch: jax.lax.map(lambda sb: one(*sb), (state, batch))
+  else:
+    raise ValueError(f"pack mode {mode!r}: use vmap, map or auto")
   if sh is None:
     return jax.jit(step, donate_argnums=0)
   return jax.jit(step, donate_argnums=0, out_shardings=(sh, sh))
