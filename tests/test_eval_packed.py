@@ -58,3 +58,28 @@ def test_packed_evaluation_equals_each_model_alone_on_every_task_kind():
                                    err_msg=f"{name} {key}")
     assert [r["pred"] for r in preds] == [r["pred"] for r in ref_preds]
   assert got[0][0]["tasks"] != got[1][0]["tasks"]  # two models
+
+
+@pytest.mark.slow
+def test_study_scorer_packs_equal_eval_run_per_checkpoint(tmp_path):
+  from olmo_jax import checkpoint
+  from olmo_jax.datadecide.scorers import EvalRunScorer
+  cfg = tiny_eval_config(1024)
+  mcfg = config_lib.model_config(cfg)
+  dirs = []
+  for seed in range(2):
+    d = str(tmp_path / f"run{seed}")
+    checkpoint.write_params_checkpoint(d, random_params(mcfg, seed=seed),
+                                       {"config": config_lib.to_dict(cfg)})
+    dirs.append(d)
+  scorer = EvalRunScorer("arc_challenge,winogrande,gsm8k", limit=2)
+  outs = [str(tmp_path / f"packed{i}") for i in range(2)]
+  packed = scorer.score_pack([None, None], 0, dirs, outs)
+  for i, d in enumerate(dirs):
+    alone = scorer(None, 0, d, str(tmp_path / f"alone{i}"))
+    assert packed[i].keys() == alone.keys() and len(alone) == 3
+    for task, metrics in alone.items():
+      for key, value in metrics.items():
+        np.testing.assert_allclose(packed[i][task][key], value, rtol=1e-5, atol=1e-6,
+                                   err_msg=f"{task} {key}")
+  assert packed[0] != packed[1]

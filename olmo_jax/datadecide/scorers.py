@@ -5,7 +5,7 @@ the study caches what it returns in `out_dir/metrics.json` and never asks twice.
 
 - `EvalRunScorer`: the evaluation package's CLI, `python -m eval.run --checkpoint CKPT_DIR
   --tasks NAMES [--limit N] --output OUT_DIR` (it writes OUT_DIR/metrics.json with a "tasks"
-  entry), run in a subprocess.
+  entry), run in a subprocess; a pack's checkpoints (`score_pack`) in one pass in-process.
 - `HeldoutScorer`: mean next-token loss (nats/token) and top-1 next-token accuracy on fixed
   windows of held-out token files, computed in this process with the training model's forward.
 """
@@ -45,6 +45,41 @@ class EvalRunScorer:
       raise RuntimeError(f"eval.run failed on {ckpt_dir} (exit {rc}); see {out_dir}/eval.log")
     with open(path) as f:
       return json.load(f)["tasks"]
+
+
+  def score_pack(self, cells, step: int, ckpt_dirs, out_dirs) -> list[dict]:
+    """The checkpoints of K cells of one shape scored in this process in one pass
+    (eval.evaluation.evaluate_replicas: one tokenization and batching, the weights stacked):
+    per cell, the "tasks" of the metrics.json eval.run would write, which is also written to
+    its out_dir. One eval.run per cell instead when a task runs in lm-evaluation-harness or
+    the checkpoints' shapes differ."""
+    from data_pipeline import atomic
+    from data_pipeline.tokenizer import load_tokenizer
+    from eval import evaluation as ev
+    from eval import tasks as tasks_lib
+    from eval.scorer import PackedScorer
+    from olmo_jax import pack
+    names = [n.strip() for n in self.tasks.split(",") if n.strip()]
+    tasks = tasks_lib.resolve_tasks(names)
+    models = [ev.load_model(d) for d in ckpt_dirs]
+    m0 = models[0]
+    if (not all(t.scored_here for t in tasks)
+        or any((m.cfg, m.max_length, m.tokenizer) != (m0.cfg, m0.max_length, m0.tokenizer)
+               for m in models)):
+      return [self(c, step, d, o) for c, d, o in zip(cells, ckpt_dirs, out_dirs)]
+    instances = {t.name: tasks_lib.load_instances(t, self.limit) for t in tasks}
+    scorer = PackedScorer(m0.cfg, pack.stack([m.params for m in models]),
+                          max_length=m0.max_length)
+    outs = ev.evaluate_replicas(scorer, load_tokenizer(m0.tokenizer), tasks, instances,
+                                suites=[n for n in names if n in tasks_lib.SUITES],
+                                eos_id=m0.eos_id)
+    for (agg, _), d, out in zip(outs, ckpt_dirs, out_dirs):
+      os.makedirs(out, exist_ok=True)
+      atomic.write_json(os.path.join(out, "metrics.json"),
+                        {k: agg[k] for k in ("tasks", "macro", "subtasks", "counts",
+                                             "primary_metrics")}
+                        | {"checkpoint": d, "packed_with": len(models)})
+    return [agg["tasks"] for agg, _ in outs]
 
 
 class HeldoutScorer:
