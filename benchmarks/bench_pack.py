@@ -59,7 +59,8 @@ def build(size: str, batch: int, seq_len: int):
                                      lr_schedule=schedule)
 
 
-def seconds_per_step(size: str, k: int, batch: int, seq_len: int, steps: int) -> float:
+def seconds_per_step(size: str, k: int, batch: int, seq_len: int, steps: int,
+                     mode: str = "auto") -> float:
   """Mean seconds per step over `steps` steps after two untimed ones; k=0: the separate
   run's own step (no replica axis)."""
   import jax
@@ -76,7 +77,8 @@ def seconds_per_step(size: str, k: int, batch: int, seq_len: int, steps: int) ->
   else:  # K copies of one init, built on the device (the values do not change the time)
     state = jax.jit(lambda: jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *x.shape)),
                                          init()))()
-    step, b = pack.make_packed_step(cfg, tx, step_cfg), {"input_ids": ids.astype("int32")}
+    step = pack.make_packed_step(cfg, tx, step_cfg, mode=mode)
+    b = {"input_ids": ids.astype("int32")}
   b = jax.device_put(b)
   for _ in range(2):
     state, m = step(state, b)
@@ -92,7 +94,8 @@ def is_oom(e: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
 
 
-def sweep(size: str, ks: list[int], batch: int, seq_len: int, steps: int, until_oom: bool):
+def sweep(size: str, ks: list[int], batch: int, seq_len: int, steps: int, until_oom: bool,
+          mode: str = "auto"):
   """Rows {size, k, s_per_step, tok_s_replica, tok_s, mfu}; k=0 is the separate run."""
   from olmo_jax import sizes, trainer
   cfg, _, _ = build(size, batch, seq_len)
@@ -103,7 +106,7 @@ def sweep(size: str, ks: list[int], batch: int, seq_len: int, steps: int, until_
   while i < len(k_list):
     k = k_list[i]
     try:
-      t = seconds_per_step(size, k, batch, seq_len, steps)
+      t = seconds_per_step(size, k, batch, seq_len, steps, mode)
     except Exception as e:  # noqa: BLE001 (an accelerator's out-of-memory error ends the sweep)
       if not is_oom(e):
         raise
@@ -178,16 +181,18 @@ def main() -> None:
   p.add_argument("--seq_len", type=int, default=128)
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--until_oom", action="store_true")
+  p.add_argument("--mode", default="auto", choices=("auto", "vmap", "map"),
+                 help="how the pack runs its replicas (olmo_jax/pack.py: default_mode)")
   p.add_argument("--demo", action="store_true")
   p.add_argument("--demo_config", default="configs/datadecide/demo.py",
                  help="the study --demo trains (default: the datadecide-demo grid)")
   a = p.parse_args()
-  print(machine())
+  print(machine() + ("" if a.demo else f"; pack mode {a.mode}"))
   if a.demo:
     demo(a.demo_config)
     return
   for size in a.sizes:
-    sweep(size, a.ks, a.batch, a.seq_len, a.steps, a.until_oom)
+    sweep(size, a.ks, a.batch, a.seq_len, a.steps, a.until_oom, a.mode)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ def test_packs_hold_the_cells_of_one_size_at_most_pack_size(tmp_path):
   assert [len(cs) for _, cs in packs] == [3] * 6  # 9 cells of a size: 3 packs of 3, not 4+4+1
   assert all(len({c.size for c in cs}) == 1 for _, cs in packs)
   assert sorted(c.name for _, cs in packs for c in cs) == sorted(c.name for c in study.cells())
+  two = packing.make_packs(study, study.cells(), pack_size=16, workers=2)
+  assert [(n, len(cs)) for n, cs in two] == [("t1-0", 5), ("t1-1", 4), ("t2-0", 5), ("t2-1", 4)]
   cmd = packing.pack_command(study, "t1-0", packs[0][1])
   lines = (tmp_path / "w" / "packs" / "t1-0.txt").read_text().splitlines()
   assert cmd[-2:] == ["--replicas_from", str(tmp_path / "w" / "packs" / "t1-0.txt")]

@@ -4,8 +4,9 @@ Within a size, a study's cells share every training setting but their recipe's d
 their seed (study.cell_flags: the recipe sets `data.*` only), so they form packs for
 `python -m olmo_jax.train_pack` (olmo_jax/pack.py): one process, one compiled step, the
 replicas on a leading axis. `PackingExecutor` is a runner.Executor: it trains `workers` packs
-at a time (at most `pack_size` cells each), writes each pack's replica list to
-`<workdir>/packs/<size>-<i>.txt` and its output to `.log` beside it, marks each cell done
+at a time (at most `pack_size` cells each, each size in at least `workers` packs), writes
+each pack's replica list to `<workdir>/packs/<size>-<i>.txt` and its output to `.log` beside
+it, marks each cell done
 (cells.mark_done) when its final checkpoint is complete, and scores the pack's checkpoints
 together, step by step (a scorer's `score_pack`, else one cell at a time). Every cell's own
 directory is what a cell trained alone leaves, so `--no-pack` (runner.LocalExecutor) and a
@@ -29,16 +30,17 @@ from olmo_jax.datadecide.study import REPO, Cell, Study
 DEFAULT_PACK_SIZE = 16  # replicas per pack: a memory limit (the models are small)
 
 
-def make_packs(study: Study, cells: list[Cell], pack_size: int = DEFAULT_PACK_SIZE
-               ) -> list[tuple[str, list[Cell]]]:
+def make_packs(study: Study, cells: list[Cell], pack_size: int = DEFAULT_PACK_SIZE,
+               workers: int = 1) -> list[tuple[str, list[Cell]]]:
   """[(name, cells)] of the packs: the cells of each size, smallest size first, in chunks of
-  at most pack_size (as equal as possible)."""
+  at most pack_size (as equal as possible), and in at least `workers` packs per size (where
+  it has the cells), so that no size trains on fewer processes than there are workers."""
   out = []
   for size in study.trained_sizes():
     mine = [c for c in cells if c.size == size]
     if not mine:
       continue
-    n = -(-len(mine) // pack_size)
+    n = max(-(-len(mine) // pack_size), min(workers, len(mine)))
     per = -(-len(mine) // n)
     for i in range(n):
       out.append((f"{size}-{i}", mine[i * per:(i + 1) * per]))
@@ -88,7 +90,7 @@ class PackingExecutor:
 
   def run(self, study: Study, cells: list[Cell],
           on_done: Callable[[Cell, float], None]) -> list[Cell]:
-    pending = make_packs(study, cells, self.pack_size)
+    pending = make_packs(study, cells, self.pack_size, self.workers)
     prog = PackProgress(study, pending, self.workers)
     self.print(f"[study] {len(study.cells())} cells: {len(study.cells()) - len(cells)} already "
                f"done, {len(cells)} to train in {len(pending)} pack(s) of at most "
