@@ -72,8 +72,9 @@ def chosen(size: str, opts: dict) -> dict:
 
 
 # Targets of the pack column: one device each (a pack's replica axis spreads over more).
+# A v5e chip: the first chip of a 2x2 host (libtpu names no 1x1 v5e topology).
 PACK_TARGETS = {"1 x H100": TARGETS["1 x H100"],
-                "TPU v5e chip": {"platform": "tpu", "topology": "v5e:1x1"}}
+                "TPU v5e chip": {"platform": "tpu", "topology": "v5e:2x2"}}
 
 
 def largest_pack(size: str, opts: dict) -> dict:
@@ -82,6 +83,7 @@ def largest_pack(size: str, opts: dict) -> dict:
   from olmo_jax import pack_plan, plan
   c, mcfg, tx, sc = parts(size, opts)
   target = plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 1))
+  target = dataclasses.replace(target, devices=target.devices[:1])
   seen = {}
 
   def make(k):
