@@ -16,6 +16,7 @@ device, which is what small models want. The entry point is olmo_jax/train_pack.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Iterator, Sequence
 
@@ -238,7 +239,7 @@ def pack_loop(state: State, step_fn, batches: Iterator[dict], loop: PackLoop,
   replica's hooks (checkpoints, logging) on its ReplicaLoop, as trainer.train_loop runs them.
   """
   start, total = loop.step, loop.total_steps
-  with loop:
+  with loop, _started(pack_hooks, loop):
     for step in range(start + 1, total + 1):
       state, metrics = step_fn(state, next(batches))
       loop.dispatched(step, state, metrics)
@@ -256,3 +257,15 @@ def pack_loop(state: State, step_fn, batches: Iterator[dict], loop: PackLoop,
         return step, state, True
     loop.settle(force_log=True)
   return total, state, False
+
+
+@contextlib.contextmanager
+def _started(hooks: Sequence[trainer.Hook], loop: PackLoop):
+  """The pack's own hooks started (signal handlers installed) and ended around the loop."""
+  for hook in hooks:
+    hook.start(loop)
+  try:
+    yield
+  finally:
+    for hook in reversed(hooks):
+      hook.end(loop)

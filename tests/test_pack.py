@@ -171,3 +171,27 @@ def test_a_diverging_replica_is_named_and_the_others_go_on():
   assert [r.name for r in loop.live()] == ["clean/s/seed1"]
   assert any(line.startswith("[pack] replica noisy/s/seed1 failed: non-finite loss (nan)")
              for line in said)
+
+
+def test_sigterm_stops_every_replica_after_the_step_and_saves_it(tmp_path):
+  saved = []
+
+  class Save(trainer.Hook):
+    every = 1
+
+    def __call__(self, loop):
+      if loop.stop_reason is not None:
+        saved.append((loop.name, loop.step))
+
+  loop = pack.PackLoop(["a", "b"], 0, 10, [[Save()], [Save()]], trainer.UpdatePolicy(),
+                       [trainer.Console(0, 10, progress_bar=False, print_fn=lambda s: None)] * 2)
+
+  def step_fn(state, batch):
+    if state["step"] == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # the study (or a scheduler) stops the pack
+    return {"step": state["step"] + 1}, {"loss": np.ones(2), "grad_norm": np.ones(2),
+                                         "finite": np.ones(2)}
+
+  step, _, stopped = pack.pack_loop({"step": 0}, step_fn, iter([{}] * 10), loop,
+                                    [trainer.StopOnSignal()])
+  assert (step, stopped) == (3, True) and saved == [("a", 3), ("b", 3)]
