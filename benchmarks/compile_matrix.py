@@ -21,7 +21,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import olmo_jax  # noqa: E402,F401  (first: on a CPU host it keeps JAX on the CPU, quietly)
+from olmo_jax import runtime  # noqa: E402
+
+runtime.init()  # before the imports that load JAX: on a CPU host JAX stays on the CPU, quietly
 
 # name -> plan options (olmo_jax/plan.py, configs/train.py: plan.*)
 TARGETS = {
@@ -69,6 +71,35 @@ def chosen(size: str, opts: dict) -> dict:
           "gib_per_device": p.total / GIB, "microbatch": micro, "remat": remat,
           "collectives": p.collectives, "attention": p.attention,
           "compile_seconds": seconds}
+
+
+# Targets of the pack column: one device each (a pack's replica axis spreads over more).
+# A v5e chip: the first chip of a 2x2 host (libtpu names no 1x1 v5e topology).
+PACK_TARGETS = {"1 x H100": TARGETS["1 x H100"],
+                "TPU v5e chip": {"platform": "tpu", "topology": "v5e:2x2"}}
+
+
+def largest_pack(size: str, opts: dict) -> dict:
+  """The largest K of a pack of the size's runs (its published batch, 2,048 tokens, bf16, the
+  size's defaults otherwise) that compiles within one device of the target."""
+  from olmo_jax import pack_plan, plan
+  c, mcfg, tx, sc = parts(size, opts)
+  target = plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 1))
+  target = dataclasses.replace(target, devices=target.devices[:1])
+  seen = {}
+
+  def make(k):
+    seen[k] = pack_plan.pack_plan(c, mcfg, tx, sc, k, target)
+    return seen[k]
+
+  t0 = time.perf_counter()
+  k = pack_plan.largest_k(make)
+  best = seen.get(k)
+  return {"size": size, "target": target.describe(), "largest_k": k,
+          "batch": c.train.batch_size, "microbatch": c.train.microbatch_size,
+          "gib_per_device": best.total / GIB if best else None,
+          "first_over": min((n for n, p in seen.items() if not p.fits), default=None),
+          "compiles": len(seen), "compile_seconds": time.perf_counter() - t0}
 
 
 def _plan_at(opts: dict, seqs: int, remat: str):
@@ -193,6 +224,9 @@ def main(argv=None) -> int:
   ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
   ap.add_argument("--max_batch", action="store_true", help="also the largest 1B batch")
   ap.add_argument("--max_batch_remat", default="full")
+  ap.add_argument("--packs", nargs="*", default=None,
+                  help="sizes of the pack column: the largest K of a pack (olmo_jax/pack.py) "
+                       "on 1 x H100 and a TPU v5e chip, e.g. --packs 4M 20M 60M 150M")
   ap.add_argument("--out", default="", help="also write JSON lines here")
   ap.add_argument("--tables", default="", help="print the tables of a JSON-lines file and stop")
   a = ap.parse_args(argv)
@@ -200,7 +234,7 @@ def main(argv=None) -> int:
     ap.error(f"--tables {a.tables}: no such file (JSON lines written by --out)")
   if a.tables:
     saved = [json.loads(line) for line in open(a.tables) if line.strip()]
-    rows = [r for r in saved if "size" in r]
+    rows = [r for r in saved if "size" in r and not r.get("pack")]
     batches = [r for r in saved if "max_batch_seqs" in r]
     print(table(rows) + "\n\n" + (batch_table(batches) + "\n\n" if batches else "")
           + summary_table(rows, batches))
@@ -214,6 +248,13 @@ def main(argv=None) -> int:
     for name in a.targets:
       row = {"name": name, **chosen(size, TARGETS[name])}
       rows.append(row)
+      print(json.dumps(row), flush=True)
+      if sink:
+        sink.write(json.dumps(row) + "\n")
+        sink.flush()
+  for size in a.packs or []:
+    for name, opts in PACK_TARGETS.items():
+      row = {"name": name, "pack": True, **largest_pack(size, opts)}
       print(json.dumps(row), flush=True)
       if sink:
         sink.write(json.dumps(row) + "\n")

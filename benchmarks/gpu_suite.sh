@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one call (< 10 minutes on one H100/H200).
+# Every GPU check and benchmark in one call (< 13 minutes on one H100/H200).
 # Results land in $OUT (or ./gpu_results): env.txt, parity.log, train_gpu.jsonl (one row per
 # implementation and size, then ours / torch summaries), train_gpu.txt (the table, the peak
 # used, the ratios), train_gpu.err (its warnings and errors), plan.log, eval_olmes_1b.txt,
-# suite.log. Worst case by the timeouts: 60 + 250 + 40 + 2 x 60 + 120 s plus start-up (the
+# pack_gpu.txt (packed training, K = 1 up to the largest that fits), suite.log. Worst case by
+# the timeouts: 60 + 250 + 40 + 2 x 60 + 120 + 2 x 90 s plus start-up (the
 # bench's two sides get 100 s and 140 s, so it writes its files before its own 250 s limit).
 # The GPU image has jax/flax/optax/orbax; the rest travels as wheels in .whl/ (see README).
 set -uo pipefail
@@ -75,3 +76,14 @@ timeout "$EVAL_T" python3 benchmarks/bench_eval.py --sizes 1B $EVAL_ARGS --no-hf
   --batch-tokens 32768 > "$OUT/eval_olmes_1b.txt" 2>&1
 echo "eval olmes 1B ($EVAL_ARGS) rc=$?" | tee -a "$OUT/suite.log"
 tail -n 20 "$OUT/eval_olmes_1b.txt" | tee -a "$OUT/suite.log"
+# 5. Packed training (olmo_jax/pack.py): tokens/s per replica and in all, and MFU, of the 4M
+#    and 20M shapes at 2048 tokens and 8 sequences per replica, for K = 1 (the separate run's
+#    step, then a pack of one) and doubling K until the GPU runs out of memory: the largest K
+#    that fits is the last row before "out of memory". Each size is stopped at its own limit,
+#    keeping the rows it printed.
+for size in 4M 20M; do
+  timeout 90 python3 benchmarks/bench_pack.py --sizes "$size" --ks 1 --until_oom \
+    --seq_len 2048 --batch 8 --steps 3 >> "$OUT/pack_gpu.txt" 2>> "$OUT/pack_gpu.err"
+  echo "pack $size rc=$?" | tee -a "$OUT/suite.log"
+done
+tee -a "$OUT/suite.log" < "$OUT/pack_gpu.txt"

@@ -207,15 +207,31 @@ def score_tasks(scorer, encoder: Encoder, task_instances: dict[str, list[tasks_l
   log: keeps the scores as they come and reuses those of an interrupted run (resume.py).
   strict: a non-finite score raises ScoreError (in-loop evaluation logs it instead).
   """
+  flat, encoded = encode_tasks(scorer, encoder, task_instances)
+  if log is not None:
+    scores = log.loglikelihood(scorer, encoded, progress)
+  else:
+    scores = scorer.loglikelihood(encoded, progress=progress)
+  return task_records(task_instances, kinds, flat, encoded, scores, scorer.max_length + 1,
+                      strict)
+
+
+def encode_tasks(scorer, encoder: Encoder, task_instances: dict[str, list[tasks_lib.Instance]]
+                 ) -> tuple[list[tasks_lib.Instance], list[tuple[list[int], list[int]]]]:
+  """(every instance in task order, the token ids of their requests), ids checked."""
   flat = [inst for insts in task_instances.values() for inst in insts]
   encoded = encoder.pairs(requests_of(flat))
   check_token_ids(encoded, scorer.cfg.vocab_size,
                   "the tokenizer is not this model's; put the model's own tokenizer.json "
                   "in its HF directory")
-  if log is not None:
-    scores = log.loglikelihood(scorer, encoded, progress)
-  else:
-    scores = scorer.loglikelihood(encoded, progress=progress)
+  return flat, encoded
+
+
+def task_records(task_instances: dict[str, list[tasks_lib.Instance]],
+                 kinds: dict[str, tasks_lib.TaskKind], flat: list[tasks_lib.Instance],
+                 encoded: Sequence[tuple[list, list]], scores: Sequence[tuple[float, bool]],
+                 window: int, strict: bool = True) -> dict[str, list[dict[str, Any]]]:
+  """score_tasks's records from the scores of the encoded requests."""
   if strict:
     owner = [inst for inst in flat
              for _ in range(len(inst.continuations) * (1 + (inst.uncond_contexts is not None)))]
@@ -226,7 +242,7 @@ def score_tasks(scorer, encoder: Encoder, task_instances: dict[str, list[tasks_l
     for inst in insts:
       n = len(inst.continuations) * (1 + (inst.uncond_contexts is not None))
       out[name].append(_record(name, inst, kinds[name], scores[i:i + n], encoded[i:i + n],
-                               scorer.max_length + 1))
+                               window))
       i += n
   return out
 
@@ -321,6 +337,23 @@ def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | Non
   native = [t for t in tasks if t.name in task_instances]
   agg = aggregate(native, records, suites, use_file_primary)
   return agg, [r for recs in records.values() for r in recs]
+
+
+def evaluate_replicas(scorer, tokenizer, tasks: list[tasks_lib.Task],
+                      task_instances: dict[str, list[tasks_lib.Instance]], *,
+                      suites: Sequence[str] = (), use_file_primary: bool = False,
+                      eos_id: int = EOS_TOKEN_ID) -> list[tuple[dict[str, Any], list[dict]]]:
+  """evaluate() of K models at once with a PackedScorer (eval/scorer.py): the requests are
+  tokenized and batched once and scored in one pass; per replica (aggregate, records)."""
+  flat, encoded = encode_tasks(scorer, Encoder(tokenizer, eos_id), task_instances)
+  kinds = {t.name: t.kind for t in tasks}
+  native = [t for t in tasks if t.name in task_instances]
+  out = []
+  for scores in scorer.loglikelihood_replicas(encoded):
+    records = task_records(task_instances, kinds, flat, encoded, scores, scorer.max_length + 1)
+    out.append((aggregate(native, records, suites, use_file_primary),
+                [r for recs in records.values() for r in recs]))
+  return out
 
 
 def score_lm(scorer, lm_sets, tokenizer, stride: int | None,

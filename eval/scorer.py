@@ -202,18 +202,56 @@ class Scorer:
         at += n
     put = lambda x: jax.device_put(x, self._rows)
     self.compiled_shapes.add((rows,) + shape)
-    fn = _score_fn(self.cfg, w > 0)
-    res = jax.device_get(fn(self.params, put(ids), put(ctx_len), put(first), put(packed),
-                            put(targets), put(member), put(step)))
+    res = jax.device_get(self._fn(w > 0)(self.params, put(ids), put(ctx_len), put(first),
+                                         put(packed), put(targets), put(member), put(step)))
+    # `...`: a PackedScorer's results carry a leading replica axis, summed alike.
     lp0 = np.asarray(res[0], np.float64)
     for r, g in enumerate(batch[:n_real]):
       for j, m in enumerate(g.members):
-        lp, greedy = lp0[r, j], bool(res[1][r, j])
+        lp, greedy = lp0[..., r, j], res[1][..., r, j]
         if w > 0:
           mine = member[r] == j
-          lp += np.asarray(res[2][r], np.float64)[mine].sum()
-          greedy = greedy and bool(np.all(res[3][r][mine]))
-        yield m, float(lp), greedy
+          lp = lp + np.asarray(res[2][..., r, :], np.float64)[..., mine].sum(-1)
+          greedy = greedy & np.all(res[3][..., r, :][..., mine], axis=-1)
+        yield m, self._value(lp, float), self._value(greedy, bool)
+
+  def _fn(self, extend: bool):
+    return _score_fn(self.cfg, extend)
+
+  @staticmethod
+  def _value(x, kind):
+    return kind(x)
+
+
+class PackedScorer(Scorer):
+  """Scores the same requests with K models of one shape in one pass: one tokenization and
+  batching, the weights stacked on a leading replica axis (the prefill and extend of the
+  Scorer, vmapped over the weights). Each replica's scores equal a Scorer's of its params
+  within float rounding.
+
+  params: a pytree whose leaves are [K, ...] (olmo_jax.pack.stack of K params).
+  """
+
+  def __init__(self, cfg: ModelConfig, params: dict[str, Any], **kw):
+    super().__init__(cfg, params, **kw)
+    self.replicas = int(jax.tree.leaves(params)[0].shape[0])
+
+  def _fn(self, extend: bool):
+    return _packed_score_fn(self.cfg, extend)
+
+  @staticmethod
+  def _value(x, kind):
+    return np.asarray(x, np.float64 if kind is float else bool)
+
+  def loglikelihood_replicas(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                             progress: Callable[[int], None] | None = None
+                             ) -> list[list[tuple[float, bool]]]:
+    """Per replica, (summed log-prob, is_greedy) of each request (Scorer.loglikelihood)."""
+    out = self.loglikelihood(requests, progress=progress)
+    k = self.replicas
+    lps = [np.broadcast_to(lp, (k,)) for lp, _ in out]
+    greedy = [np.broadcast_to(g, (k,)) for _, g in out]
+    return [[(float(lp[i]), bool(g[i])) for lp, g in zip(lps, greedy)] for i in range(k)]
 
 
 @functools.lru_cache(maxsize=None)
@@ -251,6 +289,12 @@ def _score_fn(cfg: ModelConfig, extend: bool):
     return lp, greedy, tok_lp, tok_greedy
 
   return score
+
+
+@functools.lru_cache(maxsize=None)
+def _packed_score_fn(cfg: ModelConfig, extend: bool):
+  """_score_fn over params with a leading replica axis; every output gains that axis."""
+  return jax.jit(jax.vmap(_score_fn(cfg, extend), in_axes=(0,) + (None,) * 7))
 
 
 # ------------------------------------------------------------------------------ decoding

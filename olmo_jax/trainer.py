@@ -30,7 +30,7 @@ from olmo_jax import sharding
 from olmo_jax.console import Console
 
 # Kept importable as trainer.* for code written against it; their home is olmo_jax/hooks.py.
-from olmo_jax.hooks import CheckpointHook, Hook, StopOnSignal  # noqa: F401
+from olmo_jax.hooks import Hook
 from olmo_jax.runtime import resolve_platform
 
 State = dict[str, Any]
@@ -284,6 +284,16 @@ def make_train_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation
   batch: {"input_ids": int32[B, L+1]}; metrics: loss, ce, z_loss, grad_norm, finite, lr (of
   this update, when step_cfg.lr_schedule is given) and loss_scale (fp16).
   """
+  train_step = train_step_fn(cfg, tx, step_cfg, mesh)
+  if shard is None:
+    return jax.jit(train_step, donate_argnums=0)
+  return jax.jit(train_step, donate_argnums=0, out_shardings=(shard, None))
+
+
+def train_step_fn(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
+                  step_cfg: StepConfig, mesh: Mesh | None = None):
+  """The pure, unjitted `train_step(state, batch) -> (state, metrics)` of make_train_step;
+  pure over pytrees, so `jax.vmap` over a leading replica axis trains packs (olmo_jax/pack.py)."""
   gradients = make_gradient_fn(cfg, step_cfg, mesh)
   policy, schedule = step_cfg.policy, step_cfg.lr_schedule
 
@@ -299,9 +309,7 @@ def make_train_step(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation
       metrics["loss_scale"] = scale
     return new_state, metrics
 
-  if shard is None:
-    return jax.jit(train_step, donate_argnums=0)
-  return jax.jit(train_step, donate_argnums=0, out_shardings=(shard, None))
+  return train_step
 
 
 def setup(cfg: model_lib.ModelConfig, tx: optax.GradientTransformation, step_cfg: StepConfig,
@@ -375,7 +383,12 @@ class Loop:
       return
     step, dev_metrics, extra = self._pending
     self._pending = None
-    host = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+    self.receive(step, {k: float(v) for k, v in jax.device_get(dev_metrics).items()}, extra,
+                 force_log)
+
+  def receive(self, step: int, host: dict[str, float], extra: dict[str, float],
+              force_log: bool = False) -> None:
+    """A step's host metrics, read: checked by the policy, then handed to the hooks."""
     self.policy.check(step, host)
     self.history.append((step, host["loss"]))
     self.console.progress(step, host["loss"])

@@ -97,6 +97,10 @@ NOT_RUN = {
         "1B compiles take minutes on 2 cores (test_targets compiles small models, slow ones 1B)",
     "python -m olmo_jax.train --model_size 4M --data_path DATA": "needs token files in DATA "
                                                                  "(test_cli)",
+    "python -m olmo_jax.train_pack --replica ": "needs the default recipe's token files "
+                                                 "(test_pack runs packs of tiny models)",
+    "python -m olmo_jax.train_pack --replicas_from plan.txt": "needs a study's plan.txt "
+                                                              "(test_datadecide_packing)",
     "python scripts/olmo/train.py --model_size 150M --data_path ./data --output_dir ./outputs":
         "needs token files in ./data (test_cli runs it at a tiny size)",
 }

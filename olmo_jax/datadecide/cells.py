@@ -145,11 +145,15 @@ def score_cell(study: Study, cell: Cell, scorer: Callable, print_fn=None) -> int
     if print_fn:
       print_fn(f"[study] scoring {cell.name} step {step} ({i + 1}/{len(todo)})")
     ckpt = os.path.join(d, "checkpoints", str(step))
-    scores = scorer(cell, step, ckpt, out)
-    atomic.write_json(os.path.join(out, "scores.json"),
-                      {"tasks": scores, "step": step, "checkpoint": ckpt, "cell": cell.name},
-                      indent=None)
+    write_scores(out, scorer(cell, step, ckpt, out), step, ckpt, cell)
   return len(todo)
+
+
+def write_scores(out_dir: str, scores: dict, step: int, ckpt: str, cell: Cell) -> None:
+  """`<out_dir>/scores.json` of one scored checkpoint, written atomically."""
+  atomic.write_json(os.path.join(out_dir, "scores.json"),
+                    {"tasks": scores, "step": step, "checkpoint": ckpt, "cell": cell.name},
+                    indent=None)
 
 
 def collect_results(study: Study):

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from olmo_jax.datadecide import launch, recipes, report, results, runner, slurm
+from olmo_jax.datadecide import cells, launch, packing, recipes, report, results, runner, slurm
 from olmo_jax.datadecide.results import InputError
 from olmo_jax.datadecide.study import Study, load_study_config
 
@@ -37,7 +37,13 @@ def _parser():
   p.add_argument("--launch-budget", choices=("validated", "full"), default="validated",
                  help="validated (default): the settings the target cells trained with; full: "
                       "the resolver's full budget, each difference listed in the file header")
-  p.add_argument("--workers", type=int, default=1, help="cells trained at the same time")
+  p.add_argument("--workers", type=int, default=1,
+                 help="cells (with --no-pack) or packs trained at the same time")
+  p.add_argument("--no-pack", action="store_true",
+                 help="train every cell in its own process (default: the cells of a size in "
+                      "packs, one program each; olmo_jax/datadecide/packing.py)")
+  p.add_argument("--pack-size", type=int, default=packing.DEFAULT_PACK_SIZE,
+                 help="most cells in one pack (default %(default)s)")
   p.add_argument("--executor", choices=("local", "slurm"), default="local",
                  help="local (default): train the cells here; slurm: submit them as a job "
                       "array and a collect job that writes the report, then return")
@@ -82,6 +88,8 @@ def _study(a) -> Study:
   """The validated study of the command line (InputError on bad input, nothing written)."""
   if a.workers < 1:
     raise InputError(f"--workers {a.workers} must be >= 1")
+  if a.pack_size < 1:
+    raise InputError(f"--pack-size {a.pack_size} must be >= 1")
   study = Study(load_study_config(a.config), a.workdir)
   if a.recipe is not None and a.recipe not in study.c.recipes:
     raise InputError(f"--recipe {a.recipe}: unknown recipe; the study has "
@@ -116,7 +124,7 @@ def main(argv) -> int:
     if a.executor == "slurm":
       slurm.submit(study, a.config, slurm.options_from(a), _collect_flags(a))
       return 0
-    executor = runner.NoTraining() if a.collect else None
+    executor = runner.NoTraining() if a.collect else _executor(study, a)
     summary = runner.run_study(study, workers=a.workers, executor=executor)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -130,6 +138,15 @@ def main(argv) -> int:
       return 2
     _print_launch(study, launch.write_launch(study, recipe, budget=a.launch_budget), recipe)
   return rc
+
+
+def _executor(study: Study, a):
+  """The packing executor, or None (runner's LocalExecutor) with --no-pack or a trainer
+  other than olmo_jax.train (a pack runs olmo_jax.train_pack)."""
+  if a.no_pack or study.c.train_module != "olmo_jax.train":
+    return None
+  return packing.PackingExecutor(cells.make_scorer(study), workers=a.workers,
+                                 pack_size=a.pack_size)
 
 
 def _print_launch(study: Study, path: str, recipe: str) -> None:

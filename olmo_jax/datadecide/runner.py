@@ -71,7 +71,9 @@ def train_and_score(study: Study, cells: list[Cell], executor: Executor, scorer:
     nonlocal scored
     scored += cells_lib.score_cell(study, cell, scorer, print_fn)
 
-  return executor.run(study, pending, on_done), scored
+  failed = executor.run(study, pending, on_done)
+  # An executor that scores on its own (packing.py) counts its checkpoints itself.
+  return failed, scored + getattr(executor, "scored", 0)
 
 
 def run_study(study: Study, *, workers: int = 1, scorer: Callable | None = None,

@@ -5,7 +5,7 @@ the study caches what it returns in `out_dir/metrics.json` and never asks twice.
 
 - `EvalRunScorer`: the evaluation package's CLI, `python -m eval.run --checkpoint CKPT_DIR
   --tasks NAMES [--limit N] --output OUT_DIR` (it writes OUT_DIR/metrics.json with a "tasks"
-  entry), run in a subprocess.
+  entry), run in a subprocess; a pack's checkpoints (`score_pack`) in one pass in-process.
 - `HeldoutScorer`: mean next-token loss (nats/token) and top-1 next-token accuracy on fixed
   windows of held-out token files, computed in this process with the training model's forward.
 """
@@ -47,6 +47,41 @@ class EvalRunScorer:
       return json.load(f)["tasks"]
 
 
+  def score_pack(self, cells, step: int, ckpt_dirs, out_dirs) -> list[dict]:
+    """The checkpoints of K cells of one shape scored in this process in one pass
+    (eval.evaluation.evaluate_replicas: one tokenization and batching, the weights stacked):
+    per cell, the "tasks" of the metrics.json eval.run would write, which is also written to
+    its out_dir. One eval.run per cell instead when a task runs in lm-evaluation-harness or
+    the checkpoints' shapes differ."""
+    from data_pipeline import atomic
+    from data_pipeline.tokenizer import load_tokenizer
+    from eval import evaluation as ev
+    from eval import tasks as tasks_lib
+    from eval.scorer import PackedScorer
+    from olmo_jax import pack
+    names = [n.strip() for n in self.tasks.split(",") if n.strip()]
+    tasks = tasks_lib.resolve_tasks(names)
+    models = [ev.load_model(d) for d in ckpt_dirs]
+    m0 = models[0]
+    if (not all(t.scored_here for t in tasks)
+        or any((m.cfg, m.max_length, m.tokenizer) != (m0.cfg, m0.max_length, m0.tokenizer)
+               for m in models)):
+      return [self(c, step, d, o) for c, d, o in zip(cells, ckpt_dirs, out_dirs)]
+    instances = {t.name: tasks_lib.load_instances(t, self.limit) for t in tasks}
+    scorer = PackedScorer(m0.cfg, pack.stack([m.params for m in models]),
+                          max_length=m0.max_length)
+    outs = ev.evaluate_replicas(scorer, load_tokenizer(m0.tokenizer), tasks, instances,
+                                suites=[n for n in names if n in tasks_lib.SUITES],
+                                eos_id=m0.eos_id)
+    for (agg, _), d, out in zip(outs, ckpt_dirs, out_dirs):
+      os.makedirs(out, exist_ok=True)
+      atomic.write_json(os.path.join(out, "metrics.json"),
+                        {k: agg[k] for k in ("tasks", "macro", "subtasks", "counts",
+                                             "primary_metrics")}
+                        | {"checkpoint": d, "packed_with": len(models)})
+    return [agg["tasks"] for agg, _ in outs]
+
+
 class HeldoutScorer:
   """Held-out loss and next-token accuracy of a checkpoint (task `heldout`)."""
 
@@ -83,19 +118,45 @@ class HeldoutScorer:
                                                         vocab_size=mcfg.vocab_size))
     return self._fns[mcfg]
 
-  def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:
-    import ml_collections
+  def _packed_fn(self, mcfg):
+    import jax
+    key = ("packed", mcfg)
+    if key not in self._fns:  # the same function, vmapped over a leading replica axis
+      self._fns[key] = jax.jit(jax.vmap(self._fn(mcfg), in_axes=(0, None)))
+    return self._fns[key]
 
-    from olmo_jax import checkpoint
-    from olmo_jax import config as config_lib
-    params, meta = checkpoint.restore_params(ckpt_dir)
-    mcfg = config_lib.model_config(ml_collections.ConfigDict(meta["config"]))
-    fn = self._fn(mcfg)
+  def _scores(self, fn, params) -> list[dict]:
+    """Per replica (a leading axis of fn's outputs, or none), {task: {loss, accuracy}}."""
+    import numpy as np
     toks = self.tokens()
     nll, correct = 0.0, 0
     for i in range(0, len(toks), self.batch):
       a, b = fn(params, toks[i:i + self.batch])
-      nll += float(a)
-      correct += int(b)
+      nll = nll + np.asarray(a, np.float64)
+      correct = correct + np.asarray(b, np.int64)
     n = toks.shape[0] * self.seq_len
-    return {self.task: {"loss": nll / n, "accuracy": correct / n}}
+    return [{self.task: {"loss": float(x) / n, "accuracy": int(c) / n}}
+            for x, c in zip(np.atleast_1d(nll), np.atleast_1d(correct))]
+
+  def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:
+    params, mcfg = _restore(ckpt_dir)
+    return self._scores(self._fn(mcfg), params)[0]
+
+  def score_pack(self, cells, step: int, ckpt_dirs, out_dirs) -> list[dict]:
+    """__call__ of K cells of one model shape at one step, in one pass over the windows."""
+    from olmo_jax import pack
+    restored = [_restore(d) for d in ckpt_dirs]
+    mcfg = restored[0][1]
+    if any(m != mcfg for _, m in restored):
+      return [self(c, step, d, o) for c, d, o in zip(cells, ckpt_dirs, out_dirs)]
+    return self._scores(self._packed_fn(mcfg), pack.stack([p for p, _ in restored]))
+
+
+def _restore(ckpt_dir: str):
+  """(params, ModelConfig) of a checkpoint."""
+  import ml_collections
+
+  from olmo_jax import checkpoint
+  from olmo_jax import config as config_lib
+  params, meta = checkpoint.restore_params(ckpt_dir)
+  return params, config_lib.model_config(ml_collections.ConfigDict(meta["config"]))
