@@ -205,3 +205,34 @@ def test_study_on_slurm_equals_the_local_run_after_scancel_and_resubmit(slurm, t
   want = pd.read_parquet(local / "results.parquet").sort_values(key).reset_index(drop=True)
   assert len(got) == len(want) == 8 * 2 * 2  # cells x checkpoints x (loss, accuracy)
   pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+@pytest.mark.slow
+def test_a_task_of_several_cells_trains_them_as_one_pack(slurm, tmp_path):
+  """--cells-per-task 4: each size's four cells are one array task that trains them as one
+  olmo_jax.train_pack program; the table equals a local study trained cell by cell."""
+  cfg = write_study_config(tmp_path / "s.py", SHOW.format(data_dir=os.path.join(REPO, "data")))
+  env = dict(slurm.env, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  wd = tmp_path / "slurm"
+  r = run(study_cmd(cfg, wd, "--executor", "slurm", "--cells-per-task", "4",
+                    "--cpus-per-task", "1"), env)
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "8 submitted in 2 array task(s)" in r.stdout, r.stdout
+  _, collect = submitted(r.stdout)
+  slurm.wait(collect, timeout_s=1200)
+  log = (wd / "slurm" / "logs" / f"collect-{collect}.out").read_text()
+  assert slurm.job_state(collect) == ("COMPLETED", "0:0"), log[-3000:]
+  packs = sorted(p.name for p in (wd / "packs").glob("*.txt"))
+  assert packs == ["task0-t1-0.txt", "task1-t2-0.txt"], packs
+  for p in packs:
+    assert len((wd / "packs" / p).read_text().splitlines()) == 4
+
+  local = tmp_path / "local"
+  r = run(study_cmd(cfg, local, "--no-report", "--no-pack"), env, timeout=1200)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  key = ["recipe", "size", "seed", "step", "task", "metric"]
+  got = pd.read_parquet(wd / "results.parquet").sort_values(key).reset_index(drop=True)
+  want = pd.read_parquet(local / "results.parquet").sort_values(key).reset_index(drop=True)
+  assert len(got) == len(want) == 8 * 2 * 2
+  pd.testing.assert_frame_equal(got, want, rtol=1e-6)

@@ -83,14 +83,16 @@ class PackingExecutor:
   """Trains a study's cells in packs (module docstring), `workers` packs at a time."""
 
   def __init__(self, scorer: Callable, workers: int = 1, pack_size: int = DEFAULT_PACK_SIZE,
-               poll_s: float = 0.5, print_fn=print):
+               poll_s: float = 0.5, print_fn=print, name_prefix: str = ""):
     self.scorer, self.workers, self.pack_size = scorer, workers, pack_size
+    self.name_prefix = name_prefix  # keeps concurrent executors' pack files apart (slurm.py)
     self.poll_s, self.print = poll_s, print_fn
     self.scored = 0  # checkpoints scored here (on_done then finds them scored)
 
   def run(self, study: Study, cells: list[Cell],
           on_done: Callable[[Cell, float], None]) -> list[Cell]:
-    pending = make_packs(study, cells, self.pack_size, self.workers)
+    pending = [(self.name_prefix + name, members)
+               for name, members in make_packs(study, cells, self.pack_size, self.workers)]
     prog = PackProgress(study, pending, self.workers)
     self.print(f"[study] {len(study.cells())} cells: {len(study.cells()) - len(cells)} already "
                f"done, {len(cells)} to train in {len(pending)} pack(s) of at most "

@@ -8,9 +8,9 @@ scheduler task per cell, relaunched with skip-if-done.
 submits, from a login node with W on a filesystem every node sees:
 - an array job of one task per pack of cells not done (a pack: `--cells-per-task` cells of one
   size, 1 by default); task i runs `python -m olmo_jax.datadecide.slurm task ...`, which
-  trains its cells in turn (the trainer resumes a cell from its newest checkpoint) and scores
-  each cell's checkpoints as it completes (runner.train_and_score with a LocalExecutor; an
-  executor that trains a pack's cells together in one process drops in there);
+  trains its cells as one pack (packing.PackingExecutor: one olmo_jax.train_pack process; a
+  single cell, or a study with its own train_module, trains with a LocalExecutor), resuming
+  each cell from its newest checkpoint, and scores each cell's checkpoints as it completes;
 - a collect job, `--dependency=afterany` on the array: `python -m olmo_jax.datadecide --collect`
   scores what is left, writes the results table, the report and recommendation.json, and
   exits 1 when cells are missing (a cancelled or failed task).
@@ -39,7 +39,7 @@ runtime.init()
 
 from data_pipeline import atomic
 from olmo_jax.datadecide import cells as cells_lib
-from olmo_jax.datadecide import runner
+from olmo_jax.datadecide import packing, runner
 from olmo_jax.datadecide.results import InputError
 from olmo_jax.datadecide.study import REPO, Cell, Study, load_study_config
 
@@ -281,11 +281,21 @@ def task_main(argv: list[str]) -> int:
     names = json.load(f)["packs"][index]
   cells = [by_name[n] for n in names]
   print(f"[study] array task {index}: {', '.join(names)}", flush=True)
-  executor = runner.LocalExecutor(workers=1, scope=cells)
-  failed, scored = runner.train_and_score(study, cells, executor, cells_lib.make_scorer(study))
+  scorer = cells_lib.make_scorer(study)
+  failed, scored = runner.train_and_score(study, cells, _task_executor(study, cells, index, scorer),
+                                          scorer)
   print(f"[study] array task {index}: {len(cells) - len(failed)} of {len(cells)} cell(s) "
         f"done, {scored} checkpoint(s) scored", flush=True)
   return 1 if failed else 0
+
+
+def _task_executor(study: Study, cells: list[Cell], index: int, scorer):
+  """A task's cells of one size train as one pack (olmo_jax.train_pack) when there are several
+  and the study trains with olmo_jax.train; else one after another."""
+  if len(cells) > 1 and study.c.train_module == "olmo_jax.train":
+    return packing.PackingExecutor(scorer, workers=1, pack_size=len(cells),
+                                   name_prefix=f"task{index}-")
+  return runner.LocalExecutor(workers=1, scope=cells)
 
 
 if __name__ == "__main__":
