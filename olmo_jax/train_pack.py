@@ -29,11 +29,11 @@ from olmo_jax import runtime
 
 runtime.init()  # before the imports that load JAX: the CPU default, quietly
 
-from olmo_jax import checkpoint, cli, pack, paths, sharding, train, trainer  # noqa: E402
-from olmo_jax import config as config_lib  # noqa: E402
-from olmo_jax import hooks as hooks_lib  # noqa: E402
-from olmo_jax import workdir as workdir_lib  # noqa: E402
-from olmo_jax.console import Console  # noqa: E402
+from olmo_jax import checkpoint, cli, pack, paths, restart_guard, sharding, train, trainer
+from olmo_jax import config as config_lib
+from olmo_jax import hooks as hooks_lib
+from olmo_jax import workdir as workdir_lib
+from olmo_jax.console import Console
 
 # Settings in which the runs of one pack may differ: their data and their seeds.
 PER_REPLICA = ("data", "train.seed")
@@ -61,19 +61,9 @@ def parse_replica(args: Sequence[str]):
   return fv.config, fv.workdir
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def shared_settings(cfg) -> dict:
   """{field: value} of a resolved config that every replica of a pack must share."""
-  flat = _flat(config_lib.to_dict(cfg))
+  flat = restart_guard.flatten(config_lib.to_dict(cfg))
   return {k: v for k, v in flat.items()
           if not any(k == p or k.startswith(p + ".") for p in PER_REPLICA)}
 
