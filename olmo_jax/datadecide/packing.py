@@ -24,7 +24,7 @@ from typing import Callable
 
 from data_pipeline import atomic
 from olmo_jax.datadecide import cells as cells_lib
-from olmo_jax.datadecide.runner import hms
+from olmo_jax.datadecide.runner import hms, run_processes
 from olmo_jax.datadecide.study import REPO, Cell, Study
 
 DEFAULT_PACK_SIZE = 16  # replicas per pack: a memory limit (the models are small)
@@ -98,27 +98,16 @@ class PackingExecutor:
                f"done, {len(cells)} to train in {len(pending)} pack(s) of at most "
                f"{self.pack_size} ({self.workers} at a time); {prog.total:.3g} FLOPs to train; "
                f"workdir {study.workdir}")
-    running: dict[str, tuple] = {}
-    failed, last = [], ""
-    while pending or running:
-      while pending and len(running) < self.workers:
-        name, members = pending.pop(0)
-        running[name] = (members, *self._start(study, name, members))
-      for name, (members, proc, t0, log) in list(running.items()):
-        if proc.poll() is None:
-          continue
-        log.close()
-        del running[name]
-        failed += self._finish(study, name, members, proc.returncode, time.time() - t0,
-                               on_done)
-        prog.finished(members)
-      line = prog.line(running, len(pending), len(failed))
-      if line.split("; elapsed")[0] != last.split("; elapsed")[0]:
-        self.print(line)
-        last = line
-      if running:
-        time.sleep(self.poll_s)
-    return failed
+    members_of = dict(pending)
+
+    def finish(name: str, rc: int, seconds: float) -> list[Cell]:
+      failed = self._finish(study, name, members_of[name], rc, seconds, on_done)
+      prog.finished(members_of[name])
+      return failed
+
+    return run_processes([name for name, _ in pending], self.workers,
+                         lambda name: self._start(study, name, members_of[name]), finish,
+                         prog.line, self.print, self.poll_s)
 
   def _start(self, study: Study, name: str, members: list[Cell]) -> tuple:
     """(process, start time, log file) of a pack's trainer, ending when this process does."""
@@ -157,7 +146,7 @@ class PackProgress:
 
   def __init__(self, study: Study, packs: list[tuple[str, list[Cell]]], workers: int):
     self.study, self.workers, self.t0 = study, workers, time.time()
-    self.n_packs = len(packs)
+    self.n_packs, self.members = len(packs), dict(packs)
     self.total = sum(study.compute(c.size) for _, cs in packs for c in cs)
     self.done_packs, self.done_flops = 0, 0.0
 
@@ -167,7 +156,8 @@ class PackProgress:
 
   def line(self, running: dict, n_left: int, n_failed: int) -> str:
     st, flops, parts = self.study, self.done_flops, []
-    for name, (members, *_rest) in running.items():
+    for name in running:
+      members = self.members[name]
       steps = [cells_lib.latest_step(st, c) or 0 for c in members]
       n = st.steps(members[0].size)
       parts.append(f"{name} ({len(members)} replicas) step {min(steps)}/{n}")

@@ -127,33 +127,44 @@ class LocalExecutor:
     self.print(f"[study] {prog.n_cells} cells: {prog.n_cells - len(pending)} already done, "
                f"{len(pending)} to train ({self.workers} worker(s)); {prog.total:.3g} FLOPs "
                f"to train; workdir {study.workdir}")
-    running: dict[Cell, tuple] = {}
-    failed, last = [], ""
-    while pending or running:
-      while pending and len(running) < self.workers:
-        cell = pending.pop(0)
-        running[cell] = _start(study, cell)
-      for cell, (proc, t0, log) in list(running.items()):
-        rc = proc.poll()
-        if rc is None:
-          continue
-        log.close()
-        del running[cell]
-        seconds = time.time() - t0
-        if cells_lib.mark_done(study, cell, rc, seconds):
-          on_done(cell, seconds)
-          prog.finished(cell, seconds)
-        else:
-          failed.append(cell)
-          self.print(f"[study] cell {cell.name} failed (exit {rc}); last lines of "
-                     f"{study.cell_dir(cell)}/train.log:\n{cells_lib.log_tail(study, cell)}")
-      line = prog.line(running, len(pending), len(failed))
-      if line.split("; elapsed")[0] != last.split("; elapsed")[0]:
-        self.print(line)
-        last = line
-      if running:
-        time.sleep(self.poll_s)
-    return failed
+
+    def finish(cell: Cell, rc: int, seconds: float) -> list[Cell]:
+      if cells_lib.mark_done(study, cell, rc, seconds):
+        on_done(cell, seconds)
+        prog.finished(cell, seconds)
+        return []
+      self.print(f"[study] cell {cell.name} failed (exit {rc}); last lines of "
+                 f"{study.cell_dir(cell)}/train.log:\n{cells_lib.log_tail(study, cell)}")
+      return [cell]
+
+    return run_processes(pending, self.workers, lambda cell: _start(study, cell), finish,
+                         prog.line, self.print, self.poll_s)
+
+
+def run_processes(jobs: list, workers: int, start: Callable, finish: Callable,
+                  line: Callable, print_fn=print, poll_s: float = 0.5) -> list[Cell]:
+  """Runs `jobs` (hashable) as subprocesses, `workers` at a time, in order: start(job) ->
+  (process, start time, log file); finish(job, returncode, seconds) -> its failed cells;
+  prints line(running jobs, n pending, n failed) whenever it changes (elapsed time aside).
+  Returns the failed cells."""
+  pending, running, failed, last = list(jobs), {}, [], ""
+  while pending or running:
+    while pending and len(running) < workers:
+      job = pending.pop(0)
+      running[job] = start(job)
+    for job, (proc, t0, log) in list(running.items()):
+      if proc.poll() is None:
+        continue
+      log.close()
+      del running[job]
+      failed += finish(job, proc.returncode, time.time() - t0)
+    text = line(running, len(pending), len(failed))
+    if text.split("; elapsed")[0] != last.split("; elapsed")[0]:
+      print_fn(text)
+      last = text
+    if running:
+      time.sleep(poll_s)
+  return failed
 
 
 def _start(study: Study, cell: Cell) -> tuple:
