@@ -79,11 +79,12 @@ PACK_TARGETS = {"1 x H100": TARGETS["1 x H100"],
                 "TPU v5e chip": {"platform": "tpu", "topology": "v5e:2x2"}}
 
 
-def largest_pack(size: str, opts: dict) -> dict:
-  """The largest K of a pack of the size's runs (its published batch, 2,048 tokens, bf16, the
-  size's defaults otherwise) that compiles within one device of the target."""
+def largest_pack(size: str, opts: dict, microbatch: int = 1) -> dict:
+  """The largest K of a pack of the size's runs (its published batch of 2,048-token
+  sequences, accumulated over microbatches of `microbatch` sequences; bf16, the size's
+  defaults otherwise) that compiles within one device of the target."""
   from olmo_jax import pack_plan, plan
-  c, mcfg, tx, sc = parts(size, opts)
+  c, mcfg, tx, sc = parts(size, opts, microbatch_size=microbatch)
   target = plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 1))
   target = dataclasses.replace(target, devices=target.devices[:1])
   seen = {}
@@ -217,6 +218,36 @@ def summary_table(rows: list[dict], batches: list[dict]) -> str:
   return "\n".join(out)
 
 
+def pack_table(packs: list[dict]) -> str:
+  """One line per pack target: the largest K of each size, its GiB per device and microbatch."""
+  sizes = list(dict.fromkeys(r["size"] for r in packs))
+  cells = {(r["name"], r["size"]): r for r in packs}
+  out = ["| pack target | " + " | ".join(sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+  for name in PACK_TARGETS:
+    line = []
+    for size in sizes:
+      r = cells.get((name, size))
+      if r is None:
+        line.append("-")
+        continue
+      gib = "" if r["gib_per_device"] is None else f", {r['gib_per_device']:.1f} GiB"
+      over = "" if r["first_over"] is None else f" ({r['first_over']} does not fit)"
+      line.append(f"K = {r['largest_k']}{over}{gib}; batch {r['batch']} in microbatches of "
+                  f"{r['microbatch']}; {r['compiles']} compiles")
+    if any(x != "-" for x in line):
+      out.append(f"| {name} | " + " | ".join(line) + " |")
+  return "\n".join(out)
+
+
+def _emit(sink, row: dict) -> dict:
+  """Prints a row as a JSON line (and writes it to the sink, when there is one)."""
+  print(json.dumps(row), flush=True)
+  if sink:
+    sink.write(json.dumps(row) + "\n")
+    sink.flush()
+  return row
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--sizes", nargs="*", default=["150M", "530M", "1B"],
@@ -227,6 +258,10 @@ def main(argv=None) -> int:
   ap.add_argument("--packs", nargs="*", default=None,
                   help="sizes of the pack column: the largest K of a pack (olmo_jax/pack.py) "
                        "on 1 x H100 and a TPU v5e chip, e.g. --packs 4M 20M 60M 150M")
+  ap.add_argument("--pack_microbatch", type=int, default=1,
+                  help="sequences per microbatch of each replica in the pack column (the "
+                       "published batch is accumulated over them; default 1: the smallest "
+                       "activations, so the largest K)")
   ap.add_argument("--out", default="", help="also write JSON lines here")
   ap.add_argument("--tables", default="", help="print the tables of a JSON-lines file and stop")
   a = ap.parse_args(argv)
@@ -236,39 +271,28 @@ def main(argv=None) -> int:
     saved = [json.loads(line) for line in open(a.tables) if line.strip()]
     rows = [r for r in saved if "size" in r and not r.get("pack")]
     batches = [r for r in saved if "max_batch_seqs" in r]
-    print(table(rows) + "\n\n" + (batch_table(batches) + "\n\n" if batches else "")
-          + summary_table(rows, batches))
+    packs = [r for r in saved if r.get("pack")]
+    if rows or batches:
+      print(table(rows) + "\n\n" + (batch_table(batches) + "\n\n" if batches else "")
+            + summary_table(rows, batches))
+    if packs:
+      print(pack_table(packs))
     return 0
   import jax
-  rows = []
   sink = open(a.out, "a") if a.out else None
   print(f"# {_machine()}, jax {jax.__version__}, {_versions()}, {time.strftime('%Y-%m-%d')}",
         flush=True)
-  for size in a.sizes:
-    for name in a.targets:
-      row = {"name": name, **chosen(size, TARGETS[name])}
-      rows.append(row)
-      print(json.dumps(row), flush=True)
-      if sink:
-        sink.write(json.dumps(row) + "\n")
-        sink.flush()
-  for size in a.packs or []:
-    for name, opts in PACK_TARGETS.items():
-      row = {"name": name, "pack": True, **largest_pack(size, opts)}
-      print(json.dumps(row), flush=True)
-      if sink:
-        sink.write(json.dumps(row) + "\n")
-        sink.flush()
-  batches = []
-  if a.max_batch:
-    for name in a.targets:
-      row = {"name": name, **max_batch(TARGETS[name], a.max_batch_remat)}
-      batches.append(row)
-      print(json.dumps(row), flush=True)
-      if sink:
-        sink.write(json.dumps(row) + "\n")
-        sink.flush()
-  print(table(rows))
+  rows = [_emit(sink, {"name": name, **chosen(size, TARGETS[name])})
+          for size in a.sizes for name in a.targets]
+  packs = [_emit(sink, {"name": name, "pack": True,
+                          **largest_pack(size, opts, a.pack_microbatch)})
+           for size in a.packs or [] for name, opts in PACK_TARGETS.items()]
+  batches = [_emit(sink, {"name": name, **max_batch(TARGETS[name], a.max_batch_remat)})
+             for name in a.targets] if a.max_batch else []
+  if rows:
+    print(table(rows))
+  if packs:
+    print(pack_table(packs))
   if batches:
     print(batch_table(batches))
   return 0

@@ -27,9 +27,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from olmo_jax import checkpoint, trainer
 from olmo_jax import hooks as hooks_lib
 from olmo_jax import model as model_lib
-from olmo_jax import trainer
 from olmo_jax.console import Console
 from olmo_jax.runtime import resolve_platform
 
@@ -121,9 +121,9 @@ class ReplicaLoop(trainer.Loop):
 class PackLoop:
   """K ReplicaLoops over one packed state: dispatch, one-step-late metrics, failures.
 
-  A replica whose step fails its UpdatePolicy (a non-finite loss) or whose data fails leaves
-  the pack, named in its own log and in the pack's output; the others go on, and its newest
-  complete checkpoint is kept.
+  A replica whose step fails its UpdatePolicy (a non-finite loss), whose data fails or whose
+  checkpoint save or log write fails leaves the pack, named in its own log and in the pack's
+  output; the others go on, and its newest complete checkpoint is kept.
   """
 
   def __init__(self, names: Sequence[str], start: int, total_steps: int,
@@ -249,9 +249,7 @@ def pack_loop(state: State, step_fn, batches: Iterator[dict], loop: PackLoop,
         if hook.due(loop):
           hook(loop)
       for r in loop.live():
-        for hook in r.hooks:
-          if hook.due(r):
-            hook(r)
+        _replica_hooks(loop, r)
       if loop.stop_reason is not None or not loop.live():
         loop.settle()
         for r in loop.live():
@@ -259,6 +257,19 @@ def pack_loop(state: State, step_fn, batches: Iterator[dict], loop: PackLoop,
         return step, state, True
     loop.settle(force_log=True)
   return total, state, False
+
+
+def _replica_hooks(loop: PackLoop, r: ReplicaLoop) -> None:
+  """A replica's own hooks (checkpoints, logging); a save or a write that fails (a full disk,
+  a bucket refusing it) fails this replica only: its older checkpoints are kept."""
+  for hook in r.hooks:
+    if r.failed is not None:
+      return
+    try:
+      if hook.due(r):
+        hook(r)
+    except (checkpoint.CheckpointError, OSError) as e:
+      loop.fail(r, f"{type(e).__name__}: {e}")
 
 
 @contextlib.contextmanager

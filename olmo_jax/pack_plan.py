@@ -2,9 +2,9 @@
 at hand or for a target that is not (olmo_jax/targets.py), as olmo_jax/plan.py does for one run.
 
 `pack_plan` lowers the packed step over abstract state and batches with a leading replica
-axis of K and reads XLA's memory analysis: bytes per device, fits or not. `largest_k` doubles
-K until the pack no longer fits (or the compiler refuses it), then bisects between the last
-K that fit and the first that did not.
+axis of K and reads XLA's memory analysis: bytes per device, fits or not. `largest_k` finds
+the largest K that fits in a few compiles: bytes grow linearly with K, so two plans predict
+it and each further plan refines the line (a secant search inside the bracket).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from olmo_jax import pack, plan, trainer
+from olmo_jax.plan_options import usable_fraction
 
 
 def packed_abstract(mcfg, tx, loss_scaling: bool, k: int, sh) -> trainer.State:
@@ -24,8 +25,8 @@ def packed_abstract(mcfg, tx, loss_scaling: bool, k: int, sh) -> trainer.State:
                       shapes)
 
 
-def compile_pack(cfg, mcfg, tx, step_cfg, k: int, devices):
-  """(compiled packed step, abstract state, mesh) of K replicas over these devices."""
+def lower_pack(cfg, mcfg, tx, step_cfg, k: int, devices):
+  """(lowered packed step, abstract state, mesh) of K replicas over these devices."""
   mesh = pack.pack_mesh(k, devices)
   sh = pack.packed_sharding(mesh)
   abstract = packed_abstract(mcfg, tx, step_cfg.policy.loss_scaling, k, sh)
@@ -33,23 +34,37 @@ def compile_pack(cfg, mcfg, tx, step_cfg, k: int, devices):
   batch = {"input_ids": jax.ShapeDtypeStruct((k, t.batch_size, t.seq_len + 1), jnp.int32,
                                              sharding=sh)}
   step = pack.make_packed_step(mcfg, tx, step_cfg, sh)
-  return step.lower(abstract, batch).compile(), abstract, mesh
+  return step.lower(abstract, batch), abstract, mesh
 
 
 def pack_plan(cfg, mcfg, tx, step_cfg, k: int, target=None) -> plan.Plan:
   """The compiled plan of a pack of K replicas of `cfg` (per device: params, optimizer state,
-  temporaries; FLOPs and tokens of all K replicas), for `target` or the local devices."""
+  temporaries; FLOPs and tokens of all K replicas), for `target` or the local devices.
+
+  A step the target's compiler refuses for memory (XLA:TPU's RESOURCE_EXHAUSTED) gives a plan
+  that does not fit, with XLA's figure as its total (plan.Plan.oom_total)."""
   opts = plan.plan_options(cfg)
-  if target is None:
+  if target is None:  # usable bytes, as a run's plan counts them (plan.local_device_memory)
     devices, (kind, mem) = jax.devices(), plan.local_device_memory(opts)
   else:
     devices, kind = target.devices, target.device_kind
-    mem = int(opts.device_memory_gb * 1e9 or target.device_memory)
+    mem = int((opts.device_memory_gb * 1e9 or target.device_memory)
+              * usable_fraction(opts, target.platform))
   peak = cfg.train.peak_flops_per_device or plan._peak_and_memory(kind, opts)[0]
-  compiled, abstract, mesh = compile_pack(cfg, mcfg, tx, step_cfg, k, devices)
+  lowered, abstract, mesh = lower_pack(cfg, mcfg, tx, step_cfg, k, devices)
   shard = jax.tree.map(lambda a: a.sharding, abstract)
-  p = plan.compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind,
-                         device_memory=int(mem * opts.headroom), peak=peak)
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # noqa: BLE001 (XLA:TPU refuses a step over the chip's HBM)
+    if "RESOURCE_EXHAUSTED" not in str(e) or target is None:
+      raise
+    p = plan._failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, target,
+                                  mem, peak)
+    if not p.oom_total:  # no figure in the message: refused all the same
+      raise
+  else:
+    p = plan.compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind,
+                           device_memory=mem, peak=peak)
   p.flops_per_step *= k
   p.tokens_per_step *= k
   p.note = "; ".join(x for x in (p.note, f"a pack of {k} replicas on a 'replica' mesh axis") if x)
@@ -58,25 +73,53 @@ def pack_plan(cfg, mcfg, tx, step_cfg, k: int, target=None) -> plan.Plan:
   return p
 
 
-def fits(make_plan: Callable[[int], plan.Plan], k: int) -> bool:
-  """Whether the plan of K fits; a compiler that refuses it (out of memory) says no."""
-  try:
-    return make_plan(k).fits
-  except Exception as e:  # noqa: BLE001 (XLA:TPU refuses a step over the chip's HBM)
-    if "RESOURCE_EXHAUSTED" in str(e) or "hbm" in str(e).lower():
-      return False
-    raise
+def largest_k(make_plan: Callable[[int], plan.Plan], limit: int = 4096,
+              max_compiles: int = 7) -> int:
+  """The largest K (<= limit) whose pack fits; 0 when K=1 does not.
 
+  A pack's bytes grow linearly with K (each replica brings its state and its activations):
+  the plans of K=1 and K=2 give the bytes per replica, the predicted largest K is compiled,
+  then the secant through the nearest plans, each guess kept inside the bracket of the K that
+  fits and the K that does not, until they are within 1/16 of each other (or `max_compiles`
+  plans were compiled). make_plan(k) returns a plan with its total bytes and the device's
+  (a refused step: XLA's figure, Plan.oom_total) or raises the compiler's out-of-memory error.
+  """
+  seen: dict[int, plan.Plan | None] = {}
 
-def largest_k(make_plan: Callable[[int], plan.Plan], limit: int = 4096) -> int:
-  """The largest K (<= limit) whose pack fits: doubling, then bisection; 0 when K=1 does not."""
-  if not fits(make_plan, 1):
+  def ok(k: int) -> bool:
+    if k not in seen:
+      try:
+        seen[k] = make_plan(k)
+      except Exception as e:  # noqa: BLE001 (a refusal without XLA's figure: does not fit)
+        if "RESOURCE_EXHAUSTED" not in str(e) and "hbm" not in str(e).lower():
+          raise
+        seen[k] = None
+    return seen[k] is not None and seen[k].fits
+
+  if not ok(1):
     return 0
-  lo = 1
-  while lo * 2 <= limit and fits(make_plan, lo * 2):
-    lo *= 2
-  hi = min(lo * 2, limit + 1)
-  while hi - lo > max(1, lo // 8):  # to within 1/8: each compile of a large pack is slow
-    mid = (lo + hi) // 2
-    lo, hi = (mid, hi) if fits(make_plan, mid) else (lo, mid)
-  return lo
+  if limit == 1 or not ok(2):
+    return 1
+  while len(seen) < max_compiles:
+    lo = max(k for k in seen if ok(k))
+    hi = min((k for k in seen if not ok(k)), default=limit + 1)
+    if hi - lo <= max(1, lo // 16):
+      break
+    guess = _secant_guess(seen, lo)
+    step = max(1, lo // 16)
+    if hi > limit:  # nothing over yet: at least just past the largest K that fits
+      guess = min(max(guess, lo + step), limit)
+    else:  # the middle half of the bracket: it halves at worst
+      quarter = max(1, (hi - lo) // 4)
+      guess = min(max(guess, lo + quarter), hi - quarter)
+    ok(guess)
+  return max(k for k in seen if ok(k))
+
+
+def _secant_guess(seen: dict, lo: int) -> int:
+  """The K whose bytes reach the device's memory on the line through two measured plans."""
+  known = sorted(k for k, p in seen.items() if p is not None)
+  below = [k for k in known if k <= lo]
+  a, b = (below[-2:] if len(below) >= 2 else known[:2])
+  per = max((seen[b].total - seen[a].total) / (b - a), 1.0)
+  return int(lo + (seen[lo].device_memory - seen[lo].total) / per)

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from olmo_jax import checkpoint, pack, train, train_pack, trainer
+from olmo_jax import checkpoint, pack, pack_plan, train, train_pack, trainer
 from olmo_jax import hooks as hooks_lib
 from olmo_jax.console import Console
+from olmo_jax.plan import Plan
 
 # A tiny model on the synthetic stream; the replicas differ in train.seed and data.seed.
 BASE = ["--config", "configs/train.py:4M", "--config.model.size=custom",
@@ -197,3 +198,65 @@ def test_sigterm_stops_every_replica_after_the_step_and_saves_it(tmp_path):
   step, _, stopped = pack.pack_loop({"step": 0}, step_fn, iter([{}] * 10), loop,
                                     [hooks_lib.StopOnSignal()])
   assert (step, stopped) == (3, True) and saved == [("a", 3), ("b", 3)]
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 3, 37, 200, 1000, 4096])
+def test_largest_k_finds_the_planted_capacity_in_few_compiles(capacity):
+  """Plans whose bytes grow linearly with K on a device that holds `capacity` replicas (with
+  a little curvature, as XLA's layouts give): the search lands within 1/16 of the capacity
+  in at most 7 compiles, never above it."""
+  base, per = 3e9, 1.7e9
+  device = int(base + per * capacity + per / 2)
+  calls = []
+
+  def make(k):
+    calls.append(k)
+    total = int(base + per * k * (1 + 1e-4 * k / max(capacity, 1)))
+    return Plan("compiled", "gpu", "h100", 1, {}, total, 0, 0, 0, device, 1.0, 1, 1.0, 0.0)
+
+  k = pack_plan.largest_k(make)
+  assert len(calls) <= 7, calls
+  fit = [n for n in calls if int(base + per * n * (1 + 1e-4 * n / capacity)) <= device]
+  assert k == max(fit) and k <= capacity and k >= capacity - max(1, capacity // 16), (k, calls)
+
+
+def test_largest_k_counts_a_refused_step_as_over_and_zero_when_one_does_not_fit():
+
+  def make(k):
+    if k > 5:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm")
+    return Plan("compiled", "tpu", "v5e", 1, {}, k * 10, 0, 0, 0, 100, 1.0, 1, 1.0, 0.0)
+
+  assert pack_plan.largest_k(make) == 5
+  assert pack_plan.largest_k(lambda k: Plan("compiled", "tpu", "v5e", 1, {}, 200, 0, 0, 0, 100,
+                                            1.0, 1, 1.0, 0.0)) == 0
+
+
+def test_a_replica_whose_save_fails_leaves_the_pack_and_the_others_go_on():
+  """A checkpoint save that fails (a full disk) fails that replica only, named."""
+  said = []
+
+  class _FailingSave(_Seen):
+    every = 1
+
+    def __call__(self, loop):
+      if loop.step == 2:
+        raise checkpoint.CheckpointError("saving checkpoint step 2 to /x failed: OSError: "
+                                         "No space left on device")
+
+  hooks = [[_Seen()], [_FailingSave(), _Seen()]]
+  loop = pack.PackLoop(["clean/s/seed1", "noisy/s/seed1"], 0, 4, hooks, trainer.UpdatePolicy(),
+                       [Console(0, 4, progress_bar=False, print_fn=said.append)] * 2,
+                       print_fn=said.append)
+
+  def step_fn(state, batch):
+    return {"step": state["step"] + 1}, {"loss": np.array([1.0, 1.0]),
+                                         "grad_norm": np.array([1.0, 1.0]),
+                                         "finite": np.array([1.0, 1.0])}
+
+  step, _, stopped = pack.pack_loop({"step": 0}, step_fn, iter([{}] * 4), loop)
+  assert (step, stopped) == (4, False)
+  assert hooks[0][0].steps == [1, 2, 3, 4]
+  assert [r.name for r in loop.live()] == ["clean/s/seed1"]
+  assert any(line.startswith("[pack] replica noisy/s/seed1 failed: CheckpointError: saving "
+                             "checkpoint step 2") for line in said), said
