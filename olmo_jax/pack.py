@@ -38,7 +38,13 @@ REPLICA_AXIS = "replica"
 
 
 def stack(trees: Sequence[Any]) -> Any:
-  """K pytrees of one structure -> one pytree with a leading replica axis of size K."""
+  """K pytrees of one structure -> one pytree with a leading replica axis of size K (one
+  compiled program for the whole tree)."""
+  return _stack(list(trees))
+
+
+@jax.jit
+def _stack(trees: list) -> Any:
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 

@@ -153,15 +153,15 @@ def start_states(cfgs, workdirs, ckpts, mcfg, tx, one, abstract, shard, says):
   latest = [c.latest_step() if c is not None else None for c in ckpts]
   start = min(latest) if latest and None not in latest else 0
   states, data_states = [], []
+  loss_scale = cfgs[0].train.loss_scale if mcfg.dtype == "float16" else None
+  init = trainer.make_state_init(one, mcfg, tx, loss_scale, shard)  # one compile for all seeds
   for cfg, w, c, say in zip(cfgs, workdirs, ckpts, says):
     if start:
       state, data_state, _ = c.restore(abstract, step=start)
       say(f"resumed from {w}/checkpoints at step {start}")
     else:
       init_from = checkpoint.load_init_params(w, abstract["params"]) if c is not None else None
-      loss_scale = cfg.train.loss_scale if mcfg.dtype == "float16" else None
-      state = trainer.init_state(one, mcfg, tx, cfg.train.seed, loss_scale,
-                                 params=init_from, shard=shard)
+      state = init(cfg.train.seed, init_from)
       data_state = None
     if c is not None:
       c.prepare(state)

@@ -153,7 +153,7 @@ def abstract_model(cfg: model_lib.ModelConfig) -> model_lib.OLMo:
 
 def init_params(cfg: model_lib.ModelConfig, seed: int) -> dict[str, Any]:
   """Freshly initialised float32 params (nested dict), as OLMo initialises them."""
-  model = model_lib.OLMo(cfg, rngs=nnx.Rngs(params=seed))
+  model = model_lib.OLMo(cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
   return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
@@ -194,6 +194,23 @@ def state_shardings(mesh: Mesh, cfg: model_lib.ModelConfig, tx: optax.GradientTr
   return abstract, shard
 
 
+def make_state_init(mesh: Mesh, cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
+                    loss_scale: float | None = None,
+                    shard: State | None = None) -> Callable[..., State]:
+  """`init(seed, params=None) -> state`, sharded and built on the devices, compiled once for
+  every seed (the seed is an argument of the program, not a constant in it): a pack builds
+  its replicas' states with one compile. Same values as state_init_fn's for that seed."""
+  if shard is None:
+    _, shard = state_shardings(mesh, cfg, tx, loss_scale is not None)
+  init = jax.jit(lambda seed, params: state_init_fn(cfg, tx, seed, loss_scale)(params),
+                 out_shardings=shard)
+
+  def build(seed: int, params: dict[str, Any] | None = None) -> State:
+    params = None if params is None else jax.device_put(params, shard["params"])
+    return init(jnp.asarray(seed, jnp.int32), params)
+  return build
+
+
 def init_state(mesh: Mesh, cfg: model_lib.ModelConfig, tx: optax.GradientTransformation,
                seed: int, loss_scale: float | None = None,
                params: dict[str, Any] | None = None, shard: State | None = None) -> State:
@@ -202,12 +219,7 @@ def init_state(mesh: Mesh, cfg: model_lib.ModelConfig, tx: optax.GradientTransfo
   `params` (e.g. imported from HF) replaces the random init; the optimizer state is fresh.
   `shard` is state_shardings(...)[1] when the caller already has it.
   """
-  if shard is None:
-    _, shard = state_shardings(mesh, cfg, tx, loss_scale is not None)
-  init = jax.jit(state_init_fn(cfg, tx, seed, loss_scale), out_shardings=shard)
-  if params is None:
-    return init()
-  return init(jax.device_put(params, shard["params"]))
+  return make_state_init(mesh, cfg, tx, loss_scale, shard)(seed, params)
 
 
 # ----------------------------------------------------------------------------- the step
