@@ -19,6 +19,7 @@ Prints the machine (CPU model, devices), the date and the load average beside th
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import resource
@@ -33,9 +34,18 @@ from olmo_jax import runtime  # noqa: E402
 
 runtime.init()  # before the imports that load JAX: on a CPU host JAX stays on the CPU, quietly
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from olmo_jax import config as config_lib  # noqa: E402
+from olmo_jax import model as model_lib  # noqa: E402
+from olmo_jax import optim, pack, sizes, trainer  # noqa: E402
+
 
 def machine() -> str:
-  import jax
   cpu = "?"
   try:
     with open("/proc/cpuinfo") as f:
@@ -49,9 +59,6 @@ def machine() -> str:
 
 def build(size: str, batch: int, seq_len: int):
   """(model config, optimizer, step config) of a ladder shape at this batch and sequence."""
-  from olmo_jax import config as config_lib
-  from olmo_jax import model as model_lib
-  from olmo_jax import optim, sizes, trainer
   s = sizes.get_size(size)
   cfg = model_lib.ModelConfig(d_model=s.d_model, n_heads=s.n_heads, n_layers=s.n_layers,
                               max_seq_len=seq_len, dtype=config_lib.default_dtype())
@@ -65,12 +72,13 @@ def seconds_per_step(size: str, k: int, batch: int, seq_len: int, steps: int,
                      mode: str = "auto") -> float:
   """Mean seconds per step over `steps` steps after two untimed ones; k=0: the separate
   run's own step (no replica axis)."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
+  return timed_steps(*build(size, batch, seq_len), k, batch, seq_len, steps, mode)
 
-  from olmo_jax import pack, trainer
-  cfg, tx, step_cfg = build(size, batch, seq_len)
+
+def timed_steps(cfg, tx, step_cfg, k: int, batch: int, seq_len: int, steps: int,
+                mode: str = "auto") -> float:
+  """seconds_per_step of a model config (k=0: the separate run's step)."""
+
   ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (max(k, 1), batch, seq_len + 1))
   init = trainer.state_init_fn(cfg, tx, 0)
   if k == 0:
@@ -99,7 +107,6 @@ def is_oom(e: Exception) -> bool:
 def sweep(size: str, ks: list[int], batch: int, seq_len: int, steps: int, until_oom: bool,
           mode: str = "auto"):
   """Rows {size, k, s_per_step, tok_s_replica, tok_s, mfu}; k=0 is the separate run."""
-  from olmo_jax import sizes, trainer
   cfg, _, _ = build(size, batch, seq_len)
   fpt = sizes.flops_per_token(cfg.d_model, cfg.n_layers, seq_len,
                               sizes.non_embedding_params(cfg.d_model, cfg.n_layers))
@@ -152,10 +159,30 @@ def run_demo(config: str, workdir: str, no_pack: bool) -> dict:
   return {"wall_s": wall, "cpu_s": cpu, "best_recipe": rec["best_recipe"]}
 
 
+def steps_alone(workdir: str, workers: int, steps: int = 10) -> tuple[float, dict]:
+  """(wall seconds, per-size seconds per step) of the study's training steps alone: each
+  size's separate-run step timed here, times its steps and its cells, spread over `workers`
+  (no start-up, compilation, data, checkpoints or scoring): the floor under either arm."""
+
+  cells: dict[str, list[dict]] = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "cells", "*", "*", "*", "config.json"))):
+    with open(path) as f:
+      cells.setdefault(path.split(os.sep)[-3], []).append(json.load(f))
+  total, per_step = 0.0, {}
+  for size, cfgs in cells.items():
+    c = ml_collections.ConfigDict(cfgs[0])
+    mcfg = config_lib.model_config(c)
+    schedule = optim.make_schedule(c.train.lr, 10, c.train.steps, 0.1)
+    sc = trainer.StepConfig(loss_chunk_tokens=trainer.default_loss_chunk(), lr_schedule=schedule)
+    t = timed_steps(mcfg, optim.make_optimizer(schedule), sc, 0, c.train.batch_size,
+                    c.train.seq_len, steps)
+    per_step[size] = t
+    total += t * sum(x["train"]["steps"] for x in cfgs)
+  return total / workers, per_step
+
+
 def demo(config: str) -> None:
   """The demo grid packed and unpacked, one after the other; tables compared."""
-  import numpy as np
-  import pandas as pd
   root = tempfile.mkdtemp(prefix="bench_pack_demo_")
   out = {}
   for name, no_pack in (("packed", False), ("--no-pack", True)):
@@ -173,6 +200,12 @@ def demo(config: str) -> None:
         f"{out['packed']['best_recipe'] == out['--no-pack']['best_recipe']}")
   print(f"packed is {out['--no-pack']['wall_s'] / out['packed']['wall_s']:.2f}x faster in wall "
         f"time and {out['--no-pack']['cpu_s'] / out['packed']['cpu_s']:.2f}x in CPU time")
+  floor, per_step = steps_alone(os.path.join(root, "packed"), workers=2)
+  steps = ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in per_step.items())
+  print(f"the training steps alone (each size's step timed here: {steps}; x its steps and "
+        f"cells, over 2 workers): {floor:.1f} s wall, the floor of either arm; above it: "
+        f"packed {out['packed']['wall_s'] - floor:.1f} s, --no-pack "
+        f"{out['--no-pack']['wall_s'] - floor:.1f} s; load average {os.getloadavg()[0]:.2f}")
 
 
 def main() -> None:

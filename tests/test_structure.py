@@ -40,7 +40,6 @@ FILES_OVER_500 = {
 # grow). The entry points defer what `--help` and the one-line input errors do not need.
 DEFERRED_IMPORTS = {
     "benchmarks/bench_checkpoint.py": 6,
-    "benchmarks/bench_pack.py": 9,
     "benchmarks/bench_curation.py": 6,
     "benchmarks/bench_eval.py": 9,
     "benchmarks/bench_train_cpu.py": 7,
