@@ -139,7 +139,7 @@ def _fmt(row: dict, separate: dict) -> str:
   return (f"{row['size']:>4} {k:>9}: {1e3 * row['s_per_step']:8.1f} ms/step, "
           f"{row['tok_s_replica']:10,.0f} tok/s per replica "
           f"({row['tok_s_replica'] / separate['tok_s_replica']:.2f}x the separate run), "
-          f"{row['tok_s']:12,.0f} tok/s in all{mfu}")
+          f"{row['tok_s']:12,.0f} tok/s in all ({row['tok_s'] / separate['tok_s']:.2f}x){mfu}")
 
 
 def run_demo(config: str, workdir: str, no_pack: bool) -> dict:
