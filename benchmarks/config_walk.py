@@ -13,8 +13,8 @@ and how many times the walk enters olmo_jax/config.py from another file (and how
 stays are in it).
 
 A name holds the config when it is a parameter it was passed as, or is assigned the config,
-a copy of it (`ConfigDict(x.to_dict())`), a project object constructed from it or from its
-fields (a run spec), or the return of a walked function that returns it whole. A method
+a copy of it (`ConfigDict(x.to_dict())`), an object of a class of olmo_jax/config.py
+constructed from it (a run spec), or the return of a walked function that returns it whole. A method
 called on such an object is a stay in its class's file. Its fields (`cfg.train`) are values
 read from it, not the config itself.
 """
@@ -131,11 +131,21 @@ class Walk:
     whole = set()
     for ret in (n for n in ast.walk(node) if isinstance(n, ast.Return) and n.value):
       values = ret.value.elts if isinstance(ret.value, ast.Tuple) else [ret.value]
-      whole |= {i for i, v in enumerate(values) if _holds(v, held)}
+      whole |= {i for i, v in enumerate(values) if _holds(v, held) or self._built(mod, v, held)}
       if any(isinstance(n, ast.Name) and n.id in held for n in ast.walk(ret.value)):
         self.returning.append((mod, key, ret.lineno))
     self.memo[(mod, key, param)] = whole
     return whole
+
+  def _built(self, mod: str, v: ast.expr, held) -> bool:
+    """`v` constructs a class of the config module from the config (a run spec; recorded in
+    self.classes). Other objects built from it (a checkpointer, a hook) are not the config."""
+    target = self.callee(mod, v.func) if isinstance(v, ast.Call) else None
+    if (target is None or target[0] != CONFIG_MODULE
+        or not _builds(self.funcs[target[0]][target[1]], v, held)):
+      return False
+    self.classes.add((target[0], target[1].split(".")[0]))
+    return True
 
   def _annotated_built(self, node, param: str) -> bool:
     ann = next((a.annotation for a in node.args.args if a.arg == param), None)
@@ -155,9 +165,6 @@ class Walk:
     params = [a.arg for a in tnode.args.args]
     if params[:1] == ["self"]:
       params = params[1:]
-    if target[1].endswith(".__init__") and any(
-        _holds(a, held) for a in [*call.args, *[k.value for k in call.keywords]]):
-      self.classes.add((target[0], target[1].split(".")[0]))
     passed = [(params[i] if i < len(params) else None, a) for i, a in enumerate(call.args)]
     passed += [(k.arg, k.value) for k in call.keywords]
     for name, arg in passed:
@@ -175,9 +182,8 @@ class Walk:
       if _is_copy(v, held):
         got = {0}
       target = self.callee(mod, v.func)
-      if target is not None and _builds(self.funcs[target[0]][target[1]], v, held):
+      if self._built(mod, v, held):
         got, new = {0}, True  # an object built around the config holds it
-        self.classes.add((target[0], target[1].split(".")[0]))
       elif target is not None and not isinstance(self.funcs[target[0]][target[1]],
                                                  ast.ClassDef):
         for name, arg in zip([a.arg for a in self.funcs[target[0]][target[1]].args.args],

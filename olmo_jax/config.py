@@ -168,25 +168,16 @@ class RunSpec:
     """The resolved config tree (a copy)."""
     return _plain(self.tree)
 
-  def check(self, num_processes: int = 1) -> None:
-    """Rejects bad values with a ValueError naming the field (and the fix)."""
-    self.model.validate()
-    self.train.check(self.model.max_seq_len, num_processes)
-    self.checkpoint.check()
-    self.eval.check()
-    self.plan.check_values()
-
 
 def resolve(config: ml_collections.ConfigDict, num_processes: int | None = None) -> RunSpec:
   """The RunSpec of a config tree: sentinels replaced by the ladder formulas, the platform's
   kernels and dtype chosen, and (given num_processes) every field checked."""
   c = _resolve_tree(config)
   mcfg = sections.of(ModelConfig, c.model)
+  typed = {name: sections.of(cls, c.get(name)) for name, cls in sections.SECTIONS.items()}
   if num_processes is not None:
-    mcfg.validate()
-  train = sections.of(sections.TrainConfig, c.train)
-  if num_processes is not None:
-    train.check(mcfg.max_seq_len, num_processes)  # before the optimizer reads its fields
+    check(mcfg, typed, num_processes)
+  train = typed["train"]
   schedule = optim.make_schedule(train.lr, train.warmup_steps, train.steps, train.min_lr_ratio)
   tx = optim.make_optimizer(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
                             weight_decay=train.weight_decay, grad_clip=train.grad_clip,
@@ -199,15 +190,19 @@ def resolve(config: ml_collections.ConfigDict, num_processes: int | None = None)
                                   loss_scaling=mcfg.dtype == "float16",
                                   initial_scale=train.loss_scale),
       lr_schedule=schedule)
-  spec = RunSpec(
-      size=c.model.size, model=mcfg, train=train, data=data_config(c.get("data")),
-      **{name: sections.of(cls, c.get(name)) for name, cls in sections.SECTIONS.items()
-         if name != "train"},
-      derived=Derived(**c.derived), tree=_plain(c.to_dict()), schedule=schedule, optimizer=tx,
-      step=step)
-  if num_processes is not None:
-    spec.check(num_processes)
-  return spec
+  return RunSpec(size=c.model.size, model=mcfg, **typed, data=data_config(c.get("data")),
+                 derived=Derived(**c.derived), tree=_plain(c.to_dict()), schedule=schedule,
+                 optimizer=tx, step=step)
+
+
+def check(model: ModelConfig, typed: dict[str, Any], num_processes: int = 1) -> None:
+  """Rejects the resolved sections' bad values with a ValueError naming the field (and the
+  fix): the checks each type owns, in one order."""
+  model.validate()
+  typed["train"].check(model.max_seq_len, num_processes)
+  typed["checkpoint"].check()
+  typed["eval"].check()
+  typed["plan"].check_values()
 
 
 def model_config(c) -> ModelConfig:

@@ -112,6 +112,17 @@ def apply_overrides(c: ml_collections.ConfigDict, tree: Mapping, source: str,
       c[key] = _coerce(current, value, where)
 
 
+def flatten(tree, prefix: str = "") -> dict[str, Any]:
+  """{"a.b.c": leaf} of a nested dict or ConfigDict (unflatten's inverse)."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, (Mapping, ml_collections.ConfigDict)):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
 def unflatten(flat: Mapping[str, Any]) -> dict:
   """{"train.lr": 1e-3} -> {"train": {"lr": 1e-3}}."""
   tree: dict = {}

@@ -35,7 +35,6 @@ from olmo_jax import (
   config_files,
   pack,
   paths,
-  restart_guard,
   sharding,
   train,
   trainer,
@@ -73,7 +72,7 @@ def parse_replica(args: Sequence[str]):
 
 def shared_settings(cfg) -> dict:
   """{field: value} of a RunSpec that every replica of a pack must share."""
-  flat = restart_guard.flatten(cfg.to_dict())
+  flat = config_files.flatten(cfg.tree)
   return {k: v for k, v in flat.items()
           if not any(k == p or k.startswith(p + ".") for p in PER_REPLICA)}
 

@@ -169,7 +169,7 @@ class Study:
         out["train.seq_len"] = int(c.seq_len)
         # steps and warmup are placeholders here (the study sets both from the budget)
         first = self._resolve(size, {**out, "train.steps": 1, "train.warmup_steps": 0,
-                                     **_flatten(c.overrides)})
+                                     **config_files.flatten(c.overrides)})
         n, t = first.derived.non_embedding_params, first.train
         if t.batch_size <= 0:
           raise InputError(f"size {size}: the ladder batch formula gives {t.batch_size} "
@@ -178,13 +178,13 @@ class Study:
             c.tokens_per_param * c.budget_fraction * n / (t.batch_size * t.seq_len)))
         out.update({"train.batch_size": int(t.batch_size), "train.steps": steps,
                     "train.warmup_steps": max(1, round(c.warmup_fraction * steps))})
-      steps = self._resolve(size, {**out, **_flatten(c.overrides)}).train.steps
+      steps = self._resolve(size, {**out, **config_files.flatten(c.overrides)}).train.steps
       if c.checkpoints_per_run > 0:
         out["checkpoint.every"] = max(1, math.ceil(steps / c.checkpoints_per_run))
       elif c.checkpoint_every > 0:
         out["checkpoint.every"] = int(c.checkpoint_every)
       out.update({"train.progress_bar": False, "data.data_dir": c.data_dir})
-      every = self._resolve(size, {**out, **_flatten(c.overrides)}).checkpoint.every
+      every = self._resolve(size, {**out, **config_files.flatten(c.overrides)}).checkpoint.every
       out["checkpoint.every"] = int(every)
       out["checkpoint.keep"] = len(_grid(steps, every)) + 2
       self._flags[size] = out
@@ -196,7 +196,7 @@ class Study:
     out["train.seed"] = cell.seed
     for k, v in self.c.recipes[cell.recipe].items():
       out[f"data.{k}"] = v
-    out.update(_flatten(self.c.overrides))
+    out.update(config_files.flatten(self.c.overrides))
     return out
 
   def _resolve(self, size: str, flags: dict) -> config_lib.RunSpec:
@@ -288,17 +288,6 @@ class Study:
 
 def _grid(steps: int, every: int) -> list[int]:
   return sorted(set(range(every, steps + 1, every)) | {steps})
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-  """{"train": {"lr": 1}} -> {"train.lr": 1}."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, (dict, ml_collections.ConfigDict)):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def _flag_value(v) -> str:
