@@ -182,8 +182,8 @@ def resolve(config: ml_collections.ConfigDict, num_processes: int | None = None)
   tx = optim.make_optimizer(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
                             weight_decay=train.weight_decay, grad_clip=train.grad_clip,
                             weight_decay_mask_mode=train.weight_decay_mask)
-  step = trainer.StepConfig(
-      microbatches=train.batch_size // train.microbatch_size, z_loss=train.z_loss,
+  step = trainer.StepConfig(  # unchecked, the ladder formula may give a batch of 0 (tiny N)
+      microbatches=train.batch_size // max(train.microbatch_size, 1), z_loss=train.z_loss,
       loss_chunk_tokens=(0 if train.loss_impl == "dense" else
                          train.loss_chunk_tokens or trainer.default_loss_chunk(mcfg.platform)),
       policy=trainer.UpdatePolicy(nonfinite=train.nan_policy,
