@@ -40,7 +40,7 @@ GIB = 1024 ** 3
 
 
 def parts(size: str, opts: dict, **train):
-  """(resolved config, model config, optimizer, step config) of a size for a target."""
+  """(RunSpec, model config, optimizer, step config) of a size for a target."""
   from olmo_jax import config as config_lib
   from olmo_jax import plan
   from olmo_jax import train as train_lib
@@ -49,8 +49,7 @@ def parts(size: str, opts: dict, **train):
   c.plan.update(opts)
   c.train.update(train)
   c = config_lib.resolve(plan.for_target(c))
-  schedule, tx = train_lib.build_optimizer(c)
-  return c, config_lib.model_config(c), tx, train_lib.build_step_config(c, schedule)
+  return c, c.model, c.optimizer, c.step
 
 
 def chosen(size: str, opts: dict) -> dict:

@@ -1,8 +1,11 @@
-"""Config loading, resolution of the ladder defaults, and start-up validation.
+"""Config files, and the one resolution of a config tree into a RunSpec.
 
 A config as written holds sentinels (-1, 0, 'auto') meaning "from the ladder formulas";
-`resolve` turns it into concrete numbers and `validate` rejects bad values with a message
-naming the field, before any expensive work.
+`resolve` turns it, once, into a frozen RunSpec: typed sections (olmo_jax/config_sections.py,
+ModelConfig, DataConfig), the derived counts, the learning-rate schedule, the optimizer and the
+train step's StepConfig. Given the number of processes it also rejects bad values with a
+message naming the field, before any expensive work. The code below the entry points receives
+the RunSpec (or the parts it needs) and never re-reads the tree.
 """
 
 from __future__ import annotations
@@ -11,18 +14,31 @@ import dataclasses
 import importlib.util
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import ml_collections
+import optax
 
+from data_pipeline.recipe_config import DataConfig, data_config
+from olmo_jax import config_sections as sections
+from olmo_jax import optim, paths, sizes, trainer
 from olmo_jax import params as params_lib
-from olmo_jax import sizes
 from olmo_jax.model import ModelConfig
 from olmo_jax.runtime import resolve_platform
 
 
+def split_spec(spec: str) -> tuple[str, str | None]:
+  """'configs/train.py:150M' -> ('configs/train.py', '150M'); a path alone -> (path, None)."""
+  if ".py:" in spec:
+    path, _, arg = spec.partition(".py:")
+    return path + ".py", arg
+  return spec, None
+
+
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """Runs `get_config(arg)` of a config file given by path."""
+  """Runs `get_config(arg)` of a config file: `path` and `arg`, or `PATH.py:ARG` as one."""
+  if arg is None:
+    path, arg = split_spec(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config file not found: {path}")
   name = "_olmo_cfg_" + os.path.splitext(os.path.basename(path))[0]
@@ -72,7 +88,7 @@ def default_dtype(platform: str = "auto") -> str:
   return "float32" if resolve_platform(platform) == "cpu" else "bfloat16"
 
 
-def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def _resolve_tree(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy with every ladder sentinel replaced by its value, plus a `derived` subtree."""
   c = ml_collections.ConfigDict(config.to_dict())
   m, t = c.model, c.train
@@ -85,7 +101,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if m.dtype == "auto":
     m.dtype = default_dtype(m.platform)
   ladder = sizes.LADDER.get(m.size)
-  _check_formula_inputs(t)
+  sections.of(sections.TrainConfig, t).check_formula_inputs()
   if t.batch_size == -1:
     t.batch_size = ladder.batch_seqs if ladder else sizes.batch_size_formula(n_formula)
   if t.microbatch_size == -1:
@@ -102,81 +118,103 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.checkpoint.every = sizes.checkpoint_every(ladder.name if ladder else None)
   n = sizes.non_embedding_params(d, l, m.variant, m.embedding_size, m.get("mlp_hidden", 0))
   tokens = t.steps * t.batch_size * t.seq_len
-  c.derived = ml_collections.ConfigDict({
-      "non_embedding_params": n,
-      "total_params": n + m.embedding_size * d,
-      "tokens_per_step": t.batch_size * t.seq_len,
-      "total_tokens": tokens,
-      "compute_flops": float(sizes.training_flops(n, tokens)),
-  })
+  c.derived = ml_collections.ConfigDict(dataclasses.asdict(Derived(
+      non_embedding_params=n, total_params=n + m.embedding_size * d,
+      tokens_per_step=t.batch_size * t.seq_len, total_tokens=tokens,
+      compute_flops=float(sizes.training_flops(n, tokens)))))
   return c
 
 
-def _check_formula_inputs(t) -> None:
-  """The fields the ladder formulas divide by: positive, or -1 (from the ladder) where allowed.
+@dataclasses.dataclass(frozen=True)
+class Derived:
+  """What follows from the resolved sections: parameter and token counts, compute."""
 
-  Checked before the formulas run, so that 0 is a named error, not a division by zero."""
-  for f, auto in (("seq_len", False), ("batch_size", True), ("microbatch_size", True)):
-    if t[f] <= 0 and not (auto and t[f] == -1):
-      hint = " or -1 (from the ladder)" if auto else ""
-      raise ValueError(f"train.{f}={t[f]} must be positive{hint}; set "
-                       f"--config.train.{f}=N with N >= 1")
-
-
-def model_config(c: ml_collections.ConfigDict) -> ModelConfig:
-  """The ModelConfig of a resolved config (a field missing from an older saved config keeps
-  its default)."""
-  m = c.model
-  return ModelConfig(**{f.name: m[f.name] for f in dataclasses.fields(ModelConfig)
-                        if f.name in m})
+  non_embedding_params: int
+  total_params: int
+  tokens_per_step: int
+  total_tokens: int
+  compute_flops: float  # 6 N D
 
 
-def validate(c: ml_collections.ConfigDict, num_processes: int = 1) -> None:
-  """Rejects a resolved config's bad values with a ValueError naming the field."""
-  model_config(c).validate()
-  t = c.train
-  positive = ("steps", "batch_size", "microbatch_size", "seq_len", "log_every")
-  for f in positive:
-    if t[f] <= 0:
-      raise ValueError(f"train.{f}={t[f]} must be positive")
-  if t.lr <= 0:
-    raise ValueError(f"train.lr={t.lr} must be positive")
-  if t.warmup_steps < 0:
-    raise ValueError(f"train.warmup_steps={t.warmup_steps} must be >= 0")
-  if not 0 <= t.min_lr_ratio <= 1:
-    raise ValueError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1]")
-  for f in ("weight_decay", "grad_clip", "z_loss", "eps"):
-    if t[f] < 0:
-      raise ValueError(f"train.{f}={t[f]} must be >= 0")
-  for f in ("b1", "b2"):
-    if not 0 <= t[f] < 1:
-      raise ValueError(f"train.{f}={t[f]} must be in [0, 1)")
-  if t.seq_len > c.model.max_seq_len:
-    raise ValueError(f"train.seq_len={t.seq_len} exceeds the RoPE table "
-                     f"model.max_seq_len={c.model.max_seq_len}")
-  if t.batch_size % t.microbatch_size:
-    raise ValueError(f"train.microbatch_size={t.microbatch_size} must divide "
-                     f"train.batch_size={t.batch_size}")
-  if t.batch_size % num_processes:
-    raise ValueError(f"train.batch_size={t.batch_size} must be divisible by the "
-                     f"{num_processes} processes")
-  if t.loss_impl not in ("fused", "dense"):
-    raise ValueError(f"train.loss_impl={t.loss_impl!r} must be 'fused' or 'dense'")
-  if t.loss_chunk_tokens < 0:
-    raise ValueError(f"train.loss_chunk_tokens={t.loss_chunk_tokens} must be >= 0")
-  if t.nan_policy not in ("stop", "skip"):
-    raise ValueError(f"train.nan_policy={t.nan_policy!r} must be 'stop' or 'skip'")
-  if c.checkpoint.every <= 0 or c.checkpoint.keep <= 0 or c.checkpoint.keep_period < 0:
-    raise ValueError("checkpoint.every and checkpoint.keep must be positive, "
-                     "checkpoint.keep_period >= 0")
-  if c.eval.every < 0 or c.eval.batches <= 0:
-    raise ValueError("eval.every must be >= 0 and eval.batches positive")
+@dataclasses.dataclass(frozen=True, eq=False)
+class RunSpec:
+  """A training config resolved once: the typed sections, what follows from them, and what
+  the run builds from them before anything compiles (schedule, optimizer, step config).
+
+  `tree` is the resolved config as a plain dict: config.json, the checkpoints' metadata and
+  the restart guard read it.
+  """
+
+  size: str  # model.size: a ladder size or 'custom'
+  model: ModelConfig
+  train: sections.TrainConfig
+  checkpoint: sections.CheckpointConfig
+  eval: sections.EvalConfig
+  plan: sections.PlanConfig
+  mesh: sections.MeshConfig
+  data: DataConfig
+  derived: Derived
+  tree: dict
+  schedule: Callable[[Any], Any]  # optim.make_schedule of the train section
+  optimizer: optax.GradientTransformation
+  step: trainer.StepConfig
+
+  @property
+  def data_seed(self) -> int:
+    """The data stream's seed: data.seed, or train.seed where it is -1."""
+    return self.train.seed if self.data.seed == -1 else self.data.seed
+
+  def to_dict(self) -> dict[str, Any]:
+    """The resolved config tree (a copy)."""
+    return _plain(self.tree)
 
 
-def save_json(c: ml_collections.ConfigDict, path: str) -> None:
-  """Writes the resolved config as JSON (atomically)."""
-  from olmo_jax import paths
-  paths.write_atomic(path, json.dumps(c.to_dict(), indent=2, sort_keys=True, default=str))
+def resolve(config: ml_collections.ConfigDict, num_processes: int | None = None) -> RunSpec:
+  """The RunSpec of a config tree: sentinels replaced by the ladder formulas, the platform's
+  kernels and dtype chosen, and (given num_processes) every field checked."""
+  c = _resolve_tree(config)
+  mcfg = sections.of(ModelConfig, c.model)
+  typed = {name: sections.of(cls, c.get(name)) for name, cls in sections.SECTIONS.items()}
+  if num_processes is not None:
+    check(mcfg, typed, num_processes)
+  train = typed["train"]
+  schedule = optim.make_schedule(train.lr, train.warmup_steps, train.steps, train.min_lr_ratio)
+  tx = optim.make_optimizer(schedule, b1=train.b1, b2=train.b2, eps=train.eps,
+                            weight_decay=train.weight_decay, grad_clip=train.grad_clip,
+                            weight_decay_mask_mode=train.weight_decay_mask)
+  step = trainer.StepConfig(  # unchecked, the ladder formula may give a batch of 0 (tiny N)
+      microbatches=train.batch_size // max(train.microbatch_size, 1), z_loss=train.z_loss,
+      loss_chunk_tokens=(0 if train.loss_impl == "dense" else
+                         train.loss_chunk_tokens or trainer.default_loss_chunk(mcfg.platform)),
+      policy=trainer.UpdatePolicy(nonfinite=train.nan_policy,
+                                  loss_scaling=mcfg.dtype == "float16",
+                                  initial_scale=train.loss_scale),
+      lr_schedule=schedule)
+  return RunSpec(size=c.model.size, model=mcfg, **typed, data=data_config(c.get("data")),
+                 derived=Derived(**c.derived), tree=_plain(c.to_dict()), schedule=schedule,
+                 optimizer=tx, step=step)
+
+
+def check(model: ModelConfig, typed: dict[str, Any], num_processes: int = 1) -> None:
+  """Rejects the resolved sections' bad values with a ValueError naming the field (and the
+  fix): the checks each type owns, in one order."""
+  model.validate()
+  typed["train"].check(model.max_seq_len, num_processes)
+  typed["checkpoint"].check()
+  typed["eval"].check()
+  typed["plan"].check_values()
+
+
+def model_config(c) -> ModelConfig:
+  """The ModelConfig of a RunSpec, or of a config tree as saved (a field missing from an older
+  saved config keeps its default)."""
+  return c.model if isinstance(c, RunSpec) else sections.of(ModelConfig, c.model)
+
+
+def save_json(c, path: str) -> None:
+  """Writes the resolved config (a RunSpec or a tree) as JSON (atomically)."""
+  tree = c.tree if isinstance(c, RunSpec) else c.to_dict()
+  paths.write_atomic(path, json.dumps(tree, indent=2, sort_keys=True, default=str))
 
 
 def load_json(path: str) -> ml_collections.ConfigDict:
@@ -184,5 +222,11 @@ def load_json(path: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def to_dict(c: ml_collections.ConfigDict) -> dict[str, Any]:
-  return json.loads(json.dumps(c.to_dict(), default=str))
+def to_dict(c) -> dict[str, Any]:
+  """The JSON-able dict of a config tree or a RunSpec."""
+  return _plain(c.to_dict())
+
+
+def _plain(tree: dict) -> dict[str, Any]:
+  """A copy made only of JSON types (what config.json and the checkpoints' metadata hold)."""
+  return json.loads(json.dumps(tree, default=str))

@@ -5,40 +5,33 @@ XLA's allocator gets (`XLA_PYTHON_CLIENT_MEM_FRACTION`): one number for the plan
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 
 import ml_collections
 
+from olmo_jax import config_sections as sections
+from olmo_jax.config import RunSpec
 
-def plan_options(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """cfg.plan with defaults (configs and checkpoints made before it existed have none)."""
-  o = ml_collections.ConfigDict({"mfu": 0.5, "devices": 0, "platform": "auto",
-                                 "topology": "", "device_kind": "", "device_memory_gb": 0.0,
-                                 "check": True, "headroom": 0.9, "hosts": 1, "slices": 1,
-                                 "output": ""})
-  if "plan" in cfg:
-    o.update(cfg.plan.to_dict())
-  return o
+
+def plan_options(cfg) -> ml_collections.ConfigDict:
+  """The plan section of a RunSpec, or a config tree's `plan` over PlanConfig's defaults
+  (configs and checkpoints made before it existed have none), as a ConfigDict."""
+  plan = cfg.plan if isinstance(cfg, RunSpec) else sections.of(sections.PlanConfig,
+                                                               cfg.get("plan"))
+  return ml_collections.ConfigDict(dataclasses.asdict(plan))
 
 
 # XLA's GPU allocator takes this fraction of each GPU (JAX's default without it: 0.75).
 MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 
 
-def check_options(cfg: ml_collections.ConfigDict) -> None:
-  """ValueError naming a bad plan.* setting, before anything compiles or is written."""
-  o = plan_options(cfg)
-  for f in ("hosts", "slices"):
-    if o[f] < 1:
-      raise ValueError(f"plan.{f}={o[f]} must be >= 1; set --config.plan.{f}=N with N >= 1")
-  if o.devices < 0:
-    raise ValueError(f"plan.devices={o.devices} must be >= 0 (0: the devices at hand)")
-  if not 0 < o.headroom <= 1:
-    raise ValueError(f"plan.headroom={o.headroom} must be in (0, 1]: the fraction of device "
-                     "memory the run may use")
-  if o.device_memory_gb < 0:
-    raise ValueError(f"plan.device_memory_gb={o.device_memory_gb} must be >= 0")
+def check_options(spec: RunSpec) -> None:
+  """ValueError naming a bad plan.* setting outside its values (PlanConfig checks those when
+  the config is resolved): the allocator's share from the environment and plan.output's
+  directory, before anything compiles or is written."""
+  o = spec.plan
   memory_fraction(o)  # a bad XLA_PYTHON_CLIENT_MEM_FRACTION is named here too
   if o.output:
     check_output_path(o.output)

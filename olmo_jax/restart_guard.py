@@ -28,6 +28,7 @@ import ml_collections
 from olmo_jax import checkpoint
 from olmo_jax import config as config_lib
 from olmo_jax import params as params_lib
+from olmo_jax.config_files import flatten
 
 REFUSED = ("model.", "data.", "train.seed", "train.batch_size", "train.seq_len")
 FREE = ("model.remat", "model.attention", "data.prefetch")  # same numbers, other speed/memory
@@ -41,17 +42,6 @@ class ConfigChangeError(ValueError):
 
 class DamagedCheckpointsError(ValueError):
   """Every checkpoint in the workdir is damaged; starting at step 0 was not asked for."""
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{"a.b.c": leaf} of a nested dict."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def is_refused(key: str) -> bool:

@@ -26,7 +26,7 @@ from olmo_jax import runtime
 
 runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
 
-from olmo_jax import cli, console, distributed, paths, plan_options
+from olmo_jax import cli, config_files, console, distributed, paths, plan_options
 from olmo_jax import config as config_lib
 from olmo_jax import hooks as hooks_lib
 from olmo_jax import plan as plan_lib
@@ -47,31 +47,29 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   """
   if dry_run:
     config = plan_lib.for_target(config)
-  cfg, data = build_config(config)
-  plan_options.check_options(cfg)  # plan.output, hosts, ... named before anything compiles
+  spec, data = build_config(config)
+  plan_options.check_options(spec)  # plan.output, the allocator's share, named before compiling
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
   from data_pipeline import mixture
-  schedule, tx = build_optimizer(cfg)
-  step_cfg = build_step_config(cfg, schedule)
   if dry_run:
-    return plan_lib.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
+    return plan_lib.dry_run(spec, spec.model, spec.optimizer, spec.step, print_fn=print_fn)
   say(mixture.describe(data))  # the sources and tokens this run trains on
-  check_workdir(cfg, workdir, say)  # before anything is compiled or written
-  mesh = build_mesh(cfg)
-  abstract, shard = build_layout(cfg, mesh, tx)
+  check_workdir(spec, workdir, say)  # before anything is compiled or written
+  mesh = build_mesh(spec)
+  from olmo_jax import trainer
+  abstract, shard = trainer.state_shardings(mesh, spec.model, spec.optimizer,
+                                            spec.step.policy.loss_scaling)
   # Compiled once, before anything is allocated or written: stops here when it cannot fit.
-  train_step = build_step(cfg, mesh, tx, step_cfg, abstract, shard, print_fn)
-  write_run_config(cfg, workdir, mesh, say)
-  checkpointer = build_checkpointer(cfg, workdir)
-  state, data_state = build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say)
-  data_iter = build_data(cfg, data, data_state)
-  policy = step_cfg.policy
-  hooks = build_hooks(cfg, data, mesh, checkpointer, data_iter, extra_callbacks)
-  logger, log_hook = build_logging(cfg, mesh, workdir)
+  train_step = build_step(spec, mesh, abstract, shard, print_fn)
+  write_run_config(spec, workdir, mesh, say)
+  checkpointer = build_checkpointer(spec, workdir)
+  state, data_state = build_state(spec, mesh, abstract, shard, checkpointer, workdir, say)
+  data_iter = build_data(spec, data, data_state)
+  hooks = build_hooks(spec, data, mesh, checkpointer, data_iter, extra_callbacks)
+  logger, log_hook = build_logging(spec, mesh, workdir)
   try:
-    result = _train(cfg, mesh, state, train_step, policy, data_iter, [*hooks, log_hook],
-                    print_fn)
+    result = _train(spec, mesh, state, train_step, data_iter, [*hooks, log_hook], print_fn)
   except BaseException:
     if checkpointer is not None:
       checkpointer.close()  # reports (never raises) a failed save: the first error wins
@@ -85,28 +83,28 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
 
 
 def build_config(config: ml_collections.ConfigDict):
-  """(the resolved, validated config, its data plan); JAX is set up here (before its first
-  use). The data config is resolved here once; everything downstream takes the plan."""
-  cfg = config_lib.resolve(config)
+  """(the RunSpec, its data plan): the config resolved and checked once, JAX set up first
+  (before its first use). Everything downstream takes the spec and the plan."""
   from olmo_jax import hostmem
   hostmem.keep_freed_memory()  # CPU only; must precede the first use of a JAX backend
   import jax  # after flags: XLA flags and platform choice are read on first use
 
   from data_pipeline import mixture
-  config_lib.validate(cfg, jax.process_count())
-  data = mixture.resolve(cfg.data)
-  mixture.validate_config(data, cfg.model.vocab_size)
-  if cfg.eval.every > 0 and not cfg.eval.tasks and not has_heldout_split(data):
+  spec = config_lib.resolve(config, num_processes=jax.process_count())
+  data = mixture.resolve(spec.data)
+  mixture.validate_config(data, spec.model.vocab_size)
+  ev = spec.eval
+  if ev.every > 0 and not ev.tasks and not has_heldout_split(data):
     raise ValueError("eval.every > 0 reads the held-out split of each source, and "
                      "data.heldout_fraction is 0; set it (e.g. 0.01), name eval.tasks, "
                      "or set eval.every=0")
-  if cfg.eval.tasks:
+  if ev.tasks:
     from eval import tasks as tasks_lib  # the entry point may import eval; the library not
-    tasks_lib.resolve_tasks(cfg.eval.tasks)  # an unknown name fails here, listing the known
-    if cfg.eval.every <= 0 or cfg.eval.limit < 0:
-      raise ValueError(f"eval.tasks={cfg.eval.tasks!r} needs eval.every > 0 (steps between "
+    tasks_lib.resolve_tasks(ev.tasks)  # an unknown name fails here, listing the known
+    if ev.every <= 0 or ev.limit < 0:
+      raise ValueError(f"eval.tasks={ev.tasks!r} needs eval.every > 0 (steps between "
                        "evaluations) and eval.limit >= 0")
-  return cfg, data
+  return spec, data
 
 
 def has_heldout_split(data) -> bool:
@@ -115,11 +113,11 @@ def has_heldout_split(data) -> bool:
   return data.synthetic or data.config.heldout_fraction > 0
 
 
-def build_mesh(cfg):
+def build_mesh(spec: config_lib.RunSpec):
   """The device mesh; the microbatch must split evenly over its batch shards."""
   from olmo_jax import sharding
-  t = cfg.train
-  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  t, m = spec.train, spec.mesh
+  mesh = sharding.make_mesh(m.data, m.fsdp, m.tensor)
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if t.microbatch_size % batch_shards:
     # The microbatch is the batch unless train.microbatch_size was set: name what was set.
@@ -131,73 +129,57 @@ def build_mesh(cfg):
   return mesh
 
 
-def build_optimizer(cfg):
-  """(learning-rate schedule, optimizer): the schedule is built once, used by both."""
-  from olmo_jax import optim
-  t = cfg.train
-  schedule = optim.make_schedule(t.lr, t.warmup_steps, t.steps, t.min_lr_ratio)
-  tx = optim.make_optimizer(schedule, b1=t.b1, b2=t.b2, eps=t.eps, weight_decay=t.weight_decay,
-                            grad_clip=t.grad_clip, weight_decay_mask_mode=t.weight_decay_mask)
-  return schedule, tx
-
-
-def check_workdir(cfg, workdir: str | None, say) -> None:
+def check_workdir(spec: config_lib.RunSpec, workdir: str | None, say) -> None:
   """Guards run before anything is written to the workdir.
 
   Resume only into the same run (restart_guard.check_same_run against the newest complete
   checkpoint's config), and never start fresh over damaged checkpoints unless
   checkpoint.start_fresh_if_damaged.
   """
-  if not (workdir and cfg.checkpoint.enabled):
+  c = spec.checkpoint
+  if not (workdir and c.enabled):
     return
   from olmo_jax import checkpoint, restart_guard
   ckpt_dir = os.path.join(paths.abspath(workdir), "checkpoints")
   steps = checkpoint.complete_steps(ckpt_dir, kind=checkpoint.KIND_STATE, quiet=True)
   if steps:
-    restart_guard.check_same_run(ckpt_dir, steps[-1], config_lib.to_dict(cfg),
-                          allow=cfg.checkpoint.allow_config_change, say=say)
+    restart_guard.check_same_run(ckpt_dir, steps[-1], spec.tree,
+                                 allow=c.allow_config_change, say=say)
   else:
-    restart_guard.check_not_all_damaged(ckpt_dir, cfg.checkpoint.start_fresh_if_damaged)
+    restart_guard.check_not_all_damaged(ckpt_dir, c.start_fresh_if_damaged)
 
 
-def write_run_config(cfg, workdir: str | None, mesh, say) -> None:
+def write_run_config(spec: config_lib.RunSpec, workdir: str | None, mesh, say) -> None:
   """config.json in the workdir (process 0) and the one-line summary of the run."""
   import jax
   if workdir and jax.process_index() == 0:
     paths.makedirs(workdir)
-    config_lib.save_json(cfg, os.path.join(workdir, "config.json"))
-  d, t = cfg.derived, cfg.train
-  say(f"model {cfg.model.size} ({cfg.model.variant}): N={d.non_embedding_params:,} "
+    config_lib.save_json(spec, os.path.join(workdir, "config.json"))
+  d, t, m = spec.derived, spec.train, spec.model
+  say(f"model {spec.size} ({m.variant}): N={d.non_embedding_params:,} "
       f"non-embedding params, {t.steps:,} steps x {d.tokens_per_step:,} tokens, "
-      f"C={d.compute_flops:.3e} FLOPs; mesh {dict(mesh.shape)}, dtype {cfg.model.dtype}, "
-      f"{t.batch_size // t.microbatch_size} microbatch(es)")
+      f"C={d.compute_flops:.3e} FLOPs; mesh {dict(mesh.shape)}, dtype {m.dtype}, "
+      f"{spec.step.microbatches} microbatch(es)")
 
 
-def build_checkpointer(cfg, workdir: str | None):
+def build_checkpointer(spec: config_lib.RunSpec, workdir: str | None):
   """The workdir's Checkpointer (None without a workdir or with checkpoints disabled)."""
-  if not (workdir and cfg.checkpoint.enabled):
+  c = spec.checkpoint
+  if not (workdir and c.enabled):
     return None
   from data_pipeline import tokenizer as tok
   from olmo_jax import checkpoint
   try:
-    tok_hash = tok.tokenizer_hash(getattr(cfg.data, "tokenizer", "olmo"))
+    tok_hash = tok.tokenizer_hash(spec.data.tokenizer)
   except FileNotFoundError:
     tok_hash = None
-  c = cfg.checkpoint
   return checkpoint.Checkpointer(
       os.path.join(workdir, "checkpoints"), every=c.every, keep=c.keep,
       keep_period=c.keep_period, async_save=c.async_save,
-      metadata={"config": config_lib.to_dict(cfg), "tokenizer_hash": tok_hash})
+      metadata={"config": spec.tree, "tokenizer_hash": tok_hash})
 
 
-def build_layout(cfg, mesh, tx):
-  """(abstract train state with shardings, shardings) of this config on this mesh."""
-  from olmo_jax import trainer
-  mcfg = config_lib.model_config(cfg)
-  return trainer.state_shardings(mesh, mcfg, tx, mcfg.dtype == "float16")
-
-
-def build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say):
+def build_state(spec: config_lib.RunSpec, mesh, abstract, shard, checkpointer, workdir, say):
   """(train state, data iterator state or None): resumed from the newest intact checkpoint,
   else started from a params-only checkpoint in the workdir, else freshly initialised."""
   from olmo_jax import checkpoint, restart_guard, trainer
@@ -208,7 +190,7 @@ def build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say):
     except checkpoint.CheckpointError as e:  # every complete-looking step failed to restore
       why = "; ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
       restart_guard.refuse_fresh_start(checkpointer.directory, why,
-                                       cfg.checkpoint.start_fresh_if_damaged)
+                                       spec.checkpoint.start_fresh_if_damaged)
   if checkpointer is not None and restored is None:
     # Nothing to resume: damaged steps go aside, never away.
     checkpointer.set_aside_newer(-1, checkpointer.failed_restores)
@@ -219,10 +201,9 @@ def build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say):
     init_from = None
     if checkpointer is not None:
       init_from = checkpoint.load_init_params(workdir, abstract["params"])
-    mcfg, t = config_lib.model_config(cfg), cfg.train
-    loss_scale = t.loss_scale if mcfg.dtype == "float16" else None
-    state = trainer.init_state(mesh, mcfg, tx, t.seed, loss_scale, params=init_from,
-                               shard=shard)
+    loss_scale = spec.train.loss_scale if spec.step.policy.loss_scaling else None
+    state = trainer.init_state(mesh, spec.model, spec.optimizer, spec.train.seed, loss_scale,
+                               params=init_from, shard=shard)
     data_state = None
     if init_from is not None:
       say(f"initialised params from the checkpoint in {workdir} (fresh optimizer state)")
@@ -231,91 +212,75 @@ def build_state(cfg, mesh, tx, abstract, shard, checkpointer, workdir, say):
   return state, data_state
 
 
-def data_seed(cfg) -> int:
-  return cfg.train.seed if cfg.data.seed == -1 else cfg.data.seed
-
-
-def build_data(cfg, data, data_state=None):
+def build_data(spec: config_lib.RunSpec, data, data_state=None):
   """This process's training batch iterator over the data plan, at `data_state` when
   resuming."""
   import jax
 
   from data_pipeline import mixture
-  t = cfg.train
+  t = spec.train
   pc, pi = jax.process_count(), jax.process_index()
   data_iter = mixture.build_train_iterator(
-      data, seq_len=t.seq_len, batch_size=t.batch_size // pc, seed=data_seed(cfg),
-      vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)
+      data, seq_len=t.seq_len, batch_size=t.batch_size // pc, seed=spec.data_seed,
+      vocab_size=spec.model.vocab_size, process_index=pi, process_count=pc)
   if data_state is not None:
     data_iter.set_state(data_state)
   return data_iter
 
 
-def build_step_config(cfg, schedule):
-  """The StepConfig (microbatches, loss, UpdatePolicy, lr schedule) of a resolved config."""
-  from olmo_jax import trainer
-  t, mcfg = cfg.train, config_lib.model_config(cfg)
-  policy = trainer.UpdatePolicy(nonfinite=t.nan_policy, loss_scaling=mcfg.dtype == "float16",
-                               initial_scale=t.loss_scale)
-  return trainer.StepConfig(
-      microbatches=t.batch_size // t.microbatch_size, z_loss=t.z_loss,
-      loss_chunk_tokens=(0 if t.loss_impl == "dense"
-                         else t.loss_chunk_tokens or trainer.default_loss_chunk(mcfg.platform)),
-      policy=policy, lr_schedule=schedule)
-
-
-def build_step(cfg, mesh, tx, step_cfg, abstract, shard, print_fn=print):
+def build_step(spec: config_lib.RunSpec, mesh, abstract, shard, print_fn=print):
   """The jitted train step, compiled ahead of time against the plan (olmo_jax/plan.py): a
   step that cannot fit the devices stops here, with the settings that would fit."""
   from olmo_jax import plan, trainer
-  mcfg = config_lib.model_config(cfg)
-  step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
-  return plan.check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn)[0]
+  step = trainer.make_train_step(spec.model, spec.optimizer, spec.step, mesh, shard)
+  return plan.check(spec, spec.model, spec.optimizer, spec.step, mesh, abstract, shard, step,
+                    print_fn=print_fn)[0]
 
 
-def build_hooks(cfg, data, mesh, checkpointer, data_iter, extra_callbacks=()) -> list:
+def build_hooks(spec: config_lib.RunSpec, data, mesh, checkpointer, data_iter,
+                extra_callbacks=()) -> list:
   """The loop's hooks in order: callbacks and evaluation, signals, checkpoints."""
   from olmo_jax import sharding
   hooks = [cb if isinstance(cb, hooks_lib.Hook) else hooks_lib.CallbackHook(cb)
            for cb in extra_callbacks]
-  if cfg.eval.every > 0 and has_heldout_split(data):
-    hooks.append(build_eval_hook(cfg, data, sharding.batch_sharding(mesh)))
-  if cfg.eval.every > 0 and cfg.eval.tasks:
-    hooks.append(build_task_eval_hook(cfg, mesh))
+  if spec.eval.every > 0 and has_heldout_split(data):
+    hooks.append(build_eval_hook(spec, data, sharding.batch_sharding(mesh)))
+  if spec.eval.every > 0 and spec.eval.tasks:
+    hooks.append(build_task_eval_hook(spec, mesh))
   hooks.append(hooks_lib.StopOnSignal())
   if checkpointer is not None:
     hooks.append(hooks_lib.CheckpointHook(checkpointer, data_iter.get_state))
   return hooks
 
 
-def build_logging(cfg, mesh, workdir):
+def build_logging(spec: config_lib.RunSpec, mesh, workdir):
   """(metrics logger, the hook that writes to it every train.log_every steps)."""
   import jax
 
   from olmo_jax import sizes, trainer
-  t, d, mcfg = cfg.train, cfg.derived, config_lib.model_config(cfg)
+  t, d, m = spec.train, spec.derived, spec.model
   first = jax.process_index() == 0
   # A bucket cannot append: metrics and TensorBoard events go to its local mirror.
   logger = console.MetricsLogger(paths.mirror(workdir) if workdir and first else workdir,
                                  enabled=first)
   hook = hooks_lib.LogHook(
       t.log_every, tokens_per_step=d.tokens_per_step, logger=logger,
-      flops_per_token=sizes.flops_per_token(mcfg.d_model, mcfg.n_layers, t.seq_len,
+      flops_per_token=sizes.flops_per_token(m.d_model, m.n_layers, t.seq_len,
                                             d.non_embedding_params),
       peak_flops=t.peak_flops_per_device or trainer.device_peak_flops())
   return logger, hook
 
 
-def _train(cfg, mesh, state, train_step, policy, data_iter, hooks, print_fn):
+def _train(spec: config_lib.RunSpec, mesh, state, train_step, data_iter, hooks, print_fn):
   from olmo_jax import sharding, trainer
   batch_sh = sharding.batch_sharding(mesh)
   batches = (trainer.put_batch(b, batch_sh) for b in data_iter)
-  return trainer.train_loop(state, train_step, batches, total_steps=cfg.train.steps,
-                            hooks=hooks, policy=policy, progress_bar=cfg.train.progress_bar,
-                            print_fn=print_fn)
+  return trainer.train_loop(state, train_step, batches, total_steps=spec.train.steps,
+                            hooks=hooks, policy=spec.step.policy,
+                            progress_bar=spec.train.progress_bar, print_fn=print_fn)
 
 
-def build_eval_hook(cfg, data, batch_sh):
+def build_eval_hook(spec: config_lib.RunSpec, data, batch_sh):
   """In-loop evaluation every eval.every steps: mean loss on `eval.batches` batches of the
   data's held-out split (another seed of the synthetic stream)."""
   import jax
@@ -323,29 +288,30 @@ def build_eval_hook(cfg, data, batch_sh):
 
   from data_pipeline import mixture
   from olmo_jax import trainer
-  t = cfg.train
+  t = spec.train
   pc, pi = jax.process_count(), jax.process_index()
   batches = [trainer.put_batch(b, batch_sh) for b in mixture.heldout_batches(
-      data, cfg.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size // pc,
-      seed=data_seed(cfg), vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)]
-  eval_step = trainer.make_eval_step(config_lib.model_config(cfg))
+      data, spec.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size // pc,
+      seed=spec.data_seed, vocab_size=spec.model.vocab_size, process_index=pi,
+      process_count=pc)]
+  eval_step = trainer.make_eval_step(spec.model)
 
   def held_out_loss(step, state):
     losses = [eval_step(state["params"], b) for b in batches]
     return {"eval_loss": float(np.mean(jax.device_get(losses)))}
 
-  return hooks_lib.CallbackHook(held_out_loss, every=cfg.eval.every)
+  return hooks_lib.CallbackHook(held_out_loss, every=spec.eval.every)
 
 
-def build_task_eval_hook(cfg, mesh):
+def build_task_eval_hook(spec: config_lib.RunSpec, mesh):
   """In-loop task evaluation (eval/inloop.py) every eval.every steps: the tasks' primary
   metrics and suite macro averages, logged as eval/<task>/<metric> and eval/<suite>."""
   from eval import inloop
+  ev = spec.eval
   callback = inloop.make_eval_callback(
-      cfg.eval.tasks, cfg.eval.every, config_lib.model_config(cfg),
-      limit=cfg.eval.limit or None, max_length=cfg.train.seq_len,
-      tokenizer=cfg.data.get("tokenizer", "olmo") or "olmo", mesh=mesh)
-  return hooks_lib.CallbackHook(callback, every=cfg.eval.every)
+      ev.tasks, ev.every, spec.model, limit=ev.limit or None, max_length=spec.train.seq_len,
+      tokenizer=spec.data.tokenizer or "olmo", mesh=mesh)
+  return hooks_lib.CallbackHook(callback, every=ev.every)
 
 
 def parse_flags(argv: list[str]):
@@ -353,7 +319,7 @@ def parse_flags(argv: list[str]):
   from absl import app, flags
   from ml_collections import config_flags
   app.define_help_flags()
-  config, rest = cli.load_config(translate_aliases(argv), f"{DEFAULT_CONFIG}:4M")
+  config, rest = config_files.load_config(translate_aliases(argv), f"{DEFAULT_CONFIG}:4M")
   # The overrides are read from `rest`, not sys.argv (which still holds the aliases).
   config_flags.DEFINE_config_dict("config", config, "The training config: --config FILE[:ARG] "
                                   "picks the file, --config.<field>=<value> overrides.",

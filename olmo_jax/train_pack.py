@@ -29,8 +29,16 @@ from olmo_jax import runtime
 
 runtime.init()  # before the imports that load JAX: the CPU default, quietly
 
-from olmo_jax import checkpoint, cli, pack, paths, restart_guard, sharding, train, trainer
-from olmo_jax import config as config_lib
+from olmo_jax import (
+  checkpoint,
+  cli,
+  config_files,
+  pack,
+  paths,
+  sharding,
+  train,
+  trainer,
+)
 from olmo_jax import hooks as hooks_lib
 from olmo_jax import workdir as workdir_lib
 from olmo_jax.console import Console
@@ -46,7 +54,8 @@ def parse_replica(args: Sequence[str]):
   args = list(args)
   if args[:3] in (["python", "-m", "olmo_jax.train"], [sys.executable, "-m", "olmo_jax.train"]):
     args = args[3:]
-  config, rest = cli.load_config(cli.translate_aliases(args), f"{train.DEFAULT_CONFIG}:4M")
+  config, rest = config_files.load_config(cli.translate_aliases(args),
+                                         f"{train.DEFAULT_CONFIG}:4M")
   fv = flags.FlagValues()
   config_flags.DEFINE_config_dict("config", config, flag_values=fv, sys_argv=rest)
   flags.DEFINE_string("workdir", None, "", flag_values=fv)
@@ -62,8 +71,8 @@ def parse_replica(args: Sequence[str]):
 
 
 def shared_settings(cfg) -> dict:
-  """{field: value} of a resolved config that every replica of a pack must share."""
-  flat = restart_guard.flatten(config_lib.to_dict(cfg))
+  """{field: value} of a RunSpec that every replica of a pack must share."""
+  flat = config_files.flatten(cfg.tree)
   return {k: v for k, v in flat.items()
           if not any(k == p or k.startswith(p + ".") for p in PER_REPLICA)}
 
@@ -125,7 +134,7 @@ def replica_args(a) -> list[list[str]]:
 
 
 def resolve_replicas(replicas) -> tuple[list, list]:
-  """(resolved configs, data plans) of the replicas, checked to form one pack."""
+  """(RunSpecs, data plans) of the replicas, checked to form one pack."""
   cfgs, datas = [], []
   for i, (config, workdir) in enumerate(replicas):
     try:
@@ -147,14 +156,15 @@ def replica_names(workdirs: Sequence[str]) -> list[str]:
   return [os.path.relpath(w, root) for w in full]
 
 
-def start_states(cfgs, workdirs, ckpts, mcfg, tx, one, abstract, shard, says):
+def start_states(cfgs, workdirs, ckpts, one, abstract, shard, says):
   """(start step, per-replica states, per-replica data states): every replica at the newest
   checkpoint step all of them hold complete, else all freshly initialised."""
   latest = [c.latest_step() if c is not None else None for c in ckpts]
   start = min(latest) if latest and None not in latest else 0
   states, data_states = [], []
-  loss_scale = cfgs[0].train.loss_scale if mcfg.dtype == "float16" else None
-  init = trainer.make_state_init(one, mcfg, tx, loss_scale, shard)  # one compile for all seeds
+  spec = cfgs[0]
+  loss_scale = spec.train.loss_scale if spec.step.policy.loss_scaling else None
+  init = trainer.make_state_init(one, spec.model, spec.optimizer, loss_scale, shard)  # one compile
   for cfg, w, c, say in zip(cfgs, workdirs, ckpts, says):
     if start:
       state, data_state, _ = c.restore(abstract, step=start)
@@ -179,7 +189,7 @@ def heldout_hook(cfgs, datas, mcfg, sh):
   t = cfg.train
   per = [[b["input_ids"] for b in mixture.heldout_batches(
       d, c.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size,
-      seed=train.data_seed(c), vocab_size=c.model.vocab_size, process_index=0,
+      seed=c.data_seed, vocab_size=c.model.vocab_size, process_index=0,
       process_count=1)] for c, d in zip(cfgs, datas)]
   batches = [np.stack(bs) for bs in zip(*per)]
   return pack.PackedHeldout(mcfg, batches, cfg.eval.every, sh)
@@ -194,9 +204,7 @@ def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
     raise ValueError("a pack trains in one process; spread its replicas over the devices of "
                      "one host, or run several packs")
   workdirs, names, cfg = [w for _, w in replicas], replica_names([w for _, w in replicas]), cfgs[0]
-  schedule, tx = train.build_optimizer(cfg)
-  step_cfg = train.build_step_config(cfg, schedule)
-  mcfg = config_lib.model_config(cfg)
+  tx, step_cfg, mcfg = cfg.optimizer, cfg.step, cfg.model  # the replicas share them
   mesh = pack.pack_mesh(len(replicas))
   sh = pack.packed_sharding(mesh)
   one = sharding.make_mesh(1, 1, 1, jax.devices()[:1])  # where each replica is built alone
@@ -209,8 +217,7 @@ def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
     say(mixture.describe(d))
     train.write_run_config(c, w, mesh, say)
   ckpts = [train.build_checkpointer(c, w) for c, w in zip(cfgs, workdirs)]
-  start, states, data_states = start_states(cfgs, workdirs, ckpts, mcfg, tx, one, abstract,
-                                            shard, says)
+  start, states, data_states = start_states(cfgs, workdirs, ckpts, one, abstract, shard, says)
   state = jax.device_put(pack.stack(states), sh)
   del states
   iters = [train.build_data(c, d, ds) for c, d, ds in zip(cfgs, datas, data_states)]
@@ -222,7 +229,7 @@ def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
   loop = pack.PackLoop(names, start, cfg.train.steps, hooks, step_cfg.policy, consoles,
                        print_fn=print_fn)
   pack_hooks = [h for h in (heldout_hook(cfgs, datas, mcfg, sh), hooks_lib.StopOnSignal()) if h]
-  print_fn(f"[pack] {len(replicas)} replicas of {cfg.model.size} on {mesh.size} device(s), "
+  print_fn(f"[pack] {len(replicas)} replicas of {cfg.size} on {mesh.size} device(s), "
            f"steps {start} -> {cfg.train.steps}")
   try:
     batches = pack.PackBatches(loop, iters, (cfg.train.batch_size, cfg.train.seq_len + 1), sh)
@@ -253,14 +260,12 @@ def dry_run(cfgs, print_fn=print):
   nothing is allocated or written."""
   from olmo_jax import pack_plan, plan
   cfg = cfgs[0]
-  schedule, tx = train.build_optimizer(cfg)
-  step_cfg = train.build_step_config(cfg, schedule)
   opts = plan.plan_options(cfg)
   platform, here = plan.target_platform(opts)
   target = None
   if platform != here:
     target = plan.build_target(platform, opts, opts.devices or 1)
-  p = pack_plan.pack_plan(cfg, config_lib.model_config(cfg), tx, step_cfg, len(cfgs), target)
+  p = pack_plan.pack_plan(cfg, cfg.model, cfg.optimizer, cfg.step, len(cfgs), target)
   print_fn(p.format() + ("" if p.fits else "\nWARNING: the pack does not fit the device memory"))
   return p
 

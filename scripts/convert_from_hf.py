@@ -29,7 +29,7 @@ def model_fields() -> tuple[str, ...]:
 
 
 def train_config_for(mcfg, size_config: str | None = None):
-  """The resolved training config of a model: a ladder size if the shapes match one."""
+  """(the RunSpec of a model, its size): a ladder size if the shapes match one."""
   from olmo_jax import config as config_lib
   from olmo_jax import sizes
   # A ladder size is the published shape; another MLP width makes the model 'custom'.
@@ -60,7 +60,7 @@ def model_flags(cfg, size: str) -> list[str]:
   if size == "custom":
     out += [f"--config.model.d_model={m.d_model}", f"--config.model.n_heads={m.n_heads}",
             f"--config.model.n_layers={m.n_layers}"]
-  out += [f"--config.model.{f}={m[f]}" for f in model_fields()]
+  out += [f"--config.model.{f}={getattr(m, f)}" for f in model_fields()]
   return out
 
 

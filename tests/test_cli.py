@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from olmo_jax import cli, workdir
+from olmo_jax import cli, config_files, workdir
 from olmo_jax import config as config_lib
 from olmo_jax.train import DEFAULT_CONFIG, translate_aliases
 
@@ -127,7 +127,7 @@ def test_bad_yaml_overrides_name_the_key(tmp_path, yaml_text, message):
   path = tmp_path / "overrides.yaml"
   path.write_text(yaml_text)
   with pytest.raises(ValueError, match=re.escape(message)) as e:
-    cli.load_config(["prog", f"--config_file={path}"], f"{DEFAULT_CONFIG}:4M")
+    config_files.load_config(["prog", f"--config_file={path}"], f"{DEFAULT_CONFIG}:4M")
   assert str(path) in str(e.value)
 
 
@@ -152,18 +152,18 @@ def test_precedence_file_then_yaml_then_command_line(tmp_path):
   yaml_path.write_text("train:\n  steps: 7\n  lr: 1e-3\n  z_loss: 1\nmodel:\n  variant: olmo2\n")
   argv = translate_aliases(["prog", "--config_file", str(yaml_path), "--model_size", "20M",
                             "--config", f"{DEFAULT_CONFIG}:6M", "--config.train.steps=9"])
-  c, rest = cli.load_config(argv, "unused")
+  c, rest = config_files.load_config(argv, "unused")
   assert (c.model.size, c.model.variant) == ("6M", "olmo2")  # the file, then the YAML
   assert (c.train.steps, c.train.lr, c.train.z_loss) == (7, 1e-3, 1.0)  # YAML: 1e-3, 1 -> floats
   assert rest == ["prog", "--config.model.size=20M", "--config.train.steps=9"]  # flags win
   with pytest.raises(ValueError, match="two full configs"):
-    cli.load_config(["prog", f"--config={DEFAULT_CONFIG}:4M", "--config_file=configs/train.py"],
-                    "unused")
+    config_files.load_config(
+        ["prog", f"--config={DEFAULT_CONFIG}:4M", "--config_file=configs/train.py"], "unused")
 
 
 def test_shipped_yaml_equals_the_python_training_config():
   yaml_path = os.path.join(REPO, "configs", "training_configs", "default_training.yaml")
-  c, _ = cli.load_config(["prog", f"--config_file={yaml_path}"], f"{DEFAULT_CONFIG}:4M")
+  c, _ = config_files.load_config(["prog", f"--config_file={yaml_path}"], f"{DEFAULT_CONFIG}:4M")
   assert c.to_dict() == config_lib.load_config_file(DEFAULT_CONFIG, "4M").to_dict()
 
 

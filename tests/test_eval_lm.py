@@ -32,13 +32,14 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Un café naïf, s'il v
 def write_checkpoint(workdir, data_dir=None, fraction=0.0):
   """A random tiny model (context SEQ) whose recorded run reads data_dir's token files."""
   c = tiny_eval_config(SEQ)
+  saved = c.to_dict()
   if data_dir is not None:
-    c.data.mixture, c.data.data_dir = "custom", str(data_dir)
-    c.data.sources, c.data.heldout_fraction = "tok=tok/*.npy", fraction
+    saved["data"].update(mixture="custom", data_dir=str(data_dir), sources="tok=tok/*.npy",
+                         heldout_fraction=fraction)
   from hf_fixtures import random_params
   mcfg = config_lib.model_config(c)
   params = random_params(mcfg)
-  checkpoint.write_params_checkpoint(str(workdir), params, {"config": config_lib.to_dict(c)})
+  checkpoint.write_params_checkpoint(str(workdir), params, {"config": saved})
   return str(workdir)
 
 

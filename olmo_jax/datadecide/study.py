@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import runpy
 import sys
 
 import ml_collections
 
-from olmo_jax import sizes
+from olmo_jax import config as config_lib
+from olmo_jax import config_files, sizes
 from olmo_jax.datadecide.results import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -169,7 +169,7 @@ class Study:
         out["train.seq_len"] = int(c.seq_len)
         # steps and warmup are placeholders here (the study sets both from the budget)
         first = self._resolve(size, {**out, "train.steps": 1, "train.warmup_steps": 0,
-                                     **_flatten(c.overrides)})
+                                     **config_files.flatten(c.overrides)})
         n, t = first.derived.non_embedding_params, first.train
         if t.batch_size <= 0:
           raise InputError(f"size {size}: the ladder batch formula gives {t.batch_size} "
@@ -178,13 +178,13 @@ class Study:
             c.tokens_per_param * c.budget_fraction * n / (t.batch_size * t.seq_len)))
         out.update({"train.batch_size": int(t.batch_size), "train.steps": steps,
                     "train.warmup_steps": max(1, round(c.warmup_fraction * steps))})
-      steps = self._resolve(size, {**out, **_flatten(c.overrides)}).train.steps
+      steps = self._resolve(size, {**out, **config_files.flatten(c.overrides)}).train.steps
       if c.checkpoints_per_run > 0:
         out["checkpoint.every"] = max(1, math.ceil(steps / c.checkpoints_per_run))
       elif c.checkpoint_every > 0:
         out["checkpoint.every"] = int(c.checkpoint_every)
       out.update({"train.progress_bar": False, "data.data_dir": c.data_dir})
-      every = self._resolve(size, {**out, **_flatten(c.overrides)}).checkpoint.every
+      every = self._resolve(size, {**out, **config_files.flatten(c.overrides)}).checkpoint.every
       out["checkpoint.every"] = int(every)
       out["checkpoint.keep"] = len(_grid(steps, every)) + 2
       self._flags[size] = out
@@ -196,27 +196,30 @@ class Study:
     out["train.seed"] = cell.seed
     for k, v in self.c.recipes[cell.recipe].items():
       out[f"data.{k}"] = v
-    out.update(_flatten(self.c.overrides))
+    out.update(config_files.flatten(self.c.overrides))
     return out
 
-  def _resolve(self, size: str, flags: dict) -> ml_collections.ConfigDict:
-    from olmo_jax import config as config_lib
+  def _resolve(self, size: str, flags: dict) -> config_lib.RunSpec:
     arg = self.config_arg(size)
     if arg not in self._base:
       try:
         self._base[arg] = config_lib.load_config_file(self.c.train_config, arg)
       except FileNotFoundError as e:
         raise InputError(f"study config: train_config: {e}") from None
-    return config_lib.resolve(apply_flags(self._base[arg], flags))
+    try:
+      config = config_files.with_overrides(self._base[arg], flags, "the study's overrides")
+    except ValueError as e:
+      raise InputError(f"{e}; fix the study's overrides or recipes") from None
+    return config_lib.resolve(config)
 
-  def resolved(self, size: str) -> ml_collections.ConfigDict:
+  def resolved(self, size: str) -> config_lib.RunSpec:
     """The resolved training config of the size's cells (first seed, first recipe)."""
     if size not in self._resolved:
       cell = Cell(next(iter(self.c.recipes)), size, int(self.c.seeds[0]))
       self._resolved[size] = self.resolved_cell(cell)
     return self._resolved[size]
 
-  def resolved_cell(self, cell: Cell) -> ml_collections.ConfigDict:
+  def resolved_cell(self, cell: Cell) -> config_lib.RunSpec:
     return self._resolve(cell.size, self.cell_flags(cell))
 
   def n_params(self, size: str) -> int:
@@ -287,35 +290,6 @@ def _grid(steps: int, every: int) -> list[int]:
   return sorted(set(range(every, steps + 1, every)) | {steps})
 
 
-def apply_flags(config: ml_collections.ConfigDict, flags: dict) -> ml_collections.ConfigDict:
-  """A copy of `config` with {"train.lr": 0.004, ...} set, as `--config.train.lr=...` would."""
-  c = ml_collections.ConfigDict(config.to_dict())
-  for key, v in flags.items():
-    *path, leaf = key.split(".")
-    node = c
-    try:
-      for p in path:
-        node = node[p]
-      if leaf not in node:
-        raise KeyError(leaf)
-      node[leaf] = v
-    except (KeyError, TypeError, AttributeError) as e:
-      raise InputError(f"training config has no field {key} (or {v!r} does not fit it: {e}); "
-                       f"fix the study's overrides or recipes") from None
-  return c
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-  """{"train": {"lr": 1}} -> {"train.lr": 1}."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, (dict, ml_collections.ConfigDict)):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _flag_value(v) -> str:
   if isinstance(v, bool):
     return "true" if v else "false"
@@ -323,9 +297,8 @@ def _flag_value(v) -> str:
 
 
 def load_study_config(path: str) -> ml_collections.ConfigDict:
-  """Runs `get_config([arg])` of a study config file `path[:arg]`."""
-  path, _, arg = path.partition(":")
-  if not os.path.isfile(path):
-    raise InputError(f"study config not found: {path}")
-  get_config = runpy.run_path(path)["get_config"]
-  return get_config(arg) if arg else get_config()
+  """Runs `get_config([arg])` of a study config file `PATH.py[:ARG]` (config.load_config_file)."""
+  try:
+    return config_lib.load_config_file(path)
+  except FileNotFoundError:
+    raise InputError(f"study config not found: {config_lib.split_spec(path)[0]}") from None
