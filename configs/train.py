@@ -10,12 +10,12 @@ from olmo_jax.config import load_sibling
 
 
 def get_config(size: str = "4M") -> ml_collections.ConfigDict:
-  from data_pipeline import mixture  # the data subtree is owned by the data pipeline
+  from data_pipeline import recipe_config  # the data subtree is owned by the data pipeline
 
   c = ml_collections.ConfigDict()
   c.model = load_sibling(__file__, "model_configs/ladder.py", size)
   c.train = load_sibling(__file__, "training_configs/default_training.py")
-  c.data = mixture.default_config()
+  c.data = recipe_config.default_config()
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
   c.checkpoint = ml_collections.ConfigDict({
       "enabled": True,

@@ -79,7 +79,7 @@ class Mixer:
     instances = np.full_like(rows, -1)
     for s, src in enumerate(self.srcs):
       m = labels == s
-      if not m.any() or _is_stream(src):
+      if not m.any() or is_stream(src):
         continue
       n = src.num_instances
       epochs[m], within = draws[m] // n, draws[m] % n
@@ -108,7 +108,7 @@ class Mixer:
       rows = np.flatnonzero(labels == s)
       if not rows.size:
         continue
-      if _is_stream(src):
+      if is_stream(src):
         out[rows] = src.take(rows.size)
         if self.max_epochs and src.get_state()["epoch"] >= self.max_epochs:
           raise StopIteration
@@ -117,12 +117,12 @@ class Mixer:
     if out.max() >= self.vocab_size:  # one check for the whole batch
       row = int(np.argmax(out.max(axis=1) >= self.vocab_size))
       src = self.srcs[labels[row]]
-      if not _is_stream(src):
+      if not is_stream(src):
         src.check_ids(out[row:row + 1], instances[row:row + 1])  # names the file and range
       raise ValueError(f"source {self.names[labels[row]]!r}: token id {int(out[row].max())} "
                        f">= vocab_size {self.vocab_size}")
     return out
 
 
-def _is_stream(src) -> bool:
+def is_stream(src) -> bool:
   return isinstance(src, sources_lib.PackedStream)

@@ -368,7 +368,7 @@ class DocumentSource:
   """Documents by index over files (jsonl[.gz|.zst], parquet, array_record), file by file.
 
   Document files are read whole (one file cached at a time): text sources suit small and
-  medium corpora; tokenise big ones once with `python -m data_pipeline.tokenize`.
+  medium corpora; tokenise big ones once with `python -m data_pipeline.tokenize_files`.
   """
 
   def __init__(self, paths: list[str], name: str = "text", field: str = "text",

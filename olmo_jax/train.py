@@ -26,6 +26,7 @@ from olmo_jax import runtime
 
 runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
 
+from data_pipeline import data_plan, heldout, materialize
 from olmo_jax import cli, console, distributed, paths, plan_options
 from olmo_jax import config as config_lib
 from olmo_jax import hooks as hooks_lib
@@ -51,12 +52,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   plan_options.check_options(cfg)  # plan.output, hosts, ... named before anything compiles
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
-  from data_pipeline import mixture
   schedule, tx = build_optimizer(cfg)
   step_cfg = build_step_config(cfg, schedule)
   if dry_run:
     return plan_lib.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
-  say(mixture.describe(data))  # the sources and tokens this run trains on
+  say(data_plan.describe(data))  # the sources and tokens this run trains on
   check_workdir(cfg, workdir, say)  # before anything is compiled or written
   mesh = build_mesh(cfg)
   abstract, shard = build_layout(cfg, mesh, tx)
@@ -92,10 +92,9 @@ def build_config(config: ml_collections.ConfigDict):
   hostmem.keep_freed_memory()  # CPU only; must precede the first use of a JAX backend
   import jax  # after flags: XLA flags and platform choice are read on first use
 
-  from data_pipeline import mixture
   config_lib.validate(cfg, jax.process_count())
-  data = mixture.resolve(cfg.data)
-  mixture.validate_config(data, cfg.model.vocab_size)
+  data = data_plan.resolve(cfg.data)
+  data_plan.validate_config(data, cfg.model.vocab_size)
   if cfg.eval.every > 0 and not cfg.eval.tasks and not has_heldout_split(data):
     raise ValueError("eval.every > 0 reads the held-out split of each source, and "
                      "data.heldout_fraction is 0; set it (e.g. 0.01), name eval.tasks, "
@@ -237,10 +236,12 @@ def data_seed(cfg) -> int:
 
 def build_data(cfg, data, data_state=None):
   """This process's training batch iterator over the data plan, at `data_state` when
-  resuming."""
+  resuming. The plan's corpora (embedded corpus, curated sources) are built first, here: the
+  iterator only reads."""
   import jax
 
   from data_pipeline import mixture
+  materialize.materialize(data)
   t = cfg.train
   pc, pi = jax.process_count(), jax.process_index()
   data_iter = mixture.build_train_iterator(
@@ -321,11 +322,10 @@ def build_eval_hook(cfg, data, batch_sh):
   import jax
   import numpy as np
 
-  from data_pipeline import mixture
   from olmo_jax import trainer
   t = cfg.train
   pc, pi = jax.process_count(), jax.process_index()
-  batches = [trainer.put_batch(b, batch_sh) for b in mixture.heldout_batches(
+  batches = [trainer.put_batch(b, batch_sh) for b in heldout.heldout_batches(
       data, cfg.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size // pc,
       seed=data_seed(cfg), vocab_size=cfg.model.vocab_size, process_index=pi, process_count=pc)]
   eval_step = trainer.make_eval_step(config_lib.model_config(cfg))

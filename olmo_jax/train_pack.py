@@ -29,6 +29,7 @@ from olmo_jax import runtime
 
 runtime.init()  # before the imports that load JAX: the CPU default, quietly
 
+from data_pipeline import data_plan, heldout
 from olmo_jax import checkpoint, cli, pack, paths, restart_guard, sharding, train, trainer
 from olmo_jax import config as config_lib
 from olmo_jax import hooks as hooks_lib
@@ -172,12 +173,11 @@ def start_states(cfgs, workdirs, ckpts, mcfg, tx, one, abstract, shard, says):
 
 def heldout_hook(cfgs, datas, mcfg, sh):
   """The pack's held-out loss (pack.PackedHeldout) when the replicas' configs ask for it."""
-  from data_pipeline import mixture
   cfg = cfgs[0]
   if not (cfg.eval.every > 0 and all(train.has_heldout_split(d) for d in datas)):
     return None
   t = cfg.train
-  per = [[b["input_ids"] for b in mixture.heldout_batches(
+  per = [[b["input_ids"] for b in heldout.heldout_batches(
       d, c.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size,
       seed=train.data_seed(c), vocab_size=c.model.vocab_size, process_index=0,
       process_count=1)] for c, d in zip(cfgs, datas)]
@@ -189,7 +189,6 @@ def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
   """Trains (or resumes) the pack; {"failed": {name: why}, "step": last step dispatched}."""
   import jax
 
-  from data_pipeline import mixture
   if jax.process_count() > 1:
     raise ValueError("a pack trains in one process; spread its replicas over the devices of "
                      "one host, or run several packs")
@@ -206,7 +205,7 @@ def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
   for c, w, say in zip(cfgs, workdirs, says):
     train.check_workdir(c, w, say)  # before anything is written
   for c, d, w, say in zip(cfgs, datas, workdirs, says):
-    say(mixture.describe(d))
+    say(data_plan.describe(d))
     train.write_run_config(c, w, mesh, say)
   ckpts = [train.build_checkpointer(c, w) for c, w in zip(cfgs, workdirs)]
   start, states, data_states = start_states(cfgs, workdirs, ckpts, mcfg, tx, one, abstract,

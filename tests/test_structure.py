@@ -23,17 +23,12 @@ MAX_FILE_LINES = 500
 
 # Files over MAX_FILE_LINES lines, each with why it is still one file.
 FILES_OVER_500 = {
-    "data_pipeline/curation.py": "the curation stages (dedup, MinHash, quality rules, top-p%, "
-                                 "subsampling) and their CLI in one file; to be split by stage",
     "data_pipeline/sources.py": "one reader per source format (tokens, jsonl, parquet, "
                                 "ArrayRecord, TFDS); to be split by format",
-    "data_pipeline/tokenize.py": "the tokenize command with its parallel writer; a user-facing "
-                                 "`python -m data_pipeline.tokenize`, split with its rename",
     "eval/tasks.py": "the OLMES task registry, request loading and few-shot formats",
     "olmo_jax/checkpoint.py": "the Orbax manager with save, restore, resume and preemption",
     "olmo_jax/hf.py": "the HF <-> JAX mapping for three layouts, read from the parameter tables",
     "olmo_jax/plan.py": "the memory/compile plan: analytic estimate, compiled plan and fixes",
-    "tests/test_curation.py": "the tests of data_pipeline/curation.py, split with it",
 }
 
 # Project imports inside functions, per file: the count that exists today (to shrink, never to
@@ -41,39 +36,32 @@ FILES_OVER_500 = {
 DEFERRED_IMPORTS = {
     "benchmarks/bench_checkpoint.py": 6,
     "benchmarks/bench_pack.py": 9,
-    "benchmarks/bench_curation.py": 6,
     "benchmarks/bench_eval.py": 9,
     "benchmarks/bench_train_cpu.py": 7,
     "benchmarks/bench_train_gpu.py": 12,
     "benchmarks/compile_matrix.py": 8,
     "configs/train.py": 1,
-    "data_pipeline/curation.py": 1,
-    "data_pipeline/data_plan.py": 3,
-    "data_pipeline/tokenize.py": 1,
     "eval/evaluation.py": 8,
     "eval/harness.py": 3,
     "eval/inloop.py": 2,
-    "eval/lm.py": 1,
     "eval/resume.py": 1,
     "eval/run.py": 6,
     "olmo_jax/config.py": 1,
     "olmo_jax/datadecide/__main__.py": 10,
-    "olmo_jax/datadecide/recipes.py": 2,
     "olmo_jax/datadecide/scorers.py": 10,
     "olmo_jax/datadecide/study.py": 3,
     "olmo_jax/datadecide/synthetic.py": 4,
-    "olmo_jax/demo.py": 7,
+    "olmo_jax/demo.py": 6,
     "olmo_jax/hf.py": 1,
     "olmo_jax/plan.py": 12,
-    "olmo_jax/train.py": 28,
-    "olmo_jax/train_pack.py": 5,
+    "olmo_jax/train.py": 25,
+    "olmo_jax/train_pack.py": 3,
     "olmo_jax/workdir.py": 2,
     "scripts/convert_from_hf.py": 9,
     "scripts/convert_to_hf.py": 7,
     "tests/conftest.py": 4,
     "tests/eval_fixtures.py": 1,
     "tests/test_convert.py": 3,
-    "tests/test_curation_fidelity.py": 1,
     "tests/test_datadecide_report.py": 5,
     "tests/test_datadecide_statistics.py": 3,
     "tests/test_datadecide_study.py": 14,
