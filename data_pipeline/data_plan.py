@@ -18,6 +18,7 @@ import numpy as np
 
 from data_pipeline import sample_corpus
 from data_pipeline import sources as sources_lib
+from data_pipeline.document_sources import DocumentSource, TfdsDocumentSource
 from data_pipeline.recipe_config import (
   DataConfig,
   Recipe,
@@ -254,8 +255,8 @@ def document_source(plan: DataPlan, name: str, files: list[str]):
   """The document reader of a text, ArrayRecord or TFDS source."""
   spec = plan.specs[name]
   if spec.kind == "tfds":
-    return sources_lib.TfdsDocumentSource(
+    return TfdsDocumentSource(
         spec.tfds_name, spec.split, plan.root, feature=spec.feature,
         record_format=spec.record_format, source_name=name)
-  return sources_lib.DocumentSource(files, name=name, field=spec.field,
+  return DocumentSource(files, name=name, field=spec.field,
                                     record_format=spec.record_format)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_pipeline import index_shuffle
-from data_pipeline import sources as sources_lib
+from data_pipeline.document_sources import PackedStream
 
 BLOCK = 8192  # rows per exact-proportion block
 PLAN_STEPS = 64  # steps whose row -> instance plan is computed in one vectorised pass
@@ -44,7 +44,7 @@ class Mixer:
     self.pi, self.pc, self.vocab_size, self.max_epochs = (process_index, process_count,
                                                          vocab_size, max_epochs)
     self.streams = {n: s for n, s in zip(self.names, self.srcs)
-                    if isinstance(s, sources_lib.PackedStream)}
+                    if isinstance(s, PackedStream)}
     self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._plan: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -125,4 +125,4 @@ class Mixer:
 
 
 def is_stream(src) -> bool:
-  return isinstance(src, sources_lib.PackedStream)
+  return isinstance(src, PackedStream)

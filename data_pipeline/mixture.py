@@ -4,7 +4,7 @@ A batch is {"input_ids": int32[B, L + 1]}: every source is cut into windows of L
 The data config is resolved once into a plan (data_pipeline/data_plan.py); which row reads which
 source and instance is the exact arithmetic of data_pipeline/mixing.py, the same for any
 number of processes, so the iterator state is just the step. Text sources
-(jsonl/parquet/ArrayRecord/TFDS documents) are packed on the fly by `sources.PackedStream`,
+(jsonl/parquet/ArrayRecord/TFDS documents) are packed on the fly by `document_sources.PackedStream`,
 which shards documents by process and keeps a small per-process state (epoch, document,
 offset). With data.heldout_fraction > 0 every source is first split (data_pipeline/heldout.py):
 the numbering runs over the training side only.
@@ -28,6 +28,7 @@ import numpy as np
 from data_pipeline import heldout
 from data_pipeline import sources as sources_lib
 from data_pipeline.data_plan import DataPlan, document_source, require_plan, validate_config
+from data_pipeline.document_sources import DocumentSubset, PackedStream
 from data_pipeline.mixing import BLOCK, Mixer, is_stream
 from data_pipeline.synthetic_stream import SyntheticIterator
 
@@ -98,8 +99,8 @@ def build_sources(plan: DataPlan, *, window: int, seed: int, vocab_size: int,
     docs = document_source(plan, name, files)
     if dc.heldout_fraction > 0:
       masks = heldout.plan_document_masks(plan, name, docs, files)
-      docs = sources_lib.DocumentSubset(docs, [np.flatnonzero(~m) for m in masks])
-    out.append(sources_lib.PackedStream(
+      docs = DocumentSubset(docs, [np.flatnonzero(~m) for m in masks])
+    out.append(PackedStream(
         docs, window=window, seed=seed, shuffle=dc.shuffle, tokenizer=dc.tokenizer,
         vocab_size=vocab_size, process_index=process_index, process_count=process_count,
         name=name))

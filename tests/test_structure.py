@@ -23,8 +23,6 @@ MAX_FILE_LINES = 500
 
 # Files over MAX_FILE_LINES lines, each with why it is still one file.
 FILES_OVER_500 = {
-    "data_pipeline/sources.py": "one reader per source format (tokens, jsonl, parquet, "
-                                "ArrayRecord, TFDS); to be split by format",
     "eval/tasks.py": "the OLMES task registry, request loading and few-shot formats",
     "olmo_jax/checkpoint.py": "the Orbax manager with save, restore, resume and preemption",
     "olmo_jax/hf.py": "the HF <-> JAX mapping for three layouts, read from the parameter tables",
