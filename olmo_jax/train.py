@@ -177,13 +177,13 @@ def build_checkpointer(cfg, workdir: str | None):
   if not (workdir and cfg.checkpoint.enabled):
     return None
   from data_pipeline import tokenizer as tok
-  from olmo_jax import checkpoint
+  from olmo_jax import checkpoint_manager
   try:
     tok_hash = tok.tokenizer_hash(getattr(cfg.data, "tokenizer", "olmo"))
   except FileNotFoundError:
     tok_hash = None
   c = cfg.checkpoint
-  return checkpoint.Checkpointer(
+  return checkpoint_manager.Checkpointer(
       os.path.join(workdir, "checkpoints"), every=c.every, keep=c.keep,
       keep_period=c.keep_period, async_save=c.async_save,
       metadata={"config": config_lib.to_dict(cfg), "tokenizer_hash": tok_hash})

@@ -13,7 +13,7 @@ import pytest
 from hf_fixtures import hf_random_model, max_diff, random_params
 from test_hf import write_hf_olmo
 
-from olmo_jax import checkpoint, optim
+from olmo_jax import checkpoint, checkpoint_manager, optim
 from olmo_jax import config as config_lib
 from olmo_jax.model import forward
 
@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
   tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=2, total_steps=10)
   state = {"step": np.int32(7), "params": params, "opt_state": jax.jit(tx.init)(params),
            "rng": np.zeros(2, np.uint32)}
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1,
+  ckpt = checkpoint_manager.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1,
                                  async_save=False,
                                  metadata={"config": config_lib.to_dict(cfg),
                                            "tokenizer_hash": None})
@@ -184,7 +184,7 @@ def test_from_hf_round_trip_gives_a_params_checkpoint(trained, exported, tmp_pat
   assert config_lib.model_config(ml_collections.ConfigDict(meta["config"])) == mcfg
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
-  assert checkpoint.Checkpointer(os.path.join(out, "checkpoints"), every=1,
+  assert checkpoint_manager.Checkpointer(os.path.join(out, "checkpoints"), every=1,
                                  keep=1).latest_step() is None  # a fresh run starts from it
   init = checkpoint.load_init_params(out)
   for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(params)):

@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pytest
 
-from olmo_jax import paths
+from olmo_jax import checkpoint, checkpoint_manager, paths
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "olmo-test"
@@ -146,8 +146,7 @@ def test_bucket_lock_lease_heartbeat_and_expiry(bucket):
 def test_checkpoints_in_a_bucket_manifest_retention_and_corrupt_fallback(bucket):
   import jax.numpy as jnp
 
-  from olmo_jax import checkpoint, paths
-  ckpt = checkpoint.Checkpointer(f"{bucket}/checkpoints", every=1, keep=2, async_save=True)
+  ckpt = checkpoint_manager.Checkpointer(f"{bucket}/checkpoints", every=1, keep=2, async_save=True)
   for step in (1, 2, 3):
     state = {"step": jnp.int32(step), "params": {"w": jnp.full((4, 3), float(step))}}
     ckpt.save(step, state, {"step": step})
