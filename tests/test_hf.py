@@ -19,7 +19,7 @@ import transformers  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from data_pipeline.tokenizer import load_tokenizer  # noqa: E402
-from olmo_jax import hf, sizes  # noqa: E402
+from olmo_jax import hf, hf_import, sizes  # noqa: E402
 from olmo_jax import params as params_lib  # noqa: E402
 from olmo_jax.model import VARIANTS  # noqa: E402
 
@@ -98,7 +98,7 @@ def test_export_writes_a_tokenizer_transformers_loads_offline(exported):
 
 def test_export_then_import_returns_the_same_config_and_bytes(exported):
   cfg, params, directory = exported
-  cfg2, params2 = hf.import_hf(directory)
+  cfg2, params2 = hf_import.import_hf(directory)
   assert cfg2 == cfg
   a, b = flatten(params), flatten(params2)
   assert sorted(a) == sorted(b)
@@ -113,7 +113,7 @@ def test_bfloat16_export_loads_and_rounds_each_weight(ladder_exported, tmp_path)
   assert json.load(open(tmp_path / "config.json"))["dtype"] == "bfloat16"
   model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
   assert model.lm_head.weight.dtype == torch.bfloat16
-  _, params2 = hf.import_hf(str(tmp_path))
+  _, params2 = hf_import.import_hf(str(tmp_path))
   rounded = params["blocks"]["w_up"].astype(ml_dtypes.bfloat16).astype(np.float32)
   np.testing.assert_array_equal(params2["blocks"]["w_up"], rounded)
 
@@ -129,7 +129,7 @@ def test_sharded_export_loads_in_transformers_and_imports(ladder_exported, tmp_p
   short, _ = fx.token_batches()
   np.testing.assert_allclose(fx.hf_logits(model, short), fx.our_logits(cfg, params, short),
                              atol=fx.TOL, rtol=0)
-  _, params2 = hf.import_hf(str(tmp_path))
+  _, params2 = hf_import.import_hf(str(tmp_path))
   np.testing.assert_array_equal(params2["lm_head"], params["lm_head"])
   # Exporting again into the same directory leaves no stale shard behind.
   hf.export_hf(cfg, params, str(tmp_path), tokenizer=None)
@@ -153,7 +153,7 @@ def hf_saved(request, tmp_path_factory):
 
 def test_import_of_a_transformers_model_gives_equal_logits(hf_saved):
   variant, model, directory = hf_saved
-  cfg, params = hf.import_hf(directory)
+  cfg, params = hf_import.import_hf(directory)
   assert cfg.variant == variant
   assert cfg.theta == (500_000.0 if variant == "olmo2" else 10_000.0)
   assert cfg.eps == {"ladder": 1e-6, "olmo1": 1e-5, "olmo2": 1e-5}[variant]
@@ -168,8 +168,8 @@ def test_import_reads_pytorch_model_bin(hf_saved, tmp_path):
   variant, model, directory = hf_saved
   shutil.copy(os.path.join(directory, "config.json"), tmp_path)
   torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-  _, from_bin = hf.import_hf(str(tmp_path))
-  _, from_safetensors = hf.import_hf(directory)
+  _, from_bin = hf_import.import_hf(str(tmp_path))
+  _, from_safetensors = hf_import.import_hf(directory)
   for name in ("wq", "w_gate", "w_down"):
     np.testing.assert_array_equal(from_bin["blocks"][name], from_safetensors["blocks"][name])
   np.testing.assert_array_equal(from_bin["lm_head"], from_safetensors["lm_head"])
@@ -179,7 +179,7 @@ def test_import_of_tied_embeddings_uses_the_embedding_as_head(tmp_path):
   model = fx.hf_random_model("ladder", tie_word_embeddings=True)
   model.save_pretrained(str(tmp_path))
   hf.write_tokenizer_files(str(tmp_path))
-  cfg, params = hf.import_hf(str(tmp_path))
+  cfg, params = hf_import.import_hf(str(tmp_path))
   np.testing.assert_array_equal(params["lm_head"], params["embed"].T)
   assert fx.max_diff(model, cfg, params, long=False) < fx.TOL
 
@@ -250,7 +250,7 @@ def write_hf_olmo(model, variant: str, directory: str, swap_swiglu_halves: bool 
 def test_hf_olmo_layout_imports_with_the_hf_models_logits(hf_saved, tmp_path):
   variant, model, _ = hf_saved
   write_hf_olmo(model, variant, str(tmp_path))
-  cfg, params = hf.import_hf(str(tmp_path))
+  cfg, params = hf_import.import_hf(str(tmp_path))
   assert cfg.variant == variant
   assert (cfg.vocab_size, cfg.embedding_size, cfg.hidden) == (50280, 50304, 256)
   diff = fx.max_diff(model, cfg, params)
@@ -262,8 +262,8 @@ def test_hf_olmo_llama_blocks_and_tied_head_import_the_same_weights(tmp_path):
   model = fx.hf_random_model("ladder")
   write_hf_olmo(model, "ladder", str(tmp_path / "fused"))
   write_hf_olmo(model, "ladder", str(tmp_path / "llama"), block_type="llama", weight_tying=True)
-  _, fused = hf.import_hf(str(tmp_path / "fused"))
-  _, split = hf.import_hf(str(tmp_path / "llama" / "config.json"))  # a file inside works too
+  _, fused = hf_import.import_hf(str(tmp_path / "fused"))
+  _, split = hf_import.import_hf(str(tmp_path / "llama" / "config.json"))  # a file inside works too
   for name in ("wq", "wk", "wv", "w_up", "w_gate"):
     np.testing.assert_array_equal(split["blocks"][name], fused["blocks"][name])
   np.testing.assert_array_equal(split["lm_head"], fused["embed"].T)
@@ -289,7 +289,7 @@ def test_swapped_swiglu_halves_are_detected_in_export(ladder_exported, tmp_path,
 def test_swapped_hf_olmo_halves_are_detected_in_import(tmp_path):
   model = fx.hf_random_model("ladder")
   write_hf_olmo(model, "ladder", str(tmp_path), swap_swiglu_halves=True)
-  cfg, params = hf.import_hf(str(tmp_path))
+  cfg, params = hf_import.import_hf(str(tmp_path))
   assert fx.max_diff(model, cfg, params, long=False) > 100 * fx.TOL
 
 
@@ -321,7 +321,7 @@ def test_unknown_architecture_is_named(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(
       {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
   with pytest.raises(hf.ConversionError, match="GPT2LMHeadModel"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
 
 
 def test_missing_tensor_is_named(ladder_exported, tmp_path):
@@ -331,7 +331,7 @@ def test_missing_tensor_is_named(ladder_exported, tmp_path):
   del tensors["model.layers.1.mlp.up_proj.weight"]
   save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
   with pytest.raises(hf.ConversionError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
 
 
 def test_shape_mismatch_and_extra_bias_are_named(ladder_exported, tmp_path):
@@ -340,32 +340,32 @@ def test_shape_mismatch_and_extra_bias_are_named(ladder_exported, tmp_path):
   config = json.load(open(os.path.join(directory, "config.json")))
   (tmp_path / "config.json").write_text(json.dumps(dict(config, intermediate_size=128)))
   with pytest.raises(hf.ConversionError, match=r"mlp\.up_proj\.weight.*\[256, 64\].*\[128, 64\]"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps(config))
   tensors = load_file(os.path.join(directory, "model.safetensors"))
   tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(64, np.float32)
   save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
   with pytest.raises(hf.ConversionError, match=r"q_proj\.bias"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
 
 
 def test_missing_weights_and_unsupported_configs_are_named(tmp_path):
   with pytest.raises(hf.ConversionError, match="does not exist"):
-    hf.import_hf(str(tmp_path / "nowhere"))
+    hf_import.import_hf(str(tmp_path / "nowhere"))
   config = hf.hf_config_dict(fx.tiny_config("ladder"))
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(hf.ConversionError, match="no weights in"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps(dict(config, num_key_value_heads=2)))
   with pytest.raises(hf.ConversionError, match="num_key_value_heads"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
   with pytest.raises(hf.ConversionError, match="clip_qkv"):
     hf.hf_config_dict(fx.tiny_config("ladder", clip_qkv=1.0))
   hf_olmo = {"model_type": "hf_olmo", "d_model": 64, "n_heads": 4, "n_layers": 2,
              "layer_norm_type": "rms", "layer_norm_with_affine": True, "alibi": True}
   (tmp_path / "config.json").write_text(json.dumps(hf_olmo))
   with pytest.raises(hf.ConversionError, match="alibi"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
 
 
 def test_export_rejects_params_of_another_shape(tmp_path):

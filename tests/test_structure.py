@@ -24,7 +24,6 @@ MAX_FILE_LINES = 500
 # Files over MAX_FILE_LINES lines, each with why it is still one file.
 FILES_OVER_500 = {
     "eval/tasks.py": "the OLMES task registry, request loading and few-shot formats",
-    "olmo_jax/hf.py": "the HF <-> JAX mapping for three layouts, read from the parameter tables",
     "olmo_jax/plan.py": "the memory/compile plan: analytic estimate, compiled plan and fixes",
 }
 
@@ -58,7 +57,7 @@ DEFERRED_IMPORTS = {
     "scripts/convert_to_hf.py": 7,
     "tests/conftest.py": 4,
     "tests/eval_fixtures.py": 1,
-    "tests/test_convert.py": 3,
+    "tests/test_convert.py": 1,
     "tests/test_datadecide_report.py": 5,
     "tests/test_datadecide_statistics.py": 3,
     "tests/test_datadecide_study.py": 14,
@@ -71,7 +70,6 @@ DEFERRED_IMPORTS = {
     "tests/test_eval_tasks.py": 1,
     "tests/test_gcs.py": 6,
     "tests/test_guards.py": 1,
-    "tests/test_params.py": 3,
 }
 
 
