@@ -14,7 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from olmo_jax import pack, plan, trainer
+from olmo_jax import pack, plan, plan_compile, trainer
+from olmo_jax.plan_options import plan_options
 
 
 def packed_abstract(mcfg, tx, loss_scaling: bool, k: int, sh) -> trainer.State:
@@ -39,16 +40,16 @@ def compile_pack(cfg, mcfg, tx, step_cfg, k: int, devices):
 def pack_plan(cfg, mcfg, tx, step_cfg, k: int, target=None) -> plan.Plan:
   """The compiled plan of a pack of K replicas of `cfg` (per device: params, optimizer state,
   temporaries; FLOPs and tokens of all K replicas), for `target` or the local devices."""
-  opts = plan.plan_options(cfg)
+  opts = plan_options(cfg)
   if target is None:
     devices, (kind, mem) = jax.devices(), plan.local_device_memory(opts)
   else:
     devices, kind = target.devices, target.device_kind
     mem = int(opts.device_memory_gb * 1e9 or target.device_memory)
-  peak = cfg.train.peak_flops_per_device or plan._peak_and_memory(kind, opts)[0]
+  peak = cfg.train.peak_flops_per_device or plan.peak_and_memory(kind, opts)[0]
   compiled, abstract, mesh = compile_pack(cfg, mcfg, tx, step_cfg, k, devices)
   shard = jax.tree.map(lambda a: a.sharding, abstract)
-  p = plan.compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind,
+  p = plan_compile.compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind,
                          device_memory=int(mem * opts.headroom), peak=peak)
   p.flops_per_step *= k
   p.tokens_per_step *= k

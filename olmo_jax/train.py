@@ -27,7 +27,7 @@ from olmo_jax import runtime
 runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
 
 from data_pipeline import data_plan, heldout, materialize
-from olmo_jax import cli, console, distributed, paths, plan_options
+from olmo_jax import cli, console, distributed, paths, plan_compile, plan_options
 from olmo_jax import config as config_lib
 from olmo_jax import hooks as hooks_lib
 from olmo_jax import plan as plan_lib
@@ -47,7 +47,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
   """
   if dry_run:
-    config = plan_lib.for_target(config)
+    config = plan_compile.for_target(config)
   cfg, data = build_config(config)
   plan_options.check_options(cfg)  # plan.output, hosts, ... named before anything compiles
   import jax
@@ -55,7 +55,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   schedule, tx = build_optimizer(cfg)
   step_cfg = build_step_config(cfg, schedule)
   if dry_run:
-    return plan_lib.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
+    return plan_compile.dry_run(cfg, config_lib.model_config(cfg), tx, step_cfg, print_fn=print_fn)
   say(data_plan.describe(data))  # the sources and tokens this run trains on
   check_workdir(cfg, workdir, say)  # before anything is compiled or written
   mesh = build_mesh(cfg)
@@ -266,12 +266,13 @@ def build_step_config(cfg, schedule):
 
 
 def build_step(cfg, mesh, tx, step_cfg, abstract, shard, print_fn=print):
-  """The jitted train step, compiled ahead of time against the plan (olmo_jax/plan.py): a
+  """The jitted train step, compiled ahead of time against the plan (olmo_jax/plan_compile.py): a
   step that cannot fit the devices stops here, with the settings that would fit."""
-  from olmo_jax import plan, trainer
+  from olmo_jax import trainer
   mcfg = config_lib.model_config(cfg)
   step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
-  return plan.check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn)[0]
+  return plan_compile.check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step,
+                            print_fn=print_fn)[0]
 
 
 def build_hooks(cfg, data, mesh, checkpointer, data_iter, extra_callbacks=()) -> list:

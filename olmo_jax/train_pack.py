@@ -30,7 +30,17 @@ from olmo_jax import runtime
 runtime.init()  # before the imports that load JAX: the CPU default, quietly
 
 from data_pipeline import data_plan, heldout
-from olmo_jax import checkpoint, cli, pack, paths, restart_guard, sharding, train, trainer
+from olmo_jax import (
+    checkpoint,
+    cli,
+    pack,
+    paths,
+    plan_options,
+    restart_guard,
+    sharding,
+    train,
+    trainer,
+)
 from olmo_jax import config as config_lib
 from olmo_jax import hooks as hooks_lib
 from olmo_jax import workdir as workdir_lib
@@ -250,15 +260,15 @@ def _close_checkpointers(loop, ckpts) -> None:
 def dry_run(cfgs, print_fn=print):
   """The compiled plan of the pack for config.plan's target (the local devices by default);
   nothing is allocated or written."""
-  from olmo_jax import pack_plan, plan
+  from olmo_jax import pack_plan, plan_compile
   cfg = cfgs[0]
   schedule, tx = train.build_optimizer(cfg)
   step_cfg = train.build_step_config(cfg, schedule)
-  opts = plan.plan_options(cfg)
-  platform, here = plan.target_platform(opts)
+  opts = plan_options.plan_options(cfg)
+  platform, here = plan_compile.target_platform(opts)
   target = None
   if platform != here:
-    target = plan.build_target(platform, opts, opts.devices or 1)
+    target = plan_compile.build_target(platform, opts, opts.devices or 1)
   p = pack_plan.pack_plan(cfg, config_lib.model_config(cfg), tx, step_cfg, len(cfgs), target)
   print_fn(p.format() + ("" if p.fits else "\nWARNING: the pack does not fit the device memory"))
   return p
@@ -271,8 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     replicas = [parse_replica(r) for r in replica_args(a)]
     if a.dry_run:
-      from olmo_jax import plan
-      replicas = [(plan.for_target(c), w) for c, w in replicas]
+      from olmo_jax import plan_compile
+      replicas = [(plan_compile.for_target(c), w) for c, w in replicas]
     cfgs, datas = resolve_replicas(replicas)  # nothing is written before this passes
     if a.dry_run:
       dry_run(cfgs)
