@@ -18,6 +18,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
+from data_pipeline import tokenizer as tokenizer_lib  # noqa: E402
 from data_pipeline.tokenizer import load_tokenizer  # noqa: E402
 from olmo_jax import hf, hf_import, sizes  # noqa: E402
 from olmo_jax import params as params_lib  # noqa: E402
@@ -90,10 +91,11 @@ def test_export_writes_a_tokenizer_transformers_loads_offline(exported):
   ours = load_tokenizer()
   for text in fx.SENTENCES:
     assert tok(text).input_ids == ours.encode(text).ids
-  assert (tok.eos_token, tok.eos_token_id) == ("<|endoftext|>", sizes.EOS_TOKEN_ID)
-  assert tok.pad_token_id == sizes.PAD_TOKEN_ID
+  assert (tok.eos_token, tok.eos_token_id) == ("<|endoftext|>", tokenizer_lib.EOS_TOKEN_ID)
+  assert tok.pad_token_id == tokenizer_lib.PAD_TOKEN_ID
   gen = transformers.GenerationConfig.from_pretrained(directory)
-  assert (gen.eos_token_id, gen.pad_token_id) == (sizes.EOS_TOKEN_ID, sizes.PAD_TOKEN_ID)
+  assert (gen.eos_token_id, gen.pad_token_id) == (tokenizer_lib.EOS_TOKEN_ID,
+                                                  tokenizer_lib.PAD_TOKEN_ID)
 
 
 def test_export_then_import_returns_the_same_config_and_bytes(exported):
@@ -158,7 +160,7 @@ def test_import_of_a_transformers_model_gives_equal_logits(hf_saved):
   assert cfg.theta == (500_000.0 if variant == "olmo2" else 10_000.0)
   assert cfg.eps == {"ladder": 1e-6, "olmo1": 1e-5, "olmo2": 1e-5}[variant]
   assert cfg.clip_qkv == (fx.CLIP_QKV if variant == "olmo1" else 0.0)
-  assert (cfg.vocab_size, cfg.embedding_size) == (sizes.VOCAB_SIZE, sizes.EMBEDDING_SIZE)
+  assert (cfg.vocab_size, cfg.embedding_size) == (tokenizer_lib.VOCAB_SIZE, sizes.EMBEDDING_SIZE)
   diff = fx.max_diff(model, cfg, params)
   print(f"import {variant}: max |logit diff| = {diff:.3g}")
   assert diff < fx.TOL
@@ -230,13 +232,13 @@ def write_hf_olmo(model, variant: str, directory: str, swap_swiglu_halves: bool 
       "d_model": d, "n_heads": c.num_attention_heads, "n_layers": n, "mlp_ratio": 8,
       "mlp_hidden_size": None, "activation_type": "swiglu", "block_type": block_type,
       "rope": True, "alibi": False, "rope_theta": c.rope_parameters["rope_theta"],
-      "vocab_size": sizes.VOCAB_SIZE, "embedding_size": c.vocab_size,
+      "vocab_size": tokenizer_lib.VOCAB_SIZE, "embedding_size": c.vocab_size,
       "max_sequence_length": c.max_position_embeddings, "weight_tying": weight_tying,
       "include_bias": False, "bias_for_layer_norm": False, "clip_qkv": None,
       "layer_norm_type": "rms", "layer_norm_with_affine": True, "layer_norm_eps": 1e-6,
       "attention_layer_norm": False, "norm_after": False, "multi_query_attention": False,
-      "n_kv_heads": None, "scale_logits": False, "eos_token_id": sizes.EOS_TOKEN_ID,
-      "pad_token_id": sizes.PAD_TOKEN_ID, "init_std": c.initializer_range,
+      "n_kv_heads": None, "scale_logits": False, "eos_token_id": tokenizer_lib.EOS_TOKEN_ID,
+      "pad_token_id": tokenizer_lib.PAD_TOKEN_ID, "init_std": c.initializer_range,
   }
   if variant == "olmo1":
     config.update(layer_norm_type="default", layer_norm_with_affine=False,
@@ -384,7 +386,7 @@ def test_full_2048_token_sequence_of_real_text_matches(variant, tmp_path):
   hf.export_hf(cfg, params, str(tmp_path))
   model = load_hf(str(tmp_path))
   tok = load_tokenizer()
-  stream = [t for s in fx.SENTENCES for t in tok.encode(s).ids + [sizes.EOS_TOKEN_ID]]
+  stream = [t for s in fx.SENTENCES for t in tok.encode(s).ids + [tokenizer_lib.EOS_TOKEN_ID]]
   ids = np.resize(np.array(stream, np.int32), (1, sizes.SEQ_LEN))
   diff = float(np.abs(fx.hf_logits(model, ids) - fx.our_logits(cfg, params, ids)).max())
   print(f"{variant} at 2048 tokens: max |logit diff| = {diff:.3g}")
