@@ -125,9 +125,14 @@ class DataPlan:
   def check_built(self, what: str) -> None:
     """Raises ValueError when files of the plan are still to be built: readers never build."""
     unbuilt = self.unbuilt()
-    if unbuilt:
-      raise ValueError(f"{what}: {', '.join(unbuilt)} of data.mixture={self.name!r} is not "
-                       "built yet; call data_pipeline.materialize.materialize(plan) first")
+    if not unbuilt:
+      return
+    command = (f"python -m data_pipeline.sample_corpus {self.root}" if self.corpus_pending()
+               else f"python -m data_pipeline.tokenize_files --recipe {self.name} --data_dir "
+                    f"{self.root}")
+    raise ValueError(f"{what}: {', '.join(unbuilt)} of data.mixture={self.name!r} is not built "
+                     "yet; training builds it first (data_pipeline.materialize.materialize(plan)"
+                     f"), or build it with `{command}`")
 
 
 BUCKET_SCHEMES = ("gs://", "s3://")

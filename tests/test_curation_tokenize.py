@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -146,8 +147,10 @@ def test_a_recipes_curated_sources_are_built_by_materialize_not_by_the_reader(ra
   plan = data_plan.resolve(cfg)
   # the start-up table (train.py prints it before building the data) must not need them
   assert data_plan.describe(plan).endswith("curated source(s) web built on first use")
-  with pytest.raises(ValueError, match="curated source 'web' of data.mixture='cur_dedup' is "
-                                       "not built yet; call data_pipeline.materialize"):
+  unbuilt = ("curated source 'web' of data.mixture='cur_dedup' is not built yet; training builds "
+             "it first (data_pipeline.materialize.materialize(plan)), or build it with `python -m "
+             "data_pipeline.tokenize_files --recipe cur_dedup")
+  with pytest.raises(ValueError, match=re.escape(unbuilt)):
     mixture.build_train_iterator(plan, seq_len=15, batch_size=2, seed=0, vocab_size=50304)
   materialize.materialize(plan)
   first = next(mixture.build_train_iterator(plan, seq_len=15, batch_size=2, seed=0,

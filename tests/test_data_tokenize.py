@@ -145,7 +145,7 @@ def test_sample_recipe_is_built_by_the_explicit_materialize_step_only(small_corp
   plan = data_plan.resolve(cfg)
   assert "built on first use" in data_plan.describe(plan)
   # The readers never build: they name the step an entry point takes first.
-  with pytest.raises(ValueError, match="materialize.materialize"):
+  with pytest.raises(ValueError, match="python -m data_pipeline.sample_corpus"):
     mixture.build_train_iterator(plan, seq_len=64, batch_size=8, seed=0, vocab_size=50304)
   with pytest.raises(TypeError, match="DataPlan"):
     mixture.build_train_iterator(cfg, seq_len=64, batch_size=8, seed=0, vocab_size=50304)
