@@ -228,11 +228,18 @@ def test_the_rules_see_the_whole_repository():
       "def f():\n  from eval import tasks\n  import numpy\n"))
   assert top == ["olmo_jax.model"] and deferred == [(5, "eval.tasks")]
   assert {"tokenize", "inspect"} <= set(sys.stdlib_module_names)
-  bindings = {m: module_bindings(TREES[p]) for m, p in MODULES.items()}
+  defined, imported = module_bindings(ast.parse(
+      "from data_pipeline.tokenizer import EOS_TOKEN_ID\nfrom olmo_jax import params\n"
+      "if True:\n  from math import pi\nSEQ_LEN = 1\ndef f():\n  from math import e\n"))
+  assert defined == {"SEQ_LEN", "f"} and set(imported) == {"EOS_TOKEN_ID", "pi"}
+  bindings = {"olmo_jax.sizes": (defined, imported), "olmo_jax.datadecide.analysis":
+              ({"x"}, {"sigmoid": "olmo_jax.datadecide.fits"})}
   reads = reexport_reads("x.py", ast.parse(
       "from olmo_jax import sizes\nfrom olmo_jax.datadecide import analysis as A\n"
-      "sizes.EOS_TOKEN_ID, A.sigmoid, sizes.flops_per_token\n"), bindings)
-  assert [via for via, _ in reads] == ["olmo_jax.sizes", "olmo_jax.datadecide.analysis"]
+      "sizes.EOS_TOKEN_ID, A.sigmoid, sizes.SEQ_LEN, A.x\n"
+      "from olmo_jax.sizes import pi, SEQ_LEN\n"), bindings)
+  assert sorted(via for via, _ in reads) == ["olmo_jax.datadecide.analysis", "olmo_jax.sizes",
+                                              "olmo_jax.sizes"]
 
 
 def test_module_names_are_unique_and_shadow_no_standard_library_module():
