@@ -27,7 +27,7 @@ from olmo_jax import runtime
 runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
 
 from data_pipeline import data_plan, heldout, materialize
-from olmo_jax import cli, console, distributed, paths, plan_compile, plan_options
+from olmo_jax import cli, console, distributed, locking, paths, plan_compile, plan_options
 from olmo_jax import config as config_lib
 from olmo_jax import hooks as hooks_lib
 from olmo_jax import plan as plan_lib
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   workdir = FLAGS.workdir
   # One trainer per workdir: process 0 of a run holds the lock for all its processes.
   first = distributed.is_first_process(setup)
-  lock = workdir_lib.lock_for(workdir) if workdir and not FLAGS.dry_run and first else None
+  lock = locking.lock_for(workdir) if workdir and not FLAGS.dry_run and first else None
   try:
     took_over = lock.acquire() if lock else None
   except (OSError, workdir_lib.WorkdirBusyError) as e:

@@ -33,6 +33,7 @@ from data_pipeline import data_plan, heldout
 from olmo_jax import (
     checkpoint,
     cli,
+    locking,
     pack,
     paths,
     plan_options,
@@ -293,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   locks = []
   try:
     for _, workdir in replicas:
-      locks.append(workdir_lib.lock_for(workdir))
+      locks.append(locking.lock_for(workdir))
       took_over = locks[-1].acquire()
       if took_over:
         logging.warning(took_over)

@@ -58,7 +58,6 @@ DEFERRED_IMPORTS = {
     "olmo_jax/plan_compile.py": 7,
     "olmo_jax/train.py": 24,
     "olmo_jax/train_pack.py": 3,
-    "olmo_jax/workdir.py": 2,
     "scripts/convert_from_hf.py": 9,
     "scripts/convert_to_hf.py": 7,
     "tests/conftest.py": 4,
@@ -71,10 +70,9 @@ DEFERRED_IMPORTS = {
     "tests/test_eval_harness.py": 1,
     "tests/test_eval_packed.py": 2,
     "tests/test_eval_metrics.py": 3,
-    "tests/test_eval_run.py": 14,
+    "tests/test_eval_run.py": 13,
     "tests/test_eval_scorer.py": 1,
     "tests/test_eval_tasks.py": 1,
-    "tests/test_gcs.py": 6,
     "tests/test_guards.py": 1,
 }
 
