@@ -2,7 +2,8 @@
 
   - no function or method over 60 lines, anywhere in the repository;
   - no file over 500 lines unless FILES_OVER_500 names it, with the reason;
-  - no import cycle between project modules (module-level imports);
+  - no import cycle between project modules (module-level imports), nor one that imports
+    inside functions close, beyond HIDDEN_CYCLES;
   - no project import inside a function beyond what DEFERRED_IMPORTS allows for its file;
   - no two modules of the packages with the same name, none named like a standard-library
     module (`python -m data_pipeline.tokenize` would shadow `tokenize` for a script run from
@@ -10,8 +11,9 @@
   - no name read through a module that only imports it (a re-export), but through the
     modules REEXPORTING_MODULES names, and never in tests.
 
-Both allowlists are ratchets: an entry that is no longer needed (a file now short, a count now
-lower) fails too, so they only ever shrink. Extending one is a visible edit of this file.
+The allowlists are ratchets: an entry that is no longer needed (a file now short, a count now
+lower, a cycle gone) fails too, so they only ever shrink. Extending one is a visible edit of
+this file.
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ DEFERRED_IMPORTS = {
     "tests/test_guards.py": 1,
 }
 
+
+# Import cycles that only imports inside functions close (each with why it is still there).
+HIDDEN_CYCLES = {
+    ("eval.evaluation", "eval.harness"): "load_model's HF path and the harness's LM subclass "
+                                         "import each other lazily; one of them moves down",
+}
 
 # Modules that gather other modules' names for their package, each with why. Tests import every
 # name from the module that defines it.
@@ -198,6 +206,19 @@ def test_no_import_cycle_between_project_modules():
   cycles = import_cycles(graph)
   assert not cycles, "import cycles (module-level imports):\n" + "\n".join(
       " <-> ".join(c) for c in cycles)
+
+
+def test_no_import_cycle_hidden_inside_functions():
+  graph = {}
+  for path, tree in TREES.items():
+    top, deferred = project_imports(tree)
+    graph[module_name(path)] = {m for m in top + [d for _, d in deferred] if m in MODULES}
+  cycles = {tuple(c) for c in import_cycles(graph)}
+  new = sorted(cycles - set(HIDDEN_CYCLES))
+  assert not new, "import cycles closed by imports inside functions:\n" + "\n".join(
+      " <-> ".join(c) for c in new)
+  stale = sorted(set(HIDDEN_CYCLES) - cycles)
+  assert not stale, f"no longer a cycle: drop from HIDDEN_CYCLES: {stale}"
 
 
 def test_project_imports_inside_functions_only_where_allowed():
