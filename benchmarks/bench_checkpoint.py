@@ -2,7 +2,7 @@
 
 Builds the 150M ladder model's full train state (params + AdamW mu/nu, ~2.3 GB float32),
 then in one run:
-  1. a synchronous save (olmo_jax.checkpoint.Checkpointer(async_save=False)): the time the
+  1. a synchronous save (olmo_jax.checkpoint_manager.Checkpointer(async_save=False)): the time the
      loop would stop for;
   2. an async save: the time `save()` blocks the loop (device->host copy), the time the
      next step takes while the write proceeds in the background (against a step without a
@@ -95,14 +95,14 @@ def main(argv=None) -> int:
 
 def time_saves(a, root: str, state, run_step, t_step: float):
   """(sync, async-blocking, next-step, commit) seconds of saves 1..a.repeats (save 0 warms)."""
-  from olmo_jax import checkpoint
+  from olmo_jax import checkpoint_manager
 
   data = {"position": 0}
   # One manager of each kind for the whole run, as in training: the async one reuses its
   # host staging buffers from the second save on (the first save allocates them).
-  sync_ckpt = checkpoint.Checkpointer(os.path.join(root, "sync"), every=1, keep=1,
+  sync_ckpt = checkpoint_manager.Checkpointer(os.path.join(root, "sync"), every=1, keep=1,
                                       async_save=False)
-  async_ckpt = checkpoint.Checkpointer(os.path.join(root, "async"), every=1, keep=1,
+  async_ckpt = checkpoint_manager.Checkpointer(os.path.join(root, "async"), every=1, keep=1,
                                        async_save=True)
   if a.prepare:
     async_ckpt.prepare(state)  # allocates the host staging buffers in the background

@@ -27,6 +27,10 @@ import time
 
 import numpy as np
 
+from data_pipeline import curation, dedup, quality_rules, sample_corpus, tokenization
+from data_pipeline import tokenizer as tokenizer_lib
+from data_pipeline.corpus import Corpus
+
 
 def cpu_model() -> str:
   try:
@@ -42,7 +46,6 @@ def cpu_model() -> str:
 def make_corpus(mb: float, seed: int = 0) -> tuple[list[str], list[tuple[int, int]]]:
   """~mb MB of varied prose documents with planted exact and near duplicates: (texts,
   [(original, near copy)] positions)."""
-  from data_pipeline import sample_corpus
   base = sample_corpus.prose_documents(sample_corpus.stdlib_modules())
   rng = np.random.default_rng(seed)
   vocab = sorted({w for d in base[:200] for w in d.split() if w.isalpha() and len(w) > 3})
@@ -73,8 +76,7 @@ def make_corpus(mb: float, seed: int = 0) -> tuple[list[str], list[tuple[int, in
 def minhash_recall(corpus, pairs, lsh: str, threshold: float = 0.8):
   """(seconds, documents dropped, recall over planted pairs at exact Jaccard >= threshold,
   number of such pairs) of minhash_dedup alone."""
-  from data_pipeline import curation
-  step = curation.MinHashDedup(threshold=threshold, lsh=lsh)
+  step = dedup.MinHashDedup(threshold=threshold, lsh=lsh)
   t0 = time.time()
   keep, _ = step.apply(corpus, np.arange(len(corpus)))
   sec = time.time() - t0
@@ -83,7 +85,7 @@ def minhash_recall(corpus, pairs, lsh: str, threshold: float = 0.8):
   def jac(i, j):
     for k in (i, j):
       if k not in sets:
-        sets[k] = curation.shingles(corpus.texts[k], step.params["ngram"])
+        sets[k] = dedup.shingles(corpus.texts[k], step.params["ngram"])
     inter = np.intersect1d(sets[i], sets[j]).size
     return inter / (sets[i].size + sets[j].size - inter)
 
@@ -118,9 +120,6 @@ def main(argv=None) -> int:
   p.add_argument("--workers", type=int, default=2, help="threads/processes (cores)")
   args = p.parse_args(argv)
   os.environ["RAYON_NUM_THREADS"] = str(args.workers)  # before the tokenizer starts its pool
-  from data_pipeline import curation
-  from data_pipeline import tokenize as tokenize_lib
-  from data_pipeline import tokenizer as tokenizer_lib
 
   t0 = time.time()
   texts, pairs = make_corpus(args.mb)
@@ -130,9 +129,9 @@ def main(argv=None) -> int:
   tok = tokenizer_lib.load_tokenizer("olmo")
   tok.encode_batch(texts[:64], add_special_tokens=False)  # warm the thread pool
   t0 = time.time()
-  ids = tokenize_lib.encode_texts(tok, texts, "uint16")
+  ids = tokenization.encode_texts(tok, texts, "uint16")
   t_tok = time.time() - t0
-  corpus = curation.Corpus(["bench"], texts, [{"score": float(k % 997)} for k in
+  corpus = Corpus(["bench"], texts, [{"score": float(k % 997)} for k in
                                               range(len(texts))],
                            np.zeros(len(texts), dtype=np.int64))
   corpus.tokens = np.array([a.size for a in ids], dtype=np.int64)
@@ -166,7 +165,7 @@ def time_chains(curation, corpus, workers: int) -> list[tuple]:
   chain = [{"step": "exact_dedup"}, {"step": "minhash_dedup"}] + rules
   balanced = [{"step": "exact_dedup"}, {"step": "minhash_dedup", "lsh": "balanced"}] + rules
   if workers > 1:  # start the rule workers outside the timings (once per tokenize run)
-    curation._pool(workers).map(abs, range(workers * 4))
+    quality_rules.rule_pool(workers).map(abs, range(workers * 4))
   chains = [("CHAIN minhash lsh=balanced", balanced), ("CHAIN exact > minhash > rules", chain)]
   for name, ch in single + chains:
     steps = curation.parse_chain(ch)
@@ -195,11 +194,10 @@ def print_rows(rows: list[tuple], t_tok: float) -> None:
 
 def print_minhash_and_splitting(corpus, pairs, t_tok: float) -> None:
   """MinHash recall vs seconds under both bandings, and the rules' word splitting alone."""
-  from data_pipeline import curation
   print(f"\nMinHash at threshold 0.8 alone ({len(pairs)} planted near copies):")
   for lsh in ("balanced", "recall"):
     sec, dropped, recall, n_near = minhash_recall(corpus, pairs, lsh)
-    bands = curation.lsh_bands(0.8, 128, lsh)
+    bands = dedup.lsh_bands(0.8, 128, lsh)
     print(f"  lsh={lsh:8s} {bands[0]:3d} bands x {bands[1]:2d} rows: {sec:7.2f} s "
           f"({sec / t_tok:.2f} x tokenize), {dropped} dropped, recall {recall:.3f} of "
           f"{n_near} pairs at Jaccard >= 0.8")

@@ -5,7 +5,7 @@
 1. Delivery: tokens/s of {"input_ids": int32[B, L + 1]} batches from a 3-way token-file
    mixture (weights 0.5/0.3/0.2, global shuffle, background prefetch), against a plain loop
    that slices the same memmaps at precomputed random windows and stacks them to int32.
-2. Tokenisation: input MB/s of `data_pipeline.tokenize` (jsonl.gz -> token files) against
+2. Tokenisation: input MB/s of `data_pipeline.tokenization` (jsonl.gz -> token files) against
    bare `encode_batch` on the same documents in memory.
 Token files are written to a temporary directory first and read once, so both loops read
 from the page cache.
@@ -27,9 +27,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_pipeline import (
+  data_plan,  # pylint: disable=wrong-import-position
   mixture,  # pylint: disable=wrong-import-position
+  recipe_config,  # pylint: disable=wrong-import-position
   sample_corpus,  # pylint: disable=wrong-import-position
-  tokenize,  # pylint: disable=wrong-import-position
+  tokenization,  # pylint: disable=wrong-import-position
 )
 from data_pipeline import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
 
@@ -47,11 +49,11 @@ def write_sources(root: str, tokens_per_source: int, files: int = 4) -> None:
 
 def pipeline_batches(root: str, batch: int, seq_len: int):
   """next() of the pipeline over the 3-way mixture (default config: prefetch thread on)."""
-  cfg = mixture.default_config()
+  cfg = recipe_config.default_config()
   cfg.mixture, cfg.data_dir = "custom", root
   cfg.sources = ",".join(f"{k}={k}/*.npy@{w}" for k, w in WEIGHTS.items())
-  it = mixture.build_train_iterator(cfg, seq_len=seq_len, batch_size=batch, seed=0,
-                                    vocab_size=50304)
+  it = mixture.build_train_iterator(data_plan.resolve(cfg), seq_len=seq_len, batch_size=batch,
+                                    seed=0, vocab_size=50304)
   return lambda: next(it)["input_ids"]
 
 
@@ -102,8 +104,8 @@ def tokenize_mb_per_s(root: str, workers: int) -> tuple[float, float]:
         f.write(json.dumps({"text": d}) + "\n")
   mb = sum(len(d.encode()) for d in docs) / 1e6
   t0 = time.perf_counter()
-  tokenize.run([os.path.join(raw, "*.jsonl.gz")], os.path.join(root, "tok"), workers=workers,
-               progress=False)
+  tokenization.run([os.path.join(raw, "*.jsonl.gz")], os.path.join(root, "tok"),
+                   workers=workers, progress=False)
   pipeline = mb / (time.perf_counter() - t0)
   tok = tokenizer_lib.load_tokenizer()
   t0 = time.perf_counter()

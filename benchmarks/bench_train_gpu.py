@@ -29,6 +29,8 @@ import tempfile
 import time
 import traceback
 
+from data_pipeline.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID
+
 # Per-device microbatch (sequences of 2048) and remat preset of ours that fit 80 GB in bf16.
 PLAN = {"150M": (16, "none"), "300M": (16, "dots_saveable"), "530M": (16, "dots_saveable"),
         "750M": (8, "dots_saveable"), "1B": (8, "dots_saveable")}
@@ -171,8 +173,8 @@ def torch_model(cfg, device: str, same_init: bool):
   transformers.AttentionInterface.register(TORCH_ATTN, sdpa_attention_forward)
   # Special token ids only matter to generation; the tiny vocab lacks OLMo's.
   hf_cfg = transformers.LlamaConfig(**hf.hf_config_dict(
-      cfg, "float32", eos_token_id=min(hf.EOS_TOKEN_ID, cfg.vocab_size - 1),
-      pad_token_id=min(hf.PAD_TOKEN_ID, cfg.vocab_size - 1)))
+      cfg, "float32", eos_token_id=min(EOS_TOKEN_ID, cfg.vocab_size - 1),
+      pad_token_id=min(PAD_TOKEN_ID, cfg.vocab_size - 1)))
   torch.manual_seed(SEED)
   with torch.device(device):
     model = transformers.LlamaForCausalLM._from_config(hf_cfg, attn_implementation=TORCH_ATTN)

@@ -25,7 +25,9 @@ from olmo_jax import runtime  # noqa: E402
 
 runtime.init()  # before the imports that load JAX: on a CPU host JAX stays on the CPU, quietly
 
-# name -> plan options (olmo_jax/plan.py, configs/train.py: plan.*)
+from olmo_jax.plan_options import plan_options  # noqa: E402
+
+# name -> plan options (olmo_jax/plan_options.py, configs/train.py: plan.*)
 TARGETS = {
     "1 x H100": {"platform": "gpu", "device_kind": "h100", "devices": 1},
     "8 x H100": {"platform": "gpu", "device_kind": "h100", "devices": 8},
@@ -42,26 +44,27 @@ GIB = 1024 ** 3
 def parts(size: str, opts: dict, **train):
   """(RunSpec, model config, optimizer, step config) of a size for a target."""
   from olmo_jax import config as config_lib
-  from olmo_jax import plan
+  from olmo_jax import plan_compile
   from olmo_jax import train as train_lib
   c = config_lib.load_config_file(train_lib.DEFAULT_CONFIG, size)
   c.model.dtype = "bfloat16"
   c.plan.update(opts)
   c.train.update(train)
-  c = config_lib.resolve(plan.for_target(c))
+  c = config_lib.resolve(plan_compile.for_target(c))
   return c, c.model, c.optimizer, c.step
 
 
 def chosen(size: str, opts: dict) -> dict:
   """The row of one size on one target: its defaults, or the first compiled fix that fits."""
-  from olmo_jax import plan
+  from olmo_jax import plan_compile
   c, mcfg, tx, sc = parts(size, opts)
-  target = plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 0))
-  p = plan.target_plan(c, mcfg, tx, sc, target)
+  target = plan_compile.build_target(opts["platform"], plan_options(c), opts.get("devices", 0))
+  p = plan_compile.target_plan(c, mcfg, tx, sc, target)
   seconds, micro, remat = p.compile_seconds, c.train.microbatch_size, mcfg.remat
   if not p.fits:
     # the matrix keeps each target's device count
-    for fix, q in plan.compiled_candidates(c, mcfg, tx, sc, p, target, same_devices=True):
+    for fix, q in plan_compile.compiled_candidates(c, mcfg, tx, sc, p, target,
+                                                   same_devices=True):
       seconds += q.compile_seconds
       if q.fits:
         p, micro, remat = q, fix.microbatch, fix.remat
@@ -82,9 +85,9 @@ def largest_pack(size: str, opts: dict, microbatch: int = 1) -> dict:
   """The largest K of a pack of the size's runs (its published batch of 2,048-token
   sequences, accumulated over microbatches of `microbatch` sequences; bf16, the size's
   defaults otherwise) that compiles within one device of the target."""
-  from olmo_jax import pack_plan, plan
+  from olmo_jax import pack_plan, plan_compile
   c, mcfg, tx, sc = parts(size, opts, microbatch_size=microbatch)
-  target = plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 1))
+  target = plan_compile.build_target(opts["platform"], plan_options(c), opts.get("devices", 1))
   target = dataclasses.replace(target, devices=target.devices[:1])
   seen = {}
 
@@ -104,11 +107,11 @@ def largest_pack(size: str, opts: dict, microbatch: int = 1) -> dict:
 
 def _plan_at(opts: dict, seqs: int, remat: str):
   """The compiled 1B plan of one microbatch of `seqs` sequences on a target."""
-  from olmo_jax import plan
+  from olmo_jax import plan_compile
   c, mcfg, tx, sc = parts("1B", opts, batch_size=seqs, microbatch_size=seqs)
   c.model.remat = remat
-  target = plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 0))
-  return plan.target_plan(c, dataclasses.replace(mcfg, remat=remat), tx, sc, target)
+  target = plan_compile.build_target(opts["platform"], plan_options(c), opts.get("devices", 0))
+  return plan_compile.target_plan(c, dataclasses.replace(mcfg, remat=remat), tx, sc, target)
 
 
 def max_batch(opts: dict, remat: str, max_compiles: int = 6) -> dict:
@@ -119,9 +122,10 @@ def max_batch(opts: dict, remat: str, max_compiles: int = 6) -> dict:
   then the secant through the nearest plans that fit and do not, until a batch that fits
   sits next to one that does not (or `max_compiles` plans were compiled).
   """
-  from olmo_jax import plan
+  from olmo_jax import plan_compile
   c = parts("1B", opts)[0]
-  n = len(plan.build_target(opts["platform"], plan.plan_options(c), opts.get("devices", 0)).devices)
+  n = len(plan_compile.build_target(opts["platform"], plan_options(c),
+                                    opts.get("devices", 0)).devices)
   p1 = _plan_at(opts, n, remat)
   seen = {n: p1}
   if p1.fits:

@@ -1,34 +1,39 @@
 """A data config resolved once into an immutable plan: recipe, sources, files and weights.
 
 `resolve(config.data)` reads the data subtree, loads and flattens the recipe and applies
-`drop_sources`; it is cheap (recipe files, a directory glob). Everything downstream
-(validation, the start-up table, the train iterator, the held-out documents and batches)
-takes the plan, never the training config.
+`drop_sources`; it is cheap (recipe files, a directory glob). An entry point then calls, in
+order: `validate_config(plan, vocab_size)`, `data_pipeline.materialize.materialize(plan)` (builds
+the embedded corpus and curated sources the plan reads, if not built yet), `describe(plan)`,
+and the readers (`mixture.build_train_iterator`, `heldout.heldout_batches`,
+`heldout.heldout_documents`), which take the plan, never the training config, and never build
+anything: they refuse a plan whose files are not built.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import numpy as np
 
+from data_pipeline import sample_corpus
 from data_pipeline import sources as sources_lib
+from data_pipeline.document_sources import DocumentSource, TfdsDocumentSource
 from data_pipeline.recipe_config import (
-    DataConfig,
-    Recipe,
-    SourceSpec,
-    _check_weight,
-    _merge,
-    data_config,
-    directory_sources,
-    flatten_recipe,
-    load_recipe,
-    mixture_name,
-    parse_sources,
-    recipes_dir,
+  DataConfig,
+  Recipe,
+  SourceSpec,
+  _check_weight,
+  _merge,
+  data_config,
+  directory_sources,
+  flatten_recipe,
+  load_recipe,
+  mixture_name,
+  parse_sources,
+  recipes_dir,
 )
+from data_pipeline.token_index import INDEX_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +108,6 @@ class DataPlan:
       return False
     if self.recipe.builder != "sample_corpus":
       raise ValueError(f"recipe {self.recipe.name!r}: unknown builder {self.recipe.builder!r}")
-    from data_pipeline import sample_corpus  # deferred: only for the embedded corpus
     return not sample_corpus.is_built(self.root)
 
   def curation_pending(self, name: str) -> bool:
@@ -111,20 +115,24 @@ class DataPlan:
     spec = self.specs[name]
     if not spec.curation:
       return False
-    return not os.path.isfile(os.path.join(self.root, spec.curation.output, "index.json"))
+    return not os.path.isfile(os.path.join(self.root, spec.curation.output, INDEX_FILE))
 
-  def materialize(self) -> None:
-    """Builds what the plan's files are made from on first use: the embedded corpus, and
-    curated sources (cached by the key of their inputs, chain and tokenizer)."""
-    if self.corpus_pending():
-      from data_pipeline import sample_corpus
-      sample_corpus.build(self.root, tokenizer=self.config.tokenizer)
-    if not any(self.curation_pending(k) for k in self.specs):
+  def unbuilt(self) -> list[str]:
+    """What the plan reads and data_pipeline.materialize has not built yet (empty: ready)."""
+    out = [f"the embedded corpus under {self.root}"] if self.corpus_pending() else []
+    return out + [f"curated source {k!r}" for k in self.used if self.curation_pending(k)]
+
+  def check_built(self, what: str) -> None:
+    """Raises ValueError when files of the plan are still to be built: readers never build."""
+    unbuilt = self.unbuilt()
+    if not unbuilt:
       return
-    from data_pipeline import tokenize  # deferred: only for curated recipes
-    logging.info("building the curated sources of recipe %s under %s", self.name, self.root)
-    tokenize.materialize_recipe(self.name, self.root, recipes_dir=recipes_dir(self.config),
-                                progress=False)
+    command = (f"python -m data_pipeline.sample_corpus {self.root}" if self.corpus_pending()
+               else f"python -m data_pipeline.tokenize_files --recipe {self.name} --data_dir "
+                    f"{self.root}")
+    raise ValueError(f"{what}: {', '.join(unbuilt)} of data.mixture={self.name!r} is not built "
+                     "yet; training builds it first (data_pipeline.materialize.materialize(plan)"
+                     f"), or build it with `{command}`")
 
 
 BUCKET_SCHEMES = ("gs://", "s3://")
@@ -175,9 +183,16 @@ def resolve(data) -> DataPlan:
   return plan
 
 
-def as_plan(data) -> DataPlan:
-  """`data` itself when it is a plan, else resolve(data)."""
-  return data if isinstance(data, DataPlan) else resolve(data)
+def require_plan(data, what: str, built: bool = True) -> DataPlan:
+  """`data` when it is a DataPlan (whose files are built, if `built`); raises
+  TypeError/ValueError naming `what` and the steps an entry point takes first."""
+  if not isinstance(data, DataPlan):
+    raise TypeError(f"{what} takes a DataPlan, got {type(data).__name__}: resolve config.data "
+                    "with data_pipeline.data_plan.resolve and build its files with "
+                    "data_pipeline.materialize.materialize first")
+  if built and not data.synthetic:
+    data.check_built(what)
+  return data
 
 
 def validate_config(data, vocab_size: int) -> None:
@@ -199,28 +214,28 @@ def validate_config(data, vocab_size: int) -> None:
     raise ValueError(f"data.token_dtype must be one of {sources_lib.TOKEN_DTYPES}")
   if dc.prefetch < 0 or dc.max_epochs < 0:
     raise ValueError("data.prefetch and data.max_epochs must be >= 0")
-  plan = as_plan(data)
+  plan = data if isinstance(data, DataPlan) else resolve(data)
   if plan.corpus_pending():
-    return  # its files are written by build_train_iterator
+    return  # its files are written by data_pipeline.materialize
   for name, spec in plan.used.items():
     if plan.curation_pending(name):
-      # Built by build_train_iterator; its inputs must exist now.
+      # Built by data_pipeline.materialize; its inputs must exist now.
       sources_lib.resolve_paths(spec.curation.inputs, dc.root, f"curated source {name!r}")
     else:
       plan.files(name)
 
 
 def describe(data) -> str:
-  """The start-up table of what a data config (or plan) trains on: per source its kind,
-  files, tokens on disk (token files) and realised weight. Cheap (file headers only)."""
-  plan = as_plan(data)
+  """The start-up table of what a plan trains on: per source its kind, files, tokens on disk
+  (token files) and realised weight. Cheap (file headers only)."""
+  plan = require_plan(data, "describe", built=False)
   if plan.synthetic:
     return "data: the synthetic token stream (no files)"
   head = f"data: mixture {plan.name!r} under {plan.root}"
   if plan.corpus_pending():
     return f"{head}: built on first use"
   pending = [k for k in plan.used if plan.curation_pending(k)]
-  if pending:  # made by build_train_iterator; validate_config checked their inputs
+  if pending:  # made by data_pipeline.materialize; validate_config checked their inputs
     return f"{head}: curated source(s) {', '.join(pending)} built on first use"
   specs = plan.used
   files = {k: plan.files(k) for k in specs}
@@ -245,8 +260,8 @@ def document_source(plan: DataPlan, name: str, files: list[str]):
   """The document reader of a text, ArrayRecord or TFDS source."""
   spec = plan.specs[name]
   if spec.kind == "tfds":
-    return sources_lib.TfdsDocumentSource(
+    return TfdsDocumentSource(
         spec.tfds_name, spec.split, plan.root, feature=spec.feature,
         record_format=spec.record_format, source_name=name)
-  return sources_lib.DocumentSource(files, name=name, field=spec.field,
+  return DocumentSource(files, name=name, field=spec.field,
                                     record_format=spec.record_format)

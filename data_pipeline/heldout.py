@@ -26,7 +26,7 @@ import numpy as np
 from data_pipeline import index_shuffle
 from data_pipeline import sources as sources_lib
 from data_pipeline import tokenizer as tokenizer_lib
-from data_pipeline.data_plan import as_plan, document_source
+from data_pipeline.data_plan import DataPlan, document_source, require_plan
 from data_pipeline.mixing import largest_remainder
 from data_pipeline.synthetic_stream import SyntheticIterator
 
@@ -223,11 +223,11 @@ def _source_documents(plan, name: str) -> Iterator[EvalDocument]:
       plan.config.tokenizer)
 
 
-def heldout_documents(data, start: int = 0):
+def heldout_documents(plan: DataPlan, start: int = 0):
   """The held-out documents of every source a run reads (EvalDocument), source by source in
   name order, file by file; the same on every call. `start` skips that many (resume).
-  `data`: a DataPlan or a data config."""
-  plan = as_plan(data)
+  `plan`: a resolved DataPlan whose files are built."""
+  require_plan(plan, "heldout_documents")
   if plan.config.heldout_fraction <= 0 or plan.synthetic:
     raise ValueError("there is no held-out split: set data.heldout_fraction > 0 (e.g. 0.01) "
                      "over a mixture of files")
@@ -235,17 +235,19 @@ def heldout_documents(data, start: int = 0):
   return itertools.islice(docs, start, None)
 
 
-def heldout_batches(data, num_batches: int, *, seq_len: int, batch_size: int, seed: int,
-                    vocab_size: int, process_index: int = 0, process_count: int = 1) -> list:
+def heldout_batches(plan: DataPlan, num_batches: int, *, seq_len: int, batch_size: int,
+                    seed: int, vocab_size: int, process_index: int = 0,
+                    process_count: int = 1) -> list:
   """`num_batches` batches {"input_ids": int32[batch_size, seq_len + 1]} of held-out documents
-  for THIS process (the in-loop evaluation loss). `data`: a DataPlan or a data config.
+  for THIS process (the in-loop evaluation loss). `plan`: a resolved DataPlan whose files are
+  built.
 
   Each global batch holds the sources in the mixture's proportions (largest remainder over
   all rows); a source's rows are its held-out documents packed in order, so the batches are
   the same for every seed, and for any split of the batch over processes. The synthetic
   stream has no documents: it gives batches of another seed (`seed` is read only there).
   """
-  plan = as_plan(data)
+  require_plan(plan, "heldout_batches")
   if plan.synthetic:
     it = SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed + 1_000_003,
                            vocab_size=vocab_size, process_index=process_index,

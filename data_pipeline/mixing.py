@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_pipeline import index_shuffle
-from data_pipeline import sources as sources_lib
+from data_pipeline.document_sources import PackedStream
 
 BLOCK = 8192  # rows per exact-proportion block
 PLAN_STEPS = 64  # steps whose row -> instance plan is computed in one vectorised pass
@@ -44,7 +44,7 @@ class Mixer:
     self.pi, self.pc, self.vocab_size, self.max_epochs = (process_index, process_count,
                                                          vocab_size, max_epochs)
     self.streams = {n: s for n, s in zip(self.names, self.srcs)
-                    if isinstance(s, sources_lib.PackedStream)}
+                    if isinstance(s, PackedStream)}
     self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     self._plan: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -79,7 +79,7 @@ class Mixer:
     instances = np.full_like(rows, -1)
     for s, src in enumerate(self.srcs):
       m = labels == s
-      if not m.any() or _is_stream(src):
+      if not m.any() or is_stream(src):
         continue
       n = src.num_instances
       epochs[m], within = draws[m] // n, draws[m] % n
@@ -108,7 +108,7 @@ class Mixer:
       rows = np.flatnonzero(labels == s)
       if not rows.size:
         continue
-      if _is_stream(src):
+      if is_stream(src):
         out[rows] = src.take(rows.size)
         if self.max_epochs and src.get_state()["epoch"] >= self.max_epochs:
           raise StopIteration
@@ -117,12 +117,12 @@ class Mixer:
     if out.max() >= self.vocab_size:  # one check for the whole batch
       row = int(np.argmax(out.max(axis=1) >= self.vocab_size))
       src = self.srcs[labels[row]]
-      if not _is_stream(src):
+      if not is_stream(src):
         src.check_ids(out[row:row + 1], instances[row:row + 1])  # names the file and range
       raise ValueError(f"source {self.names[labels[row]]!r}: token id {int(out[row].max())} "
                        f">= vocab_size {self.vocab_size}")
     return out
 
 
-def _is_stream(src) -> bool:
-  return isinstance(src, sources_lib.PackedStream)
+def is_stream(src) -> bool:
+  return isinstance(src, PackedStream)

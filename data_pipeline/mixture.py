@@ -4,14 +4,14 @@ A batch is {"input_ids": int32[B, L + 1]}: every source is cut into windows of L
 The data config is resolved once into a plan (data_pipeline/data_plan.py); which row reads which
 source and instance is the exact arithmetic of data_pipeline/mixing.py, the same for any
 number of processes, so the iterator state is just the step. Text sources
-(jsonl/parquet/ArrayRecord/TFDS documents) are packed on the fly by `sources.PackedStream`,
+(jsonl/parquet/ArrayRecord/TFDS documents) are packed on the fly by `document_sources.PackedStream`,
 which shards documents by process and keeps a small per-process state (epoch, document,
 offset). With data.heldout_fraction > 0 every source is first split (data_pipeline/heldout.py):
 the numbering runs over the training side only.
 
-This module is the pipeline's front door: an entry point resolves `config.data` with
-`resolve`, then calls `validate_config`, `describe`, `build_train_iterator` and
-`heldout_batches` with the plan (each also accepts a data config and resolves it).
+An entry point resolves `config.data` into a plan (data_pipeline/data_plan.py), validates it,
+builds its files (data_pipeline/materialize.py) and then calls `build_train_iterator` with the
+plan; the held-out batches come from data_pipeline/heldout.py the same way.
 """
 
 from __future__ import annotations
@@ -27,32 +27,9 @@ import numpy as np
 
 from data_pipeline import heldout
 from data_pipeline import sources as sources_lib
-from data_pipeline.data_plan import (  # noqa: F401
-  DataPlan,
-  as_plan,
-  describe,
-  document_source,
-  resolve,
-  validate_config,
-)
-from data_pipeline.heldout import heldout_batches, heldout_documents  # noqa: F401
-from data_pipeline.mixing import BLOCK, PLAN_STEPS, Mixer, _is_stream, largest_remainder  # noqa: F401
-from data_pipeline.recipe_config import (  # noqa: F401
-  SOURCE_KINDS,
-  DataConfig,
-  Recipe,
-  SourceSpec,
-  data_config,
-  default_config,
-  directory_sources,
-  flatten_recipe,
-  known_recipes,
-  load_recipe,
-  mixture_name,
-  parse_sources,
-  recipes_dir,
-  source_spec,
-)
+from data_pipeline.data_plan import DataPlan, document_source, require_plan, validate_config
+from data_pipeline.document_sources import DocumentSubset, PackedStream
+from data_pipeline.mixing import BLOCK, Mixer, is_stream
 from data_pipeline.synthetic_stream import SyntheticIterator
 
 STATE_VERSION = 1
@@ -122,8 +99,8 @@ def build_sources(plan: DataPlan, *, window: int, seed: int, vocab_size: int,
     docs = document_source(plan, name, files)
     if dc.heldout_fraction > 0:
       masks = heldout.plan_document_masks(plan, name, docs, files)
-      docs = sources_lib.DocumentSubset(docs, [np.flatnonzero(~m) for m in masks])
-    out.append(sources_lib.PackedStream(
+      docs = DocumentSubset(docs, [np.flatnonzero(~m) for m in masks])
+    out.append(PackedStream(
         docs, window=window, seed=seed, shuffle=dc.shuffle, tokenizer=dc.tokenizer,
         vocab_size=vocab_size, process_index=process_index, process_count=process_count,
         name=name))
@@ -132,18 +109,20 @@ def build_sources(plan: DataPlan, *, window: int, seed: int, vocab_size: int,
 
 def _size(src) -> int:
   """Instances (token files) or documents (text sources) of a built source."""
-  return len(src.docs) if _is_stream(src) else src.num_instances
+  return len(src.docs) if is_stream(src) else src.num_instances
 
 
-def build_train_iterator(data, *, seq_len: int, batch_size: int, seed: int, vocab_size: int,
-                         process_index: int = 0, process_count: int = 1):
+def build_train_iterator(plan: DataPlan, *, seq_len: int, batch_size: int, seed: int,
+                         vocab_size: int, process_index: int = 0, process_count: int = 1):
   """Iterator of {"input_ids": int32[batch_size, seq_len + 1]} for THIS process.
 
-  `batch_size` is the per-process batch; the global batch is batch_size * process_count.
-  The iterator has get_state()/set_state() (a JSON-serialisable dict). For token-file
-  mixtures the state is the same on every process; with text sources it is per process.
+  `plan`: a resolved DataPlan whose files are built (data_pipeline.materialize); this never
+  builds anything. `batch_size` is the per-process batch; the global batch is
+  batch_size * process_count. The iterator has get_state()/set_state() (a JSON-serialisable
+  dict). For token-file mixtures the state is the same on every process; with text sources
+  it is per process.
   """
-  plan = as_plan(data)
+  require_plan(plan, "build_train_iterator")
   validate_config(plan, vocab_size)
   if plan.synthetic:
     return SyntheticIterator(seq_len=seq_len, batch_size=batch_size, seed=seed,
@@ -151,14 +130,13 @@ def build_train_iterator(data, *, seq_len: int, batch_size: int, seed: int, voca
                              process_count=process_count)
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-  plan.materialize()
   dc, window, specs = plan.config, seq_len + 1, plan.used
   srcs = build_sources(plan, window=window, seed=seed, vocab_size=vocab_size,
                        process_index=process_index, process_count=process_count)
-  weights = plan.weights([None if _is_stream(s) else s.num_tokens for s in srcs])
+  weights = plan.weights([None if is_stream(s) else s.num_tokens for s in srcs])
   for n, w, s in zip(specs, weights, srcs):
     logging.info("data source %s: weight %.4f, %d %s of %d tokens", n, w / sum(weights),
-                 _size(s), "documents" if _is_stream(s) else "windows", window)
+                 _size(s), "documents" if is_stream(s) else "windows", window)
   mixer = Mixer(list(specs), weights, srcs, batch_size=batch_size, seed=seed,
                 shuffle=dc.shuffle, process_index=process_index, process_count=process_count,
                 vocab_size=vocab_size, max_epochs=dc.max_epochs)

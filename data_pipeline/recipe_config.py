@@ -299,7 +299,7 @@ def directory_sources(data_dir: str) -> dict[str, ml_collections.ConfigDict]:
   if not files:
     raise ValueError(f"data.data_dir={data_dir} holds no token files (*.npy, searched "
                      "recursively); tokenize text into it with `python -m "
-                     "data_pipeline.tokenize`, or name a recipe with data.mixture")
+                     "data_pipeline.tokenize_files`, or name a recipe with data.mixture")
   out = {}
   for directory in sorted({os.path.dirname(f) for f in files}):
     rel = os.path.relpath(directory, data_dir)

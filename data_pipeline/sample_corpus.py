@@ -23,8 +23,8 @@ import sys
 import sysconfig
 import time
 
-from data_pipeline import atomic
-from data_pipeline import tokenize as tokenize_lib
+from data_pipeline import atomic, tokenization
+from data_pipeline.token_index import INDEX_FILE
 
 CORPUS_DIR = "sample"
 MANIFEST = "manifest.json"
@@ -119,11 +119,11 @@ def _build_source(tmp: str, name: str, docs: list[str], tokenizer: str) -> dict:
   returns the source's manifest entry."""
   text_path = os.path.join(tmp, "text", f"{name}.jsonl.gz")
   _write_jsonl_gz(text_path, docs)
-  index = tokenize_lib.run([text_path], os.path.join(tmp, name), tokenizer=tokenizer,
+  index = tokenization.run([text_path], os.path.join(tmp, name), tokenizer=tokenizer,
                            workers=1, progress=sys.stderr.isatty())
   for shard in index["shards"]:  # paths inside the corpus, not the temporary directory
     shard["source"] = os.path.join("text", f"{name}.jsonl.gz")
-  atomic.write_json(os.path.join(tmp, name, tokenize_lib.INDEX_FILE), index)
+  atomic.write_json(os.path.join(tmp, name, INDEX_FILE), index)
   for sidecar in os.listdir(os.path.join(tmp, name)):
     if sidecar.startswith("part-") and sidecar.endswith(".json"):
       os.remove(os.path.join(tmp, name, sidecar))

@@ -93,7 +93,7 @@ def load_model(path: str, dtype: str | None = None, max_length: int | None = Non
   """Params and ModelConfig of our checkpoint or an HF directory (CheckpointError /
   ConversionError / FileNotFoundError name the problem)."""
 
-  from olmo_jax import checkpoint, hf
+  from olmo_jax import checkpoint, hf_import
   from olmo_jax import config as config_lib
   from olmo_jax.kernels import resolve_platform
   if not paths.exists(path):
@@ -101,7 +101,7 @@ def load_model(path: str, dtype: str | None = None, max_length: int | None = Non
                             "checkpoint step directory or an HF directory")
   if is_hf_dir(path):
     check_hf_tokenizer(path)
-    cfg, params = hf.import_hf(path)
+    cfg, params = hf_import.import_hf(path)
     config = json.loads(paths.read_text(os.path.join(path, "config.json")))
     step = None
     tokenizer = tokenizer_of(path)

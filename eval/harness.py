@@ -24,7 +24,8 @@ runtime.init()  # first, before JAX loads: a host without accelerators runs on i
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from eval.evaluation import EOS_TOKEN_ID, Encoder, UsageError, load_model
+from data_pipeline.tokenizer import EOS_TOKEN_ID
+from eval.evaluation import Encoder, UsageError, load_model
 
 DEFAULT_MAX_GEN_TOKS = 256
 

@@ -23,7 +23,7 @@ import math
 import os
 from typing import Any, Iterable, Sequence
 
-from data_pipeline import heldout
+from data_pipeline import data_plan, heldout
 from data_pipeline import sources as sources_lib
 
 EOS = heldout.EOS
@@ -138,7 +138,6 @@ def heldout_sets(run_config: dict, limit: int | None = None
   run_config: the run's training config (its "data" section names the sources); raises
   ValueError when it holds no held-out split.
   """
-  from data_pipeline import mixture
   data = (run_config or {}).get("data")
   if data is None:
     raise ValueError("--lm_heldout: the checkpoint records no data config; it needs a "
@@ -148,7 +147,7 @@ def heldout_sets(run_config: dict, limit: int | None = None
                      "every document; train with data.heldout_fraction > 0 (e.g. 0.01) or "
                      "name validation files with --lm_files")
   out: dict[str, list[heldout.EvalDocument]] = {}
-  for doc in mixture.heldout_documents(dict(data)):
+  for doc in heldout.heldout_documents(data_plan.resolve(dict(data))):
     got = out.setdefault(f"heldout/{doc.source}", [])
     if limit is None or len(got) < limit:
       got.append(doc)

@@ -39,7 +39,7 @@ runtime.init()  # first, before JAX loads: a host without accelerators runs on i
 from eval import evaluation as ev
 from eval import resume
 from eval import tasks as tasks_lib
-from olmo_jax import paths
+from olmo_jax import locking, paths
 from olmo_jax import workdir as workdir_lib
 
 # ---------------------------------------------------------------------------------- CLI
@@ -141,7 +141,7 @@ def _check_outputs(a) -> None:
 def _own_output(a):
   """Takes the lock of --output (a second writer fails here), then checks, under it, that
   no earlier result would be replaced without --overwrite. Returns the lock."""
-  lock = workdir_lib.lock_for(a.output, workdir_lib.EVALUATION)
+  lock = locking.lock_for(a.output, workdir_lib.EVALUATION)
   try:
     took_over = lock.acquire()
   except workdir_lib.WorkdirBusyError as e:

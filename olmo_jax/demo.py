@@ -13,6 +13,8 @@ import shlex
 import subprocess
 import sys
 
+from data_pipeline import data_plan, heldout
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "The following function returns"
 
@@ -76,13 +78,13 @@ def main(argv=None) -> int:
   import jax
   import numpy as np
 
-  from data_pipeline import mixture
   from data_pipeline.tokenizer import load_tokenizer
   from olmo_jax import trainer
   params = jax.device_get(result.state["params"])
   eval_step = trainer.make_eval_step(mcfg)
-  batches = mixture.heldout_batches(cfg.data, 8, seq_len=a.seq_len, batch_size=a.batch,
-                                    seed=cfg.train.seed, vocab_size=mcfg.vocab_size)
+  batches = heldout.heldout_batches(data_plan.resolve(cfg.data), 8, seq_len=a.seq_len,
+                                    batch_size=a.batch, seed=cfg.train.seed,
+                                    vocab_size=mcfg.vocab_size)
   loss = float(np.mean([eval_step(params, b) for b in batches]))
   init = trainer.init_params(mcfg, cfg.train.seed)
   loss0 = float(np.mean([eval_step(init, b) for b in batches[:2]]))

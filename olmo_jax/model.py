@@ -27,12 +27,6 @@ from olmo_jax import params as params_lib
 from olmo_jax import sizes
 from olmo_jax.kernels import PLATFORMS
 from olmo_jax.kernels import cpu as cpu_kernels
-from olmo_jax.kernels.cpu import (  # noqa: F401 (they keep their model.* names)
-  blocked_causal_attention,
-  linear,
-  swiglu_mlp,
-  weight_grad,
-)
 from olmo_jax.runtime import resolve_platform
 from olmo_jax.sharding import constrain
 

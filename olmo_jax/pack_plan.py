@@ -14,8 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from olmo_jax import pack, plan, trainer
-from olmo_jax.plan_options import usable_fraction
+from olmo_jax import pack, plan, plan_compile, trainer
+from olmo_jax.plan_options import plan_options, usable_fraction
 
 
 def packed_abstract(mcfg, tx, loss_scaling: bool, k: int, sh) -> trainer.State:
@@ -43,14 +43,14 @@ def pack_plan(cfg, mcfg, tx, step_cfg, k: int, target=None) -> plan.Plan:
 
   A step the target's compiler refuses for memory (XLA:TPU's RESOURCE_EXHAUSTED) gives a plan
   that does not fit, with XLA's figure as its total (plan.Plan.oom_total)."""
-  opts = plan.plan_options(cfg)
+  opts = plan_options(cfg)
   if target is None:  # usable bytes, as a run's plan counts them (plan.local_device_memory)
     devices, (kind, mem) = jax.devices(), plan.local_device_memory(opts)
   else:
     devices, kind = target.devices, target.device_kind
     mem = int((opts.device_memory_gb * 1e9 or target.device_memory)
               * usable_fraction(opts, target.platform))
-  peak = cfg.train.peak_flops_per_device or plan._peak_and_memory(kind, opts)[0]
+  peak = cfg.train.peak_flops_per_device or plan.peak_and_memory(kind, opts)[0]
   lowered, abstract, mesh = lower_pack(cfg, mcfg, tx, step_cfg, k, devices)
   shard = jax.tree.map(lambda a: a.sharding, abstract)
   try:
@@ -58,13 +58,13 @@ def pack_plan(cfg, mcfg, tx, step_cfg, k: int, target=None) -> plan.Plan:
   except Exception as e:  # noqa: BLE001 (XLA:TPU refuses a step over the chip's HBM)
     if "RESOURCE_EXHAUSTED" not in str(e) or target is None:
       raise
-    p = plan._failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, target,
-                                  mem, peak)
+    p = plan_compile._failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, target,
+                                          mem, peak)
     if not p.oom_total:  # no figure in the message: refused all the same
       raise
   else:
-    p = plan.compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind,
-                           device_memory=mem, peak=peak)
+    p = plan_compile.compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind,
+                                   device_memory=mem, peak=peak)
   p.flops_per_step *= k
   p.tokens_per_step *= k
   p.note = "; ".join(x for x in (p.note, f"a pack of {k} replicas on a 'replica' mesh axis") if x)

@@ -9,10 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-# The tokenizer's facts live with the tokenizer; they are re-exported here for callers.
-from data_pipeline.tokenizer import EOS_TOKEN_ID, PAD_TOKEN_ID, VOCAB_SIZE  # noqa: F401
 from olmo_jax import params as params_lib
-from olmo_jax.params import MLP_RATIO  # noqa: F401
 
 SEQ_LEN = 2048
 EMBEDDING_SIZE = 50304  # vocabulary padded to a multiple of 128

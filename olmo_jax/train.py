@@ -26,7 +26,17 @@ from olmo_jax import runtime
 
 runtime.init()  # first, before JAX loads: a host without accelerators runs on its CPU
 
-from olmo_jax import cli, config_files, console, distributed, paths, plan_options
+from data_pipeline import data_plan, heldout, materialize
+from olmo_jax import (
+  cli,
+  config_files,
+  console,
+  distributed,
+  locking,
+  paths,
+  plan_compile,
+  plan_options,
+)
 from olmo_jax import config as config_lib
 from olmo_jax import hooks as hooks_lib
 from olmo_jax import plan as plan_lib
@@ -46,15 +56,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   dry_run: print the ahead-of-time plan (memory per device, FLOPs, tokens/s) and return it.
   """
   if dry_run:
-    config = plan_lib.for_target(config)
+    config = plan_compile.for_target(config)
   spec, data = build_config(config)
   plan_options.check_options(spec)  # plan.output, the allocator's share, named before compiling
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
-  from data_pipeline import mixture
   if dry_run:
-    return plan_lib.dry_run(spec, spec.model, spec.optimizer, spec.step, print_fn=print_fn)
-  say(mixture.describe(data))  # the sources and tokens this run trains on
+    return plan_compile.dry_run(spec, spec.model, spec.optimizer, spec.step, print_fn=print_fn)
+  say(data_plan.describe(data))  # the sources and tokens this run trains on
   check_workdir(spec, workdir, say)  # before anything is compiled or written
   mesh = build_mesh(spec)
   from olmo_jax import trainer
@@ -89,10 +98,9 @@ def build_config(config: ml_collections.ConfigDict):
   hostmem.keep_freed_memory()  # CPU only; must precede the first use of a JAX backend
   import jax  # after flags: XLA flags and platform choice are read on first use
 
-  from data_pipeline import mixture
   spec = config_lib.resolve(config, num_processes=jax.process_count())
-  data = mixture.resolve(spec.data)
-  mixture.validate_config(data, spec.model.vocab_size)
+  data = data_plan.resolve(spec.data)
+  data_plan.validate_config(data, spec.model.vocab_size)
   ev = spec.eval
   if ev.every > 0 and not ev.tasks and not has_heldout_split(data):
     raise ValueError("eval.every > 0 reads the held-out split of each source, and "
@@ -168,12 +176,12 @@ def build_checkpointer(spec: config_lib.RunSpec, workdir: str | None):
   if not (workdir and c.enabled):
     return None
   from data_pipeline import tokenizer as tok
-  from olmo_jax import checkpoint
+  from olmo_jax import checkpoint_manager
   try:
     tok_hash = tok.tokenizer_hash(spec.data.tokenizer)
   except FileNotFoundError:
     tok_hash = None
-  return checkpoint.Checkpointer(
+  return checkpoint_manager.Checkpointer(
       os.path.join(workdir, "checkpoints"), every=c.every, keep=c.keep,
       keep_period=c.keep_period, async_save=c.async_save,
       metadata={"config": spec.tree, "tokenizer_hash": tok_hash})
@@ -214,10 +222,12 @@ def build_state(spec: config_lib.RunSpec, mesh, abstract, shard, checkpointer, w
 
 def build_data(spec: config_lib.RunSpec, data, data_state=None):
   """This process's training batch iterator over the data plan, at `data_state` when
-  resuming."""
+  resuming. The plan's corpora (embedded corpus, curated sources) are built first, here: the
+  iterator only reads."""
   import jax
 
   from data_pipeline import mixture
+  materialize.materialize(data)
   t = spec.train
   pc, pi = jax.process_count(), jax.process_index()
   data_iter = mixture.build_train_iterator(
@@ -231,10 +241,10 @@ def build_data(spec: config_lib.RunSpec, data, data_state=None):
 def build_step(spec: config_lib.RunSpec, mesh, abstract, shard, print_fn=print):
   """The jitted train step, compiled ahead of time against the plan (olmo_jax/plan.py): a
   step that cannot fit the devices stops here, with the settings that would fit."""
-  from olmo_jax import plan, trainer
+  from olmo_jax import trainer
   step = trainer.make_train_step(spec.model, spec.optimizer, spec.step, mesh, shard)
-  return plan.check(spec, spec.model, spec.optimizer, spec.step, mesh, abstract, shard, step,
-                    print_fn=print_fn)[0]
+  return plan_compile.check(spec, spec.model, spec.optimizer, spec.step, mesh, abstract, shard,
+                            step, print_fn=print_fn)[0]
 
 
 def build_hooks(spec: config_lib.RunSpec, data, mesh, checkpointer, data_iter,
@@ -286,11 +296,10 @@ def build_eval_hook(spec: config_lib.RunSpec, data, batch_sh):
   import jax
   import numpy as np
 
-  from data_pipeline import mixture
   from olmo_jax import trainer
   t = spec.train
   pc, pi = jax.process_count(), jax.process_index()
-  batches = [trainer.put_batch(b, batch_sh) for b in mixture.heldout_batches(
+  batches = [trainer.put_batch(b, batch_sh) for b in heldout.heldout_batches(
       data, spec.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size // pc,
       seed=spec.data_seed, vocab_size=spec.model.vocab_size, process_index=pi,
       process_count=pc)]
@@ -351,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   workdir = FLAGS.workdir
   # One trainer per workdir: process 0 of a run holds the lock for all its processes.
   first = distributed.is_first_process(setup)
-  lock = workdir_lib.lock_for(workdir) if workdir and not FLAGS.dry_run and first else None
+  lock = locking.lock_for(workdir) if workdir and not FLAGS.dry_run and first else None
   try:
     took_over = lock.acquire() if lock else None
   except (OSError, workdir_lib.WorkdirBusyError) as e:

@@ -29,15 +29,18 @@ from olmo_jax import runtime
 
 runtime.init()  # before the imports that load JAX: the CPU default, quietly
 
+from data_pipeline import data_plan, heldout
 from olmo_jax import (
-  checkpoint,
-  cli,
-  config_files,
-  pack,
-  paths,
-  sharding,
-  train,
-  trainer,
+    checkpoint,
+    cli,
+    config_files,
+    locking,
+    pack,
+    paths,
+    plan_options,
+    sharding,
+    train,
+    trainer,
 )
 from olmo_jax import hooks as hooks_lib
 from olmo_jax import workdir as workdir_lib
@@ -182,12 +185,11 @@ def start_states(cfgs, workdirs, ckpts, one, abstract, shard, says):
 
 def heldout_hook(cfgs, datas, mcfg, sh):
   """The pack's held-out loss (pack.PackedHeldout) when the replicas' configs ask for it."""
-  from data_pipeline import mixture
   cfg = cfgs[0]
   if not (cfg.eval.every > 0 and all(train.has_heldout_split(d) for d in datas)):
     return None
   t = cfg.train
-  per = [[b["input_ids"] for b in mixture.heldout_batches(
+  per = [[b["input_ids"] for b in heldout.heldout_batches(
       d, c.eval.batches, seq_len=t.seq_len, batch_size=t.microbatch_size,
       seed=c.data_seed, vocab_size=c.model.vocab_size, process_index=0,
       process_count=1)] for c, d in zip(cfgs, datas)]
@@ -199,7 +201,6 @@ def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
   """Trains (or resumes) the pack; {"failed": {name: why}, "step": last step dispatched}."""
   import jax
 
-  from data_pipeline import mixture
   if jax.process_count() > 1:
     raise ValueError("a pack trains in one process; spread its replicas over the devices of "
                      "one host, or run several packs")
@@ -214,7 +215,7 @@ def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
   for c, w, say in zip(cfgs, workdirs, says):
     train.check_workdir(c, w, say)  # before anything is written
   for c, d, w, say in zip(cfgs, datas, workdirs, says):
-    say(mixture.describe(d))
+    say(data_plan.describe(d))
     train.write_run_config(c, w, mesh, say)
   ckpts = [train.build_checkpointer(c, w) for c, w in zip(cfgs, workdirs)]
   start, states, data_states = start_states(cfgs, workdirs, ckpts, one, abstract, shard, says)
@@ -258,13 +259,13 @@ def _close_checkpointers(loop, ckpts) -> None:
 def dry_run(cfgs, print_fn=print):
   """The compiled plan of the pack for config.plan's target (the local devices by default);
   nothing is allocated or written."""
-  from olmo_jax import pack_plan, plan
+  from olmo_jax import pack_plan, plan_compile
   cfg = cfgs[0]
-  opts = plan.plan_options(cfg)
-  platform, here = plan.target_platform(opts)
+  opts = plan_options.plan_options(cfg)
+  platform, here = plan_compile.target_platform(opts)
   target = None
   if platform != here:
-    target = plan.build_target(platform, opts, opts.devices or 1)
+    target = plan_compile.build_target(platform, opts, opts.devices or 1)
   p = pack_plan.pack_plan(cfg, cfg.model, cfg.optimizer, cfg.step, len(cfgs), target)
   print_fn(p.format() + ("" if p.fits else "\nWARNING: the pack does not fit the device memory"))
   return p
@@ -277,8 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     replicas = [parse_replica(r) for r in replica_args(a)]
     if a.dry_run:
-      from olmo_jax import plan
-      replicas = [(plan.for_target(c), w) for c, w in replicas]
+      from olmo_jax import plan_compile
+      replicas = [(plan_compile.for_target(c), w) for c, w in replicas]
     cfgs, datas = resolve_replicas(replicas)  # nothing is written before this passes
     if a.dry_run:
       dry_run(cfgs)
@@ -289,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   locks = []
   try:
     for _, workdir in replicas:
-      locks.append(workdir_lib.lock_for(workdir))
+      locks.append(locking.lock_for(workdir))
       took_over = locks[-1].acquire()
       if took_over:
         logging.warning(took_over)

@@ -92,15 +92,6 @@ def takeover_message(workdir: str, previous: Holder, state: str, role: Role = TR
           f"without releasing it ({previous.describe()}): {state}")
 
 
-def lock_for(workdir: str, role: Role = TRAINER):
-  """The lock of a workdir: flock on a local disk, a leased lock object in a bucket (gs://)."""
-  from olmo_jax import paths
-  if paths.is_remote(workdir):
-    from olmo_jax import gcs_lock
-    return gcs_lock.BucketWorkdirLock(workdir, role=role)
-  return WorkdirLock(workdir, role)
-
-
 def lock_beside(directory: str, role: Role = CONVERSION) -> WorkdirLock:
   """The lock of a directory that is replaced as a whole (written beside it, then renamed):
   `.<name>.lock` in its parent, which the rename does not move."""

@@ -66,9 +66,9 @@ def model_flags(cfg, size: str) -> list[str]:
 
 def convert(hf_dir: str, output: str, print_fn=print) -> str:
   """Writes OUTPUT/checkpoints/0 (params only); returns the step directory."""
-  from olmo_jax import checkpoint, hf
+  from olmo_jax import checkpoint, hf_import
   from olmo_jax import config as config_lib
-  mcfg, params = hf.import_hf(hf_dir)
+  mcfg, params = hf_import.import_hf(hf_dir)
   cfg, size = train_config_for(mcfg)
   meta = {"config": config_lib.to_dict(cfg), "tokenizer_hash": None,
           "source": os.path.abspath(hf_dir)}

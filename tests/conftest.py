@@ -13,8 +13,18 @@ runtime.init()  # as the entry points do: before JAX loads, a CPU host stays a C
 import pytest  # noqa: E402
 import slurm_cluster  # noqa: E402
 
+from data_pipeline import data_plan, materialize  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIG = os.path.join(REPO, "configs", "train.py")
+
+
+def built_plan(data) -> data_plan.DataPlan:
+  """The plan of a data config with its corpora built, as an entry point makes it before it
+  reads: resolve, then materialize."""
+  plan = data_plan.resolve(data)
+  materialize.materialize(plan)
+  return plan
 
 
 @pytest.fixture

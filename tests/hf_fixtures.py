@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from data_pipeline import tokenizer as tokenizer_lib
 from data_pipeline.tokenizer import load_tokenizer
 from olmo_jax import sizes
 from olmo_jax.model import ModelConfig, OLMo, forward
@@ -62,7 +63,7 @@ def token_batches() -> tuple[np.ndarray, np.ndarray]:
   rows = [tok.encode(s).ids for s in SENTENCES]
   n = min(len(r) for r in rows)
   short = np.array([r[:n] for r in rows], np.int32)
-  stream = [t for r in rows for t in r + [sizes.EOS_TOKEN_ID]]
+  stream = [t for r in rows for t in r + [tokenizer_lib.EOS_TOKEN_ID]]
   long = np.resize(np.array(stream, np.int32), (1, LONG_LEN))  # repeats the real text
   return short, long
 
@@ -96,7 +97,7 @@ def hf_random_model(variant: str, seed: int = 0, **config_overrides):
   common = dict(vocab_size=sizes.EMBEDDING_SIZE, hidden_size=64, intermediate_size=256,
                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=LONG_LEN,
                 initializer_range=TINY_STD, tie_word_embeddings=False, pad_token_id=1,
-                eos_token_id=sizes.EOS_TOKEN_ID)
+                eos_token_id=tokenizer_lib.EOS_TOKEN_ID)
   if variant == "ladder":
     cls, conf = transformers.LlamaForCausalLM, transformers.LlamaConfig
     common.update(bos_token_id=None)

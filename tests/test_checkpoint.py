@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from olmo_jax import checkpoint, optim
+from olmo_jax import checkpoint, checkpoint_manager, optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,7 +49,7 @@ def assert_identical(a, b):
 
 
 def save_steps(directory, steps, *, keep=10, keep_period=0, async_save=True, every=1):
-  ckpt = checkpoint.Checkpointer(directory, every=every, keep=keep, keep_period=keep_period,
+  ckpt = checkpoint_manager.Checkpointer(directory, every=every, keep=keep, keep_period=keep_period,
                                  async_save=async_save,
                                  metadata={"config": {"model": {"d_model": 16}},
                                            "tokenizer_hash": "abc"})
@@ -81,7 +81,7 @@ def test_round_trip_is_bit_exact_with_data_state_and_metadata(tmp_path):
 
 
 def test_save_without_data_state_restores_none(tmp_path):
-  ckpt = checkpoint.Checkpointer(str(tmp_path), every=5, keep=2)
+  ckpt = checkpoint_manager.Checkpointer(str(tmp_path), every=5, keep=2)
   state = toy_state(step=5)
   assert not ckpt.save(4, state, None)  # not due
   assert ckpt.save(5, state, None)
@@ -92,7 +92,7 @@ def test_save_without_data_state_restores_none(tmp_path):
 
 
 def test_async_save_is_unaffected_by_donating_the_state_right_after(tmp_path):
-  ckpt = checkpoint.Checkpointer(str(tmp_path), every=1, keep=2)
+  ckpt = checkpoint_manager.Checkpointer(str(tmp_path), every=1, keep=2)
   state = toy_state(step=3)
   expected = jax.tree.map(np.array, state)
   ckpt.save(3, state, None)
@@ -132,7 +132,7 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, caplog, dama
   elif damage == "tmp_dir_only":  # kill -9 before the commit rename
     os.rename(step_dir, os.path.join(d, "2.orbax-checkpoint-tmp-123"))
   ckpt.close()
-  ckpt = checkpoint.Checkpointer(d, every=1, keep=10)
+  ckpt = checkpoint_manager.Checkpointer(d, every=1, keep=10)
   if damage != "flip_bytes":
     assert ckpt.latest_step() == 1
   state, data, step = ckpt.restore(abstract(states[1]))
@@ -159,7 +159,7 @@ def test_explicit_damaged_step_is_an_error_naming_it(tmp_path):
 
 
 def test_no_checkpoint_and_bad_paths_give_clear_errors(tmp_path):
-  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpts"), every=1, keep=1)
+  ckpt = checkpoint_manager.Checkpointer(str(tmp_path / "ckpts"), every=1, keep=1)
   assert ckpt.latest_step() is None
   with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint"):
     ckpt.restore(abstract(toy_state()))
@@ -170,7 +170,7 @@ def test_no_checkpoint_and_bad_paths_give_clear_errors(tmp_path):
   with pytest.raises(checkpoint.CheckpointError, match="holds no checkpoints"):
     checkpoint.restore_params(str(tmp_path / "empty"))
   with pytest.raises(ValueError, match="keep"):
-    checkpoint.Checkpointer(str(tmp_path / "x"), every=1, keep=0)
+    checkpoint_manager.Checkpointer(str(tmp_path / "x"), every=1, keep=0)
 
 
 def test_restore_params_from_workdir_checkpoints_dir_or_step_dir(tmp_path):
@@ -196,7 +196,7 @@ def test_params_only_checkpoint_starts_a_fresh_run(tmp_path):
   assert meta["kind"] == "params" and meta["config"] == {"x": 1}
   assert_identical(restored, params)
   ckpt_dir = os.path.join(str(tmp_path), "checkpoints")
-  ckpt = checkpoint.Checkpointer(ckpt_dir, every=2, keep=1)
+  ckpt = checkpoint_manager.Checkpointer(ckpt_dir, every=2, keep=1)
   assert ckpt.latest_step() is None  # nothing to resume: the trainer starts at step 0 ...
   init = checkpoint.load_init_params(ckpt_dir, abstract(params))  # ... from these params
   assert isinstance(jax.tree.leaves(init)[0], jax.Array)
@@ -222,9 +222,9 @@ def run_py(code: str, devices: int = 1, timeout: int = 120) -> str:
 FAILED_SAVE = """
 import os, resource, signal, sys
 import jax, jax.numpy as jnp, numpy as np
-from olmo_jax import checkpoint
+from olmo_jax import checkpoint, checkpoint_manager
 d, async_save = sys.argv[1], sys.argv[2] == "1"
-ckpt = checkpoint.Checkpointer(d, every=1, keep=1, async_save=async_save)
+ckpt = checkpoint_manager.Checkpointer(d, every=1, keep=1, async_save=async_save)
 small = {{"step": jnp.int32(1), "w": jnp.ones((4,), jnp.float32)}}
 ckpt.save(1, small, {{"position": 1}})
 ckpt.wait()
@@ -255,7 +255,7 @@ def test_failed_save_disk_full_leaves_older_checkpoints_intact(tmp_path, async_s
   assert "older checkpoints are untouched" in out
   assert "AFTER FAILURE ['1']" in out  # intact, and no half-written step 2 holds on to space
   assert "AFTER RECOVERY ['3']" in out  # keep=1: step 1 goes only once step 3 is committed
-  ckpt = checkpoint.Checkpointer(d, every=1, keep=1)
+  ckpt = checkpoint_manager.Checkpointer(d, every=1, keep=1)
   state = {"step": jnp.int32(3), "w": jnp.arange(1 << 16, dtype=jnp.float32)}
   restored, data, step = ckpt.restore(abstract(state))
   assert step == 3 and data == {"position": 3}
@@ -268,7 +268,7 @@ import sys, numpy as np, jax, jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, "tests")
 from test_checkpoint import toy_state
-from olmo_jax import checkpoint, sharding
+from olmo_jax import checkpoint_manager, sharding
 mesh = sharding.make_mesh(fsdp=-1)
 assert mesh.shape["fsdp"] == 8
 state = toy_state(seed=3, step=7)
@@ -279,7 +279,7 @@ def place(x):  # FSDP: the first dim divisible by 8 is split over the devices
   return jax.device_put(x, NamedSharding(mesh, P(*spec)))
 state = jax.tree.map(place, state)
 assert len(state["params"]["embed"].sharding.device_set) == 8
-ckpt = checkpoint.Checkpointer(sys.argv[1], every=1, keep=2)
+ckpt = checkpoint_manager.Checkpointer(sys.argv[1], every=1, keep=2)
 ckpt.save(7, state, {"position": 70})
 ckpt.close()
 np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(state)])
@@ -290,7 +290,7 @@ import sys, numpy as np, jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 sys.path.insert(0, "tests")
 from test_checkpoint import toy_state, abstract
-from olmo_jax import checkpoint, sharding
+from olmo_jax import checkpoint_manager, sharding
 mesh = sharding.make_mesh(fsdp=-1)
 n = len(jax.devices())
 def spec(x):
@@ -300,7 +300,7 @@ def spec(x):
   return NamedSharding(mesh, P(*s))
 target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=spec(x)),
                       jax.eval_shape(toy_state))
-ckpt = checkpoint.Checkpointer(sys.argv[1], every=1, keep=2)
+ckpt = checkpoint_manager.Checkpointer(sys.argv[1], every=1, keep=2)
 state, data, step = ckpt.restore(target)
 assert step == 7 and data == {"position": 70}, (step, data)
 ref = np.load(sys.argv[2])
@@ -342,7 +342,7 @@ import sys, numpy as np, jax
 proc, port, d = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=proc)
 from jax.sharding import NamedSharding, PartitionSpec as P
-from olmo_jax import checkpoint, sharding
+from olmo_jax import checkpoint_manager, sharding
 mesh = sharding.make_mesh(fsdp=-1)
 assert mesh.shape["fsdp"] == 4 and jax.process_count() == 2
 rng = np.random.default_rng(0)  # the same host values in both processes
@@ -352,7 +352,7 @@ def put(x):
   spec = P("fsdp") if x.ndim and x.shape[0] % 4 == 0 else P()
   return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda i: x[i])
 state = jax.tree.map(put, host)
-ckpt = checkpoint.Checkpointer(d, every=1, keep=1)
+ckpt = checkpoint_manager.Checkpointer(d, every=1, keep=1)
 assert ckpt.latest_step() is None
 ckpt.save(3, state, {"position": 30 + proc})  # every process takes part
 ckpt.wait()
@@ -402,7 +402,7 @@ def test_damaged_steps_are_moved_aside_never_deleted(tmp_path, caplog):
   os.remove(os.path.join(d, "3", checkpoint.COMMIT_MARKER))  # the newest, damaged
   sizes = {s: sorted(os.path.getsize(os.path.join(r, f)) for r, _, fs in
                      os.walk(os.path.join(d, str(s))) for f in fs) for s in (1, 3)}
-  ckpt = checkpoint.Checkpointer(d, every=1, keep=10)
+  ckpt = checkpoint_manager.Checkpointer(d, every=1, keep=10)
   _, _, step = ckpt.restore(abstract(states[2]))
   assert step == 2
   assert "moved damaged step 3 " in caplog.text

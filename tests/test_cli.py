@@ -19,7 +19,8 @@ from conftest import REPO
 
 from olmo_jax import cli, config_files, workdir
 from olmo_jax import config as config_lib
-from olmo_jax.train import DEFAULT_CONFIG, translate_aliases
+from olmo_jax.cli import translate_aliases
+from olmo_jax.train import DEFAULT_CONFIG
 
 TINY = ["--config.train.batch_size=4", "--config.train.seq_len=32",
         "--config.train.warmup_steps=1", "--config.train.progress_bar=false"]

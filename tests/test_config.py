@@ -13,6 +13,7 @@ from olmo_jax import config as config_lib
 from olmo_jax import config_files
 from olmo_jax import config_sections as sections
 from olmo_jax.datadecide import study as study_lib
+from olmo_jax.datadecide.results import InputError
 from olmo_jax.model import ModelConfig
 
 YAML = os.path.join(REPO, "configs", "training_configs", "default_training.yaml")
@@ -76,7 +77,7 @@ def test_one_override_function_for_yaml_and_the_study(tmp_path):
   study = {"recipes": {"a": {}}, "sizes": ["t"], "seq_len": 16, "batch_size": 4,
            "custom_sizes": {"t": {"d_model": 16, "n_heads": 2, "n_layers": 2}},
            "overrides": {"train": {"steps": "many"}}}
-  with pytest.raises(study_lib.InputError, match="train.steps must be an integer.*study's "
+  with pytest.raises(InputError, match="train.steps must be an integer.*study's "
                                                   "overrides or recipes"):
     study_lib.Study(ml_collections.ConfigDict(study), str(tmp_path))
 
@@ -86,7 +87,7 @@ def test_study_config_files_load_as_training_config_files(tmp_path):
   path.write_text("def get_config(arg='x'):\n  return {'name': arg}\n")
   assert study_lib.load_study_config(f"{path}:y") == {"name": "y"}
   assert study_lib.load_study_config(str(path)) == {"name": "x"}
-  with pytest.raises(study_lib.InputError, match="study config not found: .*nope.py"):
+  with pytest.raises(InputError, match="study config not found: .*nope.py"):
     study_lib.load_study_config(str(tmp_path / "nope.py") + ":y")
 
 

@@ -13,7 +13,7 @@ import pytest
 from hf_fixtures import hf_random_model, max_diff, random_params
 from test_hf import write_hf_olmo
 
-from olmo_jax import checkpoint, optim
+from olmo_jax import checkpoint, checkpoint_manager, hf, hf_import, optim
 from olmo_jax import config as config_lib
 from olmo_jax.model import forward
 
@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
   tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=2, total_steps=10)
   state = {"step": np.int32(7), "params": params, "opt_state": jax.jit(tx.init)(params),
            "rng": np.zeros(2, np.uint32)}
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1,
+  ckpt = checkpoint_manager.Checkpointer(os.path.join(workdir, "checkpoints"), every=1, keep=1,
                                  async_save=False,
                                  metadata={"config": config_lib.to_dict(cfg),
                                            "tokenizer_hash": None})
@@ -184,7 +184,7 @@ def test_from_hf_round_trip_gives_a_params_checkpoint(trained, exported, tmp_pat
   assert config_lib.model_config(ml_collections.ConfigDict(meta["config"])) == mcfg
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
-  assert checkpoint.Checkpointer(os.path.join(out, "checkpoints"), every=1,
+  assert checkpoint_manager.Checkpointer(os.path.join(out, "checkpoints"), every=1,
                                  keep=1).latest_step() is None  # a fresh run starts from it
   init = checkpoint.load_init_params(out)
   for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(params)):
@@ -253,7 +253,6 @@ def test_convert_to_hf_refuses_a_non_empty_output_unless_overwrite(trained, expo
 
 
 def test_truncated_safetensors_is_one_error_line_naming_the_file(exported, tmp_path):
-  from olmo_jax import hf
   damaged = tmp_path / "damaged"
   shutil.copytree(exported, damaged)
   weights = damaged / "model.safetensors"
@@ -261,7 +260,7 @@ def test_truncated_safetensors_is_one_error_line_naming_the_file(exported, tmp_p
   for cut in (len(data) // 2, 5):
     weights.write_bytes(data[:cut])
     with pytest.raises(hf.ConversionError, match=f"weights file {weights} cannot be read"):
-      hf.import_hf(str(damaged))
+      hf_import.import_hf(str(damaged))
   weights.write_bytes(data[:len(data) // 2])
   proc = _run_script("scripts/convert_from_hf.py", "--hf", str(damaged), "--output",
                      str(tmp_path / "run"))
@@ -288,7 +287,6 @@ def test_legacy_bin_converts_and_an_unsafe_pickle_is_named(exported, tmp_path):
   import torch
   from safetensors.numpy import load_file
 
-  from olmo_jax import hf
   tensors = {k: torch.from_numpy(v)
              for k, v in load_file(os.path.join(exported, "model.safetensors")).items()}
   # torch's legacy (non-zip) format holds tensors only: safe to read, just not mmap-able.
@@ -298,7 +296,7 @@ def test_legacy_bin_converts_and_an_unsafe_pickle_is_named(exported, tmp_path):
                      str(tmp_path / "run"))
   assert proc.returncode == 0, proc.stderr[-3000:]
   params, _ = checkpoint.restore_params(str(tmp_path / "run"))
-  _, expected = hf.import_hf(exported)
+  _, expected = hf_import.import_hf(exported)
   for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
     np.testing.assert_array_equal(np.asarray(got), want)
   # Training arguments pickled beside the weights: refused, and said to be what it is.

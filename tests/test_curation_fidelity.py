@@ -10,8 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from data_pipeline import curation
+from data_pipeline import curation, dedup, quality_rules, selection, tokenization
 from data_pipeline import tokenizer as tokenizer_lib
+from data_pipeline.corpus import Corpus
+from data_pipeline.curation_step import CHAIN_VERSION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +33,7 @@ POOL = _words(6000, 0)
 
 def jaccard(a: str, b: str, ngram: int = 5) -> float:
   """Exact Jaccard of two documents' word n-gram sets, as minhash_dedup compares them."""
-  x, y = curation.shingles(a, ngram), curation.shingles(b, ngram)
+  x, y = dedup.shingles(a, ngram), dedup.shingles(b, ngram)
   inter = np.intersect1d(x, y).size
   return inter / (x.size + y.size - inter)
 
@@ -83,7 +85,7 @@ def test_every_pair_at_or_above_the_threshold_loses_its_copy_from_the_command_li
   raw.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
   out = tmp_path / "out"
   chain = '[{"step": "minhash_dedup", "threshold": 0.8}]'
-  proc = subprocess.run([sys.executable, "-m", "data_pipeline.tokenize", "--inputs", str(raw),
+  proc = subprocess.run([sys.executable, "-m", "data_pipeline.tokenize_files", "--inputs", str(raw),
                          "--output", str(out), "--chain", chain, "--workers", "1"],
                         cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr
@@ -98,24 +100,24 @@ def test_every_pair_at_or_above_the_threshold_loses_its_copy_from_the_command_li
 
 def test_datasketch_balanced_banding_misses_pairs_the_recall_banding_finds():
   texts, copies, _, _ = planted_corpus()
-  corpus = curation.Corpus(["mem"], texts, [{} for _ in texts], np.zeros(len(texts), np.int64))
+  corpus = Corpus(["mem"], texts, [{} for _ in texts], np.zeros(len(texts), np.int64))
   dropped = {}
   for lsh in ("recall", "balanced"):
-    step = curation.MinHashDedup(threshold=0.8, lsh=lsh)
+    step = dedup.MinHashDedup(threshold=0.8, lsh=lsh)
     keep, _ = step.apply(corpus, np.arange(len(texts)))
     dropped[lsh] = set(np.flatnonzero(~keep).tolist())
   assert dropped["recall"] == copies
   assert dropped["balanced"] < copies  # datasketch's equal-weight banding misses some
-  assert curation.lsh_bands(0.8, 128, "balanced") == (9, 13)
+  assert dedup.lsh_bands(0.8, 128, "balanced") == (9, 13)
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.7, 0.8, 0.85, 0.9, 0.95])
 def test_recall_banding_misses_a_pair_at_the_threshold_at_most_one_in_a_million(threshold):
-  b, r = curation.lsh_bands(threshold, 128)
+  b, r = dedup.lsh_bands(threshold, 128)
   assert b * r <= 128 and b >= 2
-  assert (1 - threshold ** r) ** b <= curation.LSH_MISS
+  assert (1 - threshold ** r) ** b <= dedup.LSH_MISS
   # and it is the fewest-candidates banding that does: one more row per band would not
-  assert (1 - threshold ** (r + 1)) ** (128 // (r + 1)) > curation.LSH_MISS
+  assert (1 - threshold ** (r + 1)) ** (128 // (r + 1)) > dedup.LSH_MISS
 
 
 def _chain_docs():
@@ -137,12 +139,12 @@ def test_a_chain_of_near_duplicates_keeps_the_first_document_of_its_cluster():
   for order, want in (((a, b, c), "AX"), ((b, a, c), "BX"), ((c, b, a), "CX"),
                       ((a, c, b), "AX"), ((other, c, a, b), "XC")):
     docs = list(order) + ([other] if other not in order else [])
-    corpus = curation.Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
-    kept, rows = curation.run_chain([curation.MinHashDedup(threshold=0.8)], corpus)
+    corpus = Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
+    kept, rows = curation.run_chain([dedup.MinHashDedup(threshold=0.8)], corpus)
     assert "".join(names[docs[i]] for i in kept) == want, [names[d] for d in docs]
   # In the order A, C, B, C is dropped although only B (after it) is its near-duplicate.
-  corpus = curation.Corpus(["mem"], [a, c, b], [{}] * 3, np.zeros(3, np.int64))
-  _, rows = curation.run_chain([curation.MinHashDedup(threshold=0.8)], corpus)
+  corpus = Corpus(["mem"], [a, c, b], [{}] * 3, np.zeros(3, np.int64))
+  _, rows = curation.run_chain([dedup.MinHashDedup(threshold=0.8)], corpus)
   details = [d["detail"] for d in rows[0]["examples"]["dropped"]]
   assert details[0].startswith(f"Jaccard {jaccard(b, c):.3f} with mem#2; kept mem#0")
 
@@ -209,7 +211,7 @@ def test_rule_step_decisions_equal_datatroves_default_filter(step):
   docs = varied_documents()
   filt = _datatrove(step)
   want = [_datatrove_reason(filt, t, k) for k, t in enumerate(docs)]
-  corpus = curation.Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
+  corpus = Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
   keep, why = curation.STEPS[step]().apply(corpus, np.arange(len(docs)))
   got = [None] * len(docs)
   for j, (reason, _) in zip(np.flatnonzero(~keep).tolist(), why):
@@ -228,7 +230,7 @@ def test_a_chain_of_rules_decides_each_document_as_datatroves_filters_in_turn():
     reasons = {k: _datatrove_reason(filt, docs[k], k) for k in alive}
     want.append({k: r for k, r in reasons.items() if r is not None})
     alive = [k for k in alive if reasons[k] is None]
-  corpus = curation.Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
+  corpus = Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
   kept, rows = curation.run_chain(curation.parse_chain([{"step": s} for s in steps]), corpus)
   assert kept.tolist() == alive
   for row, dropped in zip(rows, want):
@@ -258,9 +260,9 @@ def test_a_token_budget_is_filled_skipping_documents_that_do_not_fit():
   docs = [f"doc {k}" for k in range(len(sizes))]
   for mode in ("uniform", "length_weighted"):
     for seed in range(5):
-      corpus = curation.Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
+      corpus = Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
       corpus.tokens[:] = sizes
-      step = curation.Subsample(mode=mode, tokens=2000, seed=seed)
+      step = selection.Subsample(mode=mode, tokens=2000, seed=seed)
       alive = np.arange(len(docs))
       keep, _ = step.apply(corpus, alive)
       left = 2000 - int(sizes[keep].sum())
@@ -281,45 +283,44 @@ def topic_documents(n_topics=10, per=5, seed=0):
 
 def test_diversity_sampling_covers_every_planted_topic():
   docs, topic = topic_documents()
-  corpus = curation.Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
+  corpus = Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
   alive = np.arange(len(docs))
   missed_with_one_start = 0
   for seed in range(6):
     # one document per cluster: all 10 topics exactly when every cluster is one topic
-    keep, _ = curation.Subsample(mode="diversity", fraction=0.2, clusters=10,
+    keep, _ = selection.Subsample(mode="diversity", fraction=0.2, clusters=10,
                                  seed=seed).apply(corpus, alive)
     assert sorted(topic[keep].tolist()) == list(range(10))
-    keep, _ = curation.Subsample(mode="diversity", fraction=0.2, clusters=10, seed=seed,
+    keep, _ = selection.Subsample(mode="diversity", fraction=0.2, clusters=10, seed=seed,
                                  n_init=1).apply(corpus, alive)
     missed_with_one_start += len(set(topic[keep].tolist())) < 10
   assert missed_with_one_start >= 2  # a single k-means start merges planted topics
 
 
 def test_files_curated_by_an_earlier_version_are_refused_not_reused(tmp_path):
-  from data_pipeline import tokenize
   raw = tmp_path / "docs.jsonl"
   raw.write_text("".join(json.dumps({"text": " ".join(POOL[k:k + 60])}) + "\n"
                          for k in range(0, 600, 60)))
   out = tmp_path / "out"
   chain = [{"step": "minhash_dedup"}]
-  index = tokenize.run([str(raw)], str(out), progress=False, chain=chain)
-  assert index["chain_version"] == curation.CHAIN_VERSION
+  index = tokenization.run([str(raw)], str(out), progress=False, chain=chain)
+  assert index["chain_version"] == CHAIN_VERSION
   del index["chain_version"]  # as written before versions were recorded
   (out / "index.json").write_text(json.dumps(index))
   with pytest.raises(ValueError, match="curated by version 1 of the curation steps"):
-    tokenize.run([str(raw)], str(out), progress=False, chain=chain)
-  again = tokenize.run([str(raw)], str(out), progress=False, chain=chain, overwrite=True)
-  assert again["chain_version"] == curation.CHAIN_VERSION
+    tokenization.run([str(raw)], str(out), progress=False, chain=chain)
+  again = tokenization.run([str(raw)], str(out), progress=False, chain=chain, overwrite=True)
+  assert again["chain_version"] == CHAIN_VERSION
 
 
 def test_no_words_is_our_reason_only_where_datatrove_cannot_decide():
   docs = ["", "   \n ", "!!! ???", " ".join(["the cat and the dog"] * 20) + "."]
-  corpus = curation.Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
-  _, why = curation.GopherQuality().apply(corpus, np.arange(len(docs)))
+  corpus = Corpus(["mem"], docs, [{} for _ in docs], np.zeros(len(docs), np.int64))
+  _, why = quality_rules.GopherQuality().apply(corpus, np.arange(len(docs)))
   assert [r for r, _ in why] == ["gopher_short_doc"] * 3  # datatrove's own reason
   from datatrove.data import Document
   from datatrove.pipeline.filters import GopherQualityFilter
   with pytest.raises(ZeroDivisionError):  # datatrove itself fails on these documents
     GopherQualityFilter(min_doc_words=None).filter(Document(text="", id="0"))
-  keep, why = curation.GopherQuality(min_doc_words=None).apply(corpus, np.arange(len(docs)))
+  keep, why = quality_rules.GopherQuality(min_doc_words=None).apply(corpus, np.arange(len(docs)))
   assert keep[3] and [r for r, _ in why][:2] == ["no_words", "no_words"]

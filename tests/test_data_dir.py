@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, built_plan
 
-from data_pipeline import mixture
+from data_pipeline import data_plan, mixture, recipe_config
 
 TINY = [
     "--config.model.size=custom", "--config.model.d_model=32", "--config.model.n_heads=2",
@@ -79,10 +79,11 @@ def test_data_dir_mistakes_exit_2_naming_the_fix(corpus, tmp_path, case, message
 
 
 def test_directory_sources_mix_by_tokens(corpus):
-  cfg = mixture.default_config()
+  cfg = recipe_config.default_config()
   cfg.data_dir = str(corpus)
-  assert mixture.mixture_name(cfg) == "all"
-  it = mixture.build_train_iterator(cfg, seq_len=15, batch_size=64, seed=0, vocab_size=500)
+  assert recipe_config.mixture_name(cfg) == "all"
+  it = mixture.build_train_iterator(built_plan(cfg), seq_len=15, batch_size=64, seed=0,
+                                    vocab_size=500)
   first = np.stack([next(it)["input_ids"] for _ in range(20)]).reshape(-1, 16)
   assert first.max() < 499 and len(first) == 1280
   state = json.loads(it.get_state()["fingerprint"])
@@ -91,9 +92,9 @@ def test_directory_sources_mix_by_tokens(corpus):
 
 
 def test_unknown_data_config_key_is_named():
-  cfg = mixture.default_config()
+  cfg = recipe_config.default_config()
   cfg.max_epoch = 1  # a typo of max_epochs
   with pytest.raises(ValueError, match="data.max_epoch is not a known field"):
-    mixture.validate_config(cfg, 500)
+    data_plan.validate_config(cfg, 500)
   with pytest.raises(ValueError, match=r"data.shuffle='yes' must be a bool"):
-    mixture.data_config({"shuffle": "yes"})
+    recipe_config.data_config({"shuffle": "yes"})

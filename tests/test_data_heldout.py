@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, built_plan
 
-from data_pipeline import heldout, mixture
+from data_pipeline import heldout, mixture, recipe_config
 from data_pipeline import tokenizer as tokenizer_lib
 
 EOS = tokenizer_lib.EOS_TOKEN_ID
@@ -65,7 +65,7 @@ def corpus(tmp_path_factory):
 
 
 def both_cfg(d, fraction, **kw):
-  cfg = mixture.default_config()
+  cfg = recipe_config.default_config()
   cfg.mixture, cfg.data_dir, cfg.recipes_dir = "both", str(d), str(d / "recipes")
   cfg.heldout_fraction = fraction
   for k, v in kw.items():
@@ -76,7 +76,7 @@ def both_cfg(d, fraction, **kw):
 def test_training_never_reads_heldout_documents(corpus):
   d, lengths = corpus
   cfg = both_cfg(d, 0.3)
-  held = list(mixture.heldout_documents(cfg))
+  held = list(heldout.heldout_documents(built_plan(cfg)))
   by_source = {s: [doc for doc in held if doc.source == s] for s in ("tok", "ar")}
   assert by_source["tok"] and by_source["ar"]
   for doc in held:  # whole documents: every token of one document, then its EOS
@@ -86,7 +86,8 @@ def test_training_never_reads_heldout_documents(corpus):
   held_ids = {int(doc.tokens[0]) for doc in held}
   tok_share = sum(len(doc.tokens) for doc in by_source["tok"]) / sum(lengths.values())
   assert 0.1 < tok_share < 0.6
-  it = mixture.build_train_iterator(cfg, seq_len=63, batch_size=50, seed=3, vocab_size=VOCAB)
+  it = mixture.build_train_iterator(built_plan(cfg), seq_len=63, batch_size=50, seed=3,
+                                    vocab_size=VOCAB)
   seen = set()
   for _ in range(250):  # two epochs of the larger source, many of the smaller
     seen |= set(np.unique(next(it)["input_ids"]).tolist())
@@ -101,32 +102,33 @@ def test_training_never_reads_heldout_documents(corpus):
 def test_split_off_reads_everything_as_before(corpus):
   d, _ = corpus
   kw = dict(seq_len=31, batch_size=16, seed=5, vocab_size=VOCAB)
-  off = mixture.build_train_iterator(both_cfg(d, 0.0), **kw)
+  off = mixture.build_train_iterator(built_plan(both_cfg(d, 0.0)), **kw)
   cfg_without_field = both_cfg(d, 0.0)
   del cfg_without_field["heldout_fraction"]  # a config from before the field existed
-  before = mixture.build_train_iterator(cfg_without_field, **kw)
+  before = mixture.build_train_iterator(built_plan(cfg_without_field), **kw)
   for _ in range(30):
     np.testing.assert_array_equal(next(off)["input_ids"], next(before)["input_ids"])
   assert off.get_state() == before.get_state()
   assert "heldout" not in json.loads(off.get_state()["fingerprint"])
-  on = mixture.build_train_iterator(both_cfg(d, 0.3), **kw)
+  on = mixture.build_train_iterator(built_plan(both_cfg(d, 0.3)), **kw)
   assert json.loads(on.get_state()["fingerprint"])["heldout"] == [0.3, heldout.CHUNK_TOKENS]
   with pytest.raises(ValueError, match="no held-out split"):
-    list(mixture.heldout_documents(both_cfg(d, 0.0)))
+    list(heldout.heldout_documents(built_plan(both_cfg(d, 0.0))))
 
 
 def test_split_is_deterministic_resumable_and_independent_of_the_run(corpus):
   d, _ = corpus
-  docs = [doc.tokens for doc in mixture.heldout_documents(both_cfg(d, 0.3))]
-  again = [doc.tokens for doc in mixture.heldout_documents(both_cfg(d, 0.3, seed=9))]
+  docs = [doc.tokens for doc in heldout.heldout_documents(built_plan(both_cfg(d, 0.3)))]
+  again = [doc.tokens for doc in heldout.heldout_documents(built_plan(both_cfg(d, 0.3, seed=9)))]
   assert len(docs) == len(again) and all(np.array_equal(a, b) for a, b in zip(docs, again))
-  tail = [doc.tokens for doc in mixture.heldout_documents(both_cfg(d, 0.3), start=7)]
+  tail = [doc.tokens for doc in heldout.heldout_documents(built_plan(both_cfg(d, 0.3)), start=7)]
   assert len(tail) == len(docs) - 7 and all(np.array_equal(a, b) for a, b in zip(docs[7:], tail))
   # In-loop batches: the same for any seed, and the processes' shares make the global batch.
   kw = dict(seq_len=63, vocab_size=VOCAB)
-  one = mixture.heldout_batches(both_cfg(d, 0.3), 3, batch_size=8, seed=1, **kw)
-  other_seed = mixture.heldout_batches(both_cfg(d, 0.3), 3, batch_size=8, seed=2, **kw)
-  halves = [mixture.heldout_batches(both_cfg(d, 0.3), 3, batch_size=4, seed=1, process_index=i,
+  one = heldout.heldout_batches(built_plan(both_cfg(d, 0.3)), 3, batch_size=8, seed=1, **kw)
+  other_seed = heldout.heldout_batches(built_plan(both_cfg(d, 0.3)), 3, batch_size=8, seed=2, **kw)
+  halves = [heldout.heldout_batches(built_plan(both_cfg(d, 0.3)), 3, batch_size=4, seed=1,
+                                    process_index=i,
                                     process_count=2, **kw) for i in range(2)]
   for b in range(3):
     np.testing.assert_array_equal(one[b]["input_ids"], other_seed[b]["input_ids"])
@@ -138,12 +140,12 @@ def test_split_is_deterministic_resumable_and_independent_of_the_run(corpus):
   assert set(np.unique(rows).tolist()) - {EOS} <= held_ids
   # Training resumes over the split like any other stream.
   kw = dict(seq_len=31, batch_size=8, seed=4, vocab_size=VOCAB)
-  it = mixture.build_train_iterator(both_cfg(d, 0.3), **kw)
+  it = mixture.build_train_iterator(built_plan(both_cfg(d, 0.3)), **kw)
   for _ in range(5):
     next(it)
   state = it.get_state()
   expected = [next(it)["input_ids"] for _ in range(20)]
-  resumed = mixture.build_train_iterator(both_cfg(d, 0.3), **kw)
+  resumed = mixture.build_train_iterator(built_plan(both_cfg(d, 0.3)), **kw)
   resumed.set_state(state)
   for e in expected:
     np.testing.assert_array_equal(next(resumed)["input_ids"], e)
@@ -152,10 +154,10 @@ def test_split_is_deterministic_resumable_and_independent_of_the_run(corpus):
 def test_too_small_a_split_for_the_in_loop_loss_names_the_fix(corpus):
   d, _ = corpus
   with pytest.raises(ValueError, match="held-out split holds .* raise data.heldout_fraction"):
-    mixture.heldout_batches(both_cfg(d, 0.3), 400, seq_len=255, batch_size=32, seed=0,
+    heldout.heldout_batches(built_plan(both_cfg(d, 0.3)), 400, seq_len=255, batch_size=32, seed=0,
                             vocab_size=VOCAB)
   with pytest.raises(ValueError, match="data.heldout_fraction is 0"):
-    mixture.heldout_batches(both_cfg(d, 0.0), 1, seq_len=15, batch_size=2, seed=0,
+    heldout.heldout_batches(built_plan(both_cfg(d, 0.0)), 1, seq_len=15, batch_size=2, seed=0,
                             vocab_size=VOCAB)
 
 
@@ -172,10 +174,10 @@ def test_bits_per_byte_inputs_from_text_and_token_documents(tmp_path):
   os.makedirs(tmp_path / "tok")
   ids = np.concatenate([tok.encode(t, add_special_tokens=False).ids + [EOS] for t in TEXTS])
   ids.astype(np.uint16).tofile(tmp_path / "tok" / "part-00000.npy")
-  cfg = mixture.default_config()
+  cfg = recipe_config.default_config()
   cfg.mixture, cfg.data_dir = "custom", str(tmp_path)
   cfg.sources, cfg.heldout_fraction = "text=text/*.jsonl.gz,tok=tok/*.npy", 0.2
-  held = list(mixture.heldout_documents(cfg))
+  held = list(heldout.heldout_documents(built_plan(cfg)))
   for source in ("text", "tok"):
     docs = [d for d in held if d.source == source]
     assert docs

@@ -7,7 +7,7 @@ import grain
 import numpy as np
 import pytest
 
-from data_pipeline import index_shuffle, sources
+from data_pipeline import document_sources, index_shuffle, sources
 from data_pipeline import tokenizer as tokenizer_lib
 
 
@@ -124,7 +124,7 @@ DOCS = ["Hello world.", "", "Second document, with unicode: café ✓", "x" * 50
 def test_document_formats_read_the_same_documents(tmp_path, fmt):
   path = _docs_files(tmp_path, DOCS)[fmt]
   assert sources.read_documents(path) == DOCS
-  assert len(sources.DocumentSource([path])) == len(DOCS)
+  assert len(document_sources.DocumentSource([path])) == len(DOCS)
 
 
 def test_bad_document_files_raise_naming_the_file(tmp_path):
@@ -133,7 +133,7 @@ def test_bad_document_files_raise_naming_the_file(tmp_path):
   data = open(files["gz"], "rb").read()
   cut.write_bytes(data[:len(data) // 2])
   with pytest.raises(ValueError, match="cut.jsonl.gz: truncated or corrupt gzip"):
-    sources.DocumentSource([str(cut)])
+    document_sources.DocumentSource([str(cut)])
   cutz = tmp_path / "cut.jsonl.zst"
   data = open(files["zst"], "rb").read()
   cutz.write_bytes(data[:len(data) - 5])
@@ -165,8 +165,8 @@ def test_packed_stream_is_tokens_plus_eos_concatenated_and_split(tmp_path):
   tok = tokenizer_lib.load_tokenizer()
   flat = np.concatenate([tok.encode(d, add_special_tokens=False).ids + [50279] for d in docs])
   ref = _packed_reference(docs, 16)
-  stream = sources.PackedStream(sources.DocumentSource([path]), window=16, seed=0,
-                                shuffle=False, vocab_size=50280)
+  stream = document_sources.PackedStream(document_sources.DocumentSource([path]), window=16,
+                                         seed=0, shuffle=False, vocab_size=50280)
   got = np.concatenate([stream.take(3), stream.take(5), stream.take(len(ref) - 8)])
   np.testing.assert_array_equal(got, ref)
   assert stream.get_state()["epoch"] == 0  # the tail shorter than a window is still pending
@@ -181,8 +181,8 @@ def test_packed_stream_shards_documents_by_process(tmp_path):
   path = _docs_files(tmp_path, docs)["jsonl"]
   seen = []
   for pi in range(2):
-    s = sources.PackedStream(sources.DocumentSource([path]), window=4, seed=3, shuffle=True,
-                             process_index=pi, process_count=2)
+    s = document_sources.PackedStream(document_sources.DocumentSource([path]), window=4,
+                                      seed=3, shuffle=True, process_index=pi, process_count=2)
     seen.append({s._doc_id(0, p) for p in range(s.docs_per_epoch)})  # pylint: disable=protected-access
   assert not seen[0] & seen[1]
   assert seen[0] | seen[1] == {(0, j) for j in range(9)}
@@ -196,9 +196,9 @@ def test_array_record_documents(tmp_path):
   for t in toks:
     writer.write(t.tobytes())
   writer.close()
-  src = sources.DocumentSource([path], record_format="tokens_uint16")
+  src = document_sources.DocumentSource([path], record_format="tokens_uint16")
   assert len(src) == 2
-  stream = sources.PackedStream(src, window=3, seed=0, shuffle=False)
+  stream = document_sources.PackedStream(src, window=3, seed=0, shuffle=False)
   np.testing.assert_array_equal(stream.take(2), [[5, 6, 7], [50279, 8, 9]])
 
 
@@ -224,11 +224,11 @@ def test_tfds_prepared_data_source(tmp_path):
 
   builder = TinyText(data_dir=str(tmp_path), file_format="array_record")
   builder.download_and_prepare()
-  src = sources.TfdsDocumentSource("tiny_text", "train", str(tmp_path))
+  src = document_sources.TfdsDocumentSource("tiny_text", "train", str(tmp_path))
   assert len(src) == 5
   assert sorted(src[i] for i in range(5)) == [f"tfds document {i}" for i in range(5)]
   with pytest.raises(FileNotFoundError, match="'tfds'.*not_there"):
-    sources.TfdsDocumentSource("not_there", "train", str(tmp_path))
+    document_sources.TfdsDocumentSource("not_there", "train", str(tmp_path))
 
 
 def test_excluded_spans_leave_the_numbering_and_many_files_stay_readable(tmp_path):

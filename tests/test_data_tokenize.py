@@ -8,8 +8,17 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import built_plan
 
-from data_pipeline import mixture, sample_corpus, sources, tokenize
+from data_pipeline import (
+  data_plan,
+  materialize,
+  mixture,
+  recipe_config,
+  sample_corpus,
+  sources,
+  tokenization,
+)
 from data_pipeline import tokenizer as tokenizer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +45,7 @@ def raw(tmp_path):
 def test_cli_writes_olmo_token_files_and_index(raw, tmp_path):
   d, docs = raw
   out = tmp_path / "out"
-  proc = subprocess.run([sys.executable, "-m", "data_pipeline.tokenize", "--inputs",
+  proc = subprocess.run([sys.executable, "-m", "data_pipeline.tokenize_files", "--inputs",
                          str(d / "*.jsonl.gz"), "--output", str(out), "--workers", "1"],
                         cwd=REPO, capture_output=True, text=True, check=True)
   assert "15 documents" in proc.stdout
@@ -56,11 +65,11 @@ def test_cli_writes_olmo_token_files_and_index(raw, tmp_path):
 def test_rerun_skips_finished_shards_and_redoes_missing_ones(raw, tmp_path):
   d, _ = raw
   out = str(tmp_path / "out")
-  tokenize.run([str(d / "*.jsonl.gz")], out, progress=False)
+  tokenization.run([str(d / "*.jsonl.gz")], out, progress=False)
   first = open(os.path.join(out, "part-00000.npy"), "rb").read()
   stamp = os.path.getmtime(os.path.join(out, "part-00000.npy"))
   os.remove(os.path.join(out, "part-00001.npy"))  # as if the run died before this shard
-  index = tokenize.run([str(d / "*.jsonl.gz")], out, progress=False)
+  index = tokenization.run([str(d / "*.jsonl.gz")], out, progress=False)
   assert os.path.getmtime(os.path.join(out, "part-00000.npy")) == stamp  # skipped
   assert open(os.path.join(out, "part-00000.npy"), "rb").read() == first
   assert os.path.isfile(os.path.join(out, "part-00001.npy"))
@@ -73,22 +82,22 @@ def test_bad_input_fails_without_leaving_a_visible_shard(raw, tmp_path):
   (d / "f1.jsonl.gz").write_bytes(data[:len(data) // 2])
   out = str(tmp_path / "out")
   with pytest.raises(ValueError, match="f1.jsonl.gz: truncated or corrupt gzip"):
-    tokenize.run([str(d / "*.jsonl.gz")], out, progress=False)
+    tokenization.run([str(d / "*.jsonl.gz")], out, progress=False)
   assert not os.path.exists(os.path.join(out, "part-00001.npy"))
   assert not [f for f in os.listdir(out) if ".tmp" in f]
   with pytest.raises(FileNotFoundError, match="nothing-here"):
-    tokenize.run([str(d / "nothing-here*.jsonl")], out, progress=False)
+    tokenization.run([str(d / "nothing-here*.jsonl")], out, progress=False)
   (d / "empty.jsonl").write_text("")
   with pytest.raises(ValueError, match="empty.jsonl"):
-    tokenize.run([str(d / "empty.jsonl")], out, progress=False)
+    tokenization.run([str(d / "empty.jsonl")], out, progress=False)
 
 
 def test_tokenized_files_feed_the_mixture(raw, tmp_path):
   d, _ = raw
-  tokenize.run([str(d / "*.jsonl.gz")], str(tmp_path / "tok"), progress=False)
-  cfg = mixture.default_config()
+  tokenization.run([str(d / "*.jsonl.gz")], str(tmp_path / "tok"), progress=False)
+  cfg = recipe_config.default_config()
   cfg.mixture, cfg.data_dir, cfg.sources = "custom", str(tmp_path), "t=tok/*.npy"
-  batch = next(mixture.build_train_iterator(cfg, seq_len=7, batch_size=2, seed=0,
+  batch = next(mixture.build_train_iterator(built_plan(cfg), seq_len=7, batch_size=2, seed=0,
                                             vocab_size=50304))
   assert batch["input_ids"].shape == (2, 8)
 
@@ -96,8 +105,8 @@ def test_tokenized_files_feed_the_mixture(raw, tmp_path):
 @pytest.mark.slow
 def test_parallel_workers_write_the_same_shards(raw, tmp_path):
   d, _ = raw
-  a = tokenize.run([str(d / "*.jsonl.gz")], str(tmp_path / "a"), workers=1, progress=False)
-  b = tokenize.run([str(d / "*.jsonl.gz")], str(tmp_path / "b"), workers=2, progress=False)
+  a = tokenization.run([str(d / "*.jsonl.gz")], str(tmp_path / "a"), workers=1, progress=False)
+  b = tokenization.run([str(d / "*.jsonl.gz")], str(tmp_path / "b"), workers=2, progress=False)
   assert a["tokens"] == b["tokens"]
   for k in range(3):
     assert (open(tmp_path / "a" / f"part-{k:05d}.npy", "rb").read()
@@ -129,13 +138,21 @@ def test_sample_corpus_is_built_once_deterministically(small_corpus, tmp_path):
   assert any("def " in doc for doc in docs)
 
 
-def test_sample_recipe_builds_on_first_use(small_corpus, tmp_path):
-  cfg = mixture.default_config()
+def test_sample_recipe_is_built_by_the_explicit_materialize_step_only(small_corpus, tmp_path):
+  cfg = recipe_config.default_config()
   cfg.mixture, cfg.data_dir = "sample", str(tmp_path / "data")
-  mixture.validate_config(cfg, 50304)  # cheap: does not build
+  data_plan.validate_config(cfg, 50304)  # cheap: does not build
+  plan = data_plan.resolve(cfg)
+  assert "built on first use" in data_plan.describe(plan)
+  # The readers never build: they name the step an entry point takes first.
+  with pytest.raises(ValueError, match="python -m data_pipeline.sample_corpus"):
+    mixture.build_train_iterator(plan, seq_len=64, batch_size=8, seed=0, vocab_size=50304)
+  with pytest.raises(TypeError, match="DataPlan"):
+    mixture.build_train_iterator(cfg, seq_len=64, batch_size=8, seed=0, vocab_size=50304)
   assert not sample_corpus.is_built(cfg.data_dir)
-  it = mixture.build_train_iterator(cfg, seq_len=64, batch_size=8, seed=0, vocab_size=50304)
-  assert sample_corpus.is_built(cfg.data_dir)
+  materialize.materialize(plan)
+  assert sample_corpus.is_built(cfg.data_dir) and not plan.unbuilt()
+  it = mixture.build_train_iterator(plan, seq_len=64, batch_size=8, seed=0, vocab_size=50304)
   rows = np.concatenate([next(it)["input_ids"] for _ in range(20)])
   text = tokenizer_lib.load_tokenizer().decode(rows[:, :32].ravel().tolist())
   assert "def " in text or "self" in text  # code is in the mix
@@ -155,7 +172,7 @@ def test_full_sample_corpus_build_is_deterministic(tmp_path):
 
 
 def tokenize_cli(*args):
-  return subprocess.run([sys.executable, "-m", "data_pipeline.tokenize", *args], cwd=REPO,
+  return subprocess.run([sys.executable, "-m", "data_pipeline.tokenize_files", *args], cwd=REPO,
                         capture_output=True, text=True)
 
 
@@ -202,13 +219,13 @@ def test_input_edited_without_changing_its_size_is_not_already_done(tmp_path):
 def test_finished_shards_are_recognised_by_their_input_hash(raw, tmp_path):
   d, _ = raw
   out = str(tmp_path / "out")
-  tokenize.run([str(d / "*.jsonl.gz")], out, progress=False)
+  tokenization.run([str(d / "*.jsonl.gz")], out, progress=False)
   side = os.path.join(out, "part-00002.json")
   meta = json.loads(open(side).read())
   meta["source_sha256"] = "0" * 64  # as if the shard came from other bytes of the same size
   open(side, "w").write(json.dumps(meta))
   stamps = [os.path.getmtime(os.path.join(out, f"part-{k:05d}.npy")) for k in range(3)]
-  tokenize.run([str(d / "*.jsonl.gz")], out, progress=False)
+  tokenization.run([str(d / "*.jsonl.gz")], out, progress=False)
   after = [os.path.getmtime(os.path.join(out, f"part-{k:05d}.npy")) for k in range(3)]
   assert after[:2] == stamps[:2] and after[2] != stamps[2]
 

@@ -13,8 +13,12 @@ import pandas as pd
 import pytest
 
 from olmo_jax import sizes
-from olmo_jax.datadecide import analysis as A
+from olmo_jax.datadecide import decisions as decisions_lib
+from olmo_jax.datadecide import fits as fits_lib
+from olmo_jax.datadecide import noise as noise_lib
 from olmo_jax.datadecide import results as R
+from olmo_jax.datadecide import scaling as scaling_lib
+from olmo_jax.datadecide import scores as scores_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLISHED_COMPUTE = {
@@ -62,11 +66,11 @@ def random_study(rng, recipes="abcde", sizes_=("S", "M", "L"), seeds=(1, 2, 3),
 def test_pairwise_agreement_ties_by_hand():
   target = pd.Series({"a": 3.0, "b": 2.0, "c": 2.0, "d": 1.0})
   pred = pd.Series({"a": 1.0, "b": 2.0, "c": 5.0, "d": 1.0})
-  acc, n, ties = A.pairwise_agreement(pred, target)
+  acc, n, ties = decisions_lib.pairwise_agreement(pred, target)
   # (b,c) tied at the target is skipped; (a,d) tied in the prediction counts 1/2.
   assert (acc, n, ties) == (2.5 / 5, 5, 1)
-  assert A.pairwise_agreement(target, target)[0] == 1.0
-  assert A.pairwise_agreement(-target, target)[0] == 0.0
+  assert decisions_lib.pairwise_agreement(target, target)[0] == 1.0
+  assert decisions_lib.pairwise_agreement(-target, target)[0] == 0.0
 
 
 @pytest.mark.parametrize("seeds", [(1, 2, 3), (7,)])
@@ -77,7 +81,7 @@ def test_decision_accuracy_matches_brute_force(seeds):
   vals = {k: v for k, v in vals.items() if not (k[0] == "e" and k[1] == "M" and k[2] == seeds[0])}
   table = table_from(vals)
   warnings = []
-  da = A.decision_accuracy(table, "L", warnings=warnings)
+  da = decisions_lib.decision_accuracy(table, "L", warnings=warnings)
   target = {r: np.mean([vals[(r, "L", s, 30)] for s in seeds]) for r in "abcde"}
   for size in ("S", "M"):
     per_seed = []
@@ -115,8 +119,8 @@ def test_recipe_missing_at_one_size_is_reported():
   vals = {k: v for k, v in random_study(rng).items() if not (k[0] == "c" and k[1] == "S")}
   table = table_from(vals)
   warnings = []
-  rk = A.rankings(table, warnings=warnings)
-  da = A.decision_accuracy(table, "L", warnings=warnings)
+  rk = scores_lib.rankings(table, warnings=warnings)
+  da = decisions_lib.decision_accuracy(table, "L", warnings=warnings)
   assert set(rk[rk["size"] == "S"]["recipe"]) == set("abde")
   assert any("size S" in w and "c" in w for w in warnings)
   row = da[(da["size"] == "S") & (da["protocol"] == "seed_mean")].iloc[0]
@@ -132,7 +136,7 @@ def test_missing_final_checkpoint_cell_is_reported():
                 & (table["step"] == 30)].assign(recipe="a", task="other")
   table = R.validate_table(pd.concat([table, extra]))
   warnings = []
-  s = A.run_scores(table, warnings=warnings)
+  s = scores_lib.run_scores(table, warnings=warnings)
   assert not ((s["recipe"] == "a") & (s["size"] == "S") & (s["seed"] == 2)
               & (s["task"] == "t")).any()
   assert any("run a/S/seed 2" in w and "final step 30" in w for w in warnings)
@@ -144,24 +148,24 @@ def test_rankings_ties_last_k_and_direction():
     for st in (10, 20, 30):
       vals[(r, "S", 1, st)] = v + (0.0 if st == 30 else 5.0 * (r == "c"))
   table = table_from(vals)
-  rk = A.rankings(table)
+  rk = scores_lib.rankings(table)
   assert list(rk["recipe"]) == ["a", "b", "c"] and list(rk["rank"]) == [1, 1, 3]
-  rk3 = A.rankings(table, last_k=3)  # c's earlier checkpoints lift its mean to 1 + 10/3
+  rk3 = scores_lib.rankings(table, last_k=3)  # c's earlier checkpoints lift its mean to 1 + 10/3
   assert rk3.iloc[0]["recipe"] == "c" and rk3.iloc[0]["mean"] == pytest.approx(1 + 10 / 3)
   loss = table.assign(metric="loss")
-  assert list(A.rankings(loss)["recipe"]) == ["c", "a", "b"]
+  assert list(scores_lib.rankings(loss)["recipe"]) == ["c", "a", "b"]
 
 
 def test_frontier_and_checkpoints_match_brute_force():
   vals = random_study(np.random.default_rng(5))
   table = table_from(vals)
-  pts = A.checkpoint_decision_accuracy(table, "L", protocols=("seed_mean",))
+  pts = decisions_lib.checkpoint_decision_accuracy(table, "L", protocols=("seed_mean",))
   target = {r: np.mean([vals[(r, "L", s, 30)] for s in (1, 2, 3)]) for r in "abcde"}
   for size, step in itertools.product(("S", "M"), (10, 20, 30)):
     means = {r: np.mean([vals[(r, size, s, step)] for s in (1, 2, 3)]) for r in "abcde"}
     got = pts[(pts["size"] == size) & (pts["step"] == step)].iloc[0]
     assert got["decision_accuracy"] == pytest.approx(brute_pairs(means, target)[0])
-  f = A.frontier(pts)
+  f = decisions_lib.frontier(pts)
   brute = [r for _, r in pts.iterrows()
            if not any((o["compute_fraction"] <= r["compute_fraction"])
                       and (o["decision_accuracy"] > r["decision_accuracy"])
@@ -179,8 +183,8 @@ def test_snr_matches_brute_force():
   vals = random_study(np.random.default_rng(6), rounding=3)
   vals = {k: v + 10 for k, v in vals.items()}
   table = table_from(vals)
-  out = A.snr(table, noise_checkpoints=2)
-  one = A.snr(table[table["seed"] == 1], noise_checkpoints=2)
+  out = noise_lib.snr(table, noise_checkpoints=2)
+  one = noise_lib.snr(table[table["seed"] == 1], noise_checkpoints=2)
   for size in ("S", "M", "L"):
     means = [np.mean([vals[(r, size, s, 30)] for s in (1, 2, 3)]) for r in "abcde"]
     signal = (max(means) - min(means)) / abs(np.mean(means))
@@ -207,12 +211,13 @@ def test_power_law_3p_recovers_parameters():
   rng = np.random.default_rng(0)
   c = np.logspace(15, 19, 12)
   true = {"A": 3000.0, "alpha": 0.2, "E": 1.8}
-  y = A.power_law_3p(c, true) * np.exp(rng.normal(0, 1e-3, c.size))
-  p = A.fit_power_law_3p(c, y)
+  y = fits_lib.power_law_3p(c, true) * np.exp(rng.normal(0, 1e-3, c.size))
+  p = fits_lib.fit_power_law_3p(c, y)
   assert p["alpha"] == pytest.approx(0.2, rel=0.05)
   assert p["E"] == pytest.approx(1.8, rel=0.02)
   assert p["A"] == pytest.approx(3000, rel=0.3)
-  assert A.power_law_3p(1e21, p) == pytest.approx(A.power_law_3p(1e21, true), rel=5e-3)
+  assert fits_lib.power_law_3p(1e21, p) == pytest.approx(fits_lib.power_law_3p(1e21, true),
+                                                         rel=5e-3)
 
 
 def test_power_law_5p_recovers_parameters():
@@ -220,20 +225,20 @@ def test_power_law_5p_recovers_parameters():
   n = np.repeat(np.logspace(6, 9, 5), 4)
   d = n * np.tile([20.0, 50.0, 100.0, 200.0], 5)
   true = {"A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28, "E": 1.7}
-  y = A.power_law_5p(n, d, true) * np.exp(rng.normal(0, 1e-3, n.size))
-  p = A.fit_power_law_5p(n, d, y)
+  y = fits_lib.power_law_5p(n, d, true) * np.exp(rng.normal(0, 1e-3, n.size))
+  p = fits_lib.fit_power_law_5p(n, d, y)
   for k in ("alpha", "beta"):
     assert p[k] == pytest.approx(true[k], abs=0.02)
   assert p["E"] == pytest.approx(1.7, rel=0.03)
-  assert A.power_law_5p(1e10, 1e12, p) == pytest.approx(A.power_law_5p(1e10, 1e12, true),
-                                                        rel=0.01)
+  assert fits_lib.power_law_5p(1e10, 1e12, p) == pytest.approx(
+      fits_lib.power_law_5p(1e10, 1e12, true), rel=0.01)
 
 
 def test_sigmoid_recovers_parameters():
   rng = np.random.default_rng(2)
   x = np.linspace(1, 4, 40)
   true = {"a": 0.6, "k": -3.0, "L0": 2.5, "b": 0.25}
-  p = A.fit_sigmoid(x, A.sigmoid(x, true) * np.exp(rng.normal(0, 1e-3, x.size)))
+  p = fits_lib.fit_sigmoid(x, fits_lib.sigmoid(x, true) * np.exp(rng.normal(0, 1e-3, x.size)))
   for k, v in true.items():
     assert p[k] == pytest.approx(v, rel=0.03, abs=0.01)
 
@@ -249,15 +254,15 @@ def test_two_step_prediction_on_synthetic_ladder():
       for frac in (0.5, 0.8, 0.9, 1.0):
         c = cmax * frac
         loss = 2000.0 * c ** -0.2 + e
-        for metric, v in (("loss", loss), ("acc", float(A.sigmoid(loss, acc_curve)))):
+        for metric, v in (("loss", loss), ("acc", float(fits_lib.sigmoid(loss, acc_curve)))):
           rows.append({"recipe": r, "size": size, "seed": 1, "step": int(frac * 100),
                        "tokens": c / 6e6, "compute": c, "task": "t", "metric": metric,
                        "value": v})
   table = R.validate_table(pd.DataFrame(rows))
-  preds = A.scaling_law_predictions(table, "T", forms=("3p",))
+  preds = scaling_lib.scaling_law_predictions(table, "T", forms=("3p",))
   acc = preds[preds["metric"] == "acc"].set_index("recipe")
   assert acc["rel_error"].max() < 0.02
-  da = A.scaling_law_decision_accuracy(preds, table, "T")
+  da = scaling_lib.scaling_law_decision_accuracy(preds, table, "T")
   assert set(da["decision_accuracy"]) == {1.0}
   assert set(da["size"]) == {"L"} and set(da["method"]) == {"scaling_law_3p"}
 
@@ -322,7 +327,7 @@ def test_bad_tables_fail_clearly(tmp_path):
   with pytest.raises(R.InputError, match="duplicate"):
     R.validate_table(pd.concat([t, t]))
   with pytest.raises(ValueError, match="target size 'XL' is not in the results table"):
-    A.decision_accuracy(t, "XL")
+    decisions_lib.decision_accuracy(t, "XL")
 
 
 def test_analysis_imports_without_jax():

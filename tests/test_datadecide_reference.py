@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from olmo_jax.datadecide import analysis as A
+from olmo_jax.datadecide import decisions as decisions_lib
+from olmo_jax.datadecide import fits as fits_lib
+from olmo_jax.datadecide import scaling as scaling_lib
 
 # (target, prediction, DataDecide binary_accuracy)
 BINARY_ACCURACY = [
@@ -38,33 +40,34 @@ OLMO_STEP2 = {False: 0.8023276505326695, True: 0.8437934573036284}  # sigmoid(0.
 
 @pytest.mark.parametrize("target,pred,expected", BINARY_ACCURACY)
 def test_ties_datadecide_equals_datadecide_binary_accuracy(target, pred, expected):
-  acc, n, _ = A.pairwise_agreement(pd.Series(pred), pd.Series(target), ties="datadecide")
+  acc, n, _ = decisions_lib.pairwise_agreement(pd.Series(pred), pd.Series(target),
+                                               ties="datadecide")
   assert acc == pytest.approx(expected, abs=1e-12)
   assert n == len(target) * (len(target) - 1) // 2  # every pair counts
 
 
 def test_step1_3_param_equals_olmo_ladder_fit():
-  p = A.fit_power_law_3p(np.array(STEP1_FS), np.array(STEP1_XS))
+  p = fits_lib.fit_power_law_3p(np.array(STEP1_FS), np.array(STEP1_XS))
   assert np.log(p["A"]) == pytest.approx(OLMO_3P["a"], rel=1e-6)
   assert p["alpha"] == pytest.approx(OLMO_3P["alpha"], rel=1e-6)
   assert p["E"] == pytest.approx(OLMO_3P["E"], rel=1e-6)
-  assert A.power_law_3p(1e20, p) == pytest.approx(OLMO_3P["pred_1e20"], rel=1e-7)
+  assert fits_lib.power_law_3p(1e20, p) == pytest.approx(OLMO_3P["pred_1e20"], rel=1e-7)
 
 
 def test_step1_2_param_reaches_olmo_objective():
   """Every residual sits in the Huber loss's linear part: the optimum is a flat valley, so
   the fits may differ in parameters but not in objective (and predict within 0.5%)."""
   f, y = np.array(STEP1_FS), np.array(STEP1_XS)
-  p = A.fit_power_law_2p(f, y)
-  theirs = A.huber(OLMO_2P["a"] - OLMO_2P["alpha"] * np.log(f) - np.log(y)).sum()
+  p = fits_lib.fit_power_law_2p(f, y)
+  theirs = fits_lib.huber(OLMO_2P["a"] - OLMO_2P["alpha"] * np.log(f) - np.log(y)).sum()
   assert p["objective"] <= theirs * (1 + 1e-9)
-  assert A.power_law_3p(1e20, p) == pytest.approx(OLMO_2P["pred_1e20"], rel=5e-3)
+  assert fits_lib.power_law_3p(1e20, p) == pytest.approx(OLMO_2P["pred_1e20"], rel=5e-3)
 
 
 @pytest.mark.parametrize("helper", [False, True])
 def test_step2_equals_olmo_ladder_fit(helper):
   x, y = STEP2_XS, np.array(STEP2_YS)
   if helper:  # DataDecide's helper point: a loss of 0 scores the task maximum, 1
-    x, y = np.append(x, A.HELPER_POINT[0]), np.append(y, A.HELPER_POINT[1])
-  p = A.fit_sigmoid(x, y, least_squares=True)
-  assert float(A.sigmoid(0.7, p)) == pytest.approx(OLMO_STEP2[helper], rel=1e-6)
+    x, y = np.append(x, scaling_lib.HELPER_POINT[0]), np.append(y, scaling_lib.HELPER_POINT[1])
+  p = fits_lib.fit_sigmoid(x, y, least_squares=True)
+  assert float(fits_lib.sigmoid(0.7, p)) == pytest.approx(OLMO_STEP2[helper], rel=1e-6)

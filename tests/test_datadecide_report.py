@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from olmo_jax import sizes
-from olmo_jax.datadecide import analysis as A
+from olmo_jax.datadecide import fits as fits_lib
 from olmo_jax.datadecide import results as R
+from olmo_jax.datadecide import scores as scores_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = ("dolma17", "c4", "falcon", "DCLM-baseline")
@@ -32,7 +33,7 @@ def synthetic_ladder(seed=0, recipes=RECIPES, sizes_=("4M", "20M", "60M", "150M"
           step = s.final_step * k // n_ckpt
           c = R.ladder_compute(z, step)
           bpb = (3000.0 * c ** -0.2 + 1.9 + 0.08 * i) * np.exp(rng.normal(0, noise))
-          acc = float(A.sigmoid(bpb, {"a": 0.6, "k": -3.0, "L0": 3.0, "b": 0.25}))
+          acc = float(fits_lib.sigmoid(bpb, {"a": 0.6, "k": -3.0, "L0": 3.0, "b": 0.25}))
           rows += R.make_rows(r, z, sd, step, R.ladder_tokens(z, step), R.size_params(z),
                               {"arc_easy": {"acc_raw": acc + rng.normal(0, noise), "bpb": bpb}})
   return R.validate_table(pd.DataFrame(rows))
@@ -204,7 +205,8 @@ def test_decision_accuracy_figure_plots_the_csv_rows(tmp_path):
   out = report.write_report(t, "150M", str(tmp_path / "rep"), n_boot=50)
   res = out["result"]
   csv = pd.read_csv(tmp_path / "rep" / "decision_accuracy.csv")
-  prim = {k: A.primary_metric(k, g["metric"].unique()) for k, g in res.table.groupby("task")}
+  prim = {k: scores_lib.primary_metric(k, g["metric"].unique())
+          for k, g in res.table.groupby("task")}
   assert prim["macro"] == "primary" and set(prim.values()) == {"primary", "acc_raw"}
   assert any("'primary' means acc_raw there" in w for w in res.warnings)  # not silent
   for against, want in (("primary", csv["task"].map(prim)), ("same", csv["metric"])):

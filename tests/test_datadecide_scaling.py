@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from olmo_jax.datadecide import analysis as A
+from olmo_jax.datadecide import fits as fits_lib
 from olmo_jax.datadecide import results as R
+from olmo_jax.datadecide import scaling as scaling_lib
 
 SIZE_C = {"S": 1e15, "M": 1e16, "L": 1e17, "XL": 1e18, "T": 1e19}
 CURVES = {"a": {"a": 0.7, "k": -2.0, "L0": 3.0, "b": 0.25},  # per-recipe loss -> accuracy
@@ -26,7 +27,7 @@ def ladder(sizes=("S", "M", "L", "XL", "T"), n_ckpt=10, quality=None, curves=CUR
       for k in range(1, n_ckpt + 1):
         c = SIZE_C[size] * k / n_ckpt
         loss = 2000.0 * c ** -0.2 + e
-        for metric, v in (("bpb", loss), ("acc", float(A.sigmoid(loss, curves[r])))):
+        for metric, v in (("bpb", loss), ("acc", float(fits_lib.sigmoid(loss, curves[r])))):
           rows.append({"recipe": r, "size": size, "seed": 1, "step": 10 * k,
                        "tokens": c / 6e6, "compute": c, "task": "t", "metric": metric,
                        "value": v})
@@ -36,7 +37,7 @@ def ladder(sizes=("S", "M", "L", "XL", "T"), n_ckpt=10, quality=None, curves=CUR
 def test_step1_point_is_the_mean_of_the_last_tenth_of_checkpoints_by_count():
   for n in (5, 10, 20, 23):
     t = ladder(sizes=("S",), n_ckpt=n)
-    pts = A._fit_points(t[t["metric"] == "bpb"])
+    pts = scaling_lib._fit_points(t[t["metric"] == "bpb"])
     got = pts[pts["recipe"] == "a"]["value"].iloc[0]
     vals = t[(t["recipe"] == "a") & (t["metric"] == "bpb")].sort_values("step")["value"]
     first = min(n - 1, math.ceil(0.9 * n))  # DataDecide: index ceil(0.9 n) onward, >= 1 point
@@ -47,7 +48,7 @@ def test_step1_point_is_the_mean_of_the_last_tenth_of_checkpoints_by_count():
 @pytest.mark.parametrize("share", [0.9, 0.5])
 def test_step2_takes_the_last_share_of_checkpoints(share):
   t = ladder(sizes=("S", "M"), n_ckpt=10)
-  pts = A._step2_points(t[t["recipe"] == "a"], "bpb", "acc", share)
+  pts = scaling_lib._step2_points(t[t["recipe"] == "a"], "bpb", "acc", share)
   keep = 10 - math.ceil((1 - share) * 10)
   assert len(pts) == 2 * keep
   assert pts.index.get_level_values("step").min() == 10 * (10 - keep + 1)
@@ -56,7 +57,7 @@ def test_step2_takes_the_last_share_of_checkpoints(share):
 def test_step2_is_fitted_per_recipe():
   """Two recipes with different loss -> accuracy curves: each is predicted within 1%."""
   t = ladder()
-  p = A.scaling_law_predictions(t, "T", forms=("3p",))
+  p = scaling_lib.scaling_law_predictions(t, "T", forms=("3p",))
   acc = p[p["metric"] == "acc"].set_index("recipe")
   assert set(acc["status"]) == {"ok"}
   assert acc["rel_error"].max() < 0.01
@@ -71,13 +72,13 @@ def json_curve(s):
 def test_under_determined_fits_are_reported_and_left_out():
   t = ladder(sizes=("S", "M", "T"))  # 2 proxy sizes: the 3-parameter law has 2 points
   w = []
-  p = A.scaling_law_predictions(t, "T", forms=("3p", "2p"), warnings=w)
+  p = scaling_lib.scaling_law_predictions(t, "T", forms=("3p", "2p"), warnings=w)
   three = p[p["setup"] == "3_param-default"]
   assert set(three["status"]) == {"under-determined: 2 proxy sizes < 3 parameters"}
   assert three["predicted"].isna().all()
   assert set(p[p["setup"] == "2_param-default"]["status"]) == {"ok"}
   assert any("3_param-default" in x and "under-determined" in x for x in w)
-  da = A.scaling_law_decision_accuracy(p, t, "T")
+  da = scaling_lib.scaling_law_decision_accuracy(p, t, "T")
   row = da[(da["setup"] == "3_param-default") & (da["metric"] == "acc")].iloc[0]
   assert np.isnan(row["decision_accuracy"]) and row["missing"] == "a,b"
   assert da[da["setup"] == "2_param-default"]["decision_accuracy"].notna().all()
@@ -85,23 +86,23 @@ def test_under_determined_fits_are_reported_and_left_out():
 
 def test_predictions_within_tolerance_are_a_tie():
   t = ladder(quality={"a": 1.9, "b": 1.9 + 1e-12}, curves={"a": CURVES["a"], "b": CURVES["a"]})
-  p = A.scaling_law_predictions(t, "T", forms=("3p",))
+  p = scaling_lib.scaling_law_predictions(t, "T", forms=("3p",))
   bpb = p[p["metric"] == "bpb"].set_index("recipe")["predicted"]
   # the fits' own jitter separates identical recipes by ~1e-9: within TIE_RTOL, a tie
-  assert abs(bpb["a"] - bpb["b"]) < A.TIE_RTOL * abs(bpb["a"])
+  assert abs(bpb["a"] - bpb["b"]) < scaling_lib.TIE_RTOL * abs(bpb["a"])
   tgt = t[t["size"] == "T"].copy()
   tgt.loc[tgt["recipe"] == "b", "value"] += 0.01  # the target does order them
   t2 = pd.concat([t[t["size"] != "T"], tgt])
   for ties, expected in (("half", 0.5), ("datadecide", 0.0)):
-    da = A.scaling_law_decision_accuracy(p, t2, "T", ties=ties)
+    da = scaling_lib.scaling_law_decision_accuracy(p, t2, "T", ties=ties)
     assert set(da["decision_accuracy"]) == {expected}
 
 
 def test_every_datadecide_setup_runs_or_says_why():
   t = ladder()  # 4 proxy sizes
   w = []
-  p = A.scaling_law_predictions(t, "T", forms=tuple(A.SETUPS), warnings=w)
-  assert set(p["setup"]) == set(A.SETUPS) and len(A.SETUPS) == 8
+  p = scaling_lib.scaling_law_predictions(t, "T", forms=tuple(scaling_lib.SETUPS), warnings=w)
+  assert set(p["setup"]) == set(scaling_lib.SETUPS) and len(scaling_lib.SETUPS) == 8
   status = p.groupby("setup")["status"].agg(lambda s: sorted(set(s)))
   for setup in ("3_param-default", "3_param-helper_points", "3_param-step2=0.5",
                 "3_param-helper_points-step2=0.5", "2_param-default", "3_param-1_step"):

@@ -15,8 +15,10 @@ from datadecide_fakes import STUDY_BODY, write_study_config
 from datadecide_planted import planted_table
 from scipy import stats
 
-from olmo_jax.datadecide import analysis as A
+from olmo_jax.datadecide import decisions as decisions_lib
+from olmo_jax.datadecide import noise as noise_lib
 from olmo_jax.datadecide import results as R
+from olmo_jax.datadecide import scores as scores_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE = tuple(np.geomspace(0.002, 0.03, 10))  # planted per-task noise, increasing
@@ -26,7 +28,7 @@ NOISE = tuple(np.geomspace(0.002, 0.03, 10))  # planted per-task noise, increasi
 def test_snr_ranks_tasks_by_planted_noise(seeds):
   """Rising learning curve, one noise level per task: SNR falls as the planted noise rises."""
   table = planted_table(n_recipes=25, n_sizes=2, task_noise=NOISE, n_ckpt=10, seeds=seeds)
-  s = A.snr(table)
+  s = noise_lib.snr(table)
   s = s[s["size"] == "s00"].set_index("task").loc[[f"t{i}" for i in range(len(NOISE))]]
   assert set(s["noise_source"]) == {"seeds" if len(seeds) > 1 else "checkpoints"}
   assert stats.spearmanr(s["noise"], NOISE)[0] >= 0.9
@@ -60,11 +62,11 @@ def _trend_snr(table: pd.DataFrame, size: str) -> pd.Series:
 def test_snr_tracks_decision_accuracy_on_25_recipes_14_sizes():
   table = planted_table(task_noise=NOISE, seeds=(1, 2, 3))
   one = table[table["seed"] == 1]
-  snr, snr1 = A.snr(table), A.snr(one)
+  snr, snr1 = noise_lib.snr(table), noise_lib.snr(one)
   for size in ("s02", "s08", "s12"):
     def da_of(t):
-      d = A.decision_accuracy(t[t["size"].isin([size, "s13"])], "s13", protocols=("per_seed",),
-                              target_metrics=("same",))
+      d = decisions_lib.decision_accuracy(t[t["size"].isin([size, "s13"])], "s13",
+                                          protocols=("per_seed",), target_metrics=("same",))
       return d.set_index("task")["decision_accuracy"]
     da, da1 = da_of(table), da_of(one)
     ours = snr[snr["size"] == size].set_index("task")["snr"].reindex(da.index)
@@ -170,8 +172,8 @@ def test_confidence_resamples_whole_runs_at_proxy_and_target():
   assert "not the chance that the target agrees" in alone["method"]
   table = planted_table(n_recipes=3, n_sizes=2, task_noise=(0.01, 0.02), seeds=(1, 2, 3),
                         metric="acc_raw")
-  full = pd.concat([table, A.macro_table(table)], ignore_index=True)
-  got = confidence.headline_runs(full, "s00", A.MACRO_TASK, A.MACRO_METRIC)
+  full = pd.concat([table, scores_lib.macro_table(table)], ignore_index=True)
+  got = confidence.headline_runs(full, "s00", scores_lib.MACRO_TASK, scores_lib.MACRO_METRIC)
   final = table[(table["size"] == "s00") & (table["step"] == table["step"].max())]
   want = final.groupby(["recipe", "seed"])["value"].mean()
   assert len(got) == 9 and np.allclose(got.set_index(["recipe", "seed"])["value"].sort_index(),
@@ -231,9 +233,9 @@ def test_macro_rows_match_a_brute_force_mean_over_tasks():
            for i, m in enumerate(("acc_raw", "bpb", "correct_prob"))]
   table = pd.concat(parts, ignore_index=True)
   w = []
-  full = pd.concat([table, A.macro_table(table, w)], ignore_index=True)
+  full = pd.concat([table, scores_lib.macro_table(table, w)], ignore_index=True)
   assert any("'primary' means acc_raw there" in x for x in w)  # t0.. have no OLMES primary
-  da = A.decision_accuracy(full, "s02", target_metrics=("primary",))
+  da = decisions_lib.decision_accuracy(full, "s02", target_metrics=("primary",))
   final = table[table["step"] == table["step"].max()]
   v = final.groupby(["size", "seed", "recipe", "metric"])["value"].mean()  # mean over tasks
   target = {r: np.mean([v[("s02", sd, r, "acc_raw")] for sd in (1, 2, 3)])
@@ -244,8 +246,9 @@ def test_macro_rows_match_a_brute_force_mean_over_tasks():
     for sd in (1, 2, 3):
       pred = {r: sign * v[(size, sd, r, metric)] for r in target}
       accs.append(brute(pred, target, "half"))
-    rows = da[(da["task"] == A.MACRO_TASK) & (da["metric"] == metric) & (da["size"] == size)
-              & (da["target_metric"] == A.MACRO_METRIC)].set_index("protocol")
+    rows = da[(da["task"] == scores_lib.MACRO_TASK) & (da["metric"] == metric)
+              & (da["size"] == size)
+              & (da["target_metric"] == scores_lib.MACRO_METRIC)].set_index("protocol")
     assert rows.loc["per_seed", "decision_accuracy"] == pytest.approx(np.mean(accs))
     mean = {r: sign * np.mean([v[(size, sd, r, metric)] for sd in (1, 2, 3)]) for r in target}
     assert rows.loc["seed_mean", "decision_accuracy"] == pytest.approx(
@@ -265,8 +268,9 @@ def test_planted_effects_grow_so_decision_accuracy_rises_with_compute():
   q = pd.Series(truth["quality"])
   order = list(sizes.LADDER)
   for metric in ("acc_raw", "bpb", "correct_prob"):
-    acc = [np.mean([A.pairwise_agreement(A.oriented(v[(metric, z, sd)], metric), q)[0]
-                    for sd in table["seed"].unique()]) for z in order]
+    acc = [np.mean([decisions_lib.pairwise_agreement(
+        scores_lib.oriented(v[(metric, z, sd)], metric), q)[0]
+        for sd in table["seed"].unique()]) for z in order]
     rho = pd.Series(acc).corr(pd.Series(range(len(acc))), method="spearman")
     assert rho > 0.9 and acc[-1] - acc[0] > 0.2, (metric, np.round(acc, 3))
 

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from datadecide_fakes import STUDY_BODY, write_study_config
 
+from olmo_jax.datadecide import results as results_lib
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS])}
@@ -308,7 +310,7 @@ def test_cells_resolve_through_the_training_config(tmp_path):
   fixed = S.Study(ml_collections.ConfigDict(
       {**base, "overrides": {"train": {"steps": 30}}}), str(tmp_path / "c"))
   assert fixed.steps("t") == 30 and fixed.grid_steps("t") == [10, 20, 30]
-  with pytest.raises(S.InputError, match="train.nope"):
+  with pytest.raises(results_lib.InputError, match="train.nope"):
     S.Study(ml_collections.ConfigDict({**base, "overrides": {"train": {"nope": 1}}}),
             str(tmp_path / "d"))
 

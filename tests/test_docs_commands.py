@@ -39,7 +39,7 @@ NOT_RUN = {
     "make datadecide-demo": "~15 minutes of training (test_datadecide_study runs a small study)",
     "python -m olmo_jax.train --config configs/train.py:150M --workdir runs/150M-dolma17 "
     "--config.data.mixture=dolma17 --config.mesh.fsdp=-1": "needs the Dolma 1.7 token files",
-    "python -m data_pipeline.tokenize --inputs 'raw/*.jsonl.gz' --output data/mysource/":
+    "python -m data_pipeline.tokenize_files --inputs 'raw/*.jsonl.gz' --output data/mysource/":
         "needs the user's raw text (test_data_tokenize runs it on made files)",
     "python -m eval.run --checkpoint runs/150M-dolma17 --tasks olmes --output eval/150M":
         "needs a trained 150M run (test_eval_run scores a tiny one)",
@@ -65,11 +65,11 @@ NOT_RUN = {
     "python -m eval.run --checkpoint gs://": "a bucket (test_gcs)",
     "python scripts/convert_to_hf.py --checkpoint gs://": "a bucket (test_gcs)",
     "python -m olmo_jax.train ... ": "a template (the data flags of any training command)",
-    "python -m data_pipeline.tokenize --inputs 'raw/*.jsonl.gz' --output data/":
-        "needs the user's raw text (test_data_tokenize, test_curation)",
-    "python -m data_pipeline.tokenize --recipe curation_dedup_rules --data_dir data":
-        "minutes of curation (test_curation runs the shipped recipe, slow)",
-    "python -m data_pipeline.inspect data/curated/<key>": "a template",
+    "python -m data_pipeline.tokenize_files --inputs 'raw/*.jsonl.gz' --output data/":
+        "needs the user's raw text (test_data_tokenize, test_curation_tokenize)",
+    "python -m data_pipeline.tokenize_files --recipe curation_dedup_rules --data_dir data":
+        "minutes of curation (test_curation_tokenize runs the shipped recipe, slow)",
+    "python -m data_pipeline.inspect_tokens data/curated/<key>": "a template",
     "python -m olmo_jax.datadecide --config configs/datadecide/demo.py --workdir runs/dd [":
         "a template of the flags",
     "python -m olmo_jax.datadecide report --results runs/dd/results.parquet":

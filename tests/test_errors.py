@@ -115,7 +115,7 @@ def test_trainer_gives_the_gpu_allocator_the_memory_its_plan_counts(cli_env):
 def test_tokenize_non_utf8_names_file_and_line_and_the_fixed_rerun_runs(tmp_path):
   src, out = tmp_path / "a.jsonl", tmp_path / "out"
   src.write_bytes(b'{"text": "hello world"}\n{"text": "caf\xe9 au lait"}\n')
-  cmd = [sys.executable, "-m", "data_pipeline.tokenize", "--inputs", str(src), "--output",
+  cmd = [sys.executable, "-m", "data_pipeline.tokenize_files", "--inputs", str(src), "--output",
          str(out)]
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)

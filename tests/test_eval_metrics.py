@@ -73,7 +73,7 @@ def test_every_emitted_metric_has_a_direction(tmp_path):
 
   from data_pipeline.heldout import EvalDocument
   from eval import lm
-  from olmo_jax.datadecide import analysis, scorers
+  from olmo_jax.datadecide import scorers
   emitted = set(metrics.instance_metrics([-1.0, -2.0], [1, 2], [3, 4], [3, 4], 0, [-1.5, -1.0]))
   olmes = set(metrics.ACC_METRICS + metrics.PROB_METRICS)
   assert len(olmes) == 16 and olmes <= emitted
@@ -92,10 +92,10 @@ def test_every_emitted_metric_has_a_direction(tmp_path):
   emitted.add("bpb")  # the synthetic DataDecide tables' loss-like metric
   assert emitted - set(metrics.DIRECTION) == set()
   for m in ("bits_per_byte", "bpb", "loss", "perplexity"):
-    assert metrics.direction(m) == "lower" and not analysis.higher_is_better(m)
+    assert metrics.direction(m) == "lower" and not metrics.higher_is_better(m)
   for m in olmes | {"accuracy", "acc,none"}:
-    assert metrics.direction(m) == "higher" and analysis.higher_is_better(m)
-  assert analysis.higher_is_better is metrics.higher_is_better
+    assert metrics.direction(m) == "higher" and metrics.higher_is_better(m)
+  assert metrics.higher_is_better is metrics.higher_is_better
   # Names from elsewhere (DataDecide's published table) follow the name rule.
   assert not metrics.higher_is_better("bits_per_byte_corr")
   assert metrics.higher_is_better("primary_score")

@@ -8,6 +8,9 @@ import sys
 import pytest
 from eval_fixtures import ROOT, export_hf, tiny_eval_config, write_tiny_checkpoint
 
+from olmo_jax import locking
+from olmo_jax import workdir as workdir_lib
+
 
 def run_cli(*args, timeout=900):
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -309,10 +312,9 @@ def test_the_demo_hint_runs_offline(tiny_run, tmp_path):
 
 
 def test_a_second_eval_run_on_a_held_output_is_refused_at_once(tiny_run, tmp_path):
-  from olmo_jax import workdir as workdir_lib
   workdir, _, _ = tiny_run
   out = tmp_path / "out"
-  lock = workdir_lib.lock_for(str(out), workdir_lib.EVALUATION)  # as a running eval.run holds it
+  lock = locking.lock_for(str(out), workdir_lib.EVALUATION)  # as a running eval.run holds it
   lock.acquire()
   try:
     p = run_cli("--checkpoint", workdir, "--tasks", "boolq", "--limit", "1", "--output",

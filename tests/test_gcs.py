@@ -16,7 +16,7 @@ import uuid
 import numpy as np
 import pytest
 
-from olmo_jax import paths
+from olmo_jax import checkpoint, checkpoint_manager, gcs_lock, locking, paths, workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "olmo-test"
@@ -97,11 +97,10 @@ def test_paths_read_write_list_move_remove(bucket):
 
 
 def test_bucket_lock_refuses_a_second_trainer_and_takes_over_a_dead_one(bucket):
-  from olmo_jax import gcs_lock, paths, workdir
-  a = workdir.lock_for(bucket)
+  a = locking.lock_for(bucket)
   assert isinstance(a, gcs_lock.BucketWorkdirLock)
   assert a.acquire() is None and a.created
-  b = workdir.lock_for(bucket)
+  b = locking.lock_for(bucket)
   with pytest.raises(workdir.WorkdirBusyError,
                      match=rf"workdir {bucket} is in use by another trainer \(PID {os.getpid()} "
                            rf"on host {re.escape(socket.gethostname())}, started .*\); wait for "
@@ -117,7 +116,7 @@ def test_bucket_lock_refuses_a_second_trainer_and_takes_over_a_dead_one(bucket):
   dead.wait()
   rec = dict(host=socket.gethostname(), pid=dead.pid, started=time.time(), command="x")
   paths.write_atomic(f"{bucket}/trainer.lock", json.dumps(rec))
-  c = workdir.lock_for(bucket)
+  c = locking.lock_for(bucket)
   msg = c.acquire()
   assert msg.startswith(f"workdir {bucket}: took over the lock left by a trainer that ended "
                         f"without releasing it (PID {dead.pid} on host ")
@@ -126,7 +125,6 @@ def test_bucket_lock_refuses_a_second_trainer_and_takes_over_a_dead_one(bucket):
 
 
 def test_bucket_lock_lease_heartbeat_and_expiry(bucket):
-  from olmo_jax import gcs_lock, paths, workdir
   # Another host's lock: alive while its heartbeat is within the lease, taken over after.
   rec = dict(host="elsewhere", pid=1, started=time.time(), command="x")
   paths.write_atomic(f"{bucket}/trainer.lock", json.dumps(rec))
@@ -146,8 +144,7 @@ def test_bucket_lock_lease_heartbeat_and_expiry(bucket):
 def test_checkpoints_in_a_bucket_manifest_retention_and_corrupt_fallback(bucket):
   import jax.numpy as jnp
 
-  from olmo_jax import checkpoint, paths
-  ckpt = checkpoint.Checkpointer(f"{bucket}/checkpoints", every=1, keep=2, async_save=True)
+  ckpt = checkpoint_manager.Checkpointer(f"{bucket}/checkpoints", every=1, keep=2, async_save=True)
   for step in (1, 2, 3):
     state = {"step": jnp.int32(step), "params": {"w": jnp.full((4, 3), float(step))}}
     ckpt.save(step, state, {"step": step})

@@ -18,8 +18,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.numpy import load_file, save_file  # noqa: E402
 
+from data_pipeline import tokenizer as tokenizer_lib  # noqa: E402
 from data_pipeline.tokenizer import load_tokenizer  # noqa: E402
-from olmo_jax import hf, sizes  # noqa: E402
+from olmo_jax import hf, hf_import, sizes  # noqa: E402
 from olmo_jax import params as params_lib  # noqa: E402
 from olmo_jax.model import VARIANTS  # noqa: E402
 
@@ -90,15 +91,16 @@ def test_export_writes_a_tokenizer_transformers_loads_offline(exported):
   ours = load_tokenizer()
   for text in fx.SENTENCES:
     assert tok(text).input_ids == ours.encode(text).ids
-  assert (tok.eos_token, tok.eos_token_id) == ("<|endoftext|>", sizes.EOS_TOKEN_ID)
-  assert tok.pad_token_id == sizes.PAD_TOKEN_ID
+  assert (tok.eos_token, tok.eos_token_id) == ("<|endoftext|>", tokenizer_lib.EOS_TOKEN_ID)
+  assert tok.pad_token_id == tokenizer_lib.PAD_TOKEN_ID
   gen = transformers.GenerationConfig.from_pretrained(directory)
-  assert (gen.eos_token_id, gen.pad_token_id) == (sizes.EOS_TOKEN_ID, sizes.PAD_TOKEN_ID)
+  assert (gen.eos_token_id, gen.pad_token_id) == (tokenizer_lib.EOS_TOKEN_ID,
+                                                  tokenizer_lib.PAD_TOKEN_ID)
 
 
 def test_export_then_import_returns_the_same_config_and_bytes(exported):
   cfg, params, directory = exported
-  cfg2, params2 = hf.import_hf(directory)
+  cfg2, params2 = hf_import.import_hf(directory)
   assert cfg2 == cfg
   a, b = flatten(params), flatten(params2)
   assert sorted(a) == sorted(b)
@@ -113,7 +115,7 @@ def test_bfloat16_export_loads_and_rounds_each_weight(ladder_exported, tmp_path)
   assert json.load(open(tmp_path / "config.json"))["dtype"] == "bfloat16"
   model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path))
   assert model.lm_head.weight.dtype == torch.bfloat16
-  _, params2 = hf.import_hf(str(tmp_path))
+  _, params2 = hf_import.import_hf(str(tmp_path))
   rounded = params["blocks"]["w_up"].astype(ml_dtypes.bfloat16).astype(np.float32)
   np.testing.assert_array_equal(params2["blocks"]["w_up"], rounded)
 
@@ -129,7 +131,7 @@ def test_sharded_export_loads_in_transformers_and_imports(ladder_exported, tmp_p
   short, _ = fx.token_batches()
   np.testing.assert_allclose(fx.hf_logits(model, short), fx.our_logits(cfg, params, short),
                              atol=fx.TOL, rtol=0)
-  _, params2 = hf.import_hf(str(tmp_path))
+  _, params2 = hf_import.import_hf(str(tmp_path))
   np.testing.assert_array_equal(params2["lm_head"], params["lm_head"])
   # Exporting again into the same directory leaves no stale shard behind.
   hf.export_hf(cfg, params, str(tmp_path), tokenizer=None)
@@ -153,12 +155,12 @@ def hf_saved(request, tmp_path_factory):
 
 def test_import_of_a_transformers_model_gives_equal_logits(hf_saved):
   variant, model, directory = hf_saved
-  cfg, params = hf.import_hf(directory)
+  cfg, params = hf_import.import_hf(directory)
   assert cfg.variant == variant
   assert cfg.theta == (500_000.0 if variant == "olmo2" else 10_000.0)
   assert cfg.eps == {"ladder": 1e-6, "olmo1": 1e-5, "olmo2": 1e-5}[variant]
   assert cfg.clip_qkv == (fx.CLIP_QKV if variant == "olmo1" else 0.0)
-  assert (cfg.vocab_size, cfg.embedding_size) == (sizes.VOCAB_SIZE, sizes.EMBEDDING_SIZE)
+  assert (cfg.vocab_size, cfg.embedding_size) == (tokenizer_lib.VOCAB_SIZE, sizes.EMBEDDING_SIZE)
   diff = fx.max_diff(model, cfg, params)
   print(f"import {variant}: max |logit diff| = {diff:.3g}")
   assert diff < fx.TOL
@@ -168,8 +170,8 @@ def test_import_reads_pytorch_model_bin(hf_saved, tmp_path):
   variant, model, directory = hf_saved
   shutil.copy(os.path.join(directory, "config.json"), tmp_path)
   torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-  _, from_bin = hf.import_hf(str(tmp_path))
-  _, from_safetensors = hf.import_hf(directory)
+  _, from_bin = hf_import.import_hf(str(tmp_path))
+  _, from_safetensors = hf_import.import_hf(directory)
   for name in ("wq", "w_gate", "w_down"):
     np.testing.assert_array_equal(from_bin["blocks"][name], from_safetensors["blocks"][name])
   np.testing.assert_array_equal(from_bin["lm_head"], from_safetensors["lm_head"])
@@ -179,7 +181,7 @@ def test_import_of_tied_embeddings_uses_the_embedding_as_head(tmp_path):
   model = fx.hf_random_model("ladder", tie_word_embeddings=True)
   model.save_pretrained(str(tmp_path))
   hf.write_tokenizer_files(str(tmp_path))
-  cfg, params = hf.import_hf(str(tmp_path))
+  cfg, params = hf_import.import_hf(str(tmp_path))
   np.testing.assert_array_equal(params["lm_head"], params["embed"].T)
   assert fx.max_diff(model, cfg, params, long=False) < fx.TOL
 
@@ -230,13 +232,13 @@ def write_hf_olmo(model, variant: str, directory: str, swap_swiglu_halves: bool 
       "d_model": d, "n_heads": c.num_attention_heads, "n_layers": n, "mlp_ratio": 8,
       "mlp_hidden_size": None, "activation_type": "swiglu", "block_type": block_type,
       "rope": True, "alibi": False, "rope_theta": c.rope_parameters["rope_theta"],
-      "vocab_size": sizes.VOCAB_SIZE, "embedding_size": c.vocab_size,
+      "vocab_size": tokenizer_lib.VOCAB_SIZE, "embedding_size": c.vocab_size,
       "max_sequence_length": c.max_position_embeddings, "weight_tying": weight_tying,
       "include_bias": False, "bias_for_layer_norm": False, "clip_qkv": None,
       "layer_norm_type": "rms", "layer_norm_with_affine": True, "layer_norm_eps": 1e-6,
       "attention_layer_norm": False, "norm_after": False, "multi_query_attention": False,
-      "n_kv_heads": None, "scale_logits": False, "eos_token_id": sizes.EOS_TOKEN_ID,
-      "pad_token_id": sizes.PAD_TOKEN_ID, "init_std": c.initializer_range,
+      "n_kv_heads": None, "scale_logits": False, "eos_token_id": tokenizer_lib.EOS_TOKEN_ID,
+      "pad_token_id": tokenizer_lib.PAD_TOKEN_ID, "init_std": c.initializer_range,
   }
   if variant == "olmo1":
     config.update(layer_norm_type="default", layer_norm_with_affine=False,
@@ -250,7 +252,7 @@ def write_hf_olmo(model, variant: str, directory: str, swap_swiglu_halves: bool 
 def test_hf_olmo_layout_imports_with_the_hf_models_logits(hf_saved, tmp_path):
   variant, model, _ = hf_saved
   write_hf_olmo(model, variant, str(tmp_path))
-  cfg, params = hf.import_hf(str(tmp_path))
+  cfg, params = hf_import.import_hf(str(tmp_path))
   assert cfg.variant == variant
   assert (cfg.vocab_size, cfg.embedding_size, cfg.hidden) == (50280, 50304, 256)
   diff = fx.max_diff(model, cfg, params)
@@ -262,8 +264,8 @@ def test_hf_olmo_llama_blocks_and_tied_head_import_the_same_weights(tmp_path):
   model = fx.hf_random_model("ladder")
   write_hf_olmo(model, "ladder", str(tmp_path / "fused"))
   write_hf_olmo(model, "ladder", str(tmp_path / "llama"), block_type="llama", weight_tying=True)
-  _, fused = hf.import_hf(str(tmp_path / "fused"))
-  _, split = hf.import_hf(str(tmp_path / "llama" / "config.json"))  # a file inside works too
+  _, fused = hf_import.import_hf(str(tmp_path / "fused"))
+  _, split = hf_import.import_hf(str(tmp_path / "llama" / "config.json"))  # a file inside works too
   for name in ("wq", "wk", "wv", "w_up", "w_gate"):
     np.testing.assert_array_equal(split["blocks"][name], fused["blocks"][name])
   np.testing.assert_array_equal(split["lm_head"], fused["embed"].T)
@@ -289,7 +291,7 @@ def test_swapped_swiglu_halves_are_detected_in_export(ladder_exported, tmp_path,
 def test_swapped_hf_olmo_halves_are_detected_in_import(tmp_path):
   model = fx.hf_random_model("ladder")
   write_hf_olmo(model, "ladder", str(tmp_path), swap_swiglu_halves=True)
-  cfg, params = hf.import_hf(str(tmp_path))
+  cfg, params = hf_import.import_hf(str(tmp_path))
   assert fx.max_diff(model, cfg, params, long=False) > 100 * fx.TOL
 
 
@@ -321,7 +323,7 @@ def test_unknown_architecture_is_named(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(
       {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
   with pytest.raises(hf.ConversionError, match="GPT2LMHeadModel"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
 
 
 def test_missing_tensor_is_named(ladder_exported, tmp_path):
@@ -331,7 +333,7 @@ def test_missing_tensor_is_named(ladder_exported, tmp_path):
   del tensors["model.layers.1.mlp.up_proj.weight"]
   save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
   with pytest.raises(hf.ConversionError, match=r"model\.layers\.1\.mlp\.up_proj\.weight"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
 
 
 def test_shape_mismatch_and_extra_bias_are_named(ladder_exported, tmp_path):
@@ -340,32 +342,32 @@ def test_shape_mismatch_and_extra_bias_are_named(ladder_exported, tmp_path):
   config = json.load(open(os.path.join(directory, "config.json")))
   (tmp_path / "config.json").write_text(json.dumps(dict(config, intermediate_size=128)))
   with pytest.raises(hf.ConversionError, match=r"mlp\.up_proj\.weight.*\[256, 64\].*\[128, 64\]"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps(config))
   tensors = load_file(os.path.join(directory, "model.safetensors"))
   tensors["model.layers.0.self_attn.q_proj.bias"] = np.zeros(64, np.float32)
   save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
   with pytest.raises(hf.ConversionError, match=r"q_proj\.bias"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
 
 
 def test_missing_weights_and_unsupported_configs_are_named(tmp_path):
   with pytest.raises(hf.ConversionError, match="does not exist"):
-    hf.import_hf(str(tmp_path / "nowhere"))
+    hf_import.import_hf(str(tmp_path / "nowhere"))
   config = hf.hf_config_dict(fx.tiny_config("ladder"))
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(hf.ConversionError, match="no weights in"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps(dict(config, num_key_value_heads=2)))
   with pytest.raises(hf.ConversionError, match="num_key_value_heads"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
   with pytest.raises(hf.ConversionError, match="clip_qkv"):
     hf.hf_config_dict(fx.tiny_config("ladder", clip_qkv=1.0))
   hf_olmo = {"model_type": "hf_olmo", "d_model": 64, "n_heads": 4, "n_layers": 2,
              "layer_norm_type": "rms", "layer_norm_with_affine": True, "alibi": True}
   (tmp_path / "config.json").write_text(json.dumps(hf_olmo))
   with pytest.raises(hf.ConversionError, match="alibi"):
-    hf.import_hf(str(tmp_path))
+    hf_import.import_hf(str(tmp_path))
 
 
 def test_export_rejects_params_of_another_shape(tmp_path):
@@ -384,7 +386,7 @@ def test_full_2048_token_sequence_of_real_text_matches(variant, tmp_path):
   hf.export_hf(cfg, params, str(tmp_path))
   model = load_hf(str(tmp_path))
   tok = load_tokenizer()
-  stream = [t for s in fx.SENTENCES for t in tok.encode(s).ids + [sizes.EOS_TOKEN_ID]]
+  stream = [t for s in fx.SENTENCES for t in tok.encode(s).ids + [tokenizer_lib.EOS_TOKEN_ID]]
   ids = np.resize(np.array(stream, np.int32), (1, sizes.SEQ_LEN))
   diff = float(np.abs(fx.hf_logits(model, ids) - fx.our_logits(cfg, params, ids)).max())
   print(f"{variant} at 2048 tokens: max |logit diff| = {diff:.3g}")

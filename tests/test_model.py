@@ -14,6 +14,7 @@ from flax import nnx
 from olmo_jax import loss as loss_lib
 from olmo_jax import model as M
 from olmo_jax import sharding
+from olmo_jax.kernels import cpu as cpu_kernels
 
 SMALL = dict(d_model=32, n_heads=4, n_layers=3, embedding_size=256, vocab_size=250,
              max_seq_len=64)
@@ -161,13 +162,14 @@ def test_blocked_attention_equals_full_causal_attention(length, block):
   ks = jax.random.split(jax.random.key(1), 3)
   q, k, v = (jax.random.normal(kk, (2, length, 4, 8)) for kk in ks)
   ref = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
-  out = M.blocked_causal_attention(q, k, v, block)
+  out = cpu_kernels.blocked_causal_attention(q, k, v, block)
   np.testing.assert_allclose(out, ref, atol=2e-6)
   # All three gradients through the written-out backward pass, against differentiating the
   # dense reference, with a cotangent that is not all ones.
   ct = jax.random.normal(jax.random.key(2), q.shape)
   loss = lambda f: (lambda q, k, v: jnp.sum(f(q, k, v) * ct))
-  g = jax.grad(loss(lambda q, k, v: M.blocked_causal_attention(q, k, v, block)), (0, 1, 2))(q, k, v)
+  g = jax.grad(loss(lambda q, k, v: cpu_kernels.blocked_causal_attention(q, k, v, block)),
+               (0, 1, 2))(q, k, v)
   g_ref = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(
       q, k, v, is_causal=True, implementation="xla")), (0, 1, 2))(q, k, v)
   for a, b in zip(g, g_ref):
@@ -181,10 +183,10 @@ def test_swiglu_mlp_values_and_gradients_equal_the_plain_expression():
   w_down = 0.2 * jax.random.normal(ks[3], (64, 16))
   ct = jax.random.normal(ks[4], h.shape)
   plain = lambda h, u, g, d: (jax.nn.silu(h @ g) * (h @ u)) @ d
-  np.testing.assert_allclose(M.swiglu_mlp(h, w_up, w_gate, w_down),
+  np.testing.assert_allclose(cpu_kernels.swiglu_mlp(h, w_up, w_gate, w_down),
                              plain(h, w_up, w_gate, w_down), rtol=1e-5, atol=1e-6)
   loss = lambda f: (lambda *a: jnp.sum(f(*a) * ct))
-  got = jax.grad(loss(M.swiglu_mlp), argnums=(0, 1, 2, 3))(h, w_up, w_gate, w_down)
+  got = jax.grad(loss(cpu_kernels.swiglu_mlp), argnums=(0, 1, 2, 3))(h, w_up, w_gate, w_down)
   want = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(h, w_up, w_gate, w_down)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -195,11 +197,11 @@ def test_linear_and_weight_grad_equal_the_plain_products():
   x = jax.random.normal(ks[0], (2, 24, 16))
   w = 0.2 * jax.random.normal(ks[1], (16, 40))
   ct = jax.random.normal(ks[2], (2, 24, 40))
-  np.testing.assert_allclose(M.weight_grad(x.reshape(48, 16), ct.reshape(48, 40)),
+  np.testing.assert_allclose(cpu_kernels.weight_grad(x.reshape(48, 16), ct.reshape(48, 40)),
                              x.reshape(48, 16).T @ ct.reshape(48, 40), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(M.linear(x, w), x @ w, rtol=1e-6)
+  np.testing.assert_allclose(cpu_kernels.linear(x, w), x @ w, rtol=1e-6)
   loss = lambda f: (lambda a, b: jnp.sum(f(a, b) * ct))
-  got = jax.grad(loss(M.linear), argnums=(0, 1))(x, w)
+  got = jax.grad(loss(cpu_kernels.linear), argnums=(0, 1))(x, w)
   want = jax.grad(loss(lambda a, b: a @ b), argnums=(0, 1))(x, w)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -15,9 +15,9 @@ import pytest
 from conftest import REPO, TRAIN_CONFIG
 from flax import nnx
 
+from olmo_jax import checkpoint, hf, hf_import, optim, sizes
 from olmo_jax import config as config_lib
 from olmo_jax import model as M
-from olmo_jax import optim, sizes
 from olmo_jax import params as params_lib
 
 SMALL = dict(d_model=32, n_heads=4, n_layers=2, embedding_size=256, vocab_size=250,
@@ -111,7 +111,6 @@ def test_toy_fourth_variant_round_trips_through_hf_with_equal_logits(toy_variant
   import hf_fixtures as fx
   import transformers
 
-  from olmo_jax import hf
   cfg = fx.tiny_config("toy", mlp_hidden=96)
   params = fx.random_params(cfg)
   hf.export_hf(cfg, params, str(tmp_path))
@@ -120,7 +119,7 @@ def test_toy_fourth_variant_round_trips_through_hf_with_equal_logits(toy_variant
   model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
   assert type(model).__name__ == "MistralForCausalLM"
   assert fx.max_diff(model, cfg, params, long=False) < fx.TOL
-  cfg2, params2 = hf.import_hf(str(tmp_path))
+  cfg2, params2 = hf_import.import_hf(str(tmp_path))
   assert cfg2 == cfg
   for a, b in zip(jax.tree.leaves(params2), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
@@ -136,7 +135,6 @@ def test_toy_fourth_variant_round_trips_through_hf_with_equal_logits(toy_variant
 def test_convert_from_hf_cli_imports_a_llama_with_another_mlp_width(tmp_path):
   import hf_fixtures as fx
 
-  from olmo_jax import checkpoint, hf
   model = fx.hf_random_model("ladder", intermediate_size=96)
   hf_dir = str(tmp_path / "llama")
   model.save_pretrained(hf_dir)

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from olmo_jax import config as config_lib
-from olmo_jax import optim, plan, sharding, trainer
+from olmo_jax import optim, plan, plan_compile, sharding, trainer
 
 SMALL = ["--config.model.size=custom", "--config.model.d_model=128", "--config.model.n_heads=4",
          "--config.model.n_layers=4", "--config.model.vocab_size=1000",
@@ -52,8 +52,8 @@ def test_analytic_estimate_matches_compiled_step(small_config, remat):
   mesh = sharding.make_mesh()
   abstract, shard = trainer.state_shardings(mesh, mcfg, tx)
   step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
-  compiled, _ = plan.compile_step(step, abstract, mesh, c)
-  got = plan.compiled_plan(compiled, abstract, shard, c, mesh, kind="cpu",
+  compiled, _ = plan_compile.compile_step(step, abstract, mesh, c)
+  got = plan_compile.compiled_plan(compiled, abstract, shard, c, mesh, kind="cpu",
                            device_memory=0, peak=0)
   est = plan.analytic_plan(c, mcfg, tx, step_cfg, platform="cpu", num_devices=1, kind="cpu",
                            device_memory=0, peak=0)
@@ -65,7 +65,7 @@ def test_analytic_estimate_matches_compiled_step(small_config, remat):
 REAL_STEP = """
 import sys
 import jax, numpy as np
-from olmo_jax import config as config_lib, optim, plan, sharding, trainer
+from olmo_jax import config as config_lib, optim, plan_compile, sharding, trainer
 from olmo_jax.config import load_config_file
 c = load_config_file(sys.argv[1], "4M")
 c.model.size, c.model.d_model, c.model.n_heads, c.model.n_layers = "custom", 256, 4, 4
@@ -79,7 +79,7 @@ step_cfg = trainer.StepConfig(loss_chunk_tokens=256)
 mesh = sharding.make_mesh()
 abstract, shard = trainer.state_shardings(mesh, mcfg, tx)
 step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
-compiled, p = plan.check(c, mcfg, tx, step_cfg, mesh, abstract, shard, step)
+compiled, p = plan_compile.check(c, mcfg, tx, step_cfg, mesh, abstract, shard, step)
 state = trainer.init_state(mesh, mcfg, tx, 0, shard=shard)
 batch = trainer.put_batch({"input_ids": np.ones((8, 257), np.int32)}, sharding.batch_sharding(mesh))
 jax.block_until_ready((state, batch))

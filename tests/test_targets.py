@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from olmo_jax import config as config_lib
-from olmo_jax import optim, plan, runtime, targets, trainer
+from olmo_jax import optim, plan, plan_compile, runtime, targets, trainer
 
 needs_cuda = pytest.mark.skipif(not targets.compiler_installed("gpu"),
                                 reason="jax-cuda12-plugin not installed (requirements.txt)")
@@ -27,7 +27,7 @@ TINY = ["--config.model.size=custom", "--config.model.d_model=64", "--config.mod
 def parts(c, **plan_opts):
   """(resolved config for the plan's target, model config, optimizer, step config)."""
   c.plan.update(plan_opts)
-  c = config_lib.resolve(plan.for_target(c))
+  c = config_lib.resolve(plan_compile.for_target(c))
   tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=1, total_steps=10, min_lr_ratio=0.1,
                             b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
   return c, config_lib.model_config(c), tx, trainer.StepConfig(loss_chunk_tokens=0)
@@ -49,7 +49,7 @@ def test_step_compiles_for_two_gpu_hosts_and_matches_the_estimate(tiny):
   target = targets.gpu_target("a100_40gb", 4, hosts=2)
   assert target.describe()["topology"] == "1x2x2"
   assert target.device_memory == 40 * 2**30
-  p = plan.target_plan(c, mcfg, tx, sc, target)
+  p = plan_compile.target_plan(c, mcfg, tx, sc, target)
   assert p.source == "compiled" and p.fits and p.num_devices == 4
   assert p.device_kind == "a100_40gb" and p.target["hosts"] == 2
   # FSDP over 4 devices: the parameter shards are gathered and the gradients scattered.
@@ -67,7 +67,7 @@ def test_dry_run_for_two_tpu_slices_writes_every_key(tiny, tmp_path):
   out = tmp_path / "plan.json"
   c, mcfg, tx, sc = parts(tiny, platform="tpu", topology="v5e:2x2", slices=2, output=str(out))
   lines = []
-  p = plan.dry_run(c, mcfg, tx, sc, print_fn=lines.append)
+  p = plan_compile.dry_run(c, mcfg, tx, sc, print_fn=lines.append)
   assert "plan (compiled) for 8 x tpu v5 lite (tpu)" in lines[0]
   got = json.loads(out.read_text())
   assert {"source", "target", "fits", "bytes_per_device", "device_memory_bytes", "collectives",
@@ -153,7 +153,7 @@ def test_plan_says_why_it_is_analytic(tiny, monkeypatch):
   tiny.plan.update({"platform": "gpu", "devices": 8})
   c, mcfg, tx, sc = parts(tiny)
   lines = []
-  p = plan.dry_run(c, mcfg, tx, sc, print_fn=lines.append)
+  p = plan_compile.dry_run(c, mcfg, tx, sc, print_fn=lines.append)
   assert p.source == "analytic" and "no compiler for gpu is installed here" in p.note
   assert "plan (analytic) for 8 x h100 (gpu)" in lines[0]
   assert dataclasses.asdict(p)["num_devices"] == 8
@@ -166,9 +166,9 @@ def test_a_compiler_error_leaves_the_analytic_plan_naming_it(tiny, monkeypatch):
   def refuse(*a, **k):
     raise RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.96\n"
                        "  Symbolic tile with ...")
-  monkeypatch.setattr(plan, "_timed_compile", refuse)
+  monkeypatch.setattr(plan_compile, "_timed_compile", refuse)
   c, mcfg, tx, sc = parts(tiny, platform="gpu", devices=2, device_kind="h100")
-  p = plan.target_plan(c, mcfg, tx, sc, targets.gpu_target("h100", 2))
+  p = plan_compile.target_plan(c, mcfg, tx, sc, targets.gpu_target("h100", 2))
   assert p.source == "analytic" and p.num_devices == 2 and p.target["devices"] == 2
   assert "did not compile this step (INTERNAL: Couldn't find output tile sizes" in p.note
   est = plan.analytic_plan(c, mcfg, tx, sc, platform="gpu", num_devices=2, kind="h100",
@@ -180,15 +180,15 @@ def test_a_compiler_error_leaves_the_analytic_plan_naming_it(tiny, monkeypatch):
 def test_gpu_step_without_a_triton_tiling_is_compiled_with_library_gemms(tiny, monkeypatch):
   """Where XLA:GPU's default Triton GEMM tiling fails (no autotuning without a device), the
   step is compiled again with library GEMMs, and the plan says so."""
-  real, seen = plan._timed_compile, []
+  real, seen = plan_compile._timed_compile, []
   def triton_fails(step, abstract, mesh, cfg, options=None):
     seen.append(options)
     if options is None:
       raise RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.96")
     return real(step, abstract, mesh, cfg, options)
-  monkeypatch.setattr(plan, "_timed_compile", triton_fails)
+  monkeypatch.setattr(plan_compile, "_timed_compile", triton_fails)
   c, mcfg, tx, sc = parts(tiny, platform="gpu", devices=2, device_kind="h100")
-  p = plan.target_plan(c, mcfg, tx, sc, targets.gpu_target("h100", 2))
+  p = plan_compile.target_plan(c, mcfg, tx, sc, targets.gpu_target("h100", 2))
   assert seen == [None, {"xla_gpu_enable_triton_gemm": False}]
   assert p.source == "compiled" and p.fits and "library GEMMs" in p.note
   assert p.collectives.get("all-gather", 0) > 0

@@ -15,7 +15,8 @@ from conftest import REPO
 
 from olmo_jax import config as config_lib
 from olmo_jax import hooks, optim, trainer
-from olmo_jax.train import run, translate_aliases
+from olmo_jax.cli import translate_aliases
+from olmo_jax.train import run
 
 
 def _metrics(workdir):

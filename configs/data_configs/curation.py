@@ -1,13 +1,14 @@
 """Curation recipes: the same documents under different strategy chains (DataDecide candidates).
 
 Each recipe here has one source, the embedded corpus's prose (Python's help topics and
-docstrings, `sample/text/sample_prose.jsonl.gz`, built on first use), curated by the chain in
+docstrings, `sample/text/sample_prose.jsonl.gz`, built before training), curated by the chain in
 CHAINS. Materialise a recipe's curated sources once with
 
-  python -m data_pipeline.tokenize --recipe curation_dedup_rules --data_dir data
+  python -m data_pipeline.tokenize_files --recipe curation_dedup_rules --data_dir data
 
 which writes <data_dir>/curated/<key>/ (key: inputs, chain, tokenizer); recipes with the same
-chain share those files. `python -m data_pipeline.inspect <that dir>` shows what each step kept.
+chain share those files. `python -m data_pipeline.inspect_tokens <that dir>` shows what each
+step kept.
 curation_qc_top10 keeps the top 10% by a fastText quality classifier, as DataDecide's QC
 recipes were made: put the model at <data_dir>/classifiers/quality.bin (label __label__hq).
 """

@@ -2,7 +2,7 @@
 
 Data is not shipped: each source reads OLMo token files (uint16, EOS-separated) under
 `data.data_dir`, at the paths below; tokenise raw Dolma-style jsonl into them with
-`python -m data_pipeline.tokenize --inputs 'raw/c4/*.json.gz' --output <data_dir>/c4/`.
+`python -m data_pipeline.tokenize_files --inputs 'raw/c4/*.json.gz' --output <data_dir>/c4/`.
 Selecting a recipe whose files are missing fails naming the missing path.
 
 Weights are by tokens. Dolma 1.7 uses the token counts of its release (billions of OLMo

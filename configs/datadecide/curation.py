@@ -4,10 +4,10 @@ Four recipes of configs/data_configs/curation.py, which differ only in the curat
 applied to the embedded corpus's prose (Python's help topics and docstrings): curation_raw,
 curation_dedup (exact + MinHash), curation_dedup_rules (+ Gopher / FineWeb rules) and
 curation_dedup_rules_diverse50 (+ half the documents, drawn across TF-IDF k-means clusters).
-Each recipe's curated token files are built on first use under <data_dir>/curated/ (shared by
-the cells of that recipe); the report's Recipes table names each chain. Two tiny proxy sizes and
-a target (custom shapes, OLMo vocabulary), one seed, budgets of 60-120 steps of 8 x 64 tokens:
-a CPU-sized run of the whole pipeline.
+Each recipe's curated token files are built once, before any cell trains, under
+<data_dir>/curated/ (shared by the cells of that recipe); the report's Recipes table names each
+chain. Two tiny proxy sizes and a target (custom shapes, OLMo vocabulary), one seed, budgets of
+60-120 steps of 8 x 64 tokens: a CPU-sized run of the whole pipeline.
 
 Scores: held-out loss and next-token accuracy on the first windows of the prose token files
 (data/sample/sample_prose/). Every recipe trains on a subset of those documents, so this

@@ -157,8 +157,8 @@ def main(argv=None) -> int:
           "study mirrors on the submitting machine only; give a directory every node sees (a "
           "shared filesystem, or the bucket mounted with gcsfuse on every node)", file=sys.stderr)
     return 2
-  from olmo_jax.datadecide import cli
-  return cli.main(_local_dirs(argv, {"--workdir": None}))
+  from olmo_jax.datadecide import study_command
+  return study_command.main(_local_dirs(argv, {"--workdir": None}))
 
 
 def _flag(argv: list[str], name: str) -> str | None:

@@ -74,6 +74,8 @@ from olmo_jax.datadecide.decisions import (  # noqa: F401  (re-exported)
 )
 from olmo_jax.datadecide.fits import (  # noqa: F401  (re-exported)
     HUBER_DELTA,
+    LAW_PARAMS,
+    fit_one_step,
     fit_power_law_2p,
     fit_power_law_3p,
     fit_power_law_5p,
@@ -89,14 +91,12 @@ from olmo_jax.datadecide.scaling import (  # noqa: F401  (re-exported)
     FIT_RUNS,
     FORM_ALIASES,
     HELPER_POINT,
-    LAW_PARAMS,
     SETUPS,
     SIGMOID_PARAMS,
     TIE_RTOL,
     _fit_points,
     _step2_points,
     default_loss_metric,
-    fit_one_step,
     fit_variants,
     scaling_law_decision_accuracy,
     scaling_law_predictions,

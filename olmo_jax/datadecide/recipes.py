@@ -8,8 +8,8 @@ resolves one into {"data": ..., "curation": ..., "overrides": {...}}:
   curation  the chain of each curated source of the recipe ("sample_prose: exact_dedup >
             minhash_dedup(...)"), '-' when no source is curated.
 The report (report.py) turns recipes.json into its "Recipes" table. Only `describe` reads
-recipe files (it imports data_pipeline.mixture, which loads JAX through Grain); reading
-recipes.json and the report never do.
+recipe files (data_pipeline/recipe_config.py, which imports no JAX); reading recipes.json and
+the report never do.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 
+from data_pipeline import curation, recipe_config
 from olmo_jax import paths
 from olmo_jax.datadecide.results import InputError
 
@@ -40,12 +41,10 @@ def describe(name: str, overrides: dict, common: dict | None = None) -> dict:
   if mixture in BUILTIN_MIXTURES:
     return {"data": _pairs(overrides) or "mixture=auto", "curation": "-",
             "overrides": dict(overrides)}
-  from data_pipeline import curation as curation_lib  # deferred: mixture imports JAX (Grain)
-  from data_pipeline import mixture as mixture_lib
   try:
-    directory = mixture_lib.recipes_dir({"recipes_dir": fields.get("recipes_dir", "")})
-    recipe = mixture_lib.load_recipe(mixture, directory)
-    sources = mixture_lib.flatten_recipe(recipe, directory)
+    directory = recipe_config.recipes_dir({"recipes_dir": fields.get("recipes_dir", "")})
+    recipe = recipe_config.load_recipe(mixture, directory)
+    sources = recipe_config.flatten_recipe(recipe, directory)
   except (ValueError, FileNotFoundError) as e:
     raise InputError(f"recipe {name!r}: {e}") from None
   dropped = {s.strip() for s in str(fields.get("drop_sources", "")).split(",") if s.strip()}
@@ -54,7 +53,7 @@ def describe(name: str, overrides: dict, common: dict | None = None) -> dict:
     cur = spec.get("curation")
     if src in dropped or not cur:
       continue
-    chain = cur.get("description") or curation_lib.describe_chain(json.loads(cur["chain"]))
+    chain = cur.get("description") or curation.describe_chain(json.loads(cur["chain"]))
     chains.append(f"{src}: {chain}")
   desc = recipe.get("description", "")
   data = f"{mixture}: {desc}" if desc else mixture

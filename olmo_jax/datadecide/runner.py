@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Callable, Protocol
 
-from data_pipeline import atomic
+from data_pipeline import atomic, data_plan, materialize
 from olmo_jax.datadecide import cells as cells_lib
 from olmo_jax.datadecide import results, synthetic
 from olmo_jax.datadecide.study import REPO, Cell, Study
@@ -47,13 +47,21 @@ class Executor(Protocol):
 
 
 def prepare(study: Study) -> None:
-  """The workdir's study files (recipes.json, study.json) and the synthetic data, if any;
-  InputError for a recipe that does not load (before anything trains)."""
+  """The workdir's study files (recipes.json, study.json), the synthetic data, if any, and
+  the corpora each recipe reads (data_pipeline.materialize); InputError for a recipe that does
+  not load (before anything trains)."""
   study.write_recipes()
   atomic.write_json(os.path.join(study.workdir, "study.json"), study.c.to_dict(), default=str)
   if study.c.synthetic_noise_levels:
     synthetic.build(study.c.data_dir, tuple(study.c.synthetic_noise_levels),
                     vocab=int(study.c.synthetic_vocab))
+  for recipe in study.c.recipes:  # once here, not raced by the cells that train in parallel
+    cell = Cell(recipe, study.trained_sizes()[0], int(study.c.seeds[0]))
+    try:
+      plan = data_plan.resolve(study.resolved_cell(cell).data)
+    except (ValueError, FileNotFoundError) as e:
+      raise results.InputError(f"recipe {recipe!r}: {e}") from None
+    materialize.materialize(plan)
 
 
 def train_and_score(study: Study, cells: list[Cell], executor: Executor, scorer: Callable,

@@ -11,7 +11,7 @@ can run anywhere. The rest of the study lives beside this module:
 - launch.py: `plan.txt` (one command per cell) and the target's training config file;
 - slurm.py: the grid as a SLURM job array and a collect job (`--executor slurm`);
 - status.py: `python -m olmo_jax.datadecide status` (where each cell stands);
-- cli.py: `python -m olmo_jax.datadecide --config STUDY --workdir DIR`.
+- study_command.py: `python -m olmo_jax.datadecide --config STUDY --workdir DIR`.
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ import tempfile
 
 import numpy as np
 
+from data_pipeline import sample_corpus
+from data_pipeline.tokenizer import EOS_TOKEN_ID
+
 ROOT = "dd_synthetic"
 HELDOUT_FRACTION = 0.1
 
@@ -65,9 +68,7 @@ def _recode(parts: list[np.ndarray], vocab: int, eos: int) -> list[np.ndarray]:
 
 def build(data_dir: str, noise_levels=(0.0, 0.1, 0.3), seed: int = 0, vocab: int = 0) -> str:
   """Writes the held-out split and one training copy per noise level (once); returns root."""
-  from data_pipeline import sample_corpus
-  from olmo_jax import sizes
-  if vocab and not 4 <= vocab <= sizes.EOS_TOKEN_ID:
+  if vocab and not 4 <= vocab <= EOS_TOKEN_ID:
     raise ValueError(f"synthetic vocab={vocab} must be 0 (OLMo ids) or in [4, 50279]")
   root = os.path.join(data_dir, root_name(vocab))
   manifest = os.path.join(root, "manifest.json")
@@ -86,7 +87,7 @@ def build(data_dir: str, noise_levels=(0.0, 0.1, 0.3), seed: int = 0, vocab: int
   os.makedirs(os.path.join(tmp, "heldout"))
   rng = np.random.default_rng(seed)
   parts = [np.fromfile(path, dtype="<u2") for path in files]
-  eos = sizes.EOS_TOKEN_ID
+  eos = EOS_TOKEN_ID
   if vocab:
     parts = _recode(parts, vocab, eos)
     eos = vocab - 1

@@ -1,10 +1,13 @@
-"""`python -m data_pipeline.inspect DIR`: what a tokenised source holds and how it was curated.
+"""`python -m data_pipeline.inspect_tokens DIR`: what a tokenised source holds, how it was curated.
 
-  python -m data_pipeline.inspect data/curated/3f2a9c0d1b7e4a55 [--examples 3]
+  python -m data_pipeline.inspect_tokens data/curated/3f2a9c0d1b7e4a55 [--examples 3]
 
 Prints the source's inputs, tokenizer and totals from DIR/index.json; for a curated source, a
 table of documents and tokens in / kept / dropped per step with the drop reasons, then a few
 kept and dropped documents of each step.
+
+(This command was `python -m data_pipeline.inspect` before; the module was renamed so that it
+no longer shadows Python's own `inspect` module. Its arguments are unchanged.)
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ import argparse
 import os
 import sys
 
-from data_pipeline import curation
-from data_pipeline import tokenize as tokenize_lib
+from data_pipeline import curation, token_index
 
 
 def _pct(part: int, whole: int) -> str:
@@ -34,11 +36,11 @@ def format_table(rows: list[list[str]]) -> str:
 
 
 def report(directory: str, examples: int = 3) -> str:
-  """The text `python -m data_pipeline.inspect` prints for one token directory."""
-  index = tokenize_lib.read_index(directory)
+  """The text `python -m data_pipeline.inspect_tokens` prints for one token directory."""
+  index = token_index.read_index(directory)
   if index is None:
-    raise FileNotFoundError(f"{directory} has no {tokenize_lib.INDEX_FILE}; give a directory "
-                            "written by `python -m data_pipeline.tokenize`")
+    raise FileNotFoundError(f"{directory} has no {token_index.INDEX_FILE}; give a directory "
+                            "written by `python -m data_pipeline.tokenize_files`")
   out = [f"{directory}: {index.get('documents')} documents, {index.get('tokens')} tokens "
          f"({index.get('dtype')}) in {len(index.get('shards', []))} shards"
          + ("" if index.get("complete", True) else "  [INCOMPLETE: rerun the tokenizer]"),
@@ -84,7 +86,7 @@ def report(directory: str, examples: int = 3) -> str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m data_pipeline.inspect", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m data_pipeline.inspect_tokens", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("directory", help="a token directory (holds index.json)")
   p.add_argument("--examples", type=int, default=3, help="kept/dropped examples per step")
