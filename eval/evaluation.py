@@ -223,7 +223,7 @@ def aggregate(tasks: list[tasks_lib.Task], records: dict[str, list[dict]],
                             "over": f"{len(per_sub)} subjects"}
   for name, res in (lm_eval_results or {}).items():
     out["tasks"][name] = res
-    key = tasks_lib.LM_EVAL.result_primary(name.split(":", 1)[1])
+    key = tasks_lib.LM_EVAL.result_primary(tasks_lib.LM_EVAL.task(name).family)
     if key in res:
       out["primary_metrics"][name] = key
   reg = tasks_lib.registry()

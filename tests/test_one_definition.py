@@ -105,6 +105,14 @@ def task_name_parsers(tree):
       yield node
 
 
+def lm_eval_name_parsers(tree):
+  """`lm_eval:<task>` split into its prefix and lm-eval's task name."""
+  for node in ast.walk(tree):
+    if _is_call(node, "split") and node.args and _src(node.args[0]) == "':'" and \
+        len(node.args) > 1 and "name" in _src(node.func.value):
+      yield node
+
+
 def ties_choices(tree):
   """The tuple of decision-accuracy tie rules."""
   for node in ast.walk(tree):
@@ -146,6 +154,7 @@ RULES = {
     "checkpoint -> (ModelConfig, params)": (checkpoint_loaders, "olmo_jax/load.py"),
     "requests per document": (requests_per_document, "eval/evaluation.py"),
     "task-name parsing": (task_name_parsers, "eval/tasks.py"),
+    "lm_eval:<task> parsing": (lm_eval_name_parsers, "eval/tasks.py"),
     "ties choices": (ties_choices, "olmo_jax/datadecide/__init__.py"),
     "heldout_fraction > 0": (heldout_checks, "data_pipeline/data_plan.py"),
     "context/continuation split": (encode_pair_splits, "eval/evaluation.py"),
@@ -176,6 +185,7 @@ def test_the_rules_find_what_they_count():
       "checkpoint -> (ModelConfig, params)": "def f(p):\n  return ck.restore_params(p)\n",
       "requests per document": "n = len(i.continuations) * 2\n",
       "task-name parsing": "def f(a):\n  return a.tasks.split(',')\n",
+      "lm_eval:<task> parsing": "k = name.split(':', 1)[1]\n",
       "ties choices": "T = ('half', 'datadecide')\n",
       "heldout_fraction > 0": "ok = d.heldout_fraction > 0\n",
       "context/continuation split": "n = len(c) - len(c.rstrip())\n",
