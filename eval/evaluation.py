@@ -43,11 +43,11 @@ class Encoder:
   off. An empty context takes TemplateLM.loglikelihood's rule: the prefix token (EOS) is the
   context, unless the continuation starts with it. A context of only spaces is empty once its
   spaces moved (lm-eval would leave no token to condition on), so the same rule applies.
-  Contexts are cached (a document's choices share one); the pairs are encoded in batches.
+  Contexts are cached (a document's choices share one); the whole texts are encoded in one
+  batch, as before lm-eval's split.
   """
 
   backend = "causal"  # TemplateLM._encode_pair reads it
-  BATCH = 1024  # pairs whose whole texts are encoded in one tokenizer call
 
   def __init__(self, tokenizer, eos_id: int = EOS_TOKEN_ID):
     self.tok = tokenizer
@@ -74,15 +74,13 @@ class Encoder:
     return [self.prefix_token_id], cont
 
   def pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    out = []
-    for i in range(0, len(pairs), self.BATCH):
-      chunk = pairs[i:i + self.BATCH]
-      wholes = list(dict.fromkeys(c + k for c, k in chunk if c.strip()))
-      self._wholes = {w: e.ids for w, e in zip(wholes, self.tok.encode_batch(wholes))}
-      out += [TemplateLM._encode_pair(self, c, k) if c.strip() else self._empty_context(c + k)
-              for c, k in chunk]
-    self._wholes = {}
-    return out
+    wholes = list(dict.fromkeys(c + k for c, k in pairs if c.strip()))
+    self._wholes = {w: e.ids for w, e in zip(wholes, self.tok.encode_batch(wholes))}
+    try:
+      return [TemplateLM._encode_pair(self, c, k) if c.strip() else self._empty_context(c + k)
+              for c, k in pairs]
+    finally:
+      self._wholes = {}
 
 
 # ------------------------------------------------------------------------------ scoring
