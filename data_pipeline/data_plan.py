@@ -58,6 +58,12 @@ class DataPlan:
     return self.name == "synthetic"
 
   @property
+  def holds_out(self) -> bool:
+    """True when a held-out split exists: data.heldout_fraction > 0 over a mixture of files
+    (the synthetic stream has no documents to hold out)."""
+    return self.config.heldout_fraction > 0 and not self.synthetic
+
+  @property
   def natural(self) -> bool:
     """True when the weights are the sources' tokens on disk."""
     return self.recipe is not None and self.recipe.natural_weights
@@ -250,7 +256,7 @@ def describe(data) -> str:
   known = sum(t for t in tokens if t is not None)
   lines.append(f"  {'total':<{width}}  {'':<12} {sum(map(len, files.values())):>6} "
                f"{known:>16,} {1:>7.4f}")
-  if plan.config.heldout_fraction > 0:
+  if plan.holds_out:
     lines.append(f"  held out of training for evaluation: {plan.config.heldout_fraction:g} of "
                  "each source's documents (data.heldout_fraction)")
   return "\n".join(lines)

@@ -228,7 +228,7 @@ def heldout_documents(plan: DataPlan, start: int = 0):
   name order, file by file; the same on every call. `start` skips that many (resume).
   `plan`: a resolved DataPlan whose files are built."""
   require_plan(plan, "heldout_documents")
-  if plan.config.heldout_fraction <= 0 or plan.synthetic:
+  if not plan.holds_out:
     raise ValueError("there is no held-out split: set data.heldout_fraction > 0 (e.g. 0.01) "
                      "over a mixture of files")
   docs = (d for name in plan.used for d in _source_documents(plan, name))
@@ -253,7 +253,7 @@ def heldout_batches(plan: DataPlan, num_batches: int, *, seq_len: int, batch_siz
                            vocab_size=vocab_size, process_index=process_index,
                            process_count=process_count)
     return [next(it) for _ in range(num_batches)]
-  if plan.config.heldout_fraction <= 0:
+  if not plan.holds_out:
     raise ValueError("the held-out loss reads the held-out split of each source, and "
                      "data.heldout_fraction is 0; set it (e.g. 0.01) or set eval.every=0")
   weights = np.asarray(plan.weights(plan.disk_tokens()))

@@ -93,11 +93,11 @@ def build_sources(plan: DataPlan, *, window: int, seed: int, vocab_size: int,
     if spec.kind == "tokens":
       out.append(sources_lib.TokenFileSource(
           files, window, plan.dtype(name), vocab_size=vocab_size, name=name,
-          exclude=(heldout.plan_token_spans(plan, name, files) if dc.heldout_fraction > 0
+          exclude=(heldout.plan_token_spans(plan, name, files) if plan.holds_out
                    else None)))
       continue
     docs = document_source(plan, name, files)
-    if dc.heldout_fraction > 0:
+    if plan.holds_out:
       masks = heldout.plan_document_masks(plan, name, docs, files)
       docs = DocumentSubset(docs, [np.flatnonzero(~m) for m in masks])
     out.append(PackedStream(
@@ -147,7 +147,7 @@ def build_train_iterator(plan: DataPlan, *, seq_len: int, batch_size: int, seed:
   }
   if mixer.streams:
     fingerprint["process_index"] = process_index  # text stream positions are per process
-  if dc.heldout_fraction > 0:
+  if plan.holds_out:
     fingerprint["heldout"] = [dc.heldout_fraction, heldout.CHUNK_TOKENS]
   return _iterate(MixtureDataset(mixer, fingerprint), dc.prefetch)
 

@@ -1,28 +1,28 @@
-"""The evaluation library: load a checkpoint, encode and score task requests, aggregate the
-metrics, and write metrics.json / predictions.jsonl. `python -m eval.run` (eval/run.py) is its
-command line; in-loop evaluation (eval/inloop.py) and the lm-eval backend (eval/harness.py)
-use it directly.
+"""The evaluation library: encode and score task requests, aggregate the metrics, and write
+metrics.json / predictions.jsonl. `python -m eval.run` (eval/run.py) is its command line;
+in-loop evaluation (eval/inloop.py) and the lm-eval backend (eval/harness.py) use it directly.
+Checkpoints are loaded by olmo_jax/load.py.
 
-A checkpoint is a workdir (its newest checkpoint), a checkpoints dir, one step dir, or an HF
-directory; its context window is the model's own maximum length (max_seq_len /
-max_position_embeddings). Requests with token ids past the model's vocabulary and non-finite
-scores raise ScoreError before anything is written.
+Requests with token ids past the model's vocabulary and non-finite scores raise ScoreError
+before anything is written.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import sys
 from typing import Any, Callable, Sequence
 
-from data_pipeline.tokenizer import EOS_TOKEN_ID, VOCAB_SIZE
+from lm_eval.api.model import TemplateLM
+
+from data_pipeline.tokenizer import EOS_TOKEN_ID
 from eval import metrics as metrics_lib
 from eval import resume
 from eval import tasks as tasks_lib
 from olmo_jax import paths
+from olmo_jax.load import LoadedModel, is_hf_dir
 
 
 class UsageError(ValueError):
@@ -32,133 +32,63 @@ class UsageError(ValueError):
 class ScoreError(ValueError):
   """Requests the model cannot score (token ids past its vocabulary), or non-finite scores."""
 
-# ------------------------------------------------------------------------------ loading
-
-def is_hf_dir(path: str) -> bool:
-  cfg = os.path.join(path, "config.json")
-  if not paths.isfile(cfg):
-    return False
-  try:
-    c = json.loads(paths.read_text(cfg))
-  except (OSError, json.JSONDecodeError):
-    return False
-  return isinstance(c, dict) and ("model_type" in c or "architectures" in c)
-
-
-def check_hf_tokenizer(path: str) -> None:
-  """UsageError when an HF directory has no tokenizer.json and a vocabulary not OLMo's.
-
-  Without tokenizer.json the OLMo tokenizer is used, which fits only a model whose
-  embedding has OLMo's VOCAB_SIZE rows (or that padded to a multiple of 128).
-  """
-  if paths.isfile(os.path.join(path, "tokenizer.json")):
-    return
-  rows = json.loads(paths.read_text(os.path.join(path, "config.json"))).get("vocab_size")
-  padded = -(-VOCAB_SIZE // 128) * 128
-  if isinstance(rows, int) and VOCAB_SIZE <= rows <= padded:
-    return
-  raise UsageError(f"{path} has no tokenizer.json and its vocabulary ({rows} rows) is not "
-                   f"OLMo's ({VOCAB_SIZE}), so the OLMo tokenizer does not fit it; save the "
-                   f"model's tokenizer there (tokenizer.save_pretrained('{path}') writes "
-                   "tokenizer.json)")
-
-
-def tokenizer_of(path: str) -> str:
-  """The tokenizer a checkpoint is scored with: an HF directory's tokenizer.json, else OLMo's."""
-  tok = os.path.join(path, "tokenizer.json")
-  return tok if is_hf_dir(path) and paths.isfile(tok) else "olmo"
-
-
-@dataclasses.dataclass
-class LoadedModel:
-  cfg: Any  # olmo_jax.model.ModelConfig
-  params: dict
-  step: int | None
-  config: dict  # the training config (ours) or the HF config.json
-  tokenizer: str  # 'olmo' or a tokenizer.json path
-  max_length: int
-  eos_id: int = EOS_TOKEN_ID  # the context of a request with an empty one; ends generation
-
-
-def eos_id_of(hf_config: dict) -> int:
-  """An HF config's end-of-text id (the first of a list), else OLMo's."""
-  eos = hf_config.get("eos_token_id")
-  if isinstance(eos, list):
-    eos = eos[0] if eos else None
-  return int(eos) if isinstance(eos, int) else EOS_TOKEN_ID
-
-
-def load_model(path: str, dtype: str | None = None, max_length: int | None = None
-               ) -> LoadedModel:
-  """Params and ModelConfig of our checkpoint or an HF directory (CheckpointError /
-  ConversionError / FileNotFoundError name the problem)."""
-
-  from olmo_jax import checkpoint, hf_import
-  from olmo_jax import config as config_lib
-  from olmo_jax.kernels import resolve_platform
-  if not paths.exists(path):
-    raise FileNotFoundError(f"checkpoint {path} does not exist; pass a run directory, a "
-                            "checkpoint step directory or an HF directory")
-  if is_hf_dir(path):
-    check_hf_tokenizer(path)
-    cfg, params = hf_import.import_hf(path)
-    config = json.loads(paths.read_text(os.path.join(path, "config.json")))
-    step = None
-    tokenizer = tokenizer_of(path)
-    eos = eos_id_of(config)
-  else:
-    import ml_collections
-    params, meta = checkpoint.restore_params(path)
-    if not (meta.get("config") or {}).get("model"):
-      raise checkpoint.CheckpointError(f"{path}: the checkpoint records no model config")
-    config = meta["config"]
-    cfg = config_lib.model_config(ml_collections.ConfigDict(config))
-    step = meta.get("step")
-    tokenizer, eos = "olmo", EOS_TOKEN_ID
-  if dtype is None:  # exact float32 on CPU; the trained compute dtype on accelerators
-    dtype = "float32" if resolve_platform() == "cpu" else cfg.dtype
-  cfg = dataclasses.replace(cfg, dtype=dtype, remat="none")
-  # The model's own position range, not the training seq_len: a run directory and its HF
-  # export (max_position_embeddings) then score the same weights with the same window.
-  return LoadedModel(cfg, params, step, config, tokenizer,
-                     min(max_length or cfg.max_seq_len, cfg.max_seq_len), eos)
-
-
 # --------------------------------------------------------------------------- encoding
 
 class Encoder:
-  """lm-eval's context/continuation split: trailing context spaces move to the continuation,
-  the pair is encoded whole and the context's own tokens are cut off (cached per context)."""
+  """(context, continuation) texts -> token ids, split exactly as lm-eval's TemplateLM splits
+  them (lm_eval/api/model.py), so `eval.run` and lm-eval's `hf` model score the same tokens.
+
+  A non-empty context goes through `TemplateLM._encode_pair` itself: trailing context spaces
+  move to the continuation, the pair is encoded whole and the context's own tokens are cut
+  off. An empty context takes TemplateLM.loglikelihood's rule: the prefix token (EOS) is the
+  context, unless the continuation starts with it. A context of only spaces is empty once its
+  spaces moved (lm-eval would leave no token to condition on), so the same rule applies.
+  Contexts are cached (a document's choices share one); the whole texts are encoded in one
+  batch, as before lm-eval's split.
+  """
+
+  backend = "causal"  # TemplateLM._encode_pair reads it
 
   def __init__(self, tokenizer, eos_id: int = EOS_TOKEN_ID):
     self.tok = tokenizer
-    self.eos_id = eos_id
+    self.prefix_token_id = eos_id
     self._ctx: dict[str, list[int]] = {}
+    self._wholes: dict[str, list[int]] = {}
 
-  def _context(self, context: str) -> list[int]:
-    if context not in self._ctx:
-      self._ctx[context] = self.tok.encode(context).ids if context else [self.eos_id]
-    return self._ctx[context]
+  def tok_encode(self, string: str, add_special_tokens: bool | None = None, **_) -> list[int]:
+    """Token ids of a string (TemplateLM's tokenizer hook); None means the tokenizer's own
+    special-token handling."""
+    if add_special_tokens is False:
+      return self.tok.encode(string, add_special_tokens=False).ids
+    ids = self._wholes.get(string)
+    if ids is None:
+      ids = self._ctx.get(string)
+    if ids is None:
+      ids = self._ctx[string] = self.tok.encode(string).ids
+    return ids
+
+  def _empty_context(self, continuation: str) -> tuple[list[int], list[int]]:
+    cont = self.tok_encode(continuation, add_special_tokens=False)
+    if cont and cont[0] == self.prefix_token_id:
+      return cont[:1], cont[1:]
+    return [self.prefix_token_id], cont
 
   def pairs(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
-    split = []
-    for context, continuation in pairs:
-      n = len(context) - len(context.rstrip())
-      if n:
-        context, continuation = context[:-n], context[-n:] + continuation
-      split.append((context, continuation))
-    wholes = self.tok.encode_batch([c + k for c, k in split])
-    out = []
-    for (context, continuation), whole in zip(split, wholes):
-      if not context:
-        out.append((self._context(""), self.tok.encode(continuation).ids))
-        continue
-      ctx = self._context(context)
-      out.append((ctx, whole.ids[len(ctx):]))
-    return out
+    wholes = list(dict.fromkeys(c + k for c, k in pairs if c.strip()))
+    self._wholes = {w: e.ids for w, e in zip(wholes, self.tok.encode_batch(wholes))}
+    try:
+      return [TemplateLM._encode_pair(self, c, k) if c.strip() else self._empty_context(c + k)
+              for c, k in pairs]
+    finally:
+      self._wholes = {}
 
 
 # ------------------------------------------------------------------------------ scoring
+
+def request_count(inst: tasks_lib.Instance) -> int:
+  """Requests of one document: one per choice, twice that with unconditional contexts."""
+  return len(inst.continuations) * (1 + (inst.uncond_contexts is not None))
+
 
 def requests_of(instances: list[tasks_lib.Instance]) -> list[tuple[str, str]]:
   """(context, continuation) texts of documents, in scoring order: each document's choices,
@@ -233,14 +163,13 @@ def task_records(task_instances: dict[str, list[tasks_lib.Instance]],
                  window: int, strict: bool = True) -> dict[str, list[dict[str, Any]]]:
   """score_tasks's records from the scores of the encoded requests."""
   if strict:
-    owner = [inst for inst in flat
-             for _ in range(len(inst.continuations) * (1 + (inst.uncond_contexts is not None)))]
+    owner = [inst for inst in flat for _ in range(request_count(inst))]
     check_finite(scores, lambda i: f"task {owner[i].task} document {owner[i].doc_id}")
   out: dict[str, list[dict[str, Any]]] = {name: [] for name in task_instances}
   i = 0
   for name, insts in task_instances.items():
     for inst in insts:
-      n = len(inst.continuations) * (1 + (inst.uncond_contexts is not None))
+      n = request_count(inst)
       out[name].append(_record(name, inst, kinds[name], scores[i:i + n], encoded[i:i + n],
                                window))
       i += n
@@ -292,7 +221,7 @@ def aggregate(tasks: list[tasks_lib.Task], records: dict[str, list[dict]],
                             "over": f"{len(per_sub)} subjects"}
   for name, res in (lm_eval_results or {}).items():
     out["tasks"][name] = res
-    key = tasks_lib.LM_EVAL.result_primary(name.split(":", 1)[1])
+    key = tasks_lib.LM_EVAL.result_primary(tasks_lib.LM_EVAL.task(name).family)
     if key in res:
       out["primary_metrics"][name] = key
   reg = tasks_lib.registry()
@@ -323,8 +252,7 @@ def evaluate(scorer, tokenizer, tasks: list[tasks_lib.Task], *, limit: int | Non
   bar = None
   if progress_bar:
     from tqdm import tqdm
-    total = sum(len(i.continuations) * (2 if i.uncond_contexts else 1)
-                for insts in task_instances.values() for i in insts)
+    total = sum(request_count(i) for insts in task_instances.values() for i in insts)
     bar = tqdm(total=total, desc="scoring requests", unit="req", file=sys.stderr)
   try:
     records = score_tasks(scorer, Encoder(tokenizer, eos_id), task_instances,

@@ -25,7 +25,10 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from data_pipeline.tokenizer import EOS_TOKEN_ID
-from eval.evaluation import Encoder, UsageError, load_model
+from eval import lm
+from eval.evaluation import Encoder, UsageError
+from olmo_jax.hf import ConversionError
+from olmo_jax.load import load_model
 
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -46,7 +49,7 @@ class OlmoJaxLM(LM):
     if _scorer is None:
       if checkpoint is None:
         raise ValueError("model_args needs checkpoint=DIR (a run, step or HF directory)")
-      m = load_model(checkpoint, dtype, int(max_length) if max_length else None)
+      m = load_model(checkpoint, dtype=dtype, max_length=int(max_length) if max_length else None)
       _scorer = Scorer(m.cfg, m.params, max_length=m.max_length,
                        batch_tokens=int(batch_tokens))
       _tokenizer = load_tokenizer(m.tokenizer)
@@ -77,20 +80,10 @@ class OlmoJaxLM(LM):
     return self.scorer.loglikelihood(pairs)
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-    from lm_eval import utils
-    windows: list[tuple[list[int], list[int]]] = []
-    owner: list[int] = []
-    for i, r in enumerate(requests):
-      ids = self.tok.encode(r.args[0]).ids
-      for w in utils.get_rolling_token_windows(ids, prefix_token=self.eos_id,
-                                               max_seq_len=self.max_length, context_len=1):
-        windows.append(utils.make_disjoint_window(w))
-        owner.append(i)
-    scores = self.scorer.loglikelihood(windows)
-    out = [0.0] * len(requests)
-    for i, (lp, _) in zip(owner, scores):
-      out[i] += lp
-    return out
+    # eval/lm.py's windows at stride = max_length are lm-eval's own rolling windows
+    # (utils.get_rolling_token_windows with context_len=1, made disjoint): the same requests.
+    return lm.rolling_logprobs(self.scorer, [self.tok.encode(r.args[0]).ids for r in requests],
+                               prefix=self.eos_id)
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
     from eval.scorer import greedy_generate
@@ -193,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _input_error(e: Exception) -> str | None:
   """The one-line message of an unknown task or a dataset lm-eval cannot load, else None."""
   first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-  if isinstance(e, UsageError):  # e.g. an HF directory whose tokenizer does not fit
+  if isinstance(e, (UsageError, ConversionError)):  # e.g. an HF directory it cannot read
     return first
   if isinstance(e, ValueError) and first.startswith("Tasks not found"):
     return (f"lm-eval: {first}; list the known ones with `lm-eval ls tasks`, or add a task "

@@ -30,9 +30,9 @@ def make_eval_callback(tasks: str | list[str], every: int, mcfg, *, limit: int |
   from eval.scorer import Scorer
   if every <= 0:
     raise ValueError(f"eval.every={every} must be positive for task evaluation")
-  names = [n.strip() for n in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
+  names = tasks_lib.task_names(tasks)
   resolved = [t for t in tasks_lib.resolve_tasks(names) if t.scored_here]
-  suites = [n for n in names if n in tasks_lib.SUITES]
+  suites = tasks_lib.suite_names(names)
   instances = {t.name: tasks_lib.load_instances(t, limit) for t in resolved}
   tok = load_tokenizer(tokenizer)
   cfg = dataclasses.replace(mcfg, remat="none")
@@ -49,7 +49,7 @@ def make_eval_callback(tasks: str | list[str], every: int, mcfg, *, limit: int |
       scorer.set_params(state["params"])
     # strict=False: a diverging run logs NaN here; stopping it is the trainer's decision.
     agg, _ = evaluation.evaluate(scorer, tok, resolved, task_instances=instances,
-                                 suites=[s for s in suites if s in tasks_lib.SUITES],
+                                 suites=suites,
                                  strict=False)
     out = {}
     for task, metric in agg["primary_metrics"].items():

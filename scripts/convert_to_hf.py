@@ -28,6 +28,7 @@ runtime.init()  # first, before JAX loads: a host without accelerators runs on i
 import numpy as np  # noqa: E402
 
 from data_pipeline import atomic  # noqa: E402
+from olmo_jax import load as load_lib  # noqa: E402
 from olmo_jax import paths  # noqa: E402
 from olmo_jax import workdir as workdir_lib  # noqa: E402
 
@@ -35,19 +36,6 @@ VERIFY_TEXTS = (
     "The DataDecide suite trains many small models to predict which data recipe wins at scale.",
     "Checkpoints are written every few thousand steps and converted for evaluation.",
 )
-
-
-def model_config_of(metadata: dict):
-  """The ModelConfig recorded with a checkpoint, for this host's devices."""
-  import ml_collections
-
-  from olmo_jax import config as config_lib
-  if "config" not in metadata or "model" not in (metadata["config"] or {}):
-    raise ValueError("the checkpoint's meta item has no config.model: it was not written by "
-                     "olmo_jax.train or scripts/convert_from_hf.py")
-  cfg = config_lib.model_config(ml_collections.ConfigDict(metadata["config"]))
-  # Verification runs here, whatever platform the checkpoint was trained on.
-  return dataclasses.replace(cfg, platform="auto")
 
 
 def verify_sequences(cfg, tokenizer: str | None, n_random: int = 2, length: int = 64):
@@ -110,6 +98,9 @@ def convert(checkpoint_path: str, output: str, *, step: int | None = None,
   """Exports a checkpoint's params to an HF directory; returns the verified max logit diff."""
   check_output(output, overwrite)
   paths.check_bucket(checkpoint_path, "--checkpoint", write=False)
+  if load_lib.is_hf_dir(checkpoint_path):
+    raise ValueError(f"--checkpoint {checkpoint_path} is an HF directory already; pass a run "
+                     "directory, its checkpoints/ dir or one step dir")
   lock = workdir_lib.lock_beside(output)
   try:
     lock.acquire()
@@ -126,10 +117,10 @@ def convert(checkpoint_path: str, output: str, *, step: int | None = None,
 
 
 def _convert(checkpoint_path, output, step, dtype, tokenizer, verify, tol, print_fn):
-  from olmo_jax import checkpoint, hf
-  params, meta = checkpoint.restore_params(checkpoint_path, step)
-  cfg = model_config_of(meta)
-  print_fn(f"restored params of step {meta.get('step')} from {checkpoint_path} "
+  from olmo_jax import hf
+  model = load_lib.load_model(checkpoint_path, step=step)
+  cfg, params = model.cfg, model.params
+  print_fn(f"restored params of step {model.step} from {checkpoint_path} "
            f"({cfg.variant}, d_model={cfg.d_model}, {cfg.n_layers} layers)")
   with atomic.replacing_directory(output) as tmp:
     hf.export_hf(cfg, params, tmp, tokenizer=tokenizer, dtype=dtype)

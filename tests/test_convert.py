@@ -78,7 +78,8 @@ def test_export_loads_in_transformers_with_the_same_logits(trained, exported, ca
   assert tok("Hello world")["input_ids"] == [12092, 1533]
 
 
-def test_bfloat16_export_verifies_and_bad_paths_fail_cleanly(trained, tmp_path, capsys):
+def test_bfloat16_export_verifies_and_bad_paths_fail_cleanly(trained, exported, tmp_path,
+                                                             capsys):
   workdir, _, _ = trained
   step_dir = os.path.join(workdir, "checkpoints", "7")
   assert to_hf.main(["--checkpoint", step_dir, "--output", str(tmp_path / "hf"),
@@ -90,6 +91,8 @@ def test_bfloat16_export_verifies_and_bad_paths_fail_cleanly(trained, tmp_path, 
   assert f"checkpoint path {missing} does not exist" in capsys.readouterr().err
   assert from_hf.main(["--hf", missing, "--output", str(tmp_path / "y")]) == 2
   assert missing in capsys.readouterr().err
+  assert to_hf.main(["--checkpoint", exported, "--output", str(tmp_path / "z")]) == 2
+  assert f"--checkpoint {exported} is an HF directory already" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -179,7 +179,7 @@ def test_harness_cli_runs_lm_eval_with_our_model(setup):
 
 @pytest.mark.slow
 def test_harness_unknown_task_or_dataset_not_offline_is_one_error_line(setup, tmp_path):
-  _, workdir, _, _ = setup
+  _, workdir, _, tdir = setup
   # An empty HF cache and no network: lm-eval's piqa cannot load its dataset.
   env = dict(os.environ, PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
              HF_HOME=str(tmp_path / "hf_home"))
@@ -192,3 +192,12 @@ def test_harness_unknown_task_or_dataset_not_offline_is_one_error_line(setup, tm
     assert p.returncode == 2, p.stderr[-3000:]
     assert "Traceback" not in p.stderr and lines[-1].startswith("error: ") and needle in lines[-1]
     assert sum(line.startswith("error:") for line in lines) == 1
+  # An HF directory the OLMo tokenizer does not fit (no tokenizer.json, another vocabulary).
+  from test_eval_run import _hf_dir_with_vocab
+  hf_dir = _hf_dir_with_vocab(str(tmp_path / "hf32k"), 32000)
+  p = subprocess.run([sys.executable, "-m", "eval.harness", "--checkpoint", hf_dir, "--tasks",
+                      "local_mc", "--include_path", tdir, "--limit", "2"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=900)
+  lines = p.stderr.strip().splitlines()
+  assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+  assert lines[-1].startswith("error: ") and "no tokenizer.json" in lines[-1], lines

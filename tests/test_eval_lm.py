@@ -18,10 +18,10 @@ from data_pipeline import heldout
 from data_pipeline.tokenizer import EOS_TOKEN_ID as EOS
 from data_pipeline.tokenizer import load_tokenizer
 from eval import lm
-from eval.evaluation import load_model
 from eval.scorer import Scorer
 from olmo_jax import checkpoint
 from olmo_jax import config as config_lib
+from olmo_jax.load import load_model
 from olmo_jax.model import forward
 
 SEQ = 64

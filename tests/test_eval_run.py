@@ -10,6 +10,7 @@ from eval_fixtures import ROOT, export_hf, tiny_eval_config, write_tiny_checkpoi
 
 from olmo_jax import locking
 from olmo_jax import workdir as workdir_lib
+from olmo_jax.load import load_model
 
 
 def run_cli(*args, timeout=900):
@@ -106,7 +107,7 @@ def test_datadecide_study_scores_checkpoints_through_eval_run(tiny_run, tmp_path
 
 def test_end_of_text_id_comes_from_the_hf_config_for_empty_contexts(tiny_run, tmp_path):
   from data_pipeline.tokenizer import EOS_TOKEN_ID, load_tokenizer
-  from eval.evaluation import Encoder, load_model
+  from eval.evaluation import Encoder
   workdir, mcfg, params = tiny_run
   assert load_model(workdir).eos_id == EOS_TOKEN_ID
   hf_dir = export_hf(mcfg, params, str(tmp_path / "hf"))

@@ -22,8 +22,7 @@ import os
 import sys
 
 from olmo_jax import runtime
-
-A_TIES = ("half", "datadecide")  # analysis.TIES (kept here so --help needs no pandas import)
+from olmo_jax.datadecide import TIES
 
 
 def _report_parser() -> argparse.ArgumentParser:
@@ -41,7 +40,7 @@ def _report_parser() -> argparse.ArgumentParser:
                  help="metric at the target that each proxy metric is scored against "
                       "(repeatable): a metric name, 'primary' (the task's OLMES primary "
                       "metric) or 'same' (the proxy metric itself); default: primary and same")
-  p.add_argument("--ties", default="half", choices=A_TIES,
+  p.add_argument("--ties", default="half", choices=TIES,
                  help="half: a target-tied pair is not counted, a tied prediction scores 1/2; "
                       "datadecide: every pair counts, a tied prediction scores 0")
   p.add_argument("--bootstrap", type=int, default=1000,

@@ -63,8 +63,8 @@ Definitions (REFERENCE.md section 5), with the choices this module makes explici
 from __future__ import annotations
 
 from eval.metrics import higher_is_better  # noqa: F401  (re-exported)
+from olmo_jax.datadecide import TIES  # noqa: F401  (re-exported)
 from olmo_jax.datadecide.decisions import (  # noqa: F401  (re-exported)
-    TIES,
     checkpoint_decision_accuracy,
     decision_accuracy,
     frontier,

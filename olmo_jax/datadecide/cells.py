@@ -126,7 +126,8 @@ def make_scorer(study: Study):
       raise InputError("eval.scorer=heldout needs eval.heldout (a glob of held-out token files "
                        "under data_dir)")
     return scorers.HeldoutScorer(os.path.join(study.c.data_dir, e.heldout), int(study.c.seq_len),
-                                 windows=int(e.heldout_windows))
+                                 windows=int(e.heldout_windows),
+                                 dtype=study.resolved(study.c.target).data.token_dtype)
   module, _, fn = kind.partition(":")
   try:
     return getattr(importlib.import_module(module), fn or "make_scorer")(study)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from olmo_jax.datadecide import TIES
 from olmo_jax.datadecide.scores import (
   CELL,
   DEFAULT_TARGET_METRICS,
@@ -21,8 +22,6 @@ from olmo_jax.datadecide.scores import (
   size_order,
   target_scores,
 )
-
-TIES = ("half", "datadecide")
 
 
 def pairwise_agreement(pred: pd.Series, target: pd.Series, ties: str = "half",

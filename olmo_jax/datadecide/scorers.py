@@ -7,7 +7,8 @@ the study caches what it returns in `out_dir/metrics.json` and never asks twice.
   --tasks NAMES [--limit N] --output OUT_DIR` (it writes OUT_DIR/metrics.json with a "tasks"
   entry), run in a subprocess; a pack's checkpoints (`score_pack`) in one pass in-process.
 - `HeldoutScorer`: mean next-token loss (nats/token) and top-1 next-token accuracy on fixed
-  windows of held-out token files, computed in this process with the training model's forward.
+  windows of held-out token files (read as the data pipeline reads token files), computed in
+  this process with the training model's forward.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ import json
 import os
 import subprocess
 import sys
+
+import numpy as np
+
+from data_pipeline import heldout
+from eval import tasks as tasks_lib
+from olmo_jax.load import load_model
 
 
 class EvalRunScorer:
@@ -56,12 +63,11 @@ class EvalRunScorer:
     from data_pipeline import atomic
     from data_pipeline.tokenizer import load_tokenizer
     from eval import evaluation as ev
-    from eval import tasks as tasks_lib
     from eval.scorer import PackedScorer
     from olmo_jax import pack
-    names = [n.strip() for n in self.tasks.split(",") if n.strip()]
+    names = tasks_lib.task_names(self.tasks)
     tasks = tasks_lib.resolve_tasks(names)
-    models = [ev.load_model(d) for d in ckpt_dirs]
+    models = [load_model(d) for d in ckpt_dirs]
     m0 = models[0]
     if (not all(t.scored_here for t in tasks)
         or any((m.cfg, m.max_length, m.tokenizer) != (m0.cfg, m0.max_length, m0.tokenizer)
@@ -71,7 +77,7 @@ class EvalRunScorer:
     scorer = PackedScorer(m0.cfg, pack.stack([m.params for m in models]),
                           max_length=m0.max_length)
     outs = ev.evaluate_replicas(scorer, load_tokenizer(m0.tokenizer), tasks, instances,
-                                suites=[n for n in names if n in tasks_lib.SUITES],
+                                suites=tasks_lib.suite_names(names),
                                 eos_id=m0.eos_id)
     for (agg, _), d, out in zip(outs, ckpt_dirs, out_dirs):
       os.makedirs(out, exist_ok=True)
@@ -86,26 +92,33 @@ class HeldoutScorer:
   """Held-out loss and next-token accuracy of a checkpoint (task `heldout`)."""
 
   def __init__(self, paths: str, seq_len: int, windows: int = 32, batch: int = 4,
-               task: str = "heldout"):
+               task: str = "heldout", dtype: str = "uint16"):
     self.paths, self.seq_len, self.windows, self.batch, self.task = (
         paths, seq_len, windows, batch, task)
+    self.dtype = dtype  # of raw token files (an .npy header names its own)
     self._tokens = None
     self._fns = {}
 
   def tokens(self):
     """[windows, seq_len + 1] int32: the first windows of the held-out files, in order."""
-    import numpy as np
     if self._tokens is None:
       files = sorted(glob.glob(self.paths))
       if not files:
         raise FileNotFoundError(f"no held-out token files match {self.paths}")
-      ids = np.concatenate([np.fromfile(f, dtype="<u2") for f in files]).astype(np.int32)
-      n = min(self.windows, len(ids) // (self.seq_len + 1))
+      window = self.seq_len + 1
+      need, parts = self.windows * window, []
+      for f in files:  # only the tokens the windows take are read
+        have = sum(map(len, parts))
+        if have >= need:
+          break
+        parts.append(np.asarray(heldout.open_tokens(f, self.dtype)[:need - have], np.int32))
+      ids = np.concatenate(parts)
+      n = min(self.windows, len(ids) // window)
       if n < self.batch:
         raise ValueError(f"held-out data {self.paths} holds {len(ids)} tokens: too few for "
-                         f"{self.batch} windows of {self.seq_len + 1}")
+                         f"{self.batch} windows of {window}")
       n -= n % self.batch
-      self._tokens = ids[:n * (self.seq_len + 1)].reshape(n, self.seq_len + 1)
+      self._tokens = ids[:n * window].reshape(n, window)
     return self._tokens
 
   def _fn(self, mcfg):
@@ -127,7 +140,6 @@ class HeldoutScorer:
 
   def _scores(self, fn, params) -> list[dict]:
     """Per replica (a leading axis of fn's outputs, or none), {task: {loss, accuracy}}."""
-    import numpy as np
     toks = self.tokens()
     nll, correct = 0.0, 0
     for i in range(0, len(toks), self.batch):
@@ -139,24 +151,15 @@ class HeldoutScorer:
             for x, c in zip(np.atleast_1d(nll), np.atleast_1d(correct))]
 
   def __call__(self, cell, step: int, ckpt_dir: str, out_dir: str) -> dict:
-    params, mcfg = _restore(ckpt_dir)
-    return self._scores(self._fn(mcfg), params)[0]
+    m = load_model(ckpt_dir)
+    return self._scores(self._fn(m.cfg), m.params)[0]
 
   def score_pack(self, cells, step: int, ckpt_dirs, out_dirs) -> list[dict]:
     """__call__ of K cells of one model shape at one step, in one pass over the windows."""
     from olmo_jax import pack
-    restored = [_restore(d) for d in ckpt_dirs]
-    mcfg = restored[0][1]
-    if any(m != mcfg for _, m in restored):
+    models = [load_model(d) for d in ckpt_dirs]
+    mcfg = models[0].cfg
+    if any(m.cfg != mcfg for m in models):
       return [self(c, step, d, o) for c, d, o in zip(cells, ckpt_dirs, out_dirs)]
-    return self._scores(self._packed_fn(mcfg), pack.stack([p for p, _ in restored]))
+    return self._scores(self._packed_fn(mcfg), pack.stack([m.params for m in models]))
 
-
-def _restore(ckpt_dir: str):
-  """(params, ModelConfig) of a checkpoint."""
-  import ml_collections
-
-  from olmo_jax import checkpoint
-  from olmo_jax import config as config_lib
-  params, meta = checkpoint.restore_params(ckpt_dir)
-  return params, config_lib.model_config(ml_collections.ConfigDict(meta["config"]))

@@ -25,6 +25,7 @@ import ml_collections
 
 from olmo_jax import config as config_lib
 from olmo_jax import config_files, sizes
+from olmo_jax.datadecide import TIES
 from olmo_jax.datadecide.results import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,8 +103,9 @@ class Study:
     self.c, self.workdir = c, os.path.abspath(workdir)
     if not c.recipes:
       raise InputError("study config: `recipes` is empty; name at least two recipes")
-    if c.eval.ties not in ("half", "datadecide"):
-      raise InputError(f"study config: eval.ties={c.eval.ties!r}; use 'half' or 'datadecide'")
+    if c.eval.ties not in TIES:
+      raise InputError(f"study config: eval.ties={c.eval.ties!r}; use "
+                       + " or ".join(map(repr, TIES)))
     if not c.sizes:
       raise InputError("study config: `sizes` is empty; list the proxy sizes")
     for name in list(c.sizes) + ([c.target] if c.target else []):

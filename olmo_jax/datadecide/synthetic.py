@@ -30,6 +30,7 @@ import tempfile
 import numpy as np
 
 from data_pipeline import sample_corpus
+from data_pipeline.heldout import open_tokens
 from data_pipeline.tokenizer import EOS_TOKEN_ID
 
 ROOT = "dd_synthetic"
@@ -86,7 +87,7 @@ def build(data_dir: str, noise_levels=(0.0, 0.1, 0.3), seed: int = 0, vocab: int
   tmp = tempfile.mkdtemp(prefix=root_name(vocab) + ".tmp-", dir=data_dir)  # one per builder
   os.makedirs(os.path.join(tmp, "heldout"))
   rng = np.random.default_rng(seed)
-  parts = [np.fromfile(path, dtype="<u2") for path in files]
+  parts = [np.array(open_tokens(path)) for path in files]  # the corpus's uint16 ids
   eos = EOS_TOKEN_ID
   if vocab:
     parts = _recode(parts, vocab, eos)
