@@ -64,7 +64,7 @@ def bench_size(size: str, limit: int | None, hf_batch: int, max_length: int,
   import numpy as np
 
   from data_pipeline.tokenizer import load_tokenizer
-  from eval.evaluation import Encoder
+  from eval.encoding import Encoder
   from eval.scorer import Scorer
   from olmo_jax import hf, sizes, trainer
   from olmo_jax.model import ModelConfig

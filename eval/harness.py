@@ -26,7 +26,7 @@ from lm_eval.api.registry import register_model
 
 from data_pipeline.tokenizer import EOS_TOKEN_ID
 from eval import lm
-from eval.evaluation import Encoder, UsageError
+from eval.encoding import Encoder, UsageError
 from olmo_jax.hf import ConversionError
 from olmo_jax.load import load_model
 

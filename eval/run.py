@@ -39,6 +39,7 @@ runtime.init()  # first, before JAX loads: a host without accelerators runs on i
 from eval import evaluation as ev
 from eval import resume
 from eval import tasks as tasks_lib
+from eval.encoding import ScoreError, UsageError
 from olmo_jax import load as load_lib
 from olmo_jax import locking, paths
 from olmo_jax import workdir as workdir_lib
@@ -134,9 +135,9 @@ def _check_outputs(a) -> None:
                             "directory, a checkpoint step directory or an HF directory")
   if a.compile_cache and os.path.exists(a.compile_cache) and not os.path.isdir(
       a.compile_cache):
-    raise ev.UsageError(f"--compile_cache {a.compile_cache} is a file; pass a directory")
+    raise UsageError(f"--compile_cache {a.compile_cache} is a file; pass a directory")
   if paths.isfile(a.output):
-    raise ev.UsageError(f"--output {a.output} is a file; pass a directory")
+    raise UsageError(f"--output {a.output} is a file; pass a directory")
 
 
 def _own_output(a):
@@ -146,12 +147,12 @@ def _own_output(a):
   try:
     took_over = lock.acquire()
   except workdir_lib.WorkdirBusyError as e:
-    raise ev.UsageError(str(e)) from None
+    raise UsageError(str(e)) from None
   if took_over:
     print(f"warning: {took_over}", file=sys.stderr)
   if paths.exists(os.path.join(a.output, "metrics.json")) and not a.overwrite:
     lock.release_and_tidy()
-    raise ev.UsageError(f"--output {a.output} already holds metrics.json; pass --overwrite "
+    raise UsageError(f"--output {a.output} already holds metrics.json; pass --overwrite "
                         "to replace it or choose another directory")
   return lock
 
@@ -160,15 +161,15 @@ def _resolve_tasks(a):
   """(tasks, suites, instances) of --tasks; every request file is parsed here, before the
   model loads, so a bad file fails in a second."""
   if not a.checkpoint or not a.output:
-    raise ev.UsageError("--checkpoint and --output are required")
+    raise UsageError("--checkpoint and --output are required")
   if a.limit is not None and a.limit <= 0:
-    raise ev.UsageError(f"--limit {a.limit} must be a positive number of documents per task")
+    raise UsageError(f"--limit {a.limit} must be a positive number of documents per task")
   lm_wanted = bool(a.lm_files) or a.lm_heldout
   if a.tasks is None:
     a.tasks = "" if lm_wanted else "olmes"
   names = tasks_lib.task_names(a.tasks)
   if not names and not lm_wanted:
-    raise ev.UsageError("--tasks names no task; pass tasks, --lm_files or --lm_heldout")
+    raise UsageError("--tasks names no task; pass tasks, --lm_files or --lm_heldout")
   tasks = tasks_lib.resolve_tasks(names) if names else []
   suites = tasks_lib.suite_names(names)
   instances = {t.name: tasks_lib.load_instances(t, a.limit) for t in tasks
@@ -206,12 +207,12 @@ def _load(a, tasks) -> tuple[dict, load_lib.LoadedModel]:
   model = load_lib.load_model(a.checkpoint, dtype=a.dtype, max_length=a.max_length)
   if a.lm_heldout:
     if load_lib.is_hf_dir(a.checkpoint):
-      raise ev.UsageError(f"--lm_heldout: {a.checkpoint} is an HF directory, which records no "
+      raise UsageError(f"--lm_heldout: {a.checkpoint} is an HF directory, which records no "
                        "training data; pass a checkpoint of a training run")
     held = lm_lib.heldout_sets(model.config, a.limit)
     clash = sorted(set(held) & set(lm_sets))
     if clash:
-      raise ev.UsageError(f"--lm_files set {clash[0]!r} clashes with a held-out set; rename it")
+      raise UsageError(f"--lm_files set {clash[0]!r} clashes with a held-out set; rename it")
     lm_sets.update(held)
   if lm_sets:
     lm_lib.windows([], model.max_length, a.lm_stride)  # checks --lm_stride
@@ -245,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   from olmo_jax.hf import ConversionError
   try:
     job = _prepare(a)
-  except (ev.UsageError, tasks_lib.TaskError, CheckpointError, ConversionError,
+  except (UsageError, tasks_lib.TaskError, CheckpointError, ConversionError,
           FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -271,7 +272,7 @@ def _score_and_write(a, job: _Job) -> int:
     print(f"interrupted: {log.scored} requests scored so far are kept in {log.path}; run the "
           "same command again to resume", file=sys.stderr)
     return 130
-  except ev.ScoreError as e:  # the scores so far are of no use (e.g. NaN weights): not kept
+  except ScoreError as e:  # the scores so far are of no use (e.g. NaN weights): not kept
     log.close(keep=False)
     job.lock.release_and_tidy()
     print(f"error: {e}", file=sys.stderr)

@@ -107,7 +107,7 @@ def test_datadecide_study_scores_checkpoints_through_eval_run(tiny_run, tmp_path
 
 def test_end_of_text_id_comes_from_the_hf_config_for_empty_contexts(tiny_run, tmp_path):
   from data_pipeline.tokenizer import EOS_TOKEN_ID, load_tokenizer
-  from eval.evaluation import Encoder
+  from eval.encoding import Encoder
   workdir, mcfg, params = tiny_run
   assert load_model(workdir).eos_id == EOS_TOKEN_ID
   hf_dir = export_hf(mcfg, params, str(tmp_path / "hf"))

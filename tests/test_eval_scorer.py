@@ -9,7 +9,8 @@ from hf_fixtures import random_params, tiny_config
 
 from data_pipeline.tokenizer import load_tokenizer
 from eval import tasks
-from eval.evaluation import Encoder, requests_of
+from eval.encoding import Encoder
+from eval.evaluation import requests_of
 from eval.scorer import Scorer, greedy_generate, truncate
 from olmo_jax import decode
 from olmo_jax.model import forward

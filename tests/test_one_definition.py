@@ -20,7 +20,7 @@ from test_structure import TREES
 
 from data_pipeline.tokenizer import load_tokenizer
 from eval import lm
-from eval.evaluation import Encoder
+from eval.encoding import Encoder
 from olmo_jax.datadecide.scorers import HeldoutScorer
 
 PROJECT = ("olmo_jax/", "data_pipeline/", "eval/", "scripts/")
@@ -157,7 +157,7 @@ RULES = {
     "lm_eval:<task> parsing": (lm_eval_name_parsers, "eval/tasks.py"),
     "ties choices": (ties_choices, "olmo_jax/datadecide/__init__.py"),
     "heldout_fraction > 0": (heldout_checks, "data_pipeline/data_plan.py"),
-    "context/continuation split": (encode_pair_splits, "eval/evaluation.py"),
+    "context/continuation split": (encode_pair_splits, "eval/encoding.py"),
     "resolve_platform": (platform_resolvers, "olmo_jax/runtime.py"),
 }
 

@@ -78,10 +78,7 @@ DEFERRED_IMPORTS = {
 
 
 # Import cycles that only imports inside functions close (each with why it is still there).
-HIDDEN_CYCLES = {
-    ("eval.evaluation", "eval.harness"): "load_model's HF path and the harness's LM subclass "
-                                         "import each other lazily; one of them moves down",
-}
+HIDDEN_CYCLES: dict[tuple[str, str], str] = {}
 
 # Modules that gather other modules' names for their package, each with why. Tests import every
 # name from the module that defines it.
