@@ -21,21 +21,21 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from olmo_jax.datadecide import analysis as A  # noqa: E402
 from olmo_jax.datadecide import confidence, synthetic  # noqa: E402
+from olmo_jax.datadecide.scores import MACRO_METRIC, MACRO_TASK, macro_table  # noqa: E402
 
 
 def replicate(seed: int, sizes_: list[str], n_boot: int) -> dict:
   """One planted table: the pick at the largest proxy, its confidence, whether it matched."""
   table, truth = synthetic.results_table(sizes_=sizes_, seed=seed)
-  full = pd.concat([table, A.macro_table(table)], ignore_index=True)
+  full = pd.concat([table, macro_table(table)], ignore_index=True)
   target, proxy = sizes_[-1], sizes_[-2]
-  runs = confidence.headline_runs(full, proxy, A.MACRO_TASK, A.MACRO_METRIC)
+  runs = confidence.headline_runs(full, proxy, MACRO_TASK, MACRO_METRIC)
   means = runs.groupby("recipe")["value"].mean()
   pick = means.idxmax()
-  c = confidence.headline_confidence(full, proxy, target, A.MACRO_TASK, A.MACRO_METRIC, pick,
+  c = confidence.headline_confidence(full, proxy, target, MACRO_TASK, MACRO_METRIC, pick,
                                      n_boot)
-  tgt = confidence.headline_runs(full, target, A.MACRO_TASK, A.MACRO_METRIC)
+  tgt = confidence.headline_runs(full, target, MACRO_TASK, MACRO_METRIC)
   target_best = tgt.groupby("recipe")["value"].mean().idxmax()
   return {"seed": seed, "pick": pick, "stated": c["confidence"],
           "proxy_bootstrap": c["proxy_bootstrap"], "matched": pick == target_best,

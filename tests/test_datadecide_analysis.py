@@ -331,7 +331,8 @@ def test_bad_tables_fail_clearly(tmp_path):
 
 
 def test_analysis_imports_without_jax():
-  code = ("import sys; import olmo_jax.datadecide.analysis, olmo_jax.datadecide.results, "
+  code = ("import sys; import olmo_jax.datadecide.scores, olmo_jax.datadecide.decisions, "
+          "olmo_jax.datadecide.scaling, olmo_jax.datadecide.results, "
           "olmo_jax.datadecide.report, olmo_jax.sizes; "
           "assert 'jax' not in sys.modules, 'jax imported'; print('ok')")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

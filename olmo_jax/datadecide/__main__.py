@@ -71,30 +71,32 @@ def _report_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _forms(a, analysis) -> tuple[str, ...]:
+def _forms(a, scaling_lib) -> tuple[str, ...]:
   """The scaling-law setups --forms names (InputError on an unknown one)."""
   from olmo_jax.datadecide import results
   forms = tuple(f for f in a.forms.split(",") if f)
-  forms = tuple(analysis.SETUPS) if forms == ("all",) else forms
-  bad = [f for f in forms if f not in analysis.SETUPS and f not in analysis.FORM_ALIASES]
+  forms = tuple(scaling_lib.SETUPS) if forms == ("all",) else forms
+  bad = [f for f in forms if f not in scaling_lib.SETUPS and f not in scaling_lib.FORM_ALIASES]
   if bad:
+    known = list(scaling_lib.FORM_ALIASES) + list(scaling_lib.SETUPS)
     raise results.InputError(f"--forms: unknown setup(s) {', '.join(bad)}; use "
-                             f"{', '.join(list(analysis.FORM_ALIASES) + list(analysis.SETUPS))}"
-                             f" or all")
+                             f"{', '.join(known)} or all")
   return forms
 
 
 def _write_report(a) -> dict:
   """Reads, filters and checks the table, then writes the report (InputError / ValueError on
   bad input, before anything is computed)."""
-  from olmo_jax.datadecide import analysis, report, results
   from olmo_jax.datadecide import recipes as recipes_lib
+  from olmo_jax.datadecide import report, results
+  from olmo_jax.datadecide import scaling as scaling_lib
+  from olmo_jax.datadecide.scores import DEFAULT_TARGET_METRICS
   if a.last_k < 1:
     raise results.InputError(f"--last-k {a.last_k} must be >= 1")
   if a.bootstrap < 1:
     raise results.InputError(f"--bootstrap {a.bootstrap} must be >= 1")
-  forms = _forms(a, analysis)
-  target_metrics = tuple(a.target_metric or analysis.DEFAULT_TARGET_METRICS)
+  forms = _forms(a, scaling_lib)
+  target_metrics = tuple(a.target_metric or DEFAULT_TARGET_METRICS)
   try:
     rmap = json.loads(a.recipe_map) if a.recipe_map else None
   except json.JSONDecodeError as e:

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from olmo_jax.datadecide import analysis as A
 from olmo_jax.datadecide.result import Analysis
+from olmo_jax.datadecide.scores import MACRO_TASK, TARGET_PRIMARY, primary_metric
 
 
 def _plt():
@@ -103,7 +103,7 @@ METRIC_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
 LAW_MARKERS = ("*", "P", "X", "D", "v", "^", "<", ">")
 
 
-def da_rows(res: Analysis, against: str = A.TARGET_PRIMARY) -> pd.DataFrame:
+def da_rows(res: Analysis, against: str = TARGET_PRIMARY) -> pd.DataFrame:
   """The decision_accuracy.csv rows the figure draws: final checkpoints, per_seed for single
   scale (the mean over seeds) and every scaling-law setup, each proxy metric scored against
   the target's primary metric of its task (against='primary') or against itself ('same');
@@ -111,8 +111,8 @@ def da_rows(res: Analysis, against: str = A.TARGET_PRIMARY) -> pd.DataFrame:
   da = res.decision_accuracy_all
   if not len(da):
     return da.assign(x=[])
-  prim = {t: A.primary_metric(t, g["metric"].unique()) for t, g in res.table.groupby("task")}
-  want = da["task"].map(prim) if against == A.TARGET_PRIMARY else da["metric"]
+  prim = {t: primary_metric(t, g["metric"].unique()) for t, g in res.table.groupby("task")}
+  want = da["task"].map(prim) if against == TARGET_PRIMARY else da["metric"]
   keep = ((da["target_metric"] == want) & (da["step"] == "final")
           & ((da["method"] != "single_scale") | (da["protocol"] == "per_seed"))
           & da["decision_accuracy"].notna() & (da["compute_fraction"] > 0))
@@ -123,7 +123,7 @@ def da_rows(res: Analysis, against: str = A.TARGET_PRIMARY) -> pd.DataFrame:
 
 def _task_order(res: Analysis, rows: pd.DataFrame) -> list[str]:
   tasks = sorted(rows["task"].unique())
-  return [t for t in (A.MACRO_TASK,) if t in tasks] + [t for t in tasks if t != A.MACRO_TASK]
+  return [t for t in (MACRO_TASK,) if t in tasks] + [t for t in tasks if t != MACRO_TASK]
 
 
 def _da_task_panel(ax, d: pd.DataFrame, colors: dict, laws: list[str], task: str,
@@ -160,7 +160,7 @@ def _da_task_panel(ax, d: pd.DataFrame, colors: dict, laws: list[str], task: str
   return ys
 
 
-def fig_decision_accuracy(res: Analysis, path: str, against: str = A.TARGET_PRIMARY,
+def fig_decision_accuracy(res: Analysis, path: str, against: str = TARGET_PRIMARY,
                           cols: int = 4) -> tuple[str, pd.DataFrame]:
   """Decision accuracy of every proxy metric vs the compute spent, one panel per task.
 
@@ -184,11 +184,11 @@ def fig_decision_accuracy(res: Analysis, path: str, against: str = A.TARGET_PRIM
   nrows = math.ceil(len(tasks) / cols)
   fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols + 2.2, 2.9 * nrows + 1.4),
                            squeeze=False, layout="constrained")
-  prim = {t: A.primary_metric(t, g["metric"].unique()) for t, g in res.table.groupby("task")}
+  prim = {t: primary_metric(t, g["metric"].unique()) for t, g in res.table.groupby("task")}
   for i, (ax, task) in enumerate(zip(axes.flat, tasks)):
     ys = _da_task_panel(ax, rows[rows["task"] == task], colors, laws, task, names=i < cols)
     _fitted_ylim(ax, ys + [0.5, 1.0], pad=0.05)
-    ax.set_title(f"{task} (target: {prim.get(task) if against == A.TARGET_PRIMARY else 'same'})",
+    ax.set_title(f"{task} (target: {prim.get(task) if against == TARGET_PRIMARY else 'same'})",
                  fontsize=8)
   for ax in list(axes.flat)[len(tasks):]:
     ax.axis("off")
@@ -197,7 +197,7 @@ def fig_decision_accuracy(res: Analysis, path: str, against: str = A.TARGET_PRIM
   for ax in axes[-1, :]:
     ax.set_xlabel("compute spent / one target run", fontsize=8)
   _da_legend(axes, colors, laws)
-  what = ("the target's PRIMARY metric" if against == A.TARGET_PRIMARY
+  what = ("the target's PRIMARY metric" if against == TARGET_PRIMARY
           else "the SAME metric at the target")
   fig.suptitle(f"Decision accuracy: each proxy metric (colour) at each proxy size, scored "
                f"against {what} at {res.target}\nsingle scale: final checkpoints, per_seed "

@@ -8,9 +8,11 @@ import json
 import numpy as np
 import pandas as pd
 
-from olmo_jax.datadecide import analysis as A
+from eval.metrics import higher_is_better
+from olmo_jax.datadecide import fits as fits_lib
 from olmo_jax.datadecide.figures import _fitted_ylim, _legend_outside, _plt, recipe_styles
 from olmo_jax.datadecide.result import Analysis
+from olmo_jax.datadecide.scaling import default_loss_metric
 
 
 def _headline_order(res: Analysis) -> list[str]:
@@ -44,9 +46,9 @@ def _fit_curve(res: Analysis, setup: str | None, task: str, metric: str, recipe:
   fit = json.loads(f.iloc[0]["fit"]) if len(f) else None
   if not fit:
     return None
-  y = A.power_law_3p(cs, fit)
+  y = fits_lib.power_law_3p(cs, fit)
   step2 = json.loads(f.iloc[0]["step2"])
-  return y if step2 is None else A.sigmoid(y, step2)
+  return y if step2 is None else fits_lib.sigmoid(y, step2)
 
 
 def no_fit_reason(res: Analysis, setup: str | None, task: str, metric: str) -> str:
@@ -63,12 +65,12 @@ def no_fit_reason(res: Analysis, setup: str | None, task: str, metric: str) -> s
 
 def _scaling_panels(table: pd.DataFrame, res: Analysis) -> list[str]:
   task, metric = res.headline
-  lm = A.default_loss_metric(table, task)
+  lm = default_loss_metric(table, task)
   panels = [m for m in dict.fromkeys([lm, metric]) if m]
   if len(panels) == 1:  # the headline is the loss: show the task's best-SNR accuracy too
     snr = res.snr
     other = snr[(snr["task"] == task) & (snr["size"] == res.proxies[-1])
-                & snr["metric"].map(A.higher_is_better)].sort_values("snr", ascending=False)
+                & snr["metric"].map(higher_is_better)].sort_values("snr", ascending=False)
     panels += [m for m in other["metric"].head(1) if m not in panels]
   return panels
 

@@ -8,8 +8,9 @@ import os
 import numpy as np
 import pandas as pd
 
-from olmo_jax.datadecide import analysis as A
+from eval.metrics import higher_is_better
 from olmo_jax.datadecide.result import Analysis
+from olmo_jax.datadecide.scores import MACRO_TASK, primary_metric
 
 
 def _fmt(v, digits=3) -> str:
@@ -51,10 +52,10 @@ def primary_tables(res: Analysis, protocol: str) -> dict[str, pd.DataFrame]:
   da = res.decision_accuracy_all
   fin = da[(da["method"] == "single_scale") & (da["step"] == "final")
            & (da["protocol"] == protocol)]
-  prim = {t: A.primary_metric(t, g["metric"].unique()) for t, g in res.table.groupby("task")}
+  prim = {t: primary_metric(t, g["metric"].unique()) for t, g in res.table.groupby("task")}
   fin = fin[fin["target_metric"] == fin["task"].map(prim)]
   order = [z for z in res.proxies if z in set(fin["size"])]
-  tasks = sorted(fin["task"].unique(), key=lambda t: (t != A.MACRO_TASK, t))
+  tasks = sorted(fin["task"].unique(), key=lambda t: (t != MACRO_TASK, t))
   out = {}
   for t in tasks:
     g = fin[fin["task"] == t]
@@ -63,7 +64,7 @@ def primary_tables(res: Analysis, protocol: str) -> dict[str, pd.DataFrame]:
     ceil = g["target_ceiling"].dropna()
     piv["target ceiling"] = float(ceil.iloc[0]) if len(ceil) else np.nan
     name = ("macro: every metric averaged over tasks, vs the macro of the primaries"
-            if t == A.MACRO_TASK else f"{t} (vs {prim[t]})")
+            if t == MACRO_TASK else f"{t} (vs {prim[t]})")
     out[name] = piv
   return out
 
@@ -104,8 +105,8 @@ def _md_summary(table: pd.DataFrame, res: Analysis, title: str) -> list[str]:
             f"{table['seed'].nunique()} seed(s), {table['task'].nunique()} task(s), "
             f"{table['metric'].nunique()} metric(s), {len(table)} rows. Target size: "
             f"**{target}**. Headline: **{task} / {metric}** "
-            f"({'higher' if A.higher_is_better(metric) else 'lower'} is better"
-            + ("; the mean over tasks of each task's primary metric" if task == A.MACRO_TASK
+            f"({'higher' if higher_is_better(metric) else 'lower'} is better"
+            + ("; the mean over tasks of each task's primary metric" if task == MACRO_TASK
                else "") + f"). Scores are each run's {scored}. Ties: `{res.ties}`.", ""]
   return lines
 
@@ -166,7 +167,7 @@ def _md_decision_accuracy(res: Analysis, figs: dict) -> list[str]:
   """Decision accuracy of the headline (single scale and scaling laws), with the figures."""
   task, metric = res.headline
   da = res.decision_accuracy_all
-  tm = A.primary_metric(task, [metric])
+  tm = primary_metric(task, [metric])
   lines = [f"## Decision accuracy of the headline ({task} / {metric} vs {tm} at "
            f"{res.target})", ""]
   fin = da[(da["step"] == "final") & (da["task"] == task) & (da["metric"] == metric)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from olmo_jax.datadecide import analysis as A
+from eval import metrics as metrics_lib
 from olmo_jax.datadecide import confidence
 from olmo_jax.datadecide.result import Analysis
+from olmo_jax.datadecide.scores import primary_metric, target_scores
 
 
 def recommend(res: Analysis, table: pd.DataFrame, n_boot: int = 1000) -> dict:
@@ -20,7 +21,7 @@ def recommend(res: Analysis, table: pd.DataFrame, n_boot: int = 1000) -> dict:
   best = cell.iloc[0]
   out = {"target_size": res.target, "decided_at_size": size,
          "headline": {"task": task, "metric": metric,
-                      "higher_is_better": A.higher_is_better(metric)},
+                      "higher_is_better": metrics_lib.higher_is_better(metric)},
          "best_recipe": best["recipe"], "best_score": float(best["mean"]),
          "ranking": [{"recipe": r["recipe"], "rank": int(r["rank"]), "mean": float(r["mean"]),
                       "std": float(r["std"]), "n_seeds": int(r["n_seeds"])}
@@ -49,7 +50,7 @@ def _confidence(res: Analysis, size, task, metric, best, n_boot) -> dict:
   row = da[(da["size"] == size) & (da["task"] == task) & (da["metric"] == metric)
            & (da["method"] == "single_scale") & (da["step"] == "final")
            & (da["protocol"] == "seed_mean")
-           & (da["target_metric"] == A.primary_metric(task, [metric]))]
+           & (da["target_metric"] == primary_metric(task, [metric]))]
   if len(row):
     out["decision_accuracy_at_decided_size"] = float(row["decision_accuracy"].iloc[0])
   return out
@@ -75,15 +76,15 @@ def _scaling_and_target(res, table, task, metric, best) -> dict:
   sl = res.scaling_law
   if len(sl):
     h = sl[(sl["task"] == task) & (sl["metric"] == metric) & sl["predicted"].notna()]
-    asc = not A.higher_is_better(metric)
+    asc = not metrics_lib.higher_is_better(metric)
     out["scaling_law_best"] = {setup: g.sort_values("predicted", ascending=asc).iloc[0][
         "recipe"] for setup, g in h.groupby("setup", sort=False)}
   full = res.table
   if (full["size"] == res.target).any():
-    tg = A.target_scores(full, res.target)
+    tg = target_scores(full, res.target)
     tg = tg[(tg["task"] == task) & (tg["metric"] == metric)]
     if len(tg):
-      asc = not A.higher_is_better(metric)
+      asc = not metrics_lib.higher_is_better(metric)
       out["target_best_recipe"] = tg.sort_values("value", ascending=asc).iloc[0]["recipe"]
       out["matches_target"] = bool(out["target_best_recipe"] == best)
   return out

@@ -1,7 +1,7 @@
 """The DataDecide report: report.md with PNG figures, recommendation.json, decision_accuracy.csv.
 
-`write_report(table, target, output)` runs the analysis (analysis.py) on a results table and
-writes, under `output/`:
+`write_report(table, target, output)` runs the analysis (scores.py, decisions.py, noise.py,
+scaling.py) on a results table and writes, under `output/`:
   report.md              tables (rankings, decision accuracy of each proxy metric against the
                          target's primary metric, scaling-law errors, SNR), the figures, the
                          recommendation and every warning of the analysis
@@ -25,10 +25,13 @@ import numpy as np
 import pandas as pd
 
 from olmo_jax import paths
-from olmo_jax.datadecide import analysis as A
+from olmo_jax.datadecide import decisions as decisions_lib
 from olmo_jax.datadecide import figures, figures_scaling, markdown, recommend
+from olmo_jax.datadecide import noise as noise_lib
+from olmo_jax.datadecide import scores as scores_lib
 from olmo_jax.datadecide.result import Analysis
 from olmo_jax.datadecide.results import InputError
+from olmo_jax.datadecide.scaling import scaling_law_decision_accuracy, scaling_law_predictions
 
 DA_COLUMNS = ["size", "task", "metric", "method", "protocol", "decision_accuracy",
               "compute_fraction", "step", "std", "n_seeds", "n_pairs", "missing",
@@ -46,7 +49,7 @@ def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
                      "runs are left out): nothing to analyse; check --results and the filters")
   if not np.isfinite(table["value"].to_numpy(np.float64)).any():
     raise InputError("every value of the results table is missing (NaN): nothing to analyse")
-  present = A.size_order(table)
+  present = scores_lib.size_order(table)
   if target not in present:
     raise InputError(f"--target {target}: size absent from the results table; sizes present: "
                      f"{', '.join(present)}")
@@ -60,14 +63,15 @@ def check_inputs(table: pd.DataFrame, target: str, headline: str | None = None,
                        f"{', '.join(sorted(have))}")
   have = set(table["metric"])
   unknown = [m for m in target_metrics
-             if m not in (A.TARGET_PRIMARY, A.TARGET_SAME) and m not in have]
+             if m not in (scores_lib.TARGET_PRIMARY, scores_lib.TARGET_SAME) and m not in have]
   if unknown:
     raise InputError(f"--target_metric {', '.join(unknown)}: no such metric in the table; it "
                      f"has {', '.join(sorted(have))} (or use 'primary' / 'same')")
-  if headline == f"{A.MACRO_TASK}/{A.MACRO_METRIC}" and table["task"].nunique() < 2:
+  macro_name = f"{scores_lib.MACRO_TASK}/{scores_lib.MACRO_METRIC}"
+  if headline == macro_name and table["task"].nunique() < 2:
     raise InputError(f"--headline {headline}: the macro average needs two or more tasks; "
                      f"name a TASK/METRIC")
-  if headline and headline != f"{A.MACRO_TASK}/{A.MACRO_METRIC}":
+  if headline and headline != macro_name:
     task, _, metric = headline.partition("/")
     if not ((table["task"] == task) & (table["metric"] == metric)).any():
       raise InputError(f"--headline {headline}: no rows with task {task!r} and metric "
@@ -88,7 +92,7 @@ def drop_missing(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str | None = None,
             forms=DEFAULT_FORMS, noise_checkpoints: int = 5,
-            target_metrics=A.DEFAULT_TARGET_METRICS, ties: str = "half",
+            target_metrics=scores_lib.DEFAULT_TARGET_METRICS, ties: str = "half",
             fit_runs: str = "datadecide") -> Analysis:
   """Every analysis of the report (an Analysis: DataFrames plus the warnings list).
 
@@ -100,38 +104,40 @@ def analyse(table: pd.DataFrame, target: str, *, last_k: int = 1, headline: str 
   if table["recipe"].nunique() < 2:
     w.append(f"only one recipe ({table['recipe'].iloc[0]}): nothing was compared; the "
              f"'recommendation' is that recipe by default, not a decision")
-  macro = A.macro_table(table, w) if table["task"].nunique() > 1 else table.iloc[0:0]
+  macro = scores_lib.macro_table(table, w) if table["task"].nunique() > 1 else table.iloc[0:0]
   full = pd.concat([table, macro], ignore_index=True) if len(macro) else table
-  sizes_ = A.size_order(table)
+  sizes_ = scores_lib.size_order(table)
   proxies = [s for s in sizes_ if s != target]
-  single = A.decision_accuracy(full, target, last_k=last_k, warnings=w,
-                               target_metrics=target_metrics, ties=ties)
-  ckpt = A.checkpoint_decision_accuracy(full, target, target_metrics=target_metrics, ties=ties)
+  single = decisions_lib.decision_accuracy(full, target, last_k=last_k, warnings=w,
+                                           target_metrics=target_metrics, ties=ties)
+  ckpt = decisions_lib.checkpoint_decision_accuracy(full, target, target_metrics=target_metrics,
+                                                    ties=ties)
   finals = (table[table["size"] != target].groupby("size")["step"].max())
   ckpt = ckpt[ckpt["step"] < ckpt["size"].map(finals)] if len(ckpt) else ckpt
-  preds = A.scaling_law_predictions(full, target, forms=forms, warnings=w, fit_runs=fit_runs)
-  sl = (A.scaling_law_decision_accuracy(preds, full, target, warnings=w,
-                                        target_metrics=target_metrics, ties=ties)
+  preds = scaling_law_predictions(full, target, forms=forms, warnings=w, fit_runs=fit_runs)
+  sl = (scaling_law_decision_accuracy(preds, full, target, warnings=w,
+                                      target_metrics=target_metrics, ties=ties)
         if len(preds) else pd.DataFrame())
-  ceiling = A.target_ceiling(full, target, target_metrics, ties)
+  ceiling = decisions_lib.target_ceiling(full, target, target_metrics, ties)
   da = pd.concat([single, ckpt, sl], ignore_index=True)
   if len(da):
     da = da.merge(ceiling[["task", "target_metric", "target_ceiling"]],
                   on=["task", "target_metric"], how="left")
   da = da[[c for c in DA_COLUMNS if c in da.columns]]
-  snr = A.snr(full, noise_checkpoints=noise_checkpoints, warnings=w)
+  snr = noise_lib.snr(full, noise_checkpoints=noise_checkpoints, warnings=w)
   task, metric = _headline(full, headline)
-  ranks = A.rankings(full, last_k=last_k, warnings=w)
+  ranks = scores_lib.rankings(full, last_k=last_k, warnings=w)
   same = da[da["target_metric"] == da["metric"]] if "target_metric" in da else da
   single_same = same[same["method"] == "single_scale"]
   return Analysis(
       target=target, sizes=sizes_, proxies=proxies, headline=(task, metric),
       decision_accuracy=same.reset_index(drop=True), decision_accuracy_all=da,
-      frontier=A.frontier(da[da["method"] == "single_scale"]),
-      frontier_same=A.frontier(single_same),
+      frontier=decisions_lib.frontier(da[da["method"] == "single_scale"]),
+      frontier_same=decisions_lib.frontier(single_same),
       scaling_law=preds[preds["status"] == "ok"] if len(preds) else preds,
       scaling_law_all=preds, scaling_law_da=sl, snr=snr, rankings=ranks,
-      rank_agreement=A.rank_agreement(full, task, metric, last_k), warnings=w, last_k=last_k,
+      rank_agreement=decisions_lib.rank_agreement(full, task, metric, last_k), warnings=w,
+      last_k=last_k,
       ties=ties, table=full, ceiling=ceiling, fit_runs=fit_runs)
 
 
@@ -141,17 +147,17 @@ def _headline(full: pd.DataFrame, headline: str | None) -> tuple[str, str]:
   if headline:
     task, _, metric = headline.partition("/")
     return task, metric
-  if (full["task"] == A.MACRO_TASK).any():
-    return A.MACRO_TASK, A.MACRO_METRIC
+  if (full["task"] == scores_lib.MACRO_TASK).any():
+    return scores_lib.MACRO_TASK, scores_lib.MACRO_METRIC
   task = sorted(full["task"].unique())[0]
   metrics = sorted(full.loc[full["task"] == task, "metric"].unique())
-  return task, A.primary_metric(task, metrics) or metrics[0]
+  return task, scores_lib.primary_metric(task, metrics) or metrics[0]
 
 
 def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int = 1,
                  headline: str | None = None, forms=DEFAULT_FORMS, fit_runs: str = "datadecide",
                  noise_checkpoints: int = 5, title: str = "DataDecide report",
-                 recipes: dict | None = None, target_metrics=A.DEFAULT_TARGET_METRICS,
+                 recipes: dict | None = None, target_metrics=scores_lib.DEFAULT_TARGET_METRICS,
                  ties: str = "half", n_boot: int = 1000,
                  warnings: list[str] | None = None) -> dict:
   """Analyses `table` against `target` and writes the report files into `output`.
@@ -178,7 +184,7 @@ def write_report(table: pd.DataFrame, target: str, output: str, *, last_k: int =
   figs = {"scaling": figures_scaling.fig_scaling(res.table, res, out("fig_scaling.png")),
           "da": figures.fig_decision_accuracy(res, out("fig_decision_accuracy.png"))[0],
           "da_same": figures.fig_decision_accuracy(res, out("fig_decision_accuracy_same.png"),
-                                                   against=A.TARGET_SAME)[0],
+                                                   against=scores_lib.TARGET_SAME)[0],
           "rank": figures.fig_rank_agreement(res, out("fig_rank_agreement.png"))}
   rec["warnings"] = res.warnings
   _atomic_text(json.dumps(rec, indent=2, default=_json_default) + "\n",

@@ -9,7 +9,7 @@ import pandas as pd
 
 @dataclasses.dataclass
 class Analysis:
-  """Every analysis of a report. Tables are DataFrames (see analysis.py for their columns)."""
+  """Every analysis of a report. Tables are DataFrames (the package docstring defines them)."""
 
   target: str  # the size whose ranking is predicted
   sizes: list[str]  # every size of the table, smallest compute first

@@ -58,7 +58,8 @@ DISPLAY_NAMES = {
     "DCLM-Baseline 75% / Dolma 25%": "dolma17-25p-DCLM-baseline-75p",
 }
 
-# Seed labels of the published tables -> the training seeds they name (REFERENCE.md 1).
+# Seed labels of the published tables -> the training seeds they name (the DataDecide
+# release: default seed 6198; extra seeds 14 and 15 at the small sizes, 4 and 5 at the large).
 PUBLISHED_SEEDS = {"default": sizes.DEFAULT_SEED, "small aux 2": 14, "small aux 3": 15,
                    "large aux 2": 4, "large aux 3": 5}
 

@@ -1,4 +1,5 @@
-"""Scores of runs, targets and rankings; the macro task (analysis.py has the definitions)."""
+"""Scores of runs, targets and rankings; the macro task (defined in the
+package docstring)."""
 
 from __future__ import annotations
 
