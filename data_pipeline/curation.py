@@ -7,24 +7,10 @@ reads plain token files. Every step only keeps or drops whole documents (never r
 so token accounting per step is exact and the same inputs + chain + tokenizer always give the
 same bytes.
 
-Steps (and the library underneath each):
-  exact_dedup        normalised-text hash (case and whitespace folded), first copy kept (hashlib)
-  minhash_dedup      near duplicates: MinHash LSH over word n-grams (datasketch, banded for
-                     recall), candidates confirmed by the exact Jaccard of their n-gram sets
-                     >= threshold; the earliest document of each connected component is kept
-  gopher_quality     Gopher rules: length, mean word length, symbol/word ratio, bullets,
-                     ellipses, alphabetic words, stop words (datatrove GopherQualityFilter)
-  gopher_repetition  Gopher repetition: duplicate lines/paragraphs, top and duplicated n-gram
-                     character fractions (datatrove GopherRepetitionFilter)
-  fineweb_quality    FineWeb/C4-style line rules: fraction of lines ending in punctuation,
-                     short lines, duplicated lines, newlines per word (datatrove)
-  top_p              keep the top `fraction` of documents by a score from a metadata field, a
-                     Dolma-style attributes file, or a fastText classifier (fasttext); ties
-                     go to the earlier document
-  subsample          uniform or length-weighted sampling to a token budget (filled: a document
-                     that does not fit is skipped) or fraction, or diversity sampling
-                     round-robin over k-means clusters (several starts) of TF-IDF / hashed
-                     n-gram features (scikit-learn)
+Steps, each described (with the library underneath it) in its module:
+  exact_dedup, minhash_dedup                           dedup.py (hashlib, datasketch)
+  gopher_quality, gopher_repetition, fineweb_quality   quality_rules.py (datatrove's filters)
+  top_p, subsample                                     selection.py (fastText, scikit-learn)
 
 The three rule steps are datatrove's filters with datatrove's default English word splitter
 (spaCy's rule-based tokenizer), so their decisions are datatrove's, document by document.
