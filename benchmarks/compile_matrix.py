@@ -41,30 +41,30 @@ TARGETS = {
 GIB = 1024 ** 3
 
 
-def parts(size: str, opts: dict, **train):
-  """(RunSpec, model config, optimizer, step config) of a size for a target."""
+def run_spec(size: str, opts: dict, remat: str | None = None, **train):
+  """The RunSpec of a size for a target (bf16; model.remat and train.* as given)."""
   from olmo_jax import config as config_lib
   from olmo_jax import plan_compile
   from olmo_jax import train as train_lib
   c = config_lib.load_config_file(train_lib.DEFAULT_CONFIG, size)
   c.model.dtype = "bfloat16"
+  if remat is not None:
+    c.model.remat = remat
   c.plan.update(opts)
   c.train.update(train)
-  c = config_lib.resolve(plan_compile.for_target(c))
-  return c, c.model, c.optimizer, c.step
+  return config_lib.resolve(plan_compile.for_target(c))
 
 
 def chosen(size: str, opts: dict) -> dict:
   """The row of one size on one target: its defaults, or the first compiled fix that fits."""
   from olmo_jax import plan_compile
-  c, mcfg, tx, sc = parts(size, opts)
+  c = run_spec(size, opts)
   target = plan_compile.build_target(opts["platform"], plan_options(c), opts.get("devices", 0))
-  p = plan_compile.target_plan(c, mcfg, tx, sc, target)
-  seconds, micro, remat = p.compile_seconds, c.train.microbatch_size, mcfg.remat
+  p = plan_compile.target_plan(c, target)
+  seconds, micro, remat = p.compile_seconds, c.train.microbatch_size, c.model.remat
   if not p.fits:
     # the matrix keeps each target's device count
-    for fix, q in plan_compile.compiled_candidates(c, mcfg, tx, sc, p, target,
-                                                   same_devices=True):
+    for fix, q in plan_compile.compiled_candidates(c, p, target, same_devices=True):
       seconds += q.compile_seconds
       if q.fits:
         p, micro, remat = q, fix.microbatch, fix.remat
@@ -86,13 +86,13 @@ def largest_pack(size: str, opts: dict, microbatch: int = 1) -> dict:
   sequences, accumulated over microbatches of `microbatch` sequences; bf16, the size's
   defaults otherwise) that compiles within one device of the target."""
   from olmo_jax import pack_plan, plan_compile
-  c, mcfg, tx, sc = parts(size, opts, microbatch_size=microbatch)
+  c = run_spec(size, opts, microbatch_size=microbatch)
   target = plan_compile.build_target(opts["platform"], plan_options(c), opts.get("devices", 1))
   target = dataclasses.replace(target, devices=target.devices[:1])
   seen = {}
 
   def make(k):
-    seen[k] = pack_plan.pack_plan(c, mcfg, tx, sc, k, target)
+    seen[k] = pack_plan.pack_plan(c, k, target)
     return seen[k]
 
   t0 = time.perf_counter()
@@ -108,10 +108,9 @@ def largest_pack(size: str, opts: dict, microbatch: int = 1) -> dict:
 def _plan_at(opts: dict, seqs: int, remat: str):
   """The compiled 1B plan of one microbatch of `seqs` sequences on a target."""
   from olmo_jax import plan_compile
-  c, mcfg, tx, sc = parts("1B", opts, batch_size=seqs, microbatch_size=seqs)
-  c.model.remat = remat
+  c = run_spec("1B", opts, remat=remat, batch_size=seqs, microbatch_size=seqs)
   target = plan_compile.build_target(opts["platform"], plan_options(c), opts.get("devices", 0))
-  return plan_compile.target_plan(c, dataclasses.replace(mcfg, remat=remat), tx, sc, target)
+  return plan_compile.target_plan(c, target)
 
 
 def max_batch(opts: dict, remat: str, max_compiles: int = 6) -> dict:
@@ -123,7 +122,7 @@ def max_batch(opts: dict, remat: str, max_compiles: int = 6) -> dict:
   sits next to one that does not (or `max_compiles` plans were compiled).
   """
   from olmo_jax import plan_compile
-  c = parts("1B", opts)[0]
+  c = run_spec("1B", opts)
   n = len(plan_compile.build_target(opts["platform"], plan_options(c),
                                     opts.get("devices", 0)).devices)
   p1 = _plan_at(opts, n, remat)

@@ -4,8 +4,10 @@ A config as written holds sentinels (-1, 0, 'auto') meaning "from the ladder for
 `resolve` turns it, once, into a frozen RunSpec: typed sections (olmo_jax/config_sections.py,
 ModelConfig, DataConfig), the derived counts, the learning-rate schedule, the optimizer and the
 train step's StepConfig. Given the number of processes it also rejects bad values with a
-message naming the field, before any expensive work. The code below the entry points receives
-the RunSpec (or the parts it needs) and never re-reads the tree.
+message naming the field, before any expensive work. `replace_settings` changes the settings
+that leave all of that but the step's microbatch count as it is (microbatch size, remat, mesh:
+what the plan's search for settings that fit varies) without resolving again. The code below
+the entry points receives the RunSpec (or the parts it needs) and never re-reads the tree.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ def resolve(config: ml_collections.ConfigDict, num_processes: int | None = None)
                             weight_decay=train.weight_decay, grad_clip=train.grad_clip,
                             weight_decay_mask_mode=train.weight_decay_mask)
   step = trainer.StepConfig(  # unchecked, the ladder formula may give a batch of 0 (tiny N)
-      microbatches=train.batch_size // max(train.microbatch_size, 1), z_loss=train.z_loss,
+      microbatches=_microbatches(train), z_loss=train.z_loss,
       loss_chunk_tokens=(0 if train.loss_impl == "dense" else
                          train.loss_chunk_tokens or trainer.default_loss_chunk(mcfg.platform)),
       policy=trainer.UpdatePolicy(nonfinite=train.nan_policy,
@@ -193,6 +195,36 @@ def resolve(config: ml_collections.ConfigDict, num_processes: int | None = None)
   return RunSpec(size=c.model.size, model=mcfg, **typed, data=data_config(c.get("data")),
                  derived=Derived(**c.derived), tree=_plain(c.to_dict()), schedule=schedule,
                  optimizer=tx, step=step)
+
+
+def _microbatches(train: sections.TrainConfig) -> int:
+  """Microbatches accumulated per step (the step config's count)."""
+  return train.batch_size // max(train.microbatch_size, 1)
+
+
+# The settings a RunSpec changes without being resolved again: the derived counts, the schedule
+# and the optimizer do not depend on them. The plan's search for settings that fit tries other
+# values of these (olmo_jax/plan.py, Fix).
+LAYOUT_SETTINGS = ("train.microbatch_size", "model.remat", "mesh.data", "mesh.fsdp",
+                   "mesh.tensor")
+
+
+def replace_settings(spec: RunSpec, changes: dict[str, Any]) -> RunSpec:
+  """The RunSpec with some LAYOUT_SETTINGS changed, e.g. {"train.microbatch_size": 4,
+  "model.remat": "full"}: the typed sections, the step config's microbatches and the tree follow
+  (as resolving the changed tree would give them); the schedule and optimizer are the same
+  objects. Unchecked, like `resolve` without num_processes."""
+  tree = _plain(spec.tree)
+  parts = {"model": spec.model, "train": spec.train, "mesh": spec.mesh}
+  for key, value in changes.items():
+    if key not in LAYOUT_SETTINGS:
+      raise ValueError(f"{key} changes more than the layout: set it in the config tree and "
+                       f"resolve it (replace_settings takes {', '.join(LAYOUT_SETTINGS)})")
+    section, _, field = key.partition(".")
+    parts[section] = dataclasses.replace(parts[section], **{field: value})
+    tree.setdefault(section, {})[field] = value
+  step = dataclasses.replace(spec.step, microbatches=_microbatches(parts["train"]))
+  return dataclasses.replace(spec, **parts, step=step, tree=tree)
 
 
 def check(model: ModelConfig, typed: dict[str, Any], num_processes: int = 1) -> None:

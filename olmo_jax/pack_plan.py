@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from olmo_jax import pack, plan, plan_compile, trainer
+from olmo_jax.config import RunSpec
 from olmo_jax.plan_options import plan_options, usable_fraction
 
 
@@ -25,45 +26,44 @@ def packed_abstract(mcfg, tx, loss_scaling: bool, k: int, sh) -> trainer.State:
                       shapes)
 
 
-def lower_pack(cfg, mcfg, tx, step_cfg, k: int, devices):
+def lower_pack(spec: RunSpec, k: int, devices):
   """(lowered packed step, abstract state, mesh) of K replicas over these devices."""
   mesh = pack.pack_mesh(k, devices)
   sh = pack.packed_sharding(mesh)
-  abstract = packed_abstract(mcfg, tx, step_cfg.policy.loss_scaling, k, sh)
-  t = cfg.train
+  abstract = packed_abstract(spec.model, spec.optimizer, spec.step.policy.loss_scaling, k, sh)
+  t = spec.train
   batch = {"input_ids": jax.ShapeDtypeStruct((k, t.batch_size, t.seq_len + 1), jnp.int32,
                                              sharding=sh)}
-  step = pack.make_packed_step(mcfg, tx, step_cfg, sh)
+  step = pack.make_packed_step(spec.model, spec.optimizer, spec.step, sh)
   return step.lower(abstract, batch), abstract, mesh
 
 
-def pack_plan(cfg, mcfg, tx, step_cfg, k: int, target=None) -> plan.Plan:
-  """The compiled plan of a pack of K replicas of `cfg` (per device: params, optimizer state,
+def pack_plan(spec: RunSpec, k: int, target=None) -> plan.Plan:
+  """The compiled plan of a pack of K replicas of `spec` (per device: params, optimizer state,
   temporaries; FLOPs and tokens of all K replicas), for `target` or the local devices.
 
   A step the target's compiler refuses for memory (XLA:TPU's RESOURCE_EXHAUSTED) gives a plan
   that does not fit, with XLA's figure as its total (plan.Plan.oom_total)."""
-  opts = plan_options(cfg)
+  opts = plan_options(spec)
   if target is None:  # usable bytes, as a run's plan counts them (plan.local_device_memory)
     devices, (kind, mem) = jax.devices(), plan.local_device_memory(opts)
   else:
     devices, kind = target.devices, target.device_kind
     mem = int((opts.device_memory_gb * 1e9 or target.device_memory)
               * usable_fraction(opts, target.platform))
-  peak = cfg.train.peak_flops_per_device or plan.peak_and_memory(kind, opts)[0]
-  lowered, abstract, mesh = lower_pack(cfg, mcfg, tx, step_cfg, k, devices)
+  peak = spec.train.peak_flops_per_device or plan.peak_and_memory(kind, opts)[0]
+  lowered, abstract, mesh = lower_pack(spec, k, devices)
   shard = jax.tree.map(lambda a: a.sharding, abstract)
   try:
     compiled = lowered.compile()
   except Exception as e:  # noqa: BLE001 (XLA:TPU refuses a step over the chip's HBM)
     if "RESOURCE_EXHAUSTED" not in str(e) or target is None:
       raise
-    p = plan_compile._failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, target,
-                                          mem, peak)
+    p = plan_compile._failed_compile_plan(e, spec, abstract, shard, mesh, target, mem, peak)
     if not p.oom_total:  # no figure in the message: refused all the same
       raise
   else:
-    p = plan_compile.compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind,
+    p = plan_compile.compiled_plan(compiled, abstract, shard, spec, mesh, kind=kind,
                                    device_memory=mem, peak=peak)
   p.flops_per_step *= k
   p.tokens_per_step *= k

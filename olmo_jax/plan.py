@@ -33,9 +33,7 @@ import dataclasses
 import functools
 import math
 
-import ml_collections
-
-from olmo_jax import runtime
+from olmo_jax import config, runtime
 from olmo_jax.plan_options import plan_options, usable_fraction
 
 GIB = 1024 ** 3
@@ -261,10 +259,10 @@ def activation_estimate(mcfg, *, tokens: int, seq_len: int, micro_batch: int, pl
   return int(saved + work + attn + loss + param_bytes)  # + the gradient tree
 
 
-def model_flops_per_token(cfg: ml_collections.ConfigDict) -> float:
+def model_flops_per_token(spec: config.RunSpec) -> float:
   from olmo_jax import sizes
-  return sizes.flops_per_token(cfg.model.d_model, cfg.model.n_layers, cfg.train.seq_len,
-                               cfg.derived.non_embedding_params)
+  return sizes.flops_per_token(spec.model.d_model, spec.model.n_layers, spec.train.seq_len,
+                               spec.derived.non_embedding_params)
 
 
 
@@ -280,13 +278,13 @@ def _state_bytes(mcfg, tx, loss_scaling: bool, shape: tuple[int, int, int]) -> t
           shard_bytes(abstract["opt_state"], shard["opt_state"]))
 
 
-def analytic_plan(cfg, mcfg, tx, step_cfg, *, platform: str, num_devices: int, kind: str,
+def analytic_plan(spec: config.RunSpec, *, platform: str, num_devices: int, kind: str,
                   device_memory: int, peak: float, note: str = "") -> Plan:
   """The analytic plan on an AbstractMesh of `num_devices` (no devices needed)."""
   from olmo_jax import sharding
-  t, m = cfg.train, cfg.mesh
+  t, m, mcfg, step_cfg = spec.train, spec.mesh, spec.model, spec.step
   shape = sharding.mesh_shape(m.data, m.fsdp, m.tensor, num_devices)
-  params, opt = _state_bytes(dataclasses.replace(mcfg, remat="none"), tx,
+  params, opt = _state_bytes(dataclasses.replace(mcfg, remat="none"), spec.optimizer,
                              step_cfg.policy.loss_scaling, shape)
   batch_shards = shape[0] * shape[1]
   micro_rows = max(1, t.microbatch_size // batch_shards)
@@ -299,8 +297,8 @@ def analytic_plan(cfg, mcfg, tx, step_cfg, *, platform: str, num_devices: int, k
   batch = (t.batch_size // batch_shards) * (t.seq_len + 1) * 4
   return Plan("analytic", platform, kind, num_devices, dict(zip(sharding.MESH_AXES, shape)),
               params, opt, acts, batch, device_memory,
-              model_flops_per_token(cfg) * cfg.derived.tokens_per_step / num_devices,
-              cfg.derived.tokens_per_step, peak, plan_options(cfg).mfu, note)
+              model_flops_per_token(spec) * spec.derived.tokens_per_step / num_devices,
+              spec.derived.tokens_per_step, peak, plan_options(spec).mfu, note)
 
 
 
@@ -313,36 +311,34 @@ class Fix:
   microbatch: int
   remat: str
 
-  def flags(self, cfg, mcfg, num_devices: int) -> str:
+  def flags(self, spec: config.RunSpec, num_devices: int) -> str:
     out = [f"{self.devices} devices (mesh.fsdp=-1)"] if self.devices != num_devices else []
-    if self.microbatch != cfg.train.microbatch_size:
+    if self.microbatch != spec.train.microbatch_size:
       out.append(f"--config.train.microbatch_size={self.microbatch}")
-    if self.remat != mcfg.remat:
+    if self.remat != spec.model.remat:
       out.append(f"--config.model.remat={self.remat}")
     return " ".join(out)
 
-  def apply(self, cfg, mcfg, step_cfg, num_devices: int):
-    """(config, model config, step config) with these settings."""
-    c = ml_collections.ConfigDict(cfg.to_dict())
-    c.train.microbatch_size = self.microbatch
+  def apply(self, spec: config.RunSpec, num_devices: int) -> config.RunSpec:
+    """The RunSpec with these settings (on other than `num_devices` devices, the mesh is
+    mesh.data=1, mesh.fsdp=-1, mesh.tensor=1)."""
+    changes = {"train.microbatch_size": self.microbatch, "model.remat": self.remat}
     if self.devices != num_devices:
-      c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
-    c.model.remat = self.remat
-    return (c, dataclasses.replace(mcfg, remat=self.remat),
-            dataclasses.replace(step_cfg, microbatches=cfg.train.batch_size // self.microbatch))
+      changes.update({"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1})
+    return config.replace_settings(spec, changes)
 
 
-def candidates(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[Fix]:
+def candidates(spec: config.RunSpec, plan: Plan, scale: float) -> list[Fix]:
   """Settings under which the analytic plan (scaled to agree with `plan`) fits the device.
 
   In search order: the fewest devices first (these, then 2x, 4x, ... with mesh.fsdp=-1), and
   for each the remat presets with the largest microbatch that fits.
   """
-  t = cfg.train
+  t, remat0 = spec.train, spec.model.remat
   if not plan.device_memory:
     return []
-  presets = [mcfg.remat] + [r for r in ("dots_with_no_batch_dims_saveable", "save_qkv_proj",
-                                        "full") if r != mcfg.remat]
+  presets = [remat0] + [r for r in ("dots_with_no_batch_dims_saveable", "save_qkv_proj",
+                                    "full") if r != remat0]
   out = []
   for devices in [plan.num_devices] + [plan.num_devices * 2 ** k for k in range(1, 11)]:
     m = plan.mesh if devices == plan.num_devices else {"data": 1, "fsdp": devices, "tensor": 1}
@@ -355,10 +351,9 @@ def candidates(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[Fix]:
           mb = _smaller_microbatch(t.batch_size, mb, batch_shards)
           continue
         fix = Fix(devices, mb, remat)
-        c, mc, sc = fix.apply(cfg, mcfg, step_cfg, plan.num_devices)
-        p = analytic_plan(c, mc, tx, sc, platform=plan.platform, num_devices=devices,
-                          kind=plan.device_kind, device_memory=0, peak=0)
-        same = fix == Fix(plan.num_devices, t.microbatch_size, mcfg.remat)  # known not to fit
+        p = analytic_plan(fix.apply(spec, plan.num_devices), platform=plan.platform,
+                          num_devices=devices, kind=plan.device_kind, device_memory=0, peak=0)
+        same = fix == Fix(plan.num_devices, t.microbatch_size, remat0)  # known not to fit
         if not same and (p.params + p.opt_state + p.other + p.activations * scale
                          <= plan.device_memory):
           best = mb
@@ -380,8 +375,8 @@ def _smaller_microbatch(batch: int, mb: int, shards: int) -> int:
   return nxt
 
 
-def suggestions(cfg, mcfg, tx, step_cfg, plan: Plan, scale: float) -> list[str]:
+def suggestions(spec: config.RunSpec, plan: Plan, scale: float) -> list[str]:
   """Up to three analytic fixes, all on the fewest devices that fit (see `candidates`)."""
-  fixes = candidates(cfg, mcfg, tx, step_cfg, plan, scale)
+  fixes = candidates(spec, plan, scale)
   fixes = [f for f in fixes if fixes and f.devices == fixes[0].devices][:3]
-  return [f.flags(cfg, mcfg, plan.num_devices) for f in fixes]
+  return [f.flags(spec, plan.num_devices) for f in fixes]

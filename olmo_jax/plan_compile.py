@@ -14,6 +14,7 @@ import time
 import ml_collections
 
 from olmo_jax import runtime
+from olmo_jax.config import RunSpec
 from olmo_jax.plan import (
   DEFAULT_KIND,
   GIB,
@@ -32,7 +33,7 @@ from olmo_jax.plan import (
 from olmo_jax.plan_options import plan_options, usable_fraction
 
 
-def compiled_plan(compiled, abstract, shard, cfg, mesh, *, source="compiled",
+def compiled_plan(compiled, abstract, shard, spec: RunSpec, mesh, *, source="compiled",
                   kind: str, device_memory: int, peak: float) -> Plan:
   """The plan of a compiled train step from XLA's memory analysis."""
   ma = compiled.memory_analysis()
@@ -42,14 +43,14 @@ def compiled_plan(compiled, abstract, shard, cfg, mesh, *, source="compiled",
   other = int(ma.argument_size_in_bytes) - params - opt + int(ma.output_size_in_bytes) \
       - int(ma.alias_size_in_bytes)
   n = mesh.devices.size
-  opts = plan_options(cfg)
+  opts = plan_options(spec)
   platform = runtime.device_platform(mesh.devices.flat[0])
   hlo = compiled.as_text() or ""
   return Plan(source, platform, kind, n, dict(mesh.shape), params, opt,
               temp, max(other, 0), device_memory,
-              model_flops_per_token(cfg) * cfg.derived.tokens_per_step / n,
-              cfg.derived.tokens_per_step, peak, opts.mfu, collectives=collective_counts(hlo),
-              attention=attention_kernel(hlo, cfg.model.attention, platform),
+              model_flops_per_token(spec) * spec.derived.tokens_per_step / n,
+              spec.derived.tokens_per_step, peak, opts.mfu, collectives=collective_counts(hlo),
+              attention=attention_kernel(hlo, spec.model.attention, platform),
               xla_flops=_xla_flops(compiled, n))
 
 
@@ -90,7 +91,7 @@ def _xla_flops(compiled, devices: int) -> float | None:
 
 
 
-def compile_step(train_step, abstract, mesh, cfg, options: dict | None = None):
+def compile_step(train_step, abstract, mesh, spec: RunSpec, options: dict | None = None):
   """Lowers and compiles the train step over abstract state and batch (nothing allocated).
 
   Traced under the mesh, so activations take the shardings of sharding.RULES; `options` are
@@ -100,17 +101,17 @@ def compile_step(train_step, abstract, mesh, cfg, options: dict | None = None):
   import jax.numpy as jnp
 
   from olmo_jax import sharding
-  t = cfg.train
+  t = spec.train
   batch = {"input_ids": jax.ShapeDtypeStruct((t.batch_size, t.seq_len + 1), jnp.int32,
                                              sharding=sharding.batch_sharding(mesh))}
   with sharding.activation_mesh(mesh):  # the model's activation constraints see the mesh
     return train_step.lower(abstract, batch).compile(compiler_options=options), batch
 
 
-def _timed_compile(train_step, abstract, mesh, cfg, options: dict | None = None):
+def _timed_compile(train_step, abstract, mesh, spec, options: dict | None = None):
   """(compiled step, seconds it took to lower and compile)."""
   t0 = time.perf_counter()
-  compiled, _ = compile_step(train_step, abstract, mesh, cfg, options)
+  compiled, _ = compile_step(train_step, abstract, mesh, spec, options)
   return compiled, time.perf_counter() - t0
 
 
@@ -121,10 +122,10 @@ def _timed_compile(train_step, abstract, mesh, cfg, options: dict | None = None)
 _NO_TRITON = {"xla_gpu_enable_triton_gemm": False}
 
 
-def _target_compile(step, abstract, mesh, cfg, target) -> tuple:
+def _target_compile(step, abstract, mesh, spec, target) -> tuple:
   """(compiled step, note) for a target; raises the compiler's error."""
   try:
-    return _timed_compile(step, abstract, mesh, cfg)[0], ""
+    return _timed_compile(step, abstract, mesh, spec)[0], ""
   except Exception as e:
     if "No PTX compilation provider" in str(e):
       raise ImportError("XLA:GPU finds no ptxas (pip install nvidia-cuda-nvcc-cu12, as in "
@@ -133,18 +134,20 @@ def _target_compile(step, abstract, mesh, cfg, target) -> tuple:
       raise
   note = ("compiled with XLA's library GEMMs (xla_gpu_enable_triton_gemm=false): without a "
           "device XLA's default Triton GEMM tiling failed")
-  return _timed_compile(step, abstract, mesh, cfg, _NO_TRITON)[0], note
+  return _timed_compile(step, abstract, mesh, spec, _NO_TRITON)[0], note
 
 
 
 
-def _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh):
+def _abstract_and_step(spec: RunSpec, mesh):
   from olmo_jax import trainer
-  abstract, shard = trainer.state_shardings(mesh, mcfg, tx, step_cfg.policy.loss_scaling)
-  return abstract, shard, trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
+  abstract, shard = trainer.state_shardings(mesh, spec.model, spec.optimizer,
+                                            spec.step.policy.loss_scaling)
+  return abstract, shard, trainer.make_train_step(spec.model, spec.optimizer, spec.step, mesh,
+                                                  shard)
 
 
-def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_fn=print,
+def check(spec: RunSpec, mesh, abstract, shard, train_step, *, print_fn=print,
           dry_run: bool = False, device: tuple[str, int] | None = None, source="compiled"):
   """Compiles the train step, computes its plan and returns the compiled step.
 
@@ -153,24 +156,24 @@ def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_f
   device: (kind, bytes per device) for a mesh of compile-only devices; default: the local ones.
   """
   import jax
-  opts = plan_options(cfg)
-  compiled, seconds = _timed_compile(train_step, abstract, mesh, cfg)
+  opts = plan_options(spec)
+  compiled, seconds = _timed_compile(train_step, abstract, mesh, spec)
   if device is None:  # the devices at hand
     kind, mem = local_device_memory(opts)
   else:
     kind, mem = device[0], int(device[1] * opts.headroom)
-  peak = cfg.train.peak_flops_per_device or peak_and_memory(kind, opts)[0]
-  plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=kind, source=source,
+  peak = spec.train.peak_flops_per_device or peak_and_memory(kind, opts)[0]
+  plan = compiled_plan(compiled, abstract, shard, spec, mesh, kind=kind, source=source,
                        device_memory=mem, peak=peak)
   plan.compile_seconds = seconds
   is_main = jax.process_index() == 0
   if dry_run or not plan.fits:
     msg = plan.format()
     if not plan.fits:
-      ana = analytic_plan(cfg, mcfg, tx, step_cfg, platform=plan.platform,
-                          num_devices=plan.num_devices, kind=kind, device_memory=0, peak=0)
+      ana = analytic_plan(spec, platform=plan.platform, num_devices=plan.num_devices,
+                          kind=kind, device_memory=0, peak=0)
       scale = plan.activations / max(ana.activations, 1)
-      fixes = suggestions(cfg, mcfg, tx, step_cfg, plan, scale)
+      fixes = suggestions(spec, plan, scale)
       msg += ("\n  would fit: " + "; or ".join(fixes) if fixes else
               "\n  no microbatch size, remat preset or device count tried would fit")
     if dry_run:
@@ -188,30 +191,29 @@ def check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, train_step, *, print_f
   return compiled, plan
 
 
-def dry_run(cfg, mcfg, tx, step_cfg, *, print_fn=print) -> Plan:
-  """`--dry_run`: the plan for the devices at hand, or compiled for the target in cfg.plan."""
+def dry_run(spec: RunSpec, *, print_fn=print) -> Plan:
+  """`--dry_run`: the plan for the devices at hand, or compiled for the target in spec.plan."""
   import jax
 
   from olmo_jax import sharding
-  opts = plan_options(cfg)
+  opts = plan_options(spec)
   platform, here = target_platform(opts)
   devices = opts.devices or (jax.device_count() if platform == here else 0)
   if platform == here and devices == jax.device_count():
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
-    plan = check(cfg, mcfg, tx, step_cfg, mesh, abstract, shard, step, print_fn=print_fn,
-                 dry_run=True)[1]
+    mesh = sharding.make_mesh(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor)
+    abstract, shard, step = _abstract_and_step(spec, mesh)
+    plan = check(spec, mesh, abstract, shard, step, print_fn=print_fn, dry_run=True)[1]
     return _write(plan, opts)
   try:
     target = build_target(platform, opts, devices)
-    plan = target_plan(cfg, mcfg, tx, step_cfg, target)
+    plan = target_plan(spec, target)
   except (ImportError, NotImplementedError, RuntimeError) as e:  # no compiler for it here
     why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-    plan = _analytic_dry_run(cfg, mcfg, tx, step_cfg, platform, devices, opts, why, print_fn)
+    plan = _analytic_dry_run(spec, platform, devices, opts, why, print_fn)
   else:
     msg = plan.format()
     if not plan.fits:
-      fixes = compiled_fixes(cfg, mcfg, tx, step_cfg, plan, target)
+      fixes = compiled_fixes(spec, plan, target)
       msg += ("\n  would fit (compiled for the target unless marked analytic): "
               + "; or ".join(fixes) if fixes
               else "\n  no microbatch size, remat preset or device count tried would fit")
@@ -270,19 +272,19 @@ def _write(plan: Plan, opts) -> Plan:
   return plan
 
 
-def _analytic_dry_run(cfg, mcfg, tx, step_cfg, platform, devices, opts, why, print_fn) -> Plan:
+def _analytic_dry_run(spec: RunSpec, platform, devices, opts, why, print_fn) -> Plan:
   import jax
   kind = opts.device_kind or DEFAULT_KIND[platform]
   peak, mem = peak_and_memory(kind, opts)
-  peak = cfg.train.peak_flops_per_device or peak
+  peak = spec.train.peak_flops_per_device or peak
   note = (f"analytic estimate: no compiler for {platform} is installed here ({why}); "
           "activations from the remat preset, checked against compiled figures")
-  plan = analytic_plan(cfg, mcfg, tx, step_cfg, platform=platform, num_devices=devices,
-                       kind=kind, device_memory=int(mem * usable_fraction(opts, platform)),
-                       peak=peak, note=note)
+  plan = analytic_plan(spec, platform=platform, num_devices=devices, kind=kind,
+                       device_memory=int(mem * usable_fraction(opts, platform)), peak=peak,
+                       note=note)
   msg = plan.format()
   if not plan.fits:
-    fixes = suggestions(cfg, mcfg, tx, step_cfg, plan, 1.0)
+    fixes = suggestions(spec, plan, 1.0)
     msg += ("\n  would fit: " + "; or ".join(fixes) if fixes else "")
     msg += "\nWARNING: the plan does not fit the device memory"
   if jax.process_index() == 0:
@@ -290,17 +292,17 @@ def _analytic_dry_run(cfg, mcfg, tx, step_cfg, platform, devices, opts, why, pri
   return plan
 
 
-def target_mesh(cfg, target):
+def target_mesh(spec: RunSpec, target):
   """The run's mesh over a target's compile-only devices (slices/hosts outermost)."""
   import numpy as np
   from jax.sharding import Mesh
 
   from olmo_jax import sharding
-  shape = sharding.mesh_shape(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
+  shape = sharding.mesh_shape(spec.mesh.data, spec.mesh.fsdp, spec.mesh.tensor,
                               len(target.devices))
   batch_shards = shape[0] * shape[1]
-  if cfg.train.microbatch_size % batch_shards:
-    raise ValueError(f"train.microbatch_size={cfg.train.microbatch_size} must be divisible by "
+  if spec.train.microbatch_size % batch_shards:
+    raise ValueError(f"train.microbatch_size={spec.train.microbatch_size} must be divisible by "
                      f"the {batch_shards} batch shards of the mesh (mesh.data * mesh.fsdp)")
   return Mesh(np.array(target.devices, dtype=object).reshape(shape), sharding.MESH_AXES)
 
@@ -310,7 +312,7 @@ def target_mesh(cfg, target):
 _TPU_USED = re.compile(r"(?:Used |required for [^(]*\()([\d.]+)([KMGT])?")
 
 
-def _failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, target, mem,
+def _failed_compile_plan(e, spec: RunSpec, abstract, shard, mesh, target, mem,
                          peak) -> Plan:
   """The plan of a step the target's compiler did not compile.
 
@@ -319,10 +321,10 @@ def _failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, targ
   compiler's first line.
   """
   used = _TPU_USED.search(str(e))
-  opts = plan_options(cfg)
+  opts = plan_options(spec)
   if "RESOURCE_EXHAUSTED" not in str(e) or not used:
     first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-    return analytic_plan(cfg, mcfg, tx, step_cfg, platform=target.platform,
+    return analytic_plan(spec, platform=target.platform,
                          num_devices=len(target.devices), kind=target.device_kind,
                          device_memory=mem, peak=peak,
                          note=f"analytic estimate: the {target.platform} compiler did not "
@@ -333,39 +335,38 @@ def _failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, targ
   total = int(float(used.group(1)) * scale[used.group(2)])
   return Plan("compiled", target.platform, target.device_kind, len(target.devices),
               dict(mesh.shape), params, opt, max(total - params - opt, 0), 0, mem,
-              model_flops_per_token(cfg) * cfg.derived.tokens_per_step / len(target.devices),
-              cfg.derived.tokens_per_step, peak, opts.mfu, oom_total=max(total, mem + 1),
-              attention=attention_kernel("", cfg.model.attention, target.platform),
+              model_flops_per_token(spec) * spec.derived.tokens_per_step / len(target.devices),
+              spec.derived.tokens_per_step, peak, opts.mfu, oom_total=max(total, mem + 1),
+              attention=attention_kernel("", spec.model.attention, target.platform),
               note="XLA refused the step: RESOURCE_EXHAUSTED (activations = the rest of "
                    "XLA's total)")
 
 
-def target_plan(cfg, mcfg, tx, step_cfg, target) -> Plan:
+def target_plan(spec: RunSpec, target) -> Plan:
   """The compiled plan of the train step for a target's compile-only devices."""
-  opts = plan_options(cfg)
-  mesh = target_mesh(cfg, target)
-  abstract, shard, step = _abstract_and_step(cfg, mcfg, tx, step_cfg, mesh)
-  peak = cfg.train.peak_flops_per_device or peak_and_memory(target.device_kind, opts)[0]
+  opts = plan_options(spec)
+  mesh = target_mesh(spec, target)
+  abstract, shard, step = _abstract_and_step(spec, mesh)
+  peak = spec.train.peak_flops_per_device or peak_and_memory(target.device_kind, opts)[0]
   mem = int((opts.device_memory_gb * 1e9 or target.device_memory)
             * usable_fraction(opts, target.platform))
   t0 = time.perf_counter()
   try:
-    compiled, note = _target_compile(step, abstract, mesh, cfg, target)
+    compiled, note = _target_compile(step, abstract, mesh, spec, target)
   except ImportError:
     raise
   except Exception as e:  # XLA:TPU refuses a step over the chip's HBM, as on the hardware
-    plan = _failed_compile_plan(e, cfg, mcfg, tx, step_cfg, abstract, shard, mesh, target,
-                                mem, peak)
+    plan = _failed_compile_plan(e, spec, abstract, shard, mesh, target, mem, peak)
     plan.compile_seconds, plan.target = time.perf_counter() - t0, target.describe()
     return plan
-  plan = compiled_plan(compiled, abstract, shard, cfg, mesh, kind=target.device_kind,
+  plan = compiled_plan(compiled, abstract, shard, spec, mesh, kind=target.device_kind,
                        device_memory=mem, peak=peak)
   plan.compile_seconds, plan.target = time.perf_counter() - t0, target.describe()
   plan.note = "; ".join(x for x in (plan.note, note) if x)
   return plan
 
 
-def compiled_candidates(cfg, mcfg, tx, step_cfg, plan: Plan, target, *,
+def compiled_candidates(spec: RunSpec, plan: Plan, target, *,
                         same_devices: bool = False):
   """(Fix, its compiled plan for the target or None) in the analytic search's order.
 
@@ -374,27 +375,25 @@ def compiled_candidates(cfg, mcfg, tx, step_cfg, plan: Plan, target, *,
   TPU topologies are not derived, so such a fix comes with None (analytic only).
   same_devices: stop at the first fix that changes the device count.
   """
-  ana = analytic_plan(cfg, mcfg, tx, step_cfg, platform=plan.platform,
-                      num_devices=plan.num_devices, kind=plan.device_kind, device_memory=0,
-                      peak=0)
+  ana = analytic_plan(spec, platform=plan.platform, num_devices=plan.num_devices,
+                      kind=plan.device_kind, device_memory=0, peak=0)
   scale = plan.activations / max(ana.activations, 1)
-  for fix in candidates(cfg, mcfg, tx, step_cfg, plan, scale):
+  for fix in candidates(spec, plan, scale):
     if same_devices and fix.devices != plan.num_devices:
       return
     t = _fix_target(fix, plan, target)
     if t is None:
       yield fix, None
       continue
-    c, mc, sc = fix.apply(cfg, mcfg, step_cfg, plan.num_devices)
-    yield fix, target_plan(c, mc, tx, sc, t)
+    yield fix, target_plan(fix.apply(spec, plan.num_devices), t)
 
 
-def compiled_fixes(cfg, mcfg, tx, step_cfg, plan: Plan, target, *, limit: int = 3,
+def compiled_fixes(spec: RunSpec, plan: Plan, target, *, limit: int = 3,
                    max_compiles: int = 6) -> list[str]:
   """Up to `limit` settings that fit, each checked by compiling it for the target."""
   out, compiles = [], 0
-  for fix, p in compiled_candidates(cfg, mcfg, tx, step_cfg, plan, target):
-    flags = fix.flags(cfg, mcfg, plan.num_devices)
+  for fix, p in compiled_candidates(spec, plan, target):
+    flags = fix.flags(spec, plan.num_devices)
     if p is None:
       out.append(f"{flags} (analytic)")
     else:

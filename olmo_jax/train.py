@@ -62,7 +62,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | None, *,
   import jax
   say = print_fn if jax.process_index() == 0 else (lambda line: None)
   if dry_run:
-    return plan_compile.dry_run(spec, spec.model, spec.optimizer, spec.step, print_fn=print_fn)
+    return plan_compile.dry_run(spec, print_fn=print_fn)
   say(data_plan.describe(data))  # the sources and tokens this run trains on
   check_workdir(spec, workdir, say)  # before anything is compiled or written
   mesh = build_mesh(spec)
@@ -243,8 +243,7 @@ def build_step(spec: config_lib.RunSpec, mesh, abstract, shard, print_fn=print):
   step that cannot fit the devices stops here, with the settings that would fit."""
   from olmo_jax import trainer
   step = trainer.make_train_step(spec.model, spec.optimizer, spec.step, mesh, shard)
-  return plan_compile.check(spec, spec.model, spec.optimizer, spec.step, mesh, abstract, shard,
-                            step, print_fn=print_fn)[0]
+  return plan_compile.check(spec, mesh, abstract, shard, step, print_fn=print_fn)[0]
 
 
 def build_hooks(spec: config_lib.RunSpec, data, mesh, checkpointer, data_iter,

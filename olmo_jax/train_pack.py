@@ -183,7 +183,7 @@ def start_states(cfgs, workdirs, ckpts, one, abstract, shard, says):
   return start, states, data_states
 
 
-def heldout_hook(cfgs, datas, mcfg, sh):
+def heldout_hook(cfgs, datas, sh):
   """The pack's held-out loss (pack.PackedHeldout) when the replicas' configs ask for it."""
   cfg = cfgs[0]
   if not (cfg.eval.every > 0 and all(train.has_heldout_split(d) for d in datas)):
@@ -194,7 +194,7 @@ def heldout_hook(cfgs, datas, mcfg, sh):
       seed=c.data_seed, vocab_size=c.model.vocab_size, process_index=0,
       process_count=1)] for c, d in zip(cfgs, datas)]
   batches = [np.stack(bs) for bs in zip(*per)]
-  return pack.PackedHeldout(mcfg, batches, cfg.eval.every, sh)
+  return pack.PackedHeldout(cfg.model, batches, cfg.eval.every, sh)
 
 
 def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
@@ -205,12 +205,13 @@ def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
     raise ValueError("a pack trains in one process; spread its replicas over the devices of "
                      "one host, or run several packs")
   workdirs, names, cfg = [w for _, w in replicas], replica_names([w for _, w in replicas]), cfgs[0]
-  tx, step_cfg, mcfg = cfg.optimizer, cfg.step, cfg.model  # the replicas share them
+  # The replicas share cfg's model, optimizer and step config (check_packable).
   mesh = pack.pack_mesh(len(replicas))
   sh = pack.packed_sharding(mesh)
   one = sharding.make_mesh(1, 1, 1, jax.devices()[:1])  # where each replica is built alone
-  abstract, shard = trainer.state_shardings(one, mcfg, tx, step_cfg.policy.loss_scaling)
-  step_fn = pack.make_packed_step(mcfg, tx, step_cfg, sh)
+  abstract, shard = trainer.state_shardings(one, cfg.model, cfg.optimizer,
+                                            cfg.step.policy.loss_scaling)
+  step_fn = pack.make_packed_step(cfg.model, cfg.optimizer, cfg.step, sh)
   says = [replica_printer(w, n, print_fn) for w, n in zip(workdirs, names)]
   for c, w, say in zip(cfgs, workdirs, says):
     train.check_workdir(c, w, say)  # before anything is written
@@ -227,9 +228,9 @@ def run_pack(replicas, cfgs, datas, print_fn=print) -> dict:
            for ck, it, (_, lh) in zip(ckpts, iters, logging_)]
   consoles = [Console(start, cfg.train.steps, progress_bar=False, print_fn=say)
               for say in says]
-  loop = pack.PackLoop(names, start, cfg.train.steps, hooks, step_cfg.policy, consoles,
+  loop = pack.PackLoop(names, start, cfg.train.steps, hooks, cfg.step.policy, consoles,
                        print_fn=print_fn)
-  pack_hooks = [h for h in (heldout_hook(cfgs, datas, mcfg, sh), hooks_lib.StopOnSignal()) if h]
+  pack_hooks = [h for h in (heldout_hook(cfgs, datas, sh), hooks_lib.StopOnSignal()) if h]
   print_fn(f"[pack] {len(replicas)} replicas of {cfg.size} on {mesh.size} device(s), "
            f"steps {start} -> {cfg.train.steps}")
   try:
@@ -266,7 +267,7 @@ def dry_run(cfgs, print_fn=print):
   target = None
   if platform != here:
     target = plan_compile.build_target(platform, opts, opts.devices or 1)
-  p = pack_plan.pack_plan(cfg, cfg.model, cfg.optimizer, cfg.step, len(cfgs), target)
+  p = pack_plan.pack_plan(cfg, len(cfgs), target)
   print_fn(p.format() + ("" if p.fits else "\nWARNING: the pack does not fit the device memory"))
   return p
 

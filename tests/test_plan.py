@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from olmo_jax import config as config_lib
-from olmo_jax import optim, plan, plan_compile, sharding, trainer
+from olmo_jax import plan, plan_compile, sharding, trainer
 
 SMALL = ["--config.model.size=custom", "--config.model.d_model=128", "--config.model.n_heads=4",
          "--config.model.n_layers=4", "--config.model.vocab_size=1000",
@@ -27,13 +27,13 @@ def cli(*args, devices=1, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
-def parts(cfg_small, remat):
-  c = config_lib.resolve(cfg_small)
-  mcfg = dataclasses.replace(config_lib.model_config(c), remat=remat)
-  tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=1, total_steps=10, min_lr_ratio=0.1,
-                            b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
-  step_cfg = trainer.StepConfig(loss_chunk_tokens=256)
-  return c, mcfg, tx, step_cfg
+def resolved(cfg_small, remat):
+  """The RunSpec of the small model with this remat preset (the fused loss in chunks of 256
+  tokens: the CPU default)."""
+  cfg_small.model.remat = remat
+  spec = config_lib.resolve(cfg_small)
+  assert spec.step.loss_chunk_tokens == 256
+  return spec
 
 
 @pytest.fixture
@@ -45,18 +45,41 @@ def small_config(tiny_train_config):
   return c
 
 
+def test_a_fix_is_the_run_spec_its_flags_resolve_to(small_config):
+  """Fix.apply changes the RunSpec as resolving the config with the fix's flags would, and
+  keeps the optimizer (the analytic search's state bytes are cached on it)."""
+  small_config.mesh.data = 2
+  spec = config_lib.resolve(small_config)
+  fix = plan.Fix(devices=4, microbatch=2, remat="full")
+  assert fix.flags(spec, 1) == ("4 devices (mesh.fsdp=-1) --config.train.microbatch_size=2 "
+                                "--config.model.remat=full")
+  got = fix.apply(spec, num_devices=1)
+  small_config.train.microbatch_size, small_config.model.remat = 2, "full"
+  small_config.mesh.data, small_config.mesh.fsdp, small_config.mesh.tensor = 1, -1, 1
+  want = config_lib.resolve(small_config)
+  for part in ("model", "train", "mesh", "plan", "derived", "tree"):
+    assert getattr(got, part) == getattr(want, part), part
+  assert (dataclasses.replace(got.step, lr_schedule=None)
+          == dataclasses.replace(want.step, lr_schedule=None))
+  assert got.step.microbatches == 4 and got.optimizer is spec.optimizer
+  assert spec.train.microbatch_size == 8 and spec.model.remat == "none"  # spec is unchanged
+  assert fix.apply(spec, num_devices=4).mesh == spec.mesh  # same devices: the mesh is kept
+  with pytest.raises(ValueError, match="train.lr changes more than the layout"):
+    config_lib.replace_settings(spec, {"train.lr": 1e-3})
+
+
 @pytest.mark.parametrize("remat", ["none", pytest.param("full", marks=pytest.mark.slow),
                                    pytest.param("save_qkv_proj", marks=pytest.mark.slow)])
 def test_analytic_estimate_matches_compiled_step(small_config, remat):
-  c, mcfg, tx, step_cfg = parts(small_config, remat)
+  c = resolved(small_config, remat)
   mesh = sharding.make_mesh()
-  abstract, shard = trainer.state_shardings(mesh, mcfg, tx)
-  step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
+  abstract, shard = trainer.state_shardings(mesh, c.model, c.optimizer)
+  step = trainer.make_train_step(c.model, c.optimizer, c.step, mesh, shard)
   compiled, _ = plan_compile.compile_step(step, abstract, mesh, c)
   got = plan_compile.compiled_plan(compiled, abstract, shard, c, mesh, kind="cpu",
                            device_memory=0, peak=0)
-  est = plan.analytic_plan(c, mcfg, tx, step_cfg, platform="cpu", num_devices=1, kind="cpu",
-                           device_memory=0, peak=0)
+  est = plan.analytic_plan(c, platform="cpu", num_devices=1, kind="cpu", device_memory=0,
+                           peak=0)
   assert est.params == got.params and est.opt_state == got.opt_state  # exact, from the rules
   assert est.activations == pytest.approx(got.activations, rel=0.15), (remat, est, got)
   assert est.total == pytest.approx(got.total, rel=0.12)
@@ -65,22 +88,18 @@ def test_analytic_estimate_matches_compiled_step(small_config, remat):
 REAL_STEP = """
 import sys
 import jax, numpy as np
-from olmo_jax import config as config_lib, optim, plan_compile, sharding, trainer
+from olmo_jax import config as config_lib, plan_compile, sharding, trainer
 from olmo_jax.config import load_config_file
 c = load_config_file(sys.argv[1], "4M")
 c.model.size, c.model.d_model, c.model.n_heads, c.model.n_layers = "custom", 256, 4, 4
 c.model.vocab_size, c.model.embedding_size = 4000, 4096
 c.train.batch_size, c.train.seq_len, c.data.mixture = 8, 256, "synthetic"
-c = config_lib.resolve(c)
-mcfg = config_lib.model_config(c)
-tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=1, total_steps=10, min_lr_ratio=0.1,
-                          b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
-step_cfg = trainer.StepConfig(loss_chunk_tokens=256)
+spec = config_lib.resolve(c)
 mesh = sharding.make_mesh()
-abstract, shard = trainer.state_shardings(mesh, mcfg, tx)
-step = trainer.make_train_step(mcfg, tx, step_cfg, mesh, shard)
-compiled, p = plan_compile.check(c, mcfg, tx, step_cfg, mesh, abstract, shard, step)
-state = trainer.init_state(mesh, mcfg, tx, 0, shard=shard)
+abstract, shard = trainer.state_shardings(mesh, spec.model, spec.optimizer)
+step = trainer.make_train_step(spec.model, spec.optimizer, spec.step, mesh, shard)
+compiled, p = plan_compile.check(spec, mesh, abstract, shard, step)
+state = trainer.init_state(mesh, spec.model, spec.optimizer, 0, shard=shard)
 batch = trainer.put_batch({"input_ids": np.ones((8, 257), np.int32)}, sharding.batch_sharding(mesh))
 jax.block_until_ready((state, batch))
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from olmo_jax import config as config_lib
-from olmo_jax import optim, plan, plan_compile, runtime, targets, trainer
+from olmo_jax import plan, plan_compile, runtime, targets
 
 needs_cuda = pytest.mark.skipif(not targets.compiler_installed("gpu"),
                                 reason="jax-cuda12-plugin not installed (requirements.txt)")
@@ -24,13 +24,13 @@ TINY = ["--config.model.size=custom", "--config.model.d_model=64", "--config.mod
         "--config.train.seq_len=128", "--config.model.dtype=bfloat16"]
 
 
-def parts(c, **plan_opts):
-  """(resolved config for the plan's target, model config, optimizer, step config)."""
+def resolved(c, **plan_opts):
+  """The RunSpec for the plan's target (the dense loss: no token chunks)."""
   c.plan.update(plan_opts)
-  c = config_lib.resolve(plan_compile.for_target(c))
-  tx = optim.make_optimizer(peak_lr=1e-3, warmup_steps=1, total_steps=10, min_lr_ratio=0.1,
-                            b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
-  return c, config_lib.model_config(c), tx, trainer.StepConfig(loss_chunk_tokens=0)
+  c.train.loss_impl = "dense"
+  spec = config_lib.resolve(plan_compile.for_target(c))
+  assert spec.step.loss_chunk_tokens == 0
+  return spec
 
 
 @pytest.fixture
@@ -44,19 +44,19 @@ def tiny(tiny_train_config):
 
 @needs_cuda
 def test_step_compiles_for_two_gpu_hosts_and_matches_the_estimate(tiny):
-  c, mcfg, tx, sc = parts(tiny, platform="gpu", devices=4, hosts=2, device_kind="a100_40gb")
-  assert mcfg.platform == "gpu" and not mcfg.on_cpu  # traced with the accelerator kernels
+  c = resolved(tiny, platform="gpu", devices=4, hosts=2, device_kind="a100_40gb")
+  assert c.model.platform == "gpu" and not c.model.on_cpu  # traced with the accelerator kernels
   target = targets.gpu_target("a100_40gb", 4, hosts=2)
   assert target.describe()["topology"] == "1x2x2"
   assert target.device_memory == 40 * 2**30
-  p = plan_compile.target_plan(c, mcfg, tx, sc, target)
+  p = plan_compile.target_plan(c, target)
   assert p.source == "compiled" and p.fits and p.num_devices == 4
   assert p.device_kind == "a100_40gb" and p.target["hosts"] == 2
   # FSDP over 4 devices: the parameter shards are gathered and the gradients scattered.
   assert p.collectives.get("all-gather", 0) > 0
   assert p.collectives.get("reduce-scatter", 0) + p.collectives.get("all-reduce", 0) > 0
-  est = plan.analytic_plan(c, mcfg, tx, sc, platform="gpu", num_devices=4, kind="a100_40gb",
-                           device_memory=0, peak=0)
+  est = plan.analytic_plan(c, platform="gpu", num_devices=4, kind="a100_40gb", device_memory=0,
+                           peak=0)
   assert (est.params, est.opt_state) == (p.params, p.opt_state)  # exact, from the rules
   low, high = plan.GPU_TOLERANCE
   assert low <= est.activations / p.activations <= high, (est.activations, p.activations)
@@ -65,9 +65,9 @@ def test_step_compiles_for_two_gpu_hosts_and_matches_the_estimate(tiny):
 @needs_tpu
 def test_dry_run_for_two_tpu_slices_writes_every_key(tiny, tmp_path):
   out = tmp_path / "plan.json"
-  c, mcfg, tx, sc = parts(tiny, platform="tpu", topology="v5e:2x2", slices=2, output=str(out))
+  c = resolved(tiny, platform="tpu", topology="v5e:2x2", slices=2, output=str(out))
   lines = []
-  p = plan_compile.dry_run(c, mcfg, tx, sc, print_fn=lines.append)
+  p = plan_compile.dry_run(c, print_fn=lines.append)
   assert "plan (compiled) for 8 x tpu v5 lite (tpu)" in lines[0]
   got = json.loads(out.read_text())
   assert {"source", "target", "fits", "bytes_per_device", "device_memory_bytes", "collectives",
@@ -151,9 +151,9 @@ def test_plan_says_why_it_is_analytic(tiny, monkeypatch):
     raise ImportError("the CUDA plugin is not installed")
   monkeypatch.setattr(targets, "gpu_target", missing)
   tiny.plan.update({"platform": "gpu", "devices": 8})
-  c, mcfg, tx, sc = parts(tiny)
+  c = resolved(tiny)
   lines = []
-  p = plan_compile.dry_run(c, mcfg, tx, sc, print_fn=lines.append)
+  p = plan_compile.dry_run(c, print_fn=lines.append)
   assert p.source == "analytic" and "no compiler for gpu is installed here" in p.note
   assert "plan (analytic) for 8 x h100 (gpu)" in lines[0]
   assert dataclasses.asdict(p)["num_devices"] == 8
@@ -167,12 +167,12 @@ def test_a_compiler_error_leaves_the_analytic_plan_naming_it(tiny, monkeypatch):
     raise RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.96\n"
                        "  Symbolic tile with ...")
   monkeypatch.setattr(plan_compile, "_timed_compile", refuse)
-  c, mcfg, tx, sc = parts(tiny, platform="gpu", devices=2, device_kind="h100")
-  p = plan_compile.target_plan(c, mcfg, tx, sc, targets.gpu_target("h100", 2))
+  c = resolved(tiny, platform="gpu", devices=2, device_kind="h100")
+  p = plan_compile.target_plan(c, targets.gpu_target("h100", 2))
   assert p.source == "analytic" and p.num_devices == 2 and p.target["devices"] == 2
   assert "did not compile this step (INTERNAL: Couldn't find output tile sizes" in p.note
-  est = plan.analytic_plan(c, mcfg, tx, sc, platform="gpu", num_devices=2, kind="h100",
-                           device_memory=0, peak=0)
+  est = plan.analytic_plan(c, platform="gpu", num_devices=2, kind="h100", device_memory=0,
+                           peak=0)
   assert (p.params, p.opt_state, p.activations) == (est.params, est.opt_state, est.activations)
 
 
@@ -187,8 +187,8 @@ def test_gpu_step_without_a_triton_tiling_is_compiled_with_library_gemms(tiny, m
       raise RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy hlo: %dot.96")
     return real(step, abstract, mesh, cfg, options)
   monkeypatch.setattr(plan_compile, "_timed_compile", triton_fails)
-  c, mcfg, tx, sc = parts(tiny, platform="gpu", devices=2, device_kind="h100")
-  p = plan_compile.target_plan(c, mcfg, tx, sc, targets.gpu_target("h100", 2))
+  c = resolved(tiny, platform="gpu", devices=2, device_kind="h100")
+  p = plan_compile.target_plan(c, targets.gpu_target("h100", 2))
   assert seen == [None, {"xla_gpu_enable_triton_gemm": False}]
   assert p.source == "compiled" and p.fits and "library GEMMs" in p.note
   assert p.collectives.get("all-gather", 0) > 0
