@@ -134,3 +134,6 @@ def setup_logging(verbosity: int | None, log_file: str | None = None) -> None:
     level = min(level, logging.INFO)
   root.setLevel(level)
   absl_logging.get_absl_logger().setLevel(logging.NOTSET)  # follows the root's level
+  if verbosity is not None:  # the first line of a verbose run says where its logs go
+    logging.info("logging: %s and above to stderr%s", logging.getLevelName(terminal_level),
+                 f", INFO and above to {log_file}" if log_file else "")
