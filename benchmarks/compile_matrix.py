@@ -267,6 +267,8 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default="", help="also write JSON lines here")
   ap.add_argument("--tables", default="", help="print the tables of a JSON-lines file and stop")
   a = ap.parse_args(argv)
+  if a.pack_microbatch < 1:
+    ap.error(f"--pack_microbatch {a.pack_microbatch} must be >= 1 (sequences per microbatch)")
   if a.tables and not os.path.isfile(a.tables):
     ap.error(f"--tables {a.tables}: no such file (JSON lines written by --out)")
   if a.tables:
@@ -286,6 +288,14 @@ def main(argv=None) -> int:
         flush=True)
   rows = [_emit(sink, {"name": name, **chosen(size, TARGETS[name])})
           for size in a.sizes for name in a.targets]
+  for size in a.packs or []:  # before any compile: each size's batch takes the microbatch
+    try:
+      batch = run_spec(size, PACK_TARGETS["1 x H100"]).train.batch_size
+    except ValueError as e:
+      ap.error(f"--packs {size}: {e}")
+    if batch % a.pack_microbatch:
+      ap.error(f"--pack_microbatch {a.pack_microbatch} must divide {size}'s batch of {batch} "
+               "sequences")
   packs = [_emit(sink, {"name": name, "pack": True,
                           **largest_pack(size, opts, a.pack_microbatch)})
            for size in a.packs or [] for name, opts in PACK_TARGETS.items()]

@@ -45,6 +45,14 @@ def tiny_train_config():
 
 
 # The smallest model that still has heads, layers and a padded vocabulary.
+# Command-line flags of a tiny multi-process run (the distributed and SLURM tests).
+TINY_RUN_FLAGS = [
+    "--config.model.size=custom", "--config.model.d_model=32", "--config.model.n_heads=4",
+    "--config.model.n_layers=2", "--config.model.vocab_size=512",
+    "--config.model.embedding_size=512", "--config.train.batch_size=8",
+    "--config.train.seq_len=32", "--config.train.warmup_steps=2", "--config.train.lr=1e-2",
+    "--config.train.log_every=1", "--config.train.progress_bar=False",
+]
 TINY_MODEL = dict(d_model=32, n_heads=4, n_layers=2, embedding_size=512, vocab_size=500)
 
 

@@ -14,17 +14,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_RUN_FLAGS
 
 from olmo_jax import checkpoint, distributed
 
-TINY = [
-    "--config.model.size=custom", "--config.model.d_model=32", "--config.model.n_heads=4",
-    "--config.model.n_layers=2", "--config.model.vocab_size=512",
-    "--config.model.embedding_size=512", "--config.train.batch_size=8",
-    "--config.train.seq_len=32", "--config.train.warmup_steps=2", "--config.train.lr=1e-2",
-    "--config.train.log_every=1", "--config.train.progress_bar=False",
-]
+TINY = TINY_RUN_FLAGS
 
 
 def env_for(devices: int) -> dict:

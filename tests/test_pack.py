@@ -260,3 +260,14 @@ def test_a_replica_whose_save_fails_leaves_the_pack_and_the_others_go_on():
   assert [r.name for r in loop.live()] == ["clean/s/seed1"]
   assert any(line.startswith("[pack] replica noisy/s/seed1 failed: CheckpointError: saving "
                              "checkpoint step 2") for line in said), said
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--pack_microbatch", "0"], "--pack_microbatch 0 must be >= 1 (sequences per microbatch)"),
+    (["--pack_microbatch", "5"], "--pack_microbatch 5 must divide 4M's batch of 32 sequences"),
+])
+def test_compile_matrix_pack_column_refuses_a_bad_microbatch_before_compiling(args, line):
+  proc = subprocess.run([sys.executable, "benchmarks/compile_matrix.py", "--sizes", "--packs",
+                         "4M", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == f"compile_matrix.py: error: {line}"

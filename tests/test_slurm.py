@@ -15,21 +15,14 @@ import jax
 import numpy as np
 import pytest
 import slurm_cluster
-from conftest import REPO
+from conftest import REPO, TINY_RUN_FLAGS
 
 from olmo_jax import checkpoint, distributed
 
 # 2 tasks of one CPU each on the test node; no GPUs (the script's defaults ask for 8 per node).
 CPU_TASKS = ["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gpus-per-node=0"]
 LAUNCHER = os.path.join(REPO, "scripts", "launch_slurm.sh")
-TINY = [
-    "--config.model.size=custom", "--config.model.d_model=32", "--config.model.n_heads=4",
-    "--config.model.n_layers=2", "--config.model.vocab_size=512",
-    "--config.model.embedding_size=512", "--config.train.batch_size=8",
-    "--config.train.seq_len=32", "--config.train.warmup_steps=2", "--config.train.lr=1e-2",
-    "--config.train.log_every=1", "--config.train.progress_bar=False",
-    "--config.checkpoint.async_save=False", "--config.checkpoint.every=1",
-]
+TINY = [*TINY_RUN_FLAGS, "--config.checkpoint.async_save=False", "--config.checkpoint.every=1"]
 
 
 def sbatch(cluster, cwd, *args, env=None) -> str:

@@ -104,18 +104,23 @@ def test_dry_run_cli_for_a_gpu_target(tmp_path):
   assert got["attention"].startswith("xla") and got["xla_flops_per_step"] is None
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+  """`python -c code` from the repository, as a user's shell starts it (no JAX_PLATFORMS)."""
+  env = dict(os.environ, PYTHONPATH=REPO)
+  env.pop("JAX_PLATFORMS", None)
+  return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+
+
 def test_cpu_host_defaults_to_cpu_without_a_word_on_stderr():
   """No accelerator here: JAX_PLATFORMS=cpu is set for JAX, and neither libtpu nor the CUDA
   plugin (both installed by requirements.txt) says anything."""
   if runtime.tpu_present() or runtime.gpu_present():
     pytest.skip("this host has an accelerator: JAX picks it as always")
-  env = dict(os.environ, PYTHONPATH=REPO)
-  env.pop("JAX_PLATFORMS", None)
-  code = ("import os; from olmo_jax import runtime; runtime.init(); import jax;"
-          "import jax.numpy as jnp; jnp.ones(2).block_until_ready();"
-          "print(os.environ['JAX_PLATFORMS'], jax.devices()[0].platform)")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
-                        text=True, timeout=120)
+  proc = _python(
+      "import os; from olmo_jax import runtime; runtime.init(); import jax;"
+      "import jax.numpy as jnp; jnp.ones(2).block_until_ready();"
+      "print(os.environ['JAX_PLATFORMS'], jax.devices()[0].platform)")
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.split() == ["cpu", "cpu"]
   assert proc.stderr == ""
@@ -124,14 +129,11 @@ def test_cpu_host_defaults_to_cpu_without_a_word_on_stderr():
 def test_importing_the_packages_changes_nothing():
   """No side effects at import: the environment and the import machinery are the entry
   points' to set (runtime.init), not the library's."""
-  env = dict(os.environ, PYTHONPATH=REPO)
-  env.pop("JAX_PLATFORMS", None)
-  code = ("import os, sys;"
-          "import olmo_jax, olmo_jax.model, olmo_jax.trainer, olmo_jax.targets, data_pipeline;"
-          "print(os.environ.get('JAX_PLATFORMS'),"
-          "     [type(m).__name__ for m in sys.meta_path if 'olmo_jax' in type(m).__module__])")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True,
-                        text=True, timeout=120)
+  proc = _python(
+      "import os, sys;"
+      "import olmo_jax, olmo_jax.model, olmo_jax.trainer, olmo_jax.targets, data_pipeline;"
+      "print(os.environ.get('JAX_PLATFORMS'),"
+      "     [type(m).__name__ for m in sys.meta_path if 'olmo_jax' in type(m).__module__])")
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.split() == ["None", "[]"]
 
