@@ -43,6 +43,7 @@ import pandas as pd  # noqa: E402
 from olmo_jax import config as config_lib  # noqa: E402
 from olmo_jax import model as model_lib  # noqa: E402
 from olmo_jax import optim, pack, sizes, trainer  # noqa: E402
+from olmo_jax.plan import out_of_memory  # noqa: E402
 
 
 def machine() -> str:
@@ -100,10 +101,6 @@ def timed_steps(cfg, tx, step_cfg, k: int, batch: int, seq_len: int, steps: int,
   return (time.perf_counter() - t0) / steps
 
 
-def is_oom(e: Exception) -> bool:
-  return "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower()
-
-
 def sweep(size: str, ks: list[int], batch: int, seq_len: int, steps: int, until_oom: bool,
           mode: str = "auto"):
   """Rows {size, k, s_per_step, tok_s_replica, tok_s, mfu}; k=0 is the separate run."""
@@ -117,7 +114,7 @@ def sweep(size: str, ks: list[int], batch: int, seq_len: int, steps: int, until_
     try:
       t = seconds_per_step(size, k, batch, seq_len, steps, mode)
     except Exception as e:  # noqa: BLE001 (an accelerator's out-of-memory error ends the sweep)
-      if not is_oom(e):
+      if not out_of_memory(e):
         raise
       print(f"{size} K={k}: out of memory; the largest K that fitted: {rows[-1]['k']}")
       break

@@ -57,7 +57,7 @@ def pack_plan(spec: RunSpec, k: int, target=None) -> plan.Plan:
   try:
     compiled = lowered.compile()
   except Exception as e:  # noqa: BLE001 (XLA:TPU refuses a step over the chip's HBM)
-    if "RESOURCE_EXHAUSTED" not in str(e) or target is None:
+    if not plan.out_of_memory(e) or target is None:
       raise
     p = plan_compile._failed_compile_plan(e, spec, abstract, shard, mesh, target, mem, peak)
     if not p.oom_total:  # no figure in the message: refused all the same
@@ -91,7 +91,7 @@ def largest_k(make_plan: Callable[[int], plan.Plan], limit: int = 4096,
       try:
         seen[k] = make_plan(k)
       except Exception as e:  # noqa: BLE001 (a refusal without XLA's figure: does not fit)
-        if "RESOURCE_EXHAUSTED" not in str(e) and "hbm" not in str(e).lower():
+        if not plan.out_of_memory(e):
           raise
         seen[k] = None
     return seen[k] is not None and seen[k].fits

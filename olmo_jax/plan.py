@@ -71,6 +71,14 @@ EMBED_SHARE = 0.2
 EXIT_DOES_NOT_FIT = 3
 
 
+def out_of_memory(e: BaseException) -> bool:
+  """Whether a compiler's or a device's error says the step does not fit its memory (XLA's
+  RESOURCE_EXHAUSTED, XLA:TPU's HBM figure, a GPU allocator's "out of memory")."""
+  text = str(e)
+  return ("RESOURCE_EXHAUSTED" in text or "hbm" in text.lower()
+          or "out of memory" in text.lower())
+
+
 def does_not_fit_line(plan: "Plan") -> str:
   """The last line of a `--dry_run` whose plan does not fit."""
   return (f"does not fit: {_size(plan.total)} per device > {_size(plan.device_memory)} usable "
